@@ -1,0 +1,566 @@
+//! The per-node agent: observe -> decide -> act, at a fixed pace.
+//!
+//! Each loop takes a snapshot of the local node (data directory, PostgreSQL) and of the
+//! store (identity, lease, members), asks `pgbaton_core::decide::decide` what to do, runs
+//! those actions in order (stopping at the first that fails or loses a compare-and-set),
+//! and publishes the member's state. Every action is idempotent, so a crash mid-action and
+//! a retry on the next loop are safe.
+//!
+//! Architecture invariant: no decision is made here. Where the agent "chooses", it is
+//! executing an action the core returned; new behaviour belongs in `decide` first.
+
+pub mod api;
+pub mod process;
+
+use anyhow::{bail, Context, Result};
+use pgbaton_core::config::NodeConfig;
+use pgbaton_core::decide::{claim_value, decide, role_of, Action, ClusterView, DataDir, LocalView, PgRun};
+use pgbaton_core::model::{slot_name_for, MemberState, MemberStatus, Progress};
+use pgbaton_core::render::{self, Upstream};
+use pgbaton_pg::clone::CloneSpec;
+use pgbaton_pg::files::{self, PasswordSource};
+use pgbaton_pg::sql::Probe;
+use pgbaton_pg::{datadir, server, sql, Binaries};
+use pgbaton_store::{now_ms, Store};
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+pub use process::{become_os_user, Identity};
+
+/// A condition the agent must not resolve by itself: it reports it and exits.
+#[derive(Debug)]
+pub struct Fatal(pub String);
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Fatal {}
+
+/// Read the replication password from where the config says; when it says nothing, from
+/// `<base_dir>/replication.password`, generated (0600) on first use.
+pub fn load_password(cfg: &NodeConfig) -> Result<String> {
+    match (&cfg.replication.password_file, &cfg.replication.password_env) {
+        (Some(f), _) => files::read_password(PasswordSource::File(f)),
+        (None, Some(v)) => files::read_password(PasswordSource::Env(v)),
+        (None, None) => files::read_or_generate_password_file(&cfg.base_dir().join("replication.password")),
+    }
+}
+
+/// Is `port` on `host` taken by someone? (PostgreSQL would fail later with a log line.)
+pub fn port_taken(host: &str, port: u16) -> bool {
+    let host = match host.split(',').next().map(str::trim) {
+        Some("*") | Some("") | None => "0.0.0.0",
+        Some(h) => h,
+    };
+    match std::net::TcpListener::bind((host, port)) {
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::AddrInUse,
+    }
+}
+
+pub struct Agent {
+    cfg: NodeConfig,
+    bins: Binaries,
+    store: Arc<dyn Store>,
+    ident: Identity,
+    password: String,
+    shared: api::SharedState,
+    client: Option<tokio_postgres::Client>,
+    probe: Option<Probe>,
+    /// What this loop wants the operator to know (what it waits for, the last error).
+    message: Option<String>,
+    /// PostgreSQL was seen running, and nobody asked it to stop.
+    expect_running: bool,
+    crashed: bool,
+    restarts: u64,
+    held_lease: bool,
+}
+
+impl Agent {
+    /// Check everything that can be checked before the first loop: binaries, password,
+    /// store, the API port. Each failure names what is wrong.
+    pub async fn new(cfg: NodeConfig, ident: Identity) -> Result<(Agent, tokio::net::TcpListener)> {
+        let bins = Binaries::find(cfg.postgresql.bin_dir.as_deref())?;
+        let major = bins.major_version()?;
+        let password = load_password(&cfg)?;
+        let store = pgbaton_store::open(&cfg.store, &cfg.cluster)
+            .with_context(|| format!("open the store for cluster {}", cfg.cluster))?;
+        let listener = tokio::net::TcpListener::bind(&cfg.api.listen).await.with_context(|| {
+            format!(
+                "listen on {} for the agent's API (api.listen): is another agent or program using it? \
+                 choose another address or port",
+                cfg.api.listen
+            )
+        })?;
+        info!(
+            member = %cfg.name, cluster = %cfg.cluster, pg_major = major, bin_dir = %bins.dir.display(),
+            store = %store.describe(), api = %cfg.api.listen, os_user = %ident.user,
+            "agent starting{}",
+            if ident.dropped_from_root { format!(" (started as root, running as OS user {})", ident.user) } else { String::new() }
+        );
+        let shared = Arc::new(RwLock::new(api::Shared {
+            loop_interval: Duration::from_millis(cfg.timing.loop_interval_ms),
+            ..Default::default()
+        }));
+        Ok((
+            Agent {
+                cfg,
+                bins,
+                store,
+                ident,
+                password,
+                shared,
+                client: None,
+                probe: None,
+                message: None,
+                expect_running: false,
+                crashed: false,
+                restarts: 0,
+                held_lease: false,
+            },
+            listener,
+        ))
+    }
+
+    /// Run until `shutdown` resolves, then stop PostgreSQL cleanly and release the lease.
+    pub async fn run(mut self, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let app = api::router(self.shared.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                error!("the agent's API stopped: {e}");
+            }
+        });
+        self.write_pgpass()?;
+        let interval = Duration::from_millis(self.cfg.timing.loop_interval_ms);
+        tokio::pin!(shutdown);
+        let result = loop {
+            let started = Instant::now();
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                r = self.iteration() => if let Err(e) = r {
+                    if e.downcast_ref::<Fatal>().is_some() {
+                        break Err(e);
+                    }
+                    error!("{e:#}");
+                    self.message = Some(format!("{e:#}"));
+                    let _ = self.publish(None).await;
+                },
+            }
+            let pause = interval.saturating_sub(started.elapsed());
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                _ = tokio::time::sleep(pause) => {}
+            }
+        };
+        self.shutdown(result.is_err()).await;
+        result
+    }
+
+    async fn shutdown(&mut self, failed: bool) {
+        if !failed {
+            info!("shutting down: stopping PostgreSQL (fast mode)");
+            self.expect_running = false;
+            let _ = self.publish_status(MemberStatus::Stopping, None).await;
+            self.client = None;
+            let timeout = Duration::from_millis(self.cfg.timing.start_timeout_ms);
+            if let Err(e) = server::stop(&self.bins, &self.cfg.data_dir, timeout).await {
+                error!("stopping PostgreSQL: {e:#}");
+            }
+        }
+        // Release the lease only once PostgreSQL no longer runs writable.
+        if server::postmaster_pid(&self.cfg.data_dir).is_none() {
+            match self.store.leader_release(&self.cfg.name).await {
+                Ok(true) => info!("released the leader lease"),
+                Ok(false) => {}
+                Err(e) => warn!("releasing the leader lease: {e:#}"),
+            }
+        }
+        let status = if failed { MemberStatus::Failed } else { MemberStatus::Stopped };
+        let _ = self.publish_status(status, None).await;
+        info!("agent stopped");
+    }
+
+    async fn cluster_view(&self) -> Result<ClusterView> {
+        Ok(ClusterView {
+            initialize: self.store.initialize_get().await?,
+            leader: self.store.leader_get().await?,
+            members: self.store.members().await?,
+        })
+    }
+
+    async fn observe_pg(&mut self, view: &ClusterView) -> PgRun {
+        if server::postmaster_pid(&self.cfg.data_dir).is_none() {
+            self.client = None;
+            self.probe = None;
+            if self.expect_running {
+                self.expect_running = false;
+                self.crashed = true;
+                warn!("PostgreSQL stopped without being asked to (crash or kill): starting it again");
+            }
+            return PgRun::Stopped;
+        }
+        if self.client.as_ref().map_or(true, |c| c.is_closed()) {
+            self.client = sql::connect(&self.cfg, "postgres").await.ok();
+        }
+        let Some(client) = &self.client else {
+            return PgRun::NotAnswering;
+        };
+        match sql::probe(client).await {
+            Ok(p) => {
+                let upstream = p.in_recovery.then(|| upstream_member(&p, view)).flatten();
+                let run = PgRun::Running { in_recovery: p.in_recovery, upstream };
+                self.probe = Some(p);
+                self.expect_running = true;
+                run
+            }
+            Err(_) => {
+                self.client = None;
+                self.probe = None;
+                PgRun::NotAnswering
+            }
+        }
+    }
+
+    async fn iteration(&mut self) -> Result<()> {
+        self.shared.write().unwrap_or_else(|e| e.into_inner()).last_loop = Some(Instant::now());
+        let view = self.cluster_view().await.context("read the cluster from the store")?;
+        let data = datadir::inspect(&self.bins, &self.cfg.data_dir)?;
+        let pg = self.observe_pg(&view).await;
+        let local = LocalView { name: self.cfg.name.clone(), data, pg };
+        let actions = decide(&view, &local, now_ms());
+        self.message = None;
+        for action in actions {
+            match self.execute(action, &view, &local).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) if e.downcast_ref::<Fatal>().is_some() => {
+                    self.message = Some(e.to_string());
+                    error!("{e}");
+                    let _ = self.publish_status(MemberStatus::Failed, None).await;
+                    return Err(e);
+                }
+                Err(e) => {
+                    error!("{e:#}");
+                    self.message = Some(format!("{e:#}"));
+                    break;
+                }
+            }
+        }
+        // Publish what is true now, after the actions.
+        let view = self.cluster_view().await?;
+        let data = datadir::inspect(&self.bins, &self.cfg.data_dir)?;
+        let pg = self.observe_pg(&view).await;
+        let local = LocalView { name: self.cfg.name.clone(), data, pg };
+        let status = self.status_of(&local);
+        self.publish_full(&local, status, None).await
+    }
+
+    fn status_of(&self, local: &LocalView) -> MemberStatus {
+        match &local.pg {
+            PgRun::Running { in_recovery: false, .. } => MemberStatus::Running,
+            PgRun::Running { in_recovery: true, .. } => {
+                match self.probe.as_ref().and_then(|p| p.receiver_status.as_deref()) {
+                    Some("streaming") => MemberStatus::Streaming,
+                    _ => MemberStatus::Replaying,
+                }
+            }
+            PgRun::NotAnswering => MemberStatus::Starting,
+            PgRun::Stopped if self.crashed => MemberStatus::Crashed,
+            PgRun::Stopped if local.data == DataDir::Empty => MemberStatus::WaitingForPrimary,
+            PgRun::Stopped => MemberStatus::Stopped,
+        }
+    }
+
+    /// Run one action. `Ok(false)`: stop this loop's list here (a lost compare-and-set, a wait).
+    async fn execute(&mut self, action: Action, _view: &ClusterView, local: &LocalView) -> Result<bool> {
+        let me = self.cfg.name.clone();
+        let ttl = self.cfg.timing.ttl_ms;
+        match action {
+            Action::ClaimInitialize { value } => {
+                let won = self.store.initialize_claim(&value).await?;
+                if won {
+                    info!("claimed the cluster's initialize key ({value})");
+                }
+                Ok(won)
+            }
+            Action::Bootstrap => self.bootstrap(&local.data).await.map(|_| true),
+            Action::AcquireLease => {
+                let won = self.store.leader_acquire(&me, ttl).await?;
+                if won && !self.held_lease {
+                    info!("acquired the leader lease");
+                } else if !won {
+                    self.message = Some("another member holds the leader lease".into());
+                }
+                self.held_lease = won;
+                Ok(won)
+            }
+            Action::RenewLease => {
+                let kept = self.store.leader_renew(&me, ttl).await?;
+                if !kept {
+                    warn!("lost the leader lease");
+                    self.message = Some("lost the leader lease".into());
+                }
+                self.held_lease = kept;
+                Ok(kept)
+            }
+            Action::Clone { from } => self.clone_from(&from).await.map(|_| true),
+            Action::Start { upstream } => {
+                let standby = matches!(local.data, DataDir::Initialized { standby: true, .. });
+                self.start(standby, upstream.as_ref()).await.map(|_| true)
+            }
+            Action::Follow { upstream } => {
+                files::write_pg_config(&self.cfg, &self.ident.user, true, upstream.as_ref())?;
+                server::reload(&self.bins, &self.cfg.data_dir).await?;
+                info!("now following {}", upstream.as_ref().map_or("nobody", |u| u.member.as_str()));
+                Ok(true)
+            }
+            Action::Stop { reason } => {
+                warn!("stopping PostgreSQL: {reason}");
+                self.expect_running = false;
+                self.client = None;
+                server::stop(&self.bins, &self.cfg.data_dir, Duration::from_millis(self.cfg.timing.start_timeout_ms)).await?;
+                Ok(true)
+            }
+            Action::EnsureSlots { names } => {
+                let Some(client) = &self.client else { return Ok(false) };
+                for name in names {
+                    if sql::ensure_physical_slot(client, &name).await? {
+                        info!("created replication slot {name}");
+                    }
+                }
+                Ok(true)
+            }
+            Action::Wait { reason } => {
+                if self.shared.read().unwrap_or_else(|e| e.into_inner()).member.as_ref().and_then(|m| m.message.as_ref()) != Some(&reason) {
+                    info!("waiting: {reason}");
+                }
+                self.message = Some(reason);
+                Ok(false)
+            }
+            Action::Fail { reason } => Err(Fatal(reason).into()),
+        }
+    }
+
+    fn write_pgpass(&self) -> Result<()> {
+        files::write_if_changed(&self.cfg.pgpass_path(), &render::pgpass(&self.cfg.replication.user, &self.password), 0o600)
+            .with_context(|| format!("write the passfile {}", self.cfg.pgpass_path().display()))?;
+        Ok(())
+    }
+
+    fn prepare_start(&self) -> Result<()> {
+        let pg = &self.cfg.postgresql;
+        if port_taken(&pg.listen_host, pg.port) {
+            bail!(
+                "port {} on {} is already in use by another program: PostgreSQL cannot listen there. \
+                 Stop that program or choose another postgresql.port",
+                pg.port,
+                pg.listen_host
+            );
+        }
+        files::ensure_dir(&self.cfg.socket_dir(), 0o700)?;
+        if let Some(dir) = &pg.archive_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("create the WAL archive directory {}", dir.display()))?;
+        }
+        self.write_pgpass()
+    }
+
+    async fn start(&mut self, standby: bool, upstream: Option<&Upstream>) -> Result<()> {
+        self.prepare_start()?;
+        files::write_pg_config(&self.cfg, &self.ident.user, standby, upstream)?;
+        let role = if standby { "standby" } else { "primary" };
+        let _ = self.publish_status(MemberStatus::Starting, None).await;
+        server::start(&self.bins, &self.cfg.data_dir, &self.cfg.log_file(), Duration::from_millis(self.cfg.timing.start_timeout_ms)).await?;
+        if self.crashed {
+            self.restarts += 1;
+            info!(restarts = self.restarts, "restarted PostgreSQL as {role} after it stopped unexpectedly");
+        } else {
+            info!(
+                "started PostgreSQL as {role}{}",
+                upstream.map(|u| format!(" following {} ({}:{})", u.member, u.host, u.port)).unwrap_or_default()
+            );
+        }
+        self.crashed = false;
+        self.expect_running = true;
+        self.client = None;
+        Ok(())
+    }
+
+    async fn bootstrap(&mut self, data: &DataDir) -> Result<()> {
+        let me = self.cfg.name.clone();
+        self.message = Some("initializing a new cluster".into());
+        let _ = self.publish_status(MemberStatus::Bootstrapping, None).await;
+        if *data == DataDir::Empty {
+            files::ensure_dir(&self.cfg.data_dir, 0o700)?;
+            info!("initdb {} (data checksums, scram-sha-256)", self.cfg.data_dir.display());
+            server::initdb(&self.bins, &self.cfg.data_dir, &self.cfg.postgresql.superuser).await?;
+        }
+        // Only the lease holder may run a writable primary: take the lease first.
+        if !self.store.leader_acquire(&me, self.cfg.timing.ttl_ms).await? {
+            bail!("cannot bootstrap: another member holds the leader lease");
+        }
+        self.held_lease = true;
+        if server::postmaster_pid(&self.cfg.data_dir).is_none() {
+            self.start(false, None).await?;
+        }
+        let client = sql::connect(&self.cfg, "postgres").await?;
+        sql::ensure_replication_role(&client, &self.cfg.replication.user, &self.password).await?;
+        for db in sql::ensure_databases(&client, &self.cfg.postgresql.databases).await? {
+            info!("created database {db}");
+        }
+        let probe = sql::probe(&client).await?;
+        if !self.store.initialize_replace(&claim_value(&me), &probe.system_id).await? {
+            bail!("the cluster's initialize key changed under this bootstrap; not publishing the identity");
+        }
+        info!("bootstrapped cluster {}: system identifier {}", self.cfg.cluster, probe.system_id);
+        self.message = None;
+        Ok(())
+    }
+
+    async fn clone_from(&mut self, from: &Upstream) -> Result<()> {
+        self.prepare_start()?;
+        if let Some(parent) = self.cfg.data_dir.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+        let slot = slot_name_for(&self.cfg.name);
+        info!("cloning from {} ({}:{}) with pg_basebackup, slot {slot}", from.member, from.host, from.port);
+        self.message = Some(format!("cloning from {}", from.member));
+        let (tx, mut rx) = tokio::sync::watch::channel::<Option<Progress>>(None);
+        let passfile = self.cfg.pgpass_path();
+        let (user, name, data_dir, bins) =
+            (self.cfg.replication.user.clone(), self.cfg.name.clone(), self.cfg.data_dir.clone(), self.bins.clone());
+        let spec = CloneSpec {
+            host: &from.host,
+            port: from.port,
+            user: &user,
+            passfile: &passfile,
+            slot: &slot,
+            application_name: &name,
+            data_dir: &data_dir,
+        };
+        let started = Instant::now();
+        let clone = pgbaton_pg::clone::clone(&bins, &spec, &tx);
+        tokio::pin!(clone);
+        let mut last_logged_pct = 0u64;
+        let result = loop {
+            tokio::select! {
+                r = &mut clone => break r,
+                changed = rx.changed() => {
+                    if changed.is_err() { continue; }
+                    let p = *rx.borrow_and_update();
+                    if let Some(p) = p {
+                        let pct = if p.total_kb > 0 { p.done_kb * 100 / p.total_kb } else { 0 };
+                        if pct >= last_logged_pct + 25 {
+                            last_logged_pct = pct;
+                            info!("base backup {pct}% ({} of {} kB)", p.done_kb, p.total_kb);
+                        }
+                        let _ = self.publish_status(MemberStatus::Cloning, Some(p)).await;
+                    }
+                }
+            }
+        };
+        drop(clone);
+        result?;
+        info!("base backup done in {:.1} s", started.elapsed().as_secs_f64());
+        self.message = None;
+        self.start(true, Some(from)).await
+    }
+
+    async fn publish_status(&self, status: MemberStatus, progress: Option<Progress>) -> Result<()> {
+        let data = datadir::inspect(&self.bins, &self.cfg.data_dir).unwrap_or(DataDir::Empty);
+        let pg = if server::postmaster_pid(&self.cfg.data_dir).is_some() { PgRun::NotAnswering } else { PgRun::Stopped };
+        let local = LocalView { name: self.cfg.name.clone(), data, pg };
+        self.publish_full(&local, status, progress).await
+    }
+
+    async fn publish(&self, progress: Option<Progress>) -> Result<()> {
+        let data = datadir::inspect(&self.bins, &self.cfg.data_dir).unwrap_or(DataDir::Empty);
+        let pg = if server::postmaster_pid(&self.cfg.data_dir).is_some() { PgRun::NotAnswering } else { PgRun::Stopped };
+        let local = LocalView { name: self.cfg.name.clone(), data, pg };
+        let status = self.status_of(&local);
+        self.publish_full(&local, status, progress).await
+    }
+
+    async fn publish_full(&self, local: &LocalView, status: MemberStatus, progress: Option<Progress>) -> Result<()> {
+        let p = self.probe.as_ref().filter(|_| matches!(local.pg, PgRun::Running { .. }));
+        let role = role_of(local);
+        let system_id = p.map(|p| p.system_id.clone()).or(match &local.data {
+            DataDir::Initialized { system_id, .. } => Some(system_id.clone()),
+            _ => None,
+        });
+        let upstream = match &local.pg {
+            PgRun::Running { upstream, .. } => upstream.clone(),
+            _ => None,
+        };
+        let state = MemberState {
+            name: self.cfg.name.clone(),
+            role,
+            state: status,
+            host: self.cfg.connect_host(),
+            port: self.cfg.postgresql.port,
+            socket_dir: self.cfg.socket_dir().to_string_lossy().into_owned(),
+            os_user: self.ident.user.clone(),
+            superuser: self.cfg.postgresql.superuser.clone(),
+            api_url: self.cfg.api_url(),
+            timeline: p.and_then(|p| p.timeline),
+            lsn: p.and_then(|p| p.lsn),
+            receive_lsn: p.and_then(|p| p.receive_lsn),
+            system_id,
+            upstream,
+            slot_name: slot_name_for(&self.cfg.name),
+            slots: p.map(|p| p.slots.clone()).unwrap_or_default(),
+            pg_version: p.map(|p| p.version.clone()),
+            message: self.message.clone(),
+            progress,
+            agent_pid: std::process::id(),
+            updated_ms: now_ms(),
+        };
+        self.shared.write().unwrap_or_else(|e| e.into_inner()).member = Some(state.clone());
+        self.store.member_put(&state).await.context("publish the member's state to the store")
+    }
+}
+
+/// The member a standby's `primary_conninfo` points at, matched by host and port.
+fn upstream_member(p: &Probe, view: &ClusterView) -> Option<String> {
+    let (host, port) = p.receiver_sender.clone().or_else(|| conninfo_host_port(&p.primary_conninfo))?;
+    view.members.iter().find(|m| m.host == host && m.port == port).map(|m| m.name.clone())
+}
+
+/// host and port of a simple `key=value` connection string (as pgbaton renders them).
+fn conninfo_host_port(conninfo: &str) -> Option<(String, u16)> {
+    let mut host = None;
+    let mut port = None;
+    for kv in conninfo.split_whitespace() {
+        match kv.split_once('=') {
+            Some(("host", v)) => host = Some(v.trim_matches('\'').to_string()),
+            Some(("port", v)) => port = v.trim_matches('\'').parse().ok(),
+            _ => {}
+        }
+    }
+    Some((host?, port.unwrap_or(5432)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_parsing() {
+        assert_eq!(
+            conninfo_host_port("host=127.0.0.1 port=5433 user=replicator passfile=/x"),
+            Some(("127.0.0.1".into(), 5433))
+        );
+        assert_eq!(conninfo_host_port("user=x"), None);
+    }
+
+    #[test]
+    fn taken_port_is_detected() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(port_taken("127.0.0.1", port));
+        drop(l);
+        assert!(!port_taken("127.0.0.1", port));
+    }
+}

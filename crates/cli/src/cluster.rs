@@ -1,0 +1,60 @@
+//! Loading configs and reading the cluster from the store: what every command shares.
+
+use anyhow::{Context, Result};
+use pgbaton_core::config::{ClientConfig, NodeConfig};
+use pgbaton_core::model::{Leader, MemberState};
+use pgbaton_store::Store;
+use std::path::Path;
+use std::sync::Arc;
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))
+}
+
+pub fn load_node_config(path: &Path) -> Result<NodeConfig> {
+    Ok(NodeConfig::from_toml_str(&read(path)?, path)?)
+}
+
+/// A client config, or a node config (whose cluster and store are used).
+pub fn load_client_config(path: &Path) -> Result<ClientConfig> {
+    let text = read(path)?;
+    let is_node = text
+        .parse::<toml::Table>()
+        .map(|t| t.contains_key("data_dir") || t.contains_key("name"))
+        .unwrap_or(false);
+    if is_node {
+        let n = NodeConfig::from_toml_str(&text, path)?;
+        return Ok(ClientConfig { cluster: n.cluster, store: n.store });
+    }
+    Ok(ClientConfig::from_toml_str(&text, path)?)
+}
+
+/// A snapshot of the cluster as the store holds it.
+pub struct Snapshot {
+    pub leader: Option<Leader>,
+    pub members: Vec<MemberState>,
+}
+
+impl Snapshot {
+    pub async fn read(store: &dyn Store) -> Result<Snapshot> {
+        Ok(Snapshot { leader: store.leader_get().await?, members: store.members().await? })
+    }
+
+    pub fn leader_member(&self) -> Option<&MemberState> {
+        let l = self.leader.as_ref()?;
+        self.members.iter().find(|m| m.name == l.member)
+    }
+}
+
+/// Open the cluster's store; a local store file must exist already (a client never creates one).
+pub fn open_store(cfg: &ClientConfig) -> Result<Arc<dyn Store>> {
+    if let pgbaton_core::config::StoreConfig::Local { path } = &cfg.store {
+        if !path.exists() {
+            anyhow::bail!(
+                "the store file {} does not exist: is the cluster up? (pgbaton up --dir DIR makes one)",
+                path.display()
+            );
+        }
+    }
+    pgbaton_store::open(&cfg.store, &cfg.cluster)
+}

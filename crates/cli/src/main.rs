@@ -1,0 +1,160 @@
+//! `pgbaton`: one binary for the agent, the local cluster (`up`/`down`) and the operator's
+//! commands. Flags and config are parsed with no side effects first; `main` turns errors
+//! into a message on stderr and a non-zero exit code.
+
+mod cluster;
+mod local;
+mod members;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pgbaton", version, about = "High availability for PostgreSQL streaming replication")]
+struct Cli {
+    /// Config file: a node config for `agent`; the cluster's client config (DIR/pgbaton.toml
+    /// written by `up`) or any node config for the other commands.
+    #[arg(short = 'c', long = "config", global = true, env = "PGBATON_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent for one node (keeps its PostgreSQL running in its role).
+    Agent,
+    /// Bring up a local cluster: a primary and N-1 streaming standbys on this machine.
+    Up {
+        /// Directory for the whole cluster (data, logs, configs). Created if missing.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Number of members.
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        /// PostgreSQL port of the first member; member i uses PORT_BASE+i-1, and its agent's
+        /// API listens on PORT_BASE+1000+i-1.
+        #[arg(long, default_value_t = 15432)]
+        port_base: u16,
+        /// Cluster name.
+        #[arg(long, default_value = "pgbaton")]
+        cluster: String,
+        /// Database to create at bootstrap (repeat for several).
+        #[arg(long = "database")]
+        databases: Vec<String>,
+        /// Archive WAL into DIR/archive (archive_mode on).
+        #[arg(long)]
+        archive: bool,
+        /// Give up waiting for a healthy cluster after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Stop a local cluster made by `up`.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Also delete the cluster's directory: all data, logs and configs.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show the members of the cluster.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open psql on a member (the primary when none is named) as the database superuser.
+    Psql {
+        member: Option<String>,
+        /// Arguments passed to psql, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Print a connection string for a member (the primary when none is named).
+    Dsn { member: Option<String> },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGBATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("start the async runtime")
+}
+
+fn config_path(cli_config: Option<PathBuf>) -> PathBuf {
+    cli_config.unwrap_or_else(|| PathBuf::from("pgbaton.toml"))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Agent => {
+            let path = cli.config.context("`pgbaton agent` needs a node config: pgbaton agent -c NODE.toml")?;
+            let cfg = cluster::load_node_config(&path)?;
+            init_tracing();
+            // Drop privileges before any thread exists.
+            let ident = pgbaton_agent::become_os_user(&cfg)?;
+            let rt = runtime()?;
+            rt.block_on(async move {
+                let (agent, listener) = pgbaton_agent::Agent::new(cfg, ident).await?;
+                agent.run(listener, shutdown_signal()).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Up { dir, nodes, port_base, cluster, databases, archive, timeout } => {
+            let opts = local::UpOptions { dir, nodes, port_base, cluster, databases, archive, timeout_s: timeout };
+            runtime()?.block_on(local::up(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Down { dir, purge } => {
+            runtime()?.block_on(local::down(&dir, purge))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::List { json } => {
+            let cfg = cluster::load_client_config(&config_path(cli.config))?;
+            runtime()?.block_on(members::list(&cfg, json))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Psql { member, args } => {
+            let cfg = cluster::load_client_config(&config_path(cli.config))?;
+            let code = runtime()?.block_on(members::psql(&cfg, member.as_deref(), &args))?;
+            Ok(ExitCode::from(code))
+        }
+        Cmd::Dsn { member } => {
+            let cfg = cluster::load_client_config(&config_path(cli.config))?;
+            runtime()?.block_on(members::dsn(&cfg, member.as_deref()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

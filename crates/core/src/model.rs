@@ -1,0 +1,246 @@
+//! The cluster model: what a member publishes about itself, the leader lease, LSNs.
+//!
+//! These are plain data. They are (de)serialized as JSON in the store and in `list --json`,
+//! so field names are part of the public interface.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A WAL position, as PostgreSQL prints it (`16/B374D848`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Bytes from `self` forward to `ahead` (0 when `ahead` is not ahead).
+    pub fn bytes_until(self, ahead: Lsn) -> u64 {
+        ahead.0.saturating_sub(self.0)
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an LSN: {0:?} (expected two hexadecimal numbers separated by '/', like 0/3000148)")]
+pub struct LsnParseError(pub String);
+
+impl FromStr for Lsn {
+    type Err = LsnParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || LsnParseError(s.to_string());
+        let (hi, lo) = s.trim().split_once('/').ok_or_else(err)?;
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
+        Ok(Lsn(((hi as u64) << 32) | lo as u64))
+    }
+}
+
+impl Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a member's PostgreSQL is, as far as replication goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Standby,
+    /// Not known: PostgreSQL is down and the data directory has not said yet, or there is none.
+    Unknown,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+            Role::Unknown => "unknown",
+        })
+    }
+}
+
+/// Where a member is in its life. `running` (primary) and `streaming` (standby) are healthy.
+///
+/// ```text
+///  (empty dir) ── bootstrapping ──> starting ──> running            (first member)
+///  (empty dir) ── waiting_for_primary ──> cloning ──> starting ──> streaming
+///  running|streaming ── postgres dies ──> crashed ──> starting ──> ...
+///  any ── fatal condition (foreign data dir, ...) ──> failed   (agent keeps reporting, acts no more)
+///  any ── SIGTERM ──> stopping ──> stopped
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberStatus {
+    Bootstrapping,
+    WaitingForPrimary,
+    Cloning,
+    Starting,
+    /// A primary that accepts connections.
+    Running,
+    /// A standby whose WAL receiver streams from the primary.
+    Streaming,
+    /// A standby that runs but does not stream (yet).
+    Replaying,
+    Crashed,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl MemberStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MemberStatus::Bootstrapping => "bootstrapping",
+            MemberStatus::WaitingForPrimary => "waiting_for_primary",
+            MemberStatus::Cloning => "cloning",
+            MemberStatus::Starting => "starting",
+            MemberStatus::Running => "running",
+            MemberStatus::Streaming => "streaming",
+            MemberStatus::Replaying => "replaying",
+            MemberStatus::Crashed => "crashed",
+            MemberStatus::Stopping => "stopping",
+            MemberStatus::Stopped => "stopped",
+            MemberStatus::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for MemberStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A physical replication slot as the primary reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    pub name: String,
+    pub active: bool,
+    pub restart_lsn: Option<Lsn>,
+    /// WAL the slot holds back: current LSN - restart_lsn.
+    pub retained_bytes: Option<u64>,
+}
+
+/// What a member's agent publishes to the store every loop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberState {
+    pub name: String,
+    pub role: Role,
+    pub state: MemberStatus,
+    /// Address other members and clients use to reach this member's PostgreSQL.
+    pub host: String,
+    pub port: u16,
+    /// Unix socket directory of this member's PostgreSQL (for local admin access).
+    pub socket_dir: String,
+    /// OS user PostgreSQL runs as.
+    pub os_user: String,
+    /// Database superuser name.
+    pub superuser: String,
+    /// Base URL of the agent's HTTP API.
+    pub api_url: String,
+    pub timeline: Option<u32>,
+    /// Primary: pg_current_wal_lsn(); standby: pg_last_wal_replay_lsn().
+    pub lsn: Option<Lsn>,
+    /// Standby: pg_last_wal_receive_lsn().
+    pub receive_lsn: Option<Lsn>,
+    /// pg_control's database system identifier, as a decimal string.
+    pub system_id: Option<String>,
+    /// Standby: the member it streams from.
+    pub upstream: Option<String>,
+    /// Name of the physical slot this member uses on its upstream.
+    pub slot_name: String,
+    /// Primary: its physical replication slots.
+    #[serde(default)]
+    pub slots: Vec<SlotInfo>,
+    pub pg_version: Option<String>,
+    /// A human note: what it waits for, the last error.
+    pub message: Option<String>,
+    /// Progress of a long operation (a base backup), as pg_basebackup reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// PID of the agent process.
+    pub agent_pid: u32,
+    /// Wall-clock time of this report, ms since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+/// Progress of a long operation, in kB as pg_basebackup counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub done_kb: u64,
+    pub total_kb: u64,
+}
+
+/// The leader lease: whoever holds it may run the writable primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leader {
+    pub member: String,
+    /// Wall-clock expiry, ms since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+/// The name of the physical replication slot that `member` uses on its upstream.
+/// PostgreSQL slot names allow `[a-z0-9_]` up to 63 bytes; other characters become `_`.
+pub fn slot_name_for(member: &str) -> String {
+    let mut s = String::from("pgbaton_");
+    for c in member.chars() {
+        let c = c.to_ascii_lowercase();
+        s.push(if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' });
+    }
+    s.truncate(63);
+    s
+}
+
+/// Prefix of every slot pgbaton creates; slots without it are never dropped by pgbaton.
+pub const SLOT_PREFIX: &str = "pgbaton_";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trips() {
+        for s in ["0/0", "0/3000148", "16/B374D848", "FFFFFFFF/FFFFFFFF"] {
+            let l: Lsn = s.parse().unwrap();
+            assert_eq!(l.to_string(), s);
+        }
+        assert_eq!("1/0".parse::<Lsn>().unwrap().0, 1 << 32);
+        assert!("".parse::<Lsn>().is_err());
+        assert!("0/".parse::<Lsn>().is_err());
+        assert!("12345".parse::<Lsn>().is_err());
+        assert!("G/0".parse::<Lsn>().is_err());
+    }
+
+    #[test]
+    fn lsn_distance() {
+        assert_eq!(Lsn(100).bytes_until(Lsn(150)), 50);
+        assert_eq!(Lsn(150).bytes_until(Lsn(100)), 0);
+    }
+
+    #[test]
+    fn slot_names_are_valid() {
+        assert_eq!(slot_name_for("n1"), "pgbaton_n1");
+        assert_eq!(slot_name_for("DB-West.2"), "pgbaton_db_west_2");
+        assert!(slot_name_for(&"x".repeat(100)).len() <= 63);
+    }
+
+    #[test]
+    fn member_state_json_names() {
+        let m = MemberStatus::WaitingForPrimary;
+        assert_eq!(serde_json::to_string(&m).unwrap(), "\"waiting_for_primary\"");
+        assert_eq!(serde_json::to_string(&Role::Primary).unwrap(), "\"primary\"");
+    }
+}

@@ -1,0 +1,239 @@
+//! Text that PostgreSQL and libpq read, rendered from the config: the `pgbaton.conf`
+//! include, `pg_hba.conf`, `pg_ident.conf`, connection strings, passfile lines.
+
+use crate::config::NodeConfig;
+use std::fmt::Write;
+use std::path::Path;
+
+/// Name of the configuration include pgbaton owns inside the data directory.
+pub const INCLUDE_FILE: &str = "pgbaton.conf";
+/// The line appended to `postgresql.conf` so that pgbaton's include takes effect.
+pub const INCLUDE_LINE: &str = "include_if_exists = 'pgbaton.conf'\t# added by pgbaton: keep it last";
+/// Name of the ident map for local superuser access.
+pub const IDENT_MAP: &str = "pgbaton";
+
+/// Where a standby streams from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub member: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Quote a value for postgresql.conf: single quotes, with `'` and `\` doubled.
+pub fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Quote a value for a libpq connection string when it needs it.
+pub fn conninfo_value(v: &str) -> String {
+    if !v.is_empty() && v.chars().all(|c| !c.is_whitespace() && c != '\'' && c != '\\') {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+/// A libpq connection string from key/value pairs.
+pub fn conninfo(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `primary_conninfo` for a standby of `up`: the password comes from the passfile, never inline.
+pub fn primary_conninfo(cfg: &NodeConfig, up: &Upstream) -> String {
+    let port = up.port.to_string();
+    let passfile = cfg.pgpass_path();
+    conninfo(&[
+        ("host", &up.host),
+        ("port", &port),
+        ("user", &cfg.replication.user),
+        ("passfile", &passfile.to_string_lossy()),
+        ("application_name", &cfg.name),
+        ("sslmode", "prefer"),
+        ("connect_timeout", "5"),
+    ])
+}
+
+/// One line of a libpq passfile (`host:port:database:user:password`), with `:` and `\` escaped.
+pub fn pgpass_line(host: &str, port: &str, database: &str, user: &str, password: &str) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    format!("{}:{}:{}:{}:{}\n", esc(host), esc(port), esc(database), esc(user), esc(password))
+}
+
+/// The passfile a member keeps: the replication password for any host, for replication
+/// connections and for the `replication` pseudo-database pg_basebackup uses.
+pub fn pgpass(user: &str, password: &str) -> String {
+    pgpass_line("*", "*", "*", user, password)
+}
+
+/// The archive_command for a WAL archive directory: never overwrite an archived segment.
+pub fn archive_command(dir: &Path) -> String {
+    let d = dir.to_string_lossy();
+    format!("test ! -f '{d}/%f' && cp '%p' '{d}/%f'")
+}
+
+/// `pgbaton.conf`: every setting pgbaton owns, rewritten before each start.
+/// `upstream` is `Some` for a standby (primary_conninfo and slot), `None` for a primary.
+pub fn pgbaton_conf(cfg: &NodeConfig, upstream: Option<&Upstream>) -> String {
+    let pg = &cfg.postgresql;
+    let mut s = String::new();
+    let mut set = |k: &str, v: String| {
+        let _ = writeln!(s, "{k} = {v}");
+    };
+    set("listen_addresses", conf_quote(&pg.listen_host));
+    set("port", pg.port.to_string());
+    set("unix_socket_directories", conf_quote(&cfg.socket_dir().to_string_lossy()));
+    set("password_encryption", conf_quote("scram-sha-256"));
+    set("wal_level", "replica".into());
+    set("hot_standby", "on".into());
+    set("hot_standby_feedback", "on".into());
+    set("max_wal_senders", pg.max_wal_senders.to_string());
+    set("max_replication_slots", pg.max_replication_slots.to_string());
+    set("max_slot_wal_keep_size", conf_quote(&pg.max_slot_wal_keep_size));
+    // pg_rewind needs either data checksums (set at initdb) or wal_log_hints; keep both so a
+    // cluster made without checksums elsewhere can still be rewound.
+    set("wal_log_hints", "on".into());
+    set("recovery_target_timeline", conf_quote("latest"));
+    match &pg.archive_dir {
+        Some(dir) => {
+            set("archive_mode", "on".into());
+            set("archive_command", conf_quote(&archive_command(dir)));
+        }
+        None => set("archive_mode", "off".into()),
+    }
+    match upstream {
+        Some(up) => {
+            set("primary_conninfo", conf_quote(&primary_conninfo(cfg, up)));
+            set("primary_slot_name", conf_quote(&crate::model::slot_name_for(&cfg.name)));
+        }
+        None => {
+            set("primary_conninfo", "''".into());
+            set("primary_slot_name", "''".into());
+        }
+    }
+    for (k, v) in &pg.parameters {
+        set(k, v.render());
+    }
+    format!(
+        "# Managed by pgbaton for member {} of cluster {}: rewritten at every start.\n\
+         # Put your own settings in [postgresql.parameters] of the node config.\n{s}",
+        cfg.name, cfg.cluster
+    )
+}
+
+/// `pg_hba.conf`. Local socket: the superuser by peer authentication through the `pgbaton`
+/// ident map, everyone else by password. Network: scram-sha-256 only, from the configured
+/// networks; replication only for the replication user. Never `trust`.
+pub fn pg_hba(cfg: &NodeConfig) -> String {
+    let pg = &cfg.postgresql;
+    let mut s = format!(
+        "# Managed by pgbaton: rewritten at every start. No line here uses trust.\n\
+         # TYPE  DATABASE     USER         ADDRESS                  METHOD\n\
+         local   all          {su:<12} peer map={IDENT_MAP}\n\
+         local   all          all          scram-sha-256\n",
+        su = pg.superuser
+    );
+    for net in &pg.allowed_networks {
+        let _ = writeln!(
+            s,
+            "host    replication  {:<12} {net:<24} scram-sha-256",
+            cfg.replication.user
+        );
+    }
+    for net in &pg.allowed_networks {
+        let _ = writeln!(s, "host    all          all          {net:<24} scram-sha-256");
+    }
+    s
+}
+
+/// `pg_ident.conf`: the OS user PostgreSQL runs as may log in locally as the superuser.
+pub fn pg_ident(os_user: &str, superuser: &str) -> String {
+    format!(
+        "# Managed by pgbaton: rewritten at every start.\n\
+         # MAPNAME  SYSTEM-USERNAME  PG-USERNAME\n\
+         {IDENT_MAP}    {os_user}    {superuser}\n"
+    )
+}
+
+/// Quote an SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quote an SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+
+    fn cfg() -> NodeConfig {
+        NodeConfig::from_toml_str(
+            r#"
+cluster = "demo"
+name = "n2"
+data_dir = "/srv/pg/n2/data"
+[postgresql]
+port = 6000
+archive_dir = "/srv/archive"
+allowed_networks = ["10.0.0.0/8"]
+[postgresql.parameters]
+work_mem = "8MB"
+[store]
+kind = "local"
+path = "/srv/pg/store.db"
+"#,
+            Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hba_has_no_trust_and_uses_scram_on_network_lines() {
+        let hba = pg_hba(&cfg());
+        assert!(!hba.lines().any(|l| !l.starts_with('#') && l.contains("trust")));
+        let host: Vec<_> = hba.lines().filter(|l| l.starts_with("host")).collect();
+        assert_eq!(host.len(), 2);
+        assert!(host.iter().all(|l| l.ends_with("scram-sha-256") && l.contains("10.0.0.0/8")));
+        assert!(host[0].contains("replication") && host[0].contains("replicator"));
+    }
+
+    #[test]
+    fn standby_conf_uses_passfile_and_slot() {
+        let c = cfg();
+        let up = Upstream { member: "n1".into(), host: "127.0.0.1".into(), port: 5999 };
+        let conf = pgbaton_conf(&c, Some(&up));
+        assert!(conf.contains("primary_slot_name = 'pgbaton_n2'"));
+        let line = conf.lines().find(|l| l.starts_with("primary_conninfo")).unwrap();
+        assert!(line.contains("passfile=/srv/pg/n2/pgpass"), "{line}");
+        assert!(!line.contains("password="), "{line}");
+        assert!(line.contains("port=5999") && line.contains("application_name=n2"));
+        assert!(conf.contains("archive_command = 'test ! -f ''/srv/archive/%f'' && cp ''%p'' ''/srv/archive/%f'''"));
+        assert!(conf.contains("work_mem = '8MB'"));
+        assert!(conf.contains("port = 6000"));
+    }
+
+    #[test]
+    fn primary_conf_clears_conninfo() {
+        let conf = pgbaton_conf(&cfg(), None);
+        assert!(conf.contains("primary_conninfo = ''"));
+        assert!(conf.contains("wal_level = replica"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(conf_quote("it's"), "'it''s'");
+        assert_eq!(conninfo_value("a b"), "'a b'");
+        assert_eq!(conninfo_value("x'y"), "'x\\'y'");
+        assert_eq!(pgpass_line("h", "5432", "*", "u", "p:w\\d"), "h:5432:*:u:p\\:w\\\\d\n");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("a'b"), "'a''b'");
+    }
+}

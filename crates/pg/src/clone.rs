@@ -1,0 +1,146 @@
+//! Cloning a standby with pg_basebackup, with progress.
+//!
+//! The backup goes into a scratch directory beside the data directory and is renamed into
+//! place only when complete, so an interrupted clone never leaves a half-written data
+//! directory behind. The scratch directory carries a marker file beside it; only a scratch
+//! directory with that marker (one pgbaton itself started) is ever removed, and only to
+//! retry the clone.
+
+use crate::Binaries;
+use anyhow::{bail, Context, Result};
+use pgbaton_core::model::Progress;
+use pgbaton_core::render::conninfo;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::sync::watch;
+
+/// No output from pg_basebackup for this long: it is considered stuck and stopped.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct CloneSpec<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub passfile: &'a Path,
+    pub slot: &'a str,
+    pub application_name: &'a str,
+    pub data_dir: &'a Path,
+}
+
+fn scratch_dir(data_dir: &Path) -> PathBuf {
+    let mut s = data_dir.as_os_str().to_owned();
+    s.push(".pgbaton-clone");
+    PathBuf::from(s)
+}
+
+fn marker(scratch: &Path) -> PathBuf {
+    let mut s = scratch.as_os_str().to_owned();
+    s.push(".incomplete");
+    PathBuf::from(s)
+}
+
+/// Parse the last "done/total kB" of pg_basebackup's progress output.
+pub fn parse_progress(chunk: &str) -> Option<Progress> {
+    chunk.split(['\r', '\n']).rev().find_map(|line| {
+        let (nums, _) = line.trim().split_once(" kB")?;
+        let (done, total) = nums.split_once('/')?;
+        Some(Progress { done_kb: done.trim().parse().ok()?, total_kb: total.trim().parse().ok()? })
+    })
+}
+
+/// Run pg_basebackup from the primary, streaming WAL through the member's slot; publish
+/// progress on `progress`. On success the data directory holds the copy (no standby.signal
+/// or connection settings yet: the caller writes its own config).
+pub async fn clone(bins: &Binaries, spec: &CloneSpec<'_>, progress: &watch::Sender<Option<Progress>>) -> Result<()> {
+    let scratch = scratch_dir(spec.data_dir);
+    let mark = marker(&scratch);
+    if scratch.exists() {
+        if mark.exists() {
+            std::fs::remove_dir_all(&scratch)
+                .with_context(|| format!("remove the incomplete clone {}", scratch.display()))?;
+        } else {
+            bail!(
+                "{} exists and was not made by an interrupted pgbaton clone: move it away",
+                scratch.display()
+            );
+        }
+    }
+    std::fs::write(&mark, b"an interrupted pgbaton clone: safe to delete with the directory beside it\n")
+        .with_context(|| format!("write {}", mark.display()))?;
+    let port = spec.port.to_string();
+    let dsn = conninfo(&[
+        ("host", spec.host),
+        ("port", &port),
+        ("user", spec.user),
+        ("passfile", &spec.passfile.to_string_lossy()),
+        ("application_name", spec.application_name),
+        ("connect_timeout", "10"),
+    ]);
+    let mut child = Command::new(bins.path("pg_basebackup"))
+        .arg("-d")
+        .arg(&dsn)
+        .arg("-D")
+        .arg(&scratch)
+        .args(["-X", "stream", "-c", "fast", "-P", "-w", "-S", spec.slot])
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("run pg_basebackup")?;
+    let mut stderr = child.stderr.take().context("pg_basebackup stderr")?;
+    let mut all = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(STALL_TIMEOUT, stderr.read(&mut buf)).await {
+            Err(_) => {
+                let _ = child.kill().await;
+                bail!("pg_basebackup made no progress for {} s; stopped it", STALL_TIMEOUT.as_secs());
+            }
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if let Some(p) = parse_progress(&text) {
+                    progress.send_replace(Some(p));
+                }
+                if all.len() < 64 * 1024 {
+                    all.push_str(&text);
+                }
+            }
+            Ok(Err(e)) => return Err(e).context("read pg_basebackup output"),
+        }
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .context("pg_basebackup did not exit")??;
+    if !status.success() {
+        let msg: Vec<&str> = all.split(['\r', '\n']).filter(|l| !l.contains(" kB (") && !l.trim().is_empty()).collect();
+        bail!("pg_basebackup failed ({status}): {}", msg.join("; "));
+    }
+    // Move the complete copy into place. An empty data directory is replaced; anything
+    // else was ruled out by the caller, and remove_dir refuses a non-empty directory anyway.
+    if spec.data_dir.exists() {
+        std::fs::remove_dir(spec.data_dir)
+            .with_context(|| format!("replace the empty data directory {}", spec.data_dir.display()))?;
+    }
+    std::fs::rename(&scratch, spec.data_dir)
+        .with_context(|| format!("move the clone into {}", spec.data_dir.display()))?;
+    let _ = std::fs::remove_file(&mark);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_basebackup_progress() {
+        let s = "waiting for checkpoint\r    0/22931 kB (0%), 0/1 tablespace\r22941/22941 kB (100%), 1/1 tablespace\n";
+        assert_eq!(parse_progress(s), Some(Progress { done_kb: 22941, total_kb: 22941 }));
+        assert_eq!(parse_progress("nothing here"), None);
+        assert_eq!(parse_progress(" 12/100 kB (12%), 0/1 tablespace (...base/5/1234)"), Some(Progress { done_kb: 12, total_kb: 100 }));
+    }
+}

@@ -1,0 +1,78 @@
+//! initdb, start, stop, reload, and whether a postmaster runs.
+
+use crate::Binaries;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::time::Duration;
+use tokio::process::Command;
+
+async fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<String> {
+    cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .with_context(|| format!("{what}: no answer within {} s", timeout.as_secs()))?
+        .with_context(|| format!("{what}: could not run it"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("{what} failed ({}): {}", out.status, text.trim());
+    }
+    Ok(text)
+}
+
+/// initdb with data checksums, scram-sha-256 and the given superuser. The directory must be
+/// missing or empty (initdb itself refuses anything else).
+pub async fn initdb(bins: &Binaries, data_dir: &Path, superuser: &str) -> Result<()> {
+    let mut cmd = Command::new(bins.path("initdb"));
+    cmd.arg("-D")
+        .arg(data_dir)
+        .arg("-U")
+        .arg(superuser)
+        .args(["--data-checksums", "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"])
+        .env("LC_ALL", "C");
+    run(cmd, "initdb", Duration::from_secs(300)).await.map(|_| ())
+}
+
+/// Start PostgreSQL with pg_ctl, logging to `log_file`, and wait until it accepts connections.
+pub async fn start(bins: &Binaries, data_dir: &Path, log_file: &Path, timeout: Duration) -> Result<()> {
+    let mut cmd = Command::new(bins.path("pg_ctl"));
+    cmd.arg("start")
+        .arg("-D")
+        .arg(data_dir)
+        .arg("-l")
+        .arg(log_file)
+        .arg("-w")
+        .arg("-t")
+        .arg(timeout.as_secs().max(1).to_string())
+        .arg("-s");
+    run(cmd, "pg_ctl start", timeout + Duration::from_secs(5)).await.map(|_| ()).with_context(|| {
+        format!("PostgreSQL did not start: see its log {}", log_file.display())
+    })
+}
+
+/// Stop PostgreSQL in fast mode (clients disconnected, shutdown checkpoint) and wait.
+pub async fn stop(bins: &Binaries, data_dir: &Path, timeout: Duration) -> Result<()> {
+    if postmaster_pid(data_dir).is_none() {
+        return Ok(());
+    }
+    let mut cmd = Command::new(bins.path("pg_ctl"));
+    cmd.arg("stop").arg("-D").arg(data_dir).args(["-m", "fast", "-w", "-s", "-t"]).arg(timeout.as_secs().max(1).to_string());
+    run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5)).await.map(|_| ())
+}
+
+/// Make PostgreSQL re-read its configuration files.
+pub async fn reload(bins: &Binaries, data_dir: &Path) -> Result<()> {
+    let mut cmd = Command::new(bins.path("pg_ctl"));
+    cmd.arg("reload").arg("-D").arg(data_dir).arg("-s");
+    run(cmd, "pg_ctl reload", Duration::from_secs(30)).await.map(|_| ())
+}
+
+/// The PID of the postmaster running on `data_dir`, if one runs: postmaster.pid names a live
+/// process that is a postgres (a stale file after a crash does not count).
+pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let exe = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let exe = String::from_utf8_lossy(exe);
+    (exe.ends_with("postgres") || exe.ends_with("postmaster")).then_some(pid)
+}

@@ -1,0 +1,169 @@
+//! SQL against the local PostgreSQL over its Unix socket, as the superuser (peer auth).
+
+use anyhow::{Context, Result};
+use pgbaton_core::config::NodeConfig;
+use pgbaton_core::model::{Lsn, SlotInfo};
+use pgbaton_core::render::{quote_ident, quote_literal};
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+/// Connect to the local PostgreSQL as the superuser through the Unix socket.
+pub async fn connect(cfg: &NodeConfig, dbname: &str) -> Result<Client> {
+    let mut c = tokio_postgres::Config::new();
+    c.host_path(cfg.socket_dir())
+        .port(cfg.postgresql.port)
+        .user(&cfg.postgresql.superuser)
+        .dbname(dbname)
+        .application_name("pgbaton")
+        .connect_timeout(Duration::from_secs(3));
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), c.connect(NoTls))
+        .await
+        .context("connect to the local PostgreSQL: timed out")?
+        .context("connect to the local PostgreSQL")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// What one probe of a running PostgreSQL sees.
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    pub in_recovery: bool,
+    pub version: String,
+    pub system_id: String,
+    pub timeline: Option<u32>,
+    /// Primary: current WAL LSN; standby: last replayed.
+    pub lsn: Option<Lsn>,
+    pub receive_lsn: Option<Lsn>,
+    /// Standby: pg_stat_wal_receiver.status ("streaming", ...), if a receiver runs.
+    pub receiver_status: Option<String>,
+    /// Standby: the host:port the receiver is connected to.
+    pub receiver_sender: Option<(String, u16)>,
+    /// Physical slots (on any role).
+    pub slots: Vec<SlotInfo>,
+    /// The configured primary_conninfo (empty on a primary).
+    pub primary_conninfo: String,
+}
+
+fn lsn(s: Option<String>) -> Option<Lsn> {
+    s.and_then(|s| s.parse().ok())
+}
+
+/// One round of status queries.
+pub async fn probe(client: &Client) -> Result<Probe> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), current_setting('server_version'), \
+                    (SELECT system_identifier::text FROM pg_control_system()), \
+                    (SELECT timeline_id FROM pg_control_checkpoint()), \
+                    current_setting('primary_conninfo')",
+            &[],
+        )
+        .await
+        .context("probe PostgreSQL status")?;
+    let mut p = Probe {
+        in_recovery: row.get(0),
+        version: row.get(1),
+        system_id: row.get(2),
+        timeline: row.get::<_, Option<i32>>(3).map(|t| t as u32),
+        primary_conninfo: row.get(4),
+        ..Default::default()
+    };
+    if p.in_recovery {
+        let row = client
+            .query_one(
+                "SELECT pg_last_wal_replay_lsn()::text, pg_last_wal_receive_lsn()::text, \
+                        r.status, r.sender_host, r.sender_port, r.received_tli \
+                 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver r ON true",
+                &[],
+            )
+            .await
+            .context("probe the standby's WAL receiver")?;
+        p.lsn = lsn(row.get(0));
+        p.receive_lsn = lsn(row.get(1));
+        p.receiver_status = row.get(2);
+        let host: Option<String> = row.get(3);
+        let port: Option<i32> = row.get(4);
+        p.receiver_sender = host.zip(port).map(|(h, port)| (h, port as u16));
+        if let Some(tli) = row.get::<_, Option<i32>>(5) {
+            p.timeline = Some(tli as u32);
+        }
+    } else {
+        let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?;
+        p.lsn = lsn(row.get(0));
+    }
+    let cur = if p.in_recovery { "pg_last_wal_replay_lsn()" } else { "pg_current_wal_lsn()" };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT slot_name::text, active, restart_lsn::text, \
+                        pg_wal_lsn_diff({cur}, restart_lsn)::bigint \
+                 FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name"
+            ),
+            &[],
+        )
+        .await
+        .context("list replication slots")?;
+    p.slots = rows
+        .iter()
+        .map(|r| SlotInfo {
+            name: r.get(0),
+            active: r.get(1),
+            restart_lsn: lsn(r.get(2)),
+            retained_bytes: r.get::<_, Option<i64>>(3).map(|b| b.max(0) as u64),
+        })
+        .collect();
+    Ok(p)
+}
+
+/// Create the physical slot if it does not exist, reserving WAL from now on.
+/// Returns whether it was created.
+pub async fn ensure_physical_slot(client: &Client, name: &str) -> Result<bool> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&name])
+        .await?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    client
+        .execute("SELECT pg_create_physical_replication_slot($1, true)", &[&name])
+        .await
+        .with_context(|| format!("create replication slot {name}"))?;
+    Ok(true)
+}
+
+/// Create or update the replication role. Only a SCRAM verifier computed here travels to
+/// the server, so the clear-text password never appears in SQL, a server log or
+/// pg_stat_activity.
+pub async fn ensure_replication_role(client: &Client, user: &str, password: &str) -> Result<()> {
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    let exists = client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user]).await?.is_some();
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    client
+        .batch_execute(&format!(
+            "{verb} ROLE {} WITH LOGIN REPLICATION PASSWORD {}",
+            quote_ident(user),
+            quote_literal(&verifier)
+        ))
+        .await
+        .with_context(|| format!("{} the replication role {user}", verb.to_lowercase()))?;
+    Ok(())
+}
+
+/// Create the databases that do not exist yet.
+pub async fn ensure_databases(client: &Client, names: &[String]) -> Result<Vec<String>> {
+    let mut created = Vec::new();
+    for name in names {
+        let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[name]).await?.is_some();
+        if !exists {
+            client
+                .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))
+                .await
+                .with_context(|| format!("create database {name}"))?;
+            created.push(name.clone());
+        }
+    }
+    Ok(created)
+}

@@ -1,0 +1,74 @@
+//! The store through which the agents of a cluster coordinate.
+//!
+//! Every mutation that decides who may do what (who bootstraps, who leads) is a
+//! compare-and-set, so two agents racing for it cannot both win. Backends: `local`
+//! (one SQLite file shared by the agents of a machine). etcd follows with the same
+//! contract (see `tests/contract.rs`).
+//!
+//! Keys are scoped by cluster name, so one store can hold several clusters.
+
+use async_trait::async_trait;
+use pgbaton_core::config::StoreConfig;
+use pgbaton_core::model::{Leader, MemberState};
+use std::sync::Arc;
+
+pub mod local;
+
+pub type Result<T> = anyhow::Result<T>;
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// A short human description ("sqlite file /x/store.db") for logs and errors.
+    fn describe(&self) -> String;
+
+    // ---- cluster identity: the `initialize` key --------------------------------------
+    /// The value of the cluster's `initialize` key: a claim `"claimed:<member>"` while the
+    /// first member bootstraps, then the database system identifier.
+    async fn initialize_get(&self) -> Result<Option<String>>;
+    /// Create the `initialize` key holding `value` if it does not exist. `true` = created.
+    async fn initialize_claim(&self, value: &str) -> Result<bool>;
+    /// Replace the key's value with `value` if it currently holds `expected`. `true` = replaced.
+    async fn initialize_replace(&self, expected: &str, value: &str) -> Result<bool>;
+    /// Delete the key if it holds `expected` (a bootstrap that failed gives up its claim).
+    async fn initialize_abandon(&self, expected: &str) -> Result<bool>;
+
+    // ---- the leader lease --------------------------------------------------------------
+    /// The current holder, if the lease has not expired.
+    async fn leader_get(&self) -> Result<Option<Leader>>;
+    /// Take the lease for `member` for `ttl_ms` if nobody holds an unexpired one (or `member`
+    /// already does, in which case it is extended). `true` = `member` holds it now.
+    async fn leader_acquire(&self, member: &str, ttl_ms: u64) -> Result<bool>;
+    /// Extend the lease by `ttl_ms` from now if `member` holds it and it has not expired.
+    /// `false` = it was lost (expired or taken): the caller must stop acting as leader.
+    async fn leader_renew(&self, member: &str, ttl_ms: u64) -> Result<bool>;
+    /// Give the lease up if `member` holds it. `true` = it was held and is now released.
+    async fn leader_release(&self, member: &str) -> Result<bool>;
+
+    // ---- members -----------------------------------------------------------------------
+    /// Publish (insert or replace) a member's state. Registration persists until deleted.
+    async fn member_put(&self, state: &MemberState) -> Result<()>;
+    async fn member_get(&self, name: &str) -> Result<Option<MemberState>>;
+    /// All registered members, sorted by name.
+    async fn members(&self) -> Result<Vec<MemberState>>;
+    /// Deregister a member. `true` = it existed.
+    async fn member_delete(&self, name: &str) -> Result<bool>;
+}
+
+/// Open the store a config names, for `cluster`.
+pub fn open(cfg: &StoreConfig, cluster: &str) -> Result<Arc<dyn Store>> {
+    match cfg {
+        StoreConfig::Local { path } => Ok(Arc::new(local::LocalStore::open(path, cluster)?)),
+        StoreConfig::Etcd { .. } => anyhow::bail!(
+            "store kind \"etcd\" is not available in this build yet; use kind = \"local\" with a path"
+        ),
+    }
+}
+
+/// Wall-clock ms since the Unix epoch (the store is shared between processes, so leases
+/// are kept in wall-clock time).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,658 @@
+//! The contract every `Store` backend keeps.
+//!
+//! The suite is written against [`Backend`]: a way to open independent clients (each with
+//! its own connection) of one store, and a way to make lease time pass. Each backend
+//! instantiates every suite function with the `contract_suite!` macro; today that is the
+//! local SQLite backend, etcd will follow with the same suite.
+//!
+//! Every wait in here is bounded, and nothing asserts how fast anything is.
+
+use pgbaton_core::model::{MemberState, MemberStatus, Role};
+use pgbaton_store::local::LocalStore;
+use pgbaton_store::Store;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A lease TTL long enough never to run out by itself while a test runs.
+const TTL: u64 = 60_000;
+
+/// Upper bound on any concurrent step of a test.
+const BOUND: Duration = Duration::from_secs(60);
+
+/// What the suite needs from a backend.
+trait Backend: Send + Sync + 'static {
+    /// A new client of the same store (its own connection), for `cluster`.
+    fn connect(&self, cluster: &str) -> Arc<dyn Store>;
+    /// Make at least `ms` of lease time pass for every client of this backend.
+    fn advance(&self, ms: u64) -> impl Future<Output = ()> + Send;
+}
+
+// ---- the local backend --------------------------------------------------------------------
+
+/// One SQLite file in a temporary directory; time moves by a shared offset added to the
+/// wall clock of every client.
+struct Local {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    offset: Arc<AtomicU64>,
+}
+
+impl Local {
+    fn new() -> Local {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.db");
+        Local {
+            _dir: dir,
+            path,
+            offset: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Backend for Local {
+    fn connect(&self, cluster: &str) -> Arc<dyn Store> {
+        let offset = self.offset.clone();
+        let store = LocalStore::open(&self.path, cluster)
+            .expect("open local store")
+            .with_clock(move || pgbaton_store::now_ms() + offset.load(Ordering::SeqCst));
+        Arc::new(store)
+    }
+
+    async fn advance(&self, ms: u64) {
+        self.offset.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+// ---- fixtures -----------------------------------------------------------------------------
+
+fn member(name: &str, port: u16) -> MemberState {
+    MemberState {
+        name: name.to_string(),
+        role: Role::Standby,
+        state: MemberStatus::Streaming,
+        host: "127.0.0.1".to_string(),
+        port,
+        socket_dir: "/tmp".to_string(),
+        os_user: "postgres".to_string(),
+        superuser: "postgres".to_string(),
+        api_url: format!("http://127.0.0.1:{}", port + 1000),
+        timeline: Some(1),
+        lsn: Some("0/3000148".parse().unwrap()),
+        receive_lsn: None,
+        system_id: Some("7301234567890123456".to_string()),
+        upstream: Some("n1".to_string()),
+        slot_name: pgbaton_core::model::slot_name_for(name),
+        slots: vec![],
+        pg_version: Some("16.4".to_string()),
+        message: None,
+        progress: None,
+        agent_pid: 4242,
+        updated_ms: 1_700_000_000_000,
+    }
+}
+
+async fn holder(s: &Arc<dyn Store>) -> Option<String> {
+    s.leader_get().await.unwrap().map(|l| l.member)
+}
+
+// ---- the suite ----------------------------------------------------------------------------
+
+async fn initialize_claim_replace_abandon<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert_eq!(s.initialize_get().await.unwrap(), None);
+
+    assert!(s.initialize_claim("claimed:n1").await.unwrap());
+    assert!(
+        !s.initialize_claim("claimed:n2").await.unwrap(),
+        "second claim must fail"
+    );
+    assert_eq!(
+        s.initialize_get().await.unwrap().as_deref(),
+        Some("claimed:n1")
+    );
+
+    assert!(
+        !s.initialize_replace("claimed:n2", "123").await.unwrap(),
+        "wrong expected"
+    );
+    assert_eq!(
+        s.initialize_get().await.unwrap().as_deref(),
+        Some("claimed:n1")
+    );
+    assert!(s
+        .initialize_replace("claimed:n1", "7301234567890123456")
+        .await
+        .unwrap());
+    assert_eq!(
+        s.initialize_get().await.unwrap().as_deref(),
+        Some("7301234567890123456")
+    );
+    assert!(
+        !s.initialize_replace("claimed:n1", "999").await.unwrap(),
+        "already replaced"
+    );
+
+    // Abandon only with the value it holds.
+    assert!(!s.initialize_abandon("claimed:n1").await.unwrap());
+    assert_eq!(
+        s.initialize_get().await.unwrap().as_deref(),
+        Some("7301234567890123456")
+    );
+    assert!(s.initialize_abandon("7301234567890123456").await.unwrap());
+    assert_eq!(s.initialize_get().await.unwrap(), None);
+    assert!(
+        !s.initialize_abandon("7301234567890123456").await.unwrap(),
+        "already gone"
+    );
+
+    // Replace on a missing key does not create it.
+    assert!(!s.initialize_replace("x", "y").await.unwrap());
+    assert_eq!(s.initialize_get().await.unwrap(), None);
+
+    // After an abandon, a new claim succeeds.
+    assert!(s.initialize_claim("claimed:n2").await.unwrap());
+    assert_eq!(
+        s.initialize_get().await.unwrap().as_deref(),
+        Some("claimed:n2")
+    );
+}
+
+async fn initialize_does_not_expire<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert!(s.initialize_claim("claimed:n1").await.unwrap());
+    b.advance(10 * TTL).await;
+    assert!(!s.initialize_claim("claimed:n2").await.unwrap());
+    assert_eq!(
+        s.initialize_get().await.unwrap().as_deref(),
+        Some("claimed:n1")
+    );
+}
+
+async fn leader_acquire_when_free_and_exclusive<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert_eq!(s.leader_get().await.unwrap(), None);
+
+    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    let l = s.leader_get().await.unwrap().expect("a leader");
+    assert_eq!(l.member, "n1");
+    assert!(
+        l.expires_ms > pgbaton_store::now_ms(),
+        "lease expires in the future"
+    );
+
+    assert!(!s.leader_acquire("n2", TTL).await.unwrap(), "held by n1");
+    assert_eq!(holder(&s).await.as_deref(), Some("n1"));
+
+    // The holder acquiring again extends its own lease.
+    b.advance(TTL / 2).await;
+    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    let l2 = s.leader_get().await.unwrap().expect("a leader");
+    assert_eq!(l2.member, "n1");
+    assert!(l2.expires_ms > l.expires_ms, "extended: {l2:?} after {l:?}");
+}
+
+async fn leader_renew<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert!(
+        !s.leader_renew("n1", TTL).await.unwrap(),
+        "nothing to renew"
+    );
+    assert_eq!(
+        s.leader_get().await.unwrap(),
+        None,
+        "renew does not create a lease"
+    );
+
+    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    let first = s.leader_get().await.unwrap().unwrap();
+
+    assert!(
+        !s.leader_renew("n2", TTL).await.unwrap(),
+        "renew by non-holder"
+    );
+    assert_eq!(
+        s.leader_get().await.unwrap().unwrap(),
+        first,
+        "untouched by non-holder"
+    );
+
+    b.advance(TTL / 2).await;
+    assert!(s.leader_renew("n1", TTL).await.unwrap());
+    let renewed = s.leader_get().await.unwrap().unwrap();
+    assert_eq!(renewed.member, "n1");
+    assert!(
+        renewed.expires_ms > first.expires_ms,
+        "{renewed:?} after {first:?}"
+    );
+
+    // Past the first expiry but within the renewed one: still held.
+    b.advance(TTL / 2 + TTL / 4).await;
+    assert_eq!(holder(&s).await.as_deref(), Some("n1"));
+    assert!(!s.leader_acquire("n2", TTL).await.unwrap());
+    assert!(s.leader_renew("n1", TTL).await.unwrap());
+}
+
+async fn leader_expiry<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    b.advance(TTL + 1).await;
+
+    assert_eq!(
+        s.leader_get().await.unwrap(),
+        None,
+        "expired lease is no leader"
+    );
+    assert!(
+        !s.leader_renew("n1", TTL).await.unwrap(),
+        "an expired lease cannot be renewed"
+    );
+
+    assert!(
+        s.leader_acquire("n2", TTL).await.unwrap(),
+        "expired lease is free"
+    );
+    assert_eq!(holder(&s).await.as_deref(), Some("n2"));
+    assert!(
+        !s.leader_renew("n1", TTL).await.unwrap(),
+        "old holder lost it"
+    );
+    assert!(
+        !s.leader_release("n1").await.unwrap(),
+        "old holder cannot release it"
+    );
+    assert_eq!(holder(&s).await.as_deref(), Some("n2"));
+}
+
+async fn leader_expired_holder_may_reacquire<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    b.advance(TTL + 1).await;
+    assert!(!s.leader_renew("n1", TTL).await.unwrap());
+    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    assert_eq!(holder(&s).await.as_deref(), Some("n1"));
+}
+
+async fn leader_release<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert!(!s.leader_release("n1").await.unwrap(), "nothing to release");
+
+    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    assert!(
+        !s.leader_release("n2").await.unwrap(),
+        "release by non-holder"
+    );
+    assert_eq!(holder(&s).await.as_deref(), Some("n1"));
+
+    assert!(s.leader_release("n1").await.unwrap());
+    assert_eq!(s.leader_get().await.unwrap(), None);
+    assert!(!s.leader_release("n1").await.unwrap(), "already released");
+    assert!(
+        !s.leader_renew("n1", TTL).await.unwrap(),
+        "released lease is gone"
+    );
+
+    assert!(
+        s.leader_acquire("n2", TTL).await.unwrap(),
+        "free after release"
+    );
+    assert_eq!(holder(&s).await.as_deref(), Some("n2"));
+}
+
+async fn leader_release_of_expired_lease<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    b.advance(TTL + 1).await;
+    assert!(
+        !s.leader_release("n1").await.unwrap(),
+        "it was no longer held"
+    );
+    assert_eq!(s.leader_get().await.unwrap(), None);
+    assert!(s.leader_acquire("n2", TTL).await.unwrap());
+}
+
+async fn members_put_get_list_delete<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert_eq!(s.member_get("n1").await.unwrap(), None);
+    assert!(s.members().await.unwrap().is_empty());
+
+    let (n1, n2, n3) = (member("n1", 5432), member("n2", 5433), member("n3", 5434));
+    // Put out of order: the listing is sorted by name regardless.
+    s.member_put(&n3).await.unwrap();
+    s.member_put(&n1).await.unwrap();
+    s.member_put(&n2).await.unwrap();
+
+    assert_eq!(s.member_get("n2").await.unwrap().as_ref(), Some(&n2));
+    let names: Vec<String> = s
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+
+    // Put replaces.
+    let mut n2b = n2.clone();
+    n2b.role = Role::Primary;
+    n2b.state = MemberStatus::Running;
+    n2b.upstream = None;
+    n2b.message = Some("promoted".to_string());
+    s.member_put(&n2b).await.unwrap();
+    assert_eq!(s.member_get("n2").await.unwrap().as_ref(), Some(&n2b));
+    assert_eq!(
+        s.members().await.unwrap(),
+        vec![n1.clone(), n2b.clone(), n3.clone()]
+    );
+
+    // Members do not expire.
+    b.advance(10 * TTL).await;
+    assert_eq!(s.members().await.unwrap().len(), 3);
+
+    assert!(s.member_delete("n2").await.unwrap());
+    assert!(!s.member_delete("n2").await.unwrap(), "already deleted");
+    assert!(!s.member_delete("nobody").await.unwrap());
+    assert_eq!(s.member_get("n2").await.unwrap(), None);
+    assert_eq!(s.members().await.unwrap(), vec![n1, n3]);
+}
+
+async fn members_are_not_other_keys<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert!(s.initialize_claim("claimed:n1").await.unwrap());
+    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    assert!(s.members().await.unwrap().is_empty());
+    assert_eq!(s.member_get("leader").await.unwrap(), None);
+
+    // Names with LIKE wildcards and slashes are just names.
+    for name in ["a%b", "a_b", "x/y"] {
+        s.member_put(&member(name, 6000)).await.unwrap();
+    }
+    let names: Vec<String> = s
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["a%b", "a_b", "x/y"]);
+    assert_eq!(s.member_get("a_b").await.unwrap().unwrap().name, "a_b");
+    assert_eq!(s.member_get("x").await.unwrap(), None);
+}
+
+async fn clusters_are_isolated<B: Backend>(b: B) {
+    let a = b.connect("alpha");
+    let z = b.connect("zeta");
+
+    assert!(a.initialize_claim("claimed:a1").await.unwrap());
+    assert_eq!(z.initialize_get().await.unwrap(), None);
+    assert!(
+        z.initialize_claim("claimed:z1").await.unwrap(),
+        "own initialize key"
+    );
+
+    assert!(a.leader_acquire("n1", TTL).await.unwrap());
+    assert_eq!(z.leader_get().await.unwrap(), None);
+    assert!(z.leader_acquire("n2", TTL).await.unwrap(), "own leader key");
+    assert_eq!(holder(&a).await.as_deref(), Some("n1"));
+    assert!(!z.leader_release("n1").await.unwrap());
+    assert_eq!(holder(&a).await.as_deref(), Some("n1"));
+
+    a.member_put(&member("n1", 5432)).await.unwrap();
+    assert!(z.members().await.unwrap().is_empty());
+    assert_eq!(z.member_get("n1").await.unwrap(), None);
+    assert!(!z.member_delete("n1").await.unwrap());
+    assert_eq!(a.members().await.unwrap().len(), 1);
+}
+
+async fn clients_see_each_others_writes<B: Backend>(b: B) {
+    let one = b.connect("c1");
+    let two = b.connect("c1");
+
+    assert!(one.initialize_claim("claimed:n1").await.unwrap());
+    assert_eq!(
+        two.initialize_get().await.unwrap().as_deref(),
+        Some("claimed:n1")
+    );
+    assert!(!two.initialize_claim("claimed:n2").await.unwrap());
+
+    assert!(one.leader_acquire("n1", TTL).await.unwrap());
+    assert_eq!(holder(&two).await.as_deref(), Some("n1"));
+    assert!(!two.leader_acquire("n2", TTL).await.unwrap());
+    assert!(
+        two.leader_renew("n1", TTL).await.unwrap(),
+        "a lease is not tied to a client"
+    );
+    assert!(two.leader_release("n1").await.unwrap());
+    assert_eq!(one.leader_get().await.unwrap(), None);
+
+    let m = member("n2", 5433);
+    two.member_put(&m).await.unwrap();
+    assert_eq!(one.member_get("n2").await.unwrap(), Some(m));
+    assert!(one.member_delete("n2").await.unwrap());
+    assert!(two.members().await.unwrap().is_empty());
+}
+
+/// Run `f(i, client_i)` for `n` clients at once and return the results in client order.
+///
+/// Each racer runs on its own OS thread (with its own runtime), released together by a
+/// barrier, so the racers truly run in parallel whatever the backend does inside.
+async fn race<B, F, Fut, T>(b: &B, cluster: &str, n: usize, f: F) -> Vec<T>
+where
+    B: Backend,
+    F: Fn(usize, Arc<dyn Store>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let f = Arc::new(f);
+    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..n {
+        let store = b.connect(cluster);
+        let (f, barrier, tx) = (f.clone(), barrier.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("racer runtime");
+            barrier.wait();
+            let out = rt.block_on(f(i, store));
+            let _ = tx.send((i, out));
+        });
+    }
+    drop(tx);
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + BOUND;
+        let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+        for _ in 0..n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let (i, v) = rx
+                .recv_timeout(left)
+                .expect("every racer finishes (none panicked)");
+            out[i] = Some(v);
+        }
+        out.into_iter()
+            .map(|v| v.expect("one result per racer"))
+            .collect()
+    })
+    .await
+    .expect("collecting racers")
+}
+
+async fn leader_race_has_one_winner<B: Backend>(b: B) {
+    const N: usize = 8;
+    for round in 0..5 {
+        let cluster = format!("race{round}");
+        let won = race(&b, &cluster, N, |i, s| async move {
+            s.leader_acquire(&format!("n{i}"), TTL).await.unwrap()
+        })
+        .await;
+        let winners: Vec<usize> = (0..N).filter(|&i| won[i]).collect();
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        let s = b.connect(&cluster);
+        assert_eq!(
+            holder(&s).await,
+            Some(format!("n{}", winners[0])),
+            "round {round}"
+        );
+
+        // Once it expires, a second race again has exactly one winner.
+        b.advance(TTL + 1).await;
+        let won = race(&b, &cluster, N, |i, s| async move {
+            s.leader_acquire(&format!("m{i}"), TTL).await.unwrap()
+        })
+        .await;
+        let winners: Vec<usize> = (0..N).filter(|&i| won[i]).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round} after expiry: winners {winners:?}"
+        );
+        assert_eq!(
+            holder(&s).await,
+            Some(format!("m{}", winners[0])),
+            "round {round}"
+        );
+    }
+}
+
+async fn initialize_race_has_one_winner<B: Backend>(b: B) {
+    const N: usize = 8;
+    for round in 0..5 {
+        let cluster = format!("init{round}");
+        let won = race(&b, &cluster, N, |i, s| async move {
+            s.initialize_claim(&format!("claimed:n{i}")).await.unwrap()
+        })
+        .await;
+        let winners: Vec<usize> = (0..N).filter(|&i| won[i]).collect();
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        let s = b.connect(&cluster);
+        assert_eq!(
+            s.initialize_get().await.unwrap(),
+            Some(format!("claimed:n{}", winners[0]))
+        );
+    }
+}
+
+/// Instantiate every suite function for a backend: `contract_suite!(module, constructor)`.
+macro_rules! contract_suite {
+    ($module:ident, $backend:expr) => {
+        mod $module {
+            use super::*;
+            contract_suite!(@tests $backend;
+                initialize_claim_replace_abandon,
+                initialize_does_not_expire,
+                leader_acquire_when_free_and_exclusive,
+                leader_renew,
+                leader_expiry,
+                leader_expired_holder_may_reacquire,
+                leader_release,
+                leader_release_of_expired_lease,
+                members_put_get_list_delete,
+                members_are_not_other_keys,
+                clusters_are_isolated,
+                clients_see_each_others_writes,
+                leader_race_has_one_winner,
+                initialize_race_has_one_winner,
+            );
+        }
+    };
+    (@tests $backend:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+            async fn $name() {
+                tokio::time::timeout(BOUND, super::$name($backend))
+                    .await
+                    .expect(concat!(stringify!($name), " finished in time"));
+            }
+        )*
+    };
+}
+
+contract_suite!(local, Local::new());
+
+// ---- local backend specifics --------------------------------------------------------------
+
+#[test]
+fn local_open_missing_directory_names_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("missing");
+    let err = LocalStore::open(&dir.join("store.db"), "c").unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&dir.display().to_string()), "{msg}");
+    assert!(msg.contains("does not exist"), "{msg}");
+    assert!(!dir.exists(), "open does not create directories");
+}
+
+#[test]
+fn local_open_permission_denied_names_path_and_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(true)
+    {
+        eprintln!("skipped: root is not denied by file permissions");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ro");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let path = dir.join("store.db");
+    let res = LocalStore::open(&path, "c");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let msg = format!("{:#}", res.unwrap_err());
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("permission denied"), "{msg}");
+    assert!(msg.contains("uid"), "{msg}");
+}
+
+#[test]
+fn local_open_reopens_existing_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("store.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    {
+        let s = LocalStore::open(&path, "c").unwrap();
+        assert!(rt.block_on(s.initialize_claim("42")).unwrap());
+    }
+    let s = LocalStore::open(&path, "c").unwrap();
+    assert_eq!(
+        rt.block_on(s.initialize_get()).unwrap().as_deref(),
+        Some("42")
+    );
+}
+
+#[test]
+fn local_concurrent_first_open() {
+    // Agents starting together all create the file and schema at once.
+    const N: usize = 8;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("store.db");
+    let barrier = Arc::new(std::sync::Barrier::new(N));
+    let threads: Vec<_> = (0..N)
+        .map(|i| {
+            let (path, barrier) = (path.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let s = LocalStore::open(&path, "c").expect("open");
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                rt.block_on(s.member_put(&member(&format!("n{i}"), 5432)))
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("opener");
+    }
+    let s = LocalStore::open(&path, "c").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert_eq!(rt.block_on(s.members()).unwrap().len(), N);
+}
