@@ -42,7 +42,9 @@ async fn liveness(State(s): State<SharedState>) -> StatusCode {
 async fn health(State(s): State<SharedState>) -> StatusCode {
     let s = s.read().unwrap_or_else(|e| e.into_inner());
     match s.member.as_ref().map(|m| m.state) {
-        Some(MemberStatus::Running | MemberStatus::Streaming | MemberStatus::Replaying) => StatusCode::OK,
+        Some(MemberStatus::Running | MemberStatus::Streaming | MemberStatus::Replaying) => {
+            StatusCode::OK
+        }
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -51,6 +53,10 @@ async fn member(State(s): State<SharedState>) -> Response {
     let s = s.read().unwrap_or_else(|e| e.into_inner());
     match &s.member {
         Some(m) => Json(m.clone()).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "the agent has not observed its member yet").into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent has not observed its member yet",
+        )
+            .into_response(),
     }
 }

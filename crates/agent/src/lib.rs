@@ -14,7 +14,9 @@ pub mod process;
 
 use anyhow::{bail, Context, Result};
 use pgbaton_core::config::NodeConfig;
-use pgbaton_core::decide::{claim_value, decide, role_of, Action, ClusterView, DataDir, LocalView, PgRun};
+use pgbaton_core::decide::{
+    claim_value, decide, role_of, Action, ClusterView, DataDir, LocalView, PgRun,
+};
 use pgbaton_core::model::{slot_name_for, MemberState, MemberStatus, Progress};
 use pgbaton_core::render::{self, Upstream};
 use pgbaton_pg::clone::CloneSpec;
@@ -39,13 +41,28 @@ impl std::fmt::Display for Fatal {
 }
 impl std::error::Error for Fatal {}
 
+/// Where the password lives when the config names no source: generated (0600) on first use.
+pub fn default_password_file(cfg: &NodeConfig) -> std::path::PathBuf {
+    cfg.base_dir().join("replication.password")
+}
+
 /// Read the replication password from where the config says; when it says nothing, from
-/// `<base_dir>/replication.password`, generated (0600) on first use.
-pub fn load_password(cfg: &NodeConfig) -> Result<String> {
-    match (&cfg.replication.password_file, &cfg.replication.password_env) {
-        (Some(f), _) => files::read_password(PasswordSource::File(f)),
-        (None, Some(v)) => files::read_password(PasswordSource::Env(v)),
-        (None, None) => files::read_or_generate_password_file(&cfg.base_dir().join("replication.password")),
+/// the default file if it exists. `None`: it is to be generated (creating nothing here).
+pub fn load_password(cfg: &NodeConfig) -> Result<Option<String>> {
+    match (
+        &cfg.replication.password_file,
+        &cfg.replication.password_env,
+    ) {
+        (Some(f), _) => files::read_password(PasswordSource::File(f)).map(Some),
+        (None, Some(v)) => files::read_password(PasswordSource::Env(v)).map(Some),
+        (None, None) => {
+            let f = default_password_file(cfg);
+            if f.exists() {
+                files::read_password(PasswordSource::File(&f)).map(Some)
+            } else {
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -79,15 +96,97 @@ pub struct Agent {
     held_lease: bool,
 }
 
+/// What the preflight found, for the agent to use.
+pub struct Checked {
+    pub bins: Binaries,
+    pub major: u32,
+    /// `None`: none configured and none generated yet.
+    pub password: Option<String>,
+    pub store: Arc<dyn Store>,
+}
+
+/// Everything that can be wrong before the first loop, checked without creating anything
+/// in the node's directories: binaries, the password, the store, the data directory against
+/// the cluster's identity, the ports. Each failure names what is wrong and what to do.
+/// Synchronous: it runs before the runtime exists (as root, under the OS user's identity).
+pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
+    let bins = Binaries::find(cfg.postgresql.bin_dir.as_deref())?;
+    let major = bins.major_version()?;
+    let password = load_password(cfg)?;
+    let store = pgbaton_store::open(&cfg.store, &cfg.cluster)
+        .with_context(|| format!("open the store for cluster {}", cfg.cluster))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let initialize = rt
+        .block_on(store.initialize_get())
+        .context("read the cluster's identity from the store")?;
+    let data = datadir::inspect(&bins, &cfg.data_dir)?;
+    let local = LocalView {
+        name: cfg.name.clone(),
+        data,
+        pg: PgRun::Stopped,
+    };
+    let view = ClusterView {
+        initialize,
+        ..Default::default()
+    };
+    if let Some(Action::Fail { reason }) = decide(&view, &local, 0)
+        .into_iter()
+        .find(|a| matches!(a, Action::Fail { .. }))
+    {
+        bail!("{}: {reason}", cfg.data_dir.display());
+    }
+    let pg = &cfg.postgresql;
+    if server::postmaster_pid(&cfg.data_dir).is_none() && port_taken(&pg.listen_host, pg.port) {
+        bail!(
+            "port {} on {} (postgresql.port) is already in use by another program: stop it or choose another port",
+            pg.port,
+            pg.listen_host
+        );
+    }
+    if let Ok(addr) = cfg.api.listen.parse::<std::net::SocketAddr>() {
+        if std::net::TcpListener::bind(addr).is_err() {
+            bail!(
+                "cannot listen on {} for the agent's API (api.listen): another agent or program uses it? \
+                 choose another address or port",
+                cfg.api.listen
+            );
+        }
+    }
+    Ok(Checked {
+        bins,
+        major,
+        password,
+        store,
+    })
+}
+
 impl Agent {
-    /// Check everything that can be checked before the first loop: binaries, password,
-    /// store, the API port. Each failure names what is wrong.
-    pub async fn new(cfg: NodeConfig, ident: Identity) -> Result<(Agent, tokio::net::TcpListener)> {
-        let bins = Binaries::find(cfg.postgresql.bin_dir.as_deref())?;
-        let major = bins.major_version()?;
-        let password = load_password(&cfg)?;
-        let store = pgbaton_store::open(&cfg.store, &cfg.cluster)
-            .with_context(|| format!("open the store for cluster {}", cfg.cluster))?;
+    /// Bind the API and log what the agent runs with.
+    pub async fn new(
+        cfg: NodeConfig,
+        ident: Identity,
+        checked: Checked,
+    ) -> Result<(Agent, tokio::net::TcpListener)> {
+        let Checked {
+            bins,
+            major,
+            password,
+            store,
+        } = checked;
+        let password = match password {
+            Some(p) => p,
+            None => {
+                let f = default_password_file(&cfg);
+                let p = files::read_or_generate_password_file(&f)?;
+                info!(
+                    "generated the replication password into {} (0600)",
+                    f.display()
+                );
+                p
+            }
+        };
         let listener = tokio::net::TcpListener::bind(&cfg.api.listen).await.with_context(|| {
             format!(
                 "listen on {} for the agent's API (api.listen): is another agent or program using it? \
@@ -126,7 +225,11 @@ impl Agent {
     }
 
     /// Run until `shutdown` resolves, then stop PostgreSQL cleanly and release the lease.
-    pub async fn run(mut self, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    pub async fn run(
+        mut self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
         let app = api::router(self.shared.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -178,7 +281,11 @@ impl Agent {
                 Err(e) => warn!("releasing the leader lease: {e:#}"),
             }
         }
-        let status = if failed { MemberStatus::Failed } else { MemberStatus::Stopped };
+        let status = if failed {
+            MemberStatus::Failed
+        } else {
+            MemberStatus::Stopped
+        };
         let _ = self.publish_status(status, None).await;
         info!("agent stopped");
     }
@@ -198,11 +305,13 @@ impl Agent {
             if self.expect_running {
                 self.expect_running = false;
                 self.crashed = true;
-                warn!("PostgreSQL stopped without being asked to (crash or kill): starting it again");
+                warn!(
+                    "PostgreSQL stopped without being asked to (crash or kill): starting it again"
+                );
             }
             return PgRun::Stopped;
         }
-        if self.client.as_ref().map_or(true, |c| c.is_closed()) {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = sql::connect(&self.cfg, "postgres").await.ok();
         }
         let Some(client) = &self.client else {
@@ -211,7 +320,10 @@ impl Agent {
         match sql::probe(client).await {
             Ok(p) => {
                 let upstream = p.in_recovery.then(|| upstream_member(&p, view)).flatten();
-                let run = PgRun::Running { in_recovery: p.in_recovery, upstream };
+                let run = PgRun::Running {
+                    in_recovery: p.in_recovery,
+                    upstream,
+                };
                 self.probe = Some(p);
                 self.expect_running = true;
                 run
@@ -225,11 +337,21 @@ impl Agent {
     }
 
     async fn iteration(&mut self) -> Result<()> {
-        self.shared.write().unwrap_or_else(|e| e.into_inner()).last_loop = Some(Instant::now());
-        let view = self.cluster_view().await.context("read the cluster from the store")?;
+        self.shared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_loop = Some(Instant::now());
+        let view = self
+            .cluster_view()
+            .await
+            .context("read the cluster from the store")?;
         let data = datadir::inspect(&self.bins, &self.cfg.data_dir)?;
         let pg = self.observe_pg(&view).await;
-        let local = LocalView { name: self.cfg.name.clone(), data, pg };
+        let local = LocalView {
+            name: self.cfg.name.clone(),
+            data,
+            pg,
+        };
         let actions = decide(&view, &local, now_ms());
         self.message = None;
         for action in actions {
@@ -253,16 +375,28 @@ impl Agent {
         let view = self.cluster_view().await?;
         let data = datadir::inspect(&self.bins, &self.cfg.data_dir)?;
         let pg = self.observe_pg(&view).await;
-        let local = LocalView { name: self.cfg.name.clone(), data, pg };
+        let local = LocalView {
+            name: self.cfg.name.clone(),
+            data,
+            pg,
+        };
         let status = self.status_of(&local);
         self.publish_full(&local, status, None).await
     }
 
     fn status_of(&self, local: &LocalView) -> MemberStatus {
         match &local.pg {
-            PgRun::Running { in_recovery: false, .. } => MemberStatus::Running,
-            PgRun::Running { in_recovery: true, .. } => {
-                match self.probe.as_ref().and_then(|p| p.receiver_status.as_deref()) {
+            PgRun::Running {
+                in_recovery: false, ..
+            } => MemberStatus::Running,
+            PgRun::Running {
+                in_recovery: true, ..
+            } => {
+                match self
+                    .probe
+                    .as_ref()
+                    .and_then(|p| p.receiver_status.as_deref())
+                {
                     Some("streaming") => MemberStatus::Streaming,
                     _ => MemberStatus::Replaying,
                 }
@@ -275,7 +409,12 @@ impl Agent {
     }
 
     /// Run one action. `Ok(false)`: stop this loop's list here (a lost compare-and-set, a wait).
-    async fn execute(&mut self, action: Action, _view: &ClusterView, local: &LocalView) -> Result<bool> {
+    async fn execute(
+        &mut self,
+        action: Action,
+        _view: &ClusterView,
+        local: &LocalView,
+    ) -> Result<bool> {
         let me = self.cfg.name.clone();
         let ttl = self.cfg.timing.ttl_ms;
         match action {
@@ -314,18 +453,28 @@ impl Agent {
             Action::Follow { upstream } => {
                 files::write_pg_config(&self.cfg, &self.ident.user, true, upstream.as_ref())?;
                 server::reload(&self.bins, &self.cfg.data_dir).await?;
-                info!("now following {}", upstream.as_ref().map_or("nobody", |u| u.member.as_str()));
+                info!(
+                    "now following {}",
+                    upstream.as_ref().map_or("nobody", |u| u.member.as_str())
+                );
                 Ok(true)
             }
             Action::Stop { reason } => {
                 warn!("stopping PostgreSQL: {reason}");
                 self.expect_running = false;
                 self.client = None;
-                server::stop(&self.bins, &self.cfg.data_dir, Duration::from_millis(self.cfg.timing.start_timeout_ms)).await?;
+                server::stop(
+                    &self.bins,
+                    &self.cfg.data_dir,
+                    Duration::from_millis(self.cfg.timing.start_timeout_ms),
+                )
+                .await?;
                 Ok(true)
             }
             Action::EnsureSlots { names } => {
-                let Some(client) = &self.client else { return Ok(false) };
+                let Some(client) = &self.client else {
+                    return Ok(false);
+                };
                 for name in names {
                     if sql::ensure_physical_slot(client, &name).await? {
                         info!("created replication slot {name}");
@@ -334,7 +483,15 @@ impl Agent {
                 Ok(true)
             }
             Action::Wait { reason } => {
-                if self.shared.read().unwrap_or_else(|e| e.into_inner()).member.as_ref().and_then(|m| m.message.as_ref()) != Some(&reason) {
+                if self
+                    .shared
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .member
+                    .as_ref()
+                    .and_then(|m| m.message.as_ref())
+                    != Some(&reason)
+                {
                     info!("waiting: {reason}");
                 }
                 self.message = Some(reason);
@@ -345,8 +502,12 @@ impl Agent {
     }
 
     fn write_pgpass(&self) -> Result<()> {
-        files::write_if_changed(&self.cfg.pgpass_path(), &render::pgpass(&self.cfg.replication.user, &self.password), 0o600)
-            .with_context(|| format!("write the passfile {}", self.cfg.pgpass_path().display()))?;
+        files::write_if_changed(
+            &self.cfg.pgpass_path(),
+            &render::pgpass(&self.cfg.replication.user, &self.password),
+            0o600,
+        )
+        .with_context(|| format!("write the passfile {}", self.cfg.pgpass_path().display()))?;
         Ok(())
     }
 
@@ -362,7 +523,8 @@ impl Agent {
         }
         files::ensure_dir(&self.cfg.socket_dir(), 0o700)?;
         if let Some(dir) = &pg.archive_dir {
-            std::fs::create_dir_all(dir).with_context(|| format!("create the WAL archive directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("create the WAL archive directory {}", dir.display()))?;
         }
         self.write_pgpass()
     }
@@ -372,14 +534,25 @@ impl Agent {
         files::write_pg_config(&self.cfg, &self.ident.user, standby, upstream)?;
         let role = if standby { "standby" } else { "primary" };
         let _ = self.publish_status(MemberStatus::Starting, None).await;
-        server::start(&self.bins, &self.cfg.data_dir, &self.cfg.log_file(), Duration::from_millis(self.cfg.timing.start_timeout_ms)).await?;
+        server::start(
+            &self.bins,
+            &self.cfg.data_dir,
+            &self.cfg.log_file(),
+            Duration::from_millis(self.cfg.timing.start_timeout_ms),
+        )
+        .await?;
         if self.crashed {
             self.restarts += 1;
-            info!(restarts = self.restarts, "restarted PostgreSQL as {role} after it stopped unexpectedly");
+            info!(
+                restarts = self.restarts,
+                "restarted PostgreSQL as {role} after it stopped unexpectedly"
+            );
         } else {
             info!(
                 "started PostgreSQL as {role}{}",
-                upstream.map(|u| format!(" following {} ({}:{})", u.member, u.host, u.port)).unwrap_or_default()
+                upstream
+                    .map(|u| format!(" following {} ({}:{})", u.member, u.host, u.port))
+                    .unwrap_or_default()
             );
         }
         self.crashed = false;
@@ -394,11 +567,23 @@ impl Agent {
         let _ = self.publish_status(MemberStatus::Bootstrapping, None).await;
         if *data == DataDir::Empty {
             files::ensure_dir(&self.cfg.data_dir, 0o700)?;
-            info!("initdb {} (data checksums, scram-sha-256)", self.cfg.data_dir.display());
-            server::initdb(&self.bins, &self.cfg.data_dir, &self.cfg.postgresql.superuser).await?;
+            info!(
+                "initdb {} (data checksums, scram-sha-256)",
+                self.cfg.data_dir.display()
+            );
+            server::initdb(
+                &self.bins,
+                &self.cfg.data_dir,
+                &self.cfg.postgresql.superuser,
+            )
+            .await?;
         }
         // Only the lease holder may run a writable primary: take the lease first.
-        if !self.store.leader_acquire(&me, self.cfg.timing.ttl_ms).await? {
+        if !self
+            .store
+            .leader_acquire(&me, self.cfg.timing.ttl_ms)
+            .await?
+        {
             bail!("cannot bootstrap: another member holds the leader lease");
         }
         self.held_lease = true;
@@ -411,10 +596,17 @@ impl Agent {
             info!("created database {db}");
         }
         let probe = sql::probe(&client).await?;
-        if !self.store.initialize_replace(&claim_value(&me), &probe.system_id).await? {
+        if !self
+            .store
+            .initialize_replace(&claim_value(&me), &probe.system_id)
+            .await?
+        {
             bail!("the cluster's initialize key changed under this bootstrap; not publishing the identity");
         }
-        info!("bootstrapped cluster {}: system identifier {}", self.cfg.cluster, probe.system_id);
+        info!(
+            "bootstrapped cluster {}: system identifier {}",
+            self.cfg.cluster, probe.system_id
+        );
         self.message = None;
         Ok(())
     }
@@ -422,15 +614,23 @@ impl Agent {
     async fn clone_from(&mut self, from: &Upstream) -> Result<()> {
         self.prepare_start()?;
         if let Some(parent) = self.cfg.data_dir.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
         }
         let slot = slot_name_for(&self.cfg.name);
-        info!("cloning from {} ({}:{}) with pg_basebackup, slot {slot}", from.member, from.host, from.port);
+        info!(
+            "cloning from {} ({}:{}) with pg_basebackup, slot {slot}",
+            from.member, from.host, from.port
+        );
         self.message = Some(format!("cloning from {}", from.member));
         let (tx, mut rx) = tokio::sync::watch::channel::<Option<Progress>>(None);
         let passfile = self.cfg.pgpass_path();
-        let (user, name, data_dir, bins) =
-            (self.cfg.replication.user.clone(), self.cfg.name.clone(), self.cfg.data_dir.clone(), self.bins.clone());
+        let (user, name, data_dir, bins) = (
+            self.cfg.replication.user.clone(),
+            self.cfg.name.clone(),
+            self.cfg.data_dir.clone(),
+            self.bins.clone(),
+        );
         let spec = CloneSpec {
             host: &from.host,
             port: from.port,
@@ -451,7 +651,7 @@ impl Agent {
                     if changed.is_err() { continue; }
                     let p = *rx.borrow_and_update();
                     if let Some(p) = p {
-                        let pct = if p.total_kb > 0 { p.done_kb * 100 / p.total_kb } else { 0 };
+                        let pct = (p.done_kb * 100).checked_div(p.total_kb).unwrap_or(0);
                         if pct >= last_logged_pct + 25 {
                             last_logged_pct = pct;
                             info!("base backup {pct}% ({} of {} kB)", p.done_kb, p.total_kb);
@@ -461,30 +661,56 @@ impl Agent {
                 }
             }
         };
-        drop(clone);
         result?;
-        info!("base backup done in {:.1} s", started.elapsed().as_secs_f64());
+        info!(
+            "base backup done in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         self.message = None;
         self.start(true, Some(from)).await
     }
 
     async fn publish_status(&self, status: MemberStatus, progress: Option<Progress>) -> Result<()> {
         let data = datadir::inspect(&self.bins, &self.cfg.data_dir).unwrap_or(DataDir::Empty);
-        let pg = if server::postmaster_pid(&self.cfg.data_dir).is_some() { PgRun::NotAnswering } else { PgRun::Stopped };
-        let local = LocalView { name: self.cfg.name.clone(), data, pg };
+        let pg = if server::postmaster_pid(&self.cfg.data_dir).is_some() {
+            PgRun::NotAnswering
+        } else {
+            PgRun::Stopped
+        };
+        let local = LocalView {
+            name: self.cfg.name.clone(),
+            data,
+            pg,
+        };
         self.publish_full(&local, status, progress).await
     }
 
     async fn publish(&self, progress: Option<Progress>) -> Result<()> {
         let data = datadir::inspect(&self.bins, &self.cfg.data_dir).unwrap_or(DataDir::Empty);
-        let pg = if server::postmaster_pid(&self.cfg.data_dir).is_some() { PgRun::NotAnswering } else { PgRun::Stopped };
-        let local = LocalView { name: self.cfg.name.clone(), data, pg };
+        let pg = if server::postmaster_pid(&self.cfg.data_dir).is_some() {
+            PgRun::NotAnswering
+        } else {
+            PgRun::Stopped
+        };
+        let local = LocalView {
+            name: self.cfg.name.clone(),
+            data,
+            pg,
+        };
         let status = self.status_of(&local);
         self.publish_full(&local, status, progress).await
     }
 
-    async fn publish_full(&self, local: &LocalView, status: MemberStatus, progress: Option<Progress>) -> Result<()> {
-        let p = self.probe.as_ref().filter(|_| matches!(local.pg, PgRun::Running { .. }));
+    async fn publish_full(
+        &self,
+        local: &LocalView,
+        status: MemberStatus,
+        progress: Option<Progress>,
+    ) -> Result<()> {
+        let p = self
+            .probe
+            .as_ref()
+            .filter(|_| matches!(local.pg, PgRun::Running { .. }));
         let role = role_of(local);
         let system_id = p.map(|p| p.system_id.clone()).or(match &local.data {
             DataDir::Initialized { system_id, .. } => Some(system_id.clone()),
@@ -517,15 +743,27 @@ impl Agent {
             agent_pid: std::process::id(),
             updated_ms: now_ms(),
         };
-        self.shared.write().unwrap_or_else(|e| e.into_inner()).member = Some(state.clone());
-        self.store.member_put(&state).await.context("publish the member's state to the store")
+        self.shared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .member = Some(state.clone());
+        self.store
+            .member_put(&state)
+            .await
+            .context("publish the member's state to the store")
     }
 }
 
 /// The member a standby's `primary_conninfo` points at, matched by host and port.
 fn upstream_member(p: &Probe, view: &ClusterView) -> Option<String> {
-    let (host, port) = p.receiver_sender.clone().or_else(|| conninfo_host_port(&p.primary_conninfo))?;
-    view.members.iter().find(|m| m.host == host && m.port == port).map(|m| m.name.clone())
+    let (host, port) = p
+        .receiver_sender
+        .clone()
+        .or_else(|| conninfo_host_port(&p.primary_conninfo))?;
+    view.members
+        .iter()
+        .find(|m| m.host == host && m.port == port)
+        .map(|m| m.name.clone())
 }
 
 /// host and port of a simple `key=value` connection string (as pgbaton renders them).

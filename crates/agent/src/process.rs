@@ -36,7 +36,8 @@ pub fn resolve_user(configured: Option<&str>) -> Result<User> {
         }
         Ok(user)
     } else {
-        let me = User::from_uid(euid)?.with_context(|| format!("no passwd entry for uid {euid}"))?;
+        let me =
+            User::from_uid(euid)?.with_context(|| format!("no passwd entry for uid {euid}"))?;
         if let Some(name) = configured {
             if name != me.name {
                 bail!(
@@ -123,14 +124,38 @@ pub fn create_owned_dir(user: &User, dir: &Path) -> Result<()> {
     for d in missing.iter().rev() {
         std::fs::create_dir(d).with_context(|| format!("create directory {}", d.display()))?;
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
-        nix::unistd::chown(d, Some(user.uid), Some(user.gid)).with_context(|| format!("chown {}", d.display()))?;
+        nix::unistd::chown(d, Some(user.uid), Some(user.gid))
+            .with_context(|| format!("chown {}", d.display()))?;
     }
     Ok(())
 }
 
-/// Prepare the process for this node: as root, check reachability, create the node's
-/// directories owned by the OS user, and drop privileges. Must run before threads start.
-pub fn become_os_user(cfg: &NodeConfig) -> Result<Identity> {
+/// Run `f` with the effective identity of `user` (groups, gid, uid), then return to root.
+/// Used as root for checks that must see the file system as the OS user sees it.
+pub fn as_user<T>(user: &User, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if !Uid::effective().is_root() {
+        return f();
+    }
+    let saved_groups = nix::unistd::getgroups().context("getgroups")?;
+    let gids: Vec<Gid> = user_gids(user).into_iter().map(Gid::from_raw).collect();
+    nix::unistd::setgroups(&gids).context("setgroups")?;
+    nix::unistd::setegid(user.gid).context("setegid")?;
+    nix::unistd::seteuid(user.uid).context("seteuid")?;
+    let result = f();
+    nix::unistd::seteuid(Uid::from_raw(0)).context("seteuid back to root")?;
+    nix::unistd::setegid(Gid::from_raw(0)).context("setegid back to root")?;
+    nix::unistd::setgroups(&saved_groups).context("restore groups")?;
+    result
+}
+
+/// Prepare the process for this node. `preflight` runs first, with the OS user's identity,
+/// and must check everything that can be wrong (so a refused start creates nothing). Then,
+/// as root, the node's directories are created owned by the OS user and privileges are
+/// dropped for good. Must run before any thread is started.
+pub fn become_os_user<T>(
+    cfg: &NodeConfig,
+    preflight: impl FnOnce(&Identity) -> Result<T>,
+) -> Result<(Identity, T)> {
     let user = resolve_user(cfg.os_user.as_deref())?;
     let paths = [
         ("data directory", cfg.data_dir.clone()),
@@ -144,8 +169,15 @@ pub fn become_os_user(cfg: &NodeConfig) -> Result<Identity> {
     if let pgbaton_core::config::StoreConfig::Local { path } = &cfg.store {
         check_reachable(&user, "store file", path)?;
     }
-    if !Uid::effective().is_root() {
-        return Ok(Identity { user: user.name, uid: user.uid.as_raw(), dropped_from_root: false });
+    let root = Uid::effective().is_root();
+    let ident = Identity {
+        user: user.name.clone(),
+        uid: user.uid.as_raw(),
+        dropped_from_root: root,
+    };
+    let checked = as_user(&user, || preflight(&ident))?;
+    if !root {
+        return Ok((ident, checked));
     }
     for dir in [cfg.data_dir.clone(), cfg.socket_dir()] {
         create_owned_dir(&user, &dir)?;
@@ -157,9 +189,9 @@ pub fn become_os_user(cfg: &NodeConfig) -> Result<Identity> {
     }
     let name = std::ffi::CString::new(user.name.clone())?;
     nix::unistd::initgroups(&name, user.gid).context("set the OS user's groups")?;
-    nix::unistd::setgid(Gid::from_raw(user.gid.as_raw())).context("setgid")?;
+    nix::unistd::setgid(user.gid).context("setgid")?;
     nix::unistd::setuid(user.uid).context("setuid")?;
-    if Uid::effective().is_root() {
+    if Uid::effective().is_root() || nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
         bail!("could not drop root privileges");
     }
     // The directory we were started in (say, /root/...) may be closed to the OS user.
@@ -168,5 +200,5 @@ pub fn become_os_user(cfg: &NodeConfig) -> Result<Identity> {
     std::env::set_var("HOME", &user.dir);
     std::env::set_var("USER", &user.name);
     std::env::set_var("LOGNAME", &user.name);
-    Ok(Identity { user: user.name, uid: user.uid.as_raw(), dropped_from_root: true })
+    Ok((ident, checked))
 }

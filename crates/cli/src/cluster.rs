@@ -24,7 +24,10 @@ pub fn load_client_config(path: &Path) -> Result<ClientConfig> {
         .unwrap_or(false);
     if is_node {
         let n = NodeConfig::from_toml_str(&text, path)?;
-        return Ok(ClientConfig { cluster: n.cluster, store: n.store });
+        return Ok(ClientConfig {
+            cluster: n.cluster,
+            store: n.store,
+        });
     }
     Ok(ClientConfig::from_toml_str(&text, path)?)
 }
@@ -37,7 +40,10 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub async fn read(store: &dyn Store) -> Result<Snapshot> {
-        Ok(Snapshot { leader: store.leader_get().await?, members: store.members().await? })
+        Ok(Snapshot {
+            leader: store.leader_get().await?,
+            members: store.members().await?,
+        })
     }
 
     pub fn leader_member(&self) -> Option<&MemberState> {

@@ -21,7 +21,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use nix::unistd::User;
 use pgbaton_agent::process::{blocked_for, create_owned_dir, resolve_user};
 use pgbaton_core::config::{
-    ApiConfig, ClientConfig, NodeConfig, PostgresqlConfig, ReplicationConfig, StoreConfig, TimingConfig,
+    ApiConfig, ClientConfig, NodeConfig, PostgresqlConfig, ReplicationConfig, StoreConfig,
+    TimingConfig,
 };
 use pgbaton_core::model::{MemberState, MemberStatus, Role};
 use std::collections::BTreeMap;
@@ -69,10 +70,14 @@ impl Layout {
     /// The members of an existing cluster directory, in order (n1, n2, ...).
     fn nodes(&self) -> Result<Vec<NodeConfig>> {
         let mut found: Vec<(u32, NodeConfig)> = Vec::new();
-        for e in std::fs::read_dir(&self.dir).with_context(|| format!("read {}", self.dir.display()))? {
+        for e in
+            std::fs::read_dir(&self.dir).with_context(|| format!("read {}", self.dir.display()))?
+        {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(num) = name.strip_prefix('n').and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Some(num) = name.strip_prefix('n').and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
             let cfg_path = self.node_config(&name);
             if cfg_path.exists() {
                 found.push((num, load_node_config(&cfg_path)?));
@@ -97,15 +102,24 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
             archive_dir: o.archive.then(|| l.dir.join("archive")),
             ..Default::default()
         },
-        replication: ReplicationConfig { password_file: Some(l.dir.join("replication.password")), ..Default::default() },
-        api: ApiConfig { listen: format!("127.0.0.1:{}", o.port_base as u32 + 1000 + i as u32 - 1), ..Default::default() },
-        store: StoreConfig::Local { path: l.dir.join("store.db") },
+        replication: ReplicationConfig {
+            password_file: Some(l.dir.join("replication.password")),
+            ..Default::default()
+        },
+        api: ApiConfig {
+            listen: format!("127.0.0.1:{}", o.port_base as u32 + 1000 + i as u32 - 1),
+            ..Default::default()
+        },
+        store: StoreConfig::Local {
+            path: l.dir.join("store.db"),
+        },
         timing: TimingConfig::default(),
     }
 }
 
 fn chown_to(user: &User, path: &Path) -> Result<()> {
-    nix::unistd::chown(path, Some(user.uid), Some(user.gid)).with_context(|| format!("chown {}", path.display()))
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid))
+        .with_context(|| format!("chown {}", path.display()))
 }
 
 fn write_owned(user: &User, path: &Path, contents: &str, mode: u32) -> Result<()> {
@@ -115,22 +129,39 @@ fn write_owned(user: &User, path: &Path, contents: &str, mode: u32) -> Result<()
 
 /// Is the process `pid` a live pgbaton agent for `node_config`?
 fn agent_alive(pid: i32, node_config: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    let ours = args.iter().any(|a| a == "agent") && args.iter().any(|a| Path::new(a) == node_config);
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let ours =
+        args.iter().any(|a| a == "agent") && args.iter().any(|a| Path::new(a) == node_config);
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true);
     ours && !zombie
 }
 
 fn running_agent(l: &Layout, name: &str) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(l.agent_pid(name)).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(l.agent_pid(name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     agent_alive(pid, &l.node_config(name)).then_some(pid)
 }
 
-fn spawn_agent(l: &Layout, name: &str) -> Result<i32> {
+/// Agents this `up` started, watched through their handles (reliable from the first
+/// instant, and it reaps them), not through /proc.
+type Spawned = Vec<(String, std::process::Child)>;
+
+fn spawn_agent(l: &Layout, name: &str, spawned: &mut Spawned) -> Result<()> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -150,9 +181,9 @@ fn spawn_agent(l: &Layout, name: &str) -> Result<i32> {
         .process_group(0)
         .spawn()
         .with_context(|| format!("start the agent of {name}"))?;
-    let pid = child.id() as i32;
-    std::fs::write(l.agent_pid(name), format!("{pid}\n"))?;
-    Ok(pid)
+    std::fs::write(l.agent_pid(name), format!("{}\n", child.id()))?;
+    spawned.push((name.to_string(), child));
+    Ok(())
 }
 
 fn log_tail(path: &Path, lines: usize) -> String {
@@ -171,7 +202,12 @@ pub async fn up(o: UpOptions) -> Result<()> {
         bail!("--nodes {}: expected 1 to 16 members", o.nodes);
     }
     if o.port_base == 0 || o.port_base as u32 + 1000 + o.nodes as u32 > 65535 {
-        bail!("--port-base {}: ports {}..{} must fit below 65536", o.port_base, o.port_base, o.port_base as u32 + 1000 + o.nodes as u32);
+        bail!(
+            "--port-base {}: ports {}..{} must fit below 65536",
+            o.port_base,
+            o.port_base,
+            o.port_base as u32 + 1000 + o.nodes as u32
+        );
     }
     if let Ok(mut rd) = std::fs::read_dir(&l.dir) {
         if rd.next().is_some() {
@@ -185,7 +221,8 @@ pub async fn up(o: UpOptions) -> Result<()> {
     }
     let configs: Vec<NodeConfig> = (1..=o.nodes).map(|i| node_config(&o, &l, i)).collect();
     for c in &configs {
-        c.validate().with_context(|| format!("the config of {}", c.name))?;
+        c.validate()
+            .with_context(|| format!("the config of {}", c.name))?;
     }
     let user = resolve_user(None)?;
     if let Some(b) = blocked_for(&user, &l.dir) {
@@ -200,7 +237,13 @@ pub async fn up(o: UpOptions) -> Result<()> {
     }
     let bins = pgbaton_pg::Binaries::find(None)?;
     for c in &configs {
-        let api_port: u16 = c.api.listen.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let api_port: u16 = c
+            .api
+            .listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         for (what, port) in [("PostgreSQL", c.postgresql.port), ("agent API", api_port)] {
             if pgbaton_agent::port_taken("127.0.0.1", port) {
                 bail!(
@@ -217,13 +260,20 @@ pub async fn up(o: UpOptions) -> Result<()> {
         o.nodes,
         if o.nodes == 1 { "" } else { "s" },
         l.dir.display(),
-        bins.major_version().map(|v| v.to_string()).unwrap_or_else(|_| "?".into()),
+        bins.major_version()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| "?".into()),
         bins.dir.display(),
         user.name
     );
     create_owned_dir(&user, &l.dir)?;
     let pw = pgbaton_pg::files::generate_password()?;
-    write_owned(&user, &l.dir.join("replication.password"), &format!("{pw}\n"), 0o600)?;
+    write_owned(
+        &user,
+        &l.dir.join("replication.password"),
+        &format!("{pw}\n"),
+        0o600,
+    )?;
     if o.archive {
         create_owned_dir(&user, &l.dir.join("archive"))?;
     }
@@ -231,46 +281,68 @@ pub async fn up(o: UpOptions) -> Result<()> {
         create_owned_dir(&user, &l.node_dir(&c.name))?;
         write_owned(&user, &l.node_config(&c.name), &c.to_toml_string(), 0o644)?;
     }
-    let client = ClientConfig { cluster: o.cluster.clone(), store: StoreConfig::Local { path: l.dir.join("store.db") } };
+    let client = ClientConfig {
+        cluster: o.cluster.clone(),
+        store: StoreConfig::Local {
+            path: l.dir.join("store.db"),
+        },
+    };
     write_owned(&user, &l.client_config(), &client.to_toml_string(), 0o644)?;
     std::fs::set_permissions(&l.dir, std::fs::Permissions::from_mode(0o755))?;
 
     // The first member bootstraps; the others clone from it once it runs.
-    spawn_agent(&l, &configs[0].name)?;
-    wait_until(&l, &client, &configs, o.timeout_s, |snap| {
-        snap.leader_member().is_some_and(|m| m.state == MemberStatus::Running)
+    let mut spawned = Spawned::new();
+    spawn_agent(&l, &configs[0].name, &mut spawned)?;
+    wait_until(&l, &client, &configs, &mut spawned, o.timeout_s, |snap| {
+        snap.leader_member()
+            .is_some_and(|m| m.state == MemberStatus::Running)
     })
     .await
     .context("waiting for the first member to bootstrap")?;
     for c in &configs[1..] {
-        spawn_agent(&l, &c.name)?;
+        spawn_agent(&l, &c.name, &mut spawned)?;
     }
-    wait_healthy(&l, &client, &configs, o.timeout_s).await?;
+    wait_healthy(&l, &client, &configs, &mut spawned, o.timeout_s).await?;
     finish(&l, &client).await
 }
 
 async fn start_existing(l: &Layout, timeout_s: u64) -> Result<()> {
     let configs = l.nodes()?;
     if configs.is_empty() {
-        bail!("{} has a pgbaton.toml but no member configs (nI/node.toml)", l.dir.display());
+        bail!(
+            "{} has a pgbaton.toml but no member configs (nI/node.toml)",
+            l.dir.display()
+        );
     }
     let client = crate::cluster::load_client_config(&l.client_config())?;
-    let stopped: Vec<&NodeConfig> = configs.iter().filter(|c| running_agent(l, &c.name).is_none()).collect();
+    let stopped: Vec<&NodeConfig> = configs
+        .iter()
+        .filter(|c| running_agent(l, &c.name).is_none())
+        .collect();
     if stopped.is_empty() {
-        println!("Cluster {} in {} is already running: nothing changed.", client.cluster, l.dir.display());
-        wait_healthy(l, &client, &configs, timeout_s).await?;
+        println!(
+            "Cluster {} in {} is already running: nothing changed.",
+            client.cluster,
+            l.dir.display()
+        );
+        wait_healthy(l, &client, &configs, &mut Spawned::new(), timeout_s).await?;
         return finish(l, &client).await;
     }
     println!(
         "Starting cluster {} in {}: {} (existing data is kept; nothing is re-cloned)",
         client.cluster,
         l.dir.display(),
-        stopped.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+        stopped
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
+    let mut spawned = Spawned::new();
     for c in stopped {
-        spawn_agent(l, &c.name)?;
+        spawn_agent(l, &c.name, &mut spawned)?;
     }
-    wait_healthy(l, &client, &configs, timeout_s).await?;
+    wait_healthy(l, &client, &configs, &mut spawned, timeout_s).await?;
     finish(l, &client).await
 }
 
@@ -280,27 +352,47 @@ async fn finish(l: &Layout, client: &ClientConfig) -> Result<()> {
     println!("{}", table(&report(&client.cluster, &snap)));
     let cfg = l.client_config();
     println!("Cluster {} is up. Next:", client.cluster);
-    println!("  pgbaton -c {} list          # members, roles, lag, slots", cfg.display());
-    println!("  pgbaton -c {} psql          # psql on the primary", cfg.display());
-    println!("  pgbaton down --dir {}       # stop (add --purge to delete the data)", l.dir.display());
+    println!(
+        "  pgbaton -c {} list          # members, roles, lag, slots",
+        cfg.display()
+    );
+    println!(
+        "  pgbaton -c {} psql          # psql on the primary",
+        cfg.display()
+    );
+    println!(
+        "  pgbaton down --dir {}       # stop (add --purge to delete the data)",
+        l.dir.display()
+    );
     Ok(())
 }
 
 fn healthy(snap: &Snapshot, configs: &[NodeConfig]) -> bool {
-    let Some(leader) = snap.leader_member() else { return false };
+    let Some(leader) = snap.leader_member() else {
+        return false;
+    };
     leader.state == MemberStatus::Running
         && configs.iter().all(|c| {
             snap.members.iter().any(|m| {
                 m.name == c.name
-                    && (m.name == leader.name || (m.role == Role::Standby && m.state == MemberStatus::Streaming))
+                    && (m.name == leader.name
+                        || (m.role == Role::Standby && m.state == MemberStatus::Streaming))
             })
         })
 }
 
-async fn wait_healthy(l: &Layout, client: &ClientConfig, configs: &[NodeConfig], timeout_s: u64) -> Result<()> {
-    wait_until(l, client, configs, timeout_s, |snap| healthy(snap, configs))
-        .await
-        .context("waiting for every member to be healthy (a running primary, streaming standbys)")
+async fn wait_healthy(
+    l: &Layout,
+    client: &ClientConfig,
+    configs: &[NodeConfig],
+    spawned: &mut Spawned,
+    timeout_s: u64,
+) -> Result<()> {
+    wait_until(l, client, configs, spawned, timeout_s, |snap| {
+        healthy(snap, configs)
+    })
+    .await
+    .context("waiting for every member to be healthy (a running primary, streaming standbys)")
 }
 
 /// What one member is doing, in a line.
@@ -322,6 +414,7 @@ async fn wait_until(
     l: &Layout,
     client: &ClientConfig,
     configs: &[NodeConfig],
+    spawned: &mut Spawned,
     timeout_s: u64,
     done: impl Fn(&Snapshot) -> bool,
 ) -> Result<()> {
@@ -332,7 +425,9 @@ async fn wait_until(
         .iter()
         .map(|c| {
             let pb = multi.add(ProgressBar::new(0));
-            pb.set_style(ProgressStyle::with_template("{spinner} {prefix:>4} {msg}").expect("template"));
+            pb.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:>4} {msg}").expect("template"),
+            );
             pb.set_prefix(c.name.clone());
             (c.name.clone(), pb)
         })
@@ -343,7 +438,8 @@ async fn wait_until(
     let mut last_line: BTreeMap<String, String> = BTreeMap::new();
     let mut store = None;
     loop {
-        if store.is_none() && matches!(&client.store, StoreConfig::Local { path } if path.exists()) {
+        if store.is_none() && matches!(&client.store, StoreConfig::Local { path } if path.exists())
+        {
             store = open_store(client).ok();
         }
         if let Some(st) = &store {
@@ -353,16 +449,23 @@ async fn wait_until(
                 let (line, progress) = describe(m);
                 let pb = &bars[&c.name];
                 match progress {
-                    Some((done_kb, total_kb)) if m.is_some_and(|m| m.state == MemberStatus::Cloning) => {
+                    Some((done_kb, total_kb))
+                        if m.is_some_and(|m| m.state == MemberStatus::Cloning) =>
+                    {
                         pb.set_style(
-                            ProgressStyle::with_template("{spinner} {prefix:>4} cloning [{bar:30}] {pos}/{len} kB {msg}")
-                                .expect("template")
-                                .progress_chars("=> "),
+                            ProgressStyle::with_template(
+                                "{spinner} {prefix:>4} cloning [{bar:30}] {pos}/{len} kB {msg}",
+                            )
+                            .expect("template")
+                            .progress_chars("=> "),
                         );
                         pb.set_length(total_kb);
                         pb.set_position(done_kb);
                     }
-                    _ => pb.set_style(ProgressStyle::with_template("{spinner} {prefix:>4} {msg}").expect("template")),
+                    _ => pb.set_style(
+                        ProgressStyle::with_template("{spinner} {prefix:>4} {msg}")
+                            .expect("template"),
+                    ),
                 }
                 pb.set_message(line.clone());
                 pb.tick();
@@ -384,14 +487,13 @@ async fn wait_until(
                 return Ok(());
             }
         }
-        for c in configs {
-            if std::fs::read_to_string(l.agent_pid(&c.name)).is_ok() && running_agent(l, &c.name).is_none() {
+        for (name, child) in spawned.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
                 multi.clear().ok();
                 bail!(
-                    "the agent of {} stopped. The end of its log ({}):\n{}",
-                    c.name,
-                    l.agent_log(&c.name).display(),
-                    log_tail(&l.agent_log(&c.name), 15)
+                    "the agent of {name} stopped ({status}). The end of its log ({}):\n{}",
+                    l.agent_log(name).display(),
+                    log_tail(&l.agent_log(name), 15)
                 );
             }
         }
@@ -406,7 +508,10 @@ async fn wait_until(
 pub async fn down(dir: &Path, purge: bool) -> Result<()> {
     let l = Layout::new(dir)?;
     if !l.client_config().exists() {
-        bail!("{} holds no pgbaton cluster (no pgbaton.toml)", l.dir.display());
+        bail!(
+            "{} holds no pgbaton cluster (no pgbaton.toml)",
+            l.dir.display()
+        );
     }
     let mut configs = l.nodes()?;
     // Standbys first, the leader last, so nothing streams from a stopped primary meanwhile.
@@ -418,12 +523,19 @@ pub async fn down(dir: &Path, purge: bool) -> Result<()> {
     configs.sort_by_key(|c| Some(&c.name) == leader.as_ref());
     for c in &configs {
         if let Some(pid) = running_agent(&l, &c.name) {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
-                .with_context(|| format!("signal the agent of {} (pid {pid})", c.name))?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .with_context(|| format!("signal the agent of {} (pid {pid})", c.name))?;
             let deadline = Instant::now() + Duration::from_secs(120);
             while running_agent(&l, &c.name).is_some() {
                 if Instant::now() >= deadline {
-                    bail!("the agent of {} (pid {pid}) did not stop within 120 s; see {}", c.name, l.agent_log(&c.name).display());
+                    bail!(
+                        "the agent of {} (pid {pid}) did not stop within 120 s; see {}",
+                        c.name,
+                        l.agent_log(&c.name).display()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -432,7 +544,10 @@ pub async fn down(dir: &Path, purge: bool) -> Result<()> {
         // A PostgreSQL whose agent was gone already: stop it as its OS user.
         if pgbaton_pg::server::postmaster_pid(&c.data_dir).is_some() {
             stop_orphan_postgres(c)?;
-            println!("stopped {}'s PostgreSQL (its agent was not running)", c.name);
+            println!(
+                "stopped {}'s PostgreSQL (its agent was not running)",
+                c.name
+            );
         }
         let _ = std::fs::remove_file(l.agent_pid(&c.name));
     }
@@ -440,7 +555,11 @@ pub async fn down(dir: &Path, purge: bool) -> Result<()> {
         std::fs::remove_dir_all(&l.dir).with_context(|| format!("delete {}", l.dir.display()))?;
         println!("deleted {} and all its data", l.dir.display());
     } else {
-        println!("cluster stopped; data kept in {} (`pgbaton up --dir {}` starts it again)", l.dir.display(), l.dir.display());
+        println!(
+            "cluster stopped; data kept in {} (`pgbaton up --dir {}` starts it again)",
+            l.dir.display(),
+            l.dir.display()
+        );
     }
     Ok(())
 }
@@ -449,7 +568,11 @@ fn stop_orphan_postgres(c: &NodeConfig) -> Result<()> {
     let bins = pgbaton_pg::Binaries::find(c.postgresql.bin_dir.as_deref())?;
     let user = resolve_user(c.os_user.as_deref())?;
     let mut cmd = std::process::Command::new(bins.path("pg_ctl"));
-    cmd.arg("stop").arg("-D").arg(&c.data_dir).args(["-m", "fast", "-w", "-t", "60", "-s"]).current_dir("/");
+    cmd.arg("stop")
+        .arg("-D")
+        .arg(&c.data_dir)
+        .args(["-m", "fast", "-w", "-t", "60", "-s"])
+        .current_dir("/");
     if nix::unistd::Uid::effective().is_root() {
         cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
     }

@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "pgbaton", version, about = "High availability for PostgreSQL streaming replication")]
+#[command(
+    name = "pgbaton",
+    version,
+    about = "High availability for PostgreSQL streaming replication"
+)]
 struct Cli {
     /// Config file: a node config for `agent`; the cluster's client config (DIR/pgbaton.toml
     /// written by `up`) or any node config for the other commands.
@@ -99,7 +103,11 @@ fn init_tracing() {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")
 }
 
 fn config_path(cli_config: Option<PathBuf>) -> PathBuf {
@@ -109,20 +117,39 @@ fn config_path(cli_config: Option<PathBuf>) -> PathBuf {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Agent => {
-            let path = cli.config.context("`pgbaton agent` needs a node config: pgbaton agent -c NODE.toml")?;
+            let path = cli
+                .config
+                .context("`pgbaton agent` needs a node config: pgbaton agent -c NODE.toml")?;
             let cfg = cluster::load_node_config(&path)?;
             init_tracing();
             // Drop privileges before any thread exists.
-            let ident = pgbaton_agent::become_os_user(&cfg)?;
+            let (ident, checked) =
+                pgbaton_agent::become_os_user(&cfg, |_| pgbaton_agent::preflight(&cfg))?;
             let rt = runtime()?;
             rt.block_on(async move {
-                let (agent, listener) = pgbaton_agent::Agent::new(cfg, ident).await?;
+                let (agent, listener) = pgbaton_agent::Agent::new(cfg, ident, checked).await?;
                 agent.run(listener, shutdown_signal()).await
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Up { dir, nodes, port_base, cluster, databases, archive, timeout } => {
-            let opts = local::UpOptions { dir, nodes, port_base, cluster, databases, archive, timeout_s: timeout };
+        Cmd::Up {
+            dir,
+            nodes,
+            port_base,
+            cluster,
+            databases,
+            archive,
+            timeout,
+        } => {
+            let opts = local::UpOptions {
+                dir,
+                nodes,
+                port_base,
+                cluster,
+                databases,
+                archive,
+                timeout_s: timeout,
+            };
             runtime()?.block_on(local::up(opts))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -50,7 +50,9 @@ pub fn report(cluster: &str, snap: &Snapshot) -> ClusterReport {
         .iter()
         .map(|m| {
             let is_leader = snap.leader.as_ref().is_some_and(|l| l.member == m.name);
-            let slot = primary.filter(|p| p.name != m.name).and_then(|p| p.slots.iter().find(|s| s.name == m.slot_name));
+            let slot = primary
+                .filter(|p| p.name != m.name)
+                .and_then(|p| p.slots.iter().find(|s| s.name == m.slot_name));
             let lag_bytes = match (m.role, primary, m.lsn) {
                 (Role::Standby, Some(p), Some(lsn)) => p.lsn.map(|plsn| lsn.bytes_until(plsn)),
                 (Role::Primary, _, Some(_)) if is_leader => Some(0),
@@ -77,7 +79,11 @@ pub fn report(cluster: &str, snap: &Snapshot) -> ClusterReport {
             }
         })
         .collect();
-    ClusterReport { cluster: cluster.to_string(), leader: snap.leader.as_ref().map(|l| l.member.clone()), members }
+    ClusterReport {
+        cluster: cluster.to_string(),
+        leader: snap.leader.as_ref().map(|l| l.member.clone()),
+        members,
+    }
 }
 
 /// Bytes in the largest unit that keeps the number readable.
@@ -98,10 +104,26 @@ pub fn human_bytes(b: u64) -> String {
 
 pub fn table(r: &ClusterReport) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
-    t.set_header(["Member", "Host:Port", "Role", "State", "TL", "LSN", "Lag", "Slot on primary", "Retained WAL", "Note"]);
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.set_header([
+        "Member",
+        "Host:Port",
+        "Role",
+        "State",
+        "TL",
+        "LSN",
+        "Lag",
+        "Slot on primary",
+        "Retained WAL",
+        "Note",
+    ]);
     for m in &r.members {
-        let role = if m.leader { format!("{} (leader)", m.role) } else { m.role.to_string() };
+        let role = if m.leader {
+            format!("{} (leader)", m.role)
+        } else {
+            m.role.to_string()
+        };
         let mut note = m.message.clone().unwrap_or_default();
         if m.last_seen_s > 30 && !matches!(m.state, MemberStatus::Stopped) {
             note = format!("no report for {} s {note}", m.last_seen_s);
@@ -146,17 +168,30 @@ pub async fn list(cfg: &ClientConfig, json: bool) -> Result<()> {
 /// The member named, or the leader's when none is.
 fn pick(snap: &Snapshot, name: Option<&str>) -> Result<MemberState> {
     match name {
-        Some(n) => snap.members.iter().find(|m| m.name == n).cloned().with_context(|| {
-            let known: Vec<_> = snap.members.iter().map(|m| m.name.as_str()).collect();
-            format!("no member named {n} (members: {})", known.join(", "))
-        }),
-        None => snap.leader_member().cloned().context("no member holds the leader lease: name a member"),
+        Some(n) => snap
+            .members
+            .iter()
+            .find(|m| m.name == n)
+            .cloned()
+            .with_context(|| {
+                let known: Vec<_> = snap.members.iter().map(|m| m.name.as_str()).collect();
+                format!("no member named {n} (members: {})", known.join(", "))
+            }),
+        None => snap
+            .leader_member()
+            .cloned()
+            .context("no member holds the leader lease: name a member"),
     }
 }
 
 fn local_dsn(m: &MemberState) -> String {
     let port = m.port.to_string();
-    conninfo(&[("host", &m.socket_dir), ("port", &port), ("user", &m.superuser), ("dbname", "postgres")])
+    conninfo(&[
+        ("host", &m.socket_dir),
+        ("port", &port),
+        ("user", &m.superuser),
+        ("dbname", "postgres"),
+    ])
 }
 
 pub async fn dsn(cfg: &ClientConfig, member: Option<&str>) -> Result<()> {
@@ -174,12 +209,25 @@ pub async fn psql(cfg: &ClientConfig, member: Option<&str>, args: &[String]) -> 
     let m = pick(&Snapshot::read(store.as_ref()).await?, member)?;
     let bins = pgbaton_pg::Binaries::find(None)?;
     let mut cmd = std::process::Command::new(bins.path("psql"));
-    cmd.arg(local_dsn(&m)).args(args);
+    // The member's address goes in the environment, so that psql flags given after `--`
+    // (say `-d app`) change only what they name. No password is involved: peer auth.
+    cmd.env("PGHOST", &m.socket_dir)
+        .env("PGPORT", m.port.to_string())
+        .env("PGUSER", &m.superuser)
+        .env("PGDATABASE", "postgres")
+        .args(args);
     let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())?.context("who am I?")?;
     if me.uid.is_root() {
-        let u = nix::unistd::User::from_name(&m.os_user)?
-            .with_context(|| format!("member {} runs as OS user {}, which does not exist here", m.name, m.os_user))?;
-        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw()).env("HOME", &u.dir).env("USER", &u.name);
+        let u = nix::unistd::User::from_name(&m.os_user)?.with_context(|| {
+            format!(
+                "member {} runs as OS user {}, which does not exist here",
+                m.name, m.os_user
+            )
+        })?;
+        cmd.uid(u.uid.as_raw())
+            .gid(u.gid.as_raw())
+            .env("HOME", &u.dir)
+            .env("USER", &u.name);
         let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
         if pgbaton_agent::process::blocked_for(&u, &cwd).is_some() {
             cmd.current_dir("/");
@@ -193,6 +241,8 @@ pub async fn psql(cfg: &ClientConfig, member: Option<&str>, args: &[String]) -> 
             m.os_user
         );
     }
-    let status = cmd.status().with_context(|| format!("run {}", bins.path("psql").display()))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("run {}", bins.path("psql").display()))?;
     Ok(status.code().unwrap_or(1).clamp(0, 255) as u8)
 }

@@ -105,7 +105,11 @@ fn leader_upstream(view: &ClusterView, me: &str) -> Option<Upstream> {
         return None;
     }
     let m = member(view, &l.member)?;
-    Some(Upstream { member: m.name.clone(), host: m.host.clone(), port: m.port })
+    Some(Upstream {
+        member: m.name.clone(),
+        host: m.host.clone(),
+        port: m.port,
+    })
 }
 
 /// The decision for one loop. `now_ms` is wall-clock ms (lease expiry is compared with it).
@@ -117,7 +121,10 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
     let other_leader = lease.filter(|l| l.member != me).map(|l| l.member.clone());
 
     // The cluster's identity, once bootstrap has published it.
-    let cluster_sysid = view.initialize.as_deref().filter(|v| !v.starts_with("claimed:"));
+    let cluster_sysid = view
+        .initialize
+        .as_deref()
+        .filter(|v| !v.starts_with("claimed:"));
 
     match &local.data {
         DataDir::Foreign(what) => vec![Action::Fail {
@@ -126,9 +133,7 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
                  pgbaton will not touch it: move it away or point data_dir elsewhere"
             ),
         }],
-        DataDir::Initialized { system_id, .. }
-            if cluster_sysid.is_some_and(|s| s != system_id) =>
-        {
+        DataDir::Initialized { system_id, .. } if cluster_sysid.is_some_and(|s| s != system_id) => {
             vec![Action::Fail {
                 reason: format!(
                     "the data directory belongs to another cluster (system identifier {system_id}, \
@@ -139,10 +144,16 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
             }]
         }
         DataDir::Empty => match view.initialize.as_deref() {
-            None => vec![Action::ClaimInitialize { value: my_claim }, Action::Bootstrap],
+            None => vec![
+                Action::ClaimInitialize { value: my_claim },
+                Action::Bootstrap,
+            ],
             Some(v) if v == my_claim => vec![Action::Bootstrap],
             Some(v) if v.starts_with("claimed:") => vec![Action::Wait {
-                reason: format!("member {} is bootstrapping the cluster", &v["claimed:".len()..]),
+                reason: format!(
+                    "member {} is bootstrapping the cluster",
+                    &v["claimed:".len()..]
+                ),
             }],
             Some(_) => match (other_leader, leader_upstream(view, me)) {
                 (None, _) => vec![Action::Wait {
@@ -153,12 +164,15 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
                 }],
                 (Some(l), Some(up)) => {
                     let slot = slot_name_for(me);
-                    let has_slot = member(view, &l).is_some_and(|m| m.slots.iter().any(|s| s.name == slot));
+                    let has_slot =
+                        member(view, &l).is_some_and(|m| m.slots.iter().any(|s| s.name == slot));
                     if has_slot {
                         vec![Action::Clone { from: up }]
                     } else {
                         vec![Action::Wait {
-                            reason: format!("waiting for primary {l} to create replication slot {slot}"),
+                            reason: format!(
+                                "waiting for primary {l} to create replication slot {slot}"
+                            ),
                         }]
                     }
                 }
@@ -174,10 +188,13 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
                 // the member whose data is a primary's re-establishes the cluster's identity.
                 if *standby {
                     return vec![Action::Wait {
-                        reason: "the store has no cluster identity yet; waiting for the primary".into(),
+                        reason: "the store has no cluster identity yet; waiting for the primary"
+                            .into(),
                     }];
                 }
-                return vec![Action::ClaimInitialize { value: system_id.clone() }];
+                return vec![Action::ClaimInitialize {
+                    value: system_id.clone(),
+                }];
             }
             if *standby {
                 decide_standby(view, local, me)
@@ -192,8 +209,13 @@ fn decide_standby(view: &ClusterView, local: &LocalView, me: &str) -> Vec<Action
     let up = leader_upstream(view, me);
     match &local.pg {
         PgRun::Stopped => vec![Action::Start { upstream: up }],
-        PgRun::NotAnswering => vec![Action::Wait { reason: "PostgreSQL is starting or busy".into() }],
-        PgRun::Running { in_recovery: true, upstream } => {
+        PgRun::NotAnswering => vec![Action::Wait {
+            reason: "PostgreSQL is starting or busy".into(),
+        }],
+        PgRun::Running {
+            in_recovery: true,
+            upstream,
+        } => {
             // Follow the leader when it is known and differs from what we stream from.
             match up {
                 Some(u) if upstream.as_deref() != Some(u.member.as_str()) => {
@@ -202,11 +224,16 @@ fn decide_standby(view: &ClusterView, local: &LocalView, me: &str) -> Vec<Action
                 _ => vec![],
             }
         }
-        PgRun::Running { in_recovery: false, .. } => match view.leader.as_ref() {
+        PgRun::Running {
+            in_recovery: false, ..
+        } => match view.leader.as_ref() {
             // standby.signal is there but PostgreSQL runs writable: someone promoted it by
             // hand. It must not stay writable beside the leader.
             Some(l) if l.member != me => vec![Action::Stop {
-                reason: format!("PostgreSQL runs writable while {} holds the leader lease", l.member),
+                reason: format!(
+                    "PostgreSQL runs writable while {} holds the leader lease",
+                    l.member
+                ),
             }],
             _ => vec![Action::Wait {
                 reason: "PostgreSQL runs writable on a standby's data directory".into(),
@@ -231,8 +258,13 @@ fn decide_primary_data(
     if let Some(l) = other_leader {
         // A former primary while another member leads: it must not run writable.
         return match local.pg {
-            PgRun::Running { in_recovery: false, .. } | PgRun::NotAnswering => vec![Action::Stop {
-                reason: format!("{l} holds the leader lease; this member's data is a former primary's"),
+            PgRun::Running {
+                in_recovery: false, ..
+            }
+            | PgRun::NotAnswering => vec![Action::Stop {
+                reason: format!(
+                    "{l} holds the leader lease; this member's data is a former primary's"
+                ),
             }],
             _ => vec![Action::Fail {
                 reason: format!(
@@ -242,15 +274,33 @@ fn decide_primary_data(
             }],
         };
     }
-    let lease = if i_lead { Action::RenewLease } else { Action::AcquireLease };
+    let lease = if i_lead {
+        Action::RenewLease
+    } else {
+        Action::AcquireLease
+    };
     match local.pg {
         PgRun::Stopped => vec![lease, Action::Start { upstream: None }],
-        PgRun::NotAnswering => vec![lease, Action::Wait { reason: "PostgreSQL is starting or busy".into() }],
-        PgRun::Running { in_recovery: false, .. } => vec![lease, Action::EnsureSlots { names: slots }],
-        PgRun::Running { in_recovery: true, .. } => {
+        PgRun::NotAnswering => vec![
+            lease,
+            Action::Wait {
+                reason: "PostgreSQL is starting or busy".into(),
+            },
+        ],
+        PgRun::Running {
+            in_recovery: false, ..
+        } => vec![lease, Action::EnsureSlots { names: slots }],
+        PgRun::Running {
+            in_recovery: true, ..
+        } => {
             // A primary's data dir running in recovery: it is still finishing crash recovery or
             // replaying; hold the lease and wait.
-            vec![lease, Action::Wait { reason: "PostgreSQL is in recovery".into() }]
+            vec![
+                lease,
+                Action::Wait {
+                    reason: "PostgreSQL is in recovery".into(),
+                },
+            ]
         }
     }
 }
@@ -302,7 +352,12 @@ mod tests {
             slot_name: slot_name_for(name),
             slots: slots
                 .iter()
-                .map(|s| SlotInfo { name: s.to_string(), active: false, restart_lsn: None, retained_bytes: None })
+                .map(|s| SlotInfo {
+                    name: s.to_string(),
+                    active: false,
+                    restart_lsn: None,
+                    retained_bytes: None,
+                })
                 .collect(),
             pg_version: None,
             message: None,
@@ -315,37 +370,67 @@ mod tests {
     fn view(init: Option<&str>, leader: Option<&str>, members: Vec<MemberState>) -> ClusterView {
         ClusterView {
             initialize: init.map(String::from),
-            leader: leader.map(|m| Leader { member: m.into(), expires_ms: NOW + 10_000 }),
+            leader: leader.map(|m| Leader {
+                member: m.into(),
+                expires_ms: NOW + 10_000,
+            }),
             members,
         }
     }
 
     fn local(name: &str, data: DataDir, pg: PgRun) -> LocalView {
-        LocalView { name: name.into(), data, pg }
+        LocalView {
+            name: name.into(),
+            data,
+            pg,
+        }
     }
 
     fn init(standby: bool) -> DataDir {
-        DataDir::Initialized { system_id: "42".into(), standby }
+        DataDir::Initialized {
+            system_id: "42".into(),
+            standby,
+        }
     }
 
     #[test]
     fn empty_store_empty_dir_claims_and_bootstraps() {
-        let a = decide(&view(None, None, vec![]), &local("n1", DataDir::Empty, PgRun::Stopped), NOW);
-        assert_eq!(a, vec![Action::ClaimInitialize { value: "claimed:n1".into() }, Action::Bootstrap]);
+        let a = decide(
+            &view(None, None, vec![]),
+            &local("n1", DataDir::Empty, PgRun::Stopped),
+            NOW,
+        );
+        assert_eq!(
+            a,
+            vec![
+                Action::ClaimInitialize {
+                    value: "claimed:n1".into()
+                },
+                Action::Bootstrap
+            ]
+        );
     }
 
     #[test]
     fn interrupted_bootstrap_resumes() {
         let v = view(Some("claimed:n1"), None, vec![]);
-        assert_eq!(decide(&v, &local("n1", DataDir::Empty, PgRun::Stopped), NOW), vec![Action::Bootstrap]);
-        assert_eq!(decide(&v, &local("n1", init(false), PgRun::Stopped), NOW), vec![Action::Bootstrap]);
+        assert_eq!(
+            decide(&v, &local("n1", DataDir::Empty, PgRun::Stopped), NOW),
+            vec![Action::Bootstrap]
+        );
+        assert_eq!(
+            decide(&v, &local("n1", init(false), PgRun::Stopped), NOW),
+            vec![Action::Bootstrap]
+        );
     }
 
     #[test]
     fn another_members_bootstrap_is_waited_for() {
         let v = view(Some("claimed:n1"), None, vec![]);
         let a = decide(&v, &local("n2", DataDir::Empty, PgRun::Stopped), NOW);
-        assert!(matches!(&a[..], [Action::Wait { reason }] if reason.contains("n1 is bootstrapping")));
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("n1 is bootstrapping"))
+        );
     }
 
     #[test]
@@ -353,11 +438,21 @@ mod tests {
         let v = view(Some("42"), Some("n1"), vec![ms("n1", &[]), ms("n2", &[])]);
         let a = decide(&v, &local("n2", DataDir::Empty, PgRun::Stopped), NOW);
         assert!(matches!(&a[..], [Action::Wait { reason }] if reason.contains("pgbaton_n2")));
-        let v = view(Some("42"), Some("n1"), vec![ms("n1", &["pgbaton_n2"]), ms("n2", &[])]);
+        let v = view(
+            Some("42"),
+            Some("n1"),
+            vec![ms("n1", &["pgbaton_n2"]), ms("n2", &[])],
+        );
         let a = decide(&v, &local("n2", DataDir::Empty, PgRun::Stopped), NOW);
         assert_eq!(
             a,
-            vec![Action::Clone { from: Upstream { member: "n1".into(), host: "127.0.0.1".into(), port: 5432 } }]
+            vec![Action::Clone {
+                from: Upstream {
+                    member: "n1".into(),
+                    host: "127.0.0.1".into(),
+                    port: 5432
+                }
+            }]
         );
     }
 
@@ -379,10 +474,17 @@ mod tests {
     #[test]
     fn foreign_system_id_is_a_failure_and_nothing_else() {
         let v = view(Some("42"), Some("n1"), vec![ms("n1", &[])]);
-        let d = DataDir::Initialized { system_id: "7".into(), standby: true };
+        let d = DataDir::Initialized {
+            system_id: "7".into(),
+            standby: true,
+        };
         let a = decide(&v, &local("n2", d, PgRun::Stopped), NOW);
         assert!(matches!(&a[..], [Action::Fail { reason }] if reason.contains("another cluster")));
-        let a = decide(&v, &local("n2", DataDir::Foreign("x".into()), PgRun::Stopped), NOW);
+        let a = decide(
+            &v,
+            &local("n2", DataDir::Foreign("x".into()), PgRun::Stopped),
+            NOW,
+        );
         assert!(matches!(&a[..], [Action::Fail { .. }]));
     }
 
@@ -390,23 +492,57 @@ mod tests {
     fn primary_data_takes_lease_then_starts() {
         let v = view(Some("42"), None, vec![]);
         let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
-        assert_eq!(a, vec![Action::AcquireLease, Action::Start { upstream: None }]);
+        assert_eq!(
+            a,
+            vec![Action::AcquireLease, Action::Start { upstream: None }]
+        );
     }
 
     #[test]
     fn running_leader_renews_and_keeps_slots_for_every_other_member() {
-        let v = view(Some("42"), Some("n1"), vec![ms("n1", &[]), ms("n2", &[]), ms("n3", &[])]);
-        let a = decide(&v, &local("n1", init(false), PgRun::Running { in_recovery: false, upstream: None }), NOW);
+        let v = view(
+            Some("42"),
+            Some("n1"),
+            vec![ms("n1", &[]), ms("n2", &[]), ms("n3", &[])],
+        );
+        let a = decide(
+            &v,
+            &local(
+                "n1",
+                init(false),
+                PgRun::Running {
+                    in_recovery: false,
+                    upstream: None,
+                },
+            ),
+            NOW,
+        );
         assert_eq!(
             a,
-            vec![Action::RenewLease, Action::EnsureSlots { names: vec!["pgbaton_n2".into(), "pgbaton_n3".into()] }]
+            vec![
+                Action::RenewLease,
+                Action::EnsureSlots {
+                    names: vec!["pgbaton_n2".into(), "pgbaton_n3".into()]
+                }
+            ]
         );
     }
 
     #[test]
     fn former_primary_never_runs_writable_beside_the_leader() {
         let v = view(Some("42"), Some("n2"), vec![ms("n2", &[])]);
-        let a = decide(&v, &local("n1", init(false), PgRun::Running { in_recovery: false, upstream: None }), NOW);
+        let a = decide(
+            &v,
+            &local(
+                "n1",
+                init(false),
+                PgRun::Running {
+                    in_recovery: false,
+                    upstream: None,
+                },
+            ),
+            NOW,
+        );
         assert!(matches!(&a[..], [Action::Stop { .. }]));
         let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
         assert!(matches!(&a[..], [Action::Fail { .. }]));
@@ -415,7 +551,14 @@ mod tests {
     #[test]
     fn standby_never_takes_the_lease() {
         let v = view(Some("42"), None, vec![]);
-        for pg in [PgRun::Stopped, PgRun::Running { in_recovery: true, upstream: None }, PgRun::NotAnswering] {
+        for pg in [
+            PgRun::Stopped,
+            PgRun::Running {
+                in_recovery: true,
+                upstream: None,
+            },
+            PgRun::NotAnswering,
+        ] {
             let a = decide(&v, &local("n2", init(true), pg), NOW);
             assert!(!a.contains(&Action::AcquireLease), "{a:?}");
         }
@@ -427,17 +570,29 @@ mod tests {
         let a = decide(&v, &local("n2", init(true), PgRun::Stopped), NOW);
         assert_eq!(
             a,
-            vec![Action::Start { upstream: Some(Upstream { member: "n1".into(), host: "127.0.0.1".into(), port: 5432 }) }]
+            vec![Action::Start {
+                upstream: Some(Upstream {
+                    member: "n1".into(),
+                    host: "127.0.0.1".into(),
+                    port: 5432
+                })
+            }]
         );
     }
 
     #[test]
     fn streaming_standby_follows_a_new_leader() {
         let v = view(Some("42"), Some("n3"), vec![ms("n3", &[])]);
-        let pg = PgRun::Running { in_recovery: true, upstream: Some("n1".into()) };
+        let pg = PgRun::Running {
+            in_recovery: true,
+            upstream: Some("n1".into()),
+        };
         let a = decide(&v, &local("n2", init(true), pg), NOW);
         assert!(matches!(&a[..], [Action::Follow { upstream: Some(u) }] if u.member == "n3"));
-        let pg = PgRun::Running { in_recovery: true, upstream: Some("n3".into()) };
+        let pg = PgRun::Running {
+            in_recovery: true,
+            upstream: Some("n3".into()),
+        };
         assert!(decide(&v, &local("n2", init(true), pg), NOW).is_empty());
     }
 

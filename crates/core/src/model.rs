@@ -198,7 +198,13 @@ pub fn slot_name_for(member: &str) -> String {
     let mut s = String::from("pgbaton_");
     for c in member.chars() {
         let c = c.to_ascii_lowercase();
-        s.push(if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' });
+        s.push(
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            },
+        );
     }
     s.truncate(63);
     s
@@ -240,7 +246,13 @@ mod tests {
     #[test]
     fn member_state_json_names() {
         let m = MemberStatus::WaitingForPrimary;
-        assert_eq!(serde_json::to_string(&m).unwrap(), "\"waiting_for_primary\"");
-        assert_eq!(serde_json::to_string(&Role::Primary).unwrap(), "\"primary\"");
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            "\"waiting_for_primary\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Role::Primary).unwrap(),
+            "\"primary\""
+        );
     }
 }

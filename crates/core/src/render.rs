@@ -8,7 +8,8 @@ use std::path::Path;
 /// Name of the configuration include pgbaton owns inside the data directory.
 pub const INCLUDE_FILE: &str = "pgbaton.conf";
 /// The line appended to `postgresql.conf` so that pgbaton's include takes effect.
-pub const INCLUDE_LINE: &str = "include_if_exists = 'pgbaton.conf'\t# added by pgbaton: keep it last";
+pub const INCLUDE_LINE: &str =
+    "include_if_exists = 'pgbaton.conf'\t# added by pgbaton: keep it last";
 /// Name of the ident map for local superuser access.
 pub const IDENT_MAP: &str = "pgbaton";
 
@@ -27,7 +28,10 @@ pub fn conf_quote(s: &str) -> String {
 
 /// Quote a value for a libpq connection string when it needs it.
 pub fn conninfo_value(v: &str) -> String {
-    if !v.is_empty() && v.chars().all(|c| !c.is_whitespace() && c != '\'' && c != '\\') {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| !c.is_whitespace() && c != '\'' && c != '\\')
+    {
         v.to_string()
     } else {
         format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -61,7 +65,14 @@ pub fn primary_conninfo(cfg: &NodeConfig, up: &Upstream) -> String {
 /// One line of a libpq passfile (`host:port:database:user:password`), with `:` and `\` escaped.
 pub fn pgpass_line(host: &str, port: &str, database: &str, user: &str, password: &str) -> String {
     let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
-    format!("{}:{}:{}:{}:{}\n", esc(host), esc(port), esc(database), esc(user), esc(password))
+    format!(
+        "{}:{}:{}:{}:{}\n",
+        esc(host),
+        esc(port),
+        esc(database),
+        esc(user),
+        esc(password)
+    )
 }
 
 /// The passfile a member keeps: the replication password for any host, for replication
@@ -86,14 +97,23 @@ pub fn pgbaton_conf(cfg: &NodeConfig, upstream: Option<&Upstream>) -> String {
     };
     set("listen_addresses", conf_quote(&pg.listen_host));
     set("port", pg.port.to_string());
-    set("unix_socket_directories", conf_quote(&cfg.socket_dir().to_string_lossy()));
+    set(
+        "unix_socket_directories",
+        conf_quote(&cfg.socket_dir().to_string_lossy()),
+    );
     set("password_encryption", conf_quote("scram-sha-256"));
     set("wal_level", "replica".into());
     set("hot_standby", "on".into());
     set("hot_standby_feedback", "on".into());
     set("max_wal_senders", pg.max_wal_senders.to_string());
-    set("max_replication_slots", pg.max_replication_slots.to_string());
-    set("max_slot_wal_keep_size", conf_quote(&pg.max_slot_wal_keep_size));
+    set(
+        "max_replication_slots",
+        pg.max_replication_slots.to_string(),
+    );
+    set(
+        "max_slot_wal_keep_size",
+        conf_quote(&pg.max_slot_wal_keep_size),
+    );
     // pg_rewind needs either data checksums (set at initdb) or wal_log_hints; keep both so a
     // cluster made without checksums elsewhere can still be rewound.
     set("wal_log_hints", "on".into());
@@ -108,7 +128,10 @@ pub fn pgbaton_conf(cfg: &NodeConfig, upstream: Option<&Upstream>) -> String {
     match upstream {
         Some(up) => {
             set("primary_conninfo", conf_quote(&primary_conninfo(cfg, up)));
-            set("primary_slot_name", conf_quote(&crate::model::slot_name_for(&cfg.name)));
+            set(
+                "primary_slot_name",
+                conf_quote(&crate::model::slot_name_for(&cfg.name)),
+            );
         }
         None => {
             set("primary_conninfo", "''".into());
@@ -145,7 +168,10 @@ pub fn pg_hba(cfg: &NodeConfig) -> String {
         );
     }
     for net in &pg.allowed_networks {
-        let _ = writeln!(s, "host    all          all          {net:<24} scram-sha-256");
+        let _ = writeln!(
+            s,
+            "host    all          all          {net:<24} scram-sha-256"
+        );
     }
     s
 }
@@ -198,24 +224,37 @@ path = "/srv/pg/store.db"
     #[test]
     fn hba_has_no_trust_and_uses_scram_on_network_lines() {
         let hba = pg_hba(&cfg());
-        assert!(!hba.lines().any(|l| !l.starts_with('#') && l.contains("trust")));
+        assert!(!hba
+            .lines()
+            .any(|l| !l.starts_with('#') && l.contains("trust")));
         let host: Vec<_> = hba.lines().filter(|l| l.starts_with("host")).collect();
         assert_eq!(host.len(), 2);
-        assert!(host.iter().all(|l| l.ends_with("scram-sha-256") && l.contains("10.0.0.0/8")));
+        assert!(host
+            .iter()
+            .all(|l| l.ends_with("scram-sha-256") && l.contains("10.0.0.0/8")));
         assert!(host[0].contains("replication") && host[0].contains("replicator"));
     }
 
     #[test]
     fn standby_conf_uses_passfile_and_slot() {
         let c = cfg();
-        let up = Upstream { member: "n1".into(), host: "127.0.0.1".into(), port: 5999 };
+        let up = Upstream {
+            member: "n1".into(),
+            host: "127.0.0.1".into(),
+            port: 5999,
+        };
         let conf = pgbaton_conf(&c, Some(&up));
         assert!(conf.contains("primary_slot_name = 'pgbaton_n2'"));
-        let line = conf.lines().find(|l| l.starts_with("primary_conninfo")).unwrap();
+        let line = conf
+            .lines()
+            .find(|l| l.starts_with("primary_conninfo"))
+            .unwrap();
         assert!(line.contains("passfile=/srv/pg/n2/pgpass"), "{line}");
         assert!(!line.contains("password="), "{line}");
         assert!(line.contains("port=5999") && line.contains("application_name=n2"));
-        assert!(conf.contains("archive_command = 'test ! -f ''/srv/archive/%f'' && cp ''%p'' ''/srv/archive/%f'''"));
+        assert!(conf.contains(
+            "archive_command = 'test ! -f ''/srv/archive/%f'' && cp ''%p'' ''/srv/archive/%f'''"
+        ));
         assert!(conf.contains("work_mem = '8MB'"));
         assert!(conf.contains("port = 6000"));
     }
@@ -232,7 +271,10 @@ path = "/srv/pg/store.db"
         assert_eq!(conf_quote("it's"), "'it''s'");
         assert_eq!(conninfo_value("a b"), "'a b'");
         assert_eq!(conninfo_value("x'y"), "'x\\'y'");
-        assert_eq!(pgpass_line("h", "5432", "*", "u", "p:w\\d"), "h:5432:*:u:p\\:w\\\\d\n");
+        assert_eq!(
+            pgpass_line("h", "5432", "*", "u", "p:w\\d"),
+            "h:5432:*:u:p\\:w\\\\d\n"
+        );
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_literal("a'b"), "'a''b'");
     }

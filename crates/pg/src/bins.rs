@@ -5,7 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Programs pgbaton runs; all must be in the bin directory.
-pub const REQUIRED: &[&str] = &["postgres", "initdb", "pg_ctl", "pg_basebackup", "pg_controldata", "psql"];
+pub const REQUIRED: &[&str] = &[
+    "postgres",
+    "initdb",
+    "pg_ctl",
+    "pg_basebackup",
+    "pg_controldata",
+    "psql",
+];
 
 /// The directory holding a PostgreSQL installation's programs.
 #[derive(Clone, Debug)]
@@ -19,7 +26,10 @@ impl Binaries {
     pub fn find(configured: Option<&Path>) -> Result<Binaries> {
         if let Some(dir) = configured {
             return Self::check(dir).with_context(|| {
-                format!("postgresql.bin_dir = {:?} does not hold a usable PostgreSQL installation", dir)
+                format!(
+                    "postgresql.bin_dir = {:?} does not hold a usable PostgreSQL installation",
+                    dir
+                )
             });
         }
         let mut tried = Vec::new();
@@ -50,11 +60,17 @@ impl Binaries {
     }
 
     fn check(dir: &Path) -> Result<Binaries> {
-        let missing: Vec<&str> = REQUIRED.iter().copied().filter(|p| !dir.join(p).is_file()).collect();
+        let missing: Vec<&str> = REQUIRED
+            .iter()
+            .copied()
+            .filter(|p| !dir.join(p).is_file())
+            .collect();
         if !missing.is_empty() {
             bail!("missing {} in {}", missing.join(", "), dir.display());
         }
-        Ok(Binaries { dir: dir.to_path_buf() })
+        Ok(Binaries {
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn path(&self, program: &str) -> PathBuf {
@@ -68,7 +84,8 @@ impl Binaries {
             .output()
             .with_context(|| format!("run {} --version", self.path("postgres").display()))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        parse_major(&text).with_context(|| format!("unrecognised postgres --version output: {text:?}"))
+        parse_major(&text)
+            .with_context(|| format!("unrecognised postgres --version output: {text:?}"))
     }
 }
 
@@ -99,7 +116,10 @@ mod tests {
 
     #[test]
     fn parses_major() {
-        assert_eq!(parse_major("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"), Some(15));
+        assert_eq!(
+            parse_major("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
+            Some(15)
+        );
         assert_eq!(parse_major("postgres (PostgreSQL) 16beta1"), Some(16));
         assert_eq!(parse_major("garbage"), None);
     }
@@ -111,7 +131,10 @@ mod tests {
             std::fs::create_dir_all(t.path().join(v).join("bin")).unwrap();
         }
         std::fs::create_dir_all(t.path().join("17")).unwrap(); // no bin: skipped
-        assert_eq!(newest_debian_bindir(t.path()), Some(t.path().join("15").join("bin")));
+        assert_eq!(
+            newest_debian_bindir(t.path()),
+            Some(t.path().join("15").join("bin"))
+        );
     }
 
     #[test]
@@ -119,6 +142,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let e = Binaries::find(Some(t.path())).unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.contains("postgresql.bin_dir") && msg.contains("missing postgres"), "{msg}");
+        assert!(
+            msg.contains("postgresql.bin_dir") && msg.contains("missing postgres"),
+            "{msg}"
+        );
     }
 }

@@ -46,14 +46,21 @@ pub fn parse_progress(chunk: &str) -> Option<Progress> {
     chunk.split(['\r', '\n']).rev().find_map(|line| {
         let (nums, _) = line.trim().split_once(" kB")?;
         let (done, total) = nums.split_once('/')?;
-        Some(Progress { done_kb: done.trim().parse().ok()?, total_kb: total.trim().parse().ok()? })
+        Some(Progress {
+            done_kb: done.trim().parse().ok()?,
+            total_kb: total.trim().parse().ok()?,
+        })
     })
 }
 
 /// Run pg_basebackup from the primary, streaming WAL through the member's slot; publish
 /// progress on `progress`. On success the data directory holds the copy (no standby.signal
 /// or connection settings yet: the caller writes its own config).
-pub async fn clone(bins: &Binaries, spec: &CloneSpec<'_>, progress: &watch::Sender<Option<Progress>>) -> Result<()> {
+pub async fn clone(
+    bins: &Binaries,
+    spec: &CloneSpec<'_>,
+    progress: &watch::Sender<Option<Progress>>,
+) -> Result<()> {
     let scratch = scratch_dir(spec.data_dir);
     let mark = marker(&scratch);
     if scratch.exists() {
@@ -67,8 +74,11 @@ pub async fn clone(bins: &Binaries, spec: &CloneSpec<'_>, progress: &watch::Send
             );
         }
     }
-    std::fs::write(&mark, b"an interrupted pgbaton clone: safe to delete with the directory beside it\n")
-        .with_context(|| format!("write {}", mark.display()))?;
+    std::fs::write(
+        &mark,
+        b"an interrupted pgbaton clone: safe to delete with the directory beside it\n",
+    )
+    .with_context(|| format!("write {}", mark.display()))?;
     let port = spec.port.to_string();
     let dsn = conninfo(&[
         ("host", spec.host),
@@ -98,7 +108,10 @@ pub async fn clone(bins: &Binaries, spec: &CloneSpec<'_>, progress: &watch::Send
         match tokio::time::timeout(STALL_TIMEOUT, stderr.read(&mut buf)).await {
             Err(_) => {
                 let _ = child.kill().await;
-                bail!("pg_basebackup made no progress for {} s; stopped it", STALL_TIMEOUT.as_secs());
+                bail!(
+                    "pg_basebackup made no progress for {} s; stopped it",
+                    STALL_TIMEOUT.as_secs()
+                );
             }
             Ok(Ok(0)) => break,
             Ok(Ok(n)) => {
@@ -117,14 +130,21 @@ pub async fn clone(bins: &Binaries, spec: &CloneSpec<'_>, progress: &watch::Send
         .await
         .context("pg_basebackup did not exit")??;
     if !status.success() {
-        let msg: Vec<&str> = all.split(['\r', '\n']).filter(|l| !l.contains(" kB (") && !l.trim().is_empty()).collect();
+        let msg: Vec<&str> = all
+            .split(['\r', '\n'])
+            .filter(|l| !l.contains(" kB (") && !l.trim().is_empty())
+            .collect();
         bail!("pg_basebackup failed ({status}): {}", msg.join("; "));
     }
     // Move the complete copy into place. An empty data directory is replaced; anything
     // else was ruled out by the caller, and remove_dir refuses a non-empty directory anyway.
     if spec.data_dir.exists() {
-        std::fs::remove_dir(spec.data_dir)
-            .with_context(|| format!("replace the empty data directory {}", spec.data_dir.display()))?;
+        std::fs::remove_dir(spec.data_dir).with_context(|| {
+            format!(
+                "replace the empty data directory {}",
+                spec.data_dir.display()
+            )
+        })?;
     }
     std::fs::rename(&scratch, spec.data_dir)
         .with_context(|| format!("move the clone into {}", spec.data_dir.display()))?;
@@ -139,8 +159,20 @@ mod tests {
     #[test]
     fn parses_basebackup_progress() {
         let s = "waiting for checkpoint\r    0/22931 kB (0%), 0/1 tablespace\r22941/22941 kB (100%), 1/1 tablespace\n";
-        assert_eq!(parse_progress(s), Some(Progress { done_kb: 22941, total_kb: 22941 }));
+        assert_eq!(
+            parse_progress(s),
+            Some(Progress {
+                done_kb: 22941,
+                total_kb: 22941
+            })
+        );
         assert_eq!(parse_progress("nothing here"), None);
-        assert_eq!(parse_progress(" 12/100 kB (12%), 0/1 tablespace (...base/5/1234)"), Some(Progress { done_kb: 12, total_kb: 100 }));
+        assert_eq!(
+            parse_progress(" 12/100 kB (12%), 0/1 tablespace (...base/5/1234)"),
+            Some(Progress {
+                done_kb: 12,
+                total_kb: 100
+            })
+        );
     }
 }

@@ -20,7 +20,10 @@ pub struct ControlData {
 /// Classify the directory: missing/empty, a PostgreSQL data directory, or something else.
 pub fn inspect(bins: &Binaries, dir: &Path) -> Result<DataDir> {
     let entries = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataDir::Empty),
         Err(e) => return Err(e).with_context(|| format!("read data directory {}", dir.display())),
     };
@@ -34,7 +37,10 @@ pub fn inspect(bins: &Binaries, dir: &Path) -> Result<DataDir> {
         return Ok(DataDir::Foreign(format!("it holds {}", some.join(", "))));
     }
     let cd = controldata(bins, dir)?;
-    Ok(DataDir::Initialized { system_id: cd.system_id, standby: dir.join("standby.signal").exists() })
+    Ok(DataDir::Initialized {
+        system_id: cd.system_id,
+        standby: dir.join("standby.signal").exists(),
+    })
 }
 
 /// Run `pg_controldata` (works while PostgreSQL is down).
@@ -46,7 +52,11 @@ pub fn controldata(bins: &Binaries, dir: &Path) -> Result<ControlData> {
         .output()
         .context("run pg_controldata")?;
     if !out.status.success() {
-        bail!("pg_controldata {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "pg_controldata {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     parse_controldata(&String::from_utf8_lossy(&out.stdout))
 }
@@ -63,7 +73,9 @@ pub fn parse_controldata(text: &str) -> Result<ControlData> {
         .to_string();
     Ok(ControlData {
         system_id,
-        timeline: map.get("Latest checkpoint's TimeLineID").and_then(|v| v.parse().ok()),
+        timeline: map
+            .get("Latest checkpoint's TimeLineID")
+            .and_then(|v| v.parse().ok()),
         state: map.get("Database cluster state").unwrap_or(&"").to_string(),
         checkpoint_lsn: map.get("Latest checkpoint location").map(|s| s.to_string()),
     })
@@ -89,11 +101,18 @@ mod tests {
 
     #[test]
     fn empty_and_foreign_dirs() {
-        let bins = Binaries { dir: "/nonexistent".into() };
+        let bins = Binaries {
+            dir: "/nonexistent".into(),
+        };
         let t = tempfile::tempdir().unwrap();
-        assert_eq!(inspect(&bins, &t.path().join("missing")).unwrap(), DataDir::Empty);
+        assert_eq!(
+            inspect(&bins, &t.path().join("missing")).unwrap(),
+            DataDir::Empty
+        );
         assert_eq!(inspect(&bins, t.path()).unwrap(), DataDir::Empty);
         std::fs::write(t.path().join("notes.txt"), "x").unwrap();
-        assert!(matches!(inspect(&bins, t.path()).unwrap(), DataDir::Foreign(s) if s.contains("notes.txt")));
+        assert!(
+            matches!(inspect(&bins, t.path()).unwrap(), DataDir::Foreign(s) if s.contains("notes.txt"))
+        );
     }
 }

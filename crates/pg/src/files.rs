@@ -34,13 +34,15 @@ pub fn write_if_changed(path: &Path, contents: &str, mode: u32) -> Result<bool> 
         f.sync_all()?;
     }
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
     Ok(true)
 }
 
 /// Create a directory (and parents) if missing, and set `mode` on it.
 pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
-    std::fs::create_dir_all(path).with_context(|| format!("create directory {}", path.display()))?;
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("create directory {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {:o} {}", mode, path.display()))
 }
@@ -48,14 +50,28 @@ pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
 /// Write pgbaton.conf, pg_hba.conf and pg_ident.conf into the data directory, make sure
 /// postgresql.conf includes pgbaton.conf, and set standby.signal for a standby.
 /// Returns whether anything changed.
-pub fn write_pg_config(cfg: &NodeConfig, os_user: &str, standby: bool, upstream: Option<&Upstream>) -> Result<bool> {
+pub fn write_pg_config(
+    cfg: &NodeConfig,
+    os_user: &str,
+    standby: bool,
+    upstream: Option<&Upstream>,
+) -> Result<bool> {
     let dir = &cfg.data_dir;
     let mut changed = false;
-    changed |= write_if_changed(&dir.join(render::INCLUDE_FILE), &render::pgbaton_conf(cfg, upstream), 0o600)?;
+    changed |= write_if_changed(
+        &dir.join(render::INCLUDE_FILE),
+        &render::pgbaton_conf(cfg, upstream),
+        0o600,
+    )?;
     changed |= write_if_changed(&dir.join("pg_hba.conf"), &render::pg_hba(cfg), 0o600)?;
-    changed |= write_if_changed(&dir.join("pg_ident.conf"), &render::pg_ident(os_user, &cfg.postgresql.superuser), 0o600)?;
+    changed |= write_if_changed(
+        &dir.join("pg_ident.conf"),
+        &render::pg_ident(os_user, &cfg.postgresql.superuser),
+        0o600,
+    )?;
     let conf_path = dir.join("postgresql.conf");
-    let conf = std::fs::read_to_string(&conf_path).with_context(|| format!("read {}", conf_path.display()))?;
+    let conf = std::fs::read_to_string(&conf_path)
+        .with_context(|| format!("read {}", conf_path.display()))?;
     if !conf.lines().any(|l| l.trim() == render::INCLUDE_LINE) {
         let mut new = conf.clone();
         if !new.ends_with('\n') {
@@ -88,7 +104,10 @@ pub fn read_password(src: PasswordSource<'_>) -> Result<String> {
     let (pw, what) = match src {
         PasswordSource::File(p) => {
             let s = std::fs::read_to_string(p).with_context(|| {
-                format!("read the replication password file {} (replication.password_file)", p.display())
+                format!(
+                    "read the replication password file {} (replication.password_file)",
+                    p.display()
+                )
             })?;
             (s, format!("password file {}", p.display()))
         }
@@ -181,7 +200,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("pw");
         let pw = read_or_generate_password_file(&p).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(read_or_generate_password_file(&p).unwrap(), pw);
     }
 
@@ -190,10 +212,18 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("nope");
         let e = format!("{:#}", read_password(PasswordSource::File(&p)).unwrap_err());
-        assert!(e.contains("nope") && e.contains("replication.password_file"), "{e}");
+        assert!(
+            e.contains("nope") && e.contains("replication.password_file"),
+            "{e}"
+        );
         std::fs::write(&p, "\n").unwrap();
-        assert!(format!("{:#}", read_password(PasswordSource::File(&p)).unwrap_err()).contains("empty"));
-        let e = format!("{:#}", read_password(PasswordSource::Env("PGBATON_TEST_UNSET_VAR_X")).unwrap_err());
+        assert!(
+            format!("{:#}", read_password(PasswordSource::File(&p)).unwrap_err()).contains("empty")
+        );
+        let e = format!(
+            "{:#}",
+            read_password(PasswordSource::Env("PGBATON_TEST_UNSET_VAR_X")).unwrap_err()
+        );
         assert!(e.contains("PGBATON_TEST_UNSET_VAR_X"));
     }
 
@@ -204,6 +234,9 @@ mod tests {
         assert!(write_if_changed(&p, "a", 0o600).unwrap());
         assert!(!write_if_changed(&p, "a", 0o600).unwrap());
         assert!(write_if_changed(&p, "b", 0o600).unwrap());
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

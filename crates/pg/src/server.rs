@@ -12,7 +12,11 @@ async fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<String> 
         .await
         .with_context(|| format!("{what}: no answer within {} s", timeout.as_secs()))?
         .with_context(|| format!("{what}: could not run it"))?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if !out.status.success() {
         bail!("{what} failed ({}): {}", out.status, text.trim());
     }
@@ -27,13 +31,27 @@ pub async fn initdb(bins: &Binaries, data_dir: &Path, superuser: &str) -> Result
         .arg(data_dir)
         .arg("-U")
         .arg(superuser)
-        .args(["--data-checksums", "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"])
+        .args([
+            "--data-checksums",
+            "--auth-local=peer",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
         .env("LC_ALL", "C");
-    run(cmd, "initdb", Duration::from_secs(300)).await.map(|_| ())
+    run(cmd, "initdb", Duration::from_secs(300))
+        .await
+        .map(|_| ())
 }
 
 /// Start PostgreSQL with pg_ctl, logging to `log_file`, and wait until it accepts connections.
-pub async fn start(bins: &Binaries, data_dir: &Path, log_file: &Path, timeout: Duration) -> Result<()> {
+pub async fn start(
+    bins: &Binaries,
+    data_dir: &Path,
+    log_file: &Path,
+    timeout: Duration,
+) -> Result<()> {
     let mut cmd = Command::new(bins.path("pg_ctl"));
     cmd.arg("start")
         .arg("-D")
@@ -44,9 +62,15 @@ pub async fn start(bins: &Binaries, data_dir: &Path, log_file: &Path, timeout: D
         .arg("-t")
         .arg(timeout.as_secs().max(1).to_string())
         .arg("-s");
-    run(cmd, "pg_ctl start", timeout + Duration::from_secs(5)).await.map(|_| ()).with_context(|| {
-        format!("PostgreSQL did not start: see its log {}", log_file.display())
-    })
+    run(cmd, "pg_ctl start", timeout + Duration::from_secs(5))
+        .await
+        .map(|_| ())
+        .with_context(|| {
+            format!(
+                "PostgreSQL did not start: see its log {}",
+                log_file.display()
+            )
+        })
 }
 
 /// Stop PostgreSQL in fast mode (clients disconnected, shutdown checkpoint) and wait.
@@ -55,15 +79,23 @@ pub async fn stop(bins: &Binaries, data_dir: &Path, timeout: Duration) -> Result
         return Ok(());
     }
     let mut cmd = Command::new(bins.path("pg_ctl"));
-    cmd.arg("stop").arg("-D").arg(data_dir).args(["-m", "fast", "-w", "-s", "-t"]).arg(timeout.as_secs().max(1).to_string());
-    run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5)).await.map(|_| ())
+    cmd.arg("stop")
+        .arg("-D")
+        .arg(data_dir)
+        .args(["-m", "fast", "-w", "-s", "-t"])
+        .arg(timeout.as_secs().max(1).to_string());
+    run(cmd, "pg_ctl stop", timeout + Duration::from_secs(5))
+        .await
+        .map(|_| ())
 }
 
 /// Make PostgreSQL re-read its configuration files.
 pub async fn reload(bins: &Binaries, data_dir: &Path) -> Result<()> {
     let mut cmd = Command::new(bins.path("pg_ctl"));
     cmd.arg("reload").arg("-D").arg(data_dir).arg("-s");
-    run(cmd, "pg_ctl reload", Duration::from_secs(30)).await.map(|_| ())
+    run(cmd, "pg_ctl reload", Duration::from_secs(30))
+        .await
+        .map(|_| ())
 }
 
 /// The PID of the postmaster running on `data_dir`, if one runs: postmaster.pid names a live

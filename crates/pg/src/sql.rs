@@ -90,10 +90,16 @@ pub async fn probe(client: &Client) -> Result<Probe> {
             p.timeline = Some(tli as u32);
         }
     } else {
-        let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?;
+        let row = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?;
         p.lsn = lsn(row.get(0));
     }
-    let cur = if p.in_recovery { "pg_last_wal_replay_lsn()" } else { "pg_current_wal_lsn()" };
+    let cur = if p.in_recovery {
+        "pg_last_wal_replay_lsn()"
+    } else {
+        "pg_current_wal_lsn()"
+    };
     let rows = client
         .query(
             &format!(
@@ -121,14 +127,20 @@ pub async fn probe(client: &Client) -> Result<Probe> {
 /// Returns whether it was created.
 pub async fn ensure_physical_slot(client: &Client, name: &str) -> Result<bool> {
     let exists = client
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&name])
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
         .await?
         .is_some();
     if exists {
         return Ok(false);
     }
     client
-        .execute("SELECT pg_create_physical_replication_slot($1, true)", &[&name])
+        .execute(
+            "SELECT pg_create_physical_replication_slot($1, true)",
+            &[&name],
+        )
         .await
         .with_context(|| format!("create replication slot {name}"))?;
     Ok(true)
@@ -139,7 +151,10 @@ pub async fn ensure_physical_slot(client: &Client, name: &str) -> Result<bool> {
 /// pg_stat_activity.
 pub async fn ensure_replication_role(client: &Client, user: &str, password: &str) -> Result<()> {
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
-    let exists = client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user]).await?.is_some();
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
+        .await?
+        .is_some();
     let verb = if exists { "ALTER" } else { "CREATE" };
     client
         .batch_execute(&format!(
@@ -156,7 +171,10 @@ pub async fn ensure_replication_role(client: &Client, user: &str, password: &str
 pub async fn ensure_databases(client: &Client, names: &[String]) -> Result<Vec<String>> {
     let mut created = Vec::new();
     for name in names {
-        let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[name]).await?.is_some();
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[name])
+            .await?
+            .is_some();
         if !exists {
             client
                 .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))

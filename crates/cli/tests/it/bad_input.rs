@@ -1,0 +1,307 @@
+//! Bad input: each case is a clear error naming what is wrong, a non-zero exit, and
+//! nothing created or deleted.
+
+use crate::harness::*;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A standalone node config in `dir` (own store), with `extra` TOML appended to its tables.
+fn node_toml(dir: &Path, port: u16, postgresql_extra: &str, top_extra: &str) -> PathBuf {
+    let text = format!(
+        r#"cluster = "lonely"
+name = "n1"
+data_dir = "{dir}/n1/data"
+{top_extra}
+[postgresql]
+port = {port}
+{postgresql_extra}
+[api]
+listen = "127.0.0.1:{api}"
+
+[store]
+kind = "local"
+path = "{dir}/store.db"
+"#,
+        dir = dir.display(),
+        api = port + 1000,
+    );
+    let p = dir.join("n1.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn agent(config: &Path) -> std::process::Output {
+    pgbaton(
+        &["agent", "-c", config.to_str().unwrap()],
+        Duration::from_secs(60),
+    )
+}
+
+fn assert_refused(o: &std::process::Output, needles: &[&str]) {
+    let t = text(o);
+    assert!(!o.status.success(), "expected a refusal, got success:\n{t}");
+    assert!(!t.contains("panicked"), "it panicked:\n{t}");
+    for n in needles {
+        assert!(t.contains(n), "the error should mention {n:?}:\n{t}");
+    }
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn unknown_config_key_is_refused_naming_the_key() {
+    let s = scratch_for_pg();
+    let cfg = node_toml(&s.path, free_port_base(1), "prot = 5432", "");
+    let o = agent(&cfg);
+    assert_refused(&o, &["prot", "n1.toml"]);
+    assert!(!s.path.join("n1").exists(), "something was created");
+    // A typo at the top level too.
+    let cfg = node_toml(&s.path, free_port_base(1), "", "data_dri = \"/x\"");
+    assert_refused(&agent(&cfg), &["data_dri"]);
+}
+
+#[test]
+fn missing_postgresql_binaries_are_refused_with_what_to_do() {
+    let s = scratch_for_pg();
+    let cfg = node_toml(
+        &s.path,
+        free_port_base(1),
+        "bin_dir = \"/nonexistent/pg/bin\"",
+        "",
+    );
+    assert_refused(
+        &agent(&cfg),
+        &["bin_dir", "/nonexistent/pg/bin", "missing postgres"],
+    );
+    assert!(!s.path.join("n1").exists(), "something was created");
+}
+
+#[test]
+fn taken_port_is_refused_by_up_and_by_the_agent() {
+    let base = free_port_base(2);
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", base + 1)).unwrap();
+    let s = scratch();
+    let dir = s.path.join("cluster");
+    let o = pgbaton(
+        &[
+            "up",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--nodes",
+            "2",
+            "--port-base",
+            &base.to_string(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_refused(
+        &o,
+        &[
+            &format!("port {}", base + 1),
+            "already in use",
+            "--port-base",
+        ],
+    );
+    assert!(
+        !dir.exists(),
+        "up created {} although it refused",
+        dir.display()
+    );
+
+    let s = scratch_for_pg();
+    let cfg = node_toml(&s.path, base + 1, "", "");
+    assert_refused(
+        &agent(&cfg),
+        &[&format!("port {}", base + 1), "postgresql.port"],
+    );
+    assert!(!s.path.join("n1").exists(), "something was created");
+}
+
+#[test]
+fn unreadable_or_missing_password_file_is_refused() {
+    let s = scratch_for_pg();
+    let pw = s.path.join("secret.password");
+    std::fs::write(&pw, "s3cret-password\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let cfg = node_toml(
+        &s.path,
+        free_port_base(1),
+        "",
+        &format!("[replication]\npassword_file = \"{}\"", pw.display()),
+    );
+    let o = agent(&cfg);
+    assert_refused(&o, &["secret.password", "replication.password_file"]);
+    assert!(
+        !text(&o).contains("s3cret-password"),
+        "the error shows the password"
+    );
+    assert!(!s.path.join("n1").exists(), "something was created");
+
+    let missing = s.path.join("nope.password");
+    let cfg = node_toml(
+        &s.path,
+        free_port_base(1),
+        "",
+        &format!("[replication]\npassword_file = \"{}\"", missing.display()),
+    );
+    assert_refused(&agent(&cfg), &["nope.password"]);
+    assert!(
+        !missing.exists(),
+        "a configured password file must not be invented"
+    );
+}
+
+#[test]
+fn data_directory_of_another_cluster_is_refused_and_untouched() {
+    let c = Cluster::up(1);
+    // A data directory made by another initdb: another system identifier.
+    let s = scratch_for_pg();
+    let foreign = s.path.join("n9").join("data");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let u = pg_user();
+    nix::unistd::chown(&s.path.join("n9"), Some(u.uid), Some(u.gid)).unwrap();
+    nix::unistd::chown(&foreign, Some(u.uid), Some(u.gid)).unwrap();
+    let o = run_with_timeout(
+        std::process::Command::new("/usr/lib/postgresql/15/bin/initdb")
+            .arg("-D")
+            .arg(&foreign)
+            .uid(u.uid.as_raw())
+            .gid(u.gid.as_raw())
+            .current_dir("/"),
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "initdb: {}", text(&o));
+    let before = listing(&foreign);
+    let conf_before = std::fs::read_to_string(foreign.join("postgresql.conf")).unwrap();
+
+    let node = std::fs::read_to_string(c.dir.join("n1/node.toml")).unwrap();
+    let port = free_port_base(1);
+    let node = node
+        .replace("name = \"n1\"", "name = \"n9\"")
+        .replace(
+            &format!("data_dir = \"{}\"", c.data_dir("n1").display()),
+            &format!("data_dir = \"{}\"", foreign.display()),
+        )
+        .replace(
+            &format!("port = {}", c.port_base),
+            &format!("port = {port}"),
+        )
+        .replace(
+            &format!("127.0.0.1:{}", c.port_base + 1000),
+            &format!("127.0.0.1:{}", port + 1000),
+        );
+    assert!(
+        node.contains("n9") && node.contains(foreign.to_str().unwrap()),
+        "{node}"
+    );
+    let cfg = s.path.join("n9.toml");
+    std::fs::write(&cfg, node).unwrap();
+    assert_refused(&agent(&cfg), &["another cluster", "will not touch"]);
+    assert_eq!(
+        listing(&foreign),
+        before,
+        "the foreign data directory changed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("postgresql.conf")).unwrap(),
+        conf_before
+    );
+
+    // A non-empty directory that is no data directory at all.
+    std::fs::remove_dir_all(&foreign).unwrap();
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("precious.txt"), "keep me").unwrap();
+    assert_refused(
+        &agent(&cfg),
+        &["not a PostgreSQL data directory", "precious.txt"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("precious.txt")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(listing(&foreign), vec!["precious.txt".to_string()]);
+}
+
+#[test]
+fn up_refuses_a_non_empty_directory_and_deletes_nothing() {
+    let s = scratch();
+    let dir = s.path.join("cluster");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("precious.txt"), "keep me").unwrap();
+    let o = pgbaton(
+        &[
+            "up",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--port-base",
+            &free_port_base(3).to_string(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_refused(&o, &["not empty"]);
+    assert_eq!(listing(&dir), vec!["precious.txt".to_string()]);
+}
+
+#[test]
+fn up_refuses_a_directory_postgres_cannot_enter() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root (PostgreSQL then runs as postgres, who cannot enter a 0700 root directory)");
+        return;
+    }
+    let s = scratch();
+    let closed = s.path.join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = closed.join("cluster");
+    let o = pgbaton(
+        &[
+            "up",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--port-base",
+            &free_port_base(3).to_string(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_refused(&o, &["postgres", "cannot enter", closed.to_str().unwrap()]);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn commands_without_a_cluster_say_so() {
+    let s = scratch();
+    let cfg = s.path.join("pgbaton.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "cluster = \"x\"\n[store]\nkind = \"local\"\npath = \"{}/store.db\"\n",
+            s.path.display()
+        ),
+    )
+    .unwrap();
+    let o = pgbaton(
+        &["-c", cfg.to_str().unwrap(), "list"],
+        Duration::from_secs(30),
+    );
+    assert_refused(&o, &["store.db", "does not exist"]);
+    assert!(!s.path.join("store.db").exists());
+    let empty = s.path.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = pgbaton(
+        &["down", "--dir", empty.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_refused(&o, &["no pgbaton cluster"]);
+}

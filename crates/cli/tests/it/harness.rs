@@ -1,0 +1,332 @@
+//! Test harness: scratch directories PostgreSQL's OS user can enter, free ports, running
+//! the real binary with a timeout, and clusters that are torn down even when a test fails.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pgbaton");
+
+/// A scratch directory under /tmp that the postgres OS user can enter (tempfile makes 0700).
+pub struct Scratch {
+    _tmp: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+pub fn scratch() -> Scratch {
+    let tmp = tempfile::Builder::new()
+        .prefix("pgbaton-it-")
+        .tempdir_in("/tmp")
+        .expect("make a scratch dir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = tmp.path().to_path_buf();
+    Scratch { _tmp: tmp, path }
+}
+
+/// The OS user PostgreSQL runs as in these tests: `postgres` as root, else ourselves.
+pub fn pg_user() -> nix::unistd::User {
+    let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+        .unwrap()
+        .unwrap();
+    if me.uid.is_root() {
+        nix::unistd::User::from_name("postgres")
+            .unwrap()
+            .expect("an OS user named postgres")
+    } else {
+        me
+    }
+}
+
+/// A scratch directory owned by the PostgreSQL OS user (for a standalone agent's files).
+pub fn scratch_for_pg() -> Scratch {
+    let s = scratch();
+    let u = pg_user();
+    nix::unistd::chown(&s.path, Some(u.uid), Some(u.gid)).unwrap();
+    s
+}
+
+/// Is `port` free on 127.0.0.1?
+pub fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+static NEXT: AtomicU16 = AtomicU16::new(0);
+static PICK: Mutex<()> = Mutex::new(());
+
+/// A port base whose PostgreSQL ports (base..base+n) and API ports (base+1000..) are free.
+pub fn free_port_base(n: u16) -> u16 {
+    let _g = PICK.lock().unwrap();
+    let start = 20000 + (std::process::id() % 97) as u16 * 40;
+    for _ in 0..400 {
+        let k = NEXT.fetch_add(1, Ordering::SeqCst);
+        let base = start + (k % 250) * 20;
+        if (0..n).all(|i| port_free(base + i) && port_free(base + 1000 + i)) {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+/// Run a command, bounded by `timeout`; kill it when the time is up.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {} s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+pub fn pgbaton(args: &[&str], timeout: Duration) -> Output {
+    run_with_timeout(
+        Command::new(BIN).args(args).env_remove("PGBATON_CONFIG"),
+        timeout,
+    )
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Poll `f` until it returns true or `timeout` passes; then panic with `what`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            panic!("timed out after {} s waiting for {what}", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The live PID a `postmaster.pid` or `agent.pid` file names, if its command line matches.
+pub fn live_pid(pid_file: &Path, cmd_contains: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains(cmd_contains)
+        .then_some(pid)
+}
+
+/// A cluster made by `pgbaton up` in a scratch directory; torn down on drop.
+pub struct Cluster {
+    pub scratch: Scratch,
+    pub dir: PathBuf,
+    pub nodes: u16,
+    pub port_base: u16,
+}
+
+impl Cluster {
+    pub fn up(nodes: u16) -> Cluster {
+        let scratch = scratch();
+        let dir = scratch.path.join("cluster");
+        let port_base = free_port_base(nodes);
+        let c = Cluster {
+            scratch,
+            dir,
+            nodes,
+            port_base,
+        };
+        let o = c.up_again();
+        assert!(o.status.success(), "pgbaton up failed:\n{}", text(&o));
+        c
+    }
+
+    /// Run `pgbaton up` on this cluster's directory (fresh or existing).
+    pub fn up_again(&self) -> Output {
+        pgbaton(
+            &[
+                "up",
+                "--dir",
+                self.dir.to_str().unwrap(),
+                "--nodes",
+                &self.nodes.to_string(),
+                "--port-base",
+                &self.port_base.to_string(),
+                "--database",
+                "app",
+                "--timeout",
+                "150",
+            ],
+            Duration::from_secs(180),
+        )
+    }
+
+    pub fn down(&self, purge: bool) -> Output {
+        let mut args = vec!["down", "--dir", self.dir.to_str().unwrap()];
+        if purge {
+            args.push("--purge");
+        }
+        pgbaton(&args, Duration::from_secs(180))
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("pgbaton.toml")
+    }
+
+    pub fn member_names(&self) -> Vec<String> {
+        (1..=self.nodes).map(|i| format!("n{i}")).collect()
+    }
+
+    pub fn data_dir(&self, member: &str) -> PathBuf {
+        self.dir.join(member).join("data")
+    }
+
+    /// `pgbaton -c CONFIG ARGS...`
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        let config = self.config();
+        let mut all = vec!["-c", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        pgbaton(&all, Duration::from_secs(60))
+    }
+
+    pub fn list(&self) -> serde_json::Value {
+        let o = self.cmd(&["list", "--json"]);
+        assert!(o.status.success(), "list --json failed:\n{}", text(&o));
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("list --json is not JSON ({e}):\n{}", text(&o)))
+    }
+
+    pub fn member(&self, name: &str) -> serde_json::Value {
+        self.list()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Run SQL through `pgbaton psql [MEMBER]`; Ok(stdout) or Err(all output).
+    pub fn sql(&self, member: Option<&str>, sql: &str) -> Result<String, String> {
+        let mut args = vec!["psql"];
+        if let Some(m) = member {
+            args.push(m);
+        }
+        args.extend_from_slice(&[
+            "--",
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            "app",
+            "-c",
+            sql,
+        ]);
+        let o = self.cmd(&args);
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        } else {
+            Err(text(&o))
+        }
+    }
+
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(self.dir.join("replication.password"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn postmaster_pid(&self, member: &str) -> Option<i32> {
+        live_pid(&self.data_dir(member).join("postmaster.pid"), "postgres")
+    }
+
+    pub fn agent_pid(&self, member: &str) -> Option<i32> {
+        live_pid(&self.dir.join(member).join("agent.pid"), "agent")
+    }
+
+    pub fn wait_healthy(&self, timeout: Duration) {
+        wait_for("a running primary and streaming standbys", timeout, || {
+            let l = self.list();
+            let ms = l["members"].as_array().cloned().unwrap_or_default();
+            ms.len() == self.nodes as usize
+                && ms
+                    .iter()
+                    .filter(|m| m["role"] == "primary" && m["state"] == "running")
+                    .count()
+                    == 1
+                && ms
+                    .iter()
+                    .filter(|m| m["role"] == "standby" && m["state"] == "streaming")
+                    .count()
+                    == self.nodes as usize - 1
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.dir.join("pgbaton.toml").exists() {
+            return;
+        }
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.down(false).status.success()
+        }))
+        .unwrap_or(false);
+        // If `down` could not stop everything, end what this test started, by PID.
+        for m in self.member_names() {
+            if !ok {
+                if let Some(pid) = self.agent_pid(&m) {
+                    kill9(pid);
+                }
+            }
+            if let Some(pid) = self.postmaster_pid(&m) {
+                kill9(pid);
+            }
+        }
+    }
+}
+
+pub fn kill9(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
