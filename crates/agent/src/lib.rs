@@ -670,33 +670,25 @@ impl Agent {
         self.start(true, Some(from)).await
     }
 
-    async fn publish_status(&self, status: MemberStatus, progress: Option<Progress>) -> Result<()> {
+    /// A cheap look at the node (no SQL) for publishing outside the loop's observation.
+    fn glance(&self) -> LocalView {
         let data = datadir::inspect(&self.bins, &self.cfg.data_dir).unwrap_or(DataDir::Empty);
         let pg = if server::postmaster_pid(&self.cfg.data_dir).is_some() {
             PgRun::NotAnswering
         } else {
             PgRun::Stopped
         };
-        let local = LocalView {
-            name: self.cfg.name.clone(),
-            data,
-            pg,
-        };
-        self.publish_full(&local, status, progress).await
+        LocalView { name: self.cfg.name.clone(), data, pg }
     }
 
+    /// Publish with an explicit status (during a long action, at shutdown).
+    async fn publish_status(&self, status: MemberStatus, progress: Option<Progress>) -> Result<()> {
+        self.publish_full(&self.glance(), status, progress).await
+    }
+
+    /// Publish with the status the node's state implies.
     async fn publish(&self, progress: Option<Progress>) -> Result<()> {
-        let data = datadir::inspect(&self.bins, &self.cfg.data_dir).unwrap_or(DataDir::Empty);
-        let pg = if server::postmaster_pid(&self.cfg.data_dir).is_some() {
-            PgRun::NotAnswering
-        } else {
-            PgRun::Stopped
-        };
-        let local = LocalView {
-            name: self.cfg.name.clone(),
-            data,
-            pg,
-        };
+        let local = self.glance();
         let status = self.status_of(&local);
         self.publish_full(&local, status, progress).await
     }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install what pgbaton needs to build and test on Debian 12, when it is missing:
+# PostgreSQL 15 server binaries (and with them the `postgres` OS user).
+# Uses sudo when not root. Safe to run again.
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps: run as root or install sudo" >&2; exit 1; }
+  SUDO=sudo
+fi
+missing=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] && [ -x /usr/lib/postgresql/15/bin/pg_basebackup ] || missing+=(postgresql-15 postgresql-client-15)
+command -v cc >/dev/null || missing+=(gcc)          # rusqlite builds SQLite from source
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: PostgreSQL 15 and a C compiler are present"
+fi
+id postgres >/dev/null 2>&1 || { echo "install-deps: no postgres OS user after installing PostgreSQL" >&2; exit 1; }
+command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] || {
+  echo "install-deps: no Rust toolchain: install it with rustup (https://rustup.rs)" >&2; exit 1; }
