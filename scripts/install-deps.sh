@@ -11,6 +11,7 @@ fi
 missing=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] && [ -x /usr/lib/postgresql/15/bin/pg_basebackup ] || missing+=(postgresql-15 postgresql-client-15)
 command -v cc >/dev/null || missing+=(gcc)          # rusqlite builds SQLite from source
+command -v bc >/dev/null || missing+=(bc)           # .ci/run and bench/ add up figures
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   $SUDO apt-get update -q
