@@ -678,7 +678,11 @@ impl Agent {
         } else {
             PgRun::Stopped
         };
-        LocalView { name: self.cfg.name.clone(), data, pg }
+        LocalView {
+            name: self.cfg.name.clone(),
+            data,
+            pg,
+        }
     }
 
     /// Publish with an explicit status (during a long action, at shutdown).

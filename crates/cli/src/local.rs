@@ -367,17 +367,19 @@ async fn finish(l: &Layout, client: &ClientConfig) -> Result<()> {
     Ok(())
 }
 
+/// A running primary holding the lease, every other member streaming, and the primary
+/// reporting each standby's slot as active (so what `up` prints last is current).
 fn healthy(snap: &Snapshot, configs: &[NodeConfig]) -> bool {
     let Some(leader) = snap.leader_member() else {
         return false;
     };
     leader.state == MemberStatus::Running
-        && configs.iter().all(|c| {
-            snap.members.iter().any(|m| {
-                m.name == c.name
-                    && (m.name == leader.name
-                        || (m.role == Role::Standby && m.state == MemberStatus::Streaming))
-            })
+        && configs.iter().filter(|c| c.name != leader.name).all(|c| {
+            let streaming = snap.members.iter().any(|m| {
+                m.name == c.name && m.role == Role::Standby && m.state == MemberStatus::Streaming
+            });
+            let slot = pgbaton_core::model::slot_name_for(&c.name);
+            streaming && leader.slots.iter().any(|s| s.name == slot && s.active)
         })
 }
 

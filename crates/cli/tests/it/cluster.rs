@@ -309,3 +309,24 @@ fn down_then_up_keeps_identity_and_data_without_recloning() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(!c.dir.exists());
 }
+
+#[test]
+fn archive_option_archives_wal_segments_on_the_primary() {
+    let c = Cluster::up_with(2, &["--archive"]);
+    c.wait_healthy(Duration::from_secs(30));
+    let conf = std::fs::read_to_string(c.data_dir("n1").join("pgbaton.conf")).unwrap();
+    assert!(conf.contains("archive_mode = on"), "{conf}");
+    // Close the current segment: archive_command copies it into DIR/archive.
+    c.sql(None, "CREATE TABLE a (x int); INSERT INTO a VALUES (1)")
+        .unwrap();
+    c.sql(None, "SELECT pg_switch_wal()").unwrap();
+    wait_for(
+        "a WAL segment in the archive",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_dir(c.dir.join("archive"))
+                .map(|rd| rd.flatten().any(|e| e.file_name().len() == 24))
+                .unwrap_or(false)
+        },
+    );
+}

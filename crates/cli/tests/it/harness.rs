@@ -159,18 +159,26 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: u16,
     pub port_base: u16,
+    /// Extra flags for `pgbaton up`.
+    pub extra: Vec<String>,
 }
 
 impl Cluster {
     pub fn up(nodes: u16) -> Cluster {
+        Self::up_with(nodes, &[])
+    }
+
+    pub fn up_with(nodes: u16, extra: &[&str]) -> Cluster {
         let scratch = scratch();
         let dir = scratch.path.join("cluster");
         let port_base = free_port_base(nodes);
+        let extra = extra.iter().map(|s| s.to_string()).collect();
         let c = Cluster {
             scratch,
             dir,
             nodes,
             port_base,
+            extra,
         };
         let o = c.up_again();
         assert!(o.status.success(), "pgbaton up failed:\n{}", text(&o));
@@ -179,22 +187,22 @@ impl Cluster {
 
     /// Run `pgbaton up` on this cluster's directory (fresh or existing).
     pub fn up_again(&self) -> Output {
-        pgbaton(
-            &[
-                "up",
-                "--dir",
-                self.dir.to_str().unwrap(),
-                "--nodes",
-                &self.nodes.to_string(),
-                "--port-base",
-                &self.port_base.to_string(),
-                "--database",
-                "app",
-                "--timeout",
-                "150",
-            ],
-            Duration::from_secs(180),
-        )
+        let (nodes, port_base) = (self.nodes.to_string(), self.port_base.to_string());
+        let mut args = vec![
+            "up",
+            "--dir",
+            self.dir.to_str().unwrap(),
+            "--nodes",
+            &nodes,
+            "--port-base",
+            &port_base,
+            "--database",
+            "app",
+            "--timeout",
+            "150",
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        pgbaton(&args, Duration::from_secs(180))
     }
 
     pub fn down(&self, purge: bool) -> Output {
