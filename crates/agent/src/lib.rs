@@ -17,7 +17,9 @@ use pgbaton_core::config::NodeConfig;
 use pgbaton_core::decide::{
     claim_value, decide, role_of, Action, ClusterView, DataDir, LocalView, PgRun,
 };
-use pgbaton_core::model::{slot_name_for, MemberState, MemberStatus, Progress};
+use pgbaton_core::model::{
+    slot_name_for, HistoryEntry, MemberState, MemberStatus, OpPhase, Progress,
+};
 use pgbaton_core::render::{self, Upstream};
 use pgbaton_pg::clone::CloneSpec;
 use pgbaton_pg::files::{self, PasswordSource};
@@ -94,6 +96,10 @@ pub struct Agent {
     crashed: bool,
     restarts: u64,
     held_lease: bool,
+    /// When each orphan slot (pgbaton-named, no member) was first seen on this primary.
+    orphans_since: std::collections::BTreeMap<String, u64>,
+    /// This member was removed from the cluster: the agent exits without publishing again.
+    removed: bool,
 }
 
 /// What the preflight found, for the agent to use.
@@ -122,11 +128,7 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
         .block_on(store.initialize_get())
         .context("read the cluster's identity from the store")?;
     let data = datadir::inspect(&bins, &cfg.data_dir)?;
-    let local = LocalView {
-        name: cfg.name.clone(),
-        data,
-        pg: PgRun::Stopped,
-    };
+    let local = LocalView::new(&cfg.name, data, PgRun::Stopped);
     let view = ClusterView {
         initialize,
         ..Default::default()
@@ -219,6 +221,8 @@ impl Agent {
                 crashed: false,
                 restarts: 0,
                 held_lease: false,
+                orphans_since: Default::default(),
+                removed: false,
             },
             listener,
         ))
@@ -251,6 +255,10 @@ impl Agent {
                     self.message = Some(format!("{e:#}"));
                     let _ = self.publish(None).await;
                 },
+            }
+            if self.removed {
+                info!("removed from the cluster: the agent exits");
+                return Ok(());
             }
             let pause = interval.saturating_sub(started.elapsed());
             tokio::select! {
@@ -295,7 +303,28 @@ impl Agent {
             initialize: self.store.initialize_get().await?,
             leader: self.store.leader_get().await?,
             members: self.store.members().await?,
+            op: self.store.op_get().await?,
         })
+    }
+
+    /// The local view for the decision, from what the last probe saw; keeps track of when
+    /// each orphan slot was first seen (for the grace period before it is dropped).
+    fn local_view(&mut self, view: &ClusterView, data: DataDir, pg: PgRun) -> LocalView {
+        let running = matches!(pg, PgRun::Running { .. });
+        let mut local = LocalView::new(&self.cfg.name, data, pg);
+        local.orphan_grace_ms = self.cfg.timing.orphan_slot_grace_ms;
+        if let Some(p) = self.probe.as_ref().filter(|_| running) {
+            local.lsn = p.lsn;
+            local.slots = p.slots.clone();
+            let (orphans, _) = pgbaton_core::decide::orphan_slots(&view.members, &p.slots);
+            let now = now_ms();
+            self.orphans_since.retain(|k, _| orphans.contains(k));
+            for o in orphans {
+                self.orphans_since.entry(o).or_insert(now);
+            }
+        }
+        local.orphans_since = self.orphans_since.clone();
+        local
     }
 
     async fn observe_pg(&mut self, view: &ClusterView) -> PgRun {
@@ -347,14 +376,16 @@ impl Agent {
             .context("read the cluster from the store")?;
         let data = datadir::inspect(&self.bins, &self.cfg.data_dir)?;
         let pg = self.observe_pg(&view).await;
-        let local = LocalView {
-            name: self.cfg.name.clone(),
-            data,
-            pg,
-        };
+        let local = self.local_view(&view, data, pg);
         let actions = decide(&view, &local, now_ms());
         self.message = None;
-        for action in actions {
+        let mut actions = actions.into_iter();
+        while let Some(action) = actions.next() {
+            let what = format!("{action:?}");
+            let may_fail_op = matches!(
+                action,
+                Action::Promote | Action::Rejoin { .. } | Action::Reinit { .. }
+            );
             match self.execute(action, &view, &local).await {
                 Ok(true) => {}
                 Ok(false) => break,
@@ -367,19 +398,29 @@ impl Agent {
                 Err(e) => {
                     error!("{e:#}");
                     self.message = Some(format!("{e:#}"));
+                    // An operation whose step failed for good is finished as failed, with
+                    // the reason, instead of being retried forever.
+                    if may_fail_op {
+                        if let Some(Action::FinishOp { op, .. }) =
+                            actions.find(|a| matches!(a, Action::FinishOp { .. }))
+                        {
+                            let msg = format!("{e:#}");
+                            warn!("{what} failed: the operation {} fails", op.id);
+                            let _ = self.finish_op(&op, false, &msg).await;
+                        }
+                    }
                     break;
                 }
+            }
+            if self.removed {
+                return Ok(());
             }
         }
         // Publish what is true now, after the actions.
         let view = self.cluster_view().await?;
         let data = datadir::inspect(&self.bins, &self.cfg.data_dir)?;
         let pg = self.observe_pg(&view).await;
-        let local = LocalView {
-            name: self.cfg.name.clone(),
-            data,
-            pg,
-        };
+        let local = self.local_view(&view, data, pg);
         let status = self.status_of(&local);
         self.publish_full(&local, status, None).await
     }
@@ -445,7 +486,7 @@ impl Agent {
                 self.held_lease = kept;
                 Ok(kept)
             }
-            Action::Clone { from } => self.clone_from(&from).await.map(|_| true),
+            Action::Clone { from } => self.clone_from(&from, false).await.map(|_| true),
             Action::Start { upstream } => {
                 let standby = matches!(local.data, DataDir::Initialized { standby: true, .. });
                 self.start(standby, upstream.as_ref()).await.map(|_| true)
@@ -498,7 +539,208 @@ impl Agent {
                 Ok(false)
             }
             Action::Fail { reason } => Err(Fatal(reason).into()),
+            Action::DropSlots { names } => {
+                let Some(client) = &self.client else {
+                    return Ok(false);
+                };
+                for name in names {
+                    // Never a slot pgbaton did not name.
+                    if !name.starts_with(pgbaton_core::model::SLOT_PREFIX) {
+                        warn!("not dropping slot {name}: pgbaton did not create it");
+                        continue;
+                    }
+                    if sql::drop_slot(client, &name).await? {
+                        info!("dropped replication slot {name}");
+                    }
+                }
+                Ok(true)
+            }
+            Action::Promote => {
+                let Some(client) = &self.client else {
+                    bail!("no connection to PostgreSQL to promote it")
+                };
+                info!("promoting PostgreSQL");
+                sql::promote(
+                    client,
+                    Duration::from_millis(self.cfg.timing.start_timeout_ms),
+                )
+                .await?;
+                // Now a primary: its own config says so (no primary_conninfo, no standby.signal).
+                files::write_pg_config(&self.cfg, &self.ident.user, false, None)?;
+                server::reload(&self.bins, &self.cfg.data_dir).await?;
+                info!("promoted: PostgreSQL accepts writes");
+                Ok(true)
+            }
+            Action::Rejoin { upstream } => self.rejoin(&upstream).await.map(|_| true),
+            Action::Reinit { from } => {
+                info!("re-cloning from {} as asked (reinit)", from.member);
+                self.stop_pg().await?;
+                self.clone_from(&from, true).await.map(|_| true)
+            }
+            Action::RemoveSelf { op, purge } => {
+                info!(
+                    "removing this member from the cluster{}",
+                    if purge {
+                        " and deleting its data (--purge)"
+                    } else {
+                        ""
+                    }
+                );
+                self.stop_pg().await?;
+                self.store.member_delete(&me).await?;
+                if purge && self.cfg.data_dir.exists() {
+                    std::fs::remove_dir_all(&self.cfg.data_dir).with_context(|| {
+                        format!("delete the data directory {}", self.cfg.data_dir.display())
+                    })?;
+                    info!("deleted {}", self.cfg.data_dir.display());
+                }
+                let msg = format!(
+                    "{me} stopped and deregistered; waiting for the primary to drop its slot"
+                );
+                self.store
+                    .op_update(
+                        &op.id,
+                        op.phase,
+                        &op.at(OpPhase::Deregistered, Some(msg), now_ms()),
+                    )
+                    .await?;
+                self.removed = true;
+                Ok(false)
+            }
+            Action::StopForSwitchover { op } => {
+                info!("switchover: stopping PostgreSQL cleanly (shutdown checkpoint)");
+                self.stop_pg().await?;
+                let cd = datadir::controldata(&self.bins, &self.cfg.data_dir)?;
+                if cd.state != "shut down" {
+                    bail!(
+                        "after stopping, pg_control says {:?}, not \"shut down\"",
+                        cd.state
+                    );
+                }
+                let lsn: pgbaton_core::model::Lsn = cd
+                    .checkpoint_lsn
+                    .as_deref()
+                    .context("pg_controldata shows no checkpoint location")?
+                    .parse()?;
+                let mut next = op.at(
+                    OpPhase::Demoted,
+                    Some(format!("{me} stopped cleanly at {lsn}")),
+                    now_ms(),
+                );
+                next.checkpoint_lsn = Some(lsn);
+                if !self.store.op_update(&op.id, op.phase, &next).await? {
+                    bail!("the switchover request changed while stopping");
+                }
+                if self.store.leader_release(&me).await? {
+                    info!("released the leader lease at shutdown checkpoint {lsn}");
+                }
+                self.held_lease = false;
+                Ok(true)
+            }
+            Action::AdvanceOp { op, phase, message } => {
+                info!("operation {}: {message}", op.id);
+                self.store
+                    .op_update(&op.id, op.phase, &op.at(phase, Some(message), now_ms()))
+                    .await
+            }
+            Action::FinishOp { op, ok, message } => {
+                self.finish_op(&op, ok, &message).await?;
+                Ok(true)
+            }
         }
+    }
+
+    /// Stop PostgreSQL on purpose (not a crash).
+    async fn stop_pg(&mut self) -> Result<()> {
+        self.expect_running = false;
+        self.client = None;
+        self.probe = None;
+        server::stop(
+            &self.bins,
+            &self.cfg.data_dir,
+            Duration::from_millis(self.cfg.timing.start_timeout_ms),
+        )
+        .await
+    }
+
+    /// Finish an operation (done or failed) and write it into the history.
+    async fn finish_op(
+        &self,
+        op: &pgbaton_core::model::Operation,
+        ok: bool,
+        message: &str,
+    ) -> Result<()> {
+        let phase = if ok { OpPhase::Done } else { OpPhase::Failed };
+        if !self
+            .store
+            .op_update(
+                &op.id,
+                op.phase,
+                &op.at(phase, Some(message.to_string()), now_ms()),
+            )
+            .await?
+        {
+            return Ok(()); // someone else finished it
+        }
+        if ok {
+            info!("operation {} done: {message}", op.id);
+        } else {
+            warn!("operation {} failed: {message}", op.id);
+        }
+        // The cluster's position when it finished: the leader's last report.
+        let leader = match self.store.leader_get().await? {
+            Some(l) => self.store.member_get(&l.member).await?,
+            None => None,
+        };
+        self.store
+            .history_append(&HistoryEntry {
+                time_ms: now_ms(),
+                operation: op.kind.name().to_string(),
+                members: op.kind.members(),
+                result: if ok { "done" } else { "failed" }.to_string(),
+                timeline: leader.as_ref().and_then(|m| m.timeline),
+                lsn: leader.as_ref().and_then(|m| m.lsn),
+                message: Some(message.to_string()),
+            })
+            .await
+    }
+
+    /// Make this former primary (PostgreSQL stopped) a standby of `upstream`: pg_rewind it
+    /// when it diverged, then configure and start it.
+    async fn rejoin(&mut self, upstream: &Upstream) -> Result<()> {
+        self.prepare_start()?;
+        let port = upstream.port.to_string();
+        let passfile = self.cfg.pgpass_path();
+        let source = render::conninfo(&[
+            ("host", &upstream.host),
+            ("port", &port),
+            ("user", &self.cfg.replication.user),
+            ("dbname", "postgres"),
+            ("passfile", &passfile.to_string_lossy()),
+            ("connect_timeout", "10"),
+        ]);
+        info!(
+            "rejoining as a standby of {}: asking pg_rewind whether the timelines diverged",
+            upstream.member
+        );
+        match pgbaton_pg::rewind::rewind_if_diverged(&self.bins, &self.cfg.data_dir, &source).await
+        {
+            Ok(pgbaton_pg::rewind::Rewind::NotNeeded) => {
+                info!("no rewind needed: the data had not diverged")
+            }
+            Ok(pgbaton_pg::rewind::Rewind::Rewound { diverged_at }) => {
+                info!(
+                    "rewound: the data had diverged from {} at {diverged_at}",
+                    upstream.member
+                )
+            }
+            Err(e) => bail!(
+                "{e:#}. The data directory cannot be rewound; re-clone it with `pgbaton reinit {}` \
+                 (pgbaton does not wipe it on its own)",
+                self.cfg.name
+            ),
+        }
+        self.start(true, Some(upstream)).await
     }
 
     fn write_pgpass(&self) -> Result<()> {
@@ -611,7 +853,7 @@ impl Agent {
         Ok(())
     }
 
-    async fn clone_from(&mut self, from: &Upstream) -> Result<()> {
+    async fn clone_from(&mut self, from: &Upstream, replace: bool) -> Result<()> {
         self.prepare_start()?;
         if let Some(parent) = self.cfg.data_dir.parent() {
             std::fs::create_dir_all(parent)
@@ -639,6 +881,7 @@ impl Agent {
             slot: &slot,
             application_name: &name,
             data_dir: &data_dir,
+            replace,
         };
         let started = Instant::now();
         let clone = pgbaton_pg::clone::clone(&bins, &spec, &tx);
@@ -678,11 +921,7 @@ impl Agent {
         } else {
             PgRun::Stopped
         };
-        LocalView {
-            name: self.cfg.name.clone(),
-            data,
-            pg,
-        }
+        LocalView::new(&self.cfg.name, data, pg)
     }
 
     /// Publish with an explicit status (during a long action, at shutdown).

@@ -566,7 +566,7 @@ pub async fn down(dir: &Path, purge: bool) -> Result<()> {
     Ok(())
 }
 
-fn stop_orphan_postgres(c: &NodeConfig) -> Result<()> {
+pub(crate) fn stop_orphan_postgres(c: &NodeConfig) -> Result<()> {
     let bins = pgbaton_pg::Binaries::find(c.postgresql.bin_dir.as_deref())?;
     let user = resolve_user(c.os_user.as_deref())?;
     let mut cmd = std::process::Command::new(bins.path("pg_ctl"));

@@ -5,6 +5,7 @@
 mod cluster;
 mod local;
 mod members;
+mod operate;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -77,6 +78,78 @@ enum Cmd {
     },
     /// Print a connection string for a member (the primary when none is named).
     Dsn { member: Option<String> },
+    /// Promote a standby while the primary is down or gone (refused while it is healthy).
+    Promote {
+        member: String,
+        /// Promote even though another standby has more WAL (what only it has is lost).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Make a former primary a standby of the current primary (pg_rewind when it diverged).
+    Rejoin {
+        member: String,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Stop a standby, deregister it and drop its replication slot.
+    Remove {
+        member: String,
+        /// Also delete its data directory.
+        #[arg(long)]
+        purge: bool,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Re-clone a standby from the primary (its data directory is replaced).
+    Reinit {
+        member: String,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Planned change of primary, with no data loss.
+    Switchover {
+        /// The new primary (default: the most advanced streaming standby).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// The cluster's history of operations.
+    History {
+        #[arg(long)]
+        json: bool,
+        /// How many of the latest entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct OpArgs {
+    /// Print the operation and the cluster as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Give up following the operation after this many seconds (the agents carry on).
+    #[arg(long, default_value_t = 180)]
+    timeout: u64,
+}
+
+fn operate(
+    config: Option<PathBuf>,
+    kind: pgbaton_core::model::OpKind,
+    common: OpArgs,
+    force: bool,
+) -> Result<ExitCode> {
+    let cfg = cluster::load_client_config(&config_path(config))?;
+    let o = operate::OpOptions {
+        json: common.json,
+        timeout_s: common.timeout,
+        force,
+    };
+    runtime()?.block_on(operate::run(&cfg, kind, &o))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -166,6 +239,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = cluster::load_client_config(&config_path(cli.config))?;
             let code = runtime()?.block_on(members::psql(&cfg, member.as_deref(), &args))?;
             Ok(ExitCode::from(code))
+        }
+        Cmd::Promote {
+            member,
+            force,
+            common,
+        } => operate(
+            cli.config,
+            pgbaton_core::model::OpKind::Promote { member },
+            common,
+            force,
+        ),
+        Cmd::Rejoin { member, common } => operate(
+            cli.config,
+            pgbaton_core::model::OpKind::Rejoin { member },
+            common,
+            false,
+        ),
+        Cmd::Remove {
+            member,
+            purge,
+            common,
+        } => operate(
+            cli.config,
+            pgbaton_core::model::OpKind::Remove { member, purge },
+            common,
+            false,
+        ),
+        Cmd::Reinit { member, common } => operate(
+            cli.config,
+            pgbaton_core::model::OpKind::Reinit { member },
+            common,
+            false,
+        ),
+        Cmd::Switchover { to, common } => {
+            let cfg = cluster::load_client_config(&config_path(cli.config.clone()))?;
+            let kind = runtime()?.block_on(operate::switchover_kind(&cfg, to))?;
+            operate(cli.config, kind, common, false)
+        }
+        Cmd::History { json, limit } => {
+            let cfg = cluster::load_client_config(&config_path(cli.config))?;
+            runtime()?.block_on(operate::history(&cfg, json, limit))?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Dsn { member } => {
             let cfg = cluster::load_client_config(&config_path(cli.config))?;

@@ -35,11 +35,23 @@ pub struct MemberRow {
     pub message: Option<String>,
 }
 
+/// A slot on the primary that belongs to no member.
+#[derive(Serialize, Debug)]
+pub struct OrphanSlot {
+    pub name: String,
+    pub active: bool,
+    pub retained_bytes: Option<u64>,
+    /// Named by pgbaton (`pgbaton_*`): the primary drops it after the grace period.
+    /// Otherwise someone else made it: reported, never dropped.
+    pub pgbaton_named: bool,
+}
+
 #[derive(Serialize, Debug)]
 pub struct ClusterReport {
     pub cluster: String,
     pub leader: Option<String>,
     pub members: Vec<MemberRow>,
+    pub orphan_slots: Vec<OrphanSlot>,
 }
 
 pub fn report(cluster: &str, snap: &Snapshot) -> ClusterReport {
@@ -61,7 +73,14 @@ pub fn report(cluster: &str, snap: &Snapshot) -> ClusterReport {
             MemberRow {
                 name: m.name.clone(),
                 role: m.role,
-                state: m.state,
+                // An agent that stopped reporting: its last word is not the truth any more.
+                state: if now.saturating_sub(m.updated_ms) > pgbaton_core::ops::STALE_MS
+                    && !matches!(m.state, MemberStatus::Stopped | MemberStatus::Failed)
+                {
+                    MemberStatus::Unreachable
+                } else {
+                    m.state
+                },
                 leader: is_leader,
                 host: m.host.clone(),
                 port: m.port,
@@ -79,7 +98,24 @@ pub fn report(cluster: &str, snap: &Snapshot) -> ClusterReport {
             }
         })
         .collect();
+    let orphan_slots = match primary {
+        Some(p) => {
+            let (ours, foreign) = pgbaton_core::decide::orphan_slots(&snap.members, &p.slots);
+            p.slots
+                .iter()
+                .filter(|s| ours.contains(&s.name) || foreign.contains(&s.name))
+                .map(|s| OrphanSlot {
+                    name: s.name.clone(),
+                    active: s.active,
+                    retained_bytes: s.retained_bytes,
+                    pgbaton_named: ours.contains(&s.name),
+                })
+                .collect()
+        }
+        None => vec![],
+    };
     ClusterReport {
+        orphan_slots,
         cluster: cluster.to_string(),
         leader: snap.leader.as_ref().map(|l| l.member.clone()),
         members,
@@ -125,7 +161,7 @@ pub fn table(r: &ClusterReport) -> Table {
             m.role.to_string()
         };
         let mut note = m.message.clone().unwrap_or_default();
-        if m.last_seen_s > 30 && !matches!(m.state, MemberStatus::Stopped) {
+        if m.state == MemberStatus::Unreachable {
             note = format!("no report for {} s {note}", m.last_seen_s);
         }
         let slot = match (&m.slot, m.slot_active) {
@@ -160,6 +196,26 @@ pub async fn list(cfg: &ClientConfig, json: bool) -> Result<()> {
         println!("{}", table(&r));
         if r.leader.is_none() {
             println!("No member holds the leader lease.");
+        }
+        for o in &r.orphan_slots {
+            let retained = o
+                .retained_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "?".into());
+            if o.pgbaton_named {
+                println!(
+                    "Warning: slot {} on the primary belongs to no member and retains {retained} of WAL: \
+                     the primary drops it after the grace period (timing.orphan_slot_grace_ms).",
+                    o.name
+                );
+            } else {
+                println!(
+                    "Warning: slot {} on the primary was not made by pgbaton and retains {retained} of WAL{}: \
+                     pgbaton never drops it; drop it with pg_drop_replication_slot() if it is unused.",
+                    o.name,
+                    if o.active { " (active)" } else { "" }
+                );
+            }
         }
     }
     Ok(())

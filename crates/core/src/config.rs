@@ -317,6 +317,9 @@ pub struct TimingConfig {
     pub ttl_ms: u64,
     /// How long to wait for PostgreSQL to start. Default 60000; at least 1000.
     pub start_timeout_ms: u64,
+    /// How long the primary keeps a pgbaton-named slot that belongs to no member before it
+    /// drops it. Default 300000 (5 min); 0..=604800000 (a week).
+    pub orphan_slot_grace_ms: u64,
 }
 
 impl Default for TimingConfig {
@@ -325,6 +328,7 @@ impl Default for TimingConfig {
             loop_interval_ms: 1000,
             ttl_ms: 10_000,
             start_timeout_ms: 60_000,
+            orphan_slot_grace_ms: 300_000,
         }
     }
 }
@@ -854,6 +858,13 @@ impl TimingConfig {
                 "timing.start_timeout_ms",
                 self.start_timeout_ms.to_string(),
                 "a number of milliseconds, at least 1000",
+            ));
+        }
+        if self.orphan_slot_grace_ms > 604_800_000 {
+            return Err(ConfigError::new(
+                "timing.orphan_slot_grace_ms",
+                self.orphan_slot_grace_ms.to_string(),
+                "a number of milliseconds, at most 604800000 (a week)",
             ));
         }
         Ok(())
@@ -1552,7 +1563,8 @@ start_timeout_ms = 120000
             TimingConfig {
                 loop_interval_ms: 500,
                 ttl_ms: 5000,
-                start_timeout_ms: 120_000
+                start_timeout_ms: 120_000,
+                orphan_slot_grace_ms: 300_000
             }
         );
 
@@ -2102,11 +2114,16 @@ start_timeout_ms = 120000
             bad_key(|c| c.timing.start_timeout_ms = 999),
             "timing.start_timeout_ms"
         );
+        assert_eq!(
+            bad_key(|c| c.timing.orphan_slot_grace_ms = 604_800_001),
+            "timing.orphan_slot_grace_ms"
+        );
         assert_valid(|c| {
             c.timing = TimingConfig {
                 loop_interval_ms: 100,
                 ttl_ms: 300,
                 start_timeout_ms: 1000,
+                orphan_slot_grace_ms: 0,
             }
         });
         assert_valid(|c| {
@@ -2114,6 +2131,7 @@ start_timeout_ms = 120000
                 loop_interval_ms: 60_000,
                 ttl_ms: 3_600_000,
                 start_timeout_ms: 1000,
+                orphan_slot_grace_ms: 604_800_000,
             }
         });
         let e = parse_err(&with("[timing]\nloop_interval_ms = 5000\n"));

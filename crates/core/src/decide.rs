@@ -8,12 +8,20 @@
 //! Safety rules encoded here:
 //! - only the holder of the leader lease runs a writable primary (a running primary that
 //!   is not the lease holder while someone else holds it is stopped);
-//! - a standby never takes the lease (automatic failover is not part of this decision yet);
+//! - a standby takes the lease only when an operator's operation says so (promote,
+//!   switchover); automatic failover is not part of this decision yet;
 //! - a data directory of another cluster is never touched: the member fails with the reason;
-//! - a data directory is never wiped: cloning only ever happens into an empty directory.
+//! - a data directory is never wiped unless an operation asked for it (reinit, remove --purge);
+//! - a standby moves to a new upstream only once its slot exists there;
+//! - slots pgbaton did not name are never dropped.
 
-use crate::model::{slot_name_for, Leader, MemberState, Role};
+use crate::model::{
+    slot_name_for, Leader, Lsn, MemberState, OpKind, OpPhase, Operation, Role, SlotInfo,
+    SLOT_PREFIX,
+};
+use crate::ops::{PROMOTE_LEASE_WAIT_MS, SWITCHOVER_TIMEOUT_MS};
 use crate::render::Upstream;
+use std::collections::BTreeMap;
 
 /// What the store says about the cluster.
 #[derive(Clone, Debug, Default)]
@@ -23,6 +31,8 @@ pub struct ClusterView {
     /// The unexpired leader lease, if any.
     pub leader: Option<Leader>,
     pub members: Vec<MemberState>,
+    /// The current operation (in flight or finished).
+    pub op: Option<Operation>,
 }
 
 /// What is in the data directory.
@@ -59,6 +69,29 @@ pub struct LocalView {
     pub name: String,
     pub data: DataDir,
     pub pg: PgRun,
+    /// Primary: current WAL LSN; standby: last replayed (when running).
+    pub lsn: Option<Lsn>,
+    /// Physical slots on the local PostgreSQL (when running).
+    pub slots: Vec<SlotInfo>,
+    /// When the agent first saw each orphan slot (pgbaton-named, no member), wall-clock ms.
+    pub orphans_since: BTreeMap<String, u64>,
+    /// How long an orphan slot is kept before it is dropped.
+    pub orphan_grace_ms: u64,
+}
+
+impl LocalView {
+    /// A view with no SQL-level detail (PostgreSQL stopped or not probed).
+    pub fn new(name: &str, data: DataDir, pg: PgRun) -> LocalView {
+        LocalView {
+            name: name.to_string(),
+            data,
+            pg,
+            lsn: None,
+            slots: vec![],
+            orphans_since: BTreeMap::new(),
+            orphan_grace_ms: 300_000,
+        }
+    }
 }
 
 /// One step for the agent.
@@ -83,6 +116,32 @@ pub enum Action {
     Stop { reason: String },
     /// On the primary: make sure these physical slots exist.
     EnsureSlots { names: Vec<String> },
+    /// On the primary: drop these physical slots (only ever pgbaton-named ones).
+    DropSlots { names: Vec<String> },
+    /// Promote the running standby and wait until it accepts writes.
+    Promote,
+    /// PostgreSQL is stopped and its data is a former primary's: pg_rewind it from `upstream`
+    /// if it diverged, configure it as a standby of `upstream`, start it.
+    Rejoin { upstream: Upstream },
+    /// Stop, re-clone from `from` into a scratch directory, swap it in, start (asked for).
+    Reinit { from: Upstream },
+    /// Stop PostgreSQL, deregister, delete the data directory when `purge`; the agent exits.
+    RemoveSelf { op: Operation, purge: bool },
+    /// Switchover, on the old primary: stop cleanly, record the shutdown checkpoint in the
+    /// operation (phase `demoted`), release the lease.
+    StopForSwitchover { op: Operation },
+    /// Move the operation to `phase` (compare-and-set on its id and phase).
+    AdvanceOp {
+        op: Operation,
+        phase: OpPhase,
+        message: String,
+    },
+    /// Finish the operation (done or failed) and record it in the history.
+    FinishOp {
+        op: Operation,
+        ok: bool,
+        message: String,
+    },
     /// Nothing to do now but wait, for the reason given (shown to the operator).
     Wait { reason: String },
     /// A condition the agent must not resolve by itself: report it, do nothing else.
@@ -112,14 +171,72 @@ fn leader_upstream(view: &ClusterView, me: &str) -> Option<Upstream> {
     })
 }
 
+/// Does `upstream` report a slot for `me`?
+fn has_my_slot(view: &ClusterView, upstream: &str, me: &str) -> bool {
+    let slot = slot_name_for(me);
+    member(view, upstream).is_some_and(|m| m.slots.iter().any(|s| s.name == slot))
+}
+
+/// The leader as an upstream, once it has published its address and a slot for `me`;
+/// otherwise what to wait for.
+fn ready_upstream(view: &ClusterView, me: &str) -> Result<Upstream, String> {
+    let Some(l) = view.leader.as_ref().filter(|l| l.member != me) else {
+        return Err("no primary holds the leader lease".into());
+    };
+    let Some(up) = leader_upstream(view, me) else {
+        return Err(format!(
+            "primary {} has not published its address yet",
+            l.member
+        ));
+    };
+    if !has_my_slot(view, &up.member, me) {
+        return Err(format!(
+            "waiting for primary {} to create replication slot {}",
+            up.member,
+            slot_name_for(me)
+        ));
+    }
+    Ok(up)
+}
+
+/// Slots on the leader that belong to no member: (pgbaton-named, foreign).
+pub fn orphan_slots(members: &[MemberState], slots: &[SlotInfo]) -> (Vec<String>, Vec<String>) {
+    let wanted: Vec<String> = members.iter().map(|m| slot_name_for(&m.name)).collect();
+    let mut ours = Vec::new();
+    let mut foreign = Vec::new();
+    for s in slots {
+        if wanted.contains(&s.name) {
+            continue;
+        }
+        if s.name.starts_with(SLOT_PREFIX) {
+            ours.push(s.name.clone());
+        } else {
+            foreign.push(s.name.clone());
+        }
+    }
+    (ours, foreign)
+}
+
+/// The operation in flight, if any.
+fn in_flight(view: &ClusterView) -> Option<&Operation> {
+    view.op.as_ref().filter(|o| !o.phase.finished())
+}
+
 /// The decision for one loop. `now_ms` is wall-clock ms (lease expiry is compared with it).
 pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
+    // An expired lease is no lease, everywhere below.
+    let unexpired;
+    let view = if view.leader.as_ref().is_some_and(|l| l.expires_ms <= now_ms) {
+        unexpired = ClusterView {
+            leader: None,
+            ..view.clone()
+        };
+        &unexpired
+    } else {
+        view
+    };
     let me = local.name.as_str();
     let my_claim = claim_value(me);
-    let lease = view.leader.as_ref().filter(|l| l.expires_ms > now_ms);
-    let i_lead = lease.is_some_and(|l| l.member == me);
-    let other_leader = lease.filter(|l| l.member != me).map(|l| l.member.clone());
-
     // The cluster's identity, once bootstrap has published it.
     let cluster_sysid = view
         .initialize
@@ -127,14 +244,14 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
         .filter(|v| !v.starts_with("claimed:"));
 
     match &local.data {
-        DataDir::Foreign(what) => vec![Action::Fail {
+        DataDir::Foreign(what) => return vec![Action::Fail {
             reason: format!(
                 "the data directory is not empty and is not a PostgreSQL data directory ({what}); \
-                 pgbaton will not touch it: move it away or point data_dir elsewhere"
+                     pgbaton will not touch it: move it away or point data_dir elsewhere"
             ),
         }],
         DataDir::Initialized { system_id, .. } if cluster_sysid.is_some_and(|s| s != system_id) => {
-            vec![Action::Fail {
+            return vec![Action::Fail {
                 reason: format!(
                     "the data directory belongs to another cluster (system identifier {system_id}, \
                      this cluster's is {}); pgbaton will not touch it: move it away, or re-clone \
@@ -143,6 +260,15 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
                 ),
             }]
         }
+        _ => {}
+    }
+    if let Some(op) = in_flight(view) {
+        if let Some(actions) = decide_op(op, view, local, now_ms) {
+            return actions;
+        }
+    }
+    match &local.data {
+        DataDir::Foreign(_) => unreachable!("handled above"),
         DataDir::Empty => match view.initialize.as_deref() {
             None => vec![
                 Action::ClaimInitialize { value: my_claim },
@@ -155,27 +281,9 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
                     &v["claimed:".len()..]
                 ),
             }],
-            Some(_) => match (other_leader, leader_upstream(view, me)) {
-                (None, _) => vec![Action::Wait {
-                    reason: "no primary holds the leader lease: nothing to clone from".into(),
-                }],
-                (Some(l), None) => vec![Action::Wait {
-                    reason: format!("primary {l} has not published its address yet"),
-                }],
-                (Some(l), Some(up)) => {
-                    let slot = slot_name_for(me);
-                    let has_slot =
-                        member(view, &l).is_some_and(|m| m.slots.iter().any(|s| s.name == slot));
-                    if has_slot {
-                        vec![Action::Clone { from: up }]
-                    } else {
-                        vec![Action::Wait {
-                            reason: format!(
-                                "waiting for primary {l} to create replication slot {slot}"
-                            ),
-                        }]
-                    }
-                }
+            Some(_) => match ready_upstream(view, me) {
+                Ok(up) => vec![Action::Clone { from: up }],
+                Err(reason) => vec![Action::Wait { reason }],
             },
         },
         DataDir::Initialized { system_id, standby } => {
@@ -199,16 +307,207 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
             if *standby {
                 decide_standby(view, local, me)
             } else {
-                decide_primary_data(view, local, i_lead, other_leader)
+                decide_primary_data(view, local, now_ms)
             }
         }
     }
 }
 
+/// What an operation in flight asks of this member; `None` = nothing special, decide as usual.
+fn decide_op(
+    op: &Operation,
+    view: &ClusterView,
+    local: &LocalView,
+    now_ms: u64,
+) -> Option<Vec<Action>> {
+    let me = local.name.as_str();
+    let i_lead = view
+        .leader
+        .as_ref()
+        .is_some_and(|l| l.member == me && l.expires_ms > now_ms);
+    let other_leader = view
+        .leader
+        .as_ref()
+        .filter(|l| l.member != me && l.expires_ms > now_ms);
+    let finish = |ok: bool, message: String| Action::FinishOp {
+        op: op.clone(),
+        ok,
+        message,
+    };
+    let running_standby = matches!(
+        local.pg,
+        PgRun::Running {
+            in_recovery: true,
+            ..
+        }
+    );
+    let running_primary = matches!(
+        local.pg,
+        PgRun::Running {
+            in_recovery: false,
+            ..
+        }
+    );
+    match (&op.kind, op.phase) {
+        (OpKind::Promote { member }, OpPhase::Requested) if member == me => {
+            Some(if running_primary && i_lead {
+                vec![finish(true, format!("{me} is the primary"))]
+            } else if let Some(l) = other_leader {
+                if now_ms.saturating_sub(op.created_ms) > PROMOTE_LEASE_WAIT_MS {
+                    vec![finish(
+                    false,
+                    format!(
+                        "{} still renews the leader lease after {} s: its agent is alive, so it is not down. \
+                         Use `pgbaton switchover --to {me}` for a planned change",
+                        l.member,
+                        PROMOTE_LEASE_WAIT_MS / 1000
+                    ),
+                )]
+                } else {
+                    vec![Action::Wait {
+                        reason: format!("waiting for the lease of {} to expire", l.member),
+                    }]
+                }
+            } else if running_standby {
+                vec![
+                    Action::AcquireLease,
+                    Action::Promote,
+                    finish(true, format!("{me} promoted: it accepts writes")),
+                ]
+            } else {
+                return None; // start it as a standby first
+            })
+        }
+        (OpKind::Rejoin { member }, OpPhase::Requested) if member == me => {
+            if matches!(local.data, DataDir::Initialized { standby: true, .. }) {
+                return Some(vec![finish(true, format!("{me} is a standby"))]);
+            }
+            if other_leader.is_none() {
+                return Some(vec![finish(
+                    false,
+                    "no primary holds the leader lease: nothing to rejoin".into(),
+                )]);
+            }
+            Some(match (&local.pg, ready_upstream(view, me)) {
+                (_, Err(reason)) => vec![Action::Wait { reason }],
+                (PgRun::Stopped, Ok(up)) => {
+                    let msg = format!("{me} rejoined as a standby of {}", up.member);
+                    vec![Action::Rejoin { upstream: up }, finish(true, msg)]
+                }
+                (_, Ok(up)) => vec![Action::Stop {
+                    reason: format!("rejoining as a standby of {}", up.member),
+                }],
+            })
+        }
+        (OpKind::Reinit { member }, OpPhase::Requested) if member == me => Some(if i_lead {
+            vec![finish(
+                false,
+                format!("{me} is the primary: only a standby can be re-cloned"),
+            )]
+        } else {
+            match ready_upstream(view, me) {
+                Ok(up) => {
+                    let msg = format!("{me} re-cloned from {}", up.member);
+                    vec![Action::Reinit { from: up }, finish(true, msg)]
+                }
+                Err(reason) => vec![Action::Wait { reason }],
+            }
+        }),
+        (OpKind::Remove { member, purge }, OpPhase::Requested) if member == me => Some(if i_lead {
+            vec![finish(
+                false,
+                format!("{me} is the primary: switch over before removing it"),
+            )]
+        } else {
+            vec![Action::RemoveSelf {
+                op: op.clone(),
+                purge: *purge,
+            }]
+        }),
+        (OpKind::Remove { member, .. }, OpPhase::Deregistered) if i_lead => {
+            let slot = slot_name_for(member);
+            let msg = format!("{member} removed; its slot {slot} dropped");
+            Some(vec![
+                Action::DropSlots { names: vec![slot] },
+                finish(true, msg),
+            ])
+        }
+        (OpKind::Switchover { from, .. }, OpPhase::Requested) if from == me => Some(if i_lead {
+            vec![Action::StopForSwitchover { op: op.clone() }]
+        } else {
+            vec![finish(
+                false,
+                format!("{me} no longer holds the leader lease"),
+            )]
+        }),
+        (OpKind::Switchover { from, to }, OpPhase::Demoted) => {
+            let waited_ms = now_ms.saturating_sub(op.updated_ms);
+            let target = op.checkpoint_lsn.unwrap_or_default();
+            if to == me {
+                if local.lsn.is_some_and(|l| l >= target) && running_standby {
+                    return Some(vec![
+                        Action::AcquireLease,
+                        Action::Promote,
+                        Action::AdvanceOp {
+                            op: op.clone(),
+                            phase: OpPhase::Promoted,
+                            message: format!("{me} promoted"),
+                        },
+                    ]);
+                }
+                if waited_ms > SWITCHOVER_TIMEOUT_MS {
+                    return Some(vec![finish(
+                        false,
+                        format!(
+                            "{me} did not reach the old primary's shutdown checkpoint {target} within {} s \
+                             (it is at {}); {from} resumes as primary",
+                            SWITCHOVER_TIMEOUT_MS / 1000,
+                            local.lsn.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into())
+                        ),
+                    )]);
+                }
+                return Some(vec![Action::Wait {
+                    reason: format!("replaying up to {from}'s shutdown checkpoint {target}"),
+                }]);
+            }
+            if from == me {
+                if waited_ms > SWITCHOVER_TIMEOUT_MS + 10_000 {
+                    return Some(vec![finish(
+                        false,
+                        format!("{to} did not take over; {me} resumes as primary"),
+                    )]);
+                }
+                return Some(vec![Action::Wait {
+                    reason: format!("waiting for {to} to take over"),
+                }]);
+            }
+            None
+        }
+        (OpKind::Switchover { from, to }, OpPhase::Promoted) if from == me => {
+            Some(match (&local.pg, ready_upstream(view, me)) {
+                (_, Err(reason)) => vec![Action::Wait { reason }],
+                (PgRun::Stopped, Ok(up)) => {
+                    vec![
+                        Action::Rejoin { upstream: up },
+                        finish(true, format!("switched over from {from} to {to}")),
+                    ]
+                }
+                (_, Ok(up)) => vec![Action::Stop {
+                    reason: format!("rejoining as a standby of {}", up.member),
+                }],
+            })
+        }
+        _ => None,
+    }
+}
+
 fn decide_standby(view: &ClusterView, local: &LocalView, me: &str) -> Vec<Action> {
-    let up = leader_upstream(view, me);
     match &local.pg {
-        PgRun::Stopped => vec![Action::Start { upstream: up }],
+        PgRun::Stopped => vec![Action::Start {
+            upstream: ready_upstream(view, me)
+                .ok()
+                .or_else(|| leader_upstream(view, me)),
+        }],
         PgRun::NotAnswering => vec![Action::Wait {
             reason: "PostgreSQL is starting or busy".into(),
         }],
@@ -216,10 +515,14 @@ fn decide_standby(view: &ClusterView, local: &LocalView, me: &str) -> Vec<Action
             in_recovery: true,
             upstream,
         } => {
-            // Follow the leader when it is known and differs from what we stream from.
-            match up {
+            // Follow the leader when it is known and differs from what we stream from, once
+            // our slot exists there.
+            match leader_upstream(view, me) {
                 Some(u) if upstream.as_deref() != Some(u.member.as_str()) => {
-                    vec![Action::Follow { upstream: Some(u) }]
+                    match ready_upstream(view, me) {
+                        Ok(u) => vec![Action::Follow { upstream: Some(u) }],
+                        Err(reason) => vec![Action::Wait { reason }],
+                    }
                 }
                 _ => vec![],
             }
@@ -242,67 +545,83 @@ fn decide_standby(view: &ClusterView, local: &LocalView, me: &str) -> Vec<Action
     }
 }
 
-fn decide_primary_data(
-    view: &ClusterView,
-    local: &LocalView,
-    i_lead: bool,
-    other_leader: Option<String>,
-) -> Vec<Action> {
+fn decide_primary_data(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     let me = local.name.as_str();
-    let slots: Vec<String> = view
-        .members
-        .iter()
-        .filter(|m| m.name != me)
-        .map(|m| slot_name_for(&m.name))
-        .collect();
-    if let Some(l) = other_leader {
-        // A former primary while another member leads: it must not run writable.
+    let lease = view.leader.as_ref().filter(|l| l.expires_ms > now_ms);
+    let i_lead = lease.is_some_and(|l| l.member == me);
+    if let Some(l) = lease.filter(|l| l.member != me) {
+        // A former primary while another member leads: it must not run writable, and it
+        // waits for the operator (rejoin, reinit or remove).
         return match local.pg {
-            PgRun::Running {
-                in_recovery: false, ..
-            }
-            | PgRun::NotAnswering => vec![Action::Stop {
-                reason: format!(
-                    "{l} holds the leader lease; this member's data is a former primary's"
-                ),
+            PgRun::Running { in_recovery: false, .. } | PgRun::NotAnswering => vec![Action::Stop {
+                reason: format!("{} holds the leader lease; this member's data is a former primary's", l.member),
             }],
-            _ => vec![Action::Fail {
+            _ => vec![Action::Wait {
                 reason: format!(
-                    "this member's data directory is a former primary's and {l} now leads: \
-                     it must be rejoined as a standby (rewind) or re-cloned"
+                    "a former primary while {} leads: `pgbaton rejoin {me}` makes it a standby (pg_rewind when it diverged)",
+                    l.member
                 ),
             }],
         };
     }
-    let lease = if i_lead {
+    let lease_action = if i_lead {
         Action::RenewLease
     } else {
         Action::AcquireLease
     };
     match local.pg {
-        PgRun::Stopped => vec![lease, Action::Start { upstream: None }],
+        PgRun::Stopped => vec![lease_action, Action::Start { upstream: None }],
         PgRun::NotAnswering => vec![
-            lease,
+            lease_action,
             Action::Wait {
                 reason: "PostgreSQL is starting or busy".into(),
             },
         ],
         PgRun::Running {
             in_recovery: false, ..
-        } => vec![lease, Action::EnsureSlots { names: slots }],
+        } => {
+            let mut actions = vec![lease_action];
+            actions.extend(slot_plan(view, local, now_ms));
+            actions
+        }
         PgRun::Running {
             in_recovery: true, ..
         } => {
-            // A primary's data dir running in recovery: it is still finishing crash recovery or
-            // replaying; hold the lease and wait.
+            // A primary's data dir running in recovery: it is still finishing crash recovery.
             vec![
-                lease,
+                lease_action,
                 Action::Wait {
                     reason: "PostgreSQL is in recovery".into(),
                 },
             ]
         }
     }
+}
+
+/// The leader's slots: one per other member; pgbaton-named orphans dropped after the grace
+/// period (never while active); foreign slots left alone.
+fn slot_plan(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
+    let me = local.name.as_str();
+    let names: Vec<String> = view
+        .members
+        .iter()
+        .filter(|m| m.name != me)
+        .map(|m| slot_name_for(&m.name))
+        .collect();
+    let mut actions = vec![Action::EnsureSlots { names }];
+    let (orphans, _foreign) = orphan_slots(&view.members, &local.slots);
+    let expired: Vec<String> = orphans
+        .into_iter()
+        .filter(|name| {
+            let active = local.slots.iter().any(|s| &s.name == name && s.active);
+            let since = local.orphans_since.get(name).copied().unwrap_or(now_ms);
+            !active && now_ms.saturating_sub(since) >= local.orphan_grace_ms
+        })
+        .collect();
+    if !expired.is_empty() {
+        actions.push(Action::DropSlots { names: expired });
+    }
+    actions
 }
 
 /// The role a member has, as seen from its data and PostgreSQL (for publishing).
@@ -329,7 +648,7 @@ pub fn role_of(local: &LocalView) -> Role {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{MemberStatus, SlotInfo};
+    use crate::model::MemberStatus;
 
     const NOW: u64 = 1_000_000;
 
@@ -375,15 +694,248 @@ mod tests {
                 expires_ms: NOW + 10_000,
             }),
             members,
+            op: None,
         }
     }
 
     fn local(name: &str, data: DataDir, pg: PgRun) -> LocalView {
-        LocalView {
-            name: name.into(),
-            data,
-            pg,
-        }
+        LocalView::new(name, data, pg)
+    }
+
+    fn with_op(mut v: ClusterView, kind: OpKind, phase: OpPhase) -> ClusterView {
+        let mut op = Operation::new("op1".into(), kind, NOW);
+        op.phase = phase;
+        v.op = Some(op);
+        v
+    }
+
+    const STANDBY_RUNNING: PgRun = PgRun::Running {
+        in_recovery: true,
+        upstream: None,
+    };
+    const PRIMARY_RUNNING: PgRun = PgRun::Running {
+        in_recovery: false,
+        upstream: None,
+    };
+
+    #[test]
+    fn promote_waits_for_the_old_lease_then_takes_it_and_promotes() {
+        let v = with_op(
+            view(Some("42"), Some("n1"), vec![ms("n1", &[])]),
+            OpKind::Promote {
+                member: "n2".into(),
+            },
+            OpPhase::Requested,
+        );
+        let a = decide(&v, &local("n2", init(true), STANDBY_RUNNING), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("lease of n1")),
+            "{a:?}"
+        );
+        let v = with_op(
+            view(Some("42"), None, vec![ms("n1", &[])]),
+            OpKind::Promote {
+                member: "n2".into(),
+            },
+            OpPhase::Requested,
+        );
+        let a = decide(&v, &local("n2", init(true), STANDBY_RUNNING), NOW);
+        assert!(
+            matches!(
+                &a[..],
+                [
+                    Action::AcquireLease,
+                    Action::Promote,
+                    Action::FinishOp { ok: true, .. }
+                ]
+            ),
+            "{a:?}"
+        );
+        // Another standby is not affected by the request.
+        let a = decide(&v, &local("n3", init(true), STANDBY_RUNNING), NOW);
+        assert!(
+            !a.contains(&Action::AcquireLease) && !a.contains(&Action::Promote),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn standbys_follow_a_new_leader_only_once_their_slot_is_there() {
+        let v = view(Some("42"), Some("n2"), vec![ms("n2", &[])]);
+        let pg = PgRun::Running {
+            in_recovery: true,
+            upstream: Some("n1".into()),
+        };
+        let a = decide(&v, &local("n3", init(true), pg.clone()), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("pgbaton_n3")),
+            "{a:?}"
+        );
+        let v = view(Some("42"), Some("n2"), vec![ms("n2", &["pgbaton_n3"])]);
+        let a = decide(&v, &local("n3", init(true), pg), NOW);
+        assert!(
+            matches!(&a[..], [Action::Follow { upstream: Some(u) }] if u.member == "n2"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn former_primary_waits_for_rejoin_then_rewinds_into_a_standby() {
+        let v = view(Some("42"), Some("n2"), vec![ms("n2", &["pgbaton_n1"])]);
+        let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("pgbaton rejoin n1")),
+            "{a:?}"
+        );
+        let v = with_op(
+            v,
+            OpKind::Rejoin {
+                member: "n1".into(),
+            },
+            OpPhase::Requested,
+        );
+        let a = decide(&v, &local("n1", init(false), PRIMARY_RUNNING), NOW);
+        assert!(matches!(&a[..], [Action::Stop { .. }]), "{a:?}");
+        let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
+        assert!(
+            matches!(&a[..], [Action::Rejoin { upstream }, Action::FinishOp { ok: true, .. }] if upstream.member == "n2"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn remove_stops_the_member_then_the_leader_drops_its_slot() {
+        let v = with_op(
+            view(Some("42"), Some("n1"), vec![ms("n1", &[]), ms("n3", &[])]),
+            OpKind::Remove {
+                member: "n3".into(),
+                purge: true,
+            },
+            OpPhase::Requested,
+        );
+        let a = decide(&v, &local("n3", init(true), STANDBY_RUNNING), NOW);
+        assert!(
+            matches!(&a[..], [Action::RemoveSelf { purge: true, .. }]),
+            "{a:?}"
+        );
+        let v = with_op(
+            view(Some("42"), Some("n1"), vec![ms("n1", &[])]),
+            OpKind::Remove {
+                member: "n3".into(),
+                purge: true,
+            },
+            OpPhase::Deregistered,
+        );
+        let a = decide(&v, &local("n1", init(false), PRIMARY_RUNNING), NOW);
+        assert_eq!(
+            a[0],
+            Action::DropSlots {
+                names: vec!["pgbaton_n3".into()]
+            }
+        );
+        assert!(matches!(a[1], Action::FinishOp { ok: true, .. }));
+    }
+
+    #[test]
+    fn orphan_slots_of_ours_are_dropped_after_the_grace_period_and_foreign_ones_never() {
+        let v = view(Some("42"), Some("n1"), vec![ms("n1", &[]), ms("n2", &[])]);
+        let slot = |n: &str, active: bool| SlotInfo {
+            name: n.into(),
+            active,
+            restart_lsn: None,
+            retained_bytes: Some(1),
+        };
+        let mut l = local("n1", init(false), PRIMARY_RUNNING);
+        l.slots = vec![
+            slot("pgbaton_n2", true),
+            slot("pgbaton_gone", false),
+            slot("backup_tool", false),
+        ];
+        l.orphan_grace_ms = 1000;
+        l.orphans_since.insert("pgbaton_gone".into(), NOW - 500);
+        let a = decide(&v, &l, NOW);
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::DropSlots { .. })),
+            "dropped within the grace period: {a:?}"
+        );
+        l.orphans_since.insert("pgbaton_gone".into(), NOW - 1000);
+        let a = decide(&v, &l, NOW);
+        assert!(
+            a.contains(&Action::DropSlots {
+                names: vec!["pgbaton_gone".into()]
+            }),
+            "{a:?}"
+        );
+        let (ours, foreign) = orphan_slots(&v.members, &l.slots);
+        assert_eq!(
+            (ours, foreign),
+            (
+                vec!["pgbaton_gone".to_string()],
+                vec!["backup_tool".to_string()]
+            )
+        );
+    }
+
+    #[test]
+    fn switchover_runs_its_phases() {
+        let so = OpKind::Switchover {
+            from: "n1".into(),
+            to: "n2".into(),
+        };
+        let members = vec![ms("n1", &["pgbaton_n2"]), ms("n2", &["pgbaton_n1"])];
+        // Requested: the old primary stops cleanly.
+        let v = with_op(
+            view(Some("42"), Some("n1"), members.clone()),
+            so.clone(),
+            OpPhase::Requested,
+        );
+        let a = decide(&v, &local("n1", init(false), PRIMARY_RUNNING), NOW);
+        assert!(
+            matches!(&a[..], [Action::StopForSwitchover { .. }]),
+            "{a:?}"
+        );
+        // Demoted: the old primary must not take the lease back; the candidate waits for the LSN.
+        let mut v = with_op(
+            view(Some("42"), None, members.clone()),
+            so.clone(),
+            OpPhase::Demoted,
+        );
+        v.op.as_mut().unwrap().checkpoint_lsn = Some(Lsn(500));
+        let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
+        assert!(matches!(&a[..], [Action::Wait { .. }]), "{a:?}");
+        let mut c = local("n2", init(true), STANDBY_RUNNING);
+        c.lsn = Some(Lsn(400));
+        assert!(matches!(&decide(&v, &c, NOW)[..], [Action::Wait { .. }]));
+        c.lsn = Some(Lsn(600));
+        let a = decide(&v, &c, NOW);
+        assert!(
+            matches!(
+                &a[..],
+                [
+                    Action::AcquireLease,
+                    Action::Promote,
+                    Action::AdvanceOp {
+                        phase: OpPhase::Promoted,
+                        ..
+                    }
+                ]
+            ),
+            "{a:?}"
+        );
+        // Too slow: it fails, and the old primary resumes by the usual rules afterwards.
+        c.lsn = Some(Lsn(400));
+        let a = decide(&v, &c, NOW + SWITCHOVER_TIMEOUT_MS + 1);
+        assert!(
+            matches!(&a[..], [Action::FinishOp { ok: false, .. }]),
+            "{a:?}"
+        );
+        // Promoted: the old primary rejoins under the new one.
+        let v = with_op(view(Some("42"), Some("n2"), members), so, OpPhase::Promoted);
+        let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
+        assert!(
+            matches!(&a[..], [Action::Rejoin { upstream }, Action::FinishOp { ok: true, .. }] if upstream.member == "n2"),
+            "{a:?}"
+        );
     }
 
     fn init(standby: bool) -> DataDir {
@@ -545,7 +1097,7 @@ mod tests {
         );
         assert!(matches!(&a[..], [Action::Stop { .. }]));
         let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
-        assert!(matches!(&a[..], [Action::Fail { .. }]));
+        assert!(matches!(&a[..], [Action::Wait { .. }]));
     }
 
     #[test]
@@ -582,7 +1134,7 @@ mod tests {
 
     #[test]
     fn streaming_standby_follows_a_new_leader() {
-        let v = view(Some("42"), Some("n3"), vec![ms("n3", &[])]);
+        let v = view(Some("42"), Some("n3"), vec![ms("n3", &["pgbaton_n2"])]);
         let pg = PgRun::Running {
             in_recovery: true,
             upstream: Some("n1".into()),

@@ -8,4 +8,5 @@
 pub mod config;
 pub mod decide;
 pub mod model;
+pub mod ops;
 pub mod render;

@@ -98,6 +98,9 @@ pub enum MemberStatus {
     Stopping,
     Stopped,
     Failed,
+    /// Shown by the CLI, never published: the member's agent has not reported for a while,
+    /// so its last report is not to be believed.
+    Unreachable,
 }
 
 impl MemberStatus {
@@ -114,6 +117,7 @@ impl MemberStatus {
             MemberStatus::Stopping => "stopping",
             MemberStatus::Stopped => "stopped",
             MemberStatus::Failed => "failed",
+            MemberStatus::Unreachable => "unreachable",
         }
     }
 }
@@ -255,4 +259,117 @@ mod tests {
             "\"primary\""
         );
     }
+}
+
+/// An operation an operator asked for. One is in flight per cluster at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum OpKind {
+    /// Promote a standby while the primary is down or gone.
+    Promote { member: String },
+    /// Turn a former primary into a standby of the current primary (pg_rewind when it diverged).
+    Rejoin { member: String },
+    /// Stop a member, deregister it, drop its slot; with `purge` delete its data directory.
+    Remove { member: String, purge: bool },
+    /// Re-clone a standby from the primary.
+    Reinit { member: String },
+    /// Planned change of primary from `from` to `to`.
+    Switchover { from: String, to: String },
+}
+
+impl OpKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OpKind::Promote { .. } => "promote",
+            OpKind::Rejoin { .. } => "rejoin",
+            OpKind::Remove { .. } => "remove",
+            OpKind::Reinit { .. } => "reinit",
+            OpKind::Switchover { .. } => "switchover",
+        }
+    }
+
+    /// The members the operation is about.
+    pub fn members(&self) -> Vec<String> {
+        match self {
+            OpKind::Promote { member }
+            | OpKind::Rejoin { member }
+            | OpKind::Remove { member, .. }
+            | OpKind::Reinit { member } => vec![member.clone()],
+            OpKind::Switchover { from, to } => vec![from.clone(), to.clone()],
+        }
+    }
+}
+
+/// Where an operation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpPhase {
+    /// Posted; nobody has acted yet.
+    Requested,
+    /// Switchover: the old primary stopped cleanly; `checkpoint_lsn` is its shutdown checkpoint.
+    Demoted,
+    /// Switchover: the candidate was promoted; the old primary is to rejoin.
+    Promoted,
+    /// Remove: the member stopped and deregistered; its slot is to be dropped.
+    Deregistered,
+    Done,
+    Failed,
+}
+
+impl OpPhase {
+    pub fn finished(self) -> bool {
+        matches!(self, OpPhase::Done | OpPhase::Failed)
+    }
+}
+
+/// An operation request, as kept in the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: String,
+    #[serde(flatten)]
+    pub kind: OpKind,
+    pub phase: OpPhase,
+    /// What happened last (shown by the CLI), or why it failed.
+    pub message: Option<String>,
+    /// Switchover: the old primary's shutdown checkpoint, which the candidate must reach.
+    pub checkpoint_lsn: Option<Lsn>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl Operation {
+    pub fn new(id: String, kind: OpKind, now_ms: u64) -> Operation {
+        Operation {
+            id,
+            kind,
+            phase: OpPhase::Requested,
+            message: None,
+            checkpoint_lsn: None,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+        }
+    }
+
+    /// This operation, moved to `phase` with `message` at `now_ms`.
+    pub fn at(&self, phase: OpPhase, message: Option<String>, now_ms: u64) -> Operation {
+        Operation {
+            phase,
+            message,
+            updated_ms: now_ms,
+            ..self.clone()
+        }
+    }
+}
+
+/// One line of the cluster's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub time_ms: u64,
+    pub operation: String,
+    pub members: Vec<String>,
+    /// `done` or `failed`.
+    pub result: String,
+    pub timeline: Option<u32>,
+    pub lsn: Option<Lsn>,
+    pub message: Option<String>,
 }

@@ -27,6 +27,9 @@ pub struct CloneSpec<'a> {
     pub slot: &'a str,
     pub application_name: &'a str,
     pub data_dir: &'a Path,
+    /// Replace an existing data directory once the copy is complete (reinit, asked for by the
+    /// operator). Otherwise the data directory must be missing or empty.
+    pub replace: bool,
 }
 
 fn scratch_dir(data_dir: &Path) -> PathBuf {
@@ -136,19 +139,38 @@ pub async fn clone(
             .collect();
         bail!("pg_basebackup failed ({status}): {}", msg.join("; "));
     }
-    // Move the complete copy into place. An empty data directory is replaced; anything
-    // else was ruled out by the caller, and remove_dir refuses a non-empty directory anyway.
+    // Move the complete copy into place. Without `replace`, only an empty data directory is
+    // replaced (remove_dir refuses a non-empty one). With it (reinit, asked for), the old
+    // directory is moved aside first and deleted only once the new one is in place.
+    let mut old = None;
     if spec.data_dir.exists() {
-        std::fs::remove_dir(spec.data_dir).with_context(|| {
-            format!(
-                "replace the empty data directory {}",
-                spec.data_dir.display()
-            )
-        })?;
+        if spec.replace {
+            let mut aside = spec.data_dir.as_os_str().to_owned();
+            aside.push(".pgbaton-old");
+            let aside = PathBuf::from(aside);
+            if aside.exists() {
+                std::fs::remove_dir_all(&aside)
+                    .with_context(|| format!("remove {}", aside.display()))?;
+            }
+            std::fs::rename(spec.data_dir, &aside)
+                .with_context(|| format!("move {} aside", spec.data_dir.display()))?;
+            old = Some(aside);
+        } else {
+            std::fs::remove_dir(spec.data_dir).with_context(|| {
+                format!(
+                    "replace the empty data directory {}",
+                    spec.data_dir.display()
+                )
+            })?;
+        }
     }
     std::fs::rename(&scratch, spec.data_dir)
         .with_context(|| format!("move the clone into {}", spec.data_dir.display()))?;
     let _ = std::fs::remove_file(&mark);
+    if let Some(old) = old {
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("remove the replaced data directory {}", old.display()))?;
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod bins;
 pub mod clone;
 pub mod datadir;
 pub mod files;
+pub mod rewind;
 pub mod server;
 pub mod sql;
 

@@ -90,10 +90,22 @@ pub async fn probe(client: &Client) -> Result<Probe> {
             p.timeline = Some(tli as u32);
         }
     } else {
+        // The timeline of the WAL being written: the first 8 hex digits of its file name
+        // (pg_control_checkpoint() still shows the old one until the next checkpoint after
+        // a promotion).
         let row = client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one(
+                "SELECT pg_current_wal_lsn()::text, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+                &[],
+            )
             .await?;
         p.lsn = lsn(row.get(0));
+        if let Some(tli) = row
+            .get::<_, Option<String>>(1)
+            .and_then(|t| u32::from_str_radix(&t, 16).ok())
+        {
+            p.timeline = Some(tli);
+        }
     }
     let cur = if p.in_recovery {
         "pg_last_wal_replay_lsn()"
@@ -164,6 +176,18 @@ pub async fn ensure_replication_role(client: &Client, user: &str, password: &str
         ))
         .await
         .with_context(|| format!("{} the replication role {user}", verb.to_lowercase()))?;
+    // What pg_rewind needs from its source connection, so a former primary can be rewound
+    // with the replication user rather than the superuser.
+    let u = quote_ident(user);
+    client
+        .batch_execute(&format!(
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {u}; \
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {u}; \
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {u}; \
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {u};"
+        ))
+        .await
+        .context("grant pg_rewind's functions to the replication role")?;
     Ok(())
 }
 
@@ -184,4 +208,37 @@ pub async fn ensure_databases(client: &Client, names: &[String]) -> Result<Vec<S
         }
     }
     Ok(created)
+}
+
+/// Drop a physical slot if it exists. Returns whether it was dropped.
+pub async fn drop_slot(client: &Client, name: &str) -> Result<bool> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        return Ok(false);
+    }
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&name])
+        .await
+        .with_context(|| format!("drop replication slot {name}"))?;
+    Ok(true)
+}
+
+/// Promote the standby and wait (bounded) until it accepts writes.
+pub async fn promote(client: &Client, timeout: Duration) -> Result<()> {
+    let secs = timeout.as_secs().clamp(1, 3600) as i32;
+    let done: bool = client
+        .query_one("SELECT pg_promote(true, $1)", &[&secs])
+        .await
+        .context("promote (pg_promote)")?
+        .get(0);
+    if !done {
+        anyhow::bail!("PostgreSQL did not finish promoting within {secs} s");
+    }
+    Ok(())
 }

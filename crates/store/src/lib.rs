@@ -9,12 +9,16 @@
 
 use async_trait::async_trait;
 use pgbaton_core::config::StoreConfig;
-use pgbaton_core::model::{Leader, MemberState};
+use pgbaton_core::model::{HistoryEntry, Leader, MemberState, OpPhase, Operation};
 use std::sync::Arc;
 
 pub mod local;
 
 pub type Result<T> = anyhow::Result<T>;
+
+/// How many history entries a store keeps per cluster; older ones are dropped as new ones
+/// are appended.
+pub const HISTORY_KEEP: usize = 1000;
 
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -52,6 +56,23 @@ pub trait Store: Send + Sync {
     async fn members(&self) -> Result<Vec<MemberState>>;
     /// Deregister a member. `true` = it existed.
     async fn member_delete(&self, name: &str) -> Result<bool>;
+
+    // ---- operations: at most one in flight per cluster ---------------------------------
+    /// The cluster's current operation (in flight, or the last finished one), if any.
+    async fn op_get(&self) -> Result<Option<Operation>>;
+    /// Post `op` if no operation is in flight (there is none, or the current one's phase is
+    /// finished). `true` = posted; `false` = another operation is in flight (unchanged).
+    async fn op_post(&self, op: &Operation) -> Result<bool>;
+    /// Replace the current operation with `new` if the current one has id `id` and phase
+    /// `phase` (compare-and-set on both). `true` = replaced.
+    async fn op_update(&self, id: &str, phase: OpPhase, new: &Operation) -> Result<bool>;
+
+    // ---- history ------------------------------------------------------------------------
+    /// Append an entry to the cluster's history (kept in the order appended). Only the last
+    /// [`HISTORY_KEEP`] entries are kept.
+    async fn history_append(&self, entry: &HistoryEntry) -> Result<()>;
+    /// The last `limit` entries, oldest first.
+    async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>>;
 }
 
 /// Open the store a config names, for `cluster`.

@@ -12,13 +12,20 @@
 //! | `initialize`     | `claimed:<member>` or sysid  | NULL                  |
 //! | `leader`         | member name                  | lease expiry (wall ms)|
 //! | `members/<name>` | JSON of `MemberState`        | NULL                  |
+//! | `op`             | JSON of `Operation`          | NULL                  |
+//! | `history/<seq>`  | JSON of `HistoryEntry`       | NULL                  |
+//!
+//! `<seq>` is a 20-digit zero-padded sequence number, so key order is append order. An
+//! appender computes it (the largest one + 1) inside its `BEGIN IMMEDIATE` transaction, so
+//! appenders in several processes never take the same number, and it trims the history to
+//! the last [`HISTORY_KEEP`] entries in the same transaction.
 //!
 //! Operations are short local file accesses, so they run inline in the async methods.
 
-use crate::{Result, Store};
+use crate::{Result, Store, HISTORY_KEEP};
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
-use pgbaton_core::model::{Leader, MemberState};
+use pgbaton_core::model::{HistoryEntry, Leader, MemberState, OpPhase, Operation};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -31,6 +38,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 const KEY_INITIALIZE: &str = "initialize";
 const KEY_LEADER: &str = "leader";
 const MEMBER_PREFIX: &str = "members/";
+const KEY_OP: &str = "op";
+const HISTORY_PREFIX: &str = "history/";
+/// The first key after every `history/...` key (`'0'` follows `'/'`): history keys are the
+/// range `HISTORY_PREFIX <= key < HISTORY_END`, which the primary key index serves.
+const HISTORY_END: &str = "history0";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (
@@ -136,6 +148,70 @@ impl LocalStore {
             Ok(out)
         })
     }
+
+    /// Like [`in_tx`](Self::in_tx), for a body that fails with more than SQLite errors (a
+    /// stored value that does not parse). Nothing is committed when `f` fails.
+    fn in_tx_any<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| anyhow!("{}: connection lock poisoned by a panic", self.describe()))?;
+        let run = |conn: &mut Connection| -> Result<T> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        run(&mut conn).with_context(|| format!("{}: {what} failed", self.describe()))
+    }
+
+    /// The id and phase of the stored operation JSON `json`.
+    ///
+    /// Only these two fields are read, so an operation of a kind this build does not know
+    /// still takes part in the compare-and-set.
+    fn op_head(&self, json: &str) -> Result<OpHead> {
+        serde_json::from_str(json).with_context(|| {
+            format!(
+                "{}: the value of key {KEY_OP} is not valid JSON of an operation",
+                self.describe()
+            )
+        })
+    }
+}
+
+/// The fields of a stored operation that its compare-and-sets look at.
+#[derive(serde::Deserialize)]
+struct OpHead {
+    id: String,
+    phase: OpPhase,
+}
+
+/// Insert or replace a key that does not expire.
+fn put_row(conn: &Connection, cluster: &str, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, ?3, NULL)
+         ON CONFLICT (cluster, key) DO UPDATE
+         SET value = excluded.value, expires_ms = NULL",
+        params![cluster, key, value],
+    )?;
+    Ok(())
+}
+
+fn history_key(seq: u64) -> String {
+    format!("{HISTORY_PREFIX}{seq:020}")
+}
+
+/// The sequence number of a history key.
+fn history_seq(key: &str) -> Option<u64> {
+    let digits = key.strip_prefix(HISTORY_PREFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Read one key's `(value, expires_ms)`.
@@ -170,10 +246,34 @@ fn init_connection(conn: &Connection) -> rusqlite::Result<String> {
     // The busy timeout first: switching to WAL and creating the schema may have to wait for
     // another process doing the same.
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    let mode: String = retry_busy(|| conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.execute_batch(SCHEMA)?;
+    retry_busy(|| conn.execute_batch(SCHEMA))?;
     Ok(mode)
+}
+
+/// Run `f` again while it fails with "database is locked", for up to [`BUSY_TIMEOUT`].
+///
+/// SQLite does not always call the busy handler: switching a new file's journal mode to WAL
+/// while other connections do the same can fail at once with `SQLITE_BUSY` (agents starting
+/// together hit this).
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match f() {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            out => return out,
+        }
+    }
 }
 
 /// Check before SQLite does (its errors do not say which file or why) that `path` can be
@@ -457,6 +557,109 @@ impl Store for LocalStore {
             Ok(n == 1)
         })
     }
+
+    async fn op_get(&self) -> Result<Option<Operation>> {
+        let row = self.with_conn("reading the current operation", |conn| {
+            get_row(conn, &self.cluster, KEY_OP)
+        })?;
+        row.map(|(json, _)| {
+            serde_json::from_str(&json).with_context(|| {
+                format!(
+                    "{}: the value of key {KEY_OP} is not valid JSON of an operation",
+                    self.describe()
+                )
+            })
+        })
+        .transpose()
+    }
+
+    async fn op_post(&self, op: &Operation) -> Result<bool> {
+        let json = serde_json::to_string(op)
+            .with_context(|| format!("serializing operation {}", op.id))?;
+        self.in_tx_any("posting an operation", |tx| {
+            if let Some((current, _)) = get_row(tx, &self.cluster, KEY_OP)? {
+                if !self.op_head(&current)?.phase.finished() {
+                    return Ok(false);
+                }
+            }
+            put_row(tx, &self.cluster, KEY_OP, &json)?;
+            Ok(true)
+        })
+    }
+
+    async fn op_update(&self, id: &str, phase: OpPhase, new: &Operation) -> Result<bool> {
+        let json = serde_json::to_string(new)
+            .with_context(|| format!("serializing operation {}", new.id))?;
+        self.in_tx_any("updating the current operation", |tx| {
+            let Some((current, _)) = get_row(tx, &self.cluster, KEY_OP)? else {
+                return Ok(false);
+            };
+            let head = self.op_head(&current)?;
+            if head.id != id || head.phase != phase {
+                return Ok(false);
+            }
+            put_row(tx, &self.cluster, KEY_OP, &json)?;
+            Ok(true)
+        })
+    }
+
+    async fn history_append(&self, entry: &HistoryEntry) -> Result<()> {
+        let json = serde_json::to_string(entry).context("serializing a history entry")?;
+        self.in_tx_any("appending to the history", |tx| {
+            // Zero-padded numbers order as their keys do: the largest key is the last entry.
+            let last: Option<String> = tx.query_row(
+                "SELECT max(key) FROM kv WHERE cluster = ?1 AND key >= ?2 AND key < ?3",
+                params![self.cluster, HISTORY_PREFIX, HISTORY_END],
+                |r| r.get(0),
+            )?;
+            let last = match last {
+                None => 0,
+                Some(key) => history_seq(&key).ok_or_else(|| {
+                    anyhow!("history key {key:?} is not {HISTORY_PREFIX}<20 digits>")
+                })?,
+            };
+            let seq = last
+                .checked_add(1)
+                .ok_or_else(|| anyhow!("the history sequence is exhausted"))?;
+            put_row(tx, &self.cluster, &history_key(seq), &json)?;
+            // Keep the entries seq - HISTORY_KEEP + 1 ..= seq.
+            if let Some(oldest_dropped) = seq.checked_sub(HISTORY_KEEP as u64) {
+                tx.execute(
+                    "DELETE FROM kv WHERE cluster = ?1 AND key >= ?2 AND key <= ?3",
+                    params![self.cluster, HISTORY_PREFIX, history_key(oldest_dropped)],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows: Vec<(String, String)> = self.with_conn("reading the history", |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT key, value FROM kv WHERE cluster = ?1 AND key >= ?2 AND key < ?3
+                 ORDER BY key DESC LIMIT ?4",
+            )?;
+            let rows = stmt
+                .query_map(
+                    params![self.cluster, HISTORY_PREFIX, HISTORY_END, limit],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })?;
+        rows.reverse();
+        rows.into_iter()
+            .map(|(key, json)| {
+                serde_json::from_str(&json).with_context(|| {
+                    format!(
+                        "{}: the value of {key} is not valid JSON of a history entry",
+                        self.describe()
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -503,5 +706,52 @@ mod tests {
             .unwrap();
         assert_eq!(mode.to_lowercase(), "wal");
         assert_eq!(s.describe(), format!("sqlite file {}", path.display()));
+    }
+
+    #[test]
+    fn history_keys_order_as_numbers() {
+        assert_eq!(history_key(7), "history/00000000000000000007");
+        assert_eq!(history_key(u64::MAX).len(), HISTORY_PREFIX.len() + 20);
+        assert!(history_key(9) < history_key(10));
+        assert!(history_key(u64::MAX).as_str() < HISTORY_END);
+        assert!(HISTORY_PREFIX < HISTORY_END);
+        for seq in [1, 42, u64::MAX] {
+            assert_eq!(history_seq(&history_key(seq)), Some(seq));
+        }
+        assert_eq!(history_seq("history/12"), None);
+        assert_eq!(history_seq("members/00000000000000000001"), None);
+    }
+
+    #[test]
+    fn a_corrupt_operation_is_reported_not_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(&tmp.path().join("store.db"), "c").unwrap();
+        s.with_conn("t", |c| put_row(c, "c", KEY_OP, "{not json"))
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let op = Operation::new(
+            "op1".to_string(),
+            pgbaton_core::model::OpKind::Reinit {
+                member: "n2".to_string(),
+            },
+            1,
+        );
+        let err = format!("{:#}", rt.block_on(s.op_post(&op)).unwrap_err());
+        assert!(err.contains("not valid JSON of an operation"), "{err}");
+        assert!(rt.block_on(s.op_get()).is_err());
+        let err = format!(
+            "{:#}",
+            rt.block_on(s.op_update("op1", OpPhase::Requested, &op))
+                .unwrap_err()
+        );
+        assert!(err.contains("not valid JSON of an operation"), "{err}");
+        let raw = s
+            .with_conn("t", |c| get_row(c, "c", KEY_OP))
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(raw, "{not json");
     }
 }

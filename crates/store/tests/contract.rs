@@ -7,9 +7,11 @@
 //!
 //! Every wait in here is bounded, and nothing asserts how fast anything is.
 
-use pgbaton_core::model::{MemberState, MemberStatus, Role};
+use pgbaton_core::model::{
+    HistoryEntry, MemberState, MemberStatus, OpKind, OpPhase, Operation, Role,
+};
 use pgbaton_store::local::LocalStore;
-use pgbaton_store::Store;
+use pgbaton_store::{Store, HISTORY_KEEP};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +94,42 @@ fn member(name: &str, port: u16) -> MemberState {
         agent_pid: 4242,
         updated_ms: 1_700_000_000_000,
     }
+}
+
+fn op(id: &str, kind: OpKind) -> Operation {
+    Operation::new(id.to_string(), kind, 1_700_000_000_000)
+}
+
+fn switchover(id: &str) -> Operation {
+    op(
+        id,
+        OpKind::Switchover {
+            from: "n1".to_string(),
+            to: "n2".to_string(),
+        },
+    )
+}
+
+/// A history entry told apart by `n` (its time and its message).
+fn entry(n: u64) -> HistoryEntry {
+    HistoryEntry {
+        time_ms: 1_700_000_000_000 + n,
+        operation: "switchover".to_string(),
+        members: vec!["n1".to_string(), "n2".to_string()],
+        result: "done".to_string(),
+        timeline: Some(2),
+        lsn: Some("0/3000148".parse().unwrap()),
+        message: Some(format!("entry {n}")),
+    }
+}
+
+async fn history_times(s: &Arc<dyn Store>, limit: usize) -> Vec<u64> {
+    s.history(limit)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.time_ms - 1_700_000_000_000)
+        .collect()
 }
 
 async fn holder(s: &Arc<dyn Store>) -> Option<String> {
@@ -535,6 +573,342 @@ async fn initialize_race_has_one_winner<B: Backend>(b: B) {
     }
 }
 
+async fn op_post_get_update<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert_eq!(s.op_get().await.unwrap(), None);
+    assert!(
+        !s.op_update("op1", OpPhase::Requested, &switchover("op1"))
+            .await
+            .unwrap(),
+        "nothing to update"
+    );
+    assert_eq!(
+        s.op_get().await.unwrap(),
+        None,
+        "update does not create an operation"
+    );
+
+    let first = switchover("op1");
+    assert!(s.op_post(&first).await.unwrap(), "posted when none");
+    assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&first));
+
+    // A second post while the first is in flight fails and leaves it alone.
+    let second = op(
+        "op2",
+        OpKind::Reinit {
+            member: "n3".to_string(),
+        },
+    );
+    assert!(!s.op_post(&second).await.unwrap(), "one in flight");
+    assert!(!s.op_post(&first).await.unwrap(), "not even itself again");
+    assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&first));
+
+    // Compare-and-set on id and phase.
+    let demoted = Operation {
+        checkpoint_lsn: Some("0/5000028".parse().unwrap()),
+        ..first.at(OpPhase::Demoted, Some("old primary stopped".to_string()), 2)
+    };
+    assert!(
+        !s.op_update("op2", OpPhase::Requested, &demoted)
+            .await
+            .unwrap(),
+        "wrong id"
+    );
+    assert!(
+        !s.op_update("op1", OpPhase::Demoted, &demoted)
+            .await
+            .unwrap(),
+        "wrong phase"
+    );
+    assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&first));
+    assert!(s
+        .op_update("op1", OpPhase::Requested, &demoted)
+        .await
+        .unwrap());
+    assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&demoted));
+    assert!(
+        !s.op_update("op1", OpPhase::Requested, &first)
+            .await
+            .unwrap(),
+        "the phase moved on: the old one no longer matches"
+    );
+    assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&demoted));
+
+    let promoted = demoted.at(OpPhase::Promoted, None, 3);
+    assert!(s
+        .op_update("op1", OpPhase::Demoted, &promoted)
+        .await
+        .unwrap());
+    assert!(
+        !s.op_post(&second).await.unwrap(),
+        "still in flight when promoted"
+    );
+    let done = promoted.at(OpPhase::Done, Some("switched over".to_string()), 4);
+    assert!(s.op_update("op1", OpPhase::Promoted, &done).await.unwrap());
+    // A finished operation stays visible until the next one replaces it.
+    assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&done));
+
+    assert!(s.op_post(&second).await.unwrap(), "free once done");
+    assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&second));
+    assert!(
+        !s.op_update("op1", OpPhase::Done, &done).await.unwrap(),
+        "the old operation is gone"
+    );
+
+    let failed = second.at(OpPhase::Failed, Some("clone failed".to_string()), 5);
+    assert!(s
+        .op_update("op2", OpPhase::Requested, &failed)
+        .await
+        .unwrap());
+    let third = op(
+        "op3",
+        OpKind::Remove {
+            member: "n3".to_string(),
+            purge: true,
+        },
+    );
+    assert!(s.op_post(&third).await.unwrap(), "free once failed");
+    assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&third));
+
+    // Operations do not expire.
+    b.advance(10 * TTL).await;
+    assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&third));
+    assert!(!s.op_post(&first).await.unwrap());
+}
+
+async fn op_kinds_round_trip<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    let kinds = [
+        OpKind::Promote {
+            member: "n2".to_string(),
+        },
+        OpKind::Rejoin {
+            member: "n1".to_string(),
+        },
+        OpKind::Remove {
+            member: "n3".to_string(),
+            purge: false,
+        },
+        OpKind::Reinit {
+            member: "n3".to_string(),
+        },
+        OpKind::Switchover {
+            from: "n1".to_string(),
+            to: "n2".to_string(),
+        },
+    ];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        let o = Operation {
+            message: Some(format!("kind {i}")),
+            checkpoint_lsn: Some("16/B374D848".parse().unwrap()),
+            ..op(&format!("op{i}"), kind)
+        };
+        assert!(s.op_post(&o).await.unwrap(), "{o:?}");
+        assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&o));
+        let done = o.at(OpPhase::Done, None, 9);
+        assert!(s.op_update(&o.id, o.phase, &done).await.unwrap());
+        assert_eq!(s.op_get().await.unwrap(), Some(done));
+    }
+}
+
+async fn op_is_not_another_key<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert!(s.initialize_claim("claimed:n1").await.unwrap());
+    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    s.member_put(&member("op", 5432)).await.unwrap();
+    s.history_append(&entry(1)).await.unwrap();
+    assert_eq!(s.op_get().await.unwrap(), None);
+    assert!(s.op_post(&switchover("op1")).await.unwrap());
+    assert_eq!(s.members().await.unwrap().len(), 1);
+    assert_eq!(s.member_get("op").await.unwrap().unwrap().name, "op");
+    assert_eq!(history_times(&s, 10).await, [1]);
+    assert_eq!(holder(&s).await.as_deref(), Some("n1"));
+}
+
+async fn ops_are_per_cluster_and_shared_by_clients<B: Backend>(b: B) {
+    let a = b.connect("alpha");
+    let a2 = b.connect("alpha");
+    let z = b.connect("zeta");
+
+    let oa = switchover("a1");
+    assert!(a.op_post(&oa).await.unwrap());
+    assert_eq!(z.op_get().await.unwrap(), None);
+    assert!(
+        !z.op_update("a1", OpPhase::Requested, &oa.at(OpPhase::Done, None, 2))
+            .await
+            .unwrap(),
+        "another cluster's operation"
+    );
+    let oz = switchover("z1");
+    assert!(z.op_post(&oz).await.unwrap(), "own operation key");
+    assert_eq!(a.op_get().await.unwrap().as_ref(), Some(&oa));
+
+    // Another client of the same cluster sees it and can move it on.
+    assert_eq!(a2.op_get().await.unwrap().as_ref(), Some(&oa));
+    assert!(!a2.op_post(&switchover("a2")).await.unwrap());
+    let done = oa.at(OpPhase::Done, None, 2);
+    assert!(a2.op_update("a1", OpPhase::Requested, &done).await.unwrap());
+    assert_eq!(a.op_get().await.unwrap().as_ref(), Some(&done));
+    assert_eq!(z.op_get().await.unwrap().as_ref(), Some(&oz));
+}
+
+async fn op_post_race_has_one_winner<B: Backend>(b: B) {
+    const N: usize = 8;
+    for round in 0..5 {
+        let cluster = format!("oprace{round}");
+        let won = race(&b, &cluster, N, |i, s| async move {
+            s.op_post(&switchover(&format!("op{i}"))).await.unwrap()
+        })
+        .await;
+        let winners: Vec<usize> = (0..N).filter(|&i| won[i]).collect();
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        let s = b.connect(&cluster);
+        let current = s.op_get().await.unwrap().expect("the winner's operation");
+        assert_eq!(
+            current,
+            switchover(&format!("op{}", winners[0])),
+            "round {round}"
+        );
+
+        // Racing to move it on: exactly one updater wins, and its value is kept.
+        let id = current.id.clone();
+        let won = race(&b, &cluster, N, move |i, s| {
+            let (id, current) = (id.clone(), current.clone());
+            async move {
+                let next = current.at(OpPhase::Done, Some(format!("by {i}")), 2);
+                s.op_update(&id, OpPhase::Requested, &next).await.unwrap()
+            }
+        })
+        .await;
+        let winners: Vec<usize> = (0..N).filter(|&i| won[i]).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round} update: winners {winners:?}"
+        );
+        let done = s.op_get().await.unwrap().expect("an operation");
+        assert_eq!(done.phase, OpPhase::Done);
+        assert_eq!(done.message, Some(format!("by {}", winners[0])));
+
+        // Once it is done, a new race again has exactly one winner.
+        let won = race(&b, &cluster, N, |i, s| async move {
+            s.op_post(&switchover(&format!("next{i}"))).await.unwrap()
+        })
+        .await;
+        let winners: Vec<usize> = (0..N).filter(|&i| won[i]).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round} after done: winners {winners:?}"
+        );
+        assert_eq!(
+            s.op_get().await.unwrap(),
+            Some(switchover(&format!("next{}", winners[0]))),
+            "round {round}"
+        );
+    }
+}
+
+async fn history_append_and_list<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert!(s.history(10).await.unwrap().is_empty());
+    assert!(s.history(0).await.unwrap().is_empty());
+
+    // Appended out of time order: the history keeps the order of appending.
+    for n in [3, 1, 2, 5, 4] {
+        s.history_append(&entry(n)).await.unwrap();
+    }
+    assert_eq!(history_times(&s, 100).await, [3, 1, 2, 5, 4]);
+    assert_eq!(history_times(&s, usize::MAX).await, [3, 1, 2, 5, 4]);
+    assert_eq!(history_times(&s, 5).await, [3, 1, 2, 5, 4]);
+    // A limit gives the last entries, oldest first.
+    assert_eq!(history_times(&s, 2).await, [5, 4]);
+    assert_eq!(history_times(&s, 1).await, [4]);
+    assert!(s.history(0).await.unwrap().is_empty());
+
+    // Entries come back whole, and equal entries are kept apart.
+    s.history_append(&entry(4)).await.unwrap();
+    assert_eq!(s.history(2).await.unwrap(), vec![entry(4), entry(4)]);
+    let bare = HistoryEntry {
+        members: vec![],
+        timeline: None,
+        lsn: None,
+        message: None,
+        result: "failed".to_string(),
+        ..entry(6)
+    };
+    s.history_append(&bare).await.unwrap();
+    assert_eq!(s.history(1).await.unwrap(), vec![bare]);
+    assert_eq!(s.history(100).await.unwrap().len(), 7);
+
+    // History does not expire.
+    b.advance(10 * TTL).await;
+    assert_eq!(s.history(100).await.unwrap().len(), 7);
+}
+
+async fn history_keeps_the_last_entries<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    let total = HISTORY_KEEP as u64 + 25;
+    for n in 1..=total {
+        s.history_append(&entry(n)).await.unwrap();
+    }
+    let kept = history_times(&s, usize::MAX).await;
+    let expected: Vec<u64> = (total - HISTORY_KEEP as u64 + 1..=total).collect();
+    assert_eq!(kept, expected);
+    assert_eq!(history_times(&s, 3).await, [total - 2, total - 1, total]);
+
+    // Appending goes on after the trimming, in order.
+    s.history_append(&entry(total + 1)).await.unwrap();
+    let kept = history_times(&s, usize::MAX).await;
+    assert_eq!(kept.len(), HISTORY_KEEP);
+    assert_eq!(kept.first(), Some(&(total - HISTORY_KEEP as u64 + 2)));
+    assert_eq!(kept.last(), Some(&(total + 1)));
+}
+
+async fn history_concurrent_appends_all_land<B: Backend>(b: B) {
+    const N: usize = 8;
+    const EACH: u64 = 20;
+    race(&b, "c1", N, |i, s| async move {
+        for k in 0..EACH {
+            s.history_append(&entry(i as u64 * 1000 + k)).await.unwrap();
+        }
+    })
+    .await;
+    let s = b.connect("c1");
+    let all = history_times(&s, usize::MAX).await;
+    assert_eq!(all.len(), N * EACH as usize, "no entry lost: {all:?}");
+    let mut sorted = all.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), all.len(), "no entry twice: {all:?}");
+    for i in 0..N as u64 {
+        // Each appender's entries are all there, in the order it appended them.
+        let own: Vec<u64> = all.iter().copied().filter(|t| t / 1000 == i).collect();
+        let expected: Vec<u64> = (0..EACH).map(|k| i * 1000 + k).collect();
+        assert_eq!(own, expected, "appender {i}");
+    }
+    // A limit still gives the last ones of the merged order.
+    assert_eq!(history_times(&s, 5).await, all[all.len() - 5..]);
+}
+
+async fn history_is_per_cluster<B: Backend>(b: B) {
+    let a = b.connect("alpha");
+    let z = b.connect("zeta");
+    a.history_append(&entry(1)).await.unwrap();
+    a.history_append(&entry(2)).await.unwrap();
+    assert!(z.history(10).await.unwrap().is_empty());
+    z.history_append(&entry(9)).await.unwrap();
+    a.history_append(&entry(3)).await.unwrap();
+    assert_eq!(history_times(&a, 10).await, [1, 2, 3]);
+    assert_eq!(history_times(&z, 10).await, [9]);
+    assert_eq!(history_times(&a, 1).await, [3]);
+
+    // Another client of the same cluster sees the same history.
+    let a2 = b.connect("alpha");
+    a2.history_append(&entry(4)).await.unwrap();
+    assert_eq!(history_times(&a, 10).await, [1, 2, 3, 4]);
+}
+
 /// Instantiate every suite function for a backend: `contract_suite!(module, constructor)`.
 macro_rules! contract_suite {
     ($module:ident, $backend:expr) => {
@@ -555,6 +929,15 @@ macro_rules! contract_suite {
                 clients_see_each_others_writes,
                 leader_race_has_one_winner,
                 initialize_race_has_one_winner,
+                op_post_get_update,
+                op_kinds_round_trip,
+                op_is_not_another_key,
+                ops_are_per_cluster_and_shared_by_clients,
+                op_post_race_has_one_winner,
+                history_append_and_list,
+                history_keeps_the_last_entries,
+                history_concurrent_appends_all_land,
+                history_is_per_cluster,
             );
         }
     };

@@ -1,0 +1,356 @@
+//! The operator's commands: promote, rejoin, remove, reinit, switchover, and history.
+//!
+//! Each one checks the request against the cluster (`pgbaton_core::ops::check`: refusals
+//! name the reason), posts it to the store (one operation at a time), and follows it until
+//! the agents report it done or failed, showing each step and then the cluster.
+
+use crate::cluster::{open_store, Snapshot};
+use crate::members::{report, table};
+use anyhow::{bail, Context, Result};
+use pgbaton_core::config::ClientConfig;
+use pgbaton_core::model::{HistoryEntry, OpKind, OpPhase, Operation};
+use pgbaton_core::ops::{self, STALE_MS};
+use pgbaton_store::{now_ms, Store};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+pub struct OpOptions {
+    pub json: bool,
+    pub timeout_s: u64,
+    pub force: bool,
+}
+
+#[derive(Serialize)]
+struct OpResult<'a> {
+    operation: &'a Operation,
+    cluster: crate::members::ClusterReport,
+}
+
+fn new_id(kind: &OpKind) -> String {
+    format!("{}-{}", kind.name(), now_ms())
+}
+
+/// Check, post, and follow an operation to its end. Exit status: Ok for done, Err for failed.
+pub async fn run(cfg: &ClientConfig, kind: OpKind, o: &OpOptions) -> Result<()> {
+    let store = open_store(cfg)?;
+    let snap = Snapshot::read(store.as_ref()).await?;
+    let current = store.op_get().await?;
+    let check = ops::Snapshot {
+        leader: snap.leader.as_ref(),
+        members: &snap.members,
+        op: current.as_ref(),
+        now_ms: now_ms(),
+    };
+    if let Err(reason) = ops::check(&kind, &check, o.force) {
+        bail!("{} refused: {reason}", kind.name());
+    }
+    let op = Operation::new(new_id(&kind), kind.clone(), now_ms());
+    if !store.op_post(&op).await? {
+        bail!(
+            "{} refused: another operation was posted just now; try again once it finishes",
+            kind.name()
+        );
+    }
+    if !o.json {
+        eprintln!(
+            "{} {}: requested ({})",
+            kind.name(),
+            kind.members().join(" -> "),
+            op.id
+        );
+    }
+    if let OpKind::Remove { member, purge } = &kind {
+        remove_without_agent(cfg, store.as_ref(), &snap, &op, member, *purge).await?;
+    }
+    let last = follow(store.as_ref(), &op, o).await?;
+    if let (OpKind::Remove { member, purge }, OpPhase::Done) = (&kind, last.phase) {
+        retire_local_member(cfg, member, *purge)?;
+    }
+    if last.phase == OpPhase::Done {
+        settle(store.as_ref(), o).await?;
+    }
+    let snap = Snapshot::read(store.as_ref()).await?;
+    let r = report(&cfg.cluster, &snap);
+    if o.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&OpResult {
+                operation: &last,
+                cluster: r
+            })?
+        );
+    } else {
+        println!("{}", table(&r));
+    }
+    match last.phase {
+        OpPhase::Done => {
+            if !o.json {
+                println!("{} done: {}", kind.name(), last.message.unwrap_or_default());
+            }
+            Ok(())
+        }
+        _ => bail!(
+            "{} failed: {}",
+            kind.name(),
+            last.message.unwrap_or_else(|| "no reason given".into())
+        ),
+    }
+}
+
+/// After an operation: wait (bounded) until the primary runs and every other member
+/// streams, so that what is shown last is the cluster as it settled.
+async fn settle(store: &dyn Store, o: &OpOptions) -> Result<()> {
+    use pgbaton_core::model::MemberStatus;
+    let deadline = Instant::now() + Duration::from_secs(60.min(o.timeout_s));
+    loop {
+        let snap = Snapshot::read(store).await?;
+        let settled = snap.leader_member().is_some_and(|l| {
+            l.state == MemberStatus::Running
+                && snap
+                    .members
+                    .iter()
+                    .filter(|m| {
+                        m.name != l.name && now_ms().saturating_sub(m.updated_ms) <= STALE_MS
+                    })
+                    .all(|m| {
+                        m.state == MemberStatus::Streaming
+                            && l.slots.iter().any(|s| s.name == m.slot_name && s.active)
+                    })
+        });
+        if settled {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            if !o.json {
+                eprintln!("  (not every member streams yet: see the table)");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Poll the operation until it finishes, printing each new step and progress.
+async fn follow(store: &dyn Store, op: &Operation, o: &OpOptions) -> Result<Operation> {
+    let deadline = Instant::now() + Duration::from_secs(o.timeout_s);
+    let mut last_line = String::new();
+    loop {
+        let cur = store
+            .op_get()
+            .await?
+            .context("the operation disappeared from the store")?;
+        if cur.id != op.id {
+            bail!(
+                "the operation was replaced by {} before it finished",
+                cur.id
+            );
+        }
+        let mut line = format!("{:?}", cur.phase).to_lowercase();
+        if let Some(m) = &cur.message {
+            line = format!("{line}: {m}");
+        }
+        // What the members involved are doing (a clone's progress, what they wait for).
+        for name in cur.kind.members() {
+            if let Some(m) = store.member_get(&name).await? {
+                let mut s = format!(" | {name}: {}", m.state);
+                if let Some(p) = m.progress.filter(|p| p.total_kb > 0) {
+                    s.push_str(&format!(
+                        " {}% ({}/{} kB)",
+                        p.done_kb * 100 / p.total_kb,
+                        p.done_kb,
+                        p.total_kb
+                    ));
+                } else if let Some(msg) = &m.message {
+                    s.push_str(&format!(" ({msg})"));
+                }
+                line.push_str(&s);
+            }
+        }
+        if line != last_line && !o.json {
+            eprintln!("  {line}");
+            last_line = line;
+        }
+        if cur.phase.finished() {
+            return Ok(cur);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} not finished after {} s (now: {:?}); the agents keep working on it: follow it with `pgbaton list`",
+                op.kind.name(),
+                o.timeout_s,
+                cur.phase
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A member whose agent no longer reports cannot remove itself: deregister it here and let
+/// the primary drop its slot. On a local cluster (made by `up`) its PostgreSQL is stopped too.
+async fn remove_without_agent(
+    cfg: &ClientConfig,
+    store: &dyn Store,
+    snap: &Snapshot,
+    op: &Operation,
+    member: &str,
+    purge: bool,
+) -> Result<()> {
+    let Some(m) = snap.members.iter().find(|m| m.name == member) else {
+        return Ok(());
+    };
+    let alive = now_ms().saturating_sub(m.updated_ms) <= STALE_MS
+        && m.state != pgbaton_core::model::MemberStatus::Stopped;
+    if alive {
+        return Ok(());
+    }
+    eprintln!("  {member}'s agent is not running: deregistering it here");
+    if let Some(node) = local_node_config(cfg, member) {
+        if pgbaton_pg::server::postmaster_pid(&node.data_dir).is_some() {
+            crate::local::stop_orphan_postgres(&node)?;
+            eprintln!("  stopped {member}'s PostgreSQL");
+        }
+        if purge && node.data_dir.exists() {
+            std::fs::remove_dir_all(&node.data_dir)
+                .with_context(|| format!("delete {}", node.data_dir.display()))?;
+            eprintln!("  deleted {}", node.data_dir.display());
+        }
+    } else if purge {
+        eprintln!(
+            "  its data directory is on another machine: delete it there (--purge could not)"
+        );
+    }
+    store.member_delete(member).await?;
+    let msg = format!("{member} deregistered (its agent was not running)");
+    store
+        .op_update(
+            &op.id,
+            op.phase,
+            &op.at(OpPhase::Deregistered, Some(msg), now_ms()),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The node config of `member` when the client config sits in a local cluster directory.
+fn local_node_config(cfg: &ClientConfig, member: &str) -> Option<pgbaton_core::config::NodeConfig> {
+    let pgbaton_core::config::StoreConfig::Local { path } = &cfg.store else {
+        return None;
+    };
+    let p = path.parent()?.join(member).join("node.toml");
+    crate::cluster::load_node_config(&p).ok()
+}
+
+/// After removing a member of a local cluster: `up` must not start it again.
+fn retire_local_member(cfg: &ClientConfig, member: &str, purge: bool) -> Result<()> {
+    let pgbaton_core::config::StoreConfig::Local { path } = &cfg.store else {
+        return Ok(());
+    };
+    let Some(dir) = path.parent().map(|d| d.join(member)) else {
+        return Ok(());
+    };
+    let node = dir.join("node.toml");
+    if !node.exists() {
+        return Ok(());
+    }
+    if purge {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("delete {}", dir.display()))?;
+    } else {
+        std::fs::rename(&node, dir.join("node.toml.removed"))
+            .with_context(|| format!("retire {}", node.display()))?;
+        let _ = std::fs::remove_file(dir.join("agent.pid"));
+    }
+    Ok(())
+}
+
+/// The switchover request: from the current primary to `to`, or to the most advanced
+/// streaming standby when none is named.
+pub async fn switchover_kind(cfg: &ClientConfig, to: Option<String>) -> Result<OpKind> {
+    let store = open_store(cfg)?;
+    let snap = Snapshot::read(store.as_ref()).await?;
+    let check = ops::Snapshot {
+        leader: snap.leader.as_ref(),
+        members: &snap.members,
+        op: None,
+        now_ms: now_ms(),
+    };
+    let from = check.healthy_primary().map(|m| m.name.clone());
+    let Some(from) = from else {
+        bail!("switchover refused: no healthy primary to switch over from")
+    };
+    let to = match to {
+        Some(t) => t,
+        None => {
+            ops::pick_candidate(&check).map_err(|e| anyhow::anyhow!("switchover refused: {e}"))?
+        }
+    };
+    Ok(OpKind::Switchover { from, to })
+}
+
+/// `pgbaton history`
+pub async fn history(cfg: &ClientConfig, json: bool, limit: usize) -> Result<()> {
+    let store = open_store(cfg)?;
+    let entries: Vec<HistoryEntry> = store.history(limit).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header([
+        "Time (UTC)",
+        "Operation",
+        "Members",
+        "Result",
+        "TL",
+        "LSN",
+        "Message",
+    ]);
+    for e in &entries {
+        t.add_row([
+            utc(e.time_ms),
+            e.operation.clone(),
+            e.members.join(" -> "),
+            e.result.clone(),
+            e.timeline.map(|t| t.to_string()).unwrap_or_default(),
+            e.lsn.map(|l| l.to_string()).unwrap_or_default(),
+            e.message.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+    if entries.is_empty() {
+        println!("No operations yet.");
+    }
+    Ok(())
+}
+
+/// `2026-11-22 02:15:30` from ms since the epoch (UTC, no time-zone database needed).
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(1_795_400_130_000), "2026-11-22 02:15:30");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
+    }
+}

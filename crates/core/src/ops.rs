@@ -1,0 +1,458 @@
+//! Operations the operator asks for: what is refused, and why. Pure: the CLI asks these
+//! before it posts a request, and the agents' decision carries the request out.
+
+use crate::model::{Leader, Lsn, MemberState, MemberStatus, OpKind, Operation, Role};
+
+/// A member's report older than this is not evidence that it is healthy (agents report
+/// every loop, 1 s by default). Only what the operator is told depends on it: the lease
+/// compare-and-set is what keeps two primaries from running.
+pub const STALE_MS: u64 = 4_000;
+/// How long a promote may wait for the old primary's lease to expire. A lease still renewed
+/// after that means its agent is alive: the promote fails and says so.
+pub const PROMOTE_LEASE_WAIT_MS: u64 = 60_000;
+/// A switchover candidate further behind the primary than this is not "caught up".
+pub const SWITCHOVER_MAX_LAG_BYTES: u64 = 16 * 1024 * 1024;
+/// How long a switchover candidate may take to reach the old primary's shutdown checkpoint.
+pub const SWITCHOVER_TIMEOUT_MS: u64 = 60_000;
+
+/// What the store says, for checking a request.
+pub struct Snapshot<'a> {
+    pub leader: Option<&'a Leader>,
+    pub members: &'a [MemberState],
+    pub op: Option<&'a Operation>,
+    pub now_ms: u64,
+}
+
+impl<'a> Snapshot<'a> {
+    fn member(&self, name: &str) -> Result<&'a MemberState, String> {
+        self.members.iter().find(|m| m.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
+            format!("no member named {name} (members: {})", known.join(", "))
+        })
+    }
+
+    fn fresh(&self, m: &MemberState) -> bool {
+        self.now_ms.saturating_sub(m.updated_ms) <= STALE_MS
+    }
+
+    /// The lease holder, when it holds an unexpired lease.
+    pub fn leader_member(&self) -> Option<&'a MemberState> {
+        let l = self.leader.filter(|l| l.expires_ms > self.now_ms)?;
+        self.members.iter().find(|m| m.name == l.member)
+    }
+
+    /// A primary that runs, holds the lease and reported recently.
+    pub fn healthy_primary(&self) -> Option<&'a MemberState> {
+        self.leader_member().filter(|m| {
+            m.role == Role::Primary && m.state == MemberStatus::Running && self.fresh(m)
+        })
+    }
+
+    fn lsn(m: &MemberState) -> Option<Lsn> {
+        m.receive_lsn.max(m.lsn)
+    }
+}
+
+/// Refuse a request that would lose data or break the cluster. `Ok` = it may be posted.
+/// `force` lets promote pick a member that is not the most advanced.
+pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
+    if let Some(op) = s.op.filter(|o| !o.phase.finished()) {
+        return Err(format!(
+            "operation {} ({} of {}) is still in progress: wait for it to finish",
+            op.id,
+            op.kind.name(),
+            op.kind.members().join(", ")
+        ));
+    }
+    match kind {
+        OpKind::Promote { member } => {
+            let m = s.member(member)?;
+            if let Some(p) = s.healthy_primary() {
+                return Err(format!(
+                    "primary {} is running and holds the leader lease: promoting {member} would make two \
+                     primaries. For a planned change use `pgbaton switchover --to {member}`",
+                    p.name
+                ));
+            }
+            if m.role != Role::Standby {
+                return Err(format!(
+                    "{member} is not a standby (it is {}): only a standby can be promoted",
+                    m.role
+                ));
+            }
+            if !matches!(m.state, MemberStatus::Streaming | MemberStatus::Replaying) || !s.fresh(m)
+            {
+                return Err(format!(
+                    "{member} is not a running standby (it is {}): start it first",
+                    m.state
+                ));
+            }
+            if !force {
+                let mine = Snapshot::lsn(m);
+                for o in s
+                    .members
+                    .iter()
+                    .filter(|o| o.name != *member && o.role == Role::Standby && s.fresh(o))
+                {
+                    if Snapshot::lsn(o) > mine {
+                        return Err(format!(
+                            "{} has more WAL ({}) than {member} ({}): promoting {member} would lose what only {} has. \
+                             Promote {} instead, or pass --force",
+                            o.name,
+                            Snapshot::lsn(o).map(|l| l.to_string()).unwrap_or_default(),
+                            mine.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
+                            o.name,
+                            o.name
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        OpKind::Rejoin { member } => {
+            let m = s.member(member)?;
+            let Some(p) = s.leader_member() else {
+                return Err(
+                    "no member holds the leader lease: there is no primary to rejoin".into(),
+                );
+            };
+            if p.name == *member {
+                return Err(format!(
+                    "{member} is the primary: there is nothing to rejoin"
+                ));
+            }
+            if m.role == Role::Standby {
+                return Err(format!("{member} is already a standby"));
+            }
+            Ok(())
+        }
+        OpKind::Remove { member, .. } => {
+            s.member(member)?;
+            if s.leader
+                .is_some_and(|l| l.member == *member && l.expires_ms > s.now_ms)
+            {
+                return Err(format!(
+                    "{member} is the primary: removing it would leave the cluster without one. \
+                     Switch over first (`pgbaton switchover`), then remove it"
+                ));
+            }
+            Ok(())
+        }
+        OpKind::Reinit { member } => {
+            s.member(member)?;
+            let Some(p) = s.healthy_primary() else {
+                return Err("no healthy primary to clone from".into());
+            };
+            if p.name == *member {
+                return Err(format!(
+                    "{member} is the primary: only a standby can be re-cloned"
+                ));
+            }
+            Ok(())
+        }
+        OpKind::Switchover { from, to } => {
+            let Some(p) = s.healthy_primary() else {
+                return Err("no healthy primary to switch over from".into());
+            };
+            if p.name != *from {
+                return Err(format!("{from} is not the primary ({} is)", p.name));
+            }
+            let c = s.member(to)?;
+            if c.name == p.name {
+                return Err(format!("{to} is already the primary"));
+            }
+            if c.role != Role::Standby || c.state != MemberStatus::Streaming || !s.fresh(c) {
+                return Err(format!("{to} is not a streaming standby (it is {} {}): it cannot take over without data loss", c.role, c.state));
+            }
+            let lag = match (c.lsn, p.lsn) {
+                (Some(cl), Some(pl)) => cl.bytes_until(pl),
+                _ => u64::MAX,
+            };
+            if lag > SWITCHOVER_MAX_LAG_BYTES {
+                return Err(format!(
+                    "{to} is not caught up ({} behind the primary; at most {} MB allowed)",
+                    if lag == u64::MAX {
+                        "unknown".to_string()
+                    } else {
+                        format!("{lag} bytes")
+                    },
+                    SWITCHOVER_MAX_LAG_BYTES / 1024 / 1024
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The switchover candidate when none is named: the streaming standby with the most WAL.
+pub fn pick_candidate(s: &Snapshot) -> Result<String, String> {
+    let p = s
+        .healthy_primary()
+        .ok_or("no healthy primary to switch over from")?;
+    s.members
+        .iter()
+        .filter(|m| {
+            m.name != p.name
+                && m.role == Role::Standby
+                && m.state == MemberStatus::Streaming
+                && s.fresh(m)
+        })
+        .max_by_key(|m| (Snapshot::lsn(m), std::cmp::Reverse(m.name.clone())))
+        .map(|m| m.name.clone())
+        .ok_or_else(|| {
+            "no standby is streaming: nobody can take over without data loss".to_string()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{slot_name_for, OpPhase};
+
+    const NOW: u64 = 1_000_000;
+
+    fn m(name: &str, role: Role, state: MemberStatus, lsn: u64) -> MemberState {
+        MemberState {
+            name: name.into(),
+            role,
+            state,
+            host: "127.0.0.1".into(),
+            port: 5432,
+            socket_dir: "/tmp".into(),
+            os_user: "postgres".into(),
+            superuser: "postgres".into(),
+            api_url: String::new(),
+            timeline: Some(1),
+            lsn: Some(Lsn(lsn)),
+            receive_lsn: None,
+            system_id: Some("1".into()),
+            upstream: None,
+            slot_name: slot_name_for(name),
+            slots: vec![],
+            pg_version: None,
+            message: None,
+            progress: None,
+            agent_pid: 1,
+            updated_ms: NOW,
+        }
+    }
+
+    fn healthy() -> Vec<MemberState> {
+        vec![
+            m("n1", Role::Primary, MemberStatus::Running, 1000),
+            m("n2", Role::Standby, MemberStatus::Streaming, 1000),
+            m("n3", Role::Standby, MemberStatus::Streaming, 900),
+        ]
+    }
+
+    fn lease(member: &str) -> Leader {
+        Leader {
+            member: member.into(),
+            expires_ms: NOW + 10_000,
+        }
+    }
+
+    fn snap<'a>(
+        leader: Option<&'a Leader>,
+        members: &'a [MemberState],
+        op: Option<&'a Operation>,
+    ) -> Snapshot<'a> {
+        Snapshot {
+            leader,
+            members,
+            op,
+            now_ms: NOW,
+        }
+    }
+
+    #[test]
+    fn promote_is_refused_while_a_healthy_primary_runs() {
+        let ms = healthy();
+        let l = lease("n1");
+        let e = check(
+            &OpKind::Promote {
+                member: "n2".into(),
+            },
+            &snap(Some(&l), &ms, None),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("switchover"), "{e}");
+    }
+
+    #[test]
+    fn promote_is_allowed_when_the_primary_is_gone_but_not_of_a_laggard() {
+        let mut ms = healthy();
+        ms[0].state = MemberStatus::Crashed;
+        assert!(check(
+            &OpKind::Promote {
+                member: "n2".into()
+            },
+            &snap(None, &ms, None),
+            false
+        )
+        .is_ok());
+        let e = check(
+            &OpKind::Promote {
+                member: "n3".into(),
+            },
+            &snap(None, &ms, None),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("n2 has more WAL"), "{e}");
+        assert!(check(
+            &OpKind::Promote {
+                member: "n3".into()
+            },
+            &snap(None, &ms, None),
+            true
+        )
+        .is_ok());
+        // A stale primary report does not count as healthy even with a lease.
+        let mut ms = healthy();
+        ms[0].updated_ms = NOW - STALE_MS - 1;
+        let l = lease("n1");
+        assert!(check(
+            &OpKind::Promote {
+                member: "n2".into()
+            },
+            &snap(Some(&l), &ms, None),
+            false
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn remove_of_the_primary_is_refused() {
+        let ms = healthy();
+        let l = lease("n1");
+        let e = check(
+            &OpKind::Remove {
+                member: "n1".into(),
+                purge: false,
+            },
+            &snap(Some(&l), &ms, None),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("primary"), "{e}");
+        assert!(check(
+            &OpKind::Remove {
+                member: "n3".into(),
+                purge: true
+            },
+            &snap(Some(&l), &ms, None),
+            false
+        )
+        .is_ok());
+        assert!(check(
+            &OpKind::Remove {
+                member: "n9".into(),
+                purge: true
+            },
+            &snap(Some(&l), &ms, None),
+            false
+        )
+        .unwrap_err()
+        .contains("no member named n9"));
+    }
+
+    #[test]
+    fn switchover_needs_a_streaming_caught_up_candidate() {
+        let mut ms = healthy();
+        let l = lease("n1");
+        let so = |to: &str| OpKind::Switchover {
+            from: "n1".into(),
+            to: to.into(),
+        };
+        assert!(check(&so("n2"), &snap(Some(&l), &ms, None), false).is_ok());
+        ms[2].state = MemberStatus::Replaying;
+        let e = check(&so("n3"), &snap(Some(&l), &ms, None), false).unwrap_err();
+        assert!(e.contains("not a streaming standby"), "{e}");
+        ms[1].lsn = Some(Lsn(0));
+        ms[0].lsn = Some(Lsn(SWITCHOVER_MAX_LAG_BYTES + 1));
+        assert!(check(&so("n2"), &snap(Some(&l), &ms, None), false)
+            .unwrap_err()
+            .contains("not caught up"));
+        assert!(check(&so("n1"), &snap(Some(&l), &ms, None), false)
+            .unwrap_err()
+            .contains("already the primary"));
+    }
+
+    #[test]
+    fn candidate_is_the_most_advanced_streaming_standby() {
+        let ms = healthy();
+        let l = lease("n1");
+        assert_eq!(pick_candidate(&snap(Some(&l), &ms, None)).unwrap(), "n2");
+        let mut ms = healthy();
+        ms[1].state = MemberStatus::Replaying;
+        ms[2].state = MemberStatus::Replaying;
+        assert!(pick_candidate(&snap(Some(&l), &ms, None)).is_err());
+    }
+
+    #[test]
+    fn one_operation_at_a_time() {
+        let ms = healthy();
+        let l = lease("n1");
+        let op = Operation::new(
+            "x".into(),
+            OpKind::Reinit {
+                member: "n3".into(),
+            },
+            NOW,
+        );
+        let e = check(
+            &OpKind::Reinit {
+                member: "n2".into(),
+            },
+            &snap(Some(&l), &ms, Some(&op)),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("in progress"), "{e}");
+        let done = op.at(OpPhase::Done, None, NOW);
+        assert!(check(
+            &OpKind::Reinit {
+                member: "n2".into()
+            },
+            &snap(Some(&l), &ms, Some(&done)),
+            false
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn rejoin_needs_a_primary_and_a_former_primary() {
+        let mut ms = healthy();
+        ms[0].role = Role::Primary;
+        ms[0].state = MemberStatus::Stopped;
+        let l = lease("n2");
+        ms[1].role = Role::Primary;
+        assert!(check(
+            &OpKind::Rejoin {
+                member: "n1".into()
+            },
+            &snap(Some(&l), &ms, None),
+            false
+        )
+        .is_ok());
+        assert!(check(
+            &OpKind::Rejoin {
+                member: "n3".into()
+            },
+            &snap(Some(&l), &ms, None),
+            false
+        )
+        .unwrap_err()
+        .contains("already a standby"));
+        assert!(check(
+            &OpKind::Rejoin {
+                member: "n1".into()
+            },
+            &snap(None, &ms, None),
+            false
+        )
+        .is_err());
+    }
+}
