@@ -416,6 +416,10 @@ impl Agent {
                 return Ok(());
             }
         }
+        if self.removed {
+            // Deregistered: publishing again would register it anew.
+            return Ok(());
+        }
         // Publish what is true now, after the actions.
         let view = self.cluster_view().await?;
         let data = datadir::inspect(&self.bins, &self.cfg.data_dir)?;
@@ -687,10 +691,19 @@ impl Agent {
         } else {
             warn!("operation {} failed: {message}", op.id);
         }
-        // The cluster's position when it finished: the leader's last report.
-        let leader = match self.store.leader_get().await? {
-            Some(l) => self.store.member_get(&l.member).await?,
-            None => None,
+        // The cluster's position when it finished: the leader's, probed afresh when this
+        // member leads (a promotion just changed it), else the leader's last report.
+        let leader_name = self.store.leader_get().await?.map(|l| l.member);
+        let (timeline, lsn) = match (&self.client, leader_name.as_deref()) {
+            (Some(client), Some(l)) if l == self.cfg.name => match sql::probe(client).await {
+                Ok(p) => (p.timeline, p.lsn),
+                Err(_) => (None, None),
+            },
+            (_, Some(l)) => match self.store.member_get(l).await? {
+                Some(m) => (m.timeline, m.lsn),
+                None => (None, None),
+            },
+            _ => (None, None),
         };
         self.store
             .history_append(&HistoryEntry {
@@ -698,8 +711,8 @@ impl Agent {
                 operation: op.kind.name().to_string(),
                 members: op.kind.members(),
                 result: if ok { "done" } else { "failed" }.to_string(),
-                timeline: leader.as_ref().and_then(|m| m.timeline),
-                lsn: leader.as_ref().and_then(|m| m.lsn),
+                timeline,
+                lsn,
                 message: Some(message.to_string()),
             })
             .await

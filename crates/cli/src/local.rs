@@ -40,6 +40,7 @@ pub struct UpOptions {
     pub databases: Vec<String>,
     pub archive: bool,
     pub timeout_s: u64,
+    pub orphan_slot_grace_s: u64,
 }
 
 struct Layout {
@@ -113,7 +114,10 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
         store: StoreConfig::Local {
             path: l.dir.join("store.db"),
         },
-        timing: TimingConfig::default(),
+        timing: TimingConfig {
+            orphan_slot_grace_ms: o.orphan_slot_grace_s * 1000,
+            ..TimingConfig::default()
+        },
     }
 }
 
@@ -342,7 +346,18 @@ async fn start_existing(l: &Layout, timeout_s: u64) -> Result<()> {
     for c in stopped {
         spawn_agent(l, &c.name, &mut spawned)?;
     }
-    wait_healthy(l, &client, &configs, &mut spawned, timeout_s).await?;
+    // A member that waits for the operator (a former primary to rejoin, say) does not stream
+    // by itself: `up` returns once the others are healthy and says what it waits for.
+    let started = pgbaton_store::now_ms();
+    wait_until(l, &client, &configs, &mut spawned, timeout_s, |snap| {
+        settled_or_waiting(snap, &configs, started)
+    })
+    .await?;
+    for m in Snapshot::read(open_store(&client)?.as_ref()).await?.members {
+        if let Some(msg) = m.message.as_deref().filter(|msg| msg.contains("`pgbaton ")) {
+            println!("{} needs the operator: {msg}", m.name);
+        }
+    }
     finish(l, &client).await
 }
 
@@ -381,6 +396,27 @@ fn healthy(snap: &Snapshot, configs: &[NodeConfig]) -> bool {
             let slot = pgbaton_core::model::slot_name_for(&c.name);
             streaming && leader.slots.iter().any(|s| s.name == slot && s.active)
         })
+}
+
+/// Healthy, except members that reported (since `since_ms`) that they wait for an operator.
+fn settled_or_waiting(snap: &Snapshot, configs: &[NodeConfig], since_ms: u64) -> bool {
+    let waiting: Vec<&str> = snap
+        .members
+        .iter()
+        .filter(|m| {
+            m.updated_ms >= since_ms
+                && m.message
+                    .as_deref()
+                    .is_some_and(|msg| msg.contains("`pgbaton "))
+        })
+        .map(|m| m.name.as_str())
+        .collect();
+    let rest: Vec<NodeConfig> = configs
+        .iter()
+        .filter(|c| !waiting.contains(&c.name.as_str()))
+        .cloned()
+        .collect();
+    healthy(snap, &rest)
 }
 
 async fn wait_healthy(

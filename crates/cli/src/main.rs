@@ -55,6 +55,9 @@ enum Cmd {
         /// Give up waiting for a healthy cluster after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// How long the primary keeps a pgbaton slot that belongs to no member.
+        #[arg(long, default_value_t = 300)]
+        orphan_slot_grace: u64,
     },
     /// Stop a local cluster made by `up`.
     Down {
@@ -213,6 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             databases,
             archive,
             timeout,
+            orphan_slot_grace,
         } => {
             let opts = local::UpOptions {
                 dir,
@@ -222,6 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 databases,
                 archive,
                 timeout_s: timeout,
+                orphan_slot_grace_s: orphan_slot_grace,
             };
             runtime()?.block_on(local::up(opts))?;
             Ok(ExitCode::SUCCESS)

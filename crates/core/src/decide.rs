@@ -244,12 +244,14 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
         .filter(|v| !v.starts_with("claimed:"));
 
     match &local.data {
-        DataDir::Foreign(what) => return vec![Action::Fail {
-            reason: format!(
+        DataDir::Foreign(what) => {
+            return vec![Action::Fail {
+                reason: format!(
                 "the data directory is not empty and is not a PostgreSQL data directory ({what}); \
                      pgbaton will not touch it: move it away or point data_dir elsewhere"
             ),
-        }],
+            }]
+        }
         DataDir::Initialized { system_id, .. } if cluster_sysid.is_some_and(|s| s != system_id) => {
             return vec![Action::Fail {
                 reason: format!(

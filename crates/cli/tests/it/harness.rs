@@ -338,3 +338,90 @@ pub fn kill9(pid: i32) {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
+
+/// Run `cmd` as the PostgreSQL OS user (when we are root), from `/`.
+pub fn as_pg(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let u = pg_user();
+    if nix::unistd::Uid::effective().is_root() {
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    cmd.current_dir("/")
+}
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl Cluster {
+    /// `pgbaton -c CONFIG ARGS...` with a longer bound, for operations.
+    pub fn op(&self, args: &[&str]) -> Output {
+        let config = self.config();
+        let mut all = vec!["-c", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        pgbaton(&all, Duration::from_secs(200))
+    }
+
+    /// The slots on `member`'s PostgreSQL, as `name:active` lines.
+    pub fn slots_on(&self, member: &str) -> Vec<String> {
+        self.sql(
+            Some(member),
+            "SELECT slot_name || ':' || active FROM pg_replication_slots ORDER BY 1",
+        )
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+    }
+
+    /// Start and stop `member`'s PostgreSQL by hand, outside pgbaton, running `sql` on it
+    /// while it runs (as a primary when its data directory is a primary's).
+    pub fn run_by_hand(&self, member: &str, sql: &str) -> String {
+        let data = self.data_dir(member);
+        let log = self.dir.join(member).join("by-hand.log");
+        let o = run_with_timeout(
+            as_pg(
+                Command::new(format!("{PG_BIN}/pg_ctl"))
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-l")
+                    .arg(&log)
+                    .args(["-w", "-t", "60", "start"]),
+            ),
+            Duration::from_secs(90),
+        );
+        assert!(o.status.success(), "pg_ctl start {member}: {}", text(&o));
+        let port = (self.port_base + member[1..].parse::<u16>().unwrap() - 1).to_string();
+        let sock = self.dir.join(member).join("run");
+        let out = run_with_timeout(
+            as_pg(
+                Command::new(format!("{PG_BIN}/psql"))
+                    .arg("-h")
+                    .arg(&sock)
+                    .args([
+                        "-p",
+                        &port,
+                        "-d",
+                        "app",
+                        "-X",
+                        "-At",
+                        "-v",
+                        "ON_ERROR_STOP=1",
+                        "-c",
+                        sql,
+                    ]),
+            ),
+            Duration::from_secs(60),
+        );
+        let o = run_with_timeout(
+            as_pg(
+                Command::new(format!("{PG_BIN}/pg_ctl"))
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["-m", "fast", "-w", "-t", "60", "stop"]),
+            ),
+            Duration::from_secs(90),
+        );
+        assert!(o.status.success(), "pg_ctl stop {member}: {}", text(&o));
+        assert!(out.status.success(), "psql on {member}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}

@@ -4,3 +4,4 @@
 mod bad_input;
 mod cluster;
 mod harness;
+mod operations;
