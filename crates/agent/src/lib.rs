@@ -572,7 +572,19 @@ impl Agent {
                 // Now a primary: its own config says so (no primary_conninfo, no standby.signal).
                 files::write_pg_config(&self.cfg, &self.ident.user, false, None)?;
                 server::reload(&self.bins, &self.cfg.data_dir).await?;
-                info!("promoted: PostgreSQL accepts writes");
+                // pg_rewind judges a source's timeline by its last checkpoint, and after a
+                // promotion PostgreSQL checkpoints only later and asynchronously: until then a
+                // former primary rejoining it would be "rewound" against the old timeline and
+                // fail to start. Checkpoint now, before anyone is told about the promotion.
+                let client = self
+                    .client
+                    .as_ref()
+                    .context("no connection to PostgreSQL after promoting")?;
+                client
+                    .batch_execute("CHECKPOINT")
+                    .await
+                    .context("checkpoint after promotion")?;
+                info!("promoted: PostgreSQL accepts writes (checkpointed on the new timeline)");
                 Ok(true)
             }
             Action::Rejoin { upstream } => self.rejoin(&upstream).await.map(|_| true),

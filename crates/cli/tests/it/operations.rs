@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// True on a primary whose last checkpoint is on the timeline it writes.
+const CHECKPOINT_ON_CURRENT_TIMELINE: &str = "SELECT timeline_id = ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int FROM pg_control_checkpoint()";
+
 fn refused(o: &std::process::Output, needle: &str) {
     let t = text(o);
     assert!(!o.status.success(), "expected a refusal:\n{t}");
@@ -61,6 +64,13 @@ fn promote_after_losing_the_primary_then_rejoin_rewinds_the_diverged_one() {
         count(&c, "n2", "SELECT count(*) FROM rows"),
         500,
         "rows lost in the promotion"
+    );
+    // Checkpointed on its new timeline before the command returned (pg_rewind reads a
+    // source's timeline from its last checkpoint).
+    assert_eq!(
+        c.sql(Some("n2"), CHECKPOINT_ON_CURRENT_TIMELINE).unwrap(),
+        "t",
+        "n2 had not checkpointed on its timeline"
     );
     c.sql(Some("n2"), "INSERT INTO rows VALUES (501, 'n2')")
         .expect("the new primary accepts writes");
@@ -245,7 +255,10 @@ fn reinit_reclones_a_standby_with_progress() {
     // pg_basebackup's progress was read and published (the CLI shows it when its poll
     // falls inside the clone, which a 20 MB clone may finish before).
     let log = std::fs::read_to_string(c.dir.join("n2/agent.log")).unwrap();
-    assert!(log.contains("re-cloning from n1") && log.contains("base backup 100%"), "{log}");
+    assert!(
+        log.contains("re-cloning from n1") && log.contains("base backup 100%"),
+        "{log}"
+    );
     assert!(!marker.exists(), "the data directory was not replaced");
     c.wait_healthy(Duration::from_secs(60));
     wait_for(
@@ -298,10 +311,20 @@ fn switchover_there_and_back_loses_no_acknowledged_write() {
     // A continuous writer; only rows whose commit was acknowledged count.
     let stop = AtomicBool::new(false);
     let acked = Mutex::new(Vec::<u32>::new());
+    /// Stops the writer however the scope is left: a failed assertion inside it would
+    /// otherwise wait for a writer that never stops.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|s| {
+        let _stop_writer = StopOnDrop(&stop);
         s.spawn(|| {
             let mut i = 0u32;
-            while !stop.load(Ordering::Relaxed) && i < 100_000 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(240);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
                 i += 1;
                 if c.sql(None, &format!("INSERT INTO w VALUES ({i})")).is_ok() {
                     acked.lock().unwrap().push(i);
@@ -312,6 +335,13 @@ fn switchover_there_and_back_loses_no_acknowledged_write() {
         let t = ok(&c.op(&["switchover", "--to", "n2"]));
         assert!(t.contains("switchover done"), "{t}");
         assert_eq!(c.list()["leader"], "n2");
+        // Checkpointed on its new timeline before the command returned (pg_rewind reads a
+        // source's timeline from its last checkpoint).
+        assert_eq!(
+            c.sql(Some("n2"), CHECKPOINT_ON_CURRENT_TIMELINE).unwrap(),
+            "t",
+            "n2 had not checkpointed on its timeline"
+        );
         std::thread::sleep(Duration::from_secs(1));
         let t = ok(&c.op(&["switchover", "--to", "n1"]));
         assert!(t.contains("switchover done"), "{t}");
