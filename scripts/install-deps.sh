@@ -12,6 +12,8 @@ missing=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] && [ -x /usr/lib/postgresql/15/bin/pg_basebackup ] || missing+=(postgresql-15 postgresql-client-15)
 command -v cc >/dev/null || missing+=(gcc)          # rusqlite builds SQLite from source
 command -v bc >/dev/null || missing+=(bc)           # .ci/run and bench/ add up figures
+command -v haproxy >/dev/null || missing+=(haproxy) # tests of examples/haproxy.cfg
+command -v chromium >/dev/null || missing+=(chromium) # headless test of the status page
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   $SUDO apt-get update -q

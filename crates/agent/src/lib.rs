@@ -100,6 +100,7 @@ pub struct Agent {
     orphans_since: std::collections::BTreeMap<String, u64>,
     /// This member was removed from the cluster: the agent exits without publishing again.
     removed: bool,
+    auth: api::Auth,
 }
 
 /// What the preflight found, for the agent to use.
@@ -109,6 +110,32 @@ pub struct Checked {
     /// `None`: none configured and none generated yet.
     pub password: Option<String>,
     pub store: Arc<dyn Store>,
+    /// Credentials the API asks of mutating requests.
+    pub auth: api::Auth,
+}
+
+/// Read the API credentials the config names (as the OS user: the files are 0600).
+pub fn load_api_auth(cfg: &NodeConfig) -> Result<api::Auth> {
+    let read = |p: &std::path::Path, key: &str| -> Result<String> {
+        let s =
+            std::fs::read_to_string(p).with_context(|| format!("read {} ({key})", p.display()))?;
+        let s = s.trim_end_matches(['\n', '\r']).to_string();
+        if s.is_empty() {
+            bail!("{} ({key}) is empty", p.display());
+        }
+        Ok(s)
+    };
+    let token = cfg
+        .api
+        .auth_token_file
+        .as_deref()
+        .map(|p| read(p, "api.auth_token_file"))
+        .transpose()?;
+    let basic = match (&cfg.api.auth_username, &cfg.api.auth_password_file) {
+        (Some(u), Some(p)) => Some((u.clone(), read(p, "api.auth_password_file")?)),
+        _ => None,
+    };
+    Ok(api::Auth { token, basic })
 }
 
 /// Everything that can be wrong before the first loop, checked without creating anything
@@ -156,11 +183,13 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
             );
         }
     }
+    let auth = load_api_auth(cfg)?;
     Ok(Checked {
         bins,
         major,
         password,
         store,
+        auth,
     })
 }
 
@@ -176,6 +205,7 @@ impl Agent {
             major,
             password,
             store,
+            auth,
         } = checked;
         let password = match password {
             Some(p) => p,
@@ -223,6 +253,7 @@ impl Agent {
                 held_lease: false,
                 orphans_since: Default::default(),
                 removed: false,
+                auth,
             },
             listener,
         ))
@@ -234,7 +265,12 @@ impl Agent {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        let app = api::router(self.shared.clone());
+        let app = api::router(api::ApiState {
+            shared: self.shared.clone(),
+            store: self.store.clone(),
+            cfg: Arc::new(self.cfg.clone()),
+            auth: self.auth.clone(),
+        });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 error!("the agent's API stopped: {e}");
@@ -384,7 +420,11 @@ impl Agent {
             let what = format!("{action:?}");
             let may_fail_op = matches!(
                 action,
-                Action::Promote | Action::Rejoin { .. } | Action::Reinit { .. }
+                Action::Promote
+                    | Action::Rejoin { .. }
+                    | Action::Reinit { .. }
+                    | Action::Restart { .. }
+                    | Action::Reload
             );
             match self.execute(action, &view, &local).await {
                 Ok(true) => {}
@@ -426,6 +466,14 @@ impl Agent {
         let pg = self.observe_pg(&view).await;
         let local = self.local_view(&view, data, pg);
         let status = self.status_of(&local);
+        {
+            let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            sh.replay_lag_ms = self.probe.as_ref().and_then(|p| p.replay_lag_ms);
+            sh.view = Some(view);
+            if let Some(t) = sh.last_loop {
+                sh.last_loop_duration = t.elapsed();
+            }
+        }
         self.publish_full(&local, status, None).await
     }
 
@@ -585,9 +633,24 @@ impl Agent {
                     .await
                     .context("checkpoint after promotion")?;
                 info!("promoted: PostgreSQL accepts writes (checkpointed on the new timeline)");
+                self.shared
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .promotions += 1;
                 Ok(true)
             }
             Action::Rejoin { upstream } => self.rejoin(&upstream).await.map(|_| true),
+            Action::Restart { upstream } => {
+                info!("restarting PostgreSQL as asked");
+                let standby = matches!(local.data, DataDir::Initialized { standby: true, .. });
+                self.stop_pg().await?;
+                self.start(standby, upstream.as_ref()).await.map(|_| true)
+            }
+            Action::Reload => {
+                server::reload(&self.bins, &self.cfg.data_dir).await?;
+                info!("PostgreSQL reloaded its configuration as asked");
+                Ok(true)
+            }
             Action::Reinit { from } => {
                 info!("re-cloning from {} as asked (reinit)", from.member);
                 self.stop_pg().await?;

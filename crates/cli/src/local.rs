@@ -5,6 +5,7 @@
 //! DIR/pgbaton.toml           client config: every other command takes it with -c
 //! DIR/store.db               the embedded store (SQLite), shared by the agents
 //! DIR/replication.password   the replication user's password (0600)
+//! DIR/api.token              the token for the agents' mutating API requests (0600)
 //! DIR/archive/               WAL archive (with --archive)
 //! DIR/nI/node.toml           member I's node config
 //! DIR/nI/data/               its data directory (0700)
@@ -109,6 +110,7 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
         },
         api: ApiConfig {
             listen: format!("127.0.0.1:{}", o.port_base as u32 + 1000 + i as u32 - 1),
+            auth_token_file: Some(l.dir.join("api.token")),
             ..Default::default()
         },
         store: StoreConfig::Local {
@@ -118,6 +120,7 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
             orphan_slot_grace_ms: o.orphan_slot_grace_s * 1000,
             ..TimingConfig::default()
         },
+        tags: Default::default(),
     }
 }
 
@@ -276,6 +279,14 @@ pub async fn up(o: UpOptions) -> Result<()> {
         &user,
         &l.dir.join("replication.password"),
         &format!("{pw}\n"),
+        0o600,
+    )?;
+    // The token the agents' API asks of mutating requests (the CLI reads it from here).
+    let token = pgbaton_pg::files::generate_password()?;
+    write_owned(
+        &user,
+        &l.dir.join("api.token"),
+        &format!("{token}\n"),
         0o600,
     )?;
     if o.archive {

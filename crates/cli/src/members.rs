@@ -4,122 +4,14 @@ use crate::cluster::{open_store, Snapshot};
 use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, ContentArrangement, Table};
 use pgbaton_core::config::ClientConfig;
-use pgbaton_core::model::{MemberState, MemberStatus, Role};
+use pgbaton_core::model::{MemberState, MemberStatus};
 use pgbaton_core::render::conninfo;
+pub use pgbaton_core::report::ClusterReport;
 use pgbaton_store::now_ms;
-use serde::Serialize;
 
-/// A member as `list` shows it: its own report plus what the primary knows of its slot.
-#[derive(Serialize, Debug)]
-pub struct MemberRow {
-    pub name: String,
-    pub role: Role,
-    pub state: MemberStatus,
-    pub leader: bool,
-    pub host: String,
-    pub port: u16,
-    pub timeline: Option<u32>,
-    pub lsn: Option<String>,
-    /// Standby: bytes of WAL it has yet to replay to reach the primary's current LSN.
-    pub lag_bytes: Option<u64>,
-    pub upstream: Option<String>,
-    /// Its replication slot on the primary, if the primary has it.
-    pub slot: Option<String>,
-    pub slot_active: Option<bool>,
-    /// WAL the primary retains for that slot.
-    pub slot_retained_bytes: Option<u64>,
-    pub system_id: Option<String>,
-    pub api_url: String,
-    /// Seconds since the member's agent last reported.
-    pub last_seen_s: u64,
-    pub message: Option<String>,
-}
-
-/// A slot on the primary that belongs to no member.
-#[derive(Serialize, Debug)]
-pub struct OrphanSlot {
-    pub name: String,
-    pub active: bool,
-    pub retained_bytes: Option<u64>,
-    /// Named by pgbaton (`pgbaton_*`): the primary drops it after the grace period.
-    /// Otherwise someone else made it: reported, never dropped.
-    pub pgbaton_named: bool,
-}
-
-#[derive(Serialize, Debug)]
-pub struct ClusterReport {
-    pub cluster: String,
-    pub leader: Option<String>,
-    pub members: Vec<MemberRow>,
-    pub orphan_slots: Vec<OrphanSlot>,
-}
-
+/// The cluster as `list` shows it.
 pub fn report(cluster: &str, snap: &Snapshot) -> ClusterReport {
-    let primary = snap.leader_member();
-    let now = now_ms();
-    let members = snap
-        .members
-        .iter()
-        .map(|m| {
-            let is_leader = snap.leader.as_ref().is_some_and(|l| l.member == m.name);
-            let slot = primary
-                .filter(|p| p.name != m.name)
-                .and_then(|p| p.slots.iter().find(|s| s.name == m.slot_name));
-            let lag_bytes = match (m.role, primary, m.lsn) {
-                (Role::Standby, Some(p), Some(lsn)) => p.lsn.map(|plsn| lsn.bytes_until(plsn)),
-                (Role::Primary, _, Some(_)) if is_leader => Some(0),
-                _ => None,
-            };
-            MemberRow {
-                name: m.name.clone(),
-                role: m.role,
-                // An agent that stopped reporting: its last word is not the truth any more.
-                state: if now.saturating_sub(m.updated_ms) > pgbaton_core::ops::STALE_MS
-                    && !matches!(m.state, MemberStatus::Stopped | MemberStatus::Failed)
-                {
-                    MemberStatus::Unreachable
-                } else {
-                    m.state
-                },
-                leader: is_leader,
-                host: m.host.clone(),
-                port: m.port,
-                timeline: m.timeline,
-                lsn: m.lsn.map(|l| l.to_string()),
-                lag_bytes,
-                upstream: m.upstream.clone(),
-                slot: slot.map(|s| s.name.clone()),
-                slot_active: slot.map(|s| s.active),
-                slot_retained_bytes: slot.and_then(|s| s.retained_bytes),
-                system_id: m.system_id.clone(),
-                api_url: m.api_url.clone(),
-                last_seen_s: now.saturating_sub(m.updated_ms) / 1000,
-                message: m.message.clone(),
-            }
-        })
-        .collect();
-    let orphan_slots = match primary {
-        Some(p) => {
-            let (ours, foreign) = pgbaton_core::decide::orphan_slots(&snap.members, &p.slots);
-            p.slots
-                .iter()
-                .filter(|s| ours.contains(&s.name) || foreign.contains(&s.name))
-                .map(|s| OrphanSlot {
-                    name: s.name.clone(),
-                    active: s.active,
-                    retained_bytes: s.retained_bytes,
-                    pgbaton_named: ours.contains(&s.name),
-                })
-                .collect()
-        }
-        None => vec![],
-    };
-    ClusterReport {
-        orphan_slots,
-        cluster: cluster.to_string(),
-        leader: snap.leader.as_ref().map(|l| l.member.clone()),
-        members,
-    }
+    pgbaton_core::report::report(cluster, snap.leader.as_ref(), &snap.members, now_ms())
 }
 
 /// Bytes in the largest unit that keeps the number readable.

@@ -54,6 +54,26 @@ pub struct NodeConfig {
     /// The `[timing]` table.
     #[serde(default)]
     pub timing: TimingConfig,
+    /// The `[tags]` table: what this member is for.
+    #[serde(default)]
+    pub tags: TagsConfig,
+}
+
+/// The `[tags]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TagsConfig {
+    /// Never make this member the primary automatically. Default false.
+    pub nofailover: bool,
+    /// Keep this member out of read load balancing: `/replica` answers 503. Default false.
+    pub noloadbalance: bool,
+    /// Preference among failover candidates (higher first; 0 = never). Default 1.
+    #[serde(default = "one")]
+    pub failover_priority: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The `[postgresql]` table: how to run and reach the PostgreSQL instance.
@@ -229,6 +249,15 @@ pub struct ApiConfig {
     /// URL others use to reach the API. Default `http://<listen>` (see [`NodeConfig::api_url`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_url: Option<String>,
+    /// A file (0600) holding a token: mutating requests must send `Authorization: Bearer <token>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Basic authentication for mutating requests: this user name, with the password in
+    /// `auth_password_file`. Either or both of token and basic may be set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_password_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -236,6 +265,9 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: "127.0.0.1:8008".to_string(),
             connect_url: None,
+            auth_token_file: None,
+            auth_username: None,
+            auth_password_file: None,
         }
     }
 }
@@ -801,6 +833,36 @@ impl ApiConfig {
                     "a URL starting with http:// or https://",
                 ));
             }
+        }
+        if let Some(p) = &self.auth_token_file {
+            check_abs_path("api.auth_token_file", p)?;
+        }
+        if let Some(p) = &self.auth_password_file {
+            check_abs_path("api.auth_password_file", p)?;
+        }
+        match (&self.auth_username, &self.auth_password_file) {
+            (Some(u), None) => {
+                return Err(ConfigError::new(
+                    "api.auth_password_file",
+                    "(not set)".to_string(),
+                    format!("a password file for api.auth_username = {}", lit(u)),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "api.auth_username",
+                    "(not set)".to_string(),
+                    "a user name for api.auth_password_file",
+                ))
+            }
+            (Some(u), Some(_)) if u.is_empty() || u.contains(':') => {
+                return Err(ConfigError::new(
+                    "api.auth_username",
+                    lit(u),
+                    "a non-empty user name without ':'",
+                ))
+            }
+            _ => {}
         }
         Ok(())
     }

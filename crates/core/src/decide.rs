@@ -125,6 +125,10 @@ pub enum Action {
     Rejoin { upstream: Upstream },
     /// Stop, re-clone from `from` into a scratch directory, swap it in, start (asked for).
     Reinit { from: Upstream },
+    /// Stop PostgreSQL (fast) and start it again in its role (asked for).
+    Restart { upstream: Option<Upstream> },
+    /// Make PostgreSQL re-read its configuration files.
+    Reload,
     /// Stop PostgreSQL, deregister, delete the data directory when `purge`; the agent exits.
     RemoveSelf { op: Operation, purge: bool },
     /// Switchover, on the old primary: stop cleanly, record the shutdown checkpoint in the
@@ -415,6 +419,26 @@ fn decide_op(
                 Err(reason) => vec![Action::Wait { reason }],
             }
         }),
+        (OpKind::Restart { member }, OpPhase::Requested) if member == me => {
+            let upstream = if matches!(local.data, DataDir::Initialized { standby: true, .. }) {
+                ready_upstream(view, me)
+                    .ok()
+                    .or_else(|| leader_upstream(view, me))
+            } else {
+                None
+            };
+            Some(vec![
+                Action::Restart { upstream },
+                finish(true, format!("{me}'s PostgreSQL restarted")),
+            ])
+        }
+        (OpKind::Reload { member }, OpPhase::Requested) if member == me => Some(vec![
+            Action::Reload,
+            finish(
+                true,
+                format!("{me}'s PostgreSQL reloaded its configuration"),
+            ),
+        ]),
         (OpKind::Remove { member, purge }, OpPhase::Requested) if member == me => Some(if i_lead {
             vec![finish(
                 false,

@@ -7,6 +7,8 @@
 
 pub mod config;
 pub mod decide;
+pub mod health;
 pub mod model;
 pub mod ops;
 pub mod render;
+pub mod report;

@@ -275,6 +275,10 @@ pub enum OpKind {
     Reinit { member: String },
     /// Planned change of primary from `from` to `to`.
     Switchover { from: String, to: String },
+    /// Restart a member's PostgreSQL (fast stop, start in its role).
+    Restart { member: String },
+    /// Make a member's PostgreSQL re-read its configuration files.
+    Reload { member: String },
 }
 
 impl OpKind {
@@ -285,6 +289,8 @@ impl OpKind {
             OpKind::Remove { .. } => "remove",
             OpKind::Reinit { .. } => "reinit",
             OpKind::Switchover { .. } => "switchover",
+            OpKind::Restart { .. } => "restart",
+            OpKind::Reload { .. } => "reload",
         }
     }
 
@@ -294,7 +300,9 @@ impl OpKind {
             OpKind::Promote { member }
             | OpKind::Rejoin { member }
             | OpKind::Remove { member, .. }
-            | OpKind::Reinit { member } => vec![member.clone()],
+            | OpKind::Reinit { member }
+            | OpKind::Restart { member }
+            | OpKind::Reload { member } => vec![member.clone()],
             OpKind::Switchover { from, to } => vec![from.clone(), to.clone()],
         }
     }

@@ -150,6 +150,15 @@ pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
             }
             Ok(())
         }
+        OpKind::Restart { member } | OpKind::Reload { member } => {
+            let m = s.member(member)?;
+            if !s.fresh(m) {
+                return Err(format!(
+                    "{member}'s agent is not reporting: it cannot act on the request"
+                ));
+            }
+            Ok(())
+        }
         OpKind::Switchover { from, to } => {
             let Some(p) = s.healthy_primary() else {
                 return Err("no healthy primary to switch over from".into());

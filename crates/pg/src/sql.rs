@@ -44,6 +44,9 @@ pub struct Probe {
     pub slots: Vec<SlotInfo>,
     /// The configured primary_conninfo (empty on a primary).
     pub primary_conninfo: String,
+    /// Standby: ms since the last replayed transaction committed on the primary, 0 when
+    /// everything received is replayed.
+    pub replay_lag_ms: Option<u64>,
 }
 
 fn lsn(s: Option<String>) -> Option<Lsn> {
@@ -74,7 +77,9 @@ pub async fn probe(client: &Client) -> Result<Probe> {
         let row = client
             .query_one(
                 "SELECT pg_last_wal_replay_lsn()::text, pg_last_wal_receive_lsn()::text, \
-                        r.status, r.sender_host, r.sender_port, r.received_tli \
+                        r.status, r.sender_host, r.sender_port, r.received_tli, \
+                        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                             ELSE (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint END \
                  FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver r ON true",
                 &[],
             )
@@ -89,6 +94,7 @@ pub async fn probe(client: &Client) -> Result<Probe> {
         if let Some(tli) = row.get::<_, Option<i32>>(5) {
             p.timeline = Some(tli as u32);
         }
+        p.replay_lag_ms = row.get::<_, Option<i64>>(6).map(|ms| ms.max(0) as u64);
     } else {
         // The timeline of the WAL being written: the first 8 hex digits of its file name
         // (pg_control_checkpoint() still shows the old one until the next checkpoint after

@@ -1,0 +1,187 @@
+//! `/metrics`: Prometheus (OpenMetrics text) built from the loop's last snapshot on each
+//! scrape. Names carry the `pgbaton_` prefix and unit suffixes.
+
+use super::{read, ApiState};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pgbaton_core::model::{MemberStatus, Role};
+use pgbaton_store::now_ms;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+type Labels = Vec<(String, String)>;
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    reg.register(name, help, g);
+}
+
+fn fgauge(reg: &mut Registry, name: &str, help: &str, v: f64) {
+    let g: Gauge<f64, AtomicU64> = Gauge::default();
+    g.set(v);
+    reg.register(name, help, g);
+}
+
+/// The exposition text for this agent's view.
+pub fn render(st: &ApiState) -> String {
+    let s = read(&st.shared);
+    let f = super::facts(&s, &st.cfg);
+    let mut reg = Registry::with_prefix("pgbaton");
+    let me = s.member.as_ref();
+    let running = me.is_some_and(|m| {
+        matches!(
+            m.state,
+            MemberStatus::Running | MemberStatus::Streaming | MemberStatus::Replaying
+        )
+    });
+    gauge(
+        &mut reg,
+        "postgres_running",
+        "1 when this member's PostgreSQL runs",
+        running as i64,
+    );
+    gauge(
+        &mut reg,
+        "primary",
+        "1 when this member runs the primary",
+        me.is_some_and(|m| m.role == Role::Primary && running) as i64,
+    );
+    gauge(
+        &mut reg,
+        "standby",
+        "1 when this member runs a standby",
+        me.is_some_and(|m| m.role == Role::Standby && running) as i64,
+    );
+    gauge(
+        &mut reg,
+        "streaming",
+        "1 when this standby streams from its upstream",
+        me.is_some_and(|m| m.state == MemberStatus::Streaming) as i64,
+    );
+    gauge(
+        &mut reg,
+        "leader",
+        "1 when this member holds the leader lease",
+        f.is_leader as i64,
+    );
+    if let Some(m) = me {
+        if let Some(t) = m.timeline {
+            gauge(&mut reg, "timeline", "PostgreSQL timeline", t as i64);
+        }
+        if let Some(l) = m.lsn {
+            gauge(
+                &mut reg,
+                "wal_position_bytes",
+                "Primary: current WAL LSN; standby: last replayed, as a byte position",
+                l.0 as i64,
+            );
+        }
+        if let Some(l) = m.receive_lsn {
+            gauge(
+                &mut reg,
+                "wal_received_position_bytes",
+                "Standby: last received WAL LSN, as a byte position",
+                l.0 as i64,
+            );
+        }
+    }
+    if let Some(lag) = f.lag_bytes {
+        gauge(
+            &mut reg,
+            "replication_lag_bytes",
+            "WAL this member has yet to replay to reach the primary's last report",
+            lag as i64,
+        );
+    }
+    if let Some(ms) = s.replay_lag_ms {
+        fgauge(&mut reg, "replication_lag_seconds", "Time since the last replayed transaction was committed on the primary (0 when caught up)", ms as f64 / 1000.0);
+    }
+    let slots: Family<Labels, Gauge> = Family::default();
+    let slot_active: Family<Labels, Gauge> = Family::default();
+    for sl in me.map(|m| m.slots.as_slice()).unwrap_or_default() {
+        let l = vec![("slot".to_string(), sl.name.clone())];
+        slots
+            .get_or_create(&l)
+            .set(sl.retained_bytes.unwrap_or(0) as i64);
+        slot_active.get_or_create(&l).set(sl.active as i64);
+    }
+    reg.register(
+        "slot_retained_wal_bytes",
+        "WAL a replication slot holds back on this member",
+        slots,
+    );
+    reg.register(
+        "slot_active",
+        "1 when someone streams through the slot",
+        slot_active,
+    );
+    let holder: Family<Labels, Gauge> = Family::default();
+    if let Some(l) = s
+        .view
+        .as_ref()
+        .and_then(|v| v.leader.as_ref())
+        .filter(|l| l.expires_ms > now_ms())
+    {
+        holder
+            .get_or_create(&vec![("member".to_string(), l.member.clone())])
+            .set(1);
+    }
+    reg.register(
+        "cluster_leader",
+        "The member that holds the leader lease (value 1)",
+        holder,
+    );
+    fgauge(
+        &mut reg,
+        "loop_duration_seconds",
+        "How long the agent's last loop took",
+        s.last_loop_duration.as_secs_f64(),
+    );
+    let age = s
+        .last_loop
+        .map(|t| t.elapsed().as_secs_f64())
+        .unwrap_or(f64::INFINITY);
+    fgauge(
+        &mut reg,
+        "loop_age_seconds",
+        "Time since the agent's loop last ran",
+        age,
+    );
+    let promotions: Counter = Counter::default();
+    promotions.inc_by(s.promotions);
+    reg.register(
+        "promotions",
+        "Promotions this agent performed (failovers and switchovers to it)",
+        promotions,
+    );
+    let mut out = String::new();
+    if encode(&mut out, &reg).is_err() {
+        out.clear();
+    }
+    out
+}
+
+pub async fn metrics(State(st): State<ApiState>) -> Response {
+    let body = render(&st);
+    if body.is_empty() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not encode the metrics",
+        )
+            .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
