@@ -119,6 +119,23 @@ enum Cmd {
         #[command(flatten)]
         common: OpArgs,
     },
+    /// Restart a member's PostgreSQL, through its agent's API.
+    Restart {
+        member: String,
+        /// File holding the API token (default: api.token beside a local cluster's store).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        common: OpArgs,
+    },
+    /// Make a member's PostgreSQL re-read its configuration, through its agent's API.
+    Reload {
+        member: String,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        common: OpArgs,
+    },
     /// The cluster's history of operations.
     History {
         #[arg(long)]
@@ -137,6 +154,29 @@ struct OpArgs {
     /// Give up following the operation after this many seconds (the agents carry on).
     #[arg(long, default_value_t = 180)]
     timeout: u64,
+}
+
+fn via_agent(
+    config: Option<PathBuf>,
+    action: &str,
+    member: String,
+    token_file: Option<PathBuf>,
+    common: OpArgs,
+) -> Result<ExitCode> {
+    let cfg = cluster::load_client_config(&config_path(config))?;
+    let o = operate::OpOptions {
+        json: common.json,
+        timeout_s: common.timeout,
+        force: false,
+    };
+    runtime()?.block_on(operate::via_agent(
+        &cfg,
+        &member,
+        action,
+        token_file.as_deref(),
+        &o,
+    ))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn operate(
@@ -282,6 +322,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let kind = runtime()?.block_on(operate::switchover_kind(&cfg, to))?;
             operate(cli.config, kind, common, false)
         }
+        Cmd::Restart {
+            member,
+            token_file,
+            common,
+        } => via_agent(cli.config, "restart", member, token_file, common),
+        Cmd::Reload {
+            member,
+            token_file,
+            common,
+        } => via_agent(cli.config, "reload", member, token_file, common),
         Cmd::History { json, limit } => {
             let cfg = cluster::load_client_config(&config_path(cli.config))?;
             runtime()?.block_on(operate::history(&cfg, json, limit))?;

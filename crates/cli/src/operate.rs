@@ -130,6 +130,72 @@ async fn settle(store: &dyn Store, o: &OpOptions) -> Result<()> {
     }
 }
 
+/// Ask `member`'s agent, through its API, to act (restart, reload); then follow the
+/// operation it posts like any other. The token comes from `token_file`, or from the local
+/// cluster directory's api.token.
+pub async fn via_agent(
+    cfg: &ClientConfig,
+    member: &str,
+    action: &str,
+    token_file: Option<&std::path::Path>,
+    o: &OpOptions,
+) -> Result<()> {
+    let store = open_store(cfg)?;
+    let m = store
+        .member_get(member)
+        .await?
+        .with_context(|| format!("no member named {member}"))?;
+    let token_path = match token_file {
+        Some(p) => p.to_path_buf(),
+        None => match &cfg.store {
+            pgbaton_core::config::StoreConfig::Local { path } => path.with_file_name("api.token"),
+            _ => bail!("--token-file is needed: the agent's API asks for a token"),
+        },
+    };
+    let token = std::fs::read_to_string(&token_path)
+        .with_context(|| format!("read the API token {}", token_path.display()))?
+        .trim()
+        .to_string();
+    let url = format!("{}/{action}", m.api_url.trim_end_matches('/'));
+    let resp = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?
+        .post(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .with_context(|| format!("reach {member}'s agent at {url}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if status != reqwest::StatusCode::ACCEPTED {
+        bail!(
+            "{member}'s agent answered {status}: {}",
+            body["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    let op: Operation = serde_json::from_value(body["operation"].clone())
+        .context("the agent's answer holds no operation")?;
+    if !o.json {
+        eprintln!("{action} {member}: requested through its agent ({})", op.id);
+    }
+    let last = follow(store.as_ref(), &op, o).await?;
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&last)?);
+    }
+    match last.phase {
+        OpPhase::Done => {
+            if !o.json {
+                println!("{action} done: {}", last.message.unwrap_or_default());
+            }
+            Ok(())
+        }
+        _ => bail!(
+            "{action} failed: {}",
+            last.message.unwrap_or_else(|| "no reason given".into())
+        ),
+    }
+}
+
 /// Poll the operation until it finishes, printing each new step and progress.
 async fn follow(store: &dyn Store, op: &Operation, o: &OpOptions) -> Result<Operation> {
     let deadline = Instant::now() + Duration::from_secs(o.timeout_s);

@@ -101,7 +101,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/reinitialize", post(reinit))
         .route("/reload", post(reload));
     for p in HEALTH_PATHS {
-        r = r.route(p, any(health_check));
+        // With and without a trailing slash: load balancer configs in the wild have both.
+        r = r
+            .route(p, any(health_check))
+            .route(&format!("{p}/"), any(health_check));
     }
     r.with_state(state)
 }
@@ -340,16 +343,22 @@ async fn submit(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let (leader, members, op) = {
-        let s = read(&st.shared);
-        match &s.view {
-            Some(v) => (v.leader.clone(), v.members.clone(), v.op.clone()),
-            None => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the agent has not read the store yet",
-                )
-            }
+    // Read the store afresh (the loop's snapshot may be a loop old): a request is checked
+    // against the cluster as it is now, like the CLI does.
+    let fresh = async {
+        anyhow::Ok((
+            st.store.leader_get().await?,
+            st.store.members().await?,
+            st.store.op_get().await?,
+        ))
+    };
+    let (leader, members, op) = match fresh.await {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("read the cluster from the store: {e:#}"),
+            )
         }
     };
     let snap = ops::Snapshot {
