@@ -340,6 +340,7 @@ impl Agent {
             leader: self.store.leader_get().await?,
             members: self.store.members().await?,
             op: self.store.op_get().await?,
+            paused: self.store.paused().await?,
         })
     }
 

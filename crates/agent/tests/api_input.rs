@@ -60,6 +60,7 @@ fn state(dir: &Path) -> ApiState {
             member("n2", Role::Standby, MemberStatus::Streaming),
         ],
         op: None,
+        paused: false,
     };
     let shared = Arc::new(RwLock::new(Shared {
         member: Some(me),
@@ -148,7 +149,7 @@ proptest! {
                 prop_assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
             }
         }
-        if ["/switchover", "/failover", "/restart", "/reinit", "/reload"].contains(&path) && method == "POST" && !with_token {
+        if ["/switchover", "/failover", "/restart", "/reinit", "/reload", "/pause", "/resume"].contains(&path) && method == "POST" && !with_token {
             prop_assert_eq!(code, StatusCode::UNAUTHORIZED, "{} {} without the token", method, uri);
         }
     }

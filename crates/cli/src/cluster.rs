@@ -36,6 +36,7 @@ pub fn load_client_config(path: &Path) -> Result<ClientConfig> {
 pub struct Snapshot {
     pub leader: Option<Leader>,
     pub members: Vec<MemberState>,
+    pub paused: bool,
 }
 
 impl Snapshot {
@@ -43,6 +44,7 @@ impl Snapshot {
         Ok(Snapshot {
             leader: store.leader_get().await?,
             members: store.members().await?,
+            paused: store.paused().await?,
         })
     }
 

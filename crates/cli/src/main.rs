@@ -136,6 +136,10 @@ enum Cmd {
         #[command(flatten)]
         common: OpArgs,
     },
+    /// Pause the cluster: the agents take no automatic action (operations still run).
+    Pause,
+    /// End a pause.
+    Resume,
     /// The cluster's history of operations.
     History {
         #[arg(long)]
@@ -332,6 +336,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             token_file,
             common,
         } => via_agent(cli.config, "reload", member, token_file, common),
+        Cmd::Pause | Cmd::Resume => {
+            let cfg = cluster::load_client_config(&config_path(cli.config))?;
+            runtime()?.block_on(operate::set_paused(&cfg, matches!(cli.cmd, Cmd::Pause)))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::History { json, limit } => {
             let cfg = cluster::load_client_config(&config_path(cli.config))?;
             runtime()?.block_on(operate::history(&cfg, json, limit))?;

@@ -11,7 +11,10 @@ use pgbaton_store::now_ms;
 
 /// The cluster as `list` shows it.
 pub fn report(cluster: &str, snap: &Snapshot) -> ClusterReport {
-    pgbaton_core::report::report(cluster, snap.leader.as_ref(), &snap.members, now_ms())
+    let mut r =
+        pgbaton_core::report::report(cluster, snap.leader.as_ref(), &snap.members, now_ms());
+    r.paused = snap.paused;
+    r
 }
 
 /// Bytes in the largest unit that keeps the number readable.
@@ -88,6 +91,9 @@ pub async fn list(cfg: &ClientConfig, json: bool) -> Result<()> {
         println!("{}", table(&r));
         if r.leader.is_none() {
             println!("No member holds the leader lease.");
+        }
+        if r.paused {
+            println!("The cluster is PAUSED: agents take no automatic action (`pgbaton resume` ends it).");
         }
         for o in &r.orphan_slots {
             let retained = o

@@ -352,6 +352,22 @@ pub async fn switchover_kind(cfg: &ClientConfig, to: Option<String>) -> Result<O
     Ok(OpKind::Switchover { from, to })
 }
 
+/// `pgbaton pause` / `resume`: set the flag, record it in the history.
+pub async fn set_paused(cfg: &ClientConfig, paused: bool) -> Result<()> {
+    let store = open_store(cfg)?;
+    let was = pgbaton_store::pause_and_record(store.as_ref(), paused, "asked with the CLI").await?;
+    println!(
+        "{}",
+        match (was, paused) {
+            (true, true) => "the cluster was already paused",
+            (false, true) => "paused: the agents take no automatic action until `pgbaton resume`",
+            (true, false) => "resumed: the agents act again",
+            (false, false) => "the cluster was not paused",
+        }
+    );
+    Ok(())
+}
+
 /// `pgbaton history`
 pub async fn history(cfg: &ClientConfig, json: bool, limit: usize) -> Result<()> {
     let store = open_store(cfg)?;

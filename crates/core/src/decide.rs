@@ -33,6 +33,8 @@ pub struct ClusterView {
     pub members: Vec<MemberState>,
     /// The current operation (in flight or finished).
     pub op: Option<Operation>,
+    /// The operator paused the cluster: no automatic action (operations still run).
+    pub paused: bool,
 }
 
 /// What is in the data directory.
@@ -239,8 +241,6 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
     } else {
         view
     };
-    let me = local.name.as_str();
-    let my_claim = claim_value(me);
     // The cluster's identity, once bootstrap has published it.
     let cluster_sysid = view
         .initialize
@@ -273,6 +273,55 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
             return actions;
         }
     }
+    let actions = decide_automatic(view, local, now_ms);
+    if view.paused {
+        return paused(actions);
+    }
+    actions
+}
+
+/// While paused, automatic actions become waits that say what is held back. The lease is
+/// still renewed (nobody takes over a paused cluster's primary), slots are still created,
+/// and a writable primary beside another leader is still stopped (one writer, always).
+fn paused(actions: Vec<Action>) -> Vec<Action> {
+    let held: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start { .. } => Some("starting PostgreSQL"),
+            Action::Clone { .. } => Some("cloning"),
+            Action::Bootstrap | Action::ClaimInitialize { .. } => Some("bootstrapping"),
+            Action::AcquireLease => Some("taking the leader lease"),
+            Action::Follow { .. } => Some("following the new primary"),
+            Action::DropSlots { .. } => Some("dropping orphan slots"),
+            _ => None,
+        })
+        .map(String::from)
+        .collect();
+    let mut kept: Vec<Action> = actions
+        .into_iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::RenewLease
+                    | Action::EnsureSlots { .. }
+                    | Action::Stop { .. }
+                    | Action::Wait { .. }
+                    | Action::Fail { .. }
+            )
+        })
+        .collect();
+    if !held.is_empty() {
+        kept.push(Action::Wait {
+            reason: format!("the cluster is paused: not {}", held.join(", ")),
+        });
+    }
+    kept
+}
+
+/// The decision when no operation asks anything of this member.
+fn decide_automatic(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
+    let me = local.name.as_str();
+    let my_claim = claim_value(me);
     match &local.data {
         DataDir::Foreign(_) => unreachable!("handled above"),
         DataDir::Empty => match view.initialize.as_deref() {
@@ -721,6 +770,7 @@ mod tests {
             }),
             members,
             op: None,
+            paused: false,
         }
     }
 
@@ -900,6 +950,65 @@ mod tests {
                 vec!["backup_tool".to_string()]
             )
         );
+    }
+
+    #[test]
+    fn a_paused_cluster_takes_no_automatic_action_but_keeps_its_lease_and_operations() {
+        let mut v = view(Some("42"), Some("n1"), vec![ms("n1", &[]), ms("n2", &[])]);
+        v.paused = true;
+        // A crashed standby is not restarted.
+        let a = decide(&v, &local("n2", init(true), PgRun::Stopped), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("paused") && reason.contains("starting")),
+            "{a:?}"
+        );
+        // The primary keeps renewing its lease and its slots.
+        let a = decide(&v, &local("n1", init(false), PRIMARY_RUNNING), NOW);
+        assert!(
+            a.contains(&Action::RenewLease)
+                && a.iter().any(|x| matches!(x, Action::EnsureSlots { .. })),
+            "{a:?}"
+        );
+        // A stopped primary does not take the lease or start.
+        let mut v2 = v.clone();
+        v2.leader = None;
+        let a = decide(&v2, &local("n1", init(false), PgRun::Stopped), NOW);
+        assert!(
+            !a.contains(&Action::AcquireLease)
+                && !a.iter().any(|x| matches!(x, Action::Start { .. })),
+            "{a:?}"
+        );
+        // An empty member does not clone.
+        let a = decide(&v, &local("n3", DataDir::Empty, PgRun::Stopped), NOW);
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::Clone { .. })),
+            "{a:?}"
+        );
+        // Operations still run.
+        let v3 = with_op(
+            v.clone(),
+            OpKind::Reinit {
+                member: "n2".into(),
+            },
+            OpPhase::Requested,
+        );
+        let mut v3 = v3;
+        v3.members[0].slots = vec![SlotInfo {
+            name: "pgbaton_n2".into(),
+            active: true,
+            restart_lsn: None,
+            retained_bytes: None,
+        }];
+        let a = decide(&v3, &local("n2", init(true), STANDBY_RUNNING), NOW);
+        assert!(
+            matches!(&a[..], [Action::Reinit { .. }, Action::FinishOp { .. }]),
+            "{a:?}"
+        );
+        // The one-writer stop still happens.
+        let mut v4 = view(Some("42"), Some("n2"), vec![ms("n2", &[])]);
+        v4.paused = true;
+        let a = decide(&v4, &local("n1", init(false), PRIMARY_RUNNING), NOW);
+        assert!(matches!(&a[..], [Action::Stop { .. }]), "{a:?}");
     }
 
     #[test]

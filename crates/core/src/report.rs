@@ -47,6 +47,8 @@ pub struct ClusterReport {
     pub leader: Option<String>,
     pub members: Vec<MemberRow>,
     pub orphan_slots: Vec<OrphanSlot>,
+    /// The cluster is paused: no automatic action (set by the caller, from the store).
+    pub paused: bool,
 }
 
 /// The report of a cluster from its lease and members, at wall-clock `now` (ms).
@@ -114,6 +116,7 @@ pub fn report(
         None => vec![],
     };
     ClusterReport {
+        paused: false,
         orphan_slots,
         cluster: cluster.to_string(),
         leader: leader.map(|l| l.member.clone()),

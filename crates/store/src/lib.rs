@@ -73,6 +73,40 @@ pub trait Store: Send + Sync {
     async fn history_append(&self, entry: &HistoryEntry) -> Result<()>;
     /// The last `limit` entries, oldest first.
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>>;
+
+    // ---- pause ---------------------------------------------------------------------------
+    /// Whether the cluster is paused (agents take no automatic action).
+    async fn paused(&self) -> Result<bool>;
+    /// Pause or resume the cluster.
+    async fn set_paused(&self, paused: bool) -> Result<()>;
+}
+
+/// Pause or resume a cluster, and record the change in its history. Returns whether the
+/// cluster was paused before.
+pub async fn pause_and_record(store: &dyn Store, paused: bool, by: &str) -> Result<bool> {
+    let was = store.paused().await?;
+    store.set_paused(paused).await?;
+    if was != paused {
+        store
+            .history_append(&pgbaton_core::model::HistoryEntry {
+                time_ms: now_ms(),
+                operation: if paused { "pause" } else { "resume" }.to_string(),
+                members: vec![],
+                result: "done".into(),
+                timeline: None,
+                lsn: None,
+                message: Some(format!(
+                    "{} ({by})",
+                    if paused {
+                        "agents take no automatic action"
+                    } else {
+                        "agents act again"
+                    }
+                )),
+            })
+            .await?;
+    }
+    Ok(was)
 }
 
 /// Open the store a config names, for `cluster`.

@@ -39,6 +39,7 @@ const KEY_INITIALIZE: &str = "initialize";
 const KEY_LEADER: &str = "leader";
 const MEMBER_PREFIX: &str = "members/";
 const KEY_OP: &str = "op";
+const KEY_PAUSED: &str = "paused";
 const HISTORY_PREFIX: &str = "history/";
 /// The first key after every `history/...` key (`'0'` follows `'/'`): history keys are the
 /// range `HISTORY_PREFIX <= key < HISTORY_END`, which the primary key index serves.
@@ -659,6 +660,31 @@ impl Store for LocalStore {
                 })
             })
             .collect()
+    }
+
+    async fn paused(&self) -> Result<bool> {
+        let row = self.with_conn("reading the pause flag", |conn| {
+            get_row(conn, &self.cluster, KEY_PAUSED)
+        })?;
+        Ok(row.is_some_and(|(v, _)| v == "true"))
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<()> {
+        self.with_conn("setting the pause flag", |conn| {
+            if paused {
+                conn.execute(
+                    "INSERT INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, 'true', NULL)
+                     ON CONFLICT (cluster, key) DO UPDATE SET value = 'true', expires_ms = NULL",
+                    params![self.cluster, KEY_PAUSED],
+                )?;
+            } else {
+                conn.execute(
+                    "DELETE FROM kv WHERE cluster = ?1 AND key = ?2",
+                    params![self.cluster, KEY_PAUSED],
+                )?;
+            }
+            Ok(())
+        })
     }
 }
 

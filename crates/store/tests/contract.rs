@@ -909,6 +909,23 @@ async fn history_is_per_cluster<B: Backend>(b: B) {
     assert_eq!(history_times(&a, 10).await, [1, 2, 3, 4]);
 }
 
+async fn pause_flag<B: Backend>(b: B) {
+    let a = b.connect("alpha");
+    let z = b.connect("zeta");
+    assert!(!a.paused().await.unwrap(), "a new cluster is not paused");
+    a.set_paused(true).await.unwrap();
+    a.set_paused(true).await.unwrap(); // idempotent
+    assert!(a.paused().await.unwrap());
+    assert!(
+        b.connect("alpha").paused().await.unwrap(),
+        "another client sees it"
+    );
+    assert!(!z.paused().await.unwrap(), "clusters are isolated");
+    a.set_paused(false).await.unwrap();
+    a.set_paused(false).await.unwrap();
+    assert!(!a.paused().await.unwrap());
+}
+
 /// Instantiate every suite function for a backend: `contract_suite!(module, constructor)`.
 macro_rules! contract_suite {
     ($module:ident, $backend:expr) => {
@@ -938,6 +955,7 @@ macro_rules! contract_suite {
                 history_keeps_the_last_entries,
                 history_concurrent_appends_all_land,
                 history_is_per_cluster,
+                pause_flag,
             );
         }
     };

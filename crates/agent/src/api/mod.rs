@@ -99,7 +99,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/restart", post(restart))
         .route("/reinit", post(reinit))
         .route("/reinitialize", post(reinit))
-        .route("/reload", post(reload));
+        .route("/reload", post(reload))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume));
     for p in HEALTH_PATHS {
         // With and without a trailing slash: load balancer configs in the wild have both.
         r = r
@@ -237,6 +239,7 @@ async fn cluster(State(st): State<ApiState>) -> Response {
     ))
     .unwrap_or_default();
     r["operation"] = serde_json::to_value(&v.op).unwrap_or_default();
+    r["paused"] = v.paused.into();
     Json(r).into_response()
 }
 
@@ -463,6 +466,28 @@ async fn reload(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
         &body,
     )
     .await
+}
+
+async fn set_pause(st: &ApiState, headers: &HeaderMap, paused: bool) -> Response {
+    if !authorized(&st.auth, headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong credentials: send Authorization: Bearer <token> or basic authentication");
+    }
+    match pgbaton_store::pause_and_record(st.store.as_ref(), paused, "asked through the API").await
+    {
+        Ok(_) => (StatusCode::OK, Json(json!({ "paused": paused }))).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("set the pause flag in the store: {e:#}"),
+        ),
+    }
+}
+
+async fn pause(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    set_pause(&st, &headers, true).await
+}
+
+async fn resume(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    set_pause(&st, &headers, false).await
 }
 
 #[cfg(test)]

@@ -336,3 +336,93 @@ fn health_endpoints_answer_by_role_and_operations_need_credentials() {
         &[200, 200, 200, 503, 200, 503, 503, 200, 200, 200],
     );
 }
+
+#[test]
+fn a_paused_cluster_takes_no_automatic_action_and_reports_it() {
+    let c = Cluster::up(2);
+    c.wait_healthy(Duration::from_secs(30));
+    let token = std::fs::read_to_string(c.dir.join("api.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let p1 = api_port(&c, "n1");
+    assert_eq!(http("POST", p1, "/pause", &[], "").0, 401);
+    assert!(
+        !c.list()["paused"].as_bool().unwrap(),
+        "an unauthenticated pause paused the cluster"
+    );
+    let (s, body) = http(
+        "POST",
+        p1,
+        "/pause",
+        &[("Authorization", &format!("Bearer {token}"))],
+        "",
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(c.list()["paused"], true);
+    wait_for(
+        "every agent to see the pause",
+        Duration::from_secs(15),
+        || {
+            ["n1", "n2"].iter().all(|m| {
+                let v: serde_json::Value =
+                    serde_json::from_str(&http("GET", api_port(&c, m), "/cluster", &[], "").1)
+                        .unwrap_or_default();
+                v["paused"] == true
+            })
+        },
+    );
+    assert!(text(&c.cmd(&["list"])).contains("PAUSED"));
+
+    // Paused: a standby whose postmaster dies stays down.
+    let pm = c.postmaster_pid("n2").unwrap();
+    kill9(pm);
+    wait_for(
+        "n2 to report its PostgreSQL down",
+        Duration::from_secs(20),
+        || c.member("n2")["state"] == "crashed",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        c.postmaster_pid("n2").is_none(),
+        "a paused cluster restarted PostgreSQL"
+    );
+    assert!(
+        c.member("n2")["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("paused"),
+        "{}",
+        c.member("n2")
+    );
+    //                 primary rw leader replica ro  sync async health live ready
+    expect(
+        &c,
+        "n2",
+        &[503, 503, 503, 503, 503, 503, 503, 503, 200, 503],
+    );
+    expect(
+        &c,
+        "n1",
+        &[200, 200, 200, 503, 200, 503, 503, 200, 200, 200],
+    );
+
+    // Resumed (by the CLI this time): the agent brings it back.
+    let t = text(&c.cmd(&["resume"]));
+    assert!(t.contains("resumed"), "{t}");
+    c.wait_healthy(Duration::from_secs(60));
+    expect(
+        &c,
+        "n2",
+        &[503, 503, 503, 200, 200, 503, 200, 200, 200, 200],
+    );
+    let h: serde_json::Value =
+        serde_json::from_slice(&c.cmd(&["history", "--json"]).stdout).unwrap();
+    assert!(
+        h.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["operation"] == "resume"),
+        "{h:#}"
+    );
+}
