@@ -425,3 +425,36 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
+
+impl Cluster {
+    /// After the primary was lost: promote `preferred`, or, when the CLI refuses because
+    /// another standby has more WAL, that one (as an operator would). Retries while the
+    /// dead primary's last report still looks fresh. Returns the promoted member.
+    pub fn promote_best(&self, preferred: &str) -> String {
+        let mut who = preferred.to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let o = self.op(&["promote", &who]);
+            let t = text(&o);
+            if o.status.success() {
+                return who;
+            }
+            if let Some(rest) = t.split("refused: ").nth(1) {
+                if let Some(better) = rest
+                    .split(" has more WAL")
+                    .next()
+                    .filter(|_| rest.contains(" has more WAL"))
+                {
+                    who = better.trim().to_string();
+                }
+            } else {
+                panic!("promote {who} failed:\n{t}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no promote was accepted within 90 s; last answer:\n{t}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}

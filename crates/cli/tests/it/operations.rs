@@ -44,6 +44,18 @@ fn promote_after_losing_the_primary_then_rejoin_rewinds_the_diverged_one() {
     // Refused while the primary is healthy.
     refused(&c.op(&["promote", "n2"]), "switchover");
 
+    // Both standbys have everything the primary wrote (so neither has more WAL than the
+    // other when it is lost, and promoting n2 is not refused for that).
+    wait_for(
+        "both standbys at the primary's LSN",
+        Duration::from_secs(30),
+        || {
+            let l = c.list();
+            let ms = l["members"].as_array().cloned().unwrap_or_default();
+            let lsn = |n: &str| ms.iter().find(|m| m["name"] == n).map(|m| m["lsn"].clone());
+            lsn("n1").is_some() && lsn("n1") == lsn("n2") && lsn("n1") == lsn("n3")
+        },
+    );
     // Lose the primary host: its agent and postmaster together.
     let (agent, pm) = (c.agent_pid("n1").unwrap(), c.postmaster_pid("n1").unwrap());
     kill9(agent);
