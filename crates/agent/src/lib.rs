@@ -33,6 +33,9 @@ use tracing::{error, info, warn};
 
 pub use process::{become_os_user, Identity};
 
+/// The loop's pace while an operation is in flight.
+pub const OP_LOOP_INTERVAL: Duration = Duration::from_millis(100);
+
 /// A condition the agent must not resolve by itself: it reports it and exits.
 #[derive(Debug)]
 pub struct Fatal(pub String);
@@ -296,7 +299,19 @@ impl Agent {
                 info!("removed from the cluster: the agent exits");
                 return Ok(());
             }
-            let pause = interval.saturating_sub(started.elapsed());
+            // While an operation is in flight, every step waits on another member's last
+            // step: loop at 10 Hz so that, for example, a switchover candidate notices the
+            // old primary's clean stop at once. Operations are rare and short.
+            let op_in_flight = self
+                .shared
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .view
+                .as_ref()
+                .and_then(|v| v.op.as_ref())
+                .is_some_and(|op| !op.phase.finished());
+            let pace = if op_in_flight { interval.min(OP_LOOP_INTERVAL) } else { interval };
+            let pause = pace.saturating_sub(started.elapsed());
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 _ = tokio::time::sleep(pause) => {}
