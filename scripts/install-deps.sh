@@ -14,6 +14,8 @@ command -v cc >/dev/null || missing+=(gcc)          # rusqlite builds SQLite fro
 command -v bc >/dev/null || missing+=(bc)           # .ci/run and bench/ add up figures
 command -v haproxy >/dev/null || missing+=(haproxy) # tests of examples/haproxy.cfg
 command -v chromium >/dev/null || missing+=(chromium) # headless test of the status page
+command -v etcd >/dev/null || missing+=(etcd-server)   # the store contract suite runs against real etcd
+command -v protoc >/dev/null || missing+=(protobuf-compiler libprotobuf-dev) # etcd-client builds its protocol
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   $SUDO apt-get update -q

@@ -310,7 +310,11 @@ impl Agent {
                 .as_ref()
                 .and_then(|v| v.op.as_ref())
                 .is_some_and(|op| !op.phase.finished());
-            let pace = if op_in_flight { interval.min(OP_LOOP_INTERVAL) } else { interval };
+            let pace = if op_in_flight {
+                interval.min(OP_LOOP_INTERVAL)
+            } else {
+                interval
+            };
             let pause = pace.saturating_sub(started.elapsed());
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),

@@ -2,8 +2,8 @@
 //!
 //! Every mutation that decides who may do what (who bootstraps, who leads) is a
 //! compare-and-set, so two agents racing for it cannot both win. Backends: `local`
-//! (one SQLite file shared by the agents of a machine). etcd follows with the same
-//! contract (see `tests/contract.rs`).
+//! (one SQLite file shared by the agents of a machine) and `etcd` (an etcd v3 cluster), both
+//! held to the same contract (see `tests/contract.rs`).
 //!
 //! Keys are scoped by cluster name, so one store can hold several clusters.
 
@@ -12,6 +12,7 @@ use pgbaton_core::config::StoreConfig;
 use pgbaton_core::model::{HistoryEntry, Leader, MemberState, OpPhase, Operation};
 use std::sync::Arc;
 
+pub mod etcd;
 pub mod local;
 
 pub type Result<T> = anyhow::Result<T>;
@@ -113,9 +114,7 @@ pub async fn pause_and_record(store: &dyn Store, paused: bool, by: &str) -> Resu
 pub fn open(cfg: &StoreConfig, cluster: &str) -> Result<Arc<dyn Store>> {
     match cfg {
         StoreConfig::Local { path } => Ok(Arc::new(local::LocalStore::open(path, cluster)?)),
-        StoreConfig::Etcd { .. } => anyhow::bail!(
-            "store kind \"etcd\" is not available in this build yet; use kind = \"local\" with a path"
-        ),
+        StoreConfig::Etcd { endpoints } => Ok(Arc::new(etcd::EtcdStore::new(endpoints, cluster))),
     }
 }
 

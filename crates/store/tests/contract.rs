@@ -2,8 +2,8 @@
 //!
 //! The suite is written against [`Backend`]: a way to open independent clients (each with
 //! its own connection) of one store, and a way to make lease time pass. Each backend
-//! instantiates every suite function with the `contract_suite!` macro; today that is the
-//! local SQLite backend, etcd will follow with the same suite.
+//! instantiates every suite function with the `contract_suite!` macro: the local SQLite
+//! backend (virtual time) and etcd (a real etcd server per test, real time).
 //!
 //! Every wait in here is bounded, and nothing asserts how fast anything is.
 
@@ -18,9 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A lease TTL long enough never to run out by itself while a test runs.
-const TTL: u64 = 60_000;
-
 /// Upper bound on any concurrent step of a test.
 const BOUND: Duration = Duration::from_secs(60);
 
@@ -28,6 +25,10 @@ const BOUND: Duration = Duration::from_secs(60);
 trait Backend: Send + Sync + 'static {
     /// A new client of the same store (its own connection), for `cluster`.
     fn connect(&self, cluster: &str) -> Arc<dyn Store>;
+    /// The lease TTL (ms) the suite uses: long enough never to run out by itself between
+    /// two steps of a test that do not advance time, short enough that advancing past it
+    /// is affordable.
+    fn ttl(&self) -> u64;
     /// Make at least `ms` of lease time pass for every client of this backend.
     fn advance(&self, ms: u64) -> impl Future<Output = ()> + Send;
 }
@@ -63,8 +64,159 @@ impl Backend for Local {
         Arc::new(store)
     }
 
+    fn ttl(&self) -> u64 {
+        60_000
+    }
+
     async fn advance(&self, ms: u64) {
         self.offset.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+// ---- the etcd backend ---------------------------------------------------------------------
+
+/// Where the etcd server the etcd backend runs is installed (Debian's etcd-server).
+const ETCD_BIN: &str = "/usr/bin/etcd";
+
+/// The lease TTL of the etcd backend: 4 whole seconds (etcd leases count in seconds).
+///
+/// The timings the suite uses with it: renewing at TTL/2 and checking "still held" at
+/// TTL/2 + TTL/2 + TTL/4 = 7 s after the first acquire (3 s after the renew) leaves the
+/// renewed lease 1 s to run; expiry checks wait TTL + [`ETCD_EXPIRY_MARGIN`] = 6.5 s.
+const ETCD_TTL: u64 = 4000;
+
+/// How long past a lease's TTL the etcd backend waits before expecting it gone: etcd
+/// checks for expired leases every 500 ms and then revokes them through raft.
+const ETCD_EXPIRY_MARGIN: u64 = 2500;
+
+/// One etcd server (its own process, ports and data directory) per test; real time.
+struct Etcd {
+    child: std::process::Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+impl Etcd {
+    fn new() -> Etcd {
+        assert!(
+            std::path::Path::new(ETCD_BIN).exists(),
+            "{ETCD_BIN} is missing: the etcd contract tests need an etcd server \
+             (install the etcd-server package: apt-get install etcd-server; CI installs it)"
+        );
+        let mut last = String::new();
+        // A port picked as free may be taken by another test's etcd before ours binds it:
+        // start again with new ports then.
+        for _ in 0..5 {
+            match Etcd::start() {
+                Ok(e) => return e,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start etcd: {last}");
+    }
+
+    fn start() -> Result<Etcd, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log file");
+        let child = std::process::Command::new(ETCD_BIN)
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("etcd log file"))
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run {ETCD_BIN}: {e}"))?;
+        // From here on, Drop kills and reaps the process whatever happens.
+        let mut etcd = Etcd {
+            child,
+            endpoint: client,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = etcd.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default();
+                let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+                return Err(format!("etcd exited with {status}: {tail}"));
+            }
+            if answers(&etcd.endpoint) {
+                return Ok(etcd);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "etcd at {} did not answer within 20 s",
+                    etcd.endpoint
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Whether etcd at `endpoint` answers a read. Runs on its own thread and runtime: the
+/// backend is built inside the tests' runtime, where blocking on another is not allowed.
+fn answers(endpoint: &str) -> bool {
+    let endpoint = endpoint.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = pgbaton_store::etcd::EtcdStore::new(&[endpoint], "probe");
+        rt.block_on(store.paused()).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Backend for Etcd {
+    fn connect(&self, cluster: &str) -> Arc<dyn Store> {
+        Arc::new(pgbaton_store::etcd::EtcdStore::new(
+            std::slice::from_ref(&self.endpoint),
+            cluster,
+        ))
+    }
+
+    fn ttl(&self) -> u64 {
+        ETCD_TTL
+    }
+
+    /// Real time passes. An advance shorter than the TTL (the suite's "not yet expired"
+    /// steps) sleeps exactly `ms`. An advance of a TTL or more is meant to make leases run
+    /// out: it sleeps one TTL plus [`ETCD_EXPIRY_MARGIN`] for etcd to revoke them. Longer
+    /// advances (10 TTLs, to show that initialize, members, operations and history do not
+    /// expire) are capped to that same bound: it is still more than a TTL plus etcd's
+    /// expiry margin, so anything that would expire would have.
+    async fn advance(&self, ms: u64) {
+        let sleep = if ms < ETCD_TTL {
+            ms
+        } else {
+            ETCD_TTL + ETCD_EXPIRY_MARGIN
+        };
+        tokio::time::sleep(Duration::from_millis(sleep)).await;
     }
 }
 
@@ -201,7 +353,7 @@ async fn initialize_claim_replace_abandon<B: Backend>(b: B) {
 async fn initialize_does_not_expire<B: Backend>(b: B) {
     let s = b.connect("c1");
     assert!(s.initialize_claim("claimed:n1").await.unwrap());
-    b.advance(10 * TTL).await;
+    b.advance(10 * b.ttl()).await;
     assert!(!s.initialize_claim("claimed:n2").await.unwrap());
     assert_eq!(
         s.initialize_get().await.unwrap().as_deref(),
@@ -213,7 +365,7 @@ async fn leader_acquire_when_free_and_exclusive<B: Backend>(b: B) {
     let s = b.connect("c1");
     assert_eq!(s.leader_get().await.unwrap(), None);
 
-    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
     let l = s.leader_get().await.unwrap().expect("a leader");
     assert_eq!(l.member, "n1");
     assert!(
@@ -221,12 +373,15 @@ async fn leader_acquire_when_free_and_exclusive<B: Backend>(b: B) {
         "lease expires in the future"
     );
 
-    assert!(!s.leader_acquire("n2", TTL).await.unwrap(), "held by n1");
+    assert!(
+        !s.leader_acquire("n2", b.ttl()).await.unwrap(),
+        "held by n1"
+    );
     assert_eq!(holder(&s).await.as_deref(), Some("n1"));
 
     // The holder acquiring again extends its own lease.
-    b.advance(TTL / 2).await;
-    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    b.advance(b.ttl() / 2).await;
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
     let l2 = s.leader_get().await.unwrap().expect("a leader");
     assert_eq!(l2.member, "n1");
     assert!(l2.expires_ms > l.expires_ms, "extended: {l2:?} after {l:?}");
@@ -235,7 +390,7 @@ async fn leader_acquire_when_free_and_exclusive<B: Backend>(b: B) {
 async fn leader_renew<B: Backend>(b: B) {
     let s = b.connect("c1");
     assert!(
-        !s.leader_renew("n1", TTL).await.unwrap(),
+        !s.leader_renew("n1", b.ttl()).await.unwrap(),
         "nothing to renew"
     );
     assert_eq!(
@@ -244,11 +399,11 @@ async fn leader_renew<B: Backend>(b: B) {
         "renew does not create a lease"
     );
 
-    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
     let first = s.leader_get().await.unwrap().unwrap();
 
     assert!(
-        !s.leader_renew("n2", TTL).await.unwrap(),
+        !s.leader_renew("n2", b.ttl()).await.unwrap(),
         "renew by non-holder"
     );
     assert_eq!(
@@ -257,8 +412,8 @@ async fn leader_renew<B: Backend>(b: B) {
         "untouched by non-holder"
     );
 
-    b.advance(TTL / 2).await;
-    assert!(s.leader_renew("n1", TTL).await.unwrap());
+    b.advance(b.ttl() / 2).await;
+    assert!(s.leader_renew("n1", b.ttl()).await.unwrap());
     let renewed = s.leader_get().await.unwrap().unwrap();
     assert_eq!(renewed.member, "n1");
     assert!(
@@ -267,16 +422,16 @@ async fn leader_renew<B: Backend>(b: B) {
     );
 
     // Past the first expiry but within the renewed one: still held.
-    b.advance(TTL / 2 + TTL / 4).await;
+    b.advance(b.ttl() / 2 + b.ttl() / 4).await;
     assert_eq!(holder(&s).await.as_deref(), Some("n1"));
-    assert!(!s.leader_acquire("n2", TTL).await.unwrap());
-    assert!(s.leader_renew("n1", TTL).await.unwrap());
+    assert!(!s.leader_acquire("n2", b.ttl()).await.unwrap());
+    assert!(s.leader_renew("n1", b.ttl()).await.unwrap());
 }
 
 async fn leader_expiry<B: Backend>(b: B) {
     let s = b.connect("c1");
-    assert!(s.leader_acquire("n1", TTL).await.unwrap());
-    b.advance(TTL + 1).await;
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
+    b.advance(b.ttl() + 1).await;
 
     assert_eq!(
         s.leader_get().await.unwrap(),
@@ -284,17 +439,17 @@ async fn leader_expiry<B: Backend>(b: B) {
         "expired lease is no leader"
     );
     assert!(
-        !s.leader_renew("n1", TTL).await.unwrap(),
+        !s.leader_renew("n1", b.ttl()).await.unwrap(),
         "an expired lease cannot be renewed"
     );
 
     assert!(
-        s.leader_acquire("n2", TTL).await.unwrap(),
+        s.leader_acquire("n2", b.ttl()).await.unwrap(),
         "expired lease is free"
     );
     assert_eq!(holder(&s).await.as_deref(), Some("n2"));
     assert!(
-        !s.leader_renew("n1", TTL).await.unwrap(),
+        !s.leader_renew("n1", b.ttl()).await.unwrap(),
         "old holder lost it"
     );
     assert!(
@@ -306,10 +461,10 @@ async fn leader_expiry<B: Backend>(b: B) {
 
 async fn leader_expired_holder_may_reacquire<B: Backend>(b: B) {
     let s = b.connect("c1");
-    assert!(s.leader_acquire("n1", TTL).await.unwrap());
-    b.advance(TTL + 1).await;
-    assert!(!s.leader_renew("n1", TTL).await.unwrap());
-    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
+    b.advance(b.ttl() + 1).await;
+    assert!(!s.leader_renew("n1", b.ttl()).await.unwrap());
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
     assert_eq!(holder(&s).await.as_deref(), Some("n1"));
 }
 
@@ -317,7 +472,7 @@ async fn leader_release<B: Backend>(b: B) {
     let s = b.connect("c1");
     assert!(!s.leader_release("n1").await.unwrap(), "nothing to release");
 
-    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
     assert!(
         !s.leader_release("n2").await.unwrap(),
         "release by non-holder"
@@ -328,12 +483,12 @@ async fn leader_release<B: Backend>(b: B) {
     assert_eq!(s.leader_get().await.unwrap(), None);
     assert!(!s.leader_release("n1").await.unwrap(), "already released");
     assert!(
-        !s.leader_renew("n1", TTL).await.unwrap(),
+        !s.leader_renew("n1", b.ttl()).await.unwrap(),
         "released lease is gone"
     );
 
     assert!(
-        s.leader_acquire("n2", TTL).await.unwrap(),
+        s.leader_acquire("n2", b.ttl()).await.unwrap(),
         "free after release"
     );
     assert_eq!(holder(&s).await.as_deref(), Some("n2"));
@@ -341,14 +496,14 @@ async fn leader_release<B: Backend>(b: B) {
 
 async fn leader_release_of_expired_lease<B: Backend>(b: B) {
     let s = b.connect("c1");
-    assert!(s.leader_acquire("n1", TTL).await.unwrap());
-    b.advance(TTL + 1).await;
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
+    b.advance(b.ttl() + 1).await;
     assert!(
         !s.leader_release("n1").await.unwrap(),
         "it was no longer held"
     );
     assert_eq!(s.leader_get().await.unwrap(), None);
-    assert!(s.leader_acquire("n2", TTL).await.unwrap());
+    assert!(s.leader_acquire("n2", b.ttl()).await.unwrap());
 }
 
 async fn members_put_get_list_delete<B: Backend>(b: B) {
@@ -386,7 +541,7 @@ async fn members_put_get_list_delete<B: Backend>(b: B) {
     );
 
     // Members do not expire.
-    b.advance(10 * TTL).await;
+    b.advance(10 * b.ttl()).await;
     assert_eq!(s.members().await.unwrap().len(), 3);
 
     assert!(s.member_delete("n2").await.unwrap());
@@ -399,7 +554,7 @@ async fn members_put_get_list_delete<B: Backend>(b: B) {
 async fn members_are_not_other_keys<B: Backend>(b: B) {
     let s = b.connect("c1");
     assert!(s.initialize_claim("claimed:n1").await.unwrap());
-    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
     assert!(s.members().await.unwrap().is_empty());
     assert_eq!(s.member_get("leader").await.unwrap(), None);
 
@@ -430,9 +585,12 @@ async fn clusters_are_isolated<B: Backend>(b: B) {
         "own initialize key"
     );
 
-    assert!(a.leader_acquire("n1", TTL).await.unwrap());
+    assert!(a.leader_acquire("n1", b.ttl()).await.unwrap());
     assert_eq!(z.leader_get().await.unwrap(), None);
-    assert!(z.leader_acquire("n2", TTL).await.unwrap(), "own leader key");
+    assert!(
+        z.leader_acquire("n2", b.ttl()).await.unwrap(),
+        "own leader key"
+    );
     assert_eq!(holder(&a).await.as_deref(), Some("n1"));
     assert!(!z.leader_release("n1").await.unwrap());
     assert_eq!(holder(&a).await.as_deref(), Some("n1"));
@@ -455,11 +613,11 @@ async fn clients_see_each_others_writes<B: Backend>(b: B) {
     );
     assert!(!two.initialize_claim("claimed:n2").await.unwrap());
 
-    assert!(one.leader_acquire("n1", TTL).await.unwrap());
+    assert!(one.leader_acquire("n1", b.ttl()).await.unwrap());
     assert_eq!(holder(&two).await.as_deref(), Some("n1"));
-    assert!(!two.leader_acquire("n2", TTL).await.unwrap());
+    assert!(!two.leader_acquire("n2", b.ttl()).await.unwrap());
     assert!(
-        two.leader_renew("n1", TTL).await.unwrap(),
+        two.leader_renew("n1", b.ttl()).await.unwrap(),
         "a lease is not tied to a client"
     );
     assert!(two.leader_release("n1").await.unwrap());
@@ -520,10 +678,11 @@ where
 
 async fn leader_race_has_one_winner<B: Backend>(b: B) {
     const N: usize = 8;
+    let ttl = b.ttl();
     for round in 0..5 {
         let cluster = format!("race{round}");
-        let won = race(&b, &cluster, N, |i, s| async move {
-            s.leader_acquire(&format!("n{i}"), TTL).await.unwrap()
+        let won = race(&b, &cluster, N, move |i, s| async move {
+            s.leader_acquire(&format!("n{i}"), ttl).await.unwrap()
         })
         .await;
         let winners: Vec<usize> = (0..N).filter(|&i| won[i]).collect();
@@ -536,9 +695,9 @@ async fn leader_race_has_one_winner<B: Backend>(b: B) {
         );
 
         // Once it expires, a second race again has exactly one winner.
-        b.advance(TTL + 1).await;
-        let won = race(&b, &cluster, N, |i, s| async move {
-            s.leader_acquire(&format!("m{i}"), TTL).await.unwrap()
+        b.advance(b.ttl() + 1).await;
+        let won = race(&b, &cluster, N, move |i, s| async move {
+            s.leader_acquire(&format!("m{i}"), ttl).await.unwrap()
         })
         .await;
         let winners: Vec<usize> = (0..N).filter(|&i| won[i]).collect();
@@ -671,7 +830,7 @@ async fn op_post_get_update<B: Backend>(b: B) {
     assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&third));
 
     // Operations do not expire.
-    b.advance(10 * TTL).await;
+    b.advance(10 * b.ttl()).await;
     assert_eq!(s.op_get().await.unwrap().as_ref(), Some(&third));
     assert!(!s.op_post(&first).await.unwrap());
 }
@@ -714,7 +873,7 @@ async fn op_kinds_round_trip<B: Backend>(b: B) {
 async fn op_is_not_another_key<B: Backend>(b: B) {
     let s = b.connect("c1");
     assert!(s.initialize_claim("claimed:n1").await.unwrap());
-    assert!(s.leader_acquire("n1", TTL).await.unwrap());
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
     s.member_put(&member("op", 5432)).await.unwrap();
     s.history_append(&entry(1)).await.unwrap();
     assert_eq!(s.op_get().await.unwrap(), None);
@@ -842,7 +1001,7 @@ async fn history_append_and_list<B: Backend>(b: B) {
     assert_eq!(s.history(100).await.unwrap().len(), 7);
 
     // History does not expire.
-    b.advance(10 * TTL).await;
+    b.advance(10 * b.ttl()).await;
     assert_eq!(s.history(100).await.unwrap().len(), 7);
 }
 
@@ -972,6 +1131,7 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(local, Local::new());
+contract_suite!(etcd, Etcd::new());
 
 // ---- local backend specifics --------------------------------------------------------------
 
