@@ -181,7 +181,23 @@ fn the_status_page_shows_the_cluster_in_a_browser() {
     assert!(body.contains("id=\"lag-chart\""), "{body}");
 
     let url = format!("http://127.0.0.1:{api}/");
-    let dom = dump_dom(&url);
+    // The page shows the cluster as the agents last reported it; under load a member can
+    // briefly report `starting` (a probe that did not answer in time). Wait for a healthy
+    // cluster, then take the page once it shows both members settled (bounded).
+    c.wait_healthy(Duration::from_secs(60));
+    let mut dom = String::new();
+    wait_for(
+        "the page to show n2 running and n1 streaming",
+        Duration::from_secs(60),
+        || {
+            dom = dump_dom(&url);
+            let members = element(&dom, "members");
+            members.contains("data-member=\"n2\"")
+                && members.contains("data-member=\"n1\"")
+                && row(members, "data-member=\"n2\"").contains(">running<")
+                && row(members, "data-member=\"n1\"").contains(">streaming<")
+        },
+    );
 
     // Cluster and leader.
     assert!(
