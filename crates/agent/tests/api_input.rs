@@ -7,7 +7,7 @@ use axum::http::{Request, StatusCode};
 use pgbaton_agent::api::{self, ApiState, Auth, Shared};
 use pgbaton_core::config::NodeConfig;
 use pgbaton_core::decide::ClusterView;
-use pgbaton_core::model::{slot_name_for, Leader, Lsn, MemberState, MemberStatus, Role};
+use pgbaton_core::model::{Leader, Lsn, MemberState, MemberStatus, Role};
 use pgbaton_store::local::LocalStore;
 use proptest::prelude::*;
 use std::path::Path;
@@ -17,27 +17,9 @@ use tower::ServiceExt;
 
 fn member(name: &str, role: Role, state: MemberStatus) -> MemberState {
     MemberState {
-        name: name.into(),
-        role,
-        state,
-        host: "127.0.0.1".into(),
-        port: 5432,
-        socket_dir: "/tmp".into(),
-        os_user: "postgres".into(),
-        superuser: "postgres".into(),
-        api_url: "http://127.0.0.1:8008".into(),
-        timeline: Some(1),
         lsn: Some(Lsn(1000)),
-        receive_lsn: None,
         system_id: Some("1".into()),
-        upstream: None,
-        slot_name: slot_name_for(name),
-        slots: vec![],
-        pg_version: None,
-        message: None,
-        progress: None,
-        agent_pid: 1,
-        updated_ms: pgbaton_store::now_ms(),
+        ..MemberState::sample(name, role, state, pgbaton_store::now_ms())
     }
 }
 

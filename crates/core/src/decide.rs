@@ -729,21 +729,7 @@ mod tests {
 
     fn ms(name: &str, slots: &[&str]) -> MemberState {
         MemberState {
-            name: name.into(),
-            role: Role::Unknown,
-            state: MemberStatus::Running,
-            host: "127.0.0.1".into(),
-            port: 5432,
-            socket_dir: "/tmp".into(),
-            os_user: "postgres".into(),
-            superuser: "postgres".into(),
-            api_url: "http://127.0.0.1:8008".into(),
-            timeline: Some(1),
-            lsn: None,
-            receive_lsn: None,
             system_id: Some("42".into()),
-            upstream: None,
-            slot_name: slot_name_for(name),
             slots: slots
                 .iter()
                 .map(|s| SlotInfo {
@@ -753,11 +739,7 @@ mod tests {
                     retained_bytes: None,
                 })
                 .collect(),
-            pg_version: None,
-            message: None,
-            progress: None,
-            agent_pid: 1,
-            updated_ms: NOW,
+            ..MemberState::sample(name, Role::Unknown, MemberStatus::Running, NOW)
         }
     }
 

@@ -151,32 +151,9 @@ pub fn healthy(ep: Endpoint, f: &Facts, q: &Query) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::slot_name_for;
 
     fn m(role: Role, state: MemberStatus) -> MemberState {
-        MemberState {
-            name: "n1".into(),
-            role,
-            state,
-            host: "h".into(),
-            port: 1,
-            socket_dir: "/s".into(),
-            os_user: "postgres".into(),
-            superuser: "postgres".into(),
-            api_url: String::new(),
-            timeline: Some(1),
-            lsn: None,
-            receive_lsn: None,
-            system_id: None,
-            upstream: None,
-            slot_name: slot_name_for("n1"),
-            slots: vec![],
-            pg_version: None,
-            message: None,
-            progress: None,
-            agent_pid: 1,
-            updated_ms: 0,
-        }
+        MemberState::sample("n1", role, state, 0)
     }
 
     fn facts(me: &MemberState, is_leader: bool, lag: Option<u64>) -> Facts<'_> {

@@ -181,6 +181,37 @@ pub struct MemberState {
     pub updated_ms: u64,
 }
 
+impl MemberState {
+    /// A member at 127.0.0.1:5432 with this name, role and state and nothing else known,
+    /// reported at `updated_ms`: a starting point for tests and examples, to be adjusted
+    /// with struct update syntax.
+    pub fn sample(name: &str, role: Role, state: MemberStatus, updated_ms: u64) -> MemberState {
+        MemberState {
+            name: name.to_string(),
+            role,
+            state,
+            host: "127.0.0.1".into(),
+            port: 5432,
+            socket_dir: "/tmp".into(),
+            os_user: "postgres".into(),
+            superuser: "postgres".into(),
+            api_url: "http://127.0.0.1:8008".into(),
+            timeline: Some(1),
+            lsn: None,
+            receive_lsn: None,
+            system_id: None,
+            upstream: None,
+            slot_name: slot_name_for(name),
+            slots: vec![],
+            pg_version: None,
+            message: None,
+            progress: None,
+            agent_pid: 1,
+            updated_ms,
+        }
+    }
+}
+
 /// Progress of a long operation, in kB as pg_basebackup counts them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {

@@ -216,33 +216,15 @@ pub fn pick_candidate(s: &Snapshot) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{slot_name_for, OpPhase};
+    use crate::model::OpPhase;
 
     const NOW: u64 = 1_000_000;
 
     fn m(name: &str, role: Role, state: MemberStatus, lsn: u64) -> MemberState {
         MemberState {
-            name: name.into(),
-            role,
-            state,
-            host: "127.0.0.1".into(),
-            port: 5432,
-            socket_dir: "/tmp".into(),
-            os_user: "postgres".into(),
-            superuser: "postgres".into(),
-            api_url: String::new(),
-            timeline: Some(1),
             lsn: Some(Lsn(lsn)),
-            receive_lsn: None,
             system_id: Some("1".into()),
-            upstream: None,
-            slot_name: slot_name_for(name),
-            slots: vec![],
-            pg_version: None,
-            message: None,
-            progress: None,
-            agent_pid: 1,
-            updated_ms: NOW,
+            ..MemberState::sample(name, role, state, NOW)
         }
     }
 

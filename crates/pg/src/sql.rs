@@ -141,16 +141,21 @@ pub async fn probe(client: &Client) -> Result<Probe> {
     Ok(p)
 }
 
-/// Create the physical slot if it does not exist, reserving WAL from now on.
-/// Returns whether it was created.
-pub async fn ensure_physical_slot(client: &Client, name: &str) -> Result<bool> {
-    let exists = client
+async fn slot_exists(client: &Client, name: &str) -> Result<bool> {
+    Ok(client
         .query_opt(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
             &[&name],
         )
-        .await?
-        .is_some();
+        .await
+        .with_context(|| format!("look up replication slot {name}"))?
+        .is_some())
+}
+
+/// Create the physical slot if it does not exist, reserving WAL from now on.
+/// Returns whether it was created.
+pub async fn ensure_physical_slot(client: &Client, name: &str) -> Result<bool> {
+    let exists = slot_exists(client, name).await?;
     if exists {
         return Ok(false);
     }
@@ -218,13 +223,7 @@ pub async fn ensure_databases(client: &Client, names: &[String]) -> Result<Vec<S
 
 /// Drop a physical slot if it exists. Returns whether it was dropped.
 pub async fn drop_slot(client: &Client, name: &str) -> Result<bool> {
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&name],
-        )
-        .await?
-        .is_some();
+    let exists = slot_exists(client, name).await?;
     if !exists {
         return Ok(false);
     }
