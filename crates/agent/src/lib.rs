@@ -558,6 +558,16 @@ impl Agent {
                 self.held_lease = kept;
                 Ok(kept)
             }
+            Action::ReleaseLease { reason } => {
+                if server::postmaster_pid(&self.cfg.data_dir).is_some() {
+                    bail!("not releasing the leader lease: PostgreSQL still runs");
+                }
+                if self.store.leader_release(&me).await? {
+                    warn!("released the leader lease: {reason}");
+                }
+                self.held_lease = false;
+                Ok(true)
+            }
             Action::Clone { from } => self.clone_from(&from, false).await.map(|_| true),
             Action::Start { upstream } => {
                 let standby = matches!(local.data, DataDir::Initialized { standby: true, .. });
@@ -1085,6 +1095,8 @@ impl Agent {
             progress,
             agent_pid: std::process::id(),
             updated_ms: now_ms(),
+            nofailover: self.cfg.tags.nofailover,
+            failover_priority: self.cfg.tags.failover_priority,
         };
         self.shared
             .write()

@@ -57,6 +57,35 @@ pub struct NodeConfig {
     /// The `[tags]` table: what this member is for.
     #[serde(default)]
     pub tags: TagsConfig,
+    /// The `[failover]` table: when a standby may be promoted automatically.
+    #[serde(default)]
+    pub failover: FailoverConfig,
+}
+
+/// The `[failover]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// A standby further behind the last known primary position than this many bytes is never
+    /// promoted automatically. Default 1048576 (1 MiB, as Patroni's `maximum_lag_on_failover`).
+    pub max_lag_bytes: u64,
+    /// While the store is unreachable, a primary that every other member confirms over the
+    /// agents' API keeps running instead of fencing itself (Patroni's failsafe mode).
+    /// Needs API credentials (`api.auth_token_file`). Default true.
+    pub failsafe: bool,
+    /// When a former primary cannot be rewound, re-clone it automatically (its data directory
+    /// is replaced). Default false: it waits for `pgbaton reinit`.
+    pub reclone_on_rewind_failure: bool,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            max_lag_bytes: 1_048_576,
+            failsafe: true,
+            reclone_on_rewind_failure: false,
+        }
+    }
 }
 
 /// The `[tags]` table.
@@ -343,10 +372,18 @@ impl<'de> Deserialize<'de> for StoreConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimingConfig {
-    /// Interval of the agent's main loop. Default 1000; 100..=60000.
+    /// Interval of the agent's main loop. Default 500; 100..=60000.
     pub loop_interval_ms: u64,
-    /// Leader lease TTL. Default 10000; at least 3 × `loop_interval_ms`, at most 3600000.
+    /// Leader lease TTL. Default 2500; at least 3 × `loop_interval_ms`, at most 3600000.
     pub ttl_ms: u64,
+    /// The primary fences itself (stops PostgreSQL) this long before its lease could expire
+    /// for anyone else, counted from the start of its last successful renewal. Default 500;
+    /// at least 100, and `ttl_ms - fence_margin_ms` must leave room for two renewals
+    /// (2 × `loop_interval_ms`).
+    pub fence_margin_ms: u64,
+    /// How long the leader tries to bring its crashed PostgreSQL back in place before it
+    /// hands the lease to a standby. Default 30000; 1000..=3600000.
+    pub primary_restart_timeout_ms: u64,
     /// How long to wait for PostgreSQL to start. Default 60000; at least 1000.
     pub start_timeout_ms: u64,
     /// How long the primary keeps a pgbaton-named slot that belongs to no member before it
@@ -357,8 +394,10 @@ pub struct TimingConfig {
 impl Default for TimingConfig {
     fn default() -> Self {
         TimingConfig {
-            loop_interval_ms: 1000,
-            ttl_ms: 10_000,
+            loop_interval_ms: 500,
+            ttl_ms: 2_500,
+            fence_margin_ms: 500,
+            primary_restart_timeout_ms: 30_000,
             start_timeout_ms: 60_000,
             orphan_slot_grace_ms: 300_000,
         }
@@ -913,6 +952,35 @@ impl TimingConfig {
                     "a number of milliseconds, at least 3 × timing.loop_interval_ms ({min_ttl}) \
                      and at most 3600000"
                 ),
+            ));
+        }
+        if self.fence_margin_ms < 100 || self.fence_margin_ms >= self.ttl_ms {
+            return Err(ConfigError::new(
+                "timing.fence_margin_ms",
+                self.fence_margin_ms.to_string(),
+                format!(
+                    "a number of milliseconds, at least 100 and below timing.ttl_ms ({})",
+                    self.ttl_ms
+                ),
+            ));
+        }
+        let room = 2 * self.loop_interval_ms;
+        if self.ttl_ms - self.fence_margin_ms < room {
+            return Err(ConfigError::new(
+                "timing.fence_margin_ms",
+                self.fence_margin_ms.to_string(),
+                format!(
+                    "at most timing.ttl_ms - 2 × timing.loop_interval_ms ({}): the primary must \
+                     get two chances to renew its lease before it fences itself",
+                    self.ttl_ms.saturating_sub(room)
+                ),
+            ));
+        }
+        if !(1000..=3_600_000).contains(&self.primary_restart_timeout_ms) {
+            return Err(ConfigError::new(
+                "timing.primary_restart_timeout_ms",
+                self.primary_restart_timeout_ms.to_string(),
+                "a number of milliseconds in 1000..=3600000",
             ));
         }
         if self.start_timeout_ms < 1000 {
@@ -1537,8 +1605,14 @@ start_timeout_ms = 120000
         assert_eq!(c.replication.password_env, None);
         assert_eq!(c.api.listen, "127.0.0.1:8008");
         assert_eq!(c.api.connect_url, None);
-        assert_eq!(c.timing.loop_interval_ms, 1000);
-        assert_eq!(c.timing.ttl_ms, 10_000);
+        assert_eq!(c.timing.loop_interval_ms, 500);
+        assert_eq!(c.timing.ttl_ms, 2_500);
+        assert_eq!(c.timing.fence_margin_ms, 500);
+        assert_eq!(c.timing.primary_restart_timeout_ms, 30_000);
+        assert_eq!(c.failover, FailoverConfig::default());
+        assert_eq!(c.failover.max_lag_bytes, 1_048_576);
+        assert!(c.failover.failsafe);
+        assert!(!c.failover.reclone_on_rewind_failure);
         assert_eq!(c.timing.start_timeout_ms, 60_000);
 
         // Resolved defaults.
@@ -1565,7 +1639,7 @@ start_timeout_ms = 120000
         assert_eq!(c.postgresql.port, 6000);
         assert_eq!(c.postgresql.superuser, "postgres");
         assert_eq!(c.timing.ttl_ms, 20_000);
-        assert_eq!(c.timing.loop_interval_ms, 1000);
+        assert_eq!(c.timing.loop_interval_ms, 500);
     }
 
     #[test]
@@ -1625,6 +1699,8 @@ start_timeout_ms = 120000
             TimingConfig {
                 loop_interval_ms: 500,
                 ttl_ms: 5000,
+                fence_margin_ms: 500,
+                primary_restart_timeout_ms: 30_000,
                 start_timeout_ms: 120_000,
                 orphan_slot_grace_ms: 300_000
             }
@@ -2170,7 +2246,13 @@ start_timeout_ms = 120000
             }),
             "timing.loop_interval_ms"
         );
-        assert_eq!(bad_key(|c| c.timing.ttl_ms = 2999), "timing.ttl_ms");
+        assert_eq!(
+            bad_key(|c| {
+                c.timing.loop_interval_ms = 1000;
+                c.timing.ttl_ms = 2999;
+            }),
+            "timing.ttl_ms"
+        );
         assert_eq!(bad_key(|c| c.timing.ttl_ms = 3_600_001), "timing.ttl_ms");
         assert_eq!(
             bad_key(|c| c.timing.start_timeout_ms = 999),
@@ -2184,6 +2266,8 @@ start_timeout_ms = 120000
             c.timing = TimingConfig {
                 loop_interval_ms: 100,
                 ttl_ms: 300,
+                fence_margin_ms: 100,
+                primary_restart_timeout_ms: 1000,
                 start_timeout_ms: 1000,
                 orphan_slot_grace_ms: 0,
             }
@@ -2192,10 +2276,35 @@ start_timeout_ms = 120000
             c.timing = TimingConfig {
                 loop_interval_ms: 60_000,
                 ttl_ms: 3_600_000,
+                fence_margin_ms: 3_000_000,
+                primary_restart_timeout_ms: 3_600_000,
                 start_timeout_ms: 1000,
                 orphan_slot_grace_ms: 604_800_000,
             }
         });
+        // The fence must win the race against the lease's expiry, with room to renew.
+        assert_eq!(
+            bad_key(|c| c.timing.fence_margin_ms = 99),
+            "timing.fence_margin_ms"
+        );
+        assert_eq!(
+            bad_key(|c| c.timing.fence_margin_ms = c.timing.ttl_ms),
+            "timing.fence_margin_ms"
+        );
+        let e = parse_err(&with(
+            "[timing]\nloop_interval_ms = 1000\nttl_ms = 3000\nfence_margin_ms = 1001\n",
+        ));
+        assert_eq!(e.key, "timing.fence_margin_ms", "{e}");
+        assert!(e.expected.contains("1000"), "{e}");
+        assert_valid(|c| {
+            c.timing.loop_interval_ms = 1000;
+            c.timing.ttl_ms = 3000;
+            c.timing.fence_margin_ms = 1000;
+        });
+        assert_eq!(
+            bad_key(|c| c.timing.primary_restart_timeout_ms = 999),
+            "timing.primary_restart_timeout_ms"
+        );
         let e = parse_err(&with("[timing]\nloop_interval_ms = 5000\n"));
         assert_eq!(e.key, "timing.ttl_ms");
         assert!(e.expected.contains("15000"), "{e}");

@@ -8,13 +8,20 @@
 //! Safety rules encoded here:
 //! - only the holder of the leader lease runs a writable primary (a running primary that
 //!   is not the lease holder while someone else holds it is stopped);
-//! - a standby takes the lease only when an operator's operation says so (promote,
-//!   switchover); automatic failover is not part of this decision yet;
+//! - a standby takes a free lease automatically only when it is the best eligible candidate
+//!   (most WAL, then `failover_priority`, then name; within `failover.max_lag_bytes` of the
+//!   last primary; not behind its timeline; no `nofailover`), when no operation is in flight
+//!   and no failsafe promise holds it back (see `failover`);
+//! - a former primary takes a free lease only when no member reports a newer timeline, and not
+//!   when it gave up restarting its PostgreSQL;
+//! - a former primary whose PostgreSQL is stopped rejoins the leader by itself (pg_rewind when
+//!   it diverged); it is re-cloned only when `failover.reclone_on_rewind_failure` says so;
 //! - a data directory of another cluster is never touched: the member fails with the reason;
 //! - a data directory is never wiped unless an operation asked for it (reinit, remove --purge);
 //! - a standby moves to a new upstream only once its slot exists there;
 //! - slots pgbaton did not name are never dropped.
 
+use crate::failover::{self, Failsafe, Policy};
 use crate::model::{
     slot_name_for, Leader, Lsn, MemberState, OpKind, OpPhase, Operation, Role, SlotInfo,
     SLOT_PREFIX,
@@ -79,6 +86,19 @@ pub struct LocalView {
     pub orphans_since: BTreeMap<String, u64>,
     /// How long an orphan slot is kept before it is dropped.
     pub orphan_grace_ms: u64,
+    /// The local timeline (running: from SQL; stopped: from pg_control).
+    pub timeline: Option<u32>,
+    /// Standby: last WAL position received (when running).
+    pub receive_lsn: Option<Lsn>,
+    /// Failover settings and this member's tags.
+    pub policy: Policy,
+    /// A failsafe confirmation this member gave the primary (it must not take the lease).
+    pub failsafe: Option<Failsafe>,
+    /// Wall-clock ms since this member's primary PostgreSQL has been down (crashed, not asked
+    /// to stop) and not yet back as a writable primary.
+    pub crashed_since_ms: Option<u64>,
+    /// Why the last automatic rejoin failed (pg_rewind could not rewind): not retried.
+    pub rejoin_failed: Option<String>,
 }
 
 impl LocalView {
@@ -92,6 +112,12 @@ impl LocalView {
             slots: vec![],
             orphans_since: BTreeMap::new(),
             orphan_grace_ms: 300_000,
+            timeline: None,
+            receive_lsn: None,
+            policy: Policy::default(),
+            failsafe: None,
+            crashed_since_ms: None,
+            rejoin_failed: None,
         }
     }
 }
@@ -108,6 +134,8 @@ pub enum Action {
     AcquireLease,
     /// Extend the lease (lost if it expired or was taken: then stop acting as leader).
     RenewLease,
+    /// Give the lease up (PostgreSQL no longer runs writable here), for the reason given.
+    ReleaseLease { reason: String },
     /// pg_basebackup from the primary into the empty data directory, using this member's slot.
     Clone { from: Upstream },
     /// Write pgbaton's config files and start PostgreSQL.
@@ -293,6 +321,10 @@ fn paused(actions: Vec<Action>) -> Vec<Action> {
             Action::AcquireLease => Some("taking the leader lease"),
             Action::Follow { .. } => Some("following the new primary"),
             Action::DropSlots { .. } => Some("dropping orphan slots"),
+            Action::Promote => Some("promoting"),
+            Action::Rejoin { .. } => Some("rejoining"),
+            Action::Reinit { .. } => Some("re-cloning"),
+            Action::ReleaseLease { .. } => Some("handing the leader lease over"),
             _ => None,
         })
         .map(String::from)
@@ -360,7 +392,7 @@ fn decide_automatic(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<A
                 }];
             }
             if *standby {
-                decide_standby(view, local, me)
+                decide_standby(view, local, me, now_ms)
             } else {
                 decide_primary_data(view, local, now_ms)
             }
@@ -576,7 +608,61 @@ fn decide_op(
     }
 }
 
-fn decide_standby(view: &ClusterView, local: &LocalView, me: &str) -> Vec<Action> {
+/// A promote or switchover in flight, recently updated: it decides who leads next, so no
+/// member takes the lease on its own meanwhile. One stuck for longer is ignored.
+fn holding_op(view: &ClusterView, now_ms: u64) -> Option<&Operation> {
+    in_flight(view).filter(|op| {
+        matches!(op.kind, OpKind::Promote { .. } | OpKind::Switchover { .. })
+            && now_ms.saturating_sub(op.updated_ms) <= SWITCHOVER_TIMEOUT_MS + 10_000
+    })
+}
+
+/// Why this standby should not take the free lease now, if anything holds it back: an
+/// operation in flight, a failsafe promise, or a better candidate.
+fn failover_hold(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
+    let me = local.name.as_str();
+    if let Some(op) = holding_op(view, now_ms) {
+        return Some(format!(
+            "operation {} ({}) is in flight: no automatic failover meanwhile",
+            op.id,
+            op.kind.name()
+        ));
+    }
+    if let Some(f) = local.failsafe.as_ref().filter(|f| f.active(now_ms)) {
+        return Some(format!(
+            "{} confirmed over the API that it still serves as primary (failsafe): not taking \
+             the lease before {} ms",
+            f.leader,
+            f.until_ms.saturating_sub(now_ms)
+        ));
+    }
+    let last = failover::last_primary(&view.members, me);
+    let pol = &local.policy;
+    let mine = match failover::eligible(
+        me,
+        pol.nofailover,
+        pol.failover_priority,
+        local.timeline,
+        local.receive_lsn.max(local.lsn),
+        &last,
+        pol.max_lag_bytes,
+    ) {
+        Ok(c) => c,
+        Err(why) => return Some(format!("not a failover candidate: {why}")),
+    };
+    let mut all = failover::other_candidates(&view.members, me, &last, pol, now_ms);
+    all.push(mine);
+    failover::rank(&mut all);
+    match all.first() {
+        Some(best) if best.name != me => Some(format!(
+            "{} is a better failover candidate (at {}, priority {})",
+            best.name, best.lsn, best.priority
+        )),
+        _ => None,
+    }
+}
+
+fn decide_standby(view: &ClusterView, local: &LocalView, me: &str, now_ms: u64) -> Vec<Action> {
     match &local.pg {
         PgRun::Stopped => vec![Action::Start {
             upstream: ready_upstream(view, me)
@@ -586,6 +672,18 @@ fn decide_standby(view: &ClusterView, local: &LocalView, me: &str) -> Vec<Action
         PgRun::NotAnswering => vec![Action::Wait {
             reason: "PostgreSQL is starting or busy".into(),
         }],
+        PgRun::Running {
+            in_recovery: true, ..
+        } if view.leader.as_ref().is_some_and(|l| l.member == me) => {
+            // This standby holds the lease (a promotion that did not finish): promote.
+            vec![Action::RenewLease, Action::Promote]
+        }
+        PgRun::Running {
+            in_recovery: true, ..
+        } if view.leader.is_none() => match failover_hold(view, local, now_ms) {
+            Some(reason) => vec![Action::Wait { reason }],
+            None => vec![Action::AcquireLease, Action::Promote],
+        },
         PgRun::Running {
             in_recovery: true,
             upstream,
@@ -625,23 +723,83 @@ fn decide_primary_data(view: &ClusterView, local: &LocalView, now_ms: u64) -> Ve
     let lease = view.leader.as_ref().filter(|l| l.expires_ms > now_ms);
     let i_lead = lease.is_some_and(|l| l.member == me);
     if let Some(l) = lease.filter(|l| l.member != me) {
-        // A former primary while another member leads: it must not run writable, and it
-        // waits for the operator (rejoin, reinit or remove).
+        // A former primary while another member leads: it must not run writable; once
+        // stopped, it rejoins the leader as a standby (pg_rewind when it diverged).
         return match local.pg {
-            PgRun::Running { in_recovery: false, .. } | PgRun::NotAnswering => vec![Action::Stop {
-                reason: format!("{} holds the leader lease; this member's data is a former primary's", l.member),
-            }],
-            _ => vec![Action::Wait {
+            PgRun::Running {
+                in_recovery: false, ..
+            }
+            | PgRun::NotAnswering => vec![Action::Stop {
                 reason: format!(
-                    "a former primary while {} leads: `pgbaton rejoin {me}` makes it a standby (pg_rewind when it diverged)",
+                    "{} holds the leader lease; this member's data is a former primary's",
                     l.member
                 ),
             }],
+            _ => rejoin_leader(view, local),
         };
+    }
+    // PostgreSQL has been down for too long despite restarts: hand over to a standby, if one
+    // can take over (otherwise keep trying: a primary that may come back beats none).
+    let gave_up = local.crashed_since_ms.is_some_and(|since| {
+        now_ms.saturating_sub(since) >= local.policy.primary_restart_timeout_ms
+    }) && !matches!(
+        local.pg,
+        PgRun::Running {
+            in_recovery: false,
+            ..
+        }
+    );
+    if gave_up {
+        let last = failover::LastPrimary {
+            name: Some(me.to_string()),
+            timeline: local.timeline,
+            lsn: view
+                .members
+                .iter()
+                .find(|m| m.name == me)
+                .and_then(|m| m.lsn),
+        };
+        let others = failover::other_candidates(&view.members, me, &last, &local.policy, now_ms);
+        if let Some(best) = others.first() {
+            let why = format!(
+                "PostgreSQL has not come back within timing.primary_restart_timeout_ms ({} ms)",
+                local.policy.primary_restart_timeout_ms
+            );
+            let mut actions = vec![];
+            if local.pg != PgRun::Stopped {
+                actions.push(Action::Stop {
+                    reason: why.clone(),
+                });
+            }
+            if i_lead {
+                actions.push(Action::ReleaseLease {
+                    reason: format!("{why}: {} can take over", best.name),
+                });
+            }
+            actions.push(Action::Wait {
+                reason: format!("{why}: waiting for {} to take over", best.name),
+            });
+            return actions;
+        }
     }
     let lease_action = if i_lead {
         Action::RenewLease
     } else {
+        // The lease is free: a former primary takes it back only if nobody moved on to a
+        // newer timeline and nobody promised a live primary not to.
+        if let Some(reason) = former_primary_hold(view, local, now_ms) {
+            if matches!(
+                local.pg,
+                PgRun::Running {
+                    in_recovery: false,
+                    ..
+                } | PgRun::NotAnswering
+            ) {
+                // Writable without the lease, and not to take it back: stop (one writer).
+                return vec![Action::Stop { reason }];
+            }
+            return vec![Action::Wait { reason }];
+        }
         Action::AcquireLease
     };
     match local.pg {
@@ -670,6 +828,56 @@ fn decide_primary_data(view: &ClusterView, local: &LocalView, now_ms: u64) -> Ve
                 },
             ]
         }
+    }
+}
+
+/// Why a member with a former primary's data must not take the free lease, if anything
+/// holds it back.
+fn former_primary_hold(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
+    let me = local.name.as_str();
+    if let Some(op) = holding_op(view, now_ms) {
+        return Some(format!(
+            "operation {} ({}) is in flight: not taking the lease meanwhile",
+            op.id,
+            op.kind.name()
+        ));
+    }
+    if let Some(f) = local.failsafe.as_ref().filter(|f| f.active(now_ms)) {
+        return Some(format!(
+            "{} confirmed over the API that it still serves as primary (failsafe)",
+            f.leader
+        ));
+    }
+    if let (Some(newest), Some(mine)) =
+        (failover::newest_timeline(&view.members, me), local.timeline)
+    {
+        if newest > mine {
+            return Some(format!(
+                "another member is on timeline {newest}, newer than this former primary's {mine}: \
+                 waiting for a leader to rejoin"
+            ));
+        }
+    }
+    None
+}
+
+/// A former primary, PostgreSQL stopped, while another member leads: rejoin it.
+fn rejoin_leader(view: &ClusterView, local: &LocalView) -> Vec<Action> {
+    let me = local.name.as_str();
+    let up = match ready_upstream(view, me) {
+        Ok(up) => up,
+        Err(reason) => return vec![Action::Wait { reason }],
+    };
+    match &local.rejoin_failed {
+        None => vec![Action::Rejoin { upstream: up }],
+        Some(_) if local.policy.reclone_on_rewind_failure => vec![Action::Reinit { from: up }],
+        Some(why) => vec![Action::Wait {
+            reason: format!(
+                "rejoining {} failed ({why}); pgbaton does not wipe data on its own: \
+                 `pgbaton reinit {me}` re-clones it (or set failover.reclone_on_rewind_failure)",
+                up.member
+            ),
+        }],
     }
 }
 
@@ -838,11 +1046,39 @@ mod tests {
     }
 
     #[test]
-    fn former_primary_waits_for_rejoin_then_rewinds_into_a_standby() {
+    fn former_primary_rejoins_by_itself_or_when_asked() {
+        let v = view(Some("42"), Some("n2"), vec![ms("n2", &[])]);
+        let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("pgbaton_n1")),
+            "{a:?}"
+        );
         let v = view(Some("42"), Some("n2"), vec![ms("n2", &["pgbaton_n1"])]);
         let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
         assert!(
-            matches!(&a[..], [Action::Wait { reason }] if reason.contains("pgbaton rejoin n1")),
+            matches!(&a[..], [Action::Rejoin { upstream }] if upstream.member == "n2"),
+            "{a:?}"
+        );
+        // A rewind that failed is not retried, and nothing is wiped unless the config says so.
+        let mut l = local("n1", init(false), PgRun::Stopped);
+        l.rejoin_failed = Some("pg_rewind: could not find common ancestor".into());
+        let a = decide(&v, &l, NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("pgbaton reinit n1")),
+            "{a:?}"
+        );
+        l.policy.reclone_on_rewind_failure = true;
+        let a = decide(&v, &l, NOW);
+        assert!(
+            matches!(&a[..], [Action::Reinit { from }] if from.member == "n2"),
+            "{a:?}"
+        );
+        // Paused: no automatic rejoin.
+        let mut paused = v.clone();
+        paused.paused = true;
+        let a = decide(&paused, &local("n1", init(false), PgRun::Stopped), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("rejoining")),
             "{a:?}"
         );
         let v = with_op(
@@ -1218,19 +1454,225 @@ mod tests {
     }
 
     #[test]
-    fn standby_never_takes_the_lease() {
+    fn a_standby_that_is_not_running_or_knows_no_position_never_takes_the_lease() {
         let v = view(Some("42"), None, vec![]);
-        for pg in [
-            PgRun::Stopped,
-            PgRun::Running {
-                in_recovery: true,
-                upstream: None,
-            },
-            PgRun::NotAnswering,
-        ] {
+        for pg in [PgRun::Stopped, STANDBY_RUNNING, PgRun::NotAnswering] {
             let a = decide(&v, &local("n2", init(true), pg), NOW);
             assert!(!a.contains(&Action::AcquireLease), "{a:?}");
         }
+    }
+
+    /// n1 was the primary (timeline 1, at `primary_lsn`) and its lease expired; n2 and n3
+    /// stream at the given positions.
+    fn after_primary_loss(primary_lsn: u64, n2: u64, n3: u64) -> ClusterView {
+        let mut p = ms("n1", &["pgbaton_n2", "pgbaton_n3"]);
+        p.role = Role::Primary;
+        p.lsn = Some(Lsn(primary_lsn));
+        p.updated_ms = NOW - 3_000;
+        let st = |name: &str, lsn: u64| MemberState {
+            role: Role::Standby,
+            state: MemberStatus::Streaming,
+            lsn: Some(Lsn(lsn)),
+            ..ms(name, &[])
+        };
+        let mut v = view(Some("42"), None, vec![p, st("n2", n2), st("n3", n3)]);
+        v.leader = Some(Leader {
+            member: "n1".into(),
+            expires_ms: NOW - 1,
+        });
+        v
+    }
+
+    fn standby_at(name: &str, lsn: u64) -> LocalView {
+        let mut l = local(name, init(true), STANDBY_RUNNING);
+        l.lsn = Some(Lsn(lsn));
+        l.timeline = Some(1);
+        l
+    }
+
+    #[test]
+    fn the_most_advanced_standby_takes_the_expired_lease_and_promotes() {
+        let v = after_primary_loss(1000, 1000, 900);
+        let a = decide(&v, &standby_at("n2", 1000), NOW);
+        assert_eq!(a, [Action::AcquireLease, Action::Promote]);
+        let a = decide(&v, &standby_at("n3", 900), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("n2 is a better")),
+            "{a:?}"
+        );
+        // Its own position counts as it is now, not as last published.
+        let a = decide(&v, &standby_at("n3", 1100), NOW);
+        assert_eq!(a, [Action::AcquireLease, Action::Promote]);
+        // Equal positions: priority, then name.
+        let v = after_primary_loss(1000, 1000, 1000);
+        let a = decide(&v, &standby_at("n2", 1000), NOW);
+        assert_eq!(a, [Action::AcquireLease, Action::Promote]);
+        let mut n3 = standby_at("n3", 1000);
+        n3.policy.failover_priority = 5;
+        assert_eq!(
+            decide(&v, &n3, NOW),
+            [Action::AcquireLease, Action::Promote]
+        );
+    }
+
+    #[test]
+    fn failover_skips_candidates_that_are_gone_tagged_or_too_far_behind() {
+        // n2 is more advanced but its agent stopped reporting: n3 takes over.
+        let mut v = after_primary_loss(1000, 1000, 900);
+        v.members[1].updated_ms = NOW - 10_000;
+        assert_eq!(
+            decide(&v, &standby_at("n3", 900), NOW),
+            [Action::AcquireLease, Action::Promote]
+        );
+        // n2 has nofailover: n3 takes over; n2 itself waits and says why.
+        let mut v = after_primary_loss(1000, 1000, 900);
+        v.members[1].nofailover = true;
+        assert_eq!(
+            decide(&v, &standby_at("n3", 900), NOW),
+            [Action::AcquireLease, Action::Promote]
+        );
+        let mut n2 = standby_at("n2", 1000);
+        n2.policy.nofailover = true;
+        let a = decide(&v, &n2, NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("nofailover")),
+            "{a:?}"
+        );
+        // Everyone further behind the last primary than max_lag_bytes: nobody is promoted.
+        let v = after_primary_loss(10_000_000, 100, 90);
+        for (name, lsn) in [("n2", 100), ("n3", 90)] {
+            let a = decide(&v, &standby_at(name, lsn), NOW);
+            assert!(
+                matches!(&a[..], [Action::Wait { reason }] if reason.contains("max_lag_bytes")),
+                "{a:?}"
+            );
+        }
+        // A standby still on an older timeline than the last primary's is not a candidate.
+        let mut v = after_primary_loss(1000, 1000, 900);
+        v.members[0].timeline = Some(2);
+        let a = decide(&v, &standby_at("n2", 1000), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("timeline 1")),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn failover_waits_for_pause_operations_and_failsafe_promises() {
+        let mut v = after_primary_loss(1000, 1000, 900);
+        v.paused = true;
+        let a = decide(&v, &standby_at("n2", 1000), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("paused") && reason.contains("promoting")),
+            "{a:?}"
+        );
+        // A promote of n3 in flight: n2 leaves the lease to it.
+        let v = with_op(
+            after_primary_loss(1000, 1000, 1000),
+            OpKind::Promote {
+                member: "n3".into(),
+            },
+            OpPhase::Requested,
+        );
+        let a = decide(&v, &standby_at("n2", 1000), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("in flight")),
+            "{a:?}"
+        );
+        assert_eq!(
+            decide(&v, &standby_at("n3", 1000), NOW)[..2],
+            [Action::AcquireLease, Action::Promote]
+        );
+        // A failsafe promise to n1 holds until it runs out.
+        let v = after_primary_loss(1000, 1000, 900);
+        let mut n2 = standby_at("n2", 1000);
+        n2.failsafe = Some(Failsafe {
+            leader: "n1".into(),
+            until_ms: NOW + 1,
+        });
+        let a = decide(&v, &n2, NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("failsafe")),
+            "{a:?}"
+        );
+        assert_eq!(
+            decide(&v, &n2, NOW + 1),
+            [Action::AcquireLease, Action::Promote]
+        );
+    }
+
+    #[test]
+    fn a_standby_holding_the_lease_finishes_its_promotion() {
+        let v = view(Some("42"), Some("n2"), vec![ms("n2", &[])]);
+        let a = decide(&v, &standby_at("n2", 10), NOW);
+        assert_eq!(a, [Action::RenewLease, Action::Promote]);
+    }
+
+    #[test]
+    fn a_crashed_leader_restarts_in_place_then_hands_over() {
+        let mut v = after_primary_loss(1000, 1000, 900);
+        v.leader = Some(Leader {
+            member: "n1".into(),
+            expires_ms: NOW + 2_000,
+        });
+        let mut n1 = local("n1", init(false), PgRun::Stopped);
+        n1.timeline = Some(1);
+        n1.crashed_since_ms = Some(NOW - 1_000);
+        let a = decide(&v, &n1, NOW);
+        assert_eq!(a, [Action::RenewLease, Action::Start { upstream: None }]);
+        // Down for longer than primary_restart_timeout_ms: the lease goes to a standby.
+        n1.crashed_since_ms = Some(NOW - n1.policy.primary_restart_timeout_ms);
+        let a = decide(&v, &n1, NOW);
+        assert!(
+            matches!(&a[..], [Action::ReleaseLease { reason }, Action::Wait { .. }] if reason.contains("n2 can take over")),
+            "{a:?}"
+        );
+        // Stuck starting: stopped first.
+        n1.pg = PgRun::NotAnswering;
+        let a = decide(&v, &n1, NOW);
+        assert!(
+            matches!(
+                &a[..],
+                [
+                    Action::Stop { .. },
+                    Action::ReleaseLease { .. },
+                    Action::Wait { .. }
+                ]
+            ),
+            "{a:?}"
+        );
+        // Once released, it does not take the lease back while a standby can.
+        n1.pg = PgRun::Stopped;
+        v.leader = None;
+        let a = decide(&v, &n1, NOW);
+        assert!(matches!(&a[..], [Action::Wait { .. }]), "{a:?}");
+        // No standby could take over: keep trying in place.
+        for m in &mut v.members[1..] {
+            m.state = MemberStatus::Crashed;
+        }
+        let a = decide(&v, &n1, NOW);
+        assert_eq!(a, [Action::AcquireLease, Action::Start { upstream: None }]);
+    }
+
+    #[test]
+    fn a_former_primary_does_not_take_a_free_lease_behind_a_newer_timeline() {
+        let mut n2 = ms("n2", &[]);
+        n2.role = Role::Primary;
+        n2.timeline = Some(2);
+        let v = view(Some("42"), None, vec![n2]);
+        let mut n1 = local("n1", init(false), PgRun::Stopped);
+        n1.timeline = Some(1);
+        let a = decide(&v, &n1, NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("timeline 2")),
+            "{a:?}"
+        );
+        n1.pg = PRIMARY_RUNNING;
+        let a = decide(&v, &n1, NOW);
+        assert!(matches!(&a[..], [Action::Stop { .. }]), "{a:?}");
+        n1.timeline = Some(2);
+        let a = decide(&v, &n1, NOW);
+        assert_eq!(a[0], Action::AcquireLease);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod decide;
+pub mod failover;
 pub mod health;
 pub mod model;
 pub mod ops;

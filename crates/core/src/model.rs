@@ -179,6 +179,17 @@ pub struct MemberState {
     pub agent_pid: u32,
     /// Wall-clock time of this report, ms since the Unix epoch.
     pub updated_ms: u64,
+    /// The member's `tags.nofailover`: never promoted automatically.
+    #[serde(default)]
+    pub nofailover: bool,
+    /// The member's `tags.failover_priority` (higher first among equally advanced
+    /// candidates; 0 = never promoted automatically).
+    #[serde(default = "default_priority")]
+    pub failover_priority: u32,
+}
+
+fn default_priority() -> u32 {
+    1
 }
 
 impl MemberState {
@@ -208,6 +219,8 @@ impl MemberState {
             progress: None,
             agent_pid: 1,
             updated_ms,
+            nofailover: false,
+            failover_priority: 1,
         }
     }
 }

@@ -245,6 +245,8 @@ fn member(name: &str, port: u16) -> MemberState {
         progress: None,
         agent_pid: 4242,
         updated_ms: 1_700_000_000_000,
+        nofailover: false,
+        failover_priority: 1,
     }
 }
 

@@ -1,0 +1,324 @@
+//! Automatic failover, pure: who may take a free lease, when the primary fences itself, and
+//! what a failsafe confirmation promises.
+//!
+//! The safety argument, in three rules that `decide`, the agent and the simulator share:
+//!
+//! 1. **The lease is the right to write.** Taking and renewing it are compare-and-sets in the
+//!    store; a member runs a writable primary only after one succeeded.
+//! 2. **The fence wins the race.** A renewal that *starts* at `t0` keeps the lease until at
+//!    least `t0 + ttl` for everyone else (the store counts from when it handles the request,
+//!    which is later). The holder fences itself — PostgreSQL is stopped by a watchdog process
+//!    that runs apart from the agent, so a frozen agent is fenced too — at
+//!    [`fence_deadline_ms`]`(t0) = t0 + ttl - fence_margin`, unless a later renewal moved the
+//!    deadline. Config validation keeps `fence_margin >= 100 ms` and room for two renewals.
+//! 3. **Failsafe promises.** While the store is unreachable, the primary asks every other
+//!    member over the agents' API to confirm it. A member that confirms at `r >= t0`
+//!    promises not to take the lease before `r + ttl` ([`Failsafe::until_ms`]); when all
+//!    confirm, the primary may move its fence deadline to `t0 + ttl - margin` as if it had
+//!    renewed. A member that holds the lease, or is taking it, refuses to confirm.
+
+use crate::model::{Lsn, MemberState, MemberStatus, Role};
+
+/// The settings the failover decision needs (from `[timing]`, `[failover]` and `[tags]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub ttl_ms: u64,
+    pub max_lag_bytes: u64,
+    /// This member's `tags.nofailover`.
+    pub nofailover: bool,
+    /// This member's `tags.failover_priority`.
+    pub failover_priority: u32,
+    pub primary_restart_timeout_ms: u64,
+    pub reclone_on_rewind_failure: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            ttl_ms: 2_500,
+            max_lag_bytes: 1_048_576,
+            nofailover: false,
+            failover_priority: 1,
+            primary_restart_timeout_ms: 30_000,
+            reclone_on_rewind_failure: false,
+        }
+    }
+}
+
+impl Policy {
+    pub fn from_config(cfg: &crate::config::NodeConfig) -> Policy {
+        Policy {
+            ttl_ms: cfg.timing.ttl_ms,
+            max_lag_bytes: cfg.failover.max_lag_bytes,
+            nofailover: cfg.tags.nofailover,
+            failover_priority: cfg.tags.failover_priority,
+            primary_restart_timeout_ms: cfg.timing.primary_restart_timeout_ms,
+            reclone_on_rewind_failure: cfg.failover.reclone_on_rewind_failure,
+        }
+    }
+}
+
+/// When the holder of a lease whose last successful renewal started at `renew_started_ms`
+/// must have stopped accepting writes.
+pub fn fence_deadline_ms(renew_started_ms: u64, ttl_ms: u64, fence_margin_ms: u64) -> u64 {
+    renew_started_ms + ttl_ms.saturating_sub(fence_margin_ms)
+}
+
+/// A failsafe confirmation this member gave: `leader` is alive and serving, and this member
+/// will not take the lease before `until_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failsafe {
+    pub leader: String,
+    pub until_ms: u64,
+}
+
+impl Failsafe {
+    /// Does the promise still hold at `now_ms` (against anyone but `leader`)?
+    pub fn active(&self, now_ms: u64) -> bool {
+        now_ms < self.until_ms
+    }
+}
+
+/// A member that could be promoted: its position and preference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    /// How much WAL it has: max(received, replayed).
+    pub lsn: Lsn,
+    pub priority: u32,
+}
+
+/// What is known of the last primary (from its last report): the bar candidates are held to.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LastPrimary {
+    pub name: Option<String>,
+    pub timeline: Option<u32>,
+    pub lsn: Option<Lsn>,
+}
+
+/// The last primary: among members reporting the primary role, the one on the newest timeline
+/// (then the most advanced), excluding `except` (the member deciding, when it is a standby).
+pub fn last_primary(members: &[MemberState], except: &str) -> LastPrimary {
+    members
+        .iter()
+        .filter(|m| m.role == Role::Primary && m.name != except)
+        .max_by_key(|m| (m.timeline, m.lsn, m.updated_ms))
+        .map(|m| LastPrimary {
+            name: Some(m.name.clone()),
+            timeline: m.timeline,
+            lsn: m.lsn,
+        })
+        .unwrap_or_default()
+}
+
+/// The newest timeline any member reports (except `except`).
+pub fn newest_timeline(members: &[MemberState], except: &str) -> Option<u32> {
+    members
+        .iter()
+        .filter(|m| m.name != except)
+        .filter_map(|m| m.timeline)
+        .max()
+}
+
+/// Can a standby at `lsn` on `timeline`, with these tags, be promoted automatically?
+/// `Err` = why not.
+pub fn eligible(
+    name: &str,
+    nofailover: bool,
+    priority: u32,
+    timeline: Option<u32>,
+    lsn: Option<Lsn>,
+    last: &LastPrimary,
+    max_lag_bytes: u64,
+) -> Result<Candidate, String> {
+    if nofailover {
+        return Err(format!("{name} has tags.nofailover"));
+    }
+    if priority == 0 {
+        return Err(format!("{name} has tags.failover_priority = 0"));
+    }
+    if let (Some(last_tl), Some(tl)) = (last.timeline, timeline) {
+        if tl < last_tl {
+            return Err(format!(
+                "{name} is on timeline {tl}, behind the last primary's timeline {last_tl}"
+            ));
+        }
+    }
+    let Some(lsn) = lsn else {
+        return Err(format!("{name} has not reported its WAL position"));
+    };
+    if let Some(last_lsn) = last.lsn {
+        let behind = lsn.bytes_until(last_lsn);
+        if behind > max_lag_bytes {
+            return Err(format!(
+                "{name} is {behind} bytes behind the last primary position {last_lsn}, more than \
+                 failover.max_lag_bytes ({max_lag_bytes})"
+            ));
+        }
+    }
+    Ok(Candidate {
+        name: name.to_string(),
+        lsn,
+        priority,
+    })
+}
+
+/// Is this member report a running standby that reported within `fresh_ms` of `now_ms`?
+pub fn live_standby(m: &MemberState, now_ms: u64, fresh_ms: u64) -> bool {
+    m.role == Role::Standby
+        && matches!(m.state, MemberStatus::Streaming | MemberStatus::Replaying)
+        && now_ms.saturating_sub(m.updated_ms) <= fresh_ms
+}
+
+/// Eligible candidates among the other members' reports (not `except`), best first.
+pub fn other_candidates(
+    members: &[MemberState],
+    except: &str,
+    last: &LastPrimary,
+    policy: &Policy,
+    now_ms: u64,
+) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = members
+        .iter()
+        .filter(|m| m.name != except && live_standby(m, now_ms, policy.ttl_ms))
+        .filter_map(|m| {
+            eligible(
+                &m.name,
+                m.nofailover,
+                m.failover_priority,
+                m.timeline,
+                m.receive_lsn.max(m.lsn),
+                last,
+                policy.max_lag_bytes,
+            )
+            .ok()
+        })
+        .collect();
+    rank(&mut out);
+    out
+}
+
+/// Best first: most WAL, then highest priority, then name (so every member agrees).
+pub fn rank(c: &mut [Candidate]) {
+    c.sort_by(|a, b| {
+        b.lsn
+            .cmp(&a.lsn)
+            .then(b.priority.cmp(&a.priority))
+            .then(a.name.cmp(&b.name))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standby(name: &str, lsn: u64, updated: u64) -> MemberState {
+        MemberState {
+            lsn: Some(Lsn(lsn)),
+            ..MemberState::sample(name, Role::Standby, MemberStatus::Streaming, updated)
+        }
+    }
+
+    #[test]
+    fn the_fence_comes_before_the_lease_can_expire() {
+        assert_eq!(fence_deadline_ms(1000, 2500, 500), 3000);
+        assert!(fence_deadline_ms(1000, 2500, 500) < 1000 + 2500);
+    }
+
+    #[test]
+    fn ranking_prefers_wal_then_priority_then_name() {
+        let mut c = vec![
+            Candidate {
+                name: "c".into(),
+                lsn: Lsn(10),
+                priority: 1,
+            },
+            Candidate {
+                name: "b".into(),
+                lsn: Lsn(20),
+                priority: 1,
+            },
+            Candidate {
+                name: "a".into(),
+                lsn: Lsn(10),
+                priority: 5,
+            },
+            Candidate {
+                name: "d".into(),
+                lsn: Lsn(10),
+                priority: 1,
+            },
+        ];
+        rank(&mut c);
+        let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["b", "a", "c", "d"]);
+    }
+
+    #[test]
+    fn eligibility_rules() {
+        let last = LastPrimary {
+            name: Some("p".into()),
+            timeline: Some(2),
+            lsn: Some(Lsn(10_000_000)),
+        };
+        let ok = |tl, lsn| eligible("s", false, 1, Some(tl), Some(Lsn(lsn)), &last, 1_000_000);
+        assert!(ok(2, 9_500_000).is_ok());
+        assert!(ok(3, 9_500_000).is_ok());
+        let e = ok(1, 10_000_000).unwrap_err();
+        assert!(e.contains("timeline 1"), "{e}");
+        let e = ok(2, 8_000_000).unwrap_err();
+        assert!(e.contains("max_lag_bytes"), "{e}");
+        let e = eligible("s", true, 1, Some(2), Some(Lsn(1)), &last, 1).unwrap_err();
+        assert!(e.contains("nofailover"), "{e}");
+        let e = eligible("s", false, 0, Some(2), Some(Lsn(1)), &last, 1).unwrap_err();
+        assert!(e.contains("priority"), "{e}");
+        let e = eligible("s", false, 1, Some(2), None, &last, 1).unwrap_err();
+        assert!(e.contains("not reported"), "{e}");
+        // Nothing known of a last primary: only the tags and a known position count.
+        assert!(eligible(
+            "s",
+            false,
+            1,
+            None,
+            Some(Lsn(0)),
+            &LastPrimary::default(),
+            0
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn stale_and_unhealthy_reports_are_not_candidates() {
+        let now = 100_000;
+        let p = Policy::default();
+        let mut crashed = standby("c", 50, now);
+        crashed.state = MemberStatus::Crashed;
+        let members = vec![
+            standby("a", 40, now - 100),
+            standby("b", 60, now - p.ttl_ms - 1), // stale: its agent is gone
+            crashed,
+            MemberState {
+                nofailover: true,
+                ..standby("d", 70, now)
+            },
+            standby("me", 99, now),
+        ];
+        let got = other_candidates(&members, "me", &LastPrimary::default(), &p, now);
+        let names: Vec<&str> = got.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a"]);
+    }
+
+    #[test]
+    fn last_primary_is_on_the_newest_timeline() {
+        let mut old = MemberState::sample("old", Role::Primary, MemberStatus::Running, 5);
+        old.timeline = Some(1);
+        old.lsn = Some(Lsn(900));
+        let mut new = MemberState::sample("new", Role::Primary, MemberStatus::Running, 1);
+        new.timeline = Some(2);
+        new.lsn = Some(Lsn(800));
+        let lp = last_primary(&[old, new.clone()], "x");
+        assert_eq!(lp.name.as_deref(), Some("new"));
+        assert_eq!(lp.lsn, Some(Lsn(800)));
+        assert_eq!(last_primary(&[new], "new"), LastPrimary::default());
+    }
+}
