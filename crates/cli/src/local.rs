@@ -121,6 +121,7 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
             ..TimingConfig::default()
         },
         tags: Default::default(),
+        failover: Default::default(),
     }
 }
 
