@@ -10,6 +10,7 @@
 //! executing an action the core returned; new behaviour belongs in `decide` first.
 
 pub mod api;
+pub mod fence;
 pub mod process;
 
 use anyhow::{bail, Context, Result};
@@ -104,6 +105,13 @@ pub struct Agent {
     /// This member was removed from the cluster: the agent exits without publishing again.
     removed: bool,
     auth: api::Auth,
+    /// The fence watchdog (absent only where fencing is not needed: tests of the API).
+    watchdog: Option<Arc<std::sync::Mutex<fence::Watchdog>>>,
+    /// Since when this member's primary PostgreSQL has been down without being asked to.
+    crashed_since_ms: Option<u64>,
+    /// Why the last automatic rejoin could not rewind (not retried until the agent restarts).
+    rejoin_failed: Option<String>,
+    http: reqwest::Client,
 }
 
 /// What the preflight found, for the agent to use.
@@ -202,6 +210,7 @@ impl Agent {
         cfg: NodeConfig,
         ident: Identity,
         checked: Checked,
+        watchdog: Option<fence::Watchdog>,
     ) -> Result<(Agent, tokio::net::TcpListener)> {
         let Checked {
             bins,
@@ -237,8 +246,21 @@ impl Agent {
         );
         let shared = Arc::new(RwLock::new(api::Shared {
             loop_interval: Duration::from_millis(cfg.timing.loop_interval_ms),
+            ttl_ms: cfg.timing.ttl_ms,
             ..Default::default()
         }));
+        if cfg.failover.failsafe && auth.token.is_none() && auth.basic.is_none() {
+            warn!(
+                "failover.failsafe is on but the API has no credentials (api.auth_token_file): \
+                 members cannot confirm the primary during a store outage, so it will fence itself"
+            );
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(
+                cfg.timing.loop_interval_ms.clamp(100, 1000),
+            ))
+            .build()
+            .context("build the HTTP client for failsafe checks")?;
         Ok((
             Agent {
                 cfg,
@@ -257,9 +279,169 @@ impl Agent {
                 orphans_since: Default::default(),
                 removed: false,
                 auth,
+                watchdog: watchdog.map(|w| Arc::new(std::sync::Mutex::new(w))),
+                crashed_since_ms: None,
+                rejoin_failed: None,
+                http,
             },
             listener,
         ))
+    }
+
+    /// How long a store call may take before the store counts as unreachable.
+    fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.timing.loop_interval_ms.clamp(500, 2000))
+    }
+
+    /// A store call, bounded by [`Self::store_timeout`].
+    async fn bounded<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let limit = self.store_timeout();
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r.with_context(|| what.to_string()),
+            Err(_) => bail!(
+                "{what}: the store ({}) did not answer within {} ms",
+                self.store.describe(),
+                limit.as_millis()
+            ),
+        }
+    }
+
+    /// A renewal (or acquisition, or a failsafe round) that started at `t0` succeeded: the
+    /// watchdog fences at `t0 + ttl - fence_margin` unless armed again before.
+    fn arm(&self, t0: Instant) -> Result<()> {
+        arm_watchdog(self.watchdog.as_ref(), &self.cfg, t0)
+    }
+
+    fn disarm(&self) {
+        if let Some(w) = &self.watchdog {
+            if let Err(e) = w.lock().unwrap_or_else(|e| e.into_inner()).disarm() {
+                error!("{e:#}");
+            }
+        }
+    }
+
+    fn set_leading(&self, leading: bool) {
+        self.shared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .leading_or_acquiring = leading;
+    }
+
+    /// Keep renewing the lease (and arming the watchdog) while a long step runs (starting,
+    /// promoting): the loop does not come round to renew meanwhile. Stops when dropped, or
+    /// when a renewal is refused (the watchdog then fences at the last deadline).
+    fn keeper(&self) -> Option<KeeperGuard> {
+        if !self.held_lease {
+            return None;
+        }
+        let store = self.store.clone();
+        let watchdog = self.watchdog.clone();
+        let cfg = self.cfg.clone();
+        let limit = self.store_timeout();
+        let task = tokio::spawn(async move {
+            let every = Duration::from_millis(cfg.timing.loop_interval_ms);
+            loop {
+                tokio::time::sleep(every).await;
+                let t0 = Instant::now();
+                match tokio::time::timeout(limit, store.leader_renew(&cfg.name, cfg.timing.ttl_ms))
+                    .await
+                {
+                    Ok(Ok(true)) => {
+                        if let Err(e) = arm_watchdog(watchdog.as_ref(), &cfg, t0) {
+                            error!("{e:#}");
+                            return;
+                        }
+                    }
+                    Ok(Ok(false)) => {
+                        warn!("lost the leader lease during a long step");
+                        return;
+                    }
+                    Ok(Err(e)) => warn!("renewing the leader lease during a long step: {e:#}"),
+                    Err(_) => warn!("renewing the leader lease during a long step: the store did not answer"),
+                }
+            }
+        });
+        Some(KeeperGuard(task))
+    }
+
+    /// The store did not answer. A primary with failsafe on asks every other member to
+    /// confirm it over the API; when all do, it keeps serving (the watchdog is armed as if
+    /// the lease had been renewed when the round started). Otherwise the watchdog fences it
+    /// at the deadline of its last renewal.
+    async fn store_unreachable(&mut self) {
+        if !self.cfg.failover.failsafe || !self.held_lease {
+            return;
+        }
+        if fence::postmaster_of(&self.cfg.data_dir).is_none()
+            || self.probe.as_ref().is_none_or(|p| p.in_recovery)
+        {
+            return;
+        }
+        let Some(view) = self
+            .shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .view
+            .clone()
+        else {
+            return;
+        };
+        let me = self.cfg.name.clone();
+        let t0 = Instant::now();
+        let mut asks = tokio::task::JoinSet::new();
+        for m in view.members.iter().filter(|m| m.name != me) {
+            let mut req = self
+                .http
+                .post(format!("{}/failsafe", m.api_url.trim_end_matches('/')))
+                .json(&serde_json::json!({ "leader": me }));
+            if let Some(t) = &self.auth.token {
+                req = req.bearer_auth(t);
+            } else if let Some((u, p)) = &self.auth.basic {
+                req = req.basic_auth(u, Some(p));
+            }
+            let name = m.name.clone();
+            asks.spawn(async move {
+                let r = req.send().await;
+                let ok = r.as_ref().is_ok_and(|r| r.status().is_success());
+                let why = match r {
+                    Ok(r) => format!("answered {}", r.status()),
+                    Err(e) => format!("unreachable ({e})"),
+                };
+                (name, ok, why)
+            });
+        }
+        let mut refused = vec![];
+        let mut n = 0;
+        while let Some(r) = asks.join_next().await {
+            n += 1;
+            match r {
+                Ok((_, true, _)) => {}
+                Ok((name, false, why)) => refused.push(format!("{name} {why}")),
+                Err(e) => refused.push(format!("a check failed: {e}")),
+            }
+        }
+        if refused.is_empty() {
+            match self.arm(t0) {
+                Ok(()) => {
+                    let msg = format!(
+                        "failsafe: the store is unreachable; all {n} other members confirm this primary, so it keeps serving"
+                    );
+                    if self.message.as_deref() != Some(msg.as_str()) {
+                        warn!("{msg}");
+                    }
+                    self.message = Some(msg);
+                }
+                Err(e) => error!("{e:#}"),
+            }
+        } else {
+            let msg = format!(
+                "failsafe: the store is unreachable and not every member confirms this primary ({}): \
+                 it fences itself when its lease runs out",
+                refused.join("; ")
+            );
+            warn!("{msg}");
+            self.message = Some(msg);
+        }
     }
 
     /// Run until `shutdown` resolves, then stop PostgreSQL cleanly and release the lease.
@@ -315,7 +497,22 @@ impl Agent {
             } else {
                 interval
             };
-            let pause = pace.saturating_sub(started.elapsed());
+            let mut pause = pace.saturating_sub(started.elapsed());
+            // Another member's lease that runs out before the next loop: wake just after it
+            // expires, to take over at once (the store has no push for expiry here).
+            let now = now_ms();
+            if let Some(expires) = self
+                .shared
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .view
+                .as_ref()
+                .and_then(|v| v.leader.as_ref())
+                .filter(|l| l.member != self.cfg.name && l.expires_ms > now)
+                .map(|l| l.expires_ms)
+            {
+                pause = pause.min(Duration::from_millis(expires - now + 5));
+            }
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 _ = tokio::time::sleep(pause) => {}
@@ -343,6 +540,12 @@ impl Agent {
                 Ok(false) => {}
                 Err(e) => warn!("releasing the leader lease: {e:#}"),
             }
+            // Nothing left to fence: the watchdog goes with the agent.
+            if let Some(w) = self.watchdog.take() {
+                if let Ok(w) = Arc::try_unwrap(w) {
+                    w.into_inner().unwrap_or_else(|e| e.into_inner()).exit();
+                }
+            }
         }
         let status = if failed {
             MemberStatus::Failed
@@ -367,13 +570,37 @@ impl Agent {
     /// each orphan slot was first seen (for the grace period before it is dropped).
     fn local_view(&mut self, view: &ClusterView, data: DataDir, pg: PgRun) -> LocalView {
         let running = matches!(pg, PgRun::Running { .. });
+        let now = now_ms();
+        // A primary's PostgreSQL that went down by itself: since when (restart in place,
+        // then hand over after timing.primary_restart_timeout_ms).
+        match (&pg, &data) {
+            (PgRun::Running { in_recovery: false, .. }, _) => self.crashed_since_ms = None,
+            (_, DataDir::Initialized { standby: false, .. }) if self.crashed => {
+                self.crashed_since_ms.get_or_insert(now);
+            }
+            (_, DataDir::Initialized { standby: true, .. }) | (_, DataDir::Empty) => {
+                self.crashed_since_ms = None
+            }
+            _ => {}
+        }
         let mut local = LocalView::new(&self.cfg.name, data, pg);
         local.orphan_grace_ms = self.cfg.timing.orphan_slot_grace_ms;
+        local.policy = pgbaton_core::failover::Policy::from_config(&self.cfg);
+        local.crashed_since_ms = self.crashed_since_ms;
+        local.rejoin_failed = self.rejoin_failed.clone();
+        local.failsafe = self
+            .shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .failsafe
+            .clone()
+            .filter(|f| f.leader != self.cfg.name);
         if let Some(p) = self.probe.as_ref().filter(|_| running) {
             local.lsn = p.lsn;
+            local.receive_lsn = p.receive_lsn;
+            local.timeline = p.timeline;
             local.slots = p.slots.clone();
             let (orphans, _) = pgbaton_core::decide::orphan_slots(&view.members, &p.slots);
-            let now = now_ms();
             self.orphans_since.retain(|k, _| orphans.contains(k));
             for o in orphans {
                 self.orphans_since.entry(o).or_insert(now);
@@ -426,13 +653,30 @@ impl Agent {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .last_loop = Some(Instant::now());
-        let view = self
-            .cluster_view()
+        let view = match self
+            .bounded("read the cluster from the store", self.cluster_view())
             .await
-            .context("read the cluster from the store")?;
-        let data = datadir::inspect(&self.bins, &self.cfg.data_dir)?;
+        {
+            Ok(v) => v,
+            Err(e) => {
+                self.store_unreachable().await;
+                return Err(e);
+            }
+        };
+        {
+            let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            let leads = view
+                .leader
+                .as_ref()
+                .is_some_and(|l| l.member == self.cfg.name && l.expires_ms > now_ms());
+            sh.leading_or_acquiring = leads;
+        }
+        let (data, timeline) = datadir::inspect_with_timeline(&self.bins, &self.cfg.data_dir)?;
         let pg = self.observe_pg(&view).await;
-        let local = self.local_view(&view, data, pg);
+        let mut local = self.local_view(&view, data, pg);
+        if local.timeline.is_none() {
+            local.timeline = timeline;
+        }
         let actions = decide(&view, &local, now_ms());
         self.message = None;
         let mut actions = actions.into_iter();
@@ -481,7 +725,9 @@ impl Agent {
             return Ok(());
         }
         // Publish what is true now, after the actions.
-        let view = self.cluster_view().await?;
+        let view = self
+            .bounded("read the cluster from the store", self.cluster_view())
+            .await?;
         let data = datadir::inspect(&self.bins, &self.cfg.data_dir)?;
         let pg = self.observe_pg(&view).await;
         let local = self.local_view(&view, data, pg);
@@ -540,7 +786,34 @@ impl Agent {
             }
             Action::Bootstrap => self.bootstrap(&local.data).await.map(|_| true),
             Action::AcquireLease => {
-                let won = self.store.leader_acquire(&me, ttl).await?;
+                {
+                    // Atomically with the API's failsafe handler: a member that promised a
+                    // live primary not to take the lease does not, and while it takes it,
+                    // it promises nothing.
+                    let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
+                    if let Some(f) = sh
+                        .failsafe
+                        .as_ref()
+                        .filter(|f| f.leader != me && f.active(now_ms()))
+                    {
+                        self.message = Some(format!(
+                            "not taking the leader lease: {} was confirmed as a live primary (failsafe)",
+                            f.leader
+                        ));
+                        return Ok(false);
+                    }
+                    sh.leading_or_acquiring = true;
+                }
+                let t0 = Instant::now();
+                // On an error the outcome is unknown: keep refusing failsafe confirmations
+                // until a view of the store says who leads.
+                let won = self
+                    .bounded("take the leader lease", self.store.leader_acquire(&me, ttl))
+                    .await?;
+                if won {
+                    self.arm(t0)?;
+                }
+                self.set_leading(won);
                 if won && !self.held_lease {
                     info!("acquired the leader lease");
                 } else if !won {
@@ -550,7 +823,21 @@ impl Agent {
                 Ok(won)
             }
             Action::RenewLease => {
-                let kept = self.store.leader_renew(&me, ttl).await?;
+                let t0 = Instant::now();
+                let kept = match self
+                    .bounded("renew the leader lease", self.store.leader_renew(&me, ttl))
+                    .await
+                {
+                    Ok(k) => k,
+                    Err(e) => {
+                        self.store_unreachable().await;
+                        return Err(e);
+                    }
+                };
+                if kept {
+                    self.arm(t0)?;
+                }
+                self.set_leading(kept);
                 if !kept {
                     warn!("lost the leader lease");
                     self.message = Some("lost the leader lease".into());
@@ -566,11 +853,14 @@ impl Agent {
                     warn!("released the leader lease: {reason}");
                 }
                 self.held_lease = false;
+                self.set_leading(false);
+                self.disarm();
                 Ok(true)
             }
             Action::Clone { from } => self.clone_from(&from, false).await.map(|_| true),
             Action::Start { upstream } => {
                 let standby = matches!(local.data, DataDir::Initialized { standby: true, .. });
+                let _keeper = self.keeper();
                 self.start(standby, upstream.as_ref()).await.map(|_| true)
             }
             Action::Follow { upstream } => {
@@ -592,6 +882,9 @@ impl Agent {
                     Duration::from_millis(self.cfg.timing.start_timeout_ms),
                 )
                 .await?;
+                if !self.held_lease {
+                    self.disarm();
+                }
                 Ok(true)
             }
             Action::EnsureSlots { names } => {
@@ -642,6 +935,7 @@ impl Agent {
                     bail!("no connection to PostgreSQL to promote it")
                 };
                 info!("promoting PostgreSQL");
+                let _keeper = self.keeper();
                 sql::promote(
                     client,
                     Duration::from_millis(self.cfg.timing.start_timeout_ms),
@@ -673,6 +967,7 @@ impl Agent {
             Action::Restart { upstream } => {
                 info!("restarting PostgreSQL as asked");
                 let standby = matches!(local.data, DataDir::Initialized { standby: true, .. });
+                let _keeper = self.keeper();
                 self.stop_pg().await?;
                 self.start(standby, upstream.as_ref()).await.map(|_| true)
             }
@@ -744,6 +1039,8 @@ impl Agent {
                     info!("released the leader lease at shutdown checkpoint {lsn}");
                 }
                 self.held_lease = false;
+                self.set_leading(false);
+                self.disarm();
                 Ok(true)
             }
             Action::AdvanceOp { op, phase, message } => {
@@ -852,11 +1149,14 @@ impl Agent {
                     upstream.member
                 )
             }
-            Err(e) => bail!(
-                "{e:#}. The data directory cannot be rewound; re-clone it with `pgbaton reinit {}` \
-                 (pgbaton does not wipe it on its own)",
-                self.cfg.name
-            ),
+            Err(e) => {
+                self.rejoin_failed = Some(format!("{e:#}"));
+                bail!(
+                    "{e:#}. The data directory cannot be rewound; re-clone it with `pgbaton reinit {}` \
+                     (pgbaton does not wipe it on its own)",
+                    self.cfg.name
+                )
+            }
         }
         self.start(true, Some(upstream)).await
     }
@@ -939,6 +1239,7 @@ impl Agent {
             .await?;
         }
         // Only the lease holder may run a writable primary: take the lease first.
+        let t0 = Instant::now();
         if !self
             .store
             .leader_acquire(&me, self.cfg.timing.ttl_ms)
@@ -946,7 +1247,10 @@ impl Agent {
         {
             bail!("cannot bootstrap: another member holds the leader lease");
         }
+        self.arm(t0)?;
         self.held_lease = true;
+        self.set_leading(true);
+        let _keeper = self.keeper();
         if server::postmaster_pid(&self.cfg.data_dir).is_none() {
             self.start(false, None).await?;
         }
@@ -1102,11 +1406,39 @@ impl Agent {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .member = Some(state.clone());
-        self.store
-            .member_put(&state)
-            .await
-            .context("publish the member's state to the store")
+        self.bounded(
+            "publish the member's state to the store",
+            self.store.member_put(&state),
+        )
+        .await
     }
+}
+
+/// Stops the lease keeper task when dropped.
+struct KeeperGuard(tokio::task::JoinHandle<()>);
+impl Drop for KeeperGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn arm_watchdog(
+    watchdog: Option<&Arc<std::sync::Mutex<fence::Watchdog>>>,
+    cfg: &NodeConfig,
+    t0: Instant,
+) -> Result<()> {
+    let Some(w) = watchdog else { return Ok(()) };
+    let window = Duration::from_millis(cfg.timing.ttl_ms.saturating_sub(cfg.timing.fence_margin_ms));
+    let remaining = window.saturating_sub(t0.elapsed());
+    w.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .arm(remaining)
+        .map_err(|e| {
+            Fatal(format!(
+                "{e:#}: without its fence watchdog this member must not run a primary; the agent exits"
+            ))
+            .into()
+        })
 }
 
 /// The member a standby's `primary_conninfo` points at, matched by host and port.

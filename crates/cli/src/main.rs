@@ -245,9 +245,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // Drop privileges before any thread exists.
             let (ident, checked) =
                 pgbaton_agent::become_os_user(&cfg, |_| pgbaton_agent::preflight(&cfg))?;
+            // Fork the fence watchdog while the process still has a single thread.
+            let watchdog = pgbaton_agent::fence::Watchdog::spawn(&cfg.data_dir)?;
             let rt = runtime()?;
             rt.block_on(async move {
-                let (agent, listener) = pgbaton_agent::Agent::new(cfg, ident, checked).await?;
+                let (agent, listener) =
+                    pgbaton_agent::Agent::new(cfg, ident, checked, Some(watchdog)).await?;
                 agent.run(listener, shutdown_signal()).await
             })?;
             Ok(ExitCode::SUCCESS)

@@ -19,28 +19,36 @@ pub struct ControlData {
 
 /// Classify the directory: missing/empty, a PostgreSQL data directory, or something else.
 pub fn inspect(bins: &Binaries, dir: &Path) -> Result<DataDir> {
+    inspect_with_timeline(bins, dir).map(|(d, _)| d)
+}
+
+/// [`inspect`], and the timeline of the latest checkpoint when it is a data directory.
+pub fn inspect_with_timeline(bins: &Binaries, dir: &Path) -> Result<(DataDir, Option<u32>)> {
     let entries = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect::<Vec<_>>(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataDir::Empty),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((DataDir::Empty, None)),
         Err(e) => return Err(e).with_context(|| format!("read data directory {}", dir.display())),
     };
     if entries.is_empty() {
-        return Ok(DataDir::Empty);
+        return Ok((DataDir::Empty, None));
     }
     if !dir.join("PG_VERSION").is_file() || !dir.join("global/pg_control").is_file() {
         let mut some = entries.clone();
         some.sort();
         some.truncate(5);
-        return Ok(DataDir::Foreign(format!("it holds {}", some.join(", "))));
+        return Ok((DataDir::Foreign(format!("it holds {}", some.join(", "))), None));
     }
     let cd = controldata(bins, dir)?;
-    Ok(DataDir::Initialized {
-        system_id: cd.system_id,
-        standby: dir.join("standby.signal").exists(),
-    })
+    Ok((
+        DataDir::Initialized {
+            system_id: cd.system_id,
+            standby: dir.join("standby.signal").exists(),
+        },
+        cd.timeline,
+    ))
 }
 
 /// Run `pg_controldata` (works while PostgreSQL is down).

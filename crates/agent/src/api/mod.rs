@@ -48,6 +48,13 @@ pub struct Shared {
     pub promotions: u64,
     /// Standby: ms since the last replayed transaction committed (0 when caught up).
     pub replay_lag_ms: Option<u64>,
+    /// The lease TTL: how long a failsafe confirmation binds this member.
+    pub ttl_ms: u64,
+    /// The failsafe confirmation this member last gave a primary.
+    pub failsafe: Option<pgbaton_core::failover::Failsafe>,
+    /// This member holds the leader lease, or is in the middle of taking it: it confirms
+    /// no other primary.
+    pub leading_or_acquiring: bool,
 }
 
 pub type SharedState = Arc<RwLock<Shared>>;
@@ -101,7 +108,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/reinitialize", post(reinit))
         .route("/reload", post(reload))
         .route("/pause", post(pause))
-        .route("/resume", post(resume));
+        .route("/resume", post(resume))
+        .route("/failsafe", post(failsafe));
     for p in HEALTH_PATHS {
         // With and without a trailing slash: load balancer configs in the wild have both.
         r = r
@@ -300,6 +308,62 @@ pub fn authorized(auth: &Auth, headers: &HeaderMap) -> bool {
         }
     }
     false
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailsafeBody {
+    /// The primary asking to be confirmed.
+    leader: String,
+}
+
+/// The primary cannot reach the store and asks this member to confirm it (failsafe mode).
+/// Yes (200) binds this member not to take the leader lease for one TTL; a member that holds
+/// the lease or is taking it says no (409).
+async fn failsafe(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&st.auth, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong credentials: send Authorization: Bearer <token> or basic authentication",
+        );
+    }
+    let b: FailsafeBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a failsafe request: {e} (expected {{\"leader\": \"n1\"}})"),
+            )
+        }
+    };
+    let me = st.cfg.name.clone();
+    if b.leader == me {
+        return error(StatusCode::BAD_REQUEST, "a member does not confirm itself");
+    }
+    let mut sh = st.shared.write().unwrap_or_else(|e| e.into_inner());
+    if sh.leading_or_acquiring {
+        return error(
+            StatusCode::CONFLICT,
+            format!("{me} holds the leader lease or is taking it: it does not confirm {}", b.leader),
+        );
+    }
+    let until_ms = now_ms() + sh.ttl_ms;
+    if sh.failsafe.as_ref().is_none_or(|f| f.leader != b.leader || !f.active(now_ms())) {
+        tracing::warn!(
+            "failsafe: confirmed {} as a live primary; not taking the leader lease for {} ms",
+            b.leader,
+            sh.ttl_ms
+        );
+    }
+    sh.failsafe = Some(pgbaton_core::failover::Failsafe {
+        leader: b.leader.clone(),
+        until_ms,
+    });
+    (
+        StatusCode::OK,
+        Json(json!({ "member": me, "confirms": b.leader, "until_ms": until_ms })),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize, Default)]
