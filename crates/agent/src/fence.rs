@@ -93,7 +93,10 @@ enum Msg {
 fn parse(line: &str) -> Option<Msg> {
     let line = line.trim();
     match line.split_once(' ') {
-        Some(("arm", ms)) => ms.parse().ok().map(|ms| Msg::Arm(Duration::from_millis(ms))),
+        Some(("arm", ms)) => ms
+            .parse()
+            .ok()
+            .map(|ms| Msg::Arm(Duration::from_millis(ms))),
         _ if line == "disarm" => Some(Msg::Disarm),
         _ if line == "exit" => Some(Msg::Exit),
         _ => None,
@@ -259,7 +262,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(150));
         tx.send(Msg::Arm(Duration::from_millis(300))).unwrap(); // a renewal moves it
         std::thread::sleep(Duration::from_millis(200));
-        assert!(child.try_wait().unwrap().is_none(), "fenced before the deadline");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "fenced before the deadline"
+        );
         let waited = Instant::now();
         let status = loop {
             if let Some(s) = child.try_wait().unwrap() {

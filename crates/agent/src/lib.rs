@@ -357,7 +357,9 @@ impl Agent {
                         return;
                     }
                     Ok(Err(e)) => warn!("renewing the leader lease during a long step: {e:#}"),
-                    Err(_) => warn!("renewing the leader lease during a long step: the store did not answer"),
+                    Err(_) => warn!(
+                        "renewing the leader lease during a long step: the store did not answer"
+                    ),
                 }
             }
         });
@@ -574,7 +576,12 @@ impl Agent {
         // A primary's PostgreSQL that went down by itself: since when (restart in place,
         // then hand over after timing.primary_restart_timeout_ms).
         match (&pg, &data) {
-            (PgRun::Running { in_recovery: false, .. }, _) => self.crashed_since_ms = None,
+            (
+                PgRun::Running {
+                    in_recovery: false, ..
+                },
+                _,
+            ) => self.crashed_since_ms = None,
             (_, DataDir::Initialized { standby: false, .. }) if self.crashed => {
                 self.crashed_since_ms.get_or_insert(now);
             }
@@ -957,6 +964,30 @@ impl Agent {
                     .await
                     .context("checkpoint after promotion")?;
                 info!("promoted: PostgreSQL accepts writes (checkpointed on the new timeline)");
+                let by_op = _view.op.as_ref().is_some_and(|o| !o.phase.finished());
+                if !by_op {
+                    let old = pgbaton_core::failover::last_primary(&_view.members, &me).name;
+                    let p = sql::probe(client).await.ok();
+                    let msg = format!(
+                        "{me} took over automatically{}",
+                        old.as_deref()
+                            .map(|o| format!(" from {o} (its lease ran out)"))
+                            .unwrap_or_default()
+                    );
+                    warn!("failover: {msg}");
+                    let entry = HistoryEntry {
+                        time_ms: now_ms(),
+                        operation: "failover".into(),
+                        members: old.into_iter().chain(std::iter::once(me.clone())).collect(),
+                        result: "done".into(),
+                        timeline: p.as_ref().and_then(|p| p.timeline),
+                        lsn: p.as_ref().and_then(|p| p.lsn),
+                        message: Some(msg),
+                    };
+                    if let Err(e) = self.store.history_append(&entry).await {
+                        warn!("record the failover in the history: {e:#}");
+                    }
+                }
                 self.shared
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
@@ -1428,7 +1459,8 @@ fn arm_watchdog(
     t0: Instant,
 ) -> Result<()> {
     let Some(w) = watchdog else { return Ok(()) };
-    let window = Duration::from_millis(cfg.timing.ttl_ms.saturating_sub(cfg.timing.fence_margin_ms));
+    let window =
+        Duration::from_millis(cfg.timing.ttl_ms.saturating_sub(cfg.timing.fence_margin_ms));
     let remaining = window.saturating_sub(t0.elapsed());
     w.lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -42,6 +42,22 @@ pub struct UpOptions {
     pub archive: bool,
     pub timeout_s: u64,
     pub orphan_slot_grace_s: u64,
+    /// etcd endpoints; empty: the embedded store in DIR/store.db.
+    pub etcd: Vec<String>,
+}
+
+impl UpOptions {
+    fn store(&self, l: &Layout) -> StoreConfig {
+        if self.etcd.is_empty() {
+            StoreConfig::Local {
+                path: l.dir.join("store.db"),
+            }
+        } else {
+            StoreConfig::Etcd {
+                endpoints: self.etcd.clone(),
+            }
+        }
+    }
 }
 
 struct Layout {
@@ -113,9 +129,7 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
             auth_token_file: Some(l.dir.join("api.token")),
             ..Default::default()
         },
-        store: StoreConfig::Local {
-            path: l.dir.join("store.db"),
-        },
+        store: o.store(l),
         timing: TimingConfig {
             orphan_slot_grace_ms: o.orphan_slot_grace_s * 1000,
             ..TimingConfig::default()
@@ -299,9 +313,7 @@ pub async fn up(o: UpOptions) -> Result<()> {
     }
     let client = ClientConfig {
         cluster: o.cluster.clone(),
-        store: StoreConfig::Local {
-            path: l.dir.join("store.db"),
-        },
+        store: o.store(&l),
     };
     write_owned(&user, &l.client_config(), &client.to_toml_string(), 0o644)?;
     std::fs::set_permissions(&l.dir, std::fs::Permissions::from_mode(0o755))?;
@@ -488,7 +500,11 @@ async fn wait_until(
     let mut last_line: BTreeMap<String, String> = BTreeMap::new();
     let mut store = None;
     loop {
-        if store.is_none() && matches!(&client.store, StoreConfig::Local { path } if path.exists())
+        if store.is_none()
+            && match &client.store {
+                StoreConfig::Local { path } => path.exists(),
+                StoreConfig::Etcd { .. } => true,
+            }
         {
             store = open_store(client).ok();
         }

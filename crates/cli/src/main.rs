@@ -58,6 +58,10 @@ enum Cmd {
         /// How long the primary keeps a pgbaton slot that belongs to no member.
         #[arg(long, default_value_t = 300)]
         orphan_slot_grace: u64,
+        /// Keep the cluster's state in this etcd (v3) endpoint instead of DIR/store.db, like
+        /// members on several machines do (repeat for an etcd cluster).
+        #[arg(long = "etcd", value_name = "URL")]
+        etcd: Vec<String>,
     },
     /// Stop a local cluster made by `up`.
     Down {
@@ -264,6 +268,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             archive,
             timeout,
             orphan_slot_grace,
+            etcd,
         } => {
             let opts = local::UpOptions {
                 dir,
@@ -274,6 +279,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 archive,
                 timeout_s: timeout,
                 orphan_slot_grace_s: orphan_slot_grace,
+                etcd,
             };
             runtime()?.block_on(local::up(opts))?;
             Ok(ExitCode::SUCCESS)

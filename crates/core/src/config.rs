@@ -89,7 +89,7 @@ impl Default for FailoverConfig {
 }
 
 /// The `[tags]` table.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TagsConfig {
     /// Never make this member the primary automatically. Default false.
@@ -103,6 +103,16 @@ pub struct TagsConfig {
 
 fn one() -> u32 {
     1
+}
+
+impl Default for TagsConfig {
+    fn default() -> Self {
+        TagsConfig {
+            nofailover: false,
+            noloadbalance: false,
+            failover_priority: 1,
+        }
+    }
 }
 
 /// The `[postgresql]` table: how to run and reach the PostgreSQL instance.
@@ -1610,6 +1620,8 @@ start_timeout_ms = 120000
         assert_eq!(c.timing.fence_margin_ms, 500);
         assert_eq!(c.timing.primary_restart_timeout_ms, 30_000);
         assert_eq!(c.failover, FailoverConfig::default());
+        assert_eq!(c.tags, TagsConfig::default());
+        assert_eq!(TagsConfig::default().failover_priority, 1);
         assert_eq!(c.failover.max_lag_bytes, 1_048_576);
         assert!(c.failover.failsafe);
         assert!(!c.failover.reclone_on_rewind_failure);

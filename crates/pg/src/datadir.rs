@@ -39,7 +39,10 @@ pub fn inspect_with_timeline(bins: &Binaries, dir: &Path) -> Result<(DataDir, Op
         let mut some = entries.clone();
         some.sort();
         some.truncate(5);
-        return Ok((DataDir::Foreign(format!("it holds {}", some.join(", "))), None));
+        return Ok((
+            DataDir::Foreign(format!("it holds {}", some.join(", "))),
+            None,
+        ));
     }
     let cd = controldata(bins, dir)?;
     Ok((

@@ -55,10 +55,43 @@ pub fn diverged_at(output: &str) -> Option<String> {
     Some(rest.split_whitespace().next()?.to_string())
 }
 
+/// A data directory of a PostgreSQL that crashed (or was fenced) is not "shut down": run
+/// crash recovery in single-user mode so that pg_rewind can read it. pg_rewind does this
+/// itself, but not in a dry run, which then fails with "must be shut down cleanly".
+pub async fn ensure_clean_shutdown(bins: &Binaries, data_dir: &Path) -> Result<()> {
+    let cd = crate::datadir::controldata(bins, data_dir)?;
+    if cd.state == "shut down" || cd.state == "shut down in recovery" {
+        return Ok(());
+    }
+    let mut cmd = Command::new(bins.path("postgres"));
+    cmd.args(["--single", "-F", "-c", "archive_mode=off", "-D"])
+        .arg(data_dir)
+        .arg("template1")
+        .stdin(std::process::Stdio::null())
+        .env("LC_ALL", "C")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(3600), cmd.output())
+        .await
+        .context("crash recovery (postgres --single) did not finish within an hour")?
+        .context("run postgres --single for crash recovery")?;
+    let after = crate::datadir::controldata(bins, data_dir)?;
+    if !out.status.success() || after.state != "shut down" {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(3).collect();
+        bail!(
+            "crash recovery before pg_rewind failed (pg_control says {:?}): {}",
+            after.state,
+            tail.into_iter().rev().collect::<Vec<_>>().join("; ")
+        );
+    }
+    Ok(())
+}
+
 /// Ask pg_rewind (dry run) whether the data directory diverged from `source`, and rewind it
 /// when it did. PostgreSQL must be stopped. `source` is a libpq connection string to the
 /// new primary (pg_rewind reads files through SQL functions granted to the replication user).
 pub async fn rewind_if_diverged(bins: &Binaries, data_dir: &Path, source: &str) -> Result<Rewind> {
+    ensure_clean_shutdown(bins, data_dir).await?;
     let dry = pg_rewind(bins, data_dir, source, true).await?;
     if dry.contains("no rewind required") {
         return Ok(Rewind::NotNeeded);

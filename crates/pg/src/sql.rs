@@ -91,9 +91,24 @@ pub async fn probe(client: &Client) -> Result<Probe> {
         let host: Option<String> = row.get(3);
         let port: Option<i32> = row.get(4);
         p.receiver_sender = host.zip(port).map(|(h, port)| (h, port as u16));
-        if let Some(tli) = row.get::<_, Option<i32>>(5) {
-            p.timeline = Some(tli as u32);
-        }
+        // The timeline it replays: the newest of the receiver's, the last restartpoint's and
+        // the newest history file it has (a standby that followed a promotion has the new
+        // timeline's history file even while its WAL receiver is down; the restartpoint's
+        // stays on the old timeline until the next restartpoint).
+        let history: Option<String> = client
+            .query_one(
+                "SELECT max(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}\\.history$'",
+                &[],
+            )
+            .await
+            .context("list the standby's timeline history files")?
+            .get(0);
+        let from_history = history.and_then(|h| u32::from_str_radix(&h[..8], 16).ok());
+        let received = row.get::<_, Option<i32>>(5).map(|t| t as u32);
+        p.timeline = [p.timeline, received, from_history]
+            .into_iter()
+            .flatten()
+            .max();
         p.replay_lag_ms = row.get::<_, Option<i64>>(6).map(|ms| ms.max(0) as u64);
     } else {
         // The timeline of the WAL being written: the first 8 hex digits of its file name

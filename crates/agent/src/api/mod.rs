@@ -332,7 +332,9 @@ async fn failsafe(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("the body is not a failsafe request: {e} (expected {{\"leader\": \"n1\"}})"),
+                format!(
+                    "the body is not a failsafe request: {e} (expected {{\"leader\": \"n1\"}})"
+                ),
             )
         }
     };
@@ -344,11 +346,18 @@ async fn failsafe(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -
     if sh.leading_or_acquiring {
         return error(
             StatusCode::CONFLICT,
-            format!("{me} holds the leader lease or is taking it: it does not confirm {}", b.leader),
+            format!(
+                "{me} holds the leader lease or is taking it: it does not confirm {}",
+                b.leader
+            ),
         );
     }
     let until_ms = now_ms() + sh.ttl_ms;
-    if sh.failsafe.as_ref().is_none_or(|f| f.leader != b.leader || !f.active(now_ms())) {
+    if sh
+        .failsafe
+        .as_ref()
+        .is_none_or(|f| f.leader != b.leader || !f.active(now_ms()))
+    {
         tracing::warn!(
             "failsafe: confirmed {} as a live primary; not taking the leader lease for {} ms",
             b.leader,

@@ -311,13 +311,15 @@ fn health_endpoints_answer_by_role_and_operations_need_credentials() {
         &[503, 503, 503, 200, 200, 503, 200, 200, 200, 200],
     );
 
-    // A member whose PostgreSQL is stopped (a former primary waiting for rejoin): only its
+    // A member whose PostgreSQL is stopped (a former primary, the cluster paused): only its
     // agent is alive.
     let (a, p) = (c.agent_pid("n2").unwrap(), c.postmaster_pid("n2").unwrap());
     kill9(a);
     kill9(p);
-    let new_primary = c.promote_best("n3");
+    let new_primary = c.failed_over_from("n2");
     let other = if new_primary == "n3" { "n1" } else { "n3" };
+    // Paused, the former primary does not rejoin by itself: it stays stopped.
+    c.pause();
     let _ = c.up_again();
     wait_for(
         "n2's agent back, PostgreSQL stopped",

@@ -372,23 +372,9 @@ impl Cluster {
         .collect()
     }
 
-    /// Start and stop `member`'s PostgreSQL by hand, outside pgbaton, running `sql` on it
-    /// while it runs (as a primary when its data directory is a primary's).
-    pub fn run_by_hand(&self, member: &str, sql: &str) -> String {
-        let data = self.data_dir(member);
-        let log = self.dir.join(member).join("by-hand.log");
-        let o = run_with_timeout(
-            as_pg(
-                Command::new(format!("{PG_BIN}/pg_ctl"))
-                    .arg("-D")
-                    .arg(&data)
-                    .arg("-l")
-                    .arg(&log)
-                    .args(["-w", "-t", "60", "start"]),
-            ),
-            Duration::from_secs(90),
-        );
-        assert!(o.status.success(), "pg_ctl start {member}: {}", text(&o));
+    /// Run SQL on `member` with psql over its socket, without asking the store where it is
+    /// (for tests where the store does not answer). Ok(stdout) or Err(all output).
+    pub fn sql_direct(&self, member: &str, sql: &str) -> Result<String, String> {
         let port = (self.port_base + member[1..].parse::<u16>().unwrap() - 1).to_string();
         let sock = self.dir.join(member).join("run");
         let out = run_with_timeout(
@@ -409,8 +395,33 @@ impl Cluster {
                         sql,
                     ]),
             ),
-            Duration::from_secs(60),
+            Duration::from_secs(30),
         );
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(text(&out))
+        }
+    }
+
+    /// Start and stop `member`'s PostgreSQL by hand, outside pgbaton, running `sql` on it
+    /// while it runs (as a primary when its data directory is a primary's).
+    pub fn run_by_hand(&self, member: &str, sql: &str) -> String {
+        let data = self.data_dir(member);
+        let log = self.dir.join(member).join("by-hand.log");
+        let o = run_with_timeout(
+            as_pg(
+                Command::new(format!("{PG_BIN}/pg_ctl"))
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-l")
+                    .arg(&log)
+                    .args(["-w", "-t", "60", "start"]),
+            ),
+            Duration::from_secs(90),
+        );
+        assert!(o.status.success(), "pg_ctl start {member}: {}", text(&o));
+        let out = self.sql_direct(member, sql);
         let o = run_with_timeout(
             as_pg(
                 Command::new(format!("{PG_BIN}/pg_ctl"))
@@ -421,40 +432,138 @@ impl Cluster {
             Duration::from_secs(90),
         );
         assert!(o.status.success(), "pg_ctl stop {member}: {}", text(&o));
-        assert!(out.status.success(), "psql on {member}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        out.unwrap_or_else(|e| panic!("psql on {member}: {e}"))
     }
 }
 
 impl Cluster {
-    /// After the primary was lost: promote `preferred`, or, when the CLI refuses because
-    /// another standby has more WAL, that one (as an operator would). Retries while the
-    /// dead primary's last report still looks fresh. Returns the promoted member.
-    pub fn promote_best(&self, preferred: &str) -> String {
-        let mut who = preferred.to_string();
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            let o = self.op(&["promote", &who]);
-            let t = text(&o);
-            if o.status.success() {
-                return who;
+    /// After the primary `old` was lost: wait for the automatic failover and return the
+    /// member that took over (a running primary holding the lease).
+    pub fn failed_over_from(&self, old: &str) -> String {
+        let mut who = String::new();
+        wait_for(
+            &format!("a new primary after losing {old}"),
+            Duration::from_secs(60),
+            || {
+                let l = self.list();
+                let Some(leader) = l["leader"].as_str().filter(|n| *n != old) else {
+                    return false;
+                };
+                let m = self.member(leader);
+                who = leader.to_string();
+                m["role"] == "primary" && m["state"] == "running"
+            },
+        );
+        who
+    }
+
+    /// Run `pgbaton pause` and check that it says so.
+    pub fn pause(&self) {
+        let t = text(&self.cmd(&["pause"]));
+        assert!(t.contains("paused"), "{t}");
+    }
+}
+
+/// Signal a process (SIGSTOP / SIGCONT for freezing), ignoring a process already gone.
+pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// A process frozen with SIGSTOP; thawed (SIGCONT) when dropped, so a failing test never
+/// leaves it stopped.
+pub struct Frozen(pub i32);
+impl Frozen {
+    pub fn new(pid: i32) -> Frozen {
+        signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        Frozen(pid)
+    }
+}
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+const ETCD_BIN: &str = "/usr/bin/etcd";
+
+/// One etcd server for a test (its own ports and data directory); killed when dropped.
+pub struct Etcd {
+    pub child: std::process::Child,
+    pub endpoint: String,
+    _dir: Scratch,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+impl Etcd {
+    pub fn new() -> Etcd {
+        assert!(
+            Path::new(ETCD_BIN).exists(),
+            "{ETCD_BIN} is missing: install etcd-server (CI does)"
+        );
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Etcd::start() {
+                Ok(e) => return e,
+                Err(e) => last = e,
             }
-            if let Some(rest) = t.split("refused: ").nth(1) {
-                if let Some(better) = rest
-                    .split(" has more WAL")
-                    .next()
-                    .filter(|_| rest.contains(" has more WAL"))
-                {
-                    who = better.trim().to_string();
-                }
-            } else {
-                panic!("promote {who} failed:\n{t}");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no promote was accepted within 90 s; last answer:\n{t}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
         }
+        panic!("could not start etcd: {last}");
+    }
+
+    fn start() -> Result<Etcd, String> {
+        let dir = scratch();
+        let client = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path.join("etcd.log")).expect("etcd log file");
+        let child = Command::new(ETCD_BIN)
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path.join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("etcd log file"))
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run {ETCD_BIN}: {e}"))?;
+        let mut etcd = Etcd {
+            child,
+            endpoint: client,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = etcd.child.try_wait() {
+                return Err(format!("etcd exited with {status}"));
+            }
+            let hostport = etcd.endpoint.trim_start_matches("http://").to_string();
+            if std::net::TcpStream::connect(&hostport).is_ok() {
+                return Ok(etcd);
+            }
+            if Instant::now() > deadline {
+                return Err("etcd did not listen within 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        signal(self.pid(), nix::sys::signal::Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -5,6 +5,7 @@ mod api;
 mod bad_input;
 mod browser;
 mod cluster;
+mod failover;
 mod haproxy;
 mod harness;
 mod operations;

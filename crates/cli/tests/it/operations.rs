@@ -29,7 +29,7 @@ fn count(c: &Cluster, member: &str, sql: &str) -> i64 {
 }
 
 #[test]
-fn promote_after_losing_the_primary_then_rejoin_rewinds_the_diverged_one() {
+fn paused_promote_after_losing_the_primary_then_rejoin_rewinds_the_diverged_one() {
     let c = Cluster::up(3);
     c.wait_healthy(Duration::from_secs(30));
     c.sql(None, "CREATE TABLE rows (id int primary key, who text); INSERT INTO rows SELECT g, 'n1' FROM generate_series(1, 500) g")
@@ -56,6 +56,10 @@ fn promote_after_losing_the_primary_then_rejoin_rewinds_the_diverged_one() {
             lsn("n1").is_some() && lsn("n1") == lsn("n2") && lsn("n1") == lsn("n3")
         },
     );
+    // Paused, nothing happens automatically: the operator drives the promotion and the
+    // rejoin by hand (automatic failover has its own tests in failover.rs).
+    let t = text(&c.cmd(&["pause"]));
+    assert!(t.contains("paused"), "{t}");
     // Lose the primary host: its agent and postmaster together.
     let (agent, pm) = (c.agent_pid("n1").unwrap(), c.postmaster_pid("n1").unwrap());
     kill9(agent);
@@ -104,9 +108,14 @@ fn promote_after_losing_the_primary_then_rejoin_rewinds_the_diverged_one() {
     c.sql(Some("n2"), "INSERT INTO rows VALUES (502, 'n2')")
         .unwrap();
 
-    // Its agent comes back: it waits for the operator instead of running as a second primary.
+    // Its agent comes back: paused, it waits for the operator instead of rejoining (and
+    // never runs as a second primary).
     let o = c.up_again();
-    assert!(text(&o).contains("n1 needs the operator"), "{}", text(&o));
+    assert!(
+        text(&o).contains("n1 needs the operator") && text(&o).contains("not rejoining"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(c.member("n1")["state"], "stopped");
     assert!(
         c.postmaster_pid("n1").is_none(),
@@ -136,6 +145,8 @@ fn promote_after_losing_the_primary_then_rejoin_rewinds_the_diverged_one() {
         "rows only n1 had survived the rewind"
     );
     assert_eq!(count(&c, "n1", "SELECT count(*) FROM rows"), 502);
+    let t = text(&c.cmd(&["resume"]));
+    assert!(t.contains("resumed"), "{t}");
 
     // The history has both operations, with the timeline they left.
     let h: serde_json::Value =

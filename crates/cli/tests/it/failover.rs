@@ -1,0 +1,320 @@
+//! Automatic failover against real processes: a lost primary host, a frozen leader agent,
+//! a crashed primary PostgreSQL, a frozen etcd, and pause. On the embedded store and on a
+//! real etcd.
+
+use crate::harness::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Sets the flag when dropped, so writer threads stop even when the test panics.
+struct StopOnDrop<'a>(&'a AtomicBool);
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn count(c: &Cluster, member: &str, sql: &str) -> i64 {
+    c.sql(Some(member), sql).unwrap().parse().unwrap()
+}
+
+/// A table with rows on every member and every standby at the primary's position.
+fn rows_everywhere(c: &Cluster, n: usize) {
+    c.sql(
+        None,
+        &format!("CREATE TABLE rows (id int primary key); INSERT INTO rows SELECT generate_series(1, {n})"),
+    )
+    .unwrap();
+    let members = c.member_names();
+    wait_for("the rows on every member", Duration::from_secs(30), || {
+        members.iter().all(|m| {
+            c.sql(Some(m), "SELECT count(*) FROM rows")
+                .map(|o| o == n.to_string())
+                .unwrap_or(false)
+        })
+    });
+    wait_for(
+        "every standby at the primary's LSN",
+        Duration::from_secs(30),
+        || {
+            let l = c.list();
+            let ms = l["members"].as_array().cloned().unwrap_or_default();
+            let lsns: Vec<_> = ms.iter().map(|m| m["lsn"].clone()).collect();
+            lsns.len() == members.len() && lsns.iter().all(|l| !l.is_null() && *l == lsns[0])
+        },
+    );
+}
+
+/// kill -9 of the leader's agent and postmaster together; a standby takes over, writes
+/// succeed, the third member follows, and the old member rejoins when restarted.
+fn host_loss(c: &Cluster) {
+    c.wait_healthy(Duration::from_secs(60));
+    rows_everywhere(c, 300);
+    let old = c.list()["leader"].as_str().unwrap().to_string();
+    let (agent, pm) = (c.agent_pid(&old).unwrap(), c.postmaster_pid(&old).unwrap());
+    kill9(agent);
+    kill9(pm);
+    let new = c.failed_over_from(&old);
+    assert_eq!(
+        count(c, &new, "SELECT count(*) FROM rows"),
+        300,
+        "acknowledged rows lost in the failover"
+    );
+    c.sql(Some(&new), "INSERT INTO rows VALUES (301)")
+        .expect("the new primary accepts writes");
+    let third = c
+        .member_names()
+        .into_iter()
+        .find(|m| *m != old && *m != new)
+        .unwrap();
+    wait_for(
+        &format!("{third} to stream from {new}"),
+        Duration::from_secs(60),
+        || {
+            let m = c.member(&third);
+            m["state"] == "streaming" && m["upstream"] == new.as_str()
+        },
+    );
+    wait_for(
+        "row 301 on the third member",
+        Duration::from_secs(30),
+        || {
+            c.sql(Some(&third), "SELECT count(*) FROM rows WHERE id = 301")
+                .map(|o| o == "1")
+                .unwrap_or(false)
+        },
+    );
+    let h = text(&c.cmd(&["history"]));
+    assert!(h.contains("failover"), "no failover in the history:\n{h}");
+
+    // The old member comes back and rejoins by itself.
+    let _ = c.up_again();
+    wait_for(
+        &format!("{old} to rejoin as a standby of {new}"),
+        Duration::from_secs(90),
+        || {
+            let m = c.member(&old);
+            m["role"] == "standby" && m["state"] == "streaming" && m["upstream"] == new.as_str()
+        },
+    );
+    wait_for(
+        "row 301 on the old primary",
+        Duration::from_secs(30),
+        || {
+            c.sql(Some(&old), "SELECT count(*) FROM rows WHERE id = 301")
+                .map(|o| o == "1")
+                .unwrap_or(false)
+        },
+    );
+    assert_eq!(c.list()["leader"], new.as_str(), "the leader changed again");
+}
+
+#[test]
+fn host_loss_fails_over_on_the_embedded_store() {
+    let c = Cluster::up(3);
+    host_loss(&c);
+}
+
+#[test]
+fn host_loss_fails_over_on_etcd() {
+    let etcd = Etcd::new();
+    let c = Cluster::up_with(3, &["--etcd", &etcd.endpoint]);
+    host_loss(&c);
+    drop(c);
+}
+
+/// One acknowledged insert on `member`: the server's clock when it ran (epoch seconds).
+fn probe_write(c: &Cluster, member: &str) -> Option<f64> {
+    c.sql(
+        Some(member),
+        &format!("INSERT INTO probe (who) VALUES ('{member}') RETURNING extract(epoch FROM at)"),
+    )
+    .ok()?
+    .parse()
+    .ok()
+}
+
+#[test]
+fn a_frozen_leader_agent_is_fenced_before_anyone_is_promoted() {
+    let c = Cluster::up(3);
+    c.wait_healthy(Duration::from_secs(60));
+    c.sql(
+        None,
+        "CREATE TABLE probe (who text, at timestamptz DEFAULT clock_timestamp())",
+    )
+    .unwrap();
+    wait_for(
+        "the probe table everywhere",
+        Duration::from_secs(30),
+        || {
+            ["n2", "n3"]
+                .iter()
+                .all(|m| c.sql(Some(m), "SELECT count(*) FROM probe").is_ok())
+        },
+    );
+    // A writer per member, each on its own connections: every acknowledged write is
+    // recorded with the time the server ran it.
+    let stop = AtomicBool::new(false);
+    let acked: Mutex<Vec<(String, f64)>> = Mutex::new(vec![]);
+    let new = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        for m in ["n1", "n2", "n3"] {
+            let (c, stop, acked) = (&c, &stop, &acked);
+            s.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(at) = probe_write(c, m) {
+                        acked.lock().unwrap().push((m.to_string(), at));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+        }
+        wait_for("writes acknowledged by n1", Duration::from_secs(20), || {
+            acked.lock().unwrap().len() >= 5
+        });
+        let frozen = Frozen::new(c.agent_pid("n1").unwrap());
+        let new = c.failed_over_from("n1");
+        wait_for(
+            &format!("writes acknowledged by {new}"),
+            Duration::from_secs(30),
+            || acked.lock().unwrap().iter().any(|(m, _)| *m == new),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        // n1's PostgreSQL was stopped by its watchdog while its agent stayed frozen.
+        assert!(
+            c.postmaster_pid("n1").is_none(),
+            "n1's PostgreSQL still runs beside the new primary"
+        );
+        drop(frozen);
+        new
+    });
+    let acked = acked.into_inner().unwrap();
+    let last_old = acked
+        .iter()
+        .filter(|(m, _)| m == "n1")
+        .map(|(_, t)| *t)
+        .fold(f64::MIN, f64::max);
+    let first_new = acked
+        .iter()
+        .filter(|(m, _)| *m == new)
+        .map(|(_, t)| *t)
+        .fold(f64::MAX, f64::min);
+    eprintln!(
+        "n1's last acknowledged write {:.3} s before {new}'s first",
+        first_new - last_old
+    );
+    assert!(
+        last_old < first_new,
+        "two members accepted writes at once: n1 until {last_old}, {new} from {first_new}"
+    );
+    assert!(
+        !acked.iter().any(|(m, _)| *m != "n1" && *m != new),
+        "a third member accepted writes"
+    );
+    let log = std::fs::read_to_string(c.dir.join("n1/agent.log")).unwrap();
+    assert!(
+        log.contains("fence watchdog"),
+        "no fence in n1's log:\n{log}"
+    );
+    // Thawed, n1 finds another leader and rejoins as its standby.
+    wait_for("n1 to rejoin as a standby", Duration::from_secs(90), || {
+        let m = c.member("n1");
+        m["state"] == "streaming" && m["upstream"] == new.as_str()
+    });
+}
+
+#[test]
+fn a_crashed_primary_postgresql_is_restarted_in_place() {
+    let c = Cluster::up(2);
+    c.wait_healthy(Duration::from_secs(60));
+    let tl = c.member("n1")["timeline"].clone();
+    let old = c.postmaster_pid("n1").unwrap();
+    kill9(old);
+    wait_for("n1's PostgreSQL back", Duration::from_secs(60), || {
+        c.postmaster_pid("n1").is_some_and(|p| p != old)
+    });
+    c.wait_healthy(Duration::from_secs(60));
+    assert_eq!(
+        c.list()["leader"],
+        "n1",
+        "a crash in place became a failover"
+    );
+    assert_eq!(c.member("n1")["timeline"], tl);
+    c.sql(None, "CREATE TABLE after_crash (x int)")
+        .expect("the restarted primary accepts writes");
+}
+
+#[test]
+fn a_frozen_etcd_does_not_demote_a_healthy_primary() {
+    let etcd = Etcd::new();
+    let c = Cluster::up_with(3, &["--etcd", &etcd.endpoint]);
+    c.wait_healthy(Duration::from_secs(60));
+    c.sql(
+        None,
+        "CREATE TABLE w (at timestamptz DEFAULT clock_timestamp())",
+    )
+    .unwrap();
+    let before = c.list();
+    let tl = c.member("n1")["timeline"].clone();
+    {
+        let _frozen = Frozen::new(etcd.pid());
+        // Several lease TTLs without a store: the primary keeps accepting every write.
+        let start = std::time::Instant::now();
+        let mut writes = 0;
+        while start.elapsed() < Duration::from_secs(8) {
+            c.sql_direct("n1", "INSERT INTO w DEFAULT VALUES")
+                .expect("the primary refused a write while etcd was frozen");
+            writes += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{writes} writes while etcd was frozen");
+        assert!(c.postmaster_pid("n1").is_some(), "n1 was fenced");
+    }
+    // etcd back: nothing changed.
+    std::thread::sleep(Duration::from_secs(5));
+    c.wait_healthy(Duration::from_secs(30));
+    let after = c.list();
+    assert_eq!(after["leader"], before["leader"]);
+    assert_eq!(
+        c.member("n1")["timeline"],
+        tl,
+        "a new timeline: someone was promoted"
+    );
+    let log = std::fs::read_to_string(c.dir.join("n1/agent.log")).unwrap();
+    assert!(log.contains("failsafe"), "no failsafe in n1's log:\n{log}");
+    c.sql(None, "INSERT INTO w DEFAULT VALUES").unwrap();
+}
+
+#[test]
+fn a_paused_cluster_does_not_fail_over_until_resumed() {
+    let c = Cluster::up(3);
+    c.wait_healthy(Duration::from_secs(60));
+    c.pause();
+    let (agent, pm) = (c.agent_pid("n1").unwrap(), c.postmaster_pid("n1").unwrap());
+    kill9(agent);
+    kill9(pm);
+    // Well past the lease's TTL (2.5 s): nobody was promoted.
+    std::thread::sleep(Duration::from_secs(8));
+    let l = c.list();
+    for m in ["n2", "n3"] {
+        assert_eq!(
+            c.member(m)["role"],
+            "standby",
+            "{m} was promoted while paused: {l:#}"
+        );
+    }
+    assert!(
+        c.member("n2")["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("paused"),
+        "{}",
+        c.member("n2")
+    );
+    let t = text(&c.cmd(&["resume"]));
+    assert!(t.contains("resumed"), "{t}");
+    let new = c.failed_over_from("n1");
+    c.sql(Some(&new), "CREATE TABLE after_resume (x int)")
+        .expect("the new primary accepts writes");
+}
