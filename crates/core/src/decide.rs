@@ -344,7 +344,10 @@ fn paused(actions: Vec<Action>) -> Vec<Action> {
         .collect();
     if !held.is_empty() {
         kept.push(Action::Wait {
-            reason: format!("the cluster is paused: not {}", held.join(", ")),
+            reason: format!(
+                "the cluster is paused (`pgbaton resume` ends it): not {}",
+                held.join(", ")
+            ),
         });
     }
     kept
@@ -628,6 +631,9 @@ fn failover_hold(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<S
             op.kind.name()
         ));
     }
+    if let Some(reason) = stale_view(view, local, now_ms) {
+        return Some(reason);
+    }
     if let Some(f) = local.failsafe.as_ref().filter(|f| f.active(now_ms)) {
         return Some(format!(
             "{} confirmed over the API that it still serves as primary (failsafe): not taking \
@@ -842,6 +848,20 @@ fn former_primary_hold(view: &ClusterView, local: &LocalView, now_ms: u64) -> Op
             op.kind.name()
         ));
     }
+    // (A primary still running writable, e.g. after a store outage, takes its lease back
+    // rather than stopping: the compare-and-set keeps that safe.)
+    if let Some(reason) = stale_view(view, local, now_ms).filter(|_| {
+        matches!(
+            local.pg,
+            PgRun::Stopped
+                | PgRun::Running {
+                    in_recovery: true,
+                    ..
+                }
+        )
+    }) {
+        return Some(reason);
+    }
     if let Some(f) = local.failsafe.as_ref().filter(|f| f.active(now_ms)) {
         return Some(format!(
             "{} confirmed over the API that it still serves as primary (failsafe)",
@@ -859,6 +879,22 @@ fn former_primary_hold(view: &ClusterView, local: &LocalView, now_ms: u64) -> Op
         }
     }
     None
+}
+
+/// A free lease is taken only on a fresh view: this member's own last report (published at
+/// the end of its previous loop, before this view was read) must be younger than the lease
+/// TTL. An agent stalled between reading the view and deciding (SIGSTOP, a long pause)
+/// would otherwise act on members' timelines and positions from before the stall, and take
+/// the lease back on an old timeline (simulator seed 13610).
+fn stale_view(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
+    let mine = member(view, &local.name)?;
+    let age = now_ms.saturating_sub(mine.updated_ms);
+    (age > local.policy.ttl_ms).then(|| {
+        format!(
+            "this view of the cluster is stale (this member's own report in it is {age} ms old): \
+             not taking the lease before reading it again"
+        )
+    })
 }
 
 /// A former primary, PostgreSQL stopped, while another member leads: rejoin it.
@@ -1650,6 +1686,13 @@ mod tests {
         for m in &mut v.members[1..] {
             m.state = MemberStatus::Crashed;
         }
+        // ...but not on a stale view: its own report in it is older than the TTL.
+        let a = decide(&v, &n1, NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("stale")),
+            "{a:?}"
+        );
+        v.members[0].updated_ms = NOW - 100;
         let a = decide(&v, &n1, NOW);
         assert_eq!(a, [Action::AcquireLease, Action::Start { upstream: None }]);
     }

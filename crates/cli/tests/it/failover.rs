@@ -131,6 +131,8 @@ fn probe_write(c: &Cluster, member: &str) -> Option<f64> {
         &format!("INSERT INTO probe (who) VALUES ('{member}') RETURNING extract(epoch FROM at)"),
     )
     .ok()?
+    .lines()
+    .next()?
     .parse()
     .ok()
 }
