@@ -1,0 +1,182 @@
+//! Pinned seeds (one per bug the simulator found) and explicit scenarios.
+
+use pgbaton_sim::{run, Fault, FaultKind, Outcome, SimConfig};
+
+fn kinds(o: &Outcome) -> Vec<&'static str> {
+    o.violations.iter().map(|v| v.kind).collect()
+}
+
+fn assert_ok(o: &Outcome) {
+    assert!(
+        o.ok(),
+        "seed {}: {:?}\nreplay: cargo run -p pgbaton-sim -- --seed {} --trace",
+        o.seed,
+        o.violations,
+        o.seed
+    );
+}
+
+// ---- bugs found by the sweep ----------------------------------------------------------------
+
+/// Seed 3918 (first found with 1639 and 8574, before the stale-view fix changed their
+/// course): a standby confirmed the primary over the failsafe API (promising
+/// not to take the lease for ttl), then its agent crashed and restarted within the ttl,
+/// forgot the promise (it lives in agent memory) and took the lease and promoted while the
+/// primary, whose watchdog the promise had moved, still ran writable: two writers.
+/// Fix (agent side, modelled by `failsafe_hold_after_start`): a starting agent holds itself
+/// to a failsafe promise for ttl.
+#[test]
+fn agent_restart_forgets_its_failsafe_promise() {
+    let seed = 3918;
+    let buggy = SimConfig {
+        failsafe_hold_after_start: false,
+        ..SimConfig::default()
+    };
+    let o = run(seed, &buggy);
+    assert!(kinds(&o).contains(&"two-writers"), "{:?}", o.violations);
+    assert_ok(&run(seed, &SimConfig::default()));
+}
+
+/// Seed 912: the primary was fenced while its standbys, cut off from it, lagged; stopped, it
+/// published no LSN and no timeline, so the failover decision lost its `max_lag_bytes` bar
+/// and promoted a standby 1.3 MB behind the last LSN the primary had published. Fix (agent
+/// side, modelled by `publish_stopped_position`): keep publishing the last known position
+/// while PostgreSQL is stopped.
+#[test]
+fn stopped_primary_publishes_no_lsn() {
+    let buggy = SimConfig {
+        publish_stopped_position: false,
+        ..SimConfig::default()
+    };
+    let o = run(912, &buggy);
+    assert!(
+        kinds(&o).contains(&"promoted-too-far-behind"),
+        "{:?}",
+        o.violations
+    );
+    assert_ok(&run(912, &SimConfig::default()));
+}
+
+/// Seed 13610: a primary's agent froze right after reading the store; its watchdog fenced it
+/// and a standby was promoted to a new timeline. Thawed 7 s later, the agent decided on its
+/// old view (nobody on a newer timeline), took the now free lease back and ran writable on
+/// the old timeline; the next promotion was then 2.2 MB behind the last published primary.
+/// Fixed in `decide` (`stale_view`): no free lease is taken on a view in which the member's
+/// own report is older than the TTL.
+#[test]
+fn stale_view_retakes_the_lease_on_an_old_timeline() {
+    assert_ok(&run(13610, &SimConfig::default()));
+}
+
+// ---- scenarios ------------------------------------------------------------------------------
+
+fn scripted(fault_ms: u64, script: Vec<Fault>) -> SimConfig {
+    SimConfig {
+        random_faults: false,
+        fault_ms,
+        script,
+        lag_bytes: Some(vec![0, 500, 20_000]),
+        rewind_fail_per_mille: 0,
+        ..SimConfig::default()
+    }
+}
+
+fn fault(kind: FaultKind, node: usize, at_ms: u64, dur_ms: u64) -> Fault {
+    Fault {
+        at_ms,
+        dur_ms,
+        node,
+        kind,
+    }
+}
+
+/// (a) The primary's node crashes: the most advanced standby is promoted, the third follows
+/// it, and the old primary rejoins as a standby when it comes back.
+#[test]
+fn primary_crash_promotes_the_most_advanced_standby() {
+    let cfg = scripted(30_000, vec![fault(FaultKind::NodeCrash, 0, 5_000, 20_000)]);
+    let o = run(1, &cfg);
+    assert_ok(&o);
+    assert_eq!(o.promotions.len(), 1, "{:?}", o.promotions);
+    let p = &o.promotions[0];
+    assert_eq!(p.node, "n2");
+    assert!(p.others.iter().all(|(_, lsn)| *lsn <= p.lsn), "{p:?}");
+    assert_eq!(o.final_primary.as_deref(), Some("n2"));
+    // Converged: n1 (back) and n3 stream from n2 on its timeline.
+    assert!(o.stats.converged_after_ms.is_some());
+    assert_eq!(o.stats.stuck_diverged, 0);
+}
+
+/// (b) The primary's agent freezes: its watchdog fences PostgreSQL before anyone else is
+/// promoted.
+#[test]
+fn frozen_primary_is_fenced_before_a_promotion() {
+    let cfg = scripted(20_000, vec![fault(FaultKind::Freeze, 0, 5_000, 10_000)]);
+    let o = run(2, &cfg);
+    assert_ok(&o);
+    let (fenced_at, who) = o.fences.first().expect("n1 fenced").clone();
+    assert_eq!(who, "n1");
+    let p = o.promotions.first().expect("a standby promoted");
+    assert_ne!(p.node, "n1");
+    assert!(fenced_at < p.t_ms, "fenced at {fenced_at}, promotion {p:?}");
+}
+
+/// (b) fails without the watchdog: the checker sees two writers.
+#[test]
+fn frozen_primary_without_a_watchdog_is_caught() {
+    let cfg = SimConfig {
+        watchdog: false,
+        ..scripted(20_000, vec![fault(FaultKind::Freeze, 0, 5_000, 10_000)])
+    };
+    let o = run(2, &cfg);
+    assert!(kinds(&o).contains(&"two-writers"), "{:?}", o.violations);
+}
+
+/// (c) The store is down while every node is healthy: the primary keeps writing (failsafe),
+/// and nothing changes when the store returns.
+#[test]
+fn store_outage_with_healthy_nodes_changes_nothing() {
+    let cfg = scripted(
+        25_000,
+        vec![fault(FaultKind::StoreOutage, 0, 5_000, 15_000)],
+    );
+    let o = run(3, &cfg);
+    assert_ok(&o);
+    assert!(o.stats.failsafe_confirmed > 0);
+    assert!(o.promotions.is_empty(), "{:?}", o.promotions);
+    assert!(o.fences.is_empty(), "{:?}", o.fences);
+    assert_eq!(o.stats.unavailable_ms, 0);
+    assert_eq!(o.final_primary.as_deref(), Some("n1"));
+}
+
+/// (c) fails without failsafe: the primary is fenced during the outage.
+#[test]
+fn store_outage_without_failsafe_fences_the_primary() {
+    let cfg = SimConfig {
+        failsafe: false,
+        ..scripted(
+            25_000,
+            vec![fault(FaultKind::StoreOutage, 0, 5_000, 15_000)],
+        )
+    };
+    let o = run(3, &cfg);
+    assert!(!o.fences.is_empty());
+    assert!(o.stats.unavailable_ms > 0);
+}
+
+/// (d) Paused: a crashed primary is not replaced until the pause ends.
+#[test]
+fn paused_cluster_does_not_fail_over() {
+    let cfg = scripted(
+        70_000,
+        vec![
+            fault(FaultKind::Pause, 0, 3_000, 30_000),
+            fault(FaultKind::NodeCrash, 0, 5_000, 60_000),
+        ],
+    );
+    let o = run(4, &cfg);
+    assert_ok(&o);
+    let p = o.promotions.first().expect("a promotion once resumed");
+    assert!(p.t_ms >= 33_000, "{:?}", o.promotions);
+    assert_ne!(p.node, "n1");
+}
