@@ -111,6 +111,8 @@ pub struct Agent {
     crashed_since_ms: Option<u64>,
     /// Why the last automatic rejoin could not rewind (not retried until the agent restarts).
     rejoin_failed: Option<String>,
+    /// Since when this standby's WAL receiver has not been streaming (kept while stopped).
+    not_streaming_since_ms: Option<u64>,
     http: reqwest::Client,
 }
 
@@ -244,9 +246,20 @@ impl Agent {
             "agent starting{}",
             if ident.dropped_from_root { format!(" (started as root, running as OS user {})", ident.user) } else { String::new() }
         );
+        // A failsafe promise lives in the agent's memory: this agent may have given one just
+        // before it restarted, so it honours one for a TTL from its start (simulator, seed
+        // 3918: a restarted standby promoted beside the primary it had confirmed).
+        let failsafe = cfg
+            .failover
+            .failsafe
+            .then(|| pgbaton_core::failover::Failsafe {
+                leader: "(a primary this agent may have confirmed before it restarted)".into(),
+                until_ms: now_ms() + cfg.timing.ttl_ms,
+            });
         let shared = Arc::new(RwLock::new(api::Shared {
             loop_interval: Duration::from_millis(cfg.timing.loop_interval_ms),
             ttl_ms: cfg.timing.ttl_ms,
+            failsafe,
             ..Default::default()
         }));
         if cfg.failover.failsafe && auth.token.is_none() && auth.basic.is_none() {
@@ -282,6 +295,7 @@ impl Agent {
                 watchdog: watchdog.map(|w| Arc::new(std::sync::Mutex::new(w))),
                 crashed_since_ms: None,
                 rejoin_failed: None,
+                not_streaming_since_ms: None,
                 http,
             },
             listener,
@@ -590,7 +604,21 @@ impl Agent {
             }
             _ => {}
         }
+        let streaming = self
+            .probe
+            .as_ref()
+            .is_some_and(|p| p.receiver_status.as_deref() == Some("streaming"));
+        match &pg {
+            PgRun::Running {
+                in_recovery: true, ..
+            } if !streaming => {
+                self.not_streaming_since_ms.get_or_insert(now);
+            }
+            PgRun::Running { .. } => self.not_streaming_since_ms = None,
+            _ => {}
+        }
         let mut local = LocalView::new(&self.cfg.name, data, pg);
+        local.not_streaming_since_ms = self.not_streaming_since_ms;
         local.orphan_grace_ms = self.cfg.timing.orphan_slot_grace_ms;
         local.policy = pgbaton_core::failover::Policy::from_config(&self.cfg);
         local.crashed_since_ms = self.crashed_since_ms;
@@ -1222,6 +1250,8 @@ impl Agent {
 
     async fn start(&mut self, standby: bool, upstream: Option<&Upstream>) -> Result<()> {
         self.prepare_start()?;
+        // A new start begins a new wait for the WAL receiver to stream.
+        self.not_streaming_since_ms = None;
         files::write_pg_config(&self.cfg, &self.ident.user, standby, upstream)?;
         let role = if standby { "standby" } else { "primary" };
         let _ = self.publish_status(MemberStatus::Starting, None).await;
@@ -1408,6 +1438,21 @@ impl Agent {
             PgRun::Running { upstream, .. } => upstream.clone(),
             _ => None,
         };
+        // While PostgreSQL is stopped, the position last published stays published: the
+        // failover decision holds candidates to the last primary's position and timeline
+        // (simulator, seed 912: a stopped primary that published none let a standby 1.3 MB
+        // behind be promoted).
+        let (timeline, lsn) = match p {
+            Some(p) => (p.timeline, p.lsn),
+            None => self
+                .shared
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .view
+                .as_ref()
+                .and_then(|v| v.members.iter().find(|m| m.name == self.cfg.name))
+                .map_or((None, None), |m| (m.timeline, m.lsn)),
+        };
         let state = MemberState {
             name: self.cfg.name.clone(),
             role,
@@ -1418,8 +1463,8 @@ impl Agent {
             os_user: self.ident.user.clone(),
             superuser: self.cfg.postgresql.superuser.clone(),
             api_url: self.cfg.api_url(),
-            timeline: p.and_then(|p| p.timeline),
-            lsn: p.and_then(|p| p.lsn),
+            timeline,
+            lsn,
             receive_lsn: p.and_then(|p| p.receive_lsn),
             system_id,
             upstream,

@@ -99,6 +99,9 @@ pub struct LocalView {
     pub crashed_since_ms: Option<u64>,
     /// Why the last automatic rejoin failed (pg_rewind could not rewind): not retried.
     pub rejoin_failed: Option<String>,
+    /// Standby: since when (wall-clock ms) its WAL receiver has not been streaming; kept
+    /// while PostgreSQL is stopped.
+    pub not_streaming_since_ms: Option<u64>,
 }
 
 impl LocalView {
@@ -118,6 +121,7 @@ impl LocalView {
             failsafe: None,
             crashed_since_ms: None,
             rejoin_failed: None,
+            not_streaming_since_ms: None,
         }
     }
 }
@@ -668,8 +672,33 @@ fn failover_hold(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<S
     }
 }
 
+/// A standby that has not streamed for this many lease TTLs while a leader runs is
+/// rejoined with pg_rewind: it may have WAL the new primary's timeline does not have (it was
+/// ahead of the member that was promoted), and PostgreSQL then never streams by itself.
+pub const STUCK_STANDBY_TTLS: u64 = 3;
+
+fn stuck_standby(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<u64> {
+    view.leader.as_ref().filter(|l| l.member != local.name)?;
+    let since = local.not_streaming_since_ms?;
+    let stuck = now_ms.saturating_sub(since);
+    (stuck >= STUCK_STANDBY_TTLS * local.policy.ttl_ms).then_some(stuck)
+}
+
 fn decide_standby(view: &ClusterView, local: &LocalView, me: &str, now_ms: u64) -> Vec<Action> {
+    let stuck = stuck_standby(view, local, now_ms);
     match &local.pg {
+        PgRun::Stopped if stuck.is_some() => rejoin_leader(view, local),
+        PgRun::Running {
+            in_recovery: true,
+            upstream: Some(up),
+        } if stuck.is_some() && view.leader.as_ref().is_some_and(|l| l.member == *up) => {
+            vec![Action::Stop {
+                reason: format!(
+                    "not streaming from {up} for {} s (diverged from its timeline?): stopping to rejoin it with pg_rewind",
+                    stuck.unwrap_or_default() / 1000
+                ),
+            }]
+        }
         PgRun::Stopped => vec![Action::Start {
             upstream: ready_upstream(view, me)
                 .ok()
@@ -1635,6 +1664,34 @@ mod tests {
             decide(&v, &n2, NOW + 1),
             [Action::AcquireLease, Action::Promote]
         );
+    }
+
+    #[test]
+    fn a_standby_that_does_not_stream_from_the_leader_is_rejoined_with_pg_rewind() {
+        let v = view(Some("42"), Some("n2"), vec![ms("n2", &["pgbaton_n3"])]);
+        let following = PgRun::Running {
+            in_recovery: true,
+            upstream: Some("n2".into()),
+        };
+        let mut n3 = local("n3", init(true), following);
+        n3.not_streaming_since_ms = Some(NOW - 1_000);
+        assert_eq!(decide(&v, &n3, NOW), []);
+        n3.not_streaming_since_ms = Some(NOW - STUCK_STANDBY_TTLS * n3.policy.ttl_ms);
+        let a = decide(&v, &n3, NOW);
+        assert!(
+            matches!(&a[..], [Action::Stop { reason }] if reason.contains("pg_rewind")),
+            "{a:?}"
+        );
+        n3.pg = PgRun::Stopped;
+        let a = decide(&v, &n3, NOW);
+        assert!(
+            matches!(&a[..], [Action::Rejoin { upstream }] if upstream.member == "n2"),
+            "{a:?}"
+        );
+        // Not streaming only for a short while: just started.
+        n3.not_streaming_since_ms = Some(NOW - 100);
+        let a = decide(&v, &n3, NOW);
+        assert!(matches!(&a[..], [Action::Start { .. }]), "{a:?}");
     }
 
     #[test]

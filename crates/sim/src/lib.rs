@@ -353,6 +353,7 @@ struct Agent {
     crashed: bool,
     crashed_since: Option<u64>,
     rejoin_failed: Option<String>,
+    not_streaming_since: Option<u64>,
     failsafe: Option<Failsafe>,
     last_view: Option<ClusterView>,
     actions: Vec<Action>,
@@ -846,10 +847,9 @@ impl Sim {
             if i == p || n.node_down > 0 {
                 continue;
             }
-            if n.agent.rejoin_failed.is_some()
-                && !self.cfg.reclone_on_rewind_failure
-                && !n.pg.standby_signal
-            {
+            // A former primary, or a standby that had to be rewound, whose pg_rewind failed
+            // waits for the operator's reinit (unless re-cloning is allowed).
+            if n.agent.rejoin_failed.is_some() && !self.cfg.reclone_on_rewind_failure {
                 waiting += 1;
                 continue;
             }
@@ -1321,6 +1321,20 @@ impl Sim {
             }
             Step::ViewReply(Some(view)) => {
                 let pgrun = self.observe(n);
+                // As the agent does: since when a running standby has not streamed (kept
+                // while PostgreSQL is stopped).
+                let streams = self.streams_from(n).is_some();
+                let now = self.now;
+                let a = &mut self.nodes[n].agent;
+                match &pgrun {
+                    PgRun::Running {
+                        in_recovery: true, ..
+                    } if !streams => {
+                        a.not_streaming_since.get_or_insert(now);
+                    }
+                    PgRun::Running { .. } => a.not_streaming_since = None,
+                    _ => {}
+                }
                 let local = self.local_view(n, pgrun);
                 let actions = decide(&view, &local, self.now);
                 if self.cfg.trace && !actions.is_empty() {
@@ -1585,6 +1599,7 @@ impl Sim {
         l.failsafe = node.agent.failsafe.clone();
         l.crashed_since_ms = node.agent.crashed_since;
         l.rejoin_failed = node.agent.rejoin_failed.clone();
+        l.not_streaming_since_ms = node.agent.not_streaming_since;
         l
     }
 
@@ -1693,6 +1708,16 @@ impl Sim {
         };
         let name = self.nodes[n].name.clone();
         let lat = self.lat();
+        // As the agent does: a (re)start begins a new wait for streaming.
+        if matches!(
+            action,
+            Action::Start { .. }
+                | Action::Rejoin { .. }
+                | Action::Reinit { .. }
+                | Action::Clone { .. }
+        ) {
+            self.nodes[n].agent.not_streaming_since = None;
+        }
         match action {
             Action::AcquireLease => self.store_send(n, StoreOp::Lease(LeaseOp::Acquire)),
             Action::RenewLease => self.store_send(n, StoreOp::Lease(LeaseOp::Renew)),
