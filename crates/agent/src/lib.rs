@@ -529,9 +529,20 @@ impl Agent {
             {
                 pause = pause.min(Duration::from_millis(expires - now + 5));
             }
+            // A member that does not lead also wakes when the store says the lease went
+            // (etcd: a watch on the leader key), to take over at once.
+            let store = self.store.clone();
+            let held = self.held_lease;
+            let wait = async move {
+                if held {
+                    tokio::time::sleep(pause).await;
+                } else {
+                    let _ = store.wait_leader_gone(pause).await;
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
-                _ = tokio::time::sleep(pause) => {}
+                _ = wait => {}
             }
         };
         self.shutdown(result.is_err()).await;

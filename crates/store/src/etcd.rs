@@ -31,7 +31,7 @@ use anyhow::{anyhow, Context};
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
 };
 use pgbaton_core::model::{HistoryEntry, Leader, MemberState, OpPhase, Operation};
 use std::future::Future;
@@ -470,6 +470,38 @@ impl Store for EtcdStore {
             backoff(attempt).await;
         }
         Err(self.conflict(ACTION))
+    }
+
+    /// A watch on the leader key for deletions (a lease that etcd expired, or a release):
+    /// standbys wake at once instead of at their next loop.
+    async fn wait_leader_gone(&self, timeout: Duration) -> Result<bool> {
+        let key = self.key("leader");
+        let watch = async {
+            let mut client = self.client().await.map_err(|e| anyhow!(e))?;
+            let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+            let mut stream = client.watch(key, Some(options)).await.with_context(|| {
+                format!("watch the leader key in etcd at {}", self.endpoints_text())
+            })?;
+            loop {
+                match stream.message().await? {
+                    Some(resp) if resp.canceled() => {
+                        return Err(anyhow!("etcd canceled the watch on the leader key"))
+                    }
+                    Some(resp) if !resp.events().is_empty() => return Ok(true),
+                    Some(_) => continue, // the watch's creation
+                    None => return Err(anyhow!("etcd closed the watch on the leader key")),
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, watch).await {
+            Ok(Ok(gone)) => Ok(gone),
+            Ok(Err(e)) => {
+                // Watching failed (etcd unreachable, say): wait out the rest like a loop would.
+                tokio::time::sleep(timeout).await;
+                Err(e)
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     async fn leader_release(&self, member: &str) -> Result<bool> {

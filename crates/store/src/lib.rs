@@ -48,6 +48,13 @@ pub trait Store: Send + Sync {
     async fn leader_renew(&self, member: &str, ttl_ms: u64) -> Result<bool>;
     /// Give the lease up if `member` holds it. `true` = it was held and is now released.
     async fn leader_release(&self, member: &str) -> Result<bool>;
+    /// Wait up to `timeout` for the leader lease to go (released, or expired where the store
+    /// deletes it by itself). `true` = it went before the timeout. Backends that cannot
+    /// watch just wait out the timeout (the agent also wakes at a known lease's expiry).
+    async fn wait_leader_gone(&self, timeout: std::time::Duration) -> Result<bool> {
+        tokio::time::sleep(timeout).await;
+        Ok(false)
+    }
 
     // ---- members -----------------------------------------------------------------------
     /// Publish (insert or replace) a member's state. Registration persists until deleted.

@@ -496,6 +496,31 @@ async fn leader_release<B: Backend>(b: B) {
     assert_eq!(holder(&s).await.as_deref(), Some("n2"));
 }
 
+/// Waiting for the lease to go ends at the timeout while it is held, and (on a backend that
+/// watches) at once when it is released.
+async fn leader_wait_gone<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
+    let t = std::time::Instant::now();
+    let gone = s
+        .wait_leader_gone(Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(!gone, "the lease is held: nothing went");
+    assert!(t.elapsed() >= Duration::from_millis(290));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    if s.describe().starts_with("etcd") {
+        let waiter = b.connect("c1");
+        let wait =
+            tokio::spawn(async move { waiter.wait_leader_gone(Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = std::time::Instant::now();
+        assert!(s.leader_release("n1").await.unwrap());
+        assert!(wait.await.unwrap().unwrap(), "the watch saw no release");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+}
+
 async fn leader_release_of_expired_lease<B: Backend>(b: B) {
     let s = b.connect("c1");
     assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
@@ -1101,6 +1126,7 @@ macro_rules! contract_suite {
                 leader_expired_holder_may_reacquire,
                 leader_release,
                 leader_release_of_expired_lease,
+                leader_wait_gone,
                 members_put_get_list_delete,
                 members_are_not_other_keys,
                 clusters_are_isolated,
