@@ -1,10 +1,19 @@
-//! `pgbaton-bench switchover [--rounds N] [--pgbaton PATH]`
+//! `pgbaton-bench switchover|host-loss|pg-crash [--rounds N] [--pgbaton PATH] [--port-base P]`
 //!
-//! Brings up a 3-member local cluster with the real `pgbaton` binary, runs a continuous
-//! writer (one INSERT per commit, over TCP to whichever member accepts writes, like an
-//! application with target_session_attrs=read-write), asks for switchovers back and forth,
-//! and reports for each the window during which no commit succeeded, and the acknowledged
-//! commits missing at the end. Prints a Markdown table.
+//! Brings up a 3-member local cluster with the real `pgbaton` binary (default settings),
+//! runs a continuous writer (one INSERT per commit, over TCP to whichever member accepts
+//! writes, like an application with target_session_attrs=read-write), and in each round:
+//! - `switchover`: asks for a switchover (back and forth);
+//! - `host-loss`: kill -9 of the leader's agent and postmaster together (a lost host); a
+//!   standby takes over by itself; the killed member is restarted (`pgbaton up`) and rejoins
+//!   before the next round;
+//! - `pg-crash`: kill -9 of the leader's postmaster only; its agent restarts it in place.
+//!
+//! Reports the window during which no commit succeeded (the longest gap between consecutive
+//! acknowledged commits around the event), and the acknowledged commits missing at the end.
+//! Replication is asynchronous: on a lost host, commits the primary acknowledged but had not
+//! yet sent are lost (bounded by failover.max_lag_bytes); they are counted, not hidden.
+//! Prints a Markdown table.
 
 use anyhow::{bail, Context, Result};
 use std::process::Command;
@@ -38,6 +47,96 @@ impl Cluster {
         }
         Ok(text)
     }
+}
+
+impl Cluster {
+    /// `pgbaton up` on the directory: builds the cluster, or restarts missing agents.
+    fn up(&self, port_base: u16) -> Result<()> {
+        let out = Command::new(&self.bin)
+            .args([
+                "up",
+                "--nodes",
+                "3",
+                "--port-base",
+                &port_base.to_string(),
+                "--database",
+                "bench",
+                "--timeout",
+                "120",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "pgbaton up failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn list(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.pgbaton(&["list", "--json"])?)?)
+    }
+
+    fn leader(&self) -> Result<String> {
+        self.list()?["leader"]
+            .as_str()
+            .map(String::from)
+            .context("no leader")
+    }
+
+    /// The first line of a pid file under the cluster's directory.
+    fn pid_in(&self, rel: &str) -> Result<i32> {
+        let p = self.dir.join(rel);
+        let text = std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("no pid in {}", p.display()))
+    }
+
+    /// A running primary holding the lease and two streaming standbys (bounded).
+    async fn wait_healthy(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(l) = self.list() {
+                let ms = l["members"].as_array().cloned().unwrap_or_default();
+                let primaries = ms
+                    .iter()
+                    .filter(|m| m["role"] == "primary" && m["state"] == "running")
+                    .count();
+                let streaming = ms.iter().filter(|m| m["state"] == "streaming").count();
+                if !l["leader"].is_null() && primaries == 1 && streaming == 2 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster was not healthy again within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The direct children of `pid` (from /proc).
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// SIGKILL to all of them in one `kill` call.
+fn kill9_all(pids: &[i32]) {
+    let mut cmd = Command::new("kill");
+    cmd.arg("-9");
+    for p in pids {
+        cmd.arg(p.to_string());
+    }
+    let _ = cmd.status();
 }
 
 impl Drop for Cluster {
@@ -104,8 +203,9 @@ async fn writer(dsn: String, acks: Acks, stop: Arc<AtomicBool>) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) != Some("switchover") {
-        bail!("usage: pgbaton-bench switchover [--rounds N] [--pgbaton PATH] [--port-base P]");
+    let mode = args.get(1).cloned().unwrap_or_default();
+    if !["switchover", "host-loss", "pg-crash"].contains(&mode.as_str()) {
+        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash [--rounds N] [--pgbaton PATH] [--port-base P]");
     }
     let flag = |name: &str| {
         args.iter()
@@ -131,25 +231,7 @@ async fn main() -> Result<()> {
         dir: root.join("c"),
         keep: true,
     };
-    let out = Command::new(&bin)
-        .args([
-            "up",
-            "--nodes",
-            "3",
-            "--port-base",
-            &port_base.to_string(),
-            "--database",
-            "bench",
-            "--dir",
-        ])
-        .arg(&c.dir)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "pgbaton up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    c.up(port_base)?;
     // A login role for the writer; only a SCRAM verifier crosses the command line.
     let pw = format!("bench-{}", std::process::id());
     let verifier = postgres_protocol::password::scram_sha_256(pw.as_bytes());
@@ -171,12 +253,45 @@ async fn main() -> Result<()> {
     let mut windows_ms = Vec::new();
     let mut durations_ms = Vec::new();
     for r in 0..rounds {
-        let to = if r % 2 == 0 { "n2" } else { "n1" };
+        let leader = c.leader()?;
         let t0 = Instant::now();
-        c.pgbaton(&["switchover", "--to", to])?;
-        let t1 = Instant::now();
-        durations_ms.push((t1 - t0).as_secs_f64() * 1000.0);
+        match mode.as_str() {
+            "switchover" => {
+                let to = if leader == "n1" { "n2" } else { "n1" };
+                c.pgbaton(&["switchover", "--to", to])?;
+                durations_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            "host-loss" => {
+                // Everything on the "host" at once: the agent and its fence watchdog, the
+                // postmaster and every backend (a backend outlives a killed postmaster for a
+                // moment and could still acknowledge a commit; a lost host would not).
+                let agent = c.pid_in(&format!("{leader}/agent.pid"))?;
+                let pm = c.pid_in(&format!("{leader}/data/postmaster.pid"))?;
+                let mut pids = vec![agent, pm];
+                pids.extend(children(agent));
+                pids.extend(children(pm));
+                kill9_all(&pids);
+            }
+            _ => {
+                let pm = c.pid_in(&format!("{leader}/data/postmaster.pid"))?;
+                let mut pids = vec![pm];
+                pids.extend(children(pm));
+                kill9_all(&pids);
+            }
+        }
+        // Until writes are acknowledged again (bounded).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while acks.lock().unwrap().iter().filter(|(_, t)| *t > t0).count() == 0 {
+            if Instant::now() > deadline {
+                bail!("round {r}: no write acknowledged within 120 s of the event");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
+        if mode == "host-loss" {
+            c.up(port_base)?; // the lost member's agent again: it rejoins
+        }
+        c.wait_healthy(Duration::from_secs(120)).await?;
         // The longest gap between consecutive acknowledged commits from the request on.
         let a = acks.lock().unwrap();
         let times: Vec<Instant> = a
@@ -212,20 +327,27 @@ async fn main() -> Result<()> {
 
     let n = windows_ms.len();
     let max = windows_ms.iter().cloned().fold(0.0, f64::max);
-    println!("| measure ({n} switchovers, 3 members, continuous writer) | result |");
+    let what = match mode.as_str() {
+        "switchover" => "switchovers",
+        "host-loss" => "lost primary hosts (agent + postmaster kill -9)",
+        _ => "primary PostgreSQL crashes (postmaster kill -9)",
+    };
+    println!("| measure ({n} {what}, 3 members, continuous writer) | result |");
     println!("| --- | --- |");
     println!(
-        "| writes unavailable during a switchover | median {:.0} ms, max {:.0} ms |",
+        "| writes unavailable | median {:.0} ms, max {:.0} ms |",
         median(&mut windows_ms.clone()),
         max
     );
-    println!(
-        "| `pgbaton switchover` command, request to settled cluster | median {:.0} ms |",
-        median(&mut durations_ms)
-    );
+    if !durations_ms.is_empty() {
+        println!(
+            "| `pgbaton switchover` command, request to settled cluster | median {:.0} ms |",
+            median(&mut durations_ms)
+        );
+    }
     println!("| acknowledged commits | {} |", acked.len());
     println!("| acknowledged commits lost | {lost} |");
-    if lost > 0 {
+    if lost > 0 && mode != "host-loss" {
         bail!("{lost} acknowledged commits were lost");
     }
     c.keep = false;
