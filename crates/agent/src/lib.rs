@@ -907,7 +907,13 @@ impl Agent {
             Action::Start { upstream } => {
                 let standby = matches!(local.data, DataDir::Initialized { standby: true, .. });
                 let _keeper = self.keeper();
-                self.start(standby, upstream.as_ref()).await.map(|_| true)
+                let started = self.start(standby, upstream.as_ref()).await;
+                if started.is_err() && !standby {
+                    // A primary that does not start counts as down since now (the hand-over
+                    // to a standby after timing.primary_restart_timeout_ms).
+                    self.crashed_since_ms.get_or_insert(now_ms());
+                }
+                started.map(|_| true)
             }
             Action::Follow { upstream } => {
                 files::write_pg_config(&self.cfg, &self.ident.user, true, upstream.as_ref())?;
@@ -1488,6 +1494,9 @@ impl Agent {
             updated_ms: now_ms(),
             nofailover: self.cfg.tags.nofailover,
             failover_priority: self.cfg.tags.failover_priority,
+            handed_over: self.crashed_since_ms.is_some_and(|since| {
+                now_ms().saturating_sub(since) >= self.cfg.timing.primary_restart_timeout_ms
+            }),
         };
         self.shared
             .write()

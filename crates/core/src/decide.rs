@@ -314,7 +314,9 @@ pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action>
 
 /// While paused, automatic actions become waits that say what is held back. The lease is
 /// still renewed (nobody takes over a paused cluster's primary), slots are still created,
-/// and a writable primary beside another leader is still stopped (one writer, always).
+/// a running standby still follows the lease holder (the operator's promote would otherwise
+/// leave the others streaming from nobody), and a writable primary beside another leader is
+/// still stopped (one writer, always).
 fn paused(actions: Vec<Action>) -> Vec<Action> {
     let held: Vec<String> = actions
         .iter()
@@ -323,7 +325,6 @@ fn paused(actions: Vec<Action>) -> Vec<Action> {
             Action::Clone { .. } => Some("cloning"),
             Action::Bootstrap | Action::ClaimInitialize { .. } => Some("bootstrapping"),
             Action::AcquireLease => Some("taking the leader lease"),
-            Action::Follow { .. } => Some("following the new primary"),
             Action::DropSlots { .. } => Some("dropping orphan slots"),
             Action::Promote => Some("promoting"),
             Action::Rejoin { .. } => Some("rejoining"),
@@ -340,6 +341,7 @@ fn paused(actions: Vec<Action>) -> Vec<Action> {
                 a,
                 Action::RenewLease
                     | Action::EnsureSlots { .. }
+                    | Action::Follow { .. }
                     | Action::Stop { .. }
                     | Action::Wait { .. }
                     | Action::Fail { .. }
@@ -637,6 +639,13 @@ fn failover_hold(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<S
     }
     if let Some(reason) = stale_view(view, local, now_ms) {
         return Some(reason);
+    }
+    if let Some(p) = failover::returning_primary(&view.members, &local.name, &local.policy, now_ms)
+    {
+        return Some(format!(
+            "the former primary {} is alive ({}): it takes the lease back",
+            p.name, p.state
+        ));
     }
     if let Some(f) = local.failsafe.as_ref().filter(|f| f.active(now_ms)) {
         return Some(format!(
@@ -1692,6 +1701,32 @@ mod tests {
         n3.not_streaming_since_ms = Some(NOW - 100);
         let a = decide(&v, &n3, NOW);
         assert!(matches!(&a[..], [Action::Start { .. }]), "{a:?}");
+    }
+
+    #[test]
+    fn standbys_leave_a_free_lease_to_a_former_primary_whose_agent_is_alive() {
+        // The whole cluster restarted: n1's agent reports (PostgreSQL stopped) every loop.
+        let mut v = after_primary_loss(1000, 1000, 900);
+        v.members[0].state = MemberStatus::Stopped;
+        v.members[0].updated_ms = NOW - 100;
+        let a = decide(&v, &standby_at("n2", 1000), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("former primary n1 is alive")),
+            "{a:?}"
+        );
+        // It gave up restarting its PostgreSQL and handed over: the best standby takes over.
+        v.members[0].handed_over = true;
+        assert_eq!(
+            decide(&v, &standby_at("n2", 1000), NOW),
+            [Action::AcquireLease, Action::Promote]
+        );
+        // Its agent is gone (the report is older than two loops): no waiting for it.
+        v.members[0].handed_over = false;
+        v.members[0].updated_ms = NOW - 1_001;
+        assert_eq!(
+            decide(&v, &standby_at("n2", 1000), NOW),
+            [Action::AcquireLease, Action::Promote]
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ use crate::model::{Lsn, MemberState, MemberStatus, Role};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub ttl_ms: u64,
+    /// The agents' loop interval: a member that reported within two of them is alive.
+    pub loop_interval_ms: u64,
     pub max_lag_bytes: u64,
     /// This member's `tags.nofailover`.
     pub nofailover: bool,
@@ -36,6 +38,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             ttl_ms: 2_500,
+            loop_interval_ms: 500,
             max_lag_bytes: 1_048_576,
             nofailover: false,
             failover_priority: 1,
@@ -49,6 +52,7 @@ impl Policy {
     pub fn from_config(cfg: &crate::config::NodeConfig) -> Policy {
         Policy {
             ttl_ms: cfg.timing.ttl_ms,
+            loop_interval_ms: cfg.timing.loop_interval_ms,
             max_lag_bytes: cfg.failover.max_lag_bytes,
             nofailover: cfg.tags.nofailover,
             failover_priority: cfg.tags.failover_priority,
@@ -109,6 +113,25 @@ pub fn last_primary(members: &[MemberState], except: &str) -> LastPrimary {
             lsn: m.lsn,
         })
         .unwrap_or_default()
+}
+
+/// The last primary, when its agent is alive (it reported within two loops) and it has not
+/// handed over: it takes the free lease back itself (a whole cluster restarted, a store
+/// outage ended), so standbys leave it to it. A dead or frozen agent's report is about a TTL
+/// old when its lease runs out, so a lost primary is not waited for.
+pub fn returning_primary<'a>(
+    members: &'a [MemberState],
+    except: &str,
+    policy: &Policy,
+    now_ms: u64,
+) -> Option<&'a MemberState> {
+    let last = last_primary(members, except).name?;
+    members.iter().find(|m| {
+        m.name == last
+            && !m.handed_over
+            && m.state != MemberStatus::Failed
+            && now_ms.saturating_sub(m.updated_ms) <= 2 * policy.loop_interval_ms
+    })
 }
 
 /// The newest timeline any member reports (except `except`).

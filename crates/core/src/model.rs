@@ -186,6 +186,10 @@ pub struct MemberState {
     /// candidates; 0 = never promoted automatically).
     #[serde(default = "default_priority")]
     pub failover_priority: u32,
+    /// A former primary whose PostgreSQL did not come back within
+    /// `timing.primary_restart_timeout_ms`: it gave the lease up for a standby to take.
+    #[serde(default)]
+    pub handed_over: bool,
 }
 
 fn default_priority() -> u32 {
@@ -221,6 +225,7 @@ impl MemberState {
             updated_ms,
             nofailover: false,
             failover_priority: 1,
+            handed_over: false,
         }
     }
 }

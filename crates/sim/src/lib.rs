@@ -1549,6 +1549,7 @@ impl Sim {
     fn policy(&self) -> Policy {
         Policy {
             ttl_ms: self.cfg.ttl_ms,
+            loop_interval_ms: self.cfg.loop_ms,
             max_lag_bytes: self.cfg.max_lag_bytes,
             nofailover: false,
             failover_priority: 1,
@@ -1660,6 +1661,10 @@ impl Sim {
             } else {
                 vec![]
             },
+            // As the agent does: a primary down past the restart timeout handed over.
+            handed_over: node.agent.crashed_since.is_some_and(|since| {
+                self.now.saturating_sub(since) >= self.cfg.primary_restart_timeout_ms
+            }),
             ..MemberState::sample(&node.name, role, state, self.now)
         }
     }

@@ -247,6 +247,7 @@ fn member(name: &str, port: u16) -> MemberState {
         updated_ms: 1_700_000_000_000,
         nofailover: false,
         failover_priority: 1,
+        handed_over: false,
     }
 }
 

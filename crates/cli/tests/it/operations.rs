@@ -166,6 +166,7 @@ fn paused_promote_after_losing_the_primary_then_rejoin_rewinds_the_diverged_one(
         h.as_array()
             .unwrap()
             .iter()
+            .filter(|e| e["operation"] == "promote" || e["operation"] == "rejoin")
             .all(|e| e["timeline"].as_u64() >= Some(2)),
         "{h:#}"
     );
