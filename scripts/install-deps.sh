@@ -16,6 +16,7 @@ command -v haproxy >/dev/null || missing+=(haproxy) # tests of examples/haproxy.
 command -v chromium >/dev/null || missing+=(chromium) # headless test of the status page
 command -v etcd >/dev/null || missing+=(etcd-server)   # the store contract suite runs against real etcd
 command -v protoc >/dev/null || missing+=(protobuf-compiler libprotobuf-dev) # etcd-client builds its protocol
+command -v ip >/dev/null || missing+=(iproute2)      # network namespaces for the partition test
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   $SUDO apt-get update -q

@@ -15,6 +15,92 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// A table every member has, for the writers.
+fn create_probe_table(c: &Cluster) {
+    c.sql(
+        None,
+        "CREATE TABLE probe (who text, at timestamptz DEFAULT clock_timestamp())",
+    )
+    .unwrap();
+    let members = c.member_names();
+    wait_for(
+        "the probe table everywhere",
+        Duration::from_secs(30),
+        || {
+            members
+                .iter()
+                .all(|m| c.sql_direct(m, "SELECT count(*) FROM probe").is_ok())
+        },
+    );
+}
+
+/// Acknowledged writes: (member, the server's clock when it ran the insert).
+type Acked = Mutex<Vec<(String, f64)>>;
+
+/// Run `event` while a writer per member inserts into `probe` through `write` (every
+/// acknowledged insert recorded); returns what `event` returned and the acknowledged writes.
+fn with_writers<T>(
+    members: &[&str],
+    write: &(dyn Fn(&str) -> Option<f64> + Sync),
+    event: impl FnOnce(&Acked) -> T,
+) -> (T, Vec<(String, f64)>) {
+    let stop = AtomicBool::new(false);
+    let acked: Acked = Mutex::new(vec![]);
+    let out = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        for m in members {
+            let (stop, acked) = (&stop, &acked);
+            s.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(at) = write(m) {
+                        acked.lock().unwrap().push((m.to_string(), at));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+        }
+        wait_for("writes acknowledged", Duration::from_secs(20), || {
+            acked.lock().unwrap().len() >= 5
+        });
+        event(&acked)
+    });
+    (out, acked.into_inner().unwrap())
+}
+
+/// No moment at which both `old` and `new` acknowledged writes, and nobody else wrote.
+fn assert_one_writer_at_a_time(acked: &[(String, f64)], old: &str, new: &str) {
+    let times = |who: &str| {
+        acked
+            .iter()
+            .filter(|(m, _)| m == who)
+            .map(|(_, t)| *t)
+            .collect::<Vec<f64>>()
+    };
+    let last_old = times(old).into_iter().fold(f64::MIN, f64::max);
+    let first_new = times(new).into_iter().fold(f64::MAX, f64::min);
+    eprintln!(
+        "{old}'s last acknowledged write {:.3} s before {new}'s first",
+        first_new - last_old
+    );
+    assert!(
+        last_old < first_new,
+        "two members accepted writes at once: {old} until {last_old}, {new} from {first_new}"
+    );
+    assert!(
+        !acked.iter().any(|(m, _)| m != old && m != new),
+        "a third member accepted writes"
+    );
+}
+
+/// Wait until `new` has acknowledged a write.
+fn wait_writes_on(acked: &Acked, new: &str) {
+    wait_for(
+        &format!("writes acknowledged by {new}"),
+        Duration::from_secs(30),
+        || acked.lock().unwrap().iter().any(|(m, _)| m == new),
+    );
+}
+
 fn count(c: &Cluster, member: &str, sql: &str) -> i64 {
     c.sql(Some(member), sql).unwrap().parse().unwrap()
 }
@@ -141,47 +227,13 @@ fn probe_write(c: &Cluster, member: &str) -> Option<f64> {
 fn a_frozen_leader_agent_is_fenced_before_anyone_is_promoted() {
     let c = Cluster::up(3);
     c.wait_healthy(Duration::from_secs(60));
-    c.sql(
-        None,
-        "CREATE TABLE probe (who text, at timestamptz DEFAULT clock_timestamp())",
-    )
-    .unwrap();
-    wait_for(
-        "the probe table everywhere",
-        Duration::from_secs(30),
-        || {
-            ["n2", "n3"]
-                .iter()
-                .all(|m| c.sql(Some(m), "SELECT count(*) FROM probe").is_ok())
-        },
-    );
-    // A writer per member, each on its own connections: every acknowledged write is
-    // recorded with the time the server ran it.
-    let stop = AtomicBool::new(false);
-    let acked: Mutex<Vec<(String, f64)>> = Mutex::new(vec![]);
-    let new = std::thread::scope(|s| {
-        let _stop = StopOnDrop(&stop);
-        for m in ["n1", "n2", "n3"] {
-            let (c, stop, acked) = (&c, &stop, &acked);
-            s.spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    if let Some(at) = probe_write(c, m) {
-                        acked.lock().unwrap().push((m.to_string(), at));
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            });
-        }
-        wait_for("writes acknowledged by n1", Duration::from_secs(20), || {
-            acked.lock().unwrap().len() >= 5
-        });
+    create_probe_table(&c);
+    // A writer per member, each on its own connections.
+    let write = |m: &str| probe_write(&c, m);
+    let (new, acked) = with_writers(&["n1", "n2", "n3"], &write, |acked| {
         let frozen = Frozen::new(c.agent_pid("n1").unwrap());
         let new = c.failed_over_from("n1");
-        wait_for(
-            &format!("writes acknowledged by {new}"),
-            Duration::from_secs(30),
-            || acked.lock().unwrap().iter().any(|(m, _)| *m == new),
-        );
+        wait_writes_on(acked, &new);
         std::thread::sleep(Duration::from_millis(500));
         // n1's PostgreSQL was stopped by its watchdog while its agent stayed frozen.
         assert!(
@@ -191,29 +243,7 @@ fn a_frozen_leader_agent_is_fenced_before_anyone_is_promoted() {
         drop(frozen);
         new
     });
-    let acked = acked.into_inner().unwrap();
-    let last_old = acked
-        .iter()
-        .filter(|(m, _)| m == "n1")
-        .map(|(_, t)| *t)
-        .fold(f64::MIN, f64::max);
-    let first_new = acked
-        .iter()
-        .filter(|(m, _)| *m == new)
-        .map(|(_, t)| *t)
-        .fold(f64::MAX, f64::min);
-    eprintln!(
-        "n1's last acknowledged write {:.3} s before {new}'s first",
-        first_new - last_old
-    );
-    assert!(
-        last_old < first_new,
-        "two members accepted writes at once: n1 until {last_old}, {new} from {first_new}"
-    );
-    assert!(
-        !acked.iter().any(|(m, _)| *m != "n1" && *m != new),
-        "a third member accepted writes"
-    );
+    assert_one_writer_at_a_time(&acked, "n1", &new);
     let log = std::fs::read_to_string(c.dir.join("n1/agent.log")).unwrap();
     assert!(
         log.contains("fence watchdog"),
@@ -319,4 +349,59 @@ fn a_paused_cluster_does_not_fail_over_until_resumed() {
     let new = c.failed_over_from("n1");
     c.sql(Some(&new), "CREATE TABLE after_resume (x int)")
         .expect("the new primary accepts writes");
+}
+
+/// Three hosts (network namespaces), the store in etcd on the "switch": the primary's host
+/// loses its network (store and peers). Its failsafe round gets no confirmation, its watchdog
+/// fences it, a standby takes over; no two members accept writes at once. When the network
+/// comes back, the old primary rejoins as a standby (pg_rewind when it diverged).
+#[test]
+fn a_primary_cut_off_from_the_network_is_fenced_and_replaced() {
+    let net = Net::new(3);
+    let etcd = Etcd::on(&net.host_ip());
+    let c = net.cluster(&etcd);
+    let old = c.list()["leader"].as_str().unwrap().to_string();
+    let old_i: u16 = old[1..].parse().unwrap();
+    create_probe_table(&c);
+    // Writers over each member's Unix socket: they reach a member whatever its network.
+    let write = |m: &str| -> Option<f64> {
+        c.sql_direct(
+            m,
+            &format!("INSERT INTO probe (who) VALUES ('{m}') RETURNING extract(epoch FROM at)"),
+        )
+        .ok()?
+        .lines()
+        .next()?
+        .parse()
+        .ok()
+    };
+    let (new, acked) = with_writers(&["n1", "n2", "n3"], &write, |acked| {
+        net.set_link(old_i, false);
+        let new = c.failed_over_from(&old);
+        wait_writes_on(acked, &new);
+        wait_for(
+            "the old primary's PostgreSQL fenced",
+            Duration::from_secs(10),
+            || c.postmaster_pid(&old).is_none(),
+        );
+        new
+    });
+    assert_one_writer_at_a_time(&acked, &old, &new);
+    let log = std::fs::read_to_string(c.dir.join(&old).join("agent.log")).unwrap();
+    assert!(
+        log.contains("failsafe") && log.contains("fence watchdog"),
+        "{old}'s log shows no failed failsafe round and fence:\n{log}"
+    );
+    // The network comes back: the old primary rejoins the new one.
+    net.set_link(old_i, true);
+    wait_for(
+        "the old primary to rejoin as a standby",
+        Duration::from_secs(90),
+        || {
+            let m = c.member(&old);
+            m["state"] == "streaming" && m["upstream"] == new.as_str()
+        },
+    );
+    drop(c);
+    drop(etcd);
 }

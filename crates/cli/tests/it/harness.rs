@@ -516,9 +516,25 @@ impl Etcd {
         panic!("could not start etcd: {last}");
     }
 
+    /// An etcd listening for clients on `host` (an address of this namespace).
+    pub fn on(host: &str) -> Etcd {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Etcd::start_on(host) {
+                Ok(e) => return e,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start etcd on {host}: {last}");
+    }
+
     fn start() -> Result<Etcd, String> {
+        Etcd::start_on("127.0.0.1")
+    }
+
+    fn start_on(host: &str) -> Result<Etcd, String> {
         let dir = scratch();
-        let client = format!("http://127.0.0.1:{}", free_port());
+        let client = format!("http://{host}:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.path.join("etcd.log")).expect("etcd log file");
         let child = Command::new(ETCD_BIN)
@@ -565,5 +581,190 @@ impl Drop for Etcd {
         signal(self.pid(), nix::sys::signal::Signal::SIGCONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Network namespaces for a multi-host test: a bridge in this namespace (the "switch", with
+/// the address etcd listens on) and one namespace per node, each with a veth pair to the
+/// bridge. Deleted when dropped, also when the test fails.
+pub struct Net {
+    pub id: u8,
+    pub nodes: u16,
+}
+
+static NET_IDS: AtomicU16 = AtomicU16::new(0);
+
+fn ip(args: &[&str]) {
+    let o = run_with_timeout(Command::new("ip").args(args), Duration::from_secs(10));
+    assert!(o.status.success(), "ip {}: {}", args.join(" "), text(&o));
+}
+
+impl Net {
+    pub fn new(nodes: u16) -> Net {
+        let n = NET_IDS.fetch_add(1, Ordering::SeqCst) as u32;
+        let id = ((std::process::id() * 7 + n * 31) % 200 + 20) as u8;
+        let net = Net { id, nodes };
+        // Leftovers of an earlier run that died with this id.
+        net.teardown();
+        let br = net.bridge();
+        ip(&["link", "add", &br, "type", "bridge"]);
+        ip(&["addr", "add", &format!("{}/24", net.host_ip()), "dev", &br]);
+        ip(&["link", "set", &br, "up"]);
+        for i in 1..=nodes {
+            let (ns, host_if) = (net.ns(i), net.host_if(i));
+            ip(&["netns", "add", &ns]);
+            ip(&[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.node_ip(i)),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&["link", "set", &host_if, "master", &br]);
+            ip(&["link", "set", &host_if, "up"]);
+        }
+        net
+    }
+
+    fn bridge(&self) -> String {
+        format!("pgbt{}br", self.id)
+    }
+    pub fn ns(&self, i: u16) -> String {
+        format!("pgbt{}n{i}", self.id)
+    }
+    fn host_if(&self, i: u16) -> String {
+        format!("pgbt{}h{i}", self.id)
+    }
+    pub fn host_ip(&self) -> String {
+        format!("10.231.{}.1", self.id)
+    }
+    pub fn node_ip(&self, i: u16) -> String {
+        format!("10.231.{}.{}", self.id, 10 + i)
+    }
+
+    /// Cut node `i` off from everything (store and peers), or connect it again.
+    pub fn set_link(&self, i: u16, up: bool) {
+        ip(&[
+            "link",
+            "set",
+            &self.host_if(i),
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    fn teardown(&self) {
+        for i in 1..=self.nodes {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(i)])
+                .output();
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.host_if(i)])
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .output();
+    }
+
+    /// A cluster whose node i runs `pgbaton agent` inside namespace i, PostgreSQL listening on
+    /// the namespace's address, the state in `etcd`. Stopped by `pgbaton down` when dropped.
+    pub fn cluster(&self, etcd: &Etcd) -> Cluster {
+        let scratch = scratch();
+        let dir = scratch.path.join("cluster");
+        let port_base = free_port_base(self.nodes);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let pg = pg_user();
+        let secret = |name: &str, value: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, format!("{value}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            nix::unistd::chown(&p, Some(pg.uid), Some(pg.gid)).unwrap();
+        };
+        let id = format!("{}-{}", std::process::id(), self.id);
+        secret("replication.password", &format!("repl-{id}-secret"));
+        secret("api.token", &format!("token-{id}-secret"));
+        let store = format!(
+            "[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\n",
+            etcd.endpoint
+        );
+        std::fs::write(
+            dir.join("pgbaton.toml"),
+            format!("cluster = \"netns\"\n\n{store}"),
+        )
+        .unwrap();
+        let c = Cluster {
+            scratch,
+            dir: dir.clone(),
+            nodes: self.nodes,
+            port_base,
+            extra: vec![],
+        };
+        for i in 1..=self.nodes {
+            let name = format!("n{i}");
+            let node_dir = dir.join(&name);
+            std::fs::create_dir_all(&node_dir).unwrap();
+            std::fs::set_permissions(&node_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            // The agent writes its passfile here as the OS user (as `up` sets it up).
+            nix::unistd::chown(&node_dir, Some(pg.uid), Some(pg.gid)).unwrap();
+            let ip = self.node_ip(i);
+            let cfg = format!(
+                "cluster = \"netns\"\nname = \"{name}\"\ndata_dir = \"{data}\"\n\n\
+                 [postgresql]\nlisten_host = \"{ip}\"\nport = {port}\n\
+                 allowed_networks = [\"10.231.{id}.0/24\"]\ndatabases = [\"app\"]\n\n\
+                 [replication]\npassword_file = \"{dir}/replication.password\"\n\n\
+                 [api]\nlisten = \"{ip}:8008\"\nauth_token_file = \"{dir}/api.token\"\n\n{store}",
+                data = node_dir.join("data").display(),
+                port = port_base + i - 1,
+                id = self.id,
+                dir = dir.display(),
+            );
+            let cfg_path = node_dir.join("node.toml");
+            std::fs::write(&cfg_path, cfg).unwrap();
+            let log = std::fs::File::create(node_dir.join("agent.log")).unwrap();
+            let child = Command::new("ip")
+                .args(["netns", "exec", &self.ns(i)])
+                .arg(env!("CARGO_BIN_EXE_pgbaton"))
+                .args(["agent", "-c"])
+                .arg(&cfg_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start an agent in its namespace");
+            // `ip netns exec` execs the agent in place: this PID is the agent's.
+            std::fs::write(node_dir.join("agent.pid"), format!("{}\n", child.id())).unwrap();
+            // The agent is reaped by `pgbaton down` (it is not waited for here).
+            std::mem::forget(child);
+        }
+        let healthy = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.wait_healthy(Duration::from_secs(90))
+        }));
+        if let Err(e) = healthy {
+            for i in 1..=self.nodes {
+                let log = std::fs::read_to_string(dir.join(format!("n{i}/agent.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!(
+                    "--- n{i}'s agent log (last lines, newest first):\n{}",
+                    tail.join("\n")
+                );
+            }
+            std::panic::resume_unwind(e);
+        }
+        c
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.teardown();
     }
 }
