@@ -405,3 +405,70 @@ fn a_primary_cut_off_from_the_network_is_fenced_and_replaced() {
     drop(c);
     drop(etcd);
 }
+
+/// The leader's PostgreSQL crashes and cannot start again (a broken configuration): after
+/// `timing.primary_restart_timeout_ms` its agent hands the lease over, a standby takes over,
+/// and the old member, which cannot be rewound either, waits for `reinit`, which heals it.
+#[test]
+fn a_primary_that_cannot_restart_hands_over_and_waits_for_reinit() {
+    let c = Cluster::up(3);
+    c.wait_healthy(Duration::from_secs(60));
+    // A short restart timeout (2 s) on every member.
+    assert!(c.down(false).status.success());
+    for m in c.member_names() {
+        let p = c.dir.join(&m).join("node.toml");
+        let cfg = std::fs::read_to_string(&p).unwrap();
+        assert!(cfg.contains("primary_restart_timeout_ms = 30000"), "{cfg}");
+        std::fs::write(
+            &p,
+            cfg.replace(
+                "primary_restart_timeout_ms = 30000",
+                "primary_restart_timeout_ms = 2000",
+            ),
+        )
+        .unwrap();
+    }
+    let _ = c.up_again();
+    c.wait_healthy(Duration::from_secs(60));
+    rows_everywhere(&c, 100);
+    let old = c.list()["leader"].as_str().unwrap().to_string();
+    // Break its configuration, then crash it.
+    let auto = c.data_dir(&old).join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap();
+    text.push_str("\nthis line is not a setting\n");
+    std::fs::write(&auto, text).unwrap();
+    kill9(c.postmaster_pid(&old).unwrap());
+    let new = c.failed_over_from(&old);
+    assert_eq!(count(&c, &new, "SELECT count(*) FROM rows"), 100);
+    wait_for(
+        &format!("{old} to say it needs reinit"),
+        Duration::from_secs(60),
+        || {
+            c.member(&old)["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("pgbaton reinit {old}")))
+        },
+    );
+    let log = std::fs::read_to_string(c.dir.join(&old).join("agent.log")).unwrap();
+    assert!(
+        log.contains("released the leader lease") && log.contains("primary_restart_timeout_ms"),
+        "{old}'s log shows no hand-over:\n{log}"
+    );
+    // The operator re-clones it: it streams again.
+    let t = text_of(&c.op(&["reinit", &old]));
+    assert!(t.contains("reinit done"), "{t}");
+    wait_for(
+        &format!("{old} to stream from {new}"),
+        Duration::from_secs(60),
+        || {
+            let m = c.member(&old);
+            m["state"] == "streaming" && m["upstream"] == new.as_str()
+        },
+    );
+}
+
+fn text_of(o: &std::process::Output) -> String {
+    let t = text(o);
+    assert!(o.status.success(), "the command failed:\n{t}");
+    t
+}
