@@ -1,4 +1,4 @@
-//! `pgbaton-bench switchover|host-loss|pg-crash [--rounds N] [--pgbaton PATH] [--port-base P]`
+//! `pgbaton-bench switchover|host-loss|pg-crash [--rounds N] [--pgbaton PATH] [--port-base P] [--etcd URL]`
 //!
 //! Brings up a 3-member local cluster with the real `pgbaton` binary (default settings),
 //! runs a continuous writer (one INSERT per commit, over TCP to whichever member accepts
@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 struct Cluster {
     bin: String,
+    /// `up --etcd URL`: the cluster's state in this etcd instead of the embedded store.
+    etcd: Option<String>,
     dir: std::path::PathBuf,
     /// Keep the directory (logs) for a look after a failure.
     keep: bool,
@@ -66,6 +68,7 @@ impl Cluster {
                 "--dir",
             ])
             .arg(&self.dir)
+            .args(self.etcd.iter().flat_map(|e| ["--etcd", e.as_str()]))
             .output()?;
         if !out.status.success() {
             bail!(
@@ -205,7 +208,7 @@ async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).cloned().unwrap_or_default();
     if !["switchover", "host-loss", "pg-crash"].contains(&mode.as_str()) {
-        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash [--rounds N] [--pgbaton PATH] [--port-base P]");
+        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash [--rounds N] [--pgbaton PATH] [--port-base P] [--etcd URL]");
     }
     let flag = |name: &str| {
         args.iter()
@@ -228,6 +231,7 @@ async fn main() -> Result<()> {
     std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let mut c = Cluster {
         bin: bin.clone(),
+        etcd: flag("--etcd"),
         dir: root.join("c"),
         keep: true,
     };
@@ -250,6 +254,8 @@ async fn main() -> Result<()> {
     let w = tokio::spawn(writer(dsn.clone(), acks.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    let started = Instant::now();
+    eprintln!("started at {:?}", std::time::SystemTime::now());
     let mut windows_ms = Vec::new();
     let mut durations_ms = Vec::new();
     for r in 0..rounds {
@@ -305,6 +311,11 @@ async fn main() -> Result<()> {
             .max()
             .unwrap_or_default();
         windows_ms.push(gap.as_secs_f64() * 1000.0);
+        eprintln!(
+            "round {r}: {} ms without an acknowledged write (event at {:?} after the start)",
+            gap.as_millis(),
+            t0.duration_since(started)
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
@@ -332,7 +343,12 @@ async fn main() -> Result<()> {
         "host-loss" => "lost primary hosts (agent + postmaster kill -9)",
         _ => "primary PostgreSQL crashes (postmaster kill -9)",
     };
-    println!("| measure ({n} {what}, 3 members, continuous writer) | result |");
+    let store = if c.etcd.is_some() {
+        "etcd"
+    } else {
+        "embedded store"
+    };
+    println!("| measure ({n} {what}, 3 members, {store}, continuous writer) | result |");
     println!("| --- | --- |");
     println!(
         "| writes unavailable | median {:.0} ms, max {:.0} ms |",
@@ -350,6 +366,7 @@ async fn main() -> Result<()> {
     if lost > 0 && mode != "host-loss" {
         bail!("{lost} acknowledged commits were lost");
     }
-    c.keep = false;
+    // PGBATON_BENCH_KEEP=1 keeps the directory (agents' logs) for a look.
+    c.keep = std::env::var_os("PGBATON_BENCH_KEEP").is_some();
     Ok(())
 }
