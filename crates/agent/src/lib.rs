@@ -982,6 +982,18 @@ impl Agent {
                 }
                 Ok(true)
             }
+            Action::AdvanceSlots { targets } => {
+                let Some(client) = &self.client else {
+                    return Ok(false);
+                };
+                for (name, lsn) in targets {
+                    // Not worth stopping the loop for: the next loop tries again.
+                    if let Err(e) = sql::advance_slot(client, &name, lsn).await {
+                        warn!("{e:#}");
+                    }
+                }
+                Ok(true)
+            }
             Action::Promote => {
                 let Some(client) = &self.client else {
                     bail!("no connection to PostgreSQL to promote it")

@@ -152,6 +152,10 @@ pub enum Action {
     EnsureSlots { names: Vec<String> },
     /// On the primary: drop these physical slots (only ever pgbaton-named ones).
     DropSlots { names: Vec<String> },
+    /// On a standby that may be promoted: move these slots forward to these positions (the
+    /// members' last reported ones), so that it keeps the WAL each member needs without
+    /// keeping more.
+    AdvanceSlots { targets: Vec<(String, Lsn)> },
     /// Promote the running standby and wait until it accepts writes.
     Promote,
     /// PostgreSQL is stopped and its data is a former primary's: pg_rewind it from `upstream`
@@ -741,6 +745,17 @@ fn decide_standby(view: &ClusterView, local: &LocalView, me: &str, now_ms: u64) 
                         Err(reason) => vec![Action::Wait { reason }],
                     }
                 }
+                // Following the leader. A standby that may be promoted keeps a slot for
+                // every other member, advanced to where that member is, so that after a
+                // failover each of them finds the WAL it needs (invariant 5).
+                _ if !local.policy.nofailover && local.policy.failover_priority > 0 => {
+                    let mut actions = slot_plan(view, local, now_ms);
+                    let targets = slot_advances(view, local);
+                    if !targets.is_empty() {
+                        actions.push(Action::AdvanceSlots { targets });
+                    }
+                    actions
+                }
                 _ => vec![],
             }
         }
@@ -955,7 +970,23 @@ fn rejoin_leader(view: &ClusterView, local: &LocalView) -> Vec<Action> {
     }
 }
 
-/// The leader's slots: one per other member; pgbaton-named orphans dropped after the grace
+/// Slots of this standby to move forward: each other member's slot, to that member's last
+/// reported position (never beyond this standby's own, never backwards).
+fn slot_advances(view: &ClusterView, local: &LocalView) -> Vec<(String, Lsn)> {
+    let mine = local.lsn.unwrap_or_default();
+    view.members
+        .iter()
+        .filter(|m| m.name != local.name)
+        .filter_map(|m| {
+            let name = slot_name_for(&m.name);
+            let slot = local.slots.iter().find(|s| s.name == name)?;
+            let target = m.lsn?.min(mine);
+            (slot.restart_lsn.is_some_and(|r| r < target)).then_some((name, target))
+        })
+        .collect()
+}
+
+/// The leader's slots (and a failover candidate's): one per other member; pgbaton-named orphans dropped after the grace
 /// period (never while active); foreign slots left alone.
 fn slot_plan(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     let me = local.name.as_str();
@@ -1684,7 +1715,12 @@ mod tests {
         };
         let mut n3 = local("n3", init(true), following);
         n3.not_streaming_since_ms = Some(NOW - 1_000);
-        assert_eq!(decide(&v, &n3, NOW), []);
+        assert!(
+            !decide(&v, &n3, NOW)
+                .iter()
+                .any(|a| matches!(a, Action::Stop { .. })),
+            "stopped before it was stuck"
+        );
         n3.not_streaming_since_ms = Some(NOW - STUCK_STANDBY_TTLS * n3.policy.ttl_ms);
         let a = decide(&v, &n3, NOW);
         assert!(
@@ -1839,7 +1875,51 @@ mod tests {
             in_recovery: true,
             upstream: Some("n3".into()),
         };
-        assert!(decide(&v, &local("n2", init(true), pg), NOW).is_empty());
+        // Following: it keeps a slot for every other member (here n3), for a failover.
+        assert_eq!(
+            decide(&v, &local("n2", init(true), pg.clone()), NOW),
+            [Action::EnsureSlots {
+                names: vec!["pgbaton_n3".into()]
+            }]
+        );
+        // Not a failover candidate: nothing to keep.
+        let mut l = local("n2", init(true), pg);
+        l.policy.nofailover = true;
+        assert!(decide(&v, &l, NOW).is_empty());
+    }
+
+    #[test]
+    fn a_failover_candidate_advances_its_slots_to_the_members_positions() {
+        let mut n3 = ms("n3", &["pgbaton_n2"]);
+        n3.lsn = Some(Lsn(5_000));
+        let mut n1 = ms("n1", &[]);
+        n1.lsn = Some(Lsn(900));
+        let v = view(Some("42"), Some("n3"), vec![n1, ms("n2", &[]), n3]);
+        let mut n2 = local(
+            "n2",
+            init(true),
+            PgRun::Running {
+                in_recovery: true,
+                upstream: Some("n3".into()),
+            },
+        );
+        n2.lsn = Some(Lsn(4_000));
+        let slot = |name: &str, restart: u64| SlotInfo {
+            name: name.into(),
+            active: false,
+            restart_lsn: Some(Lsn(restart)),
+            retained_bytes: None,
+        };
+        n2.slots = vec![slot("pgbaton_n1", 100), slot("pgbaton_n3", 4_000)];
+        let a = decide(&v, &n2, NOW);
+        assert_eq!(
+            a.last(),
+            Some(&Action::AdvanceSlots {
+                // n1's to where n1 is; n3's not beyond n2's own position (it is there).
+                targets: vec![("pgbaton_n1".into(), Lsn(900))]
+            }),
+            "{a:?}"
+        );
     }
 
     #[test]

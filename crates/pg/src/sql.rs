@@ -184,6 +184,19 @@ pub async fn ensure_physical_slot(client: &Client, name: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// Move a physical slot forward to `lsn` (PostgreSQL caps it at what this server has; a
+/// standby's slots too).
+pub async fn advance_slot(client: &Client, name: &str, lsn: Lsn) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&name, &lsn.to_string()],
+        )
+        .await
+        .with_context(|| format!("advance replication slot {name} to {lsn}"))?;
+    Ok(())
+}
+
 /// Create or update the replication role. Only a SCRAM verifier computed here travels to
 /// the server, so the clear-text password never appears in SQL, a server log or
 /// pg_stat_activity.

@@ -1792,6 +1792,10 @@ impl Sim {
                     self.done_in(n, lat, Ok(false));
                 }
             }
+            Action::AdvanceSlots { .. } => {
+                let ok = self.nodes[n].pg.running();
+                self.done_in(n, lat, Ok(ok));
+            }
             Action::DropSlots { names } => {
                 if self.nodes[n].pg.running() {
                     for s in names {

@@ -138,6 +138,22 @@ fn host_loss(c: &Cluster) {
     c.wait_healthy(Duration::from_secs(60));
     rows_everywhere(c, 300);
     let old = c.list()["leader"].as_str().unwrap().to_string();
+    // Each standby (a failover candidate) keeps a slot for every other member.
+    let members = c.member_names();
+    for s in members.iter().filter(|m| **m != old) {
+        wait_for(
+            &format!("{s} to keep slots for the other members"),
+            Duration::from_secs(30),
+            || {
+                let slots = c.slots_on(s);
+                members.iter().filter(|m| *m != s).all(|m| {
+                    slots
+                        .iter()
+                        .any(|x| x.starts_with(&format!("pgbaton_{m}:")))
+                })
+            },
+        );
+    }
     let (agent, pm) = (c.agent_pid(&old).unwrap(), c.postmaster_pid(&old).unwrap());
     kill9(agent);
     kill9(pm);
