@@ -323,10 +323,14 @@ impl Agent {
     /// A renewal (or acquisition, or a failsafe round) that started at `t0` succeeded: the
     /// watchdog fences at `t0 + ttl - fence_margin` unless armed again before.
     fn arm(&self, t0: Instant) -> Result<()> {
-        arm_watchdog(self.watchdog.as_ref(), &self.cfg, t0)
+        arm_watchdog(self.watchdog.as_ref(), &self.shared, &self.cfg, t0)
     }
 
     fn disarm(&self) {
+        self.shared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .fence_deadline = None;
         if let Some(w) = &self.watchdog {
             if let Err(e) = w.lock().unwrap_or_else(|e| e.into_inner()).disarm() {
                 error!("{e:#}");
@@ -350,6 +354,7 @@ impl Agent {
         }
         let store = self.store.clone();
         let watchdog = self.watchdog.clone();
+        let shared = self.shared.clone();
         let cfg = self.cfg.clone();
         let limit = self.store_timeout();
         let task = tokio::spawn(async move {
@@ -361,7 +366,7 @@ impl Agent {
                     .await
                 {
                     Ok(Ok(true)) => {
-                        if let Err(e) = arm_watchdog(watchdog.as_ref(), &cfg, t0) {
+                        if let Err(e) = arm_watchdog(watchdog.as_ref(), &shared, &cfg, t0) {
                             error!("{e:#}");
                             return;
                         }
@@ -436,7 +441,13 @@ impl Agent {
                 Err(e) => refused.push(format!("a check failed: {e}")),
             }
         }
-        if refused.is_empty() {
+        let confirmed = refused.is_empty();
+        {
+            let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            sh.failsafe_rounds += 1;
+            sh.failsafe_confirmed += confirmed as u64;
+        }
+        if confirmed {
             match self.arm(t0) {
                 Ok(()) => {
                     let msg = format!(
@@ -1532,6 +1543,7 @@ impl Drop for KeeperGuard {
 
 fn arm_watchdog(
     watchdog: Option<&Arc<std::sync::Mutex<fence::Watchdog>>>,
+    shared: &api::SharedState,
     cfg: &NodeConfig,
     t0: Instant,
 ) -> Result<()> {
@@ -1539,6 +1551,10 @@ fn arm_watchdog(
     let window =
         Duration::from_millis(cfg.timing.ttl_ms.saturating_sub(cfg.timing.fence_margin_ms));
     let remaining = window.saturating_sub(t0.elapsed());
+    shared
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .fence_deadline = Some(Instant::now() + remaining);
     w.lock()
         .unwrap_or_else(|e| e.into_inner())
         .arm(remaining)

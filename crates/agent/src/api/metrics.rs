@@ -153,6 +153,34 @@ pub fn render(st: &ApiState) -> String {
         "Time since the agent's loop last ran",
         age,
     );
+    if let Some(d) = s.fence_deadline {
+        fgauge(
+            &mut reg,
+            "fence_seconds_left",
+            "Time until the fence watchdog stops PostgreSQL unless the lease is renewed (while armed)",
+            d.saturating_duration_since(std::time::Instant::now()).as_secs_f64(),
+        );
+    }
+    gauge(
+        &mut reg,
+        "failsafe_promise",
+        "1 while this member has promised a primary, over the failsafe API, not to take the lease",
+        s.failsafe.as_ref().is_some_and(|f| f.active(now_ms())) as i64,
+    );
+    let rounds: Counter = Counter::default();
+    rounds.inc_by(s.failsafe_rounds);
+    reg.register(
+        "failsafe_rounds",
+        "Rounds in which this primary, without the store, asked every member to confirm it",
+        rounds,
+    );
+    let confirmed: Counter = Counter::default();
+    confirmed.inc_by(s.failsafe_confirmed);
+    reg.register(
+        "failsafe_confirmed_rounds",
+        "Failsafe rounds every other member confirmed (the primary kept serving)",
+        confirmed,
+    );
     let promotions: Counter = Counter::default();
     promotions.inc_by(s.promotions);
     reg.register(

@@ -55,6 +55,12 @@ pub struct Shared {
     /// This member holds the leader lease, or is in the middle of taking it: it confirms
     /// no other primary.
     pub leading_or_acquiring: bool,
+    /// When the fence watchdog stops PostgreSQL unless the lease is renewed (armed only).
+    pub fence_deadline: Option<Instant>,
+    /// Failsafe rounds this agent ran as a primary without the store, and how many every
+    /// other member confirmed.
+    pub failsafe_rounds: u64,
+    pub failsafe_confirmed: u64,
 }
 
 pub type SharedState = Arc<RwLock<Shared>>;

@@ -4,43 +4,6 @@
 use crate::harness::*;
 use std::time::Duration;
 
-/// A tiny HTTP/1.1 client (no dependency): (status, body).
-fn http(
-    method: &str,
-    port: u16,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connect to the API on {port}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status: u16 = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn api_port(c: &Cluster, member: &str) -> u16 {
-    c.port_base + 1000 + member[1..].parse::<u16>().unwrap() - 1
-}
-
 fn code(c: &Cluster, member: &str, path: &str) -> u16 {
     http("GET", api_port(c, member), path, &[], "").0
 }
@@ -166,6 +129,9 @@ fn health_endpoints_answer_by_role_and_operations_need_credentials() {
         "pgbaton_slot_retained_wal_bytes{slot=\"pgbaton_n2\"}",
         "pgbaton_cluster_leader{member=\"n1\"} 1",
         "pgbaton_loop_duration_seconds",
+        "pgbaton_fence_seconds_left",
+        "pgbaton_failsafe_promise 0",
+        "pgbaton_failsafe_rounds_total 0",
     ] {
         assert!(body.contains(name), "metrics lack {name}:\n{body}");
     }

@@ -317,6 +317,14 @@ fn a_frozen_etcd_does_not_demote_a_healthy_primary() {
             std::thread::sleep(Duration::from_millis(50));
         }
         eprintln!("{writes} writes while etcd was frozen");
+        // The standbys promised the primary not to take the lease (failsafe).
+        for m in ["n2", "n3"] {
+            let metrics = http("GET", api_port(&c, m), "/metrics", &[], "").1;
+            assert!(
+                metrics.contains("pgbaton_failsafe_promise 1"),
+                "{m} made no failsafe promise:\n{metrics}"
+            );
+        }
         assert!(c.postmaster_pid("n1").is_some(), "n1 was fenced");
     }
     // etcd back: nothing changed.
@@ -331,6 +339,16 @@ fn a_frozen_etcd_does_not_demote_a_healthy_primary() {
     );
     let log = std::fs::read_to_string(c.dir.join("n1/agent.log")).unwrap();
     assert!(log.contains("failsafe"), "no failsafe in n1's log:\n{log}");
+    let metrics = http("GET", api_port(&c, "n1"), "/metrics", &[], "").1;
+    let confirmed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pgbaton_failsafe_confirmed_rounds_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no failsafe counter:\n{metrics}"));
+    assert!(
+        confirmed > 0,
+        "n1 counted no confirmed failsafe round:\n{metrics}"
+    );
     c.sql(None, "INSERT INTO w DEFAULT VALUES").unwrap();
 }
 
