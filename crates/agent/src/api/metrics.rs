@@ -22,6 +22,12 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
     reg.register(name, help, g);
 }
 
+fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(v);
+    reg.register(name, help, c);
+}
+
 fn fgauge(reg: &mut Registry, name: &str, help: &str, v: f64) {
     let g: Gauge<f64, AtomicU64> = Gauge::default();
     g.set(v);
@@ -167,26 +173,23 @@ pub fn render(st: &ApiState) -> String {
         "1 while this member has promised a primary, over the failsafe API, not to take the lease",
         s.failsafe.as_ref().is_some_and(|f| f.active(now_ms())) as i64,
     );
-    let rounds: Counter = Counter::default();
-    rounds.inc_by(s.failsafe_rounds);
-    reg.register(
+    counter(
+        &mut reg,
         "failsafe_rounds",
         "Rounds in which this primary, without the store, asked every member to confirm it",
-        rounds,
+        s.failsafe_rounds,
     );
-    let confirmed: Counter = Counter::default();
-    confirmed.inc_by(s.failsafe_confirmed);
-    reg.register(
+    counter(
+        &mut reg,
         "failsafe_confirmed_rounds",
         "Failsafe rounds every other member confirmed (the primary kept serving)",
-        confirmed,
+        s.failsafe_confirmed,
     );
-    let promotions: Counter = Counter::default();
-    promotions.inc_by(s.promotions);
-    reg.register(
+    counter(
+        &mut reg,
         "promotions",
         "Promotions this agent performed (failovers and switchovers to it)",
-        promotions,
+        s.promotions,
     );
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
