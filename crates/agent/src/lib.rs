@@ -113,6 +113,9 @@ pub struct Agent {
     rejoin_failed: Option<String>,
     /// Since when this standby's WAL receiver has not been streaming (kept while stopped).
     not_streaming_since_ms: Option<u64>,
+    /// The last loop error and failsafe outcome logged (each is logged when it changes).
+    last_error: Option<String>,
+    last_failsafe: Option<String>,
     http: reqwest::Client,
 }
 
@@ -296,6 +299,8 @@ impl Agent {
                 crashed_since_ms: None,
                 rejoin_failed: None,
                 not_streaming_since_ms: None,
+                last_error: None,
+                last_failsafe: None,
                 http,
             },
             listener,
@@ -453,9 +458,10 @@ impl Agent {
                     let msg = format!(
                         "failsafe: the store is unreachable; all {n} other members confirm this primary, so it keeps serving"
                     );
-                    if self.message.as_deref() != Some(msg.as_str()) {
+                    if self.last_failsafe.as_deref() != Some(msg.as_str()) {
                         warn!("{msg}");
                     }
+                    self.last_failsafe = Some(msg.clone());
                     self.message = Some(msg);
                 }
                 Err(e) => error!("{e:#}"),
@@ -466,7 +472,10 @@ impl Agent {
                  it fences itself when its lease runs out",
                 refused.join("; ")
             );
-            warn!("{msg}");
+            if self.last_failsafe.as_deref() != Some(msg.as_str()) {
+                warn!("{msg}");
+            }
+            self.last_failsafe = Some(msg.clone());
             self.message = Some(msg);
         }
     }
@@ -499,9 +508,20 @@ impl Agent {
                     if e.downcast_ref::<Fatal>().is_some() {
                         break Err(e);
                     }
-                    error!("{e:#}");
-                    self.message = Some(format!("{e:#}"));
+                    // The same error every loop (a store outage, say) is logged once, not
+                    // twice a second; the member's message keeps saying it.
+                    let text = format!("{e:#}");
+                    if self.last_error.as_deref() != Some(text.as_str()) {
+                        error!("{text}");
+                    }
+                    self.last_error = Some(text.clone());
+                    if self.message.as_deref().is_none_or(|m| !m.starts_with("failsafe")) {
+                        self.message = Some(text);
+                    }
                     let _ = self.publish(None).await;
+                } else {
+                    self.last_error = None;
+                    self.last_failsafe = None;
                 },
             }
             if self.removed {
