@@ -488,7 +488,7 @@ fn decide_op(
                     "no primary holds the leader lease: nothing to rejoin".into(),
                 )]);
             }
-            Some(match (&local.pg, ready_upstream(view, me)) {
+            Some(match (&local.pg, rewind_source(view, me)) {
                 (_, Err(reason)) => vec![Action::Wait { reason }],
                 (PgRun::Stopped, Ok(up)) => {
                     let msg = format!("{me} rejoined as a standby of {}", up.member);
@@ -950,10 +950,27 @@ fn stale_view(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<Stri
     })
 }
 
+/// The leader as a source to rewind from: ready (address, slot) and reporting itself as a
+/// running primary, which it does only after its post-promotion CHECKPOINT (pg_rewind reads
+/// the source's timeline from its last checkpoint). A failover candidate has everyone's
+/// slots before it is promoted, so the slot alone does not say the promotion is complete.
+fn rewind_source(view: &ClusterView, me: &str) -> Result<Upstream, String> {
+    let up = ready_upstream(view, me)?;
+    match member(view, &up.member) {
+        Some(m) if m.role == Role::Primary && m.state == crate::model::MemberStatus::Running => {
+            Ok(up)
+        }
+        _ => Err(format!(
+            "waiting for {} to report itself as a running primary",
+            up.member
+        )),
+    }
+}
+
 /// A former primary, PostgreSQL stopped, while another member leads: rejoin it.
 fn rejoin_leader(view: &ClusterView, local: &LocalView) -> Vec<Action> {
     let me = local.name.as_str();
-    let up = match ready_upstream(view, me) {
+    let up = match rewind_source(view, me) {
         Ok(up) => up,
         Err(reason) => return vec![Action::Wait { reason }],
     };
@@ -1158,7 +1175,15 @@ mod tests {
             matches!(&a[..], [Action::Wait { reason }] if reason.contains("pgbaton_n1")),
             "{a:?}"
         );
-        let v = view(Some("42"), Some("n2"), vec![ms("n2", &["pgbaton_n1"])]);
+        // n2 holds the lease and has n1's slot, but has not reported itself as a running
+        // primary yet (its promotion's CHECKPOINT comes first): no rewind against it yet.
+        let mut v = view(Some("42"), Some("n2"), vec![ms("n2", &["pgbaton_n1"])]);
+        let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
+        assert!(
+            matches!(&a[..], [Action::Wait { reason }] if reason.contains("running primary")),
+            "{a:?}"
+        );
+        v.members[0].role = Role::Primary;
         let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
         assert!(
             matches!(&a[..], [Action::Rejoin { upstream }] if upstream.member == "n2"),
@@ -1708,7 +1733,8 @@ mod tests {
 
     #[test]
     fn a_standby_that_does_not_stream_from_the_leader_is_rejoined_with_pg_rewind() {
-        let v = view(Some("42"), Some("n2"), vec![ms("n2", &["pgbaton_n3"])]);
+        let mut v = view(Some("42"), Some("n2"), vec![ms("n2", &["pgbaton_n3"])]);
+        v.members[0].role = Role::Primary;
         let following = PgRun::Running {
             in_recovery: true,
             upstream: Some("n2".into()),
