@@ -848,7 +848,7 @@ impl Agent {
     async fn execute(
         &mut self,
         action: Action,
-        _view: &ClusterView,
+        view: &ClusterView,
         local: &LocalView,
     ) -> Result<bool> {
         let me = self.cfg.name.clone();
@@ -1052,9 +1052,9 @@ impl Agent {
                     .await
                     .context("checkpoint after promotion")?;
                 info!("promoted: PostgreSQL accepts writes (checkpointed on the new timeline)");
-                let by_op = _view.op.as_ref().is_some_and(|o| !o.phase.finished());
+                let by_op = view.op.as_ref().is_some_and(|o| !o.phase.finished());
                 if !by_op {
-                    let old = pgbaton_core::failover::last_primary(&_view.members, &me).name;
+                    let old = pgbaton_core::failover::last_primary(&view.members, &me).name;
                     let p = sql::probe(client).await.ok();
                     let msg = format!(
                         "{me} took over automatically{}",

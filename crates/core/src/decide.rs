@@ -630,16 +630,34 @@ fn holding_op(view: &ClusterView, now_ms: u64) -> Option<&Operation> {
     })
 }
 
+/// A promote or switchover in flight decides who leads next: why not to take the lease.
+fn op_hold(view: &ClusterView, now_ms: u64) -> Option<String> {
+    holding_op(view, now_ms).map(|op| {
+        format!(
+            "operation {} ({}) is in flight: not taking the lease meanwhile",
+            op.id,
+            op.kind.name()
+        )
+    })
+}
+
+/// This member promised a live primary (failsafe) not to take the lease: why not to.
+fn failsafe_hold(local: &LocalView, now_ms: u64) -> Option<String> {
+    let f = local.failsafe.as_ref().filter(|f| f.active(now_ms))?;
+    Some(format!(
+        "{} confirmed over the API that it still serves as primary (failsafe): not taking \
+         the lease for {} ms",
+        f.leader,
+        f.until_ms.saturating_sub(now_ms)
+    ))
+}
+
 /// Why this standby should not take the free lease now, if anything holds it back: an
 /// operation in flight, a failsafe promise, or a better candidate.
 fn failover_hold(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
     let me = local.name.as_str();
-    if let Some(op) = holding_op(view, now_ms) {
-        return Some(format!(
-            "operation {} ({}) is in flight: no automatic failover meanwhile",
-            op.id,
-            op.kind.name()
-        ));
+    if let Some(reason) = op_hold(view, now_ms) {
+        return Some(reason);
     }
     if let Some(reason) = stale_view(view, local, now_ms) {
         return Some(reason);
@@ -651,13 +669,8 @@ fn failover_hold(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<S
             p.name, p.state
         ));
     }
-    if let Some(f) = local.failsafe.as_ref().filter(|f| f.active(now_ms)) {
-        return Some(format!(
-            "{} confirmed over the API that it still serves as primary (failsafe): not taking \
-             the lease before {} ms",
-            f.leader,
-            f.until_ms.saturating_sub(now_ms)
-        ));
+    if let Some(reason) = failsafe_hold(local, now_ms) {
+        return Some(reason);
     }
     let last = failover::last_primary(&view.members, me);
     let pol = &local.policy;
@@ -894,12 +907,8 @@ fn decide_primary_data(view: &ClusterView, local: &LocalView, now_ms: u64) -> Ve
 /// holds it back.
 fn former_primary_hold(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
     let me = local.name.as_str();
-    if let Some(op) = holding_op(view, now_ms) {
-        return Some(format!(
-            "operation {} ({}) is in flight: not taking the lease meanwhile",
-            op.id,
-            op.kind.name()
-        ));
+    if let Some(reason) = op_hold(view, now_ms) {
+        return Some(reason);
     }
     // (A primary still running writable, e.g. after a store outage, takes its lease back
     // rather than stopping: the compare-and-set keeps that safe.)
@@ -915,11 +924,8 @@ fn former_primary_hold(view: &ClusterView, local: &LocalView, now_ms: u64) -> Op
     }) {
         return Some(reason);
     }
-    if let Some(f) = local.failsafe.as_ref().filter(|f| f.active(now_ms)) {
-        return Some(format!(
-            "{} confirmed over the API that it still serves as primary (failsafe)",
-            f.leader
-        ));
+    if let Some(reason) = failsafe_hold(local, now_ms) {
+        return Some(reason);
     }
     if let (Some(newest), Some(mine)) =
         (failover::newest_timeline(&view.members, me), local.timeline)

@@ -359,14 +359,8 @@ fn a_paused_cluster_takes_no_automatic_action_and_reports_it() {
         c.postmaster_pid("n2").is_none(),
         "a paused cluster restarted PostgreSQL"
     );
-    assert!(
-        c.member("n2")["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("paused"),
-        "{}",
-        c.member("n2")
-    );
+    let msg = c.message("n2");
+    assert!(msg.contains("paused"), "{msg}");
     //                 primary rw leader replica ro  sync async health live ready
     expect(
         &c,

@@ -240,6 +240,14 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("list --json is not JSON ({e}):\n{}", text(&o)))
     }
 
+    /// What the member's agent last said it waits for or failed at ("" when nothing).
+    pub fn message(&self, name: &str) -> String {
+        self.member(name)["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
     pub fn member(&self, name: &str) -> serde_json::Value {
         self.list()["members"]
             .as_array()
