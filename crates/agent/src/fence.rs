@@ -1,224 +1,131 @@
-//! The fence watchdog: a process apart from the agent that stops PostgreSQL when the
-//! leader's fence deadline passes without a renewal.
+//! Fencing: end every process of this member's PostgreSQL instance at once, so that nothing
+//! it runs can acknowledge a commit afterwards, frozen or not.
 //!
-//! The agent forks it at start (before any thread exists, after dropping privileges) and
-//! talks to it over a pipe, one line per command:
-//! - `arm <ms>`: the deadline is `<ms>` from now (each successful lease renewal sends one);
-//! - `disarm`: no deadline (PostgreSQL no longer runs as this member's primary);
-//! - `exit`: the agent stops cleanly (PostgreSQL stopped, lease released).
+//! Stopping only the postmaster is not enough. A postmaster frozen by SIGSTOP (a VM pause, a
+//! storage stall, a debugger) does not act on SIGQUIT until it runs again, and a backend
+//! frozen in the middle of a commit finishes it and answers its client when it resumes, even
+//! if its postmaster was killed meanwhile: that write would be acknowledged beside a new
+//! primary, and lost. So the fence asks for an immediate shutdown and, unless the instance
+//! is gone almost at once (or any of its processes is stopped), sends SIGKILL to each of its
+//! processes. The kernel delivers SIGKILL to a stopped process too, and a process that
+//! returns from the kernel with it pending dies before it runs another instruction, so no
+//! reply leaves it.
 //!
-//! When an armed deadline passes, the watchdog sends SIGQUIT (immediate shutdown) to the
-//! postmaster of the data directory — the postmaster takes its backends down with it, so
-//! no further write is acknowledged — and waits for it to go, escalating to SIGKILL.
-//! Because it is its own process, a frozen agent (SIGSTOP, a stuck loop) is fenced too;
-//! if the agent dies, the watchdog keeps the last deadline, fences at it, then exits.
+//! "The instance" is every `postgres` process whose working directory is the data
+//! directory: PostgreSQL changes into it before forking any child, so backends are found
+//! even after their postmaster is gone (orphans reparented elsewhere).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::io::{BufRead, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The agent's end of the pipe to its watchdog.
-pub struct Watchdog {
-    pipe: std::fs::File,
-    pid: i32,
-}
-
-impl Watchdog {
-    /// Fork the watchdog for `data_dir`. Call before any thread exists (fork copies only the
-    /// calling thread).
-    pub fn spawn(data_dir: &Path) -> Result<Watchdog> {
-        let (read, write) = nix::unistd::pipe().context("create the fence watchdog's pipe")?;
-        // SAFETY: called before the runtime starts: the process has a single thread, so the
-        // child's memory is consistent; the child only runs `child_main` and exits.
-        match unsafe { nix::unistd::fork() }.context("fork the fence watchdog")? {
-            nix::unistd::ForkResult::Child => {
-                drop(write);
-                let code = match child_main(read, data_dir) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("pgbaton fence watchdog: {e:#}");
-                        1
-                    }
-                };
-                std::process::exit(code);
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                drop(read);
-                Ok(Watchdog {
-                    pipe: std::fs::File::from(write),
-                    pid: child.as_raw(),
-                })
-            }
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    fn send(&mut self, line: &str) -> Result<()> {
-        self.pipe
-            .write_all(format!("{line}\n").as_bytes())
-            .context("talk to the fence watchdog (did it die?)")
-    }
-
-    /// Fence `remaining` from now unless armed again before.
-    pub fn arm(&mut self, remaining: Duration) -> Result<()> {
-        self.send(&format!("arm {}", remaining.as_millis()))
-    }
-
-    pub fn disarm(&mut self) -> Result<()> {
-        self.send("disarm")
-    }
-
-    /// The agent stops cleanly: the watchdog exits without fencing.
-    pub fn exit(mut self) {
-        let _ = self.send("exit");
-        let _ = nix::sys::wait::waitpid(Pid::from_raw(self.pid), None);
-    }
-}
-
-enum Msg {
-    Arm(Duration),
-    Disarm,
-    Exit,
-    Eof,
-}
-
-fn parse(line: &str) -> Option<Msg> {
-    let line = line.trim();
-    match line.split_once(' ') {
-        Some(("arm", ms)) => ms
-            .parse()
-            .ok()
-            .map(|ms| Msg::Arm(Duration::from_millis(ms))),
-        _ if line == "disarm" => Some(Msg::Disarm),
-        _ if line == "exit" => Some(Msg::Exit),
-        _ => None,
-    }
-}
-
-fn child_main(read: OwnedFd, data_dir: &Path) -> Result<()> {
-    // Ctrl-C in a terminal goes to the whole process group: the agent handles it (stops
-    // PostgreSQL, then says `exit`); the watchdog must not vanish first.
-    // SAFETY: setting a signal disposition to SIG_IGN.
-    unsafe {
-        let _ = nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn);
-        let _ = nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigIgn);
-    }
-    close_inherited_fds(read.as_raw_fd());
-    let _ = nix::sys::prctl::set_name(c"pgbaton-fence");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // SAFETY: `read` is an owned descriptor moved into this File.
-        let file = unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(read)) };
-        for line in std::io::BufReader::new(file).lines() {
-            match line {
-                Ok(l) => {
-                    if let Some(m) = parse(&l) {
-                        if tx.send(m).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        let _ = tx.send(Msg::Eof);
-    });
-    run_loop(rx, data_dir.to_path_buf())
-}
-
-fn run_loop(rx: mpsc::Receiver<Msg>, data_dir: PathBuf) -> Result<()> {
-    let mut deadline: Option<Instant> = None;
-    loop {
-        let msg = match deadline {
-            Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
-                Ok(m) => Some(m),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => Some(Msg::Eof),
-            },
-            None => Some(rx.recv().unwrap_or(Msg::Eof)),
-        };
-        match msg {
-            Some(Msg::Arm(after)) => deadline = Some(Instant::now() + after),
-            Some(Msg::Disarm) => deadline = None,
-            Some(Msg::Exit) => return Ok(()),
-            Some(Msg::Eof) => {
-                // The agent is gone: keep the deadline, fence at it, then exit.
-                if deadline.is_none() {
-                    return Ok(());
-                }
-                if let Some(d) = deadline {
-                    std::thread::sleep(d.saturating_duration_since(Instant::now()));
-                }
-                fence(&data_dir)?;
-                return Ok(());
-            }
-            None => {
-                fence(&data_dir)?;
-                deadline = None;
-            }
-        }
-    }
-}
+/// How long an immediate shutdown may take before the processes left are killed. Short: the
+/// fence fires `fence_margin_ms` (at least 100 ms, validated) before the lease can expire.
+pub const FENCE_GRACE: Duration = Duration::from_millis(50);
 
 /// The postmaster running on `data_dir`, if any: the PID in postmaster.pid, alive, with its
 /// working directory in `data_dir` (a stale PID file or a reused PID is not ours).
 pub fn postmaster_of(data_dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
     let dir = std::fs::canonicalize(data_dir).ok()?;
-    (cwd == dir).then_some(pid)
+    (cwd_of(pid).as_deref() == Some(dir.as_path())).then_some(pid)
 }
 
-/// Stop the postmaster of `data_dir` at once: SIGQUIT (immediate shutdown), then SIGKILL
-/// after 2 s. Nothing running is not an error.
-pub fn fence(data_dir: &Path) -> Result<()> {
-    let Some(pid) = postmaster_of(data_dir) else {
-        return Ok(());
+fn cwd_of(pid: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+/// Is `pid` a PostgreSQL server process (postmaster or a child of one)? Its executable is
+/// named `postgres` (or `postmaster`), possibly marked deleted after an upgrade.
+fn is_postgres(pid: i32) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
     };
+    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = name.as_deref().unwrap_or("");
+    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
+    name == "postgres" || name == "postmaster"
+}
+
+/// Every live process of the instance on `data_dir`: the postmaster first (when alive), then
+/// every other `postgres` process working in that directory. A zombie has no working
+/// directory any more and is not listed: it can do nothing.
+pub fn instance_pids(data_dir: &Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::canonicalize(data_dir) else {
+        return vec![];
+    };
+    let mut pids: Vec<i32> = postmaster_of(data_dir).into_iter().collect();
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in proc_dir.filter_map(|e| e.ok()) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !pids.contains(&pid) && cwd_of(pid).as_deref() == Some(dir.as_path()) && is_postgres(pid)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Is `pid` stopped (SIGSTOP, or traced)? Such a process acts on no signal but SIGKILL.
+fn is_stopped(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')' (comm may contain one).
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .is_some_and(|s| s == 'T' || s == 't')
+}
+
+/// End every process of the PostgreSQL instance on `data_dir`: SIGQUIT to the postmaster
+/// (immediate shutdown); whatever is left after [`FENCE_GRACE`], or at once when any process
+/// is stopped, gets SIGKILL. Returns when none is left (an error after 10 s: a process that
+/// SIGKILL does not end is stuck in the kernel, where it cannot answer a client either).
+/// Nothing running is not an error.
+pub fn fence(data_dir: &Path, why: &str) -> Result<()> {
+    let pids = instance_pids(data_dir);
+    if pids.is_empty() {
+        return Ok(());
+    }
     eprintln!(
-        "pgbaton fence watchdog: the leader lease could not be renewed in time: stopping PostgreSQL \
-         (postmaster {pid}, {}) with an immediate shutdown",
+        "pgbaton fence: {why}: ending PostgreSQL on {} (processes {pids:?})",
         data_dir.display()
     );
-    let raw = pid;
-    let pid = Pid::from_raw(pid);
-    let _ = kill(pid, Signal::SIGQUIT);
     let start = Instant::now();
-    while postmaster_of(data_dir) == Some(raw) {
-        if start.elapsed() > Duration::from_secs(2) {
-            let _ = kill(pid, Signal::SIGKILL);
+    let frozen = pids.iter().any(|p| is_stopped(*p));
+    if let (Some(pm), false) = (postmaster_of(data_dir), frozen) {
+        let _ = kill(Pid::from_raw(pm), Signal::SIGQUIT);
+        while start.elapsed() < FENCE_GRACE && !instance_pids(data_dir).is_empty() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    loop {
+        let left = instance_pids(data_dir);
+        if left.is_empty() {
+            return Ok(());
         }
         if start.elapsed() > Duration::from_secs(10) {
-            bail!("postmaster {pid} does not exit");
+            bail!(
+                "PostgreSQL processes {left:?} on {} do not exit after SIGKILL",
+                data_dir.display()
+            );
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
-}
-
-/// Close every descriptor but 0, 1, 2 and `keep` (the child must not hold the agent's
-/// sockets or database files open).
-fn close_inherited_fds(keep: i32) {
-    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<i32> = rd
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in fds {
-        if fd > 2 && fd != keep {
-            let _ = nix::unistd::close(fd);
+        // The postmaster first (listed first), so that it forks nothing new.
+        for pid in &left {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -226,13 +133,32 @@ fn close_inherited_fds(keep: i32) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn commands_parse() {
-        assert!(matches!(parse("arm 1500"), Some(Msg::Arm(d)) if d == Duration::from_millis(1500)));
-        assert!(matches!(parse("disarm\n"), Some(Msg::Disarm)));
-        assert!(matches!(parse("exit"), Some(Msg::Exit)));
-        assert!(parse("arm x").is_none());
-        assert!(parse("bogus").is_none());
+    /// A stand-in instance: copies of `sleep` named `postgres`, working in `dir`.
+    fn fake_postgres(dir: &Path, bin: &Path) -> std::process::Child {
+        std::process::Command::new(bin)
+            .arg("30")
+            .current_dir(dir)
+            .spawn()
+            .unwrap()
+    }
+
+    fn sleep_named_postgres(scratch: &Path) -> PathBuf {
+        let bin = scratch.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let p = bin.join("postgres");
+        std::fs::copy("/bin/sleep", &p).unwrap();
+        p
+    }
+
+    fn wait_exit(c: &mut std::process::Child) -> std::process::ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
@@ -241,41 +167,77 @@ mod tests {
         assert_eq!(postmaster_of(d.path()), None);
         std::fs::write(d.path().join("postmaster.pid"), "999999999\n").unwrap();
         assert_eq!(postmaster_of(d.path()), None);
-        fence(d.path()).unwrap();
+        assert!(instance_pids(d.path()).is_empty());
+        fence(d.path(), "test").unwrap();
     }
 
     #[test]
-    fn the_watchdog_fences_a_process_at_its_deadline_and_not_before() {
-        // A stand-in "postmaster": a sleep whose working directory is the data directory.
-        let d = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new("sleep")
+    fn only_postgres_processes_working_in_the_data_directory_belong_to_the_instance() {
+        let scratch = tempfile::tempdir().unwrap();
+        let data = scratch.path().join("data");
+        let other = scratch.path().join("other");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let pg = sleep_named_postgres(scratch.path());
+        let mut mine = fake_postgres(&data, &pg);
+        let mut elsewhere = fake_postgres(&other, &pg);
+        let mut not_postgres = std::process::Command::new("sleep")
             .arg("30")
-            .current_dir(d.path())
+            .current_dir(&data)
             .spawn()
             .unwrap();
-        std::fs::write(d.path().join("postmaster.pid"), format!("{}\n", child.id())).unwrap();
-        assert_eq!(postmaster_of(d.path()), Some(child.id() as i32));
-        let (tx, rx) = mpsc::channel();
-        let dir = d.path().to_path_buf();
-        let h = std::thread::spawn(move || run_loop(rx, dir));
-        tx.send(Msg::Arm(Duration::from_millis(300))).unwrap();
-        std::thread::sleep(Duration::from_millis(150));
-        tx.send(Msg::Arm(Duration::from_millis(300))).unwrap(); // a renewal moves it
-        std::thread::sleep(Duration::from_millis(200));
+        let pids = instance_pids(&data);
+        assert_eq!(pids, vec![mine.id() as i32]);
+        for c in [&mut mine, &mut elsewhere, &mut not_postgres] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// The bug this pins (issue 14): a frozen postmaster ignores SIGQUIT until it resumes,
+    /// and killing it alone leaves frozen backends that finish their commits on resume.
+    #[test]
+    fn the_fence_kills_a_frozen_postmaster_and_its_orphaned_backends() {
+        let scratch = tempfile::tempdir().unwrap();
+        let data = scratch.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let pg = sleep_named_postgres(scratch.path());
+        let mut postmaster = fake_postgres(&data, &pg);
+        let mut backend = fake_postgres(&data, &pg);
+        std::fs::write(
+            data.join("postmaster.pid"),
+            format!("{}\n", postmaster.id()),
+        )
+        .unwrap();
+        for c in [&postmaster, &backend] {
+            kill(Pid::from_raw(c.id() as i32), Signal::SIGSTOP).unwrap();
+        }
+        let t = Instant::now();
+        fence(&data, "test").unwrap();
         assert!(
-            child.try_wait().unwrap().is_none(),
-            "fenced before the deadline"
+            t.elapsed() < Duration::from_secs(5),
+            "the fence waited on frozen processes"
         );
-        let waited = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(waited.elapsed() < Duration::from_secs(10), "never fenced");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert!(!status.success());
-        tx.send(Msg::Exit).unwrap();
-        h.join().unwrap().unwrap();
+        assert!(instance_pids(&data).is_empty());
+        for c in [&mut postmaster, &mut backend] {
+            assert!(!wait_exit(c).success());
+        }
+    }
+
+    #[test]
+    fn a_stopped_process_is_seen_as_stopped() {
+        assert!(!is_stopped(std::process::id() as i32));
+        let mut c = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGSTOP).unwrap();
+        let t = Instant::now();
+        while !is_stopped(c.id() as i32) {
+            assert!(t.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        c.kill().unwrap();
+        c.wait().unwrap();
     }
 }

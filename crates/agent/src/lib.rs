@@ -12,6 +12,7 @@
 pub mod api;
 pub mod fence;
 pub mod process;
+pub mod watchdog;
 
 use anyhow::{bail, Context, Result};
 use pgbaton_core::config::NodeConfig;
@@ -106,7 +107,7 @@ pub struct Agent {
     removed: bool,
     auth: api::Auth,
     /// The fence watchdog (absent only where fencing is not needed: tests of the API).
-    watchdog: Option<Arc<std::sync::Mutex<fence::Watchdog>>>,
+    watchdog: Option<Arc<std::sync::Mutex<watchdog::Watchdog>>>,
     /// Since when this member's primary PostgreSQL has been down without being asked to.
     crashed_since_ms: Option<u64>,
     /// Why the last automatic rejoin could not rewind (not retried until the agent restarts).
@@ -215,7 +216,7 @@ impl Agent {
         cfg: NodeConfig,
         ident: Identity,
         checked: Checked,
-        watchdog: Option<fence::Watchdog>,
+        watchdog: Option<watchdog::Watchdog>,
     ) -> Result<(Agent, tokio::net::TcpListener)> {
         let Checked {
             bins,
@@ -591,8 +592,11 @@ impl Agent {
                 error!("stopping PostgreSQL: {e:#}");
             }
         }
-        // Release the lease only once PostgreSQL no longer runs writable.
-        if server::postmaster_pid(&self.cfg.data_dir).is_none() {
+        // Release the lease only once PostgreSQL no longer runs writable (and no backend
+        // of a postmaster that died is left to finish a commit).
+        if server::postmaster_pid(&self.cfg.data_dir).is_none()
+            && fence::fence(&self.cfg.data_dir, "releasing the leader lease").is_ok()
+        {
             match self.store.leader_release(&self.cfg.name).await {
                 Ok(true) => info!("released the leader lease"),
                 Ok(false) => {}
@@ -926,6 +930,9 @@ impl Agent {
                 if server::postmaster_pid(&self.cfg.data_dir).is_some() {
                     bail!("not releasing the leader lease: PostgreSQL still runs");
                 }
+                // Backends left behind by a postmaster that died (killed alone) can still
+                // finish a commit: none may outlive the lease.
+                fence::fence(&self.cfg.data_dir, "releasing the leader lease")?;
                 if self.store.leader_release(&me).await? {
                     warn!("released the leader lease: {reason}");
                 }
@@ -1562,7 +1569,7 @@ impl Drop for KeeperGuard {
 }
 
 fn arm_watchdog(
-    watchdog: Option<&Arc<std::sync::Mutex<fence::Watchdog>>>,
+    watchdog: Option<&Arc<std::sync::Mutex<watchdog::Watchdog>>>,
     shared: &api::SharedState,
     cfg: &NodeConfig,
     t0: Instant,
@@ -1579,8 +1586,13 @@ fn arm_watchdog(
         .unwrap_or_else(|e| e.into_inner())
         .arm(remaining)
         .map_err(|e| {
+            // No live fence: PostgreSQL must not go on as this member's primary.
+            if let Err(f) = fence::fence(&cfg.data_dir, "no fence watchdog can be armed") {
+                error!("{f:#}");
+            }
             Fatal(format!(
-                "{e:#}: without its fence watchdog this member must not run a primary; the agent exits"
+                "{e:#}: without its fence watchdog this member must not run a primary; \
+                 PostgreSQL was stopped and the agent exits"
             ))
             .into()
         })

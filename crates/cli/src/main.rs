@@ -31,6 +31,9 @@ struct Cli {
 enum Cmd {
     /// Run the agent for one node (keeps its PostgreSQL running in its role).
     Agent,
+    /// The agent's fence watchdog process (started by the agent itself; commands on stdin).
+    #[command(hide = true, name = "fence-watchdog")]
+    FenceWatchdog { data_dir: std::path::PathBuf },
     /// Bring up a local cluster: a primary and N-1 streaming standbys on this machine.
     Up {
         /// Directory for the whole cluster (data, logs, configs). Created if missing.
@@ -240,6 +243,10 @@ fn config_path(cli_config: Option<PathBuf>) -> PathBuf {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
+        Cmd::FenceWatchdog { data_dir } => {
+            pgbaton_agent::watchdog::watchdog_main(&data_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Agent => {
             let path = cli
                 .config
@@ -249,8 +256,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // Drop privileges before any thread exists.
             let (ident, checked) =
                 pgbaton_agent::become_os_user(&cfg, |_| pgbaton_agent::preflight(&cfg))?;
-            // Fork the fence watchdog while the process still has a single thread.
-            let watchdog = pgbaton_agent::fence::Watchdog::spawn(&cfg.data_dir)?;
+            let watchdog = pgbaton_agent::watchdog::Watchdog::spawn(
+                pgbaton_agent::watchdog::Launcher::this_binary(&cfg.data_dir),
+                &cfg.data_dir,
+            )?;
             let rt = runtime()?;
             rt.block_on(async move {
                 let (agent, listener) =

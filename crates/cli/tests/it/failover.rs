@@ -487,3 +487,156 @@ fn text_of(o: &std::process::Output) -> String {
     assert!(o.status.success(), "the command failed:\n{t}");
     t
 }
+
+/// Writers on every member recording when each acknowledgement reached the client (epoch
+/// seconds on this machine's clock); `slow` members hold each transaction open 300 ms
+/// before it commits, so one is in flight at any moment.
+fn client_acked_write(c: &Cluster, member: &str, slow: &[&str]) -> Option<f64> {
+    let sleep = if slow.contains(&member) {
+        "SELECT pg_sleep(0.3);"
+    } else {
+        ""
+    };
+    c.sql_direct(
+        member,
+        &format!("INSERT INTO probe (who) VALUES ('{member}'); {sleep}"),
+    )
+    .ok()?;
+    Some(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64(),
+    )
+}
+
+/// Issue 14, item 3: the fence stopped only the postmaster, and a backend frozen with it
+/// finished its commit when it resumed, beside the new primary.
+#[test]
+fn a_frozen_primary_postgresql_acknowledges_nothing_after_it_is_fenced() {
+    let c = Cluster::up(3);
+    c.wait_healthy(Duration::from_secs(60));
+    create_probe_table(&c);
+    let write = |m: &str| client_acked_write(&c, m, &["n1"]);
+    let data = c.data_dir("n1");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let ((frozen_at, fenced_at), acked) = with_writers(&["n1", "n2", "n3"], &write, |acked| {
+        // n1's writer spends 300 ms of every ~310 ms inside a transaction.
+        std::thread::sleep(Duration::from_millis(200));
+        let pids = instance_pids(&data);
+        let frozen = FrozenAll::new(&pids);
+        let frozen_at = now();
+        eprintln!("froze n1's PostgreSQL: {pids:?}");
+        // Every process of the frozen instance ends while still frozen: none runs again.
+        wait_for(
+            "the frozen instance fenced",
+            Duration::from_secs(30),
+            || {
+                let left = instance_pids(&data);
+                pids.iter().all(|p| !left.contains(p))
+            },
+        );
+        let fenced_at = now();
+        eprintln!("fenced {:.3} s after the freeze", fenced_at - frozen_at);
+        // Writes come back (on n1 restarted in place, or on a new primary).
+        wait_for("writes after the fence", Duration::from_secs(60), || {
+            acked.lock().unwrap().iter().any(|(_, t)| *t > fenced_at)
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        drop(frozen);
+        std::thread::sleep(Duration::from_millis(800));
+        (frozen_at, fenced_at)
+    });
+    // Nothing was acknowledged by the frozen instance: not while it was frozen, and it never
+    // ran again (its processes were killed while stopped).
+    let late: Vec<f64> = acked
+        .iter()
+        .filter(|(m, t)| m == "n1" && *t > frozen_at + 0.05 && *t <= fenced_at)
+        .map(|(_, t)| t - frozen_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "n1 acknowledged writes {late:?} s after its PostgreSQL froze, before the fence"
+    );
+    let leader = c.list()["leader"].as_str().unwrap_or_default().to_string();
+    let after: Vec<&str> = acked
+        .iter()
+        .filter(|(_, t)| *t > fenced_at)
+        .map(|(m, _)| m.as_str())
+        .collect();
+    eprintln!("after the freeze the leader is {leader}; writes acknowledged by {after:?}");
+    if leader != "n1" {
+        assert_one_writer_at_a_time(&acked, "n1", &leader);
+    } else {
+        assert!(
+            after.iter().all(|m| *m == "n1"),
+            "a standby accepted writes"
+        );
+    }
+    let log = std::fs::read_to_string(c.dir.join("n1/agent.log")).unwrap();
+    assert!(
+        log.contains("pgbaton fence:"),
+        "no fence in n1's log:\n{log}"
+    );
+    c.wait_healthy(Duration::from_secs(90));
+}
+
+/// Issue 14, item 3: killing the primary's watchdog made its agent exit and leave
+/// PostgreSQL writable and unfenced; another member was promoted beside it.
+#[test]
+fn a_killed_fence_watchdog_never_leaves_an_unfenced_primary() {
+    let c = Cluster::up(3);
+    c.wait_healthy(Duration::from_secs(60));
+    create_probe_table(&c);
+    let agent = c.agent_pid("n1").unwrap();
+    let write = |m: &str| probe_write(&c, m);
+    let (_, acked) = with_writers(&["n1", "n2", "n3"], &write, |_| {
+        let old_watchdog = watchdog_of(agent).expect("n1's fence watchdog");
+        let old_pg = c.postmaster_pid("n1").unwrap();
+        kill9(old_watchdog);
+        // The agent stops PostgreSQL at once (it runs a primary) and starts a new watchdog.
+        wait_for("n1's PostgreSQL fenced", Duration::from_secs(10), || {
+            c.postmaster_pid("n1") != Some(old_pg)
+        });
+        wait_for("a new watchdog for n1", Duration::from_secs(10), || {
+            watchdog_of(agent).is_some_and(|w| w != old_watchdog)
+        });
+        assert_eq!(c.agent_pid("n1"), Some(agent), "n1's agent exited");
+        c.wait_healthy(Duration::from_secs(60));
+        // A standby's watchdog guards nothing: it is replaced and PostgreSQL left running.
+        let standby = c.agent_pid("n2").unwrap();
+        let (w2, pg2) = (watchdog_of(standby).unwrap(), c.postmaster_pid("n2"));
+        kill9(w2);
+        wait_for("a new watchdog for n2", Duration::from_secs(10), || {
+            watchdog_of(standby).is_some_and(|w| w != w2)
+        });
+        assert_eq!(c.postmaster_pid("n2"), pg2, "a standby was stopped");
+    });
+    let leader = c.list()["leader"].as_str().unwrap().to_string();
+    if leader == "n1" {
+        assert!(
+            acked.iter().all(|(m, _)| m == "n1"),
+            "a standby accepted writes"
+        );
+    } else {
+        assert_one_writer_at_a_time(&acked, "n1", &leader);
+    }
+    let log = std::fs::read_to_string(c.dir.join("n1/agent.log")).unwrap();
+    assert!(
+        log.contains("died") && log.contains("stopping PostgreSQL before anything else"),
+        "{log}"
+    );
+    wait_for(
+        "the primary accepts writes again",
+        Duration::from_secs(30),
+        || {
+            c.sql(None, "CREATE TABLE IF NOT EXISTS after_watchdog (x int)")
+                .is_ok()
+        },
+    );
+}

@@ -814,3 +814,56 @@ pub fn http(
 pub fn api_port(c: &Cluster, member: &str) -> u16 {
     c.port_base + 1000 + member[1..].parse::<u16>().unwrap() - 1
 }
+
+/// Every process of a PostgreSQL instance: `postgres` processes working in its data
+/// directory (the postmaster and its backends, orphaned ones too).
+pub fn instance_pids(data_dir: &Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::canonicalize(data_dir) else {
+        return vec![];
+    };
+    let mut pids = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        if cwd.as_deref() == Some(dir.as_path())
+            && exe.is_some_and(|x| x.to_string_lossy().contains("postgres"))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The fence watchdog process of the agent `agent` (its child running `fence-watchdog`).
+pub fn watchdog_of(agent: i32) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()) {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next(), f.next().and_then(|p| p.parse::<i32>().ok()));
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(agent)
+            && state != Some("Z")
+            && String::from_utf8_lossy(&cmdline).contains("fence-watchdog")
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Every process in the list frozen with SIGSTOP; thawed when dropped.
+pub struct FrozenAll(pub Vec<Frozen>);
+impl FrozenAll {
+    pub fn new(pids: &[i32]) -> FrozenAll {
+        FrozenAll(pids.iter().map(|p| Frozen::new(*p)).collect())
+    }
+}
