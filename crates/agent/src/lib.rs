@@ -200,6 +200,7 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
             );
         }
     }
+    check_archive(cfg)?;
     let auth = load_api_auth(cfg)?;
     Ok(Checked {
         bins,
@@ -208,6 +209,67 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
         store,
         auth,
     })
+}
+
+/// PostgreSQL archives and restores WAL by running pgbaton (`wal-push`, `wal-fetch`): this
+/// very executable unless `postgresql.pgbaton_bin` says otherwise.
+pub fn resolve_pgbaton_bin(cfg: &mut NodeConfig) -> Result<()> {
+    if cfg.postgresql.archive_dir.is_some() && cfg.postgresql.pgbaton_bin.is_none() {
+        let exe = std::env::current_exe().context("find pgbaton's own executable")?;
+        cfg.postgresql.pgbaton_bin = Some(exe);
+    }
+    Ok(())
+}
+
+/// With an archive: the OS user (whose identity the preflight runs under) can run the
+/// pgbaton executable and write into the archive directory. Creates nothing.
+fn check_archive(cfg: &NodeConfig) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dir) = &cfg.postgresql.archive_dir else {
+        return Ok(());
+    };
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "(this user)".into());
+    let bin = cfg
+        .postgresql
+        .pgbaton_bin
+        .as_deref()
+        .context("postgresql.pgbaton_bin is not resolved")?;
+    let runnable = std::fs::metadata(bin)
+        .map_err(|e| e.to_string())
+        .and_then(|m| {
+            (m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .then_some(())
+                .ok_or_else(|| "not an executable file".to_string())
+        });
+    if let Err(why) = runnable {
+        bail!(
+            "PostgreSQL archives WAL by running {} as OS user {user}, who cannot run it ({why}): \
+             install pgbaton where that user can (e.g. /usr/local/bin) or set postgresql.pgbaton_bin",
+            bin.display()
+        );
+    }
+    if dir.exists() {
+        let probe = dir.join(format!(".pgbaton-write-check.{}", std::process::id()));
+        let wrote = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe);
+        match wrote {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+            }
+            Err(e) => bail!(
+                "OS user {user} cannot write into the WAL archive directory {} \
+                 (postgresql.archive_dir): {e}. Give that user the directory (chown) or choose another",
+                dir.display()
+            ),
+        }
+    }
+    Ok(())
 }
 
 impl Agent {
@@ -1264,7 +1326,14 @@ impl Agent {
             "rejoining as a standby of {}: asking pg_rewind whether the timelines diverged",
             upstream.member
         );
-        match pgbaton_pg::rewind::rewind_if_diverged(&self.bins, &self.cfg.data_dir, &source).await
+        let from_archive = self.cfg.postgresql.archive_dir.is_some();
+        match pgbaton_pg::rewind::rewind_if_diverged(
+            &self.bins,
+            &self.cfg.data_dir,
+            &source,
+            from_archive,
+        )
+        .await
         {
             Ok(pgbaton_pg::rewind::Rewind::NotNeeded) => {
                 info!("no rewind needed: the data had not diverged")

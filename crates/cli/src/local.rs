@@ -241,7 +241,7 @@ pub async fn up(o: UpOptions) -> Result<()> {
     } else if l.dir.exists() {
         bail!("{} exists and is not a directory", l.dir.display());
     }
-    let configs: Vec<NodeConfig> = (1..=o.nodes).map(|i| node_config(&o, &l, i)).collect();
+    let mut configs: Vec<NodeConfig> = (1..=o.nodes).map(|i| node_config(&o, &l, i)).collect();
     for c in &configs {
         c.validate()
             .with_context(|| format!("the config of {}", c.name))?;
@@ -289,6 +289,12 @@ pub async fn up(o: UpOptions) -> Result<()> {
         user.name
     );
     create_owned_dir(&user, &l.dir)?;
+    if o.archive {
+        let bin = archive_bin(&user, &l)?;
+        for c in &mut configs {
+            c.postgresql.pgbaton_bin = Some(bin.clone());
+        }
+    }
     let pw = pgbaton_pg::files::generate_password()?;
     write_owned(
         &user,
@@ -334,8 +340,39 @@ pub async fn up(o: UpOptions) -> Result<()> {
     finish(&l, &client).await
 }
 
+/// The pgbaton executable PostgreSQL runs to archive WAL: this one when the OS user can
+/// reach it, else a copy in DIR/bin (a clone under /root, say), refreshed at every `up`.
+fn archive_bin(user: &nix::unistd::User, l: &Layout) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("find pgbaton's own executable")?;
+    let copy = l.dir.join("bin").join("pgbaton");
+    let reachable = exe.parent().is_some_and(|d| blocked_for(user, d).is_none());
+    if reachable && !copy.exists() {
+        return Ok(exe);
+    }
+    std::fs::create_dir_all(copy.parent().unwrap_or(&l.dir))?;
+    let _ = std::fs::remove_file(&copy);
+    if std::fs::hard_link(&exe, &copy).is_err() {
+        std::fs::copy(&exe, &copy)
+            .with_context(|| format!("copy {} to {}", exe.display(), copy.display()))?;
+    }
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
+    if !reachable {
+        println!(
+            "OS user {} cannot reach {}: archiving runs the copy {}",
+            user.name,
+            exe.display(),
+            copy.display()
+        );
+    }
+    Ok(copy)
+}
+
 async fn start_existing(l: &Layout, timeout_s: u64) -> Result<()> {
     let configs = l.nodes()?;
+    if l.dir.join("bin").join("pgbaton").exists() {
+        let user = resolve_user(None)?;
+        archive_bin(&user, l)?;
+    }
     if configs.is_empty() {
         bail!(
             "{} has a pgbaton.toml but no member configs (nI/node.toml)",

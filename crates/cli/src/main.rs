@@ -2,6 +2,7 @@
 //! commands. Flags and config are parsed with no side effects first; `main` turns errors
 //! into a message on stderr and a non-zero exit code.
 
+mod archive;
 mod cluster;
 mod local;
 mod members;
@@ -34,6 +35,32 @@ enum Cmd {
     /// The agent's fence watchdog process (started by the agent itself; commands on stdin).
     #[command(hide = true, name = "fence-watchdog")]
     FenceWatchdog { data_dir: std::path::PathBuf },
+    /// Archive one WAL file (PostgreSQL's archive_command: `pgbaton wal-push --dir DIR %p %f`):
+    /// fsynced, never overwriting; an identical file already archived is a success.
+    WalPush {
+        /// The archive directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The file to archive (%p).
+        path: PathBuf,
+        /// Its name in the archive (%f).
+        name: String,
+    },
+    /// Restore one WAL file (restore_command: `pgbaton wal-fetch --dir DIR %f %p`); exits 1
+    /// when the archive does not have it.
+    WalFetch {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The file's name in the archive (%f).
+        name: String,
+        /// Where PostgreSQL wants it (%p).
+        path: PathBuf,
+    },
+    /// The WAL archive: `archive check --dir DIR` finds holes across timelines.
+    Archive {
+        #[command(subcommand)]
+        cmd: ArchiveCmd,
+    },
     /// Bring up a local cluster: a primary and N-1 streaming standbys on this machine.
     Up {
         /// Directory for the whole cluster (data, logs, configs). Created if missing.
@@ -157,6 +184,18 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum ArchiveCmd {
+    /// Check that the archive has every segment recovery needs, from its first to its newest
+    /// timeline's last (exit 1 when not, naming what is missing).
+    Check {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(clap::Args)]
 struct OpArgs {
     /// Print the operation and the cluster as JSON.
@@ -243,6 +282,11 @@ fn config_path(cli_config: Option<PathBuf>) -> PathBuf {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
+        Cmd::WalPush { dir, path, name } => Ok(archive::wal_push(&dir, &path, &name)),
+        Cmd::WalFetch { dir, name, path } => Ok(archive::wal_fetch(&dir, &name, &path)),
+        Cmd::Archive {
+            cmd: ArchiveCmd::Check { dir, json },
+        } => archive::check(&dir, json),
         Cmd::FenceWatchdog { data_dir } => {
             pgbaton_agent::watchdog::watchdog_main(&data_dir)?;
             Ok(ExitCode::SUCCESS)
@@ -251,7 +295,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let path = cli
                 .config
                 .context("`pgbaton agent` needs a node config: pgbaton agent -c NODE.toml")?;
-            let cfg = cluster::load_node_config(&path)?;
+            let mut cfg = cluster::load_node_config(&path)?;
+            pgbaton_agent::resolve_pgbaton_bin(&mut cfg)?;
             init_tracing();
             // Drop privileges before any thread exists.
             let (ident, checked) =

@@ -141,9 +141,14 @@ pub struct PostgresqlConfig {
     /// PostgreSQL's log file. Default `<base_dir>/postgres.log`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_file: Option<PathBuf>,
-    /// WAL archive directory; `None` means archiving is off.
+    /// WAL archive directory; `None` means archiving is off. Every member archives into it
+    /// (`archive_mode = always`, through `pgbaton wal-push`) and restores from it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive_dir: Option<PathBuf>,
+    /// The pgbaton executable PostgreSQL runs to archive and restore WAL (`wal-push`,
+    /// `wal-fetch`). Default: the agent's own executable. The OS user must be able to run it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pgbaton_bin: Option<PathBuf>,
     /// CIDRs allowed to connect (written as pg_hba `host` lines).
     /// Default `["127.0.0.1/32", "::1/128"]`.
     pub allowed_networks: Vec<String>,
@@ -171,6 +176,7 @@ impl Default for PostgresqlConfig {
             pgpass: None,
             log_file: None,
             archive_dir: None,
+            pgbaton_bin: None,
             allowed_networks: vec!["127.0.0.1/32".to_string(), "::1/128".to_string()],
             databases: Vec::new(),
             max_wal_senders: 10,
@@ -642,7 +648,7 @@ const MANAGED_PARAMETERS: &[(&str, Option<&str>)] = &[
     ("primary_slot_name", None),
     ("archive_mode", Some("postgresql.archive_dir")),
     ("archive_command", Some("postgresql.archive_dir")),
-    ("restore_command", None),
+    ("restore_command", Some("postgresql.archive_dir")),
     ("wal_log_hints", None),
     ("password_encryption", None),
 ];
@@ -658,9 +664,25 @@ impl PostgresqlConfig {
             ("postgresql.pgpass", &self.pgpass),
             ("postgresql.log_file", &self.log_file),
             ("postgresql.archive_dir", &self.archive_dir),
+            ("postgresql.pgbaton_bin", &self.pgbaton_bin),
         ] {
             if let Some(path) = path {
                 check_abs_path(key, path)?;
+            }
+        }
+        // Both end up single-quoted in the archive and restore commands (a shell line).
+        for (key, path) in [
+            ("postgresql.archive_dir", &self.archive_dir),
+            ("postgresql.pgbaton_bin", &self.pgbaton_bin),
+        ] {
+            if let Some(p) = path.as_deref().and_then(|p| p.to_str().or(Some("\0"))) {
+                if p.chars().any(|c| c.is_control() || c == '\'') {
+                    return Err(ConfigError::new(
+                        key,
+                        lit(p),
+                        "a UTF-8 path without quotes or control characters (it goes into a shell command)",
+                    ));
+                }
             }
         }
 
@@ -1943,6 +1965,18 @@ start_timeout_ms = 120000
         assert_eq!(
             bad_key(|c| c.postgresql.archive_dir = Some("a".into())),
             "postgresql.archive_dir"
+        );
+        assert_eq!(
+            bad_key(|c| c.postgresql.archive_dir = Some("/srv/it's".into())),
+            "postgresql.archive_dir"
+        );
+        assert_eq!(
+            bad_key(|c| c.postgresql.pgbaton_bin = Some("/usr/bin/pg\nbaton".into())),
+            "postgresql.pgbaton_bin"
+        );
+        assert_eq!(
+            bad_key(|c| c.postgresql.pgbaton_bin = Some("pgbaton".into())),
+            "postgresql.pgbaton_bin"
         );
         assert_eq!(
             bad_key(|c| c.postgresql.bin_dir = Some("bin".into())),

@@ -81,10 +81,33 @@ pub fn pgpass(user: &str, password: &str) -> String {
     pgpass_line("*", "*", "*", user, password)
 }
 
-/// The archive_command for a WAL archive directory: never overwrite an archived segment.
-pub fn archive_command(dir: &Path) -> String {
-    let d = dir.to_string_lossy();
-    format!("test ! -f '{d}/%f' && cp '%p' '{d}/%f'")
+/// The pgbaton executable PostgreSQL runs for archiving (`postgresql.pgbaton_bin`, filled in
+/// by the agent with its own executable when not set).
+fn pgbaton_bin(cfg: &NodeConfig) -> String {
+    cfg.postgresql
+        .pgbaton_bin
+        .as_deref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pgbaton".into())
+}
+
+/// The archive_command: `pgbaton wal-push` (fsynced, never overwrites; an identical file
+/// already there is a success). Paths are validated to hold no quote.
+pub fn archive_command(cfg: &NodeConfig, dir: &Path) -> String {
+    format!(
+        "'{}' wal-push --dir '{}' '%p' '%f'",
+        pgbaton_bin(cfg),
+        dir.to_string_lossy()
+    )
+}
+
+/// The restore_command: `pgbaton wal-fetch` (a standby beyond its slot, pg_rewind).
+pub fn restore_command(cfg: &NodeConfig, dir: &Path) -> String {
+    format!(
+        "'{}' wal-fetch --dir '{}' '%f' '%p'",
+        pgbaton_bin(cfg),
+        dir.to_string_lossy()
+    )
 }
 
 /// `pgbaton.conf`: every setting pgbaton owns, rewritten before each start.
@@ -120,8 +143,11 @@ pub fn pgbaton_conf(cfg: &NodeConfig, upstream: Option<&Upstream>) -> String {
     set("recovery_target_timeline", conf_quote("latest"));
     match &pg.archive_dir {
         Some(dir) => {
-            set("archive_mode", "on".into());
-            set("archive_command", conf_quote(&archive_command(dir)));
+            // Every member archives what it has: a segment the primary completed but had
+            // not archived when it died is archived by the standbys that received it.
+            set("archive_mode", "always".into());
+            set("archive_command", conf_quote(&archive_command(cfg, dir)));
+            set("restore_command", conf_quote(&restore_command(cfg, dir)));
         }
         None => set("archive_mode", "off".into()),
     }
@@ -252,9 +278,22 @@ path = "/srv/pg/store.db"
         assert!(line.contains("passfile=/srv/pg/n2/pgpass"), "{line}");
         assert!(!line.contains("password="), "{line}");
         assert!(line.contains("port=5999") && line.contains("application_name=n2"));
-        assert!(conf.contains(
-            "archive_command = 'test ! -f ''/srv/archive/%f'' && cp ''%p'' ''/srv/archive/%f'''"
-        ));
+        assert!(conf.contains("archive_mode = always"), "{conf}");
+        assert!(
+            conf.contains(
+                "archive_command = '''pgbaton'' wal-push --dir ''/srv/archive'' ''%p'' ''%f'''"
+            ),
+            "{conf}"
+        );
+        assert!(
+            conf.contains(
+                "restore_command = '''pgbaton'' wal-fetch --dir ''/srv/archive'' ''%f'' ''%p'''"
+            ),
+            "{conf}"
+        );
+        let mut c2 = c.clone();
+        c2.postgresql.pgbaton_bin = Some("/opt/pgbaton/bin/pgbaton".into());
+        assert!(pgbaton_conf(&c2, Some(&up)).contains("'''/opt/pgbaton/bin/pgbaton'' wal-push"));
         assert!(conf.contains("work_mem = '8MB'"));
         assert!(conf.contains("port = 6000"));
     }

@@ -6,6 +6,7 @@
 //! it is asked to and reports what happened; the agent decides (through `pgbaton_core`).
 //! Nothing here ever deletes a data directory.
 
+pub mod archive;
 pub mod bins;
 pub mod clone;
 pub mod datadir;

@@ -19,6 +19,7 @@ async fn pg_rewind(
     data_dir: &Path,
     source: &str,
     dry_run: bool,
+    restore_target_wal: bool,
 ) -> Result<String> {
     let mut cmd = Command::new(bins.path("pg_rewind"));
     cmd.arg("-D")
@@ -29,6 +30,10 @@ async fn pg_rewind(
         .kill_on_drop(true);
     if dry_run {
         cmd.arg("--dry-run");
+    }
+    if restore_target_wal {
+        // WAL the target no longer has in pg_wal comes from its restore_command (the archive).
+        cmd.arg("--restore-target-wal");
     }
     let out = tokio::time::timeout(Duration::from_secs(3600), cmd.output())
         .await
@@ -90,13 +95,19 @@ pub async fn ensure_clean_shutdown(bins: &Binaries, data_dir: &Path) -> Result<(
 /// Ask pg_rewind (dry run) whether the data directory diverged from `source`, and rewind it
 /// when it did. PostgreSQL must be stopped. `source` is a libpq connection string to the
 /// new primary (pg_rewind reads files through SQL functions granted to the replication user).
-pub async fn rewind_if_diverged(bins: &Binaries, data_dir: &Path, source: &str) -> Result<Rewind> {
+/// `restore_target_wal`: the target has a restore_command (a WAL archive) to read WAL from.
+pub async fn rewind_if_diverged(
+    bins: &Binaries,
+    data_dir: &Path,
+    source: &str,
+    restore_target_wal: bool,
+) -> Result<Rewind> {
     ensure_clean_shutdown(bins, data_dir).await?;
-    let dry = pg_rewind(bins, data_dir, source, true).await?;
+    let dry = pg_rewind(bins, data_dir, source, true, restore_target_wal).await?;
     if dry.contains("no rewind required") {
         return Ok(Rewind::NotNeeded);
     }
-    let real = pg_rewind(bins, data_dir, source, false).await?;
+    let real = pg_rewind(bins, data_dir, source, false, restore_target_wal).await?;
     Ok(Rewind::Rewound {
         diverged_at: diverged_at(&real)
             .or_else(|| diverged_at(&dry))

@@ -305,3 +305,25 @@ fn commands_without_a_cluster_say_so() {
     );
     assert_refused(&o, &["no pgbaton cluster"]);
 }
+
+#[test]
+fn an_archive_the_os_user_cannot_write_or_a_pgbaton_it_cannot_run_is_refused() {
+    let s = scratch_for_pg();
+    // Made by root, 0755: the postgres user cannot write into it.
+    let archive = s.path.join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let line = format!("archive_dir = \"{}\"", archive.display());
+    let cfg = node_toml(&s.path, free_port_base(1), &line, "");
+    assert_refused(
+        &agent(&cfg),
+        &["cannot write", &archive.display().to_string(), "postgresql.archive_dir"],
+    );
+    assert!(!s.path.join("n1").exists(), "something was created");
+    assert!(listing(&archive).is_empty(), "something was left in the archive");
+
+    let line = format!("{line}\npgbaton_bin = \"/nonexistent/pgbaton\"");
+    let cfg = node_toml(&s.path, free_port_base(1), &line, "");
+    assert_refused(&agent(&cfg), &["/nonexistent/pgbaton", "postgresql.pgbaton_bin"]);
+    assert!(!s.path.join("n1").exists(), "something was created");
+}

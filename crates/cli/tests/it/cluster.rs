@@ -315,7 +315,7 @@ fn archive_option_archives_wal_segments_on_the_primary() {
     let c = Cluster::up_with(2, &["--archive"]);
     c.wait_healthy(Duration::from_secs(30));
     let conf = std::fs::read_to_string(c.data_dir("n1").join("pgbaton.conf")).unwrap();
-    assert!(conf.contains("archive_mode = on"), "{conf}");
+    assert!(conf.contains("archive_mode = always"), "{conf}");
     // Close the current segment: archive_command copies it into DIR/archive.
     c.sql(None, "CREATE TABLE a (x int); INSERT INTO a VALUES (1)")
         .unwrap();

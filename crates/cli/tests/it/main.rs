@@ -2,6 +2,7 @@
 //! One test target (as ripgrep does) keeps link times down.
 
 mod api;
+mod archive;
 mod bad_input;
 mod browser;
 mod cluster;

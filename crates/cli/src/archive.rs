@@ -1,0 +1,80 @@
+//! `pgbaton wal-push`, `wal-fetch` (PostgreSQL's archive and restore commands) and
+//! `archive check`.
+
+use anyhow::Result;
+use pgbaton_pg::archive::{self, ArchiveCheck, Fetched, Pushed};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// archive_command: 0 when the file is in the archive (copied now or already there).
+pub fn wal_push(dir: &Path, path: &Path, name: &str) -> ExitCode {
+    match archive::push(dir, path, name) {
+        // Already there: the normal case on standbys (every member archives what it has).
+        Ok(Pushed::Copied | Pushed::AlreadyThere | Pushed::KeptAside(_)) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgbaton wal-push: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// restore_command: 0 when copied; 1 when the archive does not have it or it cannot be read
+/// (PostgreSQL then tries streaming; a code above 125 would abort its recovery).
+pub fn wal_fetch(dir: &Path, name: &str, path: &Path) -> ExitCode {
+    match archive::fetch(dir, name, path) {
+        Ok(Fetched::Copied) => ExitCode::SUCCESS,
+        Ok(Fetched::NotThere) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("pgbaton wal-fetch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `archive check`: exit 0 when the archive is whole, 1 when something is missing.
+pub fn check(dir: &Path, json: bool) -> Result<ExitCode> {
+    let c = archive::check(dir, None)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        print!("{}", describe(dir, &c));
+    }
+    Ok(if c.whole() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn describe(dir: &Path, c: &ArchiveCheck) -> String {
+    let mut s = String::new();
+    let (Some(first), Some(last)) = (&c.first, &c.last) else {
+        s += &format!("{}: no WAL segment archived yet\n", dir.display());
+        return s;
+    };
+    let tls: Vec<String> = c.timelines.iter().map(|t| t.to_string()).collect();
+    s += &format!(
+        "{}: timelines {}, {first} .. {last}: {} segments present, {} missing\n",
+        dir.display(),
+        tls.join(" -> "),
+        c.present,
+        c.missing()
+    );
+    for h in &c.holes {
+        if h.count == 1 {
+            s += &format!("  missing on timeline {}: {}\n", h.timeline, h.first);
+        } else {
+            s += &format!(
+                "  missing on timeline {}: {} .. {} ({} segments)\n",
+                h.timeline, h.first, h.last, h.count
+            );
+        }
+    }
+    for t in &c.missing_history {
+        s += &format!("  missing: {t:08X}.history (timeline {t}'s history)\n");
+    }
+    if c.whole() {
+        s += "  no hole: every segment recovery needs is there\n";
+    }
+    s
+}

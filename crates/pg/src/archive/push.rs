@@ -1,0 +1,375 @@
+//! Copying one file into the archive and back out, crash-safe.
+
+use super::valid_wal_name;
+use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// What a push did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Copied,
+    /// The archive already had this file, byte for byte (a retry, or another member).
+    AlreadyThere,
+    /// The archive has another file under this name, and this one is WAL that the cluster's
+    /// history left behind (a former primary's, past its timeline's switch point): it is
+    /// kept beside it under this name, and the archive's own file stays.
+    KeptAside(PathBuf),
+}
+
+/// What a fetch found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    Copied,
+    /// The archive has no such file (PostgreSQL asks for files that may not exist).
+    NotThere,
+}
+
+/// A temporary file this old is left over from a push that died (a power cut, kill -9).
+const STALE_TEMP: Duration = Duration::from_secs(600);
+
+/// Archive `src` (PostgreSQL's `%p`, relative to the data directory it runs in) as
+/// `dir/name` (`%f`): copy to a temporary name, fsync, link to the final name (which never
+/// replaces a file), fsync the directory. A crash at any point leaves either no file under
+/// the final name or the whole one.
+pub fn push(dir: &Path, src: &Path, name: &str) -> Result<Pushed> {
+    if !valid_wal_name(name) {
+        bail!("{name:?} is not a WAL file name: refusing to archive it");
+    }
+    let dest = dir.join(name);
+    if dest.exists() {
+        return already_there(src, &dest);
+    }
+    remove_stale_temps(dir, name);
+    let tmp = dir.join(format!(".{name}.pgbaton-tmp.{}", std::process::id()));
+    copy_synced(src, &tmp)
+        .with_context(|| format!("copy {} to {}", src.display(), tmp.display()))?;
+    let linked = std::fs::hard_link(&tmp, &dest);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        // Another member pushed the same name meanwhile.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return already_there(src, &dest)
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("link {} into the archive", dest.display()))
+        }
+    }
+    sync_dir(dir)?;
+    Ok(Pushed::Copied)
+}
+
+fn already_there(src: &Path, dest: &Path) -> Result<Pushed> {
+    if same_content(src, dest)? {
+        return Ok(Pushed::AlreadyThere);
+    }
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    if let Some(switch) = past_switch_point(dir, &name, std::fs::metadata(src)?.len())? {
+        // A former primary's segment that holds WAL past the point where its timeline
+        // ended (it was written after the failover, or not streamed before it): it is on
+        // no timeline recovery follows, so it must not stop the archiver; it is not thrown
+        // away either.
+        let aside = dir.join(format!(
+            "{name}.diverged.{}",
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        ));
+        copy_synced(src, &aside)
+            .with_context(|| format!("keep {} as {}", src.display(), aside.display()))?;
+        sync_dir(dir)?;
+        eprintln!(
+            "pgbaton wal-push: {name} differs from the archived one, and its timeline ended at \
+             {switch} (a later timeline's history says so): it holds WAL of a former primary \
+             that the failover left behind. The archive keeps its own {name}; this one is kept \
+             as {}",
+            aside.display()
+        );
+        return Ok(Pushed::KeptAside(aside));
+    }
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    bail!(
+        "the archive already has {} ({} bytes) and it differs from {} ({} bytes): not \
+         overwriting it. Two clusters (or a diverged member) archive into the same directory, \
+         or the archived file is damaged: compare them, and point each cluster at its own \
+         archive",
+        dest.display(),
+        size(dest),
+        src.display(),
+        size(src)
+    )
+}
+
+/// When segment `name` (of `seg_size` bytes) belongs to a timeline that ended inside or
+/// before it, according to a later timeline's history file in the archive: that switch point.
+fn past_switch_point(dir: &Path, name: &str, seg_size: u64) -> Result<Option<String>> {
+    if !seg_size.is_power_of_two() {
+        return Ok(None);
+    }
+    let Some((tli, segno)) = super::check::parse_segment(name, seg_size) else {
+        return Ok(None);
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    for e in rd.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(later) = file
+            .strip_suffix(".history")
+            .and_then(|t| u32::from_str_radix(t, 16).ok())
+        else {
+            continue;
+        };
+        if later <= tli {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let Ok(history) = super::check::parse_history(&text) else {
+            continue;
+        };
+        if let Some((_, switch)) = history.iter().find(|(t, _)| *t == tli) {
+            // The segment holds the switch point or lies wholly after it.
+            if (segno + 1) * seg_size > *switch {
+                return Ok(Some(format!(
+                    "{:X}/{:X}",
+                    switch >> 32,
+                    switch & 0xFFFF_FFFF
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Copy `archived` (`dir/name`, PostgreSQL's `%f`) to `dest` (`%p`): to a temporary name
+/// beside it, then renamed, so PostgreSQL never reads half a file.
+pub fn fetch(dir: &Path, name: &str, dest: &Path) -> Result<Fetched> {
+    if !valid_wal_name(name) {
+        bail!("{name:?} is not a WAL file name: refusing to fetch it");
+    }
+    let src = dir.join(name);
+    if !src.exists() {
+        return Ok(Fetched::NotThere);
+    }
+    let file_name = dest
+        .file_name()
+        .with_context(|| format!("{} names no file", dest.display()))?;
+    let mut tmp_name = file_name.to_os_string();
+    tmp_name.push(".pgbaton-tmp");
+    let tmp = dest.with_file_name(tmp_name);
+    std::fs::copy(&src, &tmp)
+        .with_context(|| format!("copy {} to {}", src.display(), tmp.display()))?;
+    std::fs::rename(&tmp, dest)
+        .with_context(|| format!("rename {} to {}", tmp.display(), dest.display()))?;
+    Ok(Fetched::Copied)
+}
+
+fn copy_synced(src: &Path, tmp: &Path) -> Result<()> {
+    let mut from = File::open(src)?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)?;
+    std::io::copy(&mut from, &mut to)?;
+    to.flush()?;
+    to.sync_all()?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync the archive directory {}", dir.display()))
+}
+
+fn same_content(a: &Path, b: &Path) -> Result<bool> {
+    let open = |p: &Path| File::open(p).with_context(|| format!("read {}", p.display()));
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = read_full(&mut fa, &mut ba)?;
+        let m = read_full(&mut fb, &mut bb)?;
+        if n != m || ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Temporary files of earlier pushes of `name` that died long ago. Young ones are left: they
+/// may belong to another member pushing the same segment right now.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.pgbaton-tmp.");
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let stale: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > STALE_TEMP)
+        })
+        .map(|e| e.path())
+        .collect();
+    for p in stale {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: &str = "000000010000000000000001";
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let archive = t.path().join("archive");
+        std::fs::create_dir(&archive).unwrap();
+        let src = t.path().join("seg");
+        std::fs::write(&src, vec![7u8; 100_000]).unwrap();
+        (t, archive, src)
+    }
+
+    #[test]
+    fn a_push_copies_and_a_second_identical_push_succeeds() {
+        let (_t, archive, src) = setup();
+        assert_eq!(push(&archive, &src, SEG).unwrap(), Pushed::Copied);
+        assert_eq!(
+            std::fs::read(archive.join(SEG)).unwrap(),
+            vec![7u8; 100_000]
+        );
+        assert_eq!(push(&archive, &src, SEG).unwrap(), Pushed::AlreadyThere);
+        // Only the file: no temporary left beside it.
+        assert_eq!(std::fs::read_dir(&archive).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_different_file_under_an_archived_name_is_refused_and_kept() {
+        let (t, archive, src) = setup();
+        push(&archive, &src, SEG).unwrap();
+        let other = t.path().join("other");
+        let mut bytes = vec![7u8; 100_000];
+        bytes[99_999] = 8;
+        std::fs::write(&other, &bytes).unwrap();
+        let e = push(&archive, &other, SEG).unwrap_err().to_string();
+        assert!(
+            e.contains("differs") && e.contains(SEG) && e.contains("other"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(archive.join(SEG)).unwrap(),
+            vec![7u8; 100_000]
+        );
+    }
+
+    /// Issue 11: a rewound former primary that became primary again archived its own copy
+    /// of the segment its old timeline ended in; the archive had the standby's, and the
+    /// archiver stopped on it for good.
+    #[test]
+    fn a_former_primarys_segment_past_its_timelines_end_is_kept_aside_not_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let archive = t.path().join("archive");
+        std::fs::create_dir(&archive).unwrap();
+        let seg_size = 1 << 20;
+        // Timeline 1 ended at 0/650060, in segment 6 (1 MB segments).
+        std::fs::write(archive.join("00000002.history"), "1\t0/650060\tx\n").unwrap();
+        let (six, five) = ("000000010000000000000006", "000000010000000000000005");
+        let archived = t.path().join("archived");
+        std::fs::write(&archived, vec![1u8; seg_size]).unwrap();
+        push(&archive, &archived, six).unwrap();
+        push(&archive, &archived, five).unwrap();
+        let mine = t.path().join("mine");
+        std::fs::write(&mine, vec![2u8; seg_size]).unwrap();
+        match push(&archive, &mine, six).unwrap() {
+            Pushed::KeptAside(p) => assert_eq!(std::fs::read(p).unwrap(), vec![2u8; seg_size]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(archive.join(six)).unwrap(),
+            vec![1u8; seg_size]
+        );
+        // Before the switch point, timelines share their WAL: a difference there is refused.
+        assert!(push(&archive, &mine, five).is_err());
+        // The kept file is no WAL name: recovery and the check never take it for a segment.
+        let c = super::super::check(&archive, Some(seg_size as u64)).unwrap();
+        assert_eq!(c.present, 1);
+    }
+
+    #[test]
+    fn names_that_are_not_wal_are_refused() {
+        let (_t, archive, src) = setup();
+        for bad in ["../escape", "x", ""] {
+            assert!(push(&archive, &src, bad).is_err());
+            assert!(fetch(&archive, bad, &src).is_err());
+        }
+    }
+
+    #[test]
+    fn a_missing_source_is_an_error_and_leaves_nothing() {
+        let (t, archive, _src) = setup();
+        assert!(push(&archive, &t.path().join("nope"), SEG).is_err());
+        assert_eq!(std::fs::read_dir(&archive).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn fetch_copies_what_is_there_and_says_what_is_not() {
+        let (t, archive, src) = setup();
+        push(&archive, &src, SEG).unwrap();
+        let dest = t.path().join("RECOVERYXLOG");
+        assert_eq!(fetch(&archive, SEG, &dest).unwrap(), Fetched::Copied);
+        assert_eq!(std::fs::read(&dest).unwrap(), vec![7u8; 100_000]);
+        assert_eq!(
+            fetch(&archive, "00000002.history", &dest).unwrap(),
+            Fetched::NotThere
+        );
+    }
+
+    #[test]
+    fn stale_temporaries_go_and_young_ones_stay() {
+        let (_t, archive, src) = setup();
+        let old = archive.join(format!(".{SEG}.pgbaton-tmp.1"));
+        let young = archive.join(format!(".{SEG}.pgbaton-tmp.2"));
+        std::fs::write(&old, b"half").unwrap();
+        std::fs::write(&young, b"half").unwrap();
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        push(&archive, &src, SEG).unwrap();
+        assert!(!old.exists());
+        assert!(young.exists());
+    }
+}
