@@ -1044,8 +1044,15 @@ impl Agent {
                     return Ok(false);
                 };
                 for name in names {
-                    if sql::ensure_physical_slot(client, &name).await? {
-                        info!("created replication slot {name}");
+                    match sql::ensure_physical_slot(client, &name).await? {
+                        sql::SlotEnsured::Existed => {}
+                        sql::SlotEnsured::Created => info!("created replication slot {name}"),
+                        sql::SlotEnsured::Recreated => warn!(
+                            "replication slot {name} had been invalidated (its member fell more \
+                             than postgresql.max_slot_wal_keep_size behind): created it again. \
+                             The member catches up from the WAL archive when there is one; \
+                             without one it needs `pgbaton reinit`"
+                        ),
                     }
                 }
                 Ok(true)

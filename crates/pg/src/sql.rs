@@ -167,13 +167,36 @@ async fn slot_exists(client: &Client, name: &str) -> Result<bool> {
         .is_some())
 }
 
-/// Create the physical slot if it does not exist, reserving WAL from now on.
-/// Returns whether it was created.
-pub async fn ensure_physical_slot(client: &Client, name: &str) -> Result<bool> {
-    let exists = slot_exists(client, name).await?;
-    if exists {
-        return Ok(false);
-    }
+/// What [`ensure_physical_slot`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SlotEnsured {
+    Existed,
+    Created,
+    /// It existed but was invalidated (`wal_status = 'lost'`: its standby fell more than
+    /// `max_slot_wal_keep_size` behind): such a slot can never stream again, so it was
+    /// dropped and created anew, reserving WAL from now on.
+    Recreated,
+}
+
+/// Create the physical slot if it does not exist (or was invalidated), reserving WAL from
+/// now on.
+pub async fn ensure_physical_slot(client: &Client, name: &str) -> Result<SlotEnsured> {
+    let status: Option<Option<String>> = client
+        .query_opt(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .with_context(|| format!("look up replication slot {name}"))?
+        .map(|r| r.get(0));
+    let outcome = match status {
+        None => SlotEnsured::Created,
+        Some(Some(s)) if s == "lost" => {
+            drop_slot(client, name).await?;
+            SlotEnsured::Recreated
+        }
+        Some(_) => return Ok(SlotEnsured::Existed),
+    };
     client
         .execute(
             "SELECT pg_create_physical_replication_slot($1, true)",
@@ -181,7 +204,7 @@ pub async fn ensure_physical_slot(client: &Client, name: &str) -> Result<bool> {
         )
         .await
         .with_context(|| format!("create replication slot {name}"))?;
-    Ok(true)
+    Ok(outcome)
 }
 
 /// Move a physical slot forward to `lsn` (PostgreSQL caps it at what this server has; a

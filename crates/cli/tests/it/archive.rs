@@ -225,3 +225,69 @@ fn wal_push_is_crash_safe_idempotent_and_never_overwrites() {
     assert_eq!(std::fs::read(&dest).unwrap(), vec![3u8; 1 << 20]);
     assert_eq!(fetch("00000009.history").status.code(), Some(1));
 }
+
+/// Issue 11: a standby whose slot was invalidated needed a full re-clone, even with every
+/// segment it lacked in the archive.
+#[test]
+fn a_standby_past_its_slot_catches_up_from_the_archive_without_a_reclone() {
+    let c = Cluster::up_with(2, &["--archive"]);
+    c.wait_healthy(Duration::from_secs(60));
+    // A small slot limit: stop, edit each member's config, start again.
+    let o = c.down(false);
+    assert!(o.status.success(), "{}", text(&o));
+    for m in c.member_names() {
+        let p = c.dir.join(&m).join("node.toml");
+        let t = std::fs::read_to_string(&p).unwrap();
+        assert!(t.contains("max_slot_wal_keep_size = \"1GB\""), "{t}");
+        std::fs::write(
+            &p,
+            t.replace(
+                "max_slot_wal_keep_size = \"1GB\"",
+                "max_slot_wal_keep_size = \"32MB\"",
+            ),
+        )
+        .unwrap();
+    }
+    let o = c.up_again();
+    assert!(o.status.success(), "{}", text(&o));
+    c.wait_healthy(Duration::from_secs(60));
+    c.sql(None, "CREATE TABLE big (x int)").unwrap();
+    // A re-clone would replace n2's data directory, and this file with it.
+    let marker = c.data_dir("n2").join("pgbaton-test-marker");
+    std::fs::write(&marker, "kept").unwrap();
+    let (agent, pm) = (c.agent_pid("n2").unwrap(), c.postmaster_pid("n2").unwrap());
+    kill9(agent);
+    kill9(pm);
+    for _ in 0..6 {
+        c.sql(
+            None,
+            "INSERT INTO big SELECT generate_series(1, 50000); SELECT pg_switch_wal()",
+        )
+        .unwrap();
+    }
+    c.sql(None, "CHECKPOINT").unwrap();
+    let log = c.dir.join("n1/agent.log");
+    wait_for(
+        "n2's slot invalidated and made again",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains("pgbaton_n2 had been invalidated"))
+        },
+    );
+    let _ = c.up_again();
+    wait_for("n2 streaming again", Duration::from_secs(90), || {
+        let m = c.member("n2");
+        m["state"] == "streaming"
+    });
+    wait_for("every row on n2", Duration::from_secs(30), || {
+        c.sql(Some("n2"), "SELECT count(*) FROM big")
+            .is_ok_and(|o| o == "300000")
+    });
+    assert!(marker.exists(), "n2 was re-cloned");
+    let pglog = std::fs::read_to_string(c.dir.join("n2/postgres.log")).unwrap();
+    assert!(
+        pglog.contains("restored log file"),
+        "n2 restored nothing from the archive:\n{pglog}"
+    );
+}

@@ -317,13 +317,23 @@ fn an_archive_the_os_user_cannot_write_or_a_pgbaton_it_cannot_run_is_refused() {
     let cfg = node_toml(&s.path, free_port_base(1), &line, "");
     assert_refused(
         &agent(&cfg),
-        &["cannot write", &archive.display().to_string(), "postgresql.archive_dir"],
+        &[
+            "cannot write",
+            &archive.display().to_string(),
+            "postgresql.archive_dir",
+        ],
     );
     assert!(!s.path.join("n1").exists(), "something was created");
-    assert!(listing(&archive).is_empty(), "something was left in the archive");
+    assert!(
+        listing(&archive).is_empty(),
+        "something was left in the archive"
+    );
 
     let line = format!("{line}\npgbaton_bin = \"/nonexistent/pgbaton\"");
     let cfg = node_toml(&s.path, free_port_base(1), &line, "");
-    assert_refused(&agent(&cfg), &["/nonexistent/pgbaton", "postgresql.pgbaton_bin"]);
+    assert_refused(
+        &agent(&cfg),
+        &["/nonexistent/pgbaton", "postgresql.pgbaton_bin"],
+    );
     assert!(!s.path.join("n1").exists(), "something was created");
 }

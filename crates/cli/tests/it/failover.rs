@@ -263,7 +263,7 @@ fn a_frozen_leader_agent_is_fenced_before_anyone_is_promoted() {
     assert_one_writer_at_a_time(&acked, "n1", &new);
     let log = std::fs::read_to_string(c.dir.join("n1/agent.log")).unwrap();
     assert!(
-        log.contains("fence watchdog"),
+        log.contains("pgbaton fence: the leader lease was not renewed in time"),
         "no fence in n1's log:\n{log}"
     );
     // Thawed, n1 finds another leader and rejoins as its standby.
@@ -408,7 +408,8 @@ fn a_primary_cut_off_from_the_network_is_fenced_and_replaced() {
     assert_one_writer_at_a_time(&acked, &old, &new);
     let log = std::fs::read_to_string(c.dir.join(&old).join("agent.log")).unwrap();
     assert!(
-        log.contains("failsafe") && log.contains("fence watchdog"),
+        log.contains("failsafe")
+            && log.contains("pgbaton fence: the leader lease was not renewed in time"),
         "{old}'s log shows no failed failsafe round and fence:\n{log}"
     );
     // The network comes back: the old primary rejoins the new one.
