@@ -10,6 +10,7 @@
 //! executing an action the core returned; new behaviour belongs in `decide` first.
 
 pub mod api;
+mod archive_watch;
 pub mod fence;
 pub mod process;
 pub mod watchdog;
@@ -118,6 +119,7 @@ pub struct Agent {
     last_error: Option<String>,
     last_failsafe: Option<String>,
     http: reqwest::Client,
+    archive: archive_watch::ArchiveWatch,
 }
 
 /// What the preflight found, for the agent to use.
@@ -365,6 +367,7 @@ impl Agent {
                 last_error: None,
                 last_failsafe: None,
                 http,
+                archive: Default::default(),
             },
             listener,
         ))
@@ -875,6 +878,10 @@ impl Agent {
         let pg = self.observe_pg(&view).await;
         let local = self.local_view(&view, data, pg);
         let status = self.status_of(&local);
+        let leading_primary = self.held_lease && status == MemberStatus::Running;
+        self.archive
+            .refresh(&self.cfg, self.client.as_ref(), leading_primary)
+            .await;
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
             sh.replay_lag_ms = self.probe.as_ref().and_then(|p| p.replay_lag_ms);
@@ -1623,6 +1630,7 @@ impl Agent {
             handed_over: self.crashed_since_ms.is_some_and(|since| {
                 now_ms().saturating_sub(since) >= self.cfg.timing.primary_restart_timeout_ms
             }),
+            archive: self.archive.status.clone(),
         };
         self.shared
             .write()

@@ -56,6 +56,13 @@ pub fn table(r: &ClusterReport) -> Table {
             m.role.to_string()
         };
         let mut note = m.message.clone().unwrap_or_default();
+        if let Some(a) = m.archive.as_ref().and_then(|a| a.note()) {
+            note = if note.is_empty() {
+                a
+            } else {
+                format!("{note}; {a}")
+            };
+        }
         if m.state == MemberStatus::Unreachable {
             note = format!("no report for {} s {note}", m.last_seen_s);
         }

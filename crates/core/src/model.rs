@@ -190,6 +190,80 @@ pub struct MemberState {
     /// `timing.primary_restart_timeout_ms`: it gave the lease up for a standby to take.
     #[serde(default)]
     pub handed_over: bool,
+    /// The WAL archive as this member sees it (only when it archives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveStatus>,
+}
+
+/// How far a member's archiver is behind, and (on the leader) what the last archive check
+/// found missing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArchiveStatus {
+    /// WAL files waiting for the archiver (`.ready` in pg_wal/archive_status): each is held
+    /// in pg_wal until archived, whatever `max_slot_wal_keep_size` says.
+    pub waiting: u64,
+    /// Age of the oldest of them, seconds.
+    pub oldest_waiting_s: Option<u64>,
+    /// pg_stat_archiver: failures since its statistics were reset, the file of the last
+    /// one and how long ago it was.
+    pub failed_count: u64,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_age_s: Option<u64>,
+    /// Leader: segments and history files the last `archive check` found missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_segments: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_history: Vec<u32>,
+}
+
+impl ArchiveStatus {
+    /// Past this, a waiting file means the archiver is stuck or far behind (it archives a
+    /// segment in milliseconds when healthy).
+    pub const STUCK_AFTER_S: u64 = 120;
+
+    /// The archiver is stuck: a file has waited past [`Self::STUCK_AFTER_S`], or it failed
+    /// within that time with files waiting. pg_wal grows until that is fixed.
+    pub fn stuck(&self) -> bool {
+        self.oldest_waiting_s
+            .is_some_and(|a| a >= Self::STUCK_AFTER_S)
+            || (self.waiting > 0
+                && self
+                    .last_failed_age_s
+                    .is_some_and(|a| a < Self::STUCK_AFTER_S))
+    }
+
+    /// A note for `list`, when there is something to say.
+    pub fn note(&self) -> Option<String> {
+        let mut parts = vec![];
+        if self.stuck() {
+            let mut p = format!(
+                "archiver stuck: {} WAL file{} waiting",
+                self.waiting,
+                if self.waiting == 1 { "" } else { "s" }
+            );
+            if let Some(a) = self.oldest_waiting_s {
+                p += &format!(", oldest {a} s");
+            }
+            if let (Some(w), Some(a)) = (&self.last_failed_wal, self.last_failed_age_s) {
+                p += &format!("; failed on {w} {a} s ago (see PostgreSQL's log)");
+            }
+            parts.push(p);
+        }
+        if let Some(n) = self.missing_segments.filter(|n| *n > 0) {
+            parts.push(format!(
+                "archive hole: {n} segment{} missing (pgbaton archive check)",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        if !self.missing_history.is_empty() {
+            let t: Vec<String> = self.missing_history.iter().map(|t| t.to_string()).collect();
+            parts.push(format!(
+                "archive: history of timeline {} missing",
+                t.join(", ")
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
 }
 
 fn default_priority() -> u32 {
@@ -226,6 +300,7 @@ impl MemberState {
             nofailover: false,
             failover_priority: 1,
             handed_over: false,
+            archive: None,
         }
     }
 }
@@ -429,4 +504,58 @@ pub struct HistoryEntry {
     pub timeline: Option<u32>,
     pub lsn: Option<Lsn>,
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod archive_status_tests {
+    use super::*;
+
+    #[test]
+    fn an_archiver_is_stuck_when_a_file_waits_long_or_it_keeps_failing() {
+        let ok = ArchiveStatus {
+            waiting: 1,
+            oldest_waiting_s: Some(2),
+            ..Default::default()
+        };
+        assert!(!ok.stuck());
+        assert_eq!(ok.note(), None);
+        let old = ArchiveStatus {
+            waiting: 40,
+            oldest_waiting_s: Some(600),
+            failed_count: 90,
+            last_failed_wal: Some("000000010000000000000006".into()),
+            last_failed_age_s: Some(3),
+            ..Default::default()
+        };
+        assert!(old.stuck());
+        let n = old.note().unwrap();
+        assert!(
+            n.contains("40 WAL files waiting") && n.contains("000000010000000000000006"),
+            "{n}"
+        );
+        let failing = ArchiveStatus {
+            waiting: 2,
+            oldest_waiting_s: Some(5),
+            last_failed_age_s: Some(1),
+            ..Default::default()
+        };
+        assert!(failing.stuck());
+        // An old failure with nothing waiting is history, not a problem.
+        let healed = ArchiveStatus {
+            last_failed_age_s: Some(10),
+            failed_count: 3,
+            ..Default::default()
+        };
+        assert!(!healed.stuck());
+        let hole = ArchiveStatus {
+            missing_segments: Some(2),
+            missing_history: vec![3],
+            ..Default::default()
+        };
+        let n = hole.note().unwrap();
+        assert!(
+            n.contains("2 segments missing") && n.contains("timeline 3"),
+            "{n}"
+        );
+    }
 }

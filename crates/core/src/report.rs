@@ -28,6 +28,9 @@ pub struct MemberRow {
     /// Seconds since the member's agent last reported.
     pub last_seen_s: u64,
     pub message: Option<String>,
+    /// Its archiver's backlog and failures; on the leader, what the archive check found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::model::ArchiveStatus>,
 }
 
 /// A slot on the primary that belongs to no member.
@@ -96,6 +99,7 @@ pub fn report(
                 api_url: m.api_url.clone(),
                 last_seen_s: now.saturating_sub(m.updated_ms) / 1000,
                 message: m.message.clone(),
+                archive: m.archive.clone(),
             }
         })
         .collect();

@@ -167,6 +167,24 @@ async fn slot_exists(client: &Client, name: &str) -> Result<bool> {
         .is_some())
 }
 
+/// pg_stat_archiver: failures, the last failed file, and seconds since that failure.
+pub async fn archiver_stats(client: &Client) -> Result<(u64, Option<String>, Option<u64>)> {
+    let r = client
+        .query_one(
+            "SELECT failed_count, last_failed_wal, \
+                    extract(epoch FROM now() - last_failed_time)::bigint \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await
+        .context("read pg_stat_archiver")?;
+    Ok((
+        r.get::<_, i64>(0).max(0) as u64,
+        r.get(1),
+        r.get::<_, Option<i64>>(2).map(|s| s.max(0) as u64),
+    ))
+}
+
 /// What [`ensure_physical_slot`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SlotEnsured {

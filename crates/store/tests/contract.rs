@@ -248,6 +248,7 @@ fn member(name: &str, port: u16) -> MemberState {
         nofailover: false,
         failover_priority: 1,
         handed_over: false,
+        archive: None,
     }
 }
 

@@ -35,6 +35,47 @@ fn fgauge(reg: &mut Registry, name: &str, help: &str, v: f64) {
 }
 
 /// The exposition text for this agent's view.
+fn archive_metrics(reg: &mut Registry, a: &pgbaton_core::model::ArchiveStatus) {
+    gauge(
+        reg,
+        "archive_waiting_files",
+        "WAL files waiting for the archiver (each is kept in pg_wal until archived)",
+        a.waiting as i64,
+    );
+    gauge(
+        reg,
+        "archive_oldest_waiting_seconds",
+        "Age of the oldest WAL file waiting for the archiver (0 when none waits)",
+        a.oldest_waiting_s.unwrap_or(0) as i64,
+    );
+    counter(
+        reg,
+        "archive_failures",
+        "Archiver failures (pg_stat_archiver.failed_count)",
+        a.failed_count,
+    );
+    gauge(
+        reg,
+        "archive_stuck",
+        "1 when the archiver is stuck: a file waited over 2 minutes, or it failed within them with files waiting (alert on it: pg_wal grows until fixed)",
+        a.stuck() as i64,
+    );
+    if let Some(m) = a.missing_segments {
+        gauge(
+            reg,
+            "archive_missing_segments",
+            "Leader: segments the last archive check found missing across timelines",
+            m as i64,
+        );
+        gauge(
+            reg,
+            "archive_missing_history_files",
+            "Leader: timeline history files the last archive check found missing",
+            a.missing_history.len() as i64,
+        );
+    }
+}
+
 pub fn render(st: &ApiState) -> String {
     let s = read(&st.shared);
     let f = super::facts(&s, &st.cfg);
@@ -107,6 +148,9 @@ pub fn render(st: &ApiState) -> String {
     }
     if let Some(ms) = s.replay_lag_ms {
         fgauge(&mut reg, "replication_lag_seconds", "Time since the last replayed transaction was committed on the primary (0 when caught up)", ms as f64 / 1000.0);
+    }
+    if let Some(a) = me.and_then(|m| m.archive.as_ref()) {
+        archive_metrics(&mut reg, a);
     }
     let slots: Family<Labels, Gauge> = Family::default();
     let slot_active: Family<Labels, Gauge> = Family::default();

@@ -291,3 +291,50 @@ fn a_standby_past_its_slot_catches_up_from_the_archive_without_a_reclone() {
         "n2 restored nothing from the archive:\n{pglog}"
     );
 }
+
+fn metric(c: &Cluster, member: &str, name: &str) -> Option<f64> {
+    let (_, body) = http("GET", api_port(c, member), "/metrics", &[], "");
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Issue 11, item 5: a stuck archiver is reported (list, metrics) long before the disk is
+/// full, and the report clears when the archive works again.
+#[test]
+fn a_stuck_archiver_is_reported_and_clears_when_the_archive_works_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::up_with(2, &["--archive"]);
+    c.wait_healthy(Duration::from_secs(60));
+    wait_for(
+        "the leader's first archive check",
+        Duration::from_secs(30),
+        || {
+            c.member("n1")["archive"]["missing_segments"] == 0
+                && metric(&c, "n1", "pgbaton_archive_missing_segments") == Some(0.0)
+        },
+    );
+    let listed = || text(&c.cmd(&["list"]));
+    let archive = c.dir.join("archive");
+    let before = std::fs::metadata(&archive).unwrap().permissions();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o500)).unwrap();
+    switch_wal(&c, "n1", 2);
+    wait_for(
+        "the stuck archiver in list",
+        Duration::from_secs(60),
+        || {
+            listed().contains("archiver stuck")
+                && metric(&c, "n1", "pgbaton_archive_stuck") == Some(1.0)
+        },
+    );
+    let t = listed();
+    assert!(t.contains("failed on"), "{t}");
+    std::fs::set_permissions(&archive, before).unwrap();
+    wait_for("the archiver caught up", Duration::from_secs(90), || {
+        !listed().contains("archiver stuck")
+            && metric(&c, "n1", "pgbaton_archive_stuck") == Some(0.0)
+            && metric(&c, "n1", "pgbaton_archive_waiting_files") == Some(0.0)
+    });
+    let (whole, out) = archive_check(&c);
+    assert!(whole, "{out}");
+}

@@ -15,6 +15,31 @@ mod push;
 pub use check::{check, segment_size_of, ArchiveCheck, Hole};
 pub use push::{fetch, push, Fetched, Pushed};
 
+/// WAL files waiting for the archiver in `data_dir` (`.ready` status files) and the age in
+/// seconds of the oldest.
+pub fn waiting(data_dir: &std::path::Path) -> (u64, Option<u64>) {
+    let Ok(rd) = std::fs::read_dir(data_dir.join("pg_wal").join("archive_status")) else {
+        return (0, None);
+    };
+    let now = std::time::SystemTime::now();
+    let mut n = 0;
+    let mut oldest: Option<u64> = None;
+    for e in rd.flatten() {
+        if !e.file_name().to_string_lossy().ends_with(".ready") {
+            continue;
+        }
+        n += 1;
+        let age = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .map(|d| d.as_secs());
+        oldest = oldest.max(age);
+    }
+    (n, oldest)
+}
+
 /// Is `name` a file name PostgreSQL archives (a segment, `.partial`, `.history`, `.backup`)?
 /// Anything else (a path, `..`) is refused before it touches the file system.
 pub fn valid_wal_name(name: &str) -> bool {
