@@ -33,7 +33,12 @@
 //!   (PostgreSQL and watchdog die), agent crash (PostgreSQL and watchdog live on), PostgreSQL
 //!   crash, node cut off from the store, node cut off from its peers (API and replication),
 //!   frozen agent (SIGSTOP: its loop stops mid-step, PostgreSQL and watchdog keep going),
-//!   store outage, pause.
+//!   store outage, pause, frozen PostgreSQL (SIGSTOP of the postmaster and every backend: it
+//!   acknowledges nothing, and the agent's probe hangs until it thaws or is killed), killed
+//!   watchdog (the agent notices at once: it stops a primary's PostgreSQL if the watchdog
+//!   was armed and starts a new one, disarmed). A watchdog killed while its agent is dead
+//!   or frozen is not modelled: with both gone nothing fences the primary (a kernel watchdog
+//!   would); the fault is skipped then.
 //!
 //! # Checked at every event
 //! 1. one writer: never two writable PostgreSQL at the same instant;
@@ -41,7 +46,10 @@
 //!    runs writable;
 //! 3. an automatically promoted member is within `max_lag_bytes` of the last LSN a writable
 //!    primary published to the store;
-//! 4. convergence: within `settle_ms` after the faults heal, one writable primary holds the
+//! 4. nothing acknowledged after a fence: an instance the watchdog fenced never acknowledges
+//!    a write again (the old fence killed only the postmaster, and a backend frozen with it
+//!    finished its commit when it thawed: `fence_kills_frozen = false` plants that);
+//! 5. convergence: within `settle_ms` after the faults heal, one writable primary holds the
 //!    lease and every other node streams from it on its timeline (a node whose rejoin failed,
 //!    waiting for a reinit, is allowed and counted).
 //!
@@ -146,6 +154,15 @@ pub struct SimConfig {
     /// 8574: two writers). The current `crates/agent` starts without it: see the pinned test
     /// `agent_restart_forgets_its_failsafe_promise`.
     pub failsafe_hold_after_start: bool,
+    /// Frozen PostgreSQL and killed-watchdog faults among the random ones (off: the fault
+    /// mix the pinned seeds of earlier bugs were found with).
+    pub pg_faults: bool,
+    /// The fence kills every process of a frozen instance. Off plants the old fence, which
+    /// killed only the postmaster: frozen backends thaw and acknowledge their commits.
+    pub fence_kills_frozen: bool,
+    /// An agent whose watchdog died stops a primary's PostgreSQL and starts a new one. Off
+    /// plants the old agent, which exited and left PostgreSQL running unfenced.
+    pub watchdog_respawn: bool,
     /// Record a human-readable trace in the outcome.
     pub trace: bool,
 }
@@ -171,6 +188,9 @@ impl Default for SimConfig {
             failsafe: true,
             publish_stopped_position: true,
             failsafe_hold_after_start: true,
+            pg_faults: true,
+            fence_kills_frozen: true,
+            watchdog_respawn: true,
             trace: false,
         }
     }
@@ -194,6 +214,11 @@ pub enum FaultKind {
     StoreOutage,
     /// The operator pauses the cluster.
     Pause,
+    /// PostgreSQL is SIGSTOPped, postmaster and backends (a VM pause, a storage stall).
+    PgFreeze,
+    /// The fence watchdog is SIGKILLed (the duration matters only to the planted old agent,
+    /// which exits: it is restarted at the end).
+    WatchdogKill,
 }
 
 /// A fault from `at_ms` (ms after the start) for `dur_ms`.
@@ -376,9 +401,26 @@ struct Node {
     store_cut: u32,
     peer_cut: u32,
     lag: u64,
+    /// PostgreSQL is frozen (SIGSTOP of every process): how many freezes, and the instance
+    /// (PostgreSQL epoch) they froze; a new instance after a stop is not frozen.
+    pg_frozen: u32,
+    frozen_pg_epoch: u64,
+    /// The watchdog fenced this PostgreSQL epoch: it must never acknowledge again.
+    fenced_epoch: Option<u64>,
+    /// Planted old fence: the postmaster was killed while frozen, its backends live on.
+    zombie: bool,
 }
 
 impl Node {
+    /// PostgreSQL acknowledges writes right now.
+    fn acks(&self) -> bool {
+        self.pg.run == Run::Writable && !self.pg_is_frozen()
+    }
+
+    fn pg_is_frozen(&self) -> bool {
+        self.pg_frozen > 0 && self.frozen_pg_epoch == self.pg.epoch && self.pg.run != Run::Stopped
+    }
+
     fn agent_alive(&self) -> bool {
         self.node_down == 0 && self.agent_down == 0
     }
@@ -512,6 +554,8 @@ struct Sim {
     promotions: Vec<Promotion>,
     fences: Vec<(u64, String)>,
     trace: Vec<String>,
+    /// Killed-watchdog faults whose (planted, old) agent exited: restarted at their end.
+    agent_exits: BTreeSet<usize>,
 }
 
 impl Sim {
@@ -556,6 +600,10 @@ impl Sim {
                 store_cut: 0,
                 peer_cut: 0,
                 lag,
+                pg_frozen: 0,
+                frozen_pg_epoch: 0,
+                fenced_epoch: None,
+                zombie: false,
             });
         }
         let heal_at = t + cfg.fault_ms;
@@ -589,6 +637,7 @@ impl Sim {
             promotions: vec![],
             fences: vec![],
             trace: vec![],
+            agent_exits: BTreeSet::new(),
         };
         for i in 0..n {
             let pgrun = sim.observe(i);
@@ -710,7 +759,7 @@ impl Sim {
         self.last_advance = self.now;
         let mut any_writer = false;
         for n in &mut self.nodes {
-            if n.pg.run == Run::Writable {
+            if n.acks() {
                 any_writer = true;
                 n.pg.lsn += dt * WRITE_BYTES_PER_MS;
                 let b = &mut self.branches[n.pg.branch];
@@ -746,7 +795,7 @@ impl Sim {
     /// The upstream `i` streams from right now, if it does.
     fn streams_from(&self, i: usize) -> Option<usize> {
         let n = &self.nodes[i];
-        if n.pg.run != Run::Standby {
+        if n.pg.run != Run::Standby || n.pg_is_frozen() {
             return None;
         }
         let u = n.pg.upstream?;
@@ -764,7 +813,15 @@ impl Sim {
             let n = &self.nodes[i];
             if let Some(d) = n.wd {
                 if self.now >= d + self.cfg.watchdog_late_ms && n.pg.run == Run::Writable {
-                    self.pg_stop(i);
+                    let epoch = n.pg.epoch;
+                    if n.pg_is_frozen() && !self.cfg.fence_kills_frozen {
+                        // The old fence: the postmaster dies, the frozen backends do not.
+                        self.nodes[i].zombie = true;
+                    } else {
+                        self.pg_stop(i);
+                    }
+                    self.nodes[i].fenced_epoch = Some(epoch);
+                    self.maybe_resume(i);
                     self.nodes[i].wd = None;
                     self.stats.fences += 1;
                     let name = self.nodes[i].name.clone();
@@ -788,13 +845,38 @@ impl Sim {
         }
     }
 
+    /// Who acknowledges writes right now (a frozen PostgreSQL acknowledges nothing).
     fn writers(&self) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].pg.run == Run::Writable)
+            .filter(|&i| self.nodes[i].acks())
             .collect()
     }
 
+    /// Run an agent step parked while its agent or its PostgreSQL was frozen, once neither
+    /// is (a probe of a frozen PostgreSQL returns when it thaws or dies).
+    fn maybe_resume(&mut self, n: usize) {
+        let node = &self.nodes[n];
+        let pg_hangs = node.pg_is_frozen();
+        if node.frozen == 0 && !pg_hangs {
+            if let Some(step) = self.nodes[n].agent.parked.take() {
+                let now = self.now;
+                self.step_at(now, n, step);
+            }
+        }
+    }
+
     fn check(&mut self) {
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            if n.acks() && n.fenced_epoch == Some(n.pg.epoch) {
+                let name = n.name.clone();
+                self.nodes[i].fenced_epoch = None;
+                self.violate(
+                    "acknowledged-after-fence",
+                    format!("{name}'s fenced PostgreSQL acknowledges writes again"),
+                );
+            }
+        }
         let w = self.writers();
         if w.len() > 1 {
             if !self.split {
@@ -987,11 +1069,14 @@ impl Sim {
             (FaultKind::Freeze, 3, 300, 8_000),
             (FaultKind::StoreOutage, 2, 500, 15_000),
             (FaultKind::Pause, 1, 2_000, 10_000),
+            (FaultKind::PgFreeze, 2, 5_000, 12_000),
+            (FaultKind::WatchdogKill, 2, 3_000, 15_000),
         ];
+        let kinds = &kinds[..if self.cfg.pg_faults { 10 } else { 8 }];
         let total: u64 = kinds.iter().map(|k| k.1).sum();
         let mut pick = self.rng.range(0, total - 1);
         let mut chosen = kinds[0];
-        for k in kinds {
+        for &k in kinds {
             if pick < k.1 {
                 chosen = k;
                 break;
@@ -1050,6 +1135,44 @@ impl Sim {
             FaultKind::Freeze => self.nodes[n].frozen += 1,
             FaultKind::StoreOutage => self.store.down += 1,
             FaultKind::Pause => self.store.paused += 1,
+            FaultKind::PgFreeze => {
+                let node = &mut self.nodes[n];
+                if node.pg_frozen == 0 {
+                    node.frozen_pg_epoch = node.pg.epoch;
+                }
+                node.pg_frozen += 1;
+            }
+            FaultKind::WatchdogKill => self.watchdog_killed(i),
+        }
+    }
+
+    /// The watchdog of the fault's node dies.
+    fn watchdog_killed(&mut self, fault: usize) {
+        let n = self.faults[fault].node;
+        let name = self.nodes[n].name.clone();
+        if !self.nodes[n].agent_alive() || self.nodes[n].frozen > 0 {
+            self.log(|| format!("{name}: (watchdog kill skipped: its agent is down or frozen)"));
+            return;
+        }
+        if self.cfg.watchdog_respawn {
+            if self.nodes[n].wd.take().is_some() {
+                self.pg_stop(n);
+                self.maybe_resume(n);
+                self.log(|| {
+                    format!("{name}: watchdog died while armed: PostgreSQL stopped, new watchdog")
+                });
+            }
+        } else {
+            // The old agent: arming fails, it exits; PostgreSQL runs on with no fence.
+            self.agent_exits.insert(fault);
+            let node = &mut self.nodes[n];
+            node.wd = None;
+            node.agent_down += 1;
+            node.agent.epoch += 1;
+            node.agent.parked = None;
+            self.log(|| {
+                format!("{name}: watchdog died: the agent exits, PostgreSQL runs unfenced")
+            });
         }
     }
 
@@ -1078,15 +1201,35 @@ impl Sim {
             FaultKind::PeerCut => self.nodes[n].peer_cut -= 1,
             FaultKind::Freeze => {
                 self.nodes[n].frozen -= 1;
-                if self.nodes[n].frozen == 0 {
-                    if let Some(step) = self.nodes[n].agent.parked.take() {
-                        let now = self.now;
-                        self.step_at(now, n, step);
-                    }
-                }
+                self.maybe_resume(n);
             }
             FaultKind::StoreOutage => self.store.down -= 1,
             FaultKind::Pause => self.store.paused -= 1,
+            FaultKind::PgFreeze => {
+                self.nodes[n].pg_frozen -= 1;
+                if self.nodes[n].pg_frozen == 0 && self.nodes[n].zombie {
+                    // Thawed backends of a killed postmaster finish their commits, notice
+                    // their postmaster is gone, and exit.
+                    let pg_epoch = self.nodes[n].pg.epoch;
+                    self.push_at(
+                        self.now + 50,
+                        Ev::PgTransition {
+                            node: n,
+                            pg_epoch,
+                            to: Run::Stopped,
+                        },
+                    );
+                }
+                self.maybe_resume(n);
+            }
+            FaultKind::WatchdogKill => {
+                if self.agent_exits.remove(&i) {
+                    self.nodes[n].agent_down -= 1;
+                    if self.nodes[n].agent_alive() {
+                        self.agent_boot(n);
+                    }
+                }
+            }
         }
     }
 
@@ -1111,7 +1254,10 @@ impl Sim {
             return;
         }
         let from = self.nodes[n].pg.run;
-        if to == Run::Writable && from == Run::Promoting {
+        if to == Run::Stopped && self.nodes[n].zombie {
+            self.nodes[n].zombie = false;
+            self.pg_stop(n);
+        } else if to == Run::Writable && from == Run::Promoting {
             self.promoted(n);
         } else if from == Run::Starting {
             self.nodes[n].pg.run = to;
@@ -1318,6 +1464,11 @@ impl Sim {
                     self.log(|| format!("{name}: cannot read the store"));
                     self.loop_end(n);
                 }
+            }
+            Step::ViewReply(Some(view)) if self.nodes[n].pg_is_frozen() => {
+                // The probe of a frozen PostgreSQL hangs (no timeout in the agent): the
+                // loop waits until it thaws or is killed.
+                self.nodes[n].agent.parked = Some(Step::ViewReply(Some(view)));
             }
             Step::ViewReply(Some(view)) => {
                 let pgrun = self.observe(n);

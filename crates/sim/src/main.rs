@@ -8,7 +8,7 @@ use std::process::ExitCode;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: pgbaton-sim --seed N [--trace]\n       pgbaton-sim --sweep START COUNT [--threads N]\n\
-         options: --no-watchdog --no-failsafe --no-failsafe-hold --no-stopped-position --watchdog-late MS"
+         options: --no-watchdog --no-failsafe --no-failsafe-hold --no-stopped-position --no-pg-faults --old-fence --no-watchdog-respawn --watchdog-late MS"
     );
     ExitCode::from(2)
 }
@@ -40,6 +40,9 @@ fn main() -> ExitCode {
             "--no-failsafe" => cfg.failsafe = false,
             "--no-failsafe-hold" => cfg.failsafe_hold_after_start = false,
             "--no-stopped-position" => cfg.publish_stopped_position = false,
+            "--no-pg-faults" => cfg.pg_faults = false,
+            "--old-fence" => cfg.fence_kills_frozen = false,
+            "--no-watchdog-respawn" => cfg.watchdog_respawn = false,
             "--watchdog-late" => {
                 cfg.watchdog_late_ms = num(i + 1).unwrap_or(0);
                 i += 1;

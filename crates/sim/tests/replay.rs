@@ -29,9 +29,14 @@ fn assert_ok(o: &Outcome) {
 #[test]
 fn agent_restart_forgets_its_failsafe_promise() {
     let seed = 1775;
+    // The fault mix it was found with (before frozen PostgreSQL and killed watchdogs).
+    let before = SimConfig {
+        pg_faults: false,
+        ..SimConfig::default()
+    };
     let buggy = SimConfig {
         failsafe_hold_after_start: false,
-        ..SimConfig::default()
+        ..before.clone()
     };
     let o = run(seed, &buggy);
     assert!(
@@ -40,6 +45,7 @@ fn agent_restart_forgets_its_failsafe_promise() {
          find one with `cargo run --release -p pgbaton-sim -- --sweep 0 30000 --no-failsafe-hold`; {:?}",
         o.violations
     );
+    assert_ok(&run(seed, &before));
     assert_ok(&run(seed, &SimConfig::default()));
 }
 
@@ -51,9 +57,13 @@ fn agent_restart_forgets_its_failsafe_promise() {
 /// while PostgreSQL is stopped.
 #[test]
 fn stopped_primary_publishes_no_lsn() {
+    let before = SimConfig {
+        pg_faults: false,
+        ..SimConfig::default()
+    };
     let buggy = SimConfig {
         publish_stopped_position: false,
-        ..SimConfig::default()
+        ..before.clone()
     };
     let o = run(50, &buggy);
     assert!(
@@ -187,4 +197,66 @@ fn paused_cluster_does_not_fail_over() {
     let p = o.promotions.first().expect("a promotion once resumed");
     assert!(p.t_ms >= 33_000, "{:?}", o.promotions);
     assert_ne!(p.node, "n1");
+}
+
+/// (e) Issue 14: the primary's PostgreSQL freezes (postmaster and backends). Its agent's
+/// probe hangs, so the lease is not renewed and the watchdog fences it at its deadline: it
+/// kills every process of the instance while frozen, so nothing is acknowledged afterwards.
+#[test]
+fn frozen_primary_postgresql_is_killed_by_the_fence_not_resumed() {
+    let cfg = scripted(25_000, vec![fault(FaultKind::PgFreeze, 0, 5_000, 8_000)]);
+    let o = run(3, &cfg);
+    assert_ok(&o);
+    assert_eq!(
+        o.fences.first().map(|f| f.1.as_str()),
+        Some("n1"),
+        "{:?}",
+        o.fences
+    );
+    assert!(o.stats.converged_after_ms.is_some());
+}
+
+/// (e) fails with the old fence (SIGQUIT, then SIGKILL of the postmaster alone): the frozen
+/// backends thaw and acknowledge their commits beside the new primary.
+#[test]
+fn frozen_primary_postgresql_with_the_old_fence_is_caught() {
+    let cfg = SimConfig {
+        fence_kills_frozen: false,
+        ..scripted(25_000, vec![fault(FaultKind::PgFreeze, 0, 5_000, 8_000)])
+    };
+    let o = run(3, &cfg);
+    let k = kinds(&o);
+    assert!(
+        k.contains(&"acknowledged-after-fence"),
+        "{:?}",
+        o.violations
+    );
+}
+
+/// (f) Issue 14: the primary's watchdog is SIGKILLed. Its agent stops PostgreSQL at once
+/// (the watchdog was armed), starts a new watchdog and restarts PostgreSQL in place.
+#[test]
+fn a_killed_watchdog_stops_the_primary_and_is_replaced() {
+    let cfg = scripted(
+        25_000,
+        vec![fault(FaultKind::WatchdogKill, 0, 5_000, 10_000)],
+    );
+    let o = run(4, &cfg);
+    assert_ok(&o);
+    assert!(o.stats.converged_after_ms.is_some());
+}
+
+/// (f) fails with the old agent, which exited when it could not arm its watchdog and left
+/// PostgreSQL running unfenced: a standby takes the expired lease beside it.
+#[test]
+fn a_killed_watchdog_with_the_old_agent_is_caught() {
+    let cfg = SimConfig {
+        watchdog_respawn: false,
+        ..scripted(
+            25_000,
+            vec![fault(FaultKind::WatchdogKill, 0, 5_000, 10_000)],
+        )
+    };
+    let o = run(4, &cfg);
+    assert!(kinds(&o).contains(&"two-writers"), "{:?}", o.violations);
 }
