@@ -130,16 +130,28 @@ pub fn fence(data_dir: &Path, why: &str) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A stand-in instance: copies of `sleep` named `postgres`, working in `dir`.
     fn fake_postgres(dir: &Path, bin: &Path) -> std::process::Child {
-        std::process::Command::new(bin)
-            .arg("30")
-            .current_dir(dir)
-            .spawn()
-            .unwrap()
+        spawn_fresh_copy(std::process::Command::new(bin).arg("30").current_dir(dir))
+    }
+
+    /// Spawn a binary just copied: another test thread forking meanwhile may still hold the
+    /// copy's write descriptor for an instant (ETXTBSY), so try again briefly.
+    pub(crate) fn spawn_fresh_copy(cmd: &mut std::process::Command) -> std::process::Child {
+        let mut tries = 0;
+        loop {
+            match cmd.spawn() {
+                Ok(c) => return c,
+                Err(e) if e.raw_os_error() == Some(26) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("spawn {cmd:?}: {e}"),
+            }
+        }
     }
 
     fn sleep_named_postgres(scratch: &Path) -> PathBuf {

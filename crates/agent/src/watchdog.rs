@@ -262,12 +262,12 @@ fn parse(line: &str) -> Option<Msg> {
 /// The body of `pgbaton fence-watchdog DATA_DIR`: commands on stdin; stdout is held open
 /// and never written (its end tells the agent this process died).
 pub fn watchdog_main(data_dir: &Path) -> Result<()> {
-    // A terminal's Ctrl-C or hang-up is the agent's to handle.
-    // SAFETY: setting a signal disposition to SIG_IGN.
-    unsafe {
-        let _ = nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn);
-        let _ = nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigIgn);
-    }
+    // A terminal's Ctrl-C or hang-up is the agent's to handle (it stops PostgreSQL, then
+    // says `exit`): blocked here, before any thread exists, so in every thread.
+    let mut quiet = nix::sys::signal::SigSet::empty();
+    quiet.add(Signal::SIGINT);
+    quiet.add(Signal::SIGHUP);
+    let _ = quiet.thread_block();
     close_inherited_fds();
     let _ = nix::sys::prctl::set_name(c"pgbaton-fence");
     let (tx, rx) = mpsc::channel();
@@ -366,11 +366,8 @@ mod tests {
         std::fs::create_dir_all(&data).unwrap();
         let bin = scratch.join("postgres");
         std::fs::copy("/bin/sleep", &bin).unwrap();
-        let child = Command::new(&bin)
-            .arg("30")
-            .current_dir(&data)
-            .spawn()
-            .unwrap();
+        let child =
+            crate::fence::tests::spawn_fresh_copy(Command::new(&bin).arg("30").current_dir(&data));
         std::fs::write(data.join("postmaster.pid"), format!("{}\n", child.id())).unwrap();
         (data, child)
     }
