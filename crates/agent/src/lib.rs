@@ -170,9 +170,15 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // At start the store may still be coming up (or connecting): a longer bound than a
+    // loop's, once.
     let initialize = rt
-        .block_on(store.initialize_get())
+        .block_on(
+            pgbaton_store::Bounded::wrap(store.clone(), PREFLIGHT_STORE_TIMEOUT).initialize_get(),
+        )
         .context("read the cluster's identity from the store")?;
+    // Every call the agent (and its API) makes from now on is bounded by construction.
+    let store = pgbaton_store::Bounded::wrap(store, store_timeout(cfg));
     let data = datadir::inspect(&bins, &cfg.data_dir)?;
     let local = LocalView::new(&cfg.name, data, PgRun::Stopped);
     let view = ClusterView {
@@ -211,6 +217,14 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
         store,
         auth,
     })
+}
+
+/// How long the agent waits for the store at start.
+const PREFLIGHT_STORE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a store call may take before the store counts as unreachable.
+pub fn store_timeout(cfg: &NodeConfig) -> Duration {
+    Duration::from_millis(cfg.timing.loop_interval_ms.clamp(500, 2000))
 }
 
 /// PostgreSQL archives and restores WAL by running pgbaton (`wal-push`, `wal-fetch`): this
@@ -373,12 +387,12 @@ impl Agent {
         ))
     }
 
-    /// How long a store call may take before the store counts as unreachable.
     fn store_timeout(&self) -> Duration {
-        Duration::from_millis(self.cfg.timing.loop_interval_ms.clamp(500, 2000))
+        store_timeout(&self.cfg)
     }
 
-    /// A store call, bounded by [`Self::store_timeout`].
+    /// Several store calls as one step (each is bounded by the store itself), bounded by
+    /// [`store_timeout`] as a whole and named.
     async fn bounded<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
         let limit = self.store_timeout();
         match tokio::time::timeout(limit, fut).await {

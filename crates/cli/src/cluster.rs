@@ -64,5 +64,10 @@ pub fn open_store(cfg: &ClientConfig) -> Result<Arc<dyn Store>> {
             );
         }
     }
-    pgbaton_store::open(&cfg.store, &cfg.cluster)
+    // A store that does not answer is an error naming it, not a CLI that hangs.
+    let store = pgbaton_store::open(&cfg.store, &cfg.cluster)?;
+    Ok(pgbaton_store::Bounded::wrap(
+        store,
+        std::time::Duration::from_secs(10),
+    ))
 }

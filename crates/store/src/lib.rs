@@ -12,6 +12,9 @@ use pgbaton_core::config::StoreConfig;
 use pgbaton_core::model::{HistoryEntry, Leader, MemberState, OpPhase, Operation};
 use std::sync::Arc;
 
+pub use bounded::Bounded;
+
+pub mod bounded;
 pub mod etcd;
 pub mod local;
 
