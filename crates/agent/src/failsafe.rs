@@ -1,0 +1,95 @@
+//! Failsafe: a primary that cannot reach the store asks every other member to confirm it.
+
+use super::*;
+
+impl Agent {
+    /// The store did not answer. A primary with failsafe on asks every other member to
+    /// confirm it over the API; when all do, it keeps serving (the watchdog is armed as if
+    /// the lease had been renewed when the round started). Otherwise the watchdog fences it
+    /// at the deadline of its last renewal.
+    pub(crate) async fn store_unreachable(&mut self) {
+        if !self.cfg.failover.failsafe || !self.held_lease {
+            return;
+        }
+        if fence::postmaster_of(&self.cfg.data_dir).is_none()
+            || self.probe.as_ref().is_none_or(|p| p.in_recovery)
+        {
+            return;
+        }
+        let Some(view) = self
+            .shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .view
+            .clone()
+        else {
+            return;
+        };
+        let me = self.cfg.name.clone();
+        let t0 = Instant::now();
+        let mut asks = tokio::task::JoinSet::new();
+        for m in view.members.iter().filter(|m| m.name != me) {
+            let mut req = self
+                .http
+                .post(format!("{}/failsafe", m.api_url.trim_end_matches('/')))
+                .json(&serde_json::json!({ "leader": me }));
+            if let Some(t) = &self.auth.token {
+                req = req.bearer_auth(t);
+            } else if let Some((u, p)) = &self.auth.basic {
+                req = req.basic_auth(u, Some(p));
+            }
+            let name = m.name.clone();
+            asks.spawn(async move {
+                let r = req.send().await;
+                let ok = r.as_ref().is_ok_and(|r| r.status().is_success());
+                let why = match r {
+                    Ok(r) => format!("answered {}", r.status()),
+                    Err(e) => format!("unreachable ({e})"),
+                };
+                (name, ok, why)
+            });
+        }
+        let mut refused = vec![];
+        let mut n = 0;
+        while let Some(r) = asks.join_next().await {
+            n += 1;
+            match r {
+                Ok((_, true, _)) => {}
+                Ok((name, false, why)) => refused.push(format!("{name} {why}")),
+                Err(e) => refused.push(format!("a check failed: {e}")),
+            }
+        }
+        let confirmed = refused.is_empty();
+        {
+            let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            sh.failsafe_rounds += 1;
+            sh.failsafe_confirmed += confirmed as u64;
+        }
+        if confirmed {
+            match self.arm(t0) {
+                Ok(()) => {
+                    let msg = format!(
+                        "failsafe: the store is unreachable; all {n} other members confirm this primary, so it keeps serving"
+                    );
+                    if self.last_failsafe.as_deref() != Some(msg.as_str()) {
+                        warn!("{msg}");
+                    }
+                    self.last_failsafe = Some(msg.clone());
+                    self.message = Some(msg);
+                }
+                Err(e) => error!("{e:#}"),
+            }
+        } else {
+            let msg = format!(
+                "failsafe: the store is unreachable and not every member confirms this primary ({}): \
+                 it fences itself when its lease runs out",
+                refused.join("; ")
+            );
+            if self.last_failsafe.as_deref() != Some(msg.as_str()) {
+                warn!("{msg}");
+            }
+            self.last_failsafe = Some(msg.clone());
+            self.message = Some(msg);
+        }
+    }
+}
