@@ -266,6 +266,40 @@ fn in_flight(view: &ClusterView) -> Option<&Operation> {
 
 /// The decision for one loop. `now_ms` is wall-clock ms (lease expiry is compared with it).
 pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
+    let plan = decide_unchecked(view, local, now_ms);
+    debug_assert!(
+        check_plan(&plan).is_ok(),
+        "{}: {plan:?}",
+        check_plan(&plan).unwrap_err()
+    );
+    plan
+}
+
+/// The rules every plan keeps (asserted in debug builds, checked by the simulator at every
+/// decision): at most one lease action; `Promote` only after taking or renewing the lease
+/// in the same plan, so no member promotes itself without holding it.
+pub fn check_plan(plan: &[Action]) -> Result<(), String> {
+    let is_lease = |a: &Action| {
+        matches!(
+            a,
+            Action::AcquireLease | Action::RenewLease | Action::ReleaseLease { .. }
+        )
+    };
+    if plan.iter().filter(|a| is_lease(a)).count() > 1 {
+        return Err("more than one lease action in one plan".into());
+    }
+    if let Some(i) = plan.iter().position(|a| matches!(a, Action::Promote)) {
+        let leased = plan[..i]
+            .iter()
+            .any(|a| matches!(a, Action::AcquireLease | Action::RenewLease));
+        if !leased {
+            return Err("Promote without taking or renewing the lease first".into());
+        }
+    }
+    Ok(())
+}
+
+fn decide_unchecked(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     // An expired lease is no lease, everywhere below.
     let unexpired;
     let view = if view.leader.as_ref().is_some_and(|l| l.expires_ms <= now_ms) {
@@ -1059,6 +1093,20 @@ pub fn role_of(local: &LocalView) -> Role {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plans_that_break_the_lease_rules_are_refused() {
+        assert!(check_plan(&[Action::AcquireLease, Action::Promote]).is_ok());
+        assert!(check_plan(&[Action::RenewLease, Action::Promote]).is_ok());
+        assert!(check_plan(&[Action::Promote]).is_err());
+        assert!(check_plan(&[Action::Promote, Action::AcquireLease]).is_err());
+        assert!(check_plan(&[Action::RenewLease, Action::AcquireLease]).is_err());
+        assert!(check_plan(&[
+            Action::RenewLease,
+            Action::ReleaseLease { reason: "x".into() }
+        ])
+        .is_err());
+    }
     use crate::model::MemberStatus;
 
     const NOW: u64 = 1_000_000;

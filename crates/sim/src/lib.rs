@@ -46,10 +46,12 @@
 //!    runs writable;
 //! 3. an automatically promoted member is within `max_lag_bytes` of the last LSN a writable
 //!    primary published to the store;
-//! 4. nothing acknowledged after a fence: an instance the watchdog fenced never acknowledges
+//! 4. every plan keeps the lease rules (`decide::check_plan`: one lease action at most,
+//!    promote only after taking or renewing the lease);
+//! 5. nothing acknowledged after a fence: an instance the watchdog fenced never acknowledges
 //!    a write again (the old fence killed only the postmaster, and a backend frozen with it
 //!    finished its commit when it thawed: `fence_kills_frozen = false` plants that);
-//! 5. convergence: within `settle_ms` after the faults heal, one writable primary holds the
+//! 6. convergence: within `settle_ms` after the faults heal, one writable primary holds the
 //!    lease and every other node streams from it on its timeline (a node whose rejoin failed,
 //!    waiting for a reinit, is allowed and counted).
 //!
@@ -1488,6 +1490,11 @@ impl Sim {
                 }
                 let local = self.local_view(n, pgrun);
                 let actions = decide(&view, &local, self.now);
+                // (Debug builds assert this inside decide; release sweeps count it.)
+                if let Err(why) = pgbaton_core::decide::check_plan(&actions) {
+                    let name = self.nodes[n].name.clone();
+                    self.violate("bad-plan", format!("{name}: {why}: {actions:?}"));
+                }
                 if self.cfg.trace && !actions.is_empty() {
                     let name = self.nodes[n].name.clone();
                     let lease = view
