@@ -121,6 +121,10 @@ enum Cmd {
         /// Promote even though another standby has more WAL (what only it has is lost).
         #[arg(long)]
         force: bool,
+        /// If the primary still holds the leader lease (its host just vanished), wait for the
+        /// lease to run out instead of refusing (up to --timeout).
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         common: OpArgs,
     },
@@ -218,6 +222,7 @@ fn via_agent(
         json: common.json,
         timeout_s: common.timeout,
         force: false,
+        wait: false,
     };
     runtime()?.block_on(operate::via_agent(
         &cfg,
@@ -234,12 +239,14 @@ fn operate(
     kind: pgbaton_core::model::OpKind,
     common: OpArgs,
     force: bool,
+    wait: bool,
 ) -> Result<ExitCode> {
     let cfg = cluster::load_client_config(&config_path(config))?;
     let o = operate::OpOptions {
         json: common.json,
         timeout_s: common.timeout,
         force,
+        wait,
     };
     runtime()?.block_on(operate::run(&cfg, kind, &o))?;
     Ok(ExitCode::SUCCESS)
@@ -355,17 +362,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Promote {
             member,
             force,
+            wait,
             common,
         } => operate(
             cli.config,
             pgbaton_core::model::OpKind::Promote { member },
             common,
             force,
+            wait,
         ),
         Cmd::Rejoin { member, common } => operate(
             cli.config,
             pgbaton_core::model::OpKind::Rejoin { member },
             common,
+            false,
             false,
         ),
         Cmd::Remove {
@@ -377,17 +387,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pgbaton_core::model::OpKind::Remove { member, purge },
             common,
             false,
+            false,
         ),
         Cmd::Reinit { member, common } => operate(
             cli.config,
             pgbaton_core::model::OpKind::Reinit { member },
             common,
             false,
+            false,
         ),
         Cmd::Switchover { to, common } => {
             let cfg = cluster::load_client_config(&config_path(cli.config.clone()))?;
             let kind = runtime()?.block_on(operate::switchover_kind(&cfg, to))?;
-            operate(cli.config, kind, common, false)
+            operate(cli.config, kind, common, false, false)
         }
         Cmd::Restart {
             member,

@@ -18,6 +18,9 @@ pub struct OpOptions {
     pub json: bool,
     pub timeout_s: u64,
     pub force: bool,
+    /// promote: while the lease is still held by a primary that reported running, wait for
+    /// it to run out (a host that just vanished) instead of refusing.
+    pub wait: bool,
 }
 
 #[derive(Serialize)]
@@ -31,19 +34,55 @@ fn new_id(kind: &OpKind) -> String {
 }
 
 /// Check, post, and follow an operation to its end. Exit status: Ok for done, Err for failed.
+/// The cluster as it is once `kind` may be posted; refused otherwise. With `--wait`, a
+/// promote refused only because a primary still holds the lease waits (up to the timeout) for
+/// that lease to run out, as it does within a TTL when its host is gone.
+async fn checked_snapshot(store: &dyn Store, kind: &OpKind, o: &OpOptions) -> Result<Snapshot> {
+    let deadline = Instant::now() + Duration::from_secs(o.timeout_s);
+    let mut waited_for: Option<String> = None;
+    loop {
+        let snap = Snapshot::read(store).await?;
+        let current = store.op_get().await?;
+        let (verdict, holder, left) = {
+            let check = ops::Snapshot {
+                leader: snap.leader.as_ref(),
+                members: &snap.members,
+                op: current.as_ref(),
+                now_ms: now_ms(),
+            };
+            let holder = check.healthy_primary().map(|p| p.name.clone());
+            (
+                ops::check(kind, &check, o.force),
+                holder,
+                check.lease_left_ms(),
+            )
+        };
+        let reason = match verdict {
+            Ok(()) => return Ok(snap),
+            Err(r) => r,
+        };
+        let waitable = o.wait && matches!(kind, OpKind::Promote { .. }) && holder.is_some();
+        // Another member took the lease meanwhile (automatic failover): nothing to wait for.
+        let same = waited_for.is_none() || waited_for == holder;
+        if !waitable || !same || Instant::now() >= deadline {
+            bail!("{} refused: {reason}", kind.name());
+        }
+        if waited_for.is_none() && !o.json {
+            eprintln!(
+                "{}: waiting for {}'s leader lease to run out ({:.1} s left unless renewed)",
+                kind.name(),
+                holder.as_deref().unwrap_or("?"),
+                left.unwrap_or(0) as f64 / 1000.0
+            );
+        }
+        waited_for = holder;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn run(cfg: &ClientConfig, kind: OpKind, o: &OpOptions) -> Result<()> {
     let store = open_store(cfg)?;
-    let snap = Snapshot::read(store.as_ref()).await?;
-    let current = store.op_get().await?;
-    let check = ops::Snapshot {
-        leader: snap.leader.as_ref(),
-        members: &snap.members,
-        op: current.as_ref(),
-        now_ms: now_ms(),
-    };
-    if let Err(reason) = ops::check(&kind, &check, o.force) {
-        bail!("{} refused: {reason}", kind.name());
-    }
+    let snap = checked_snapshot(store.as_ref(), &kind, o).await?;
     let op = Operation::new(new_id(&kind), kind.clone(), now_ms());
     if !store.op_post(&op).await? {
         bail!(

@@ -41,6 +41,13 @@ impl<'a> Snapshot<'a> {
         self.members.iter().find(|m| m.name == l.member)
     }
 
+    /// How long the unexpired lease has left, ms.
+    pub fn lease_left_ms(&self) -> Option<u64> {
+        self.leader
+            .filter(|l| l.expires_ms > self.now_ms)
+            .map(|l| l.expires_ms - self.now_ms)
+    }
+
     /// A primary that runs, holds the lease and reported recently.
     pub fn healthy_primary(&self) -> Option<&'a MemberState> {
         self.leader_member().filter(|m| {
@@ -68,10 +75,17 @@ pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
         OpKind::Promote { member } => {
             let m = s.member(member)?;
             if let Some(p) = s.healthy_primary() {
+                let left = s.lease_left_ms().unwrap_or(0);
+                let seen = s.now_ms.saturating_sub(p.updated_ms);
                 return Err(format!(
-                    "primary {} is running and holds the leader lease: promoting {member} would make two \
-                     primaries. For a planned change use `pgbaton switchover --to {member}`",
-                    p.name
+                    "the leader lease is still held by {p} (it runs out in {:.1} s unless {p} renews \
+                     it; {p} last reported a running primary {:.1} s ago): promoting {member} now \
+                     would make two primaries. For a planned change use `pgbaton switchover --to \
+                     {member}`; if {p}'s host is gone, its lease runs out within a TTL: `pgbaton \
+                     promote {member} --wait` waits for that",
+                    left as f64 / 1000.0,
+                    seen as f64 / 1000.0,
+                    p = p.name
                 ));
             }
             if m.role != Role::Standby {
