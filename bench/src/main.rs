@@ -156,6 +156,10 @@ impl Drop for Cluster {
             .args(["down", "--purge", "--dir"])
             .arg(&self.dir)
             .output();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the benchmark's own scratch cluster"
+        )]
         let _ = std::fs::remove_dir_all(self.dir.parent().unwrap_or(&self.dir));
     }
 }

@@ -281,6 +281,10 @@ impl Agent {
                 self.stop_pg().await?;
                 self.store.member_delete(&me).await?;
                 if purge && self.cfg.data_dir.exists() {
+                    #[expect(
+                        clippy::disallowed_methods,
+                        reason = "`pgbaton remove --purge`: the operator asked for it"
+                    )]
                     std::fs::remove_dir_all(&self.cfg.data_dir).with_context(|| {
                         format!("delete the data directory {}", self.cfg.data_dir.display())
                     })?;

@@ -655,6 +655,10 @@ pub async fn down(dir: &Path, purge: bool) -> Result<()> {
         let _ = std::fs::remove_file(l.agent_pid(&c.name));
     }
     if purge {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "`pgbaton down --purge`: the operator asked for it"
+        )]
         std::fs::remove_dir_all(&l.dir).with_context(|| format!("delete {}", l.dir.display()))?;
         println!("deleted {} and all its data", l.dir.display());
     } else {

@@ -315,6 +315,10 @@ async fn remove_without_agent(
             eprintln!("  stopped {member}'s PostgreSQL");
         }
         if purge && node.data_dir.exists() {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "`pgbaton remove --purge` of a member whose agent is not running"
+            )]
             std::fs::remove_dir_all(&node.data_dir)
                 .with_context(|| format!("delete {}", node.data_dir.display()))?;
             eprintln!("  deleted {}", node.data_dir.display());
@@ -358,6 +362,10 @@ fn retire_local_member(cfg: &ClientConfig, member: &str, purge: bool) -> Result<
         return Ok(());
     }
     if purge {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "`pgbaton remove --purge`: the retired member's local directory"
+        )]
         std::fs::remove_dir_all(&dir).with_context(|| format!("delete {}", dir.display()))?;
     } else {
         std::fs::rename(&node, dir.join("node.toml.removed"))

@@ -68,6 +68,10 @@ pub async fn clone(
     let mark = marker(&scratch);
     if scratch.exists() {
         if mark.exists() {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "an interrupted pgbaton clone, proven by its marker file"
+            )]
             std::fs::remove_dir_all(&scratch)
                 .with_context(|| format!("remove the incomplete clone {}", scratch.display()))?;
         } else {
@@ -149,6 +153,10 @@ pub async fn clone(
             aside.push(".pgbaton-old");
             let aside = PathBuf::from(aside);
             if aside.exists() {
+                #[expect(
+                    clippy::disallowed_methods,
+                    reason = "the old data directory of an earlier reinit (asked for) that was interrupted before deleting it"
+                )]
                 std::fs::remove_dir_all(&aside)
                     .with_context(|| format!("remove {}", aside.display()))?;
             }
@@ -168,6 +176,10 @@ pub async fn clone(
         .with_context(|| format!("move the clone into {}", spec.data_dir.display()))?;
     let _ = std::fs::remove_file(&mark);
     if let Some(old) = old {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the replaced data directory, once its replacement is in place (reinit)"
+        )]
         std::fs::remove_dir_all(&old)
             .with_context(|| format!("remove the replaced data directory {}", old.display()))?;
     }

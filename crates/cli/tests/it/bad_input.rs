@@ -220,6 +220,10 @@ fn data_directory_of_another_cluster_is_refused_and_untouched() {
     );
 
     // A non-empty directory that is no data directory at all.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the test's own scratch directory"
+    )]
     std::fs::remove_dir_all(&foreign).unwrap();
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("precious.txt"), "keep me").unwrap();
