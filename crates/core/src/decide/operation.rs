@@ -1,0 +1,232 @@
+//! The steps of an operation in flight (switchover, promote, rejoin, reinit, remove,
+//! restart, reload) as they concern this member, and what an operation holds back.
+
+use super::*;
+
+/// What an operation in flight asks of this member; `None` = nothing special, decide as usual.
+pub(super) fn decide_op(
+    op: &Operation,
+    view: &ClusterView,
+    local: &LocalView,
+    now_ms: u64,
+) -> Option<Vec<Action>> {
+    let me = local.name.as_str();
+    let i_lead = view
+        .leader
+        .as_ref()
+        .is_some_and(|l| l.member == me && l.expires_ms > now_ms);
+    let other_leader = view
+        .leader
+        .as_ref()
+        .filter(|l| l.member != me && l.expires_ms > now_ms);
+    let finish = |ok: bool, message: String| Action::FinishOp {
+        op: op.clone(),
+        ok,
+        message,
+    };
+    let running_standby = matches!(
+        local.pg,
+        PgRun::Running {
+            in_recovery: true,
+            ..
+        }
+    );
+    let running_primary = matches!(
+        local.pg,
+        PgRun::Running {
+            in_recovery: false,
+            ..
+        }
+    );
+    match (&op.kind, op.phase) {
+        (OpKind::Promote { member }, OpPhase::Requested) if member == me => {
+            Some(if running_primary && i_lead {
+                vec![finish(true, format!("{me} is the primary"))]
+            } else if let Some(l) = other_leader {
+                if now_ms.saturating_sub(op.created_ms) > PROMOTE_LEASE_WAIT_MS {
+                    vec![finish(
+                    false,
+                    format!(
+                        "{} still renews the leader lease after {} s: its agent is alive, so it is not down. \
+                         Use `pgbaton switchover --to {me}` for a planned change",
+                        l.member,
+                        PROMOTE_LEASE_WAIT_MS / 1000
+                    ),
+                )]
+                } else {
+                    vec![Action::Wait {
+                        reason: format!("waiting for the lease of {} to expire", l.member),
+                    }]
+                }
+            } else if running_standby {
+                vec![
+                    Action::AcquireLease,
+                    Action::Promote,
+                    finish(true, format!("{me} promoted: it accepts writes")),
+                ]
+            } else {
+                return None; // start it as a standby first
+            })
+        }
+        (OpKind::Rejoin { member }, OpPhase::Requested) if member == me => {
+            if matches!(local.data, DataDir::Initialized { standby: true, .. }) {
+                return Some(vec![finish(true, format!("{me} is a standby"))]);
+            }
+            if other_leader.is_none() {
+                return Some(vec![finish(
+                    false,
+                    "no primary holds the leader lease: nothing to rejoin".into(),
+                )]);
+            }
+            Some(match (&local.pg, rewind_source(view, me)) {
+                (_, Err(reason)) => vec![Action::Wait { reason }],
+                (PgRun::Stopped, Ok(up)) => {
+                    let msg = format!("{me} rejoined as a standby of {}", up.member);
+                    vec![Action::Rejoin { upstream: up }, finish(true, msg)]
+                }
+                (_, Ok(up)) => vec![Action::Stop {
+                    reason: format!("rejoining as a standby of {}", up.member),
+                }],
+            })
+        }
+        (OpKind::Reinit { member }, OpPhase::Requested) if member == me => Some(if i_lead {
+            vec![finish(
+                false,
+                format!("{me} is the primary: only a standby can be re-cloned"),
+            )]
+        } else {
+            match ready_upstream(view, me) {
+                Ok(up) => {
+                    let msg = format!("{me} re-cloned from {}", up.member);
+                    vec![Action::Reinit { from: up }, finish(true, msg)]
+                }
+                Err(reason) => vec![Action::Wait { reason }],
+            }
+        }),
+        (OpKind::Restart { member }, OpPhase::Requested) if member == me => {
+            let upstream = if matches!(local.data, DataDir::Initialized { standby: true, .. }) {
+                ready_upstream(view, me)
+                    .ok()
+                    .or_else(|| leader_upstream(view, me))
+            } else {
+                None
+            };
+            Some(vec![
+                Action::Restart { upstream },
+                finish(true, format!("{me}'s PostgreSQL restarted")),
+            ])
+        }
+        (OpKind::Reload { member }, OpPhase::Requested) if member == me => Some(vec![
+            Action::Reload,
+            finish(
+                true,
+                format!("{me}'s PostgreSQL reloaded its configuration"),
+            ),
+        ]),
+        (OpKind::Remove { member, purge }, OpPhase::Requested) if member == me => Some(if i_lead {
+            vec![finish(
+                false,
+                format!("{me} is the primary: switch over before removing it"),
+            )]
+        } else {
+            vec![Action::RemoveSelf {
+                op: op.clone(),
+                purge: *purge,
+            }]
+        }),
+        (OpKind::Remove { member, .. }, OpPhase::Deregistered) if i_lead => {
+            let slot = slot_name_for(member);
+            let msg = format!("{member} removed; its slot {slot} dropped");
+            Some(vec![
+                Action::DropSlots { names: vec![slot] },
+                finish(true, msg),
+            ])
+        }
+        (OpKind::Switchover { from, .. }, OpPhase::Requested) if from == me => Some(if i_lead {
+            vec![Action::StopForSwitchover { op: op.clone() }]
+        } else {
+            vec![finish(
+                false,
+                format!("{me} no longer holds the leader lease"),
+            )]
+        }),
+        (OpKind::Switchover { from, to }, OpPhase::Demoted) => {
+            let waited_ms = now_ms.saturating_sub(op.updated_ms);
+            let target = op.checkpoint_lsn.unwrap_or_default();
+            if to == me {
+                if local.lsn.is_some_and(|l| l >= target) && running_standby {
+                    return Some(vec![
+                        Action::AcquireLease,
+                        Action::Promote,
+                        Action::AdvanceOp {
+                            op: op.clone(),
+                            phase: OpPhase::Promoted,
+                            message: format!("{me} promoted"),
+                        },
+                    ]);
+                }
+                if waited_ms > SWITCHOVER_TIMEOUT_MS {
+                    return Some(vec![finish(
+                        false,
+                        format!(
+                            "{me} did not reach the old primary's shutdown checkpoint {target} within {} s \
+                             (it is at {}); {from} resumes as primary",
+                            SWITCHOVER_TIMEOUT_MS / 1000,
+                            local.lsn.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into())
+                        ),
+                    )]);
+                }
+                return Some(vec![Action::Wait {
+                    reason: format!("replaying up to {from}'s shutdown checkpoint {target}"),
+                }]);
+            }
+            if from == me {
+                if waited_ms > SWITCHOVER_TIMEOUT_MS + 10_000 {
+                    return Some(vec![finish(
+                        false,
+                        format!("{to} did not take over; {me} resumes as primary"),
+                    )]);
+                }
+                return Some(vec![Action::Wait {
+                    reason: format!("waiting for {to} to take over"),
+                }]);
+            }
+            None
+        }
+        (OpKind::Switchover { from, to }, OpPhase::Promoted) if from == me => {
+            Some(match (&local.pg, ready_upstream(view, me)) {
+                (_, Err(reason)) => vec![Action::Wait { reason }],
+                (PgRun::Stopped, Ok(up)) => {
+                    vec![
+                        Action::Rejoin { upstream: up },
+                        finish(true, format!("switched over from {from} to {to}")),
+                    ]
+                }
+                (_, Ok(up)) => vec![Action::Stop {
+                    reason: format!("rejoining as a standby of {}", up.member),
+                }],
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A promote or switchover in flight, recently updated: it decides who leads next, so no
+/// member takes the lease on its own meanwhile. One stuck for longer is ignored.
+pub(super) fn holding_op(view: &ClusterView, now_ms: u64) -> Option<&Operation> {
+    in_flight(view).filter(|op| {
+        matches!(op.kind, OpKind::Promote { .. } | OpKind::Switchover { .. })
+            && now_ms.saturating_sub(op.updated_ms) <= SWITCHOVER_TIMEOUT_MS + 10_000
+    })
+}
+
+/// A promote or switchover in flight decides who leads next: why not to take the lease.
+pub(super) fn op_hold(view: &ClusterView, now_ms: u64) -> Option<String> {
+    holding_op(view, now_ms).map(|op| {
+        format!(
+            "operation {} ({}) is in flight: not taking the lease meanwhile",
+            op.id,
+            op.kind.name()
+        )
+    })
+}

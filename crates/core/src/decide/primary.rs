@@ -1,0 +1,215 @@
+//! A primary's data directory: keep leading, restart in place, hand over, or rejoin the
+//! leader as a former primary (pg_rewind when it diverged).
+
+use super::*;
+
+pub(super) fn decide_primary_data(
+    view: &ClusterView,
+    local: &LocalView,
+    now_ms: u64,
+) -> Vec<Action> {
+    let me = local.name.as_str();
+    let lease = view.leader.as_ref().filter(|l| l.expires_ms > now_ms);
+    let i_lead = lease.is_some_and(|l| l.member == me);
+    if let Some(l) = lease.filter(|l| l.member != me) {
+        // A former primary while another member leads: it must not run writable; once
+        // stopped, it rejoins the leader as a standby (pg_rewind when it diverged).
+        return match local.pg {
+            PgRun::Running {
+                in_recovery: false, ..
+            }
+            | PgRun::NotAnswering => vec![Action::Stop {
+                reason: format!(
+                    "{} holds the leader lease; this member's data is a former primary's",
+                    l.member
+                ),
+            }],
+            _ => rejoin_leader(view, local),
+        };
+    }
+    // PostgreSQL has been down for too long despite restarts: hand over to a standby, if one
+    // can take over (otherwise keep trying: a primary that may come back beats none).
+    let gave_up = local.crashed_since_ms.is_some_and(|since| {
+        now_ms.saturating_sub(since) >= local.policy.primary_restart_timeout_ms
+    }) && !matches!(
+        local.pg,
+        PgRun::Running {
+            in_recovery: false,
+            ..
+        }
+    );
+    if gave_up {
+        let last = failover::LastPrimary {
+            name: Some(me.to_string()),
+            timeline: local.timeline,
+            lsn: view
+                .members
+                .iter()
+                .find(|m| m.name == me)
+                .and_then(|m| m.lsn),
+        };
+        let others = failover::other_candidates(&view.members, me, &last, &local.policy, now_ms);
+        if let Some(best) = others.first() {
+            let why = format!(
+                "PostgreSQL has not come back within timing.primary_restart_timeout_ms ({} ms)",
+                local.policy.primary_restart_timeout_ms
+            );
+            let mut actions = vec![];
+            if local.pg != PgRun::Stopped {
+                actions.push(Action::Stop {
+                    reason: why.clone(),
+                });
+            }
+            if i_lead {
+                actions.push(Action::ReleaseLease {
+                    reason: format!("{why}: {} can take over", best.name),
+                });
+            }
+            actions.push(Action::Wait {
+                reason: format!("{why}: waiting for {} to take over", best.name),
+            });
+            return actions;
+        }
+    }
+    let lease_action = if i_lead {
+        Action::RenewLease
+    } else {
+        // The lease is free: a former primary takes it back only if nobody moved on to a
+        // newer timeline and nobody promised a live primary not to.
+        if let Some(reason) = former_primary_hold(view, local, now_ms) {
+            if matches!(
+                local.pg,
+                PgRun::Running {
+                    in_recovery: false,
+                    ..
+                } | PgRun::NotAnswering
+            ) {
+                // Writable without the lease, and not to take it back: stop (one writer).
+                return vec![Action::Stop { reason }];
+            }
+            return vec![Action::Wait { reason }];
+        }
+        Action::AcquireLease
+    };
+    match local.pg {
+        PgRun::Stopped => vec![lease_action, Action::Start { upstream: None }],
+        PgRun::NotAnswering => vec![
+            lease_action,
+            Action::Wait {
+                reason: "PostgreSQL is starting or busy".into(),
+            },
+        ],
+        PgRun::Running {
+            in_recovery: false, ..
+        } => {
+            let mut actions = vec![lease_action];
+            actions.extend(slot_plan(view, local, now_ms));
+            actions
+        }
+        PgRun::Running {
+            in_recovery: true, ..
+        } => {
+            // A primary's data dir running in recovery: it is still finishing crash recovery.
+            vec![
+                lease_action,
+                Action::Wait {
+                    reason: "PostgreSQL is in recovery".into(),
+                },
+            ]
+        }
+    }
+}
+
+/// Why a member with a former primary's data must not take the free lease, if anything
+/// holds it back.
+pub(super) fn former_primary_hold(
+    view: &ClusterView,
+    local: &LocalView,
+    now_ms: u64,
+) -> Option<String> {
+    let me = local.name.as_str();
+    if let Some(reason) = op_hold(view, now_ms) {
+        return Some(reason);
+    }
+    // (A primary still running writable, e.g. after a store outage, takes its lease back
+    // rather than stopping: the compare-and-set keeps that safe.)
+    if let Some(reason) = stale_view(view, local, now_ms).filter(|_| {
+        matches!(
+            local.pg,
+            PgRun::Stopped
+                | PgRun::Running {
+                    in_recovery: true,
+                    ..
+                }
+        )
+    }) {
+        return Some(reason);
+    }
+    if let Some(reason) = failsafe_hold(local, now_ms) {
+        return Some(reason);
+    }
+    if let (Some(newest), Some(mine)) =
+        (failover::newest_timeline(&view.members, me), local.timeline)
+    {
+        if newest > mine {
+            return Some(format!(
+                "another member is on timeline {newest}, newer than this former primary's {mine}: \
+                 waiting for a leader to rejoin"
+            ));
+        }
+    }
+    None
+}
+
+/// A free lease is taken only on a fresh view: this member's own last report (published at
+/// the end of its previous loop, before this view was read) must be younger than the lease
+/// TTL. An agent stalled between reading the view and deciding (SIGSTOP, a long pause)
+/// would otherwise act on members' timelines and positions from before the stall, and take
+/// the lease back on an old timeline (simulator seed 13610).
+pub(super) fn stale_view(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
+    let mine = member(view, &local.name)?;
+    let age = now_ms.saturating_sub(mine.updated_ms);
+    (age > local.policy.ttl_ms).then(|| {
+        format!(
+            "this view of the cluster is stale (this member's own report in it is {age} ms old): \
+             not taking the lease before reading it again"
+        )
+    })
+}
+
+/// The leader as a source to rewind from: ready (address, slot) and reporting itself as a
+/// running primary, which it does only after its post-promotion CHECKPOINT (pg_rewind reads
+/// the source's timeline from its last checkpoint). A failover candidate has everyone's
+/// slots before it is promoted, so the slot alone does not say the promotion is complete.
+pub(super) fn rewind_source(view: &ClusterView, me: &str) -> Result<Upstream, String> {
+    let up = ready_upstream(view, me)?;
+    match member(view, &up.member) {
+        Some(m) if m.role == Role::Primary && m.state == crate::model::MemberStatus::Running => {
+            Ok(up)
+        }
+        _ => Err(format!(
+            "waiting for {} to report itself as a running primary",
+            up.member
+        )),
+    }
+}
+
+/// A former primary, PostgreSQL stopped, while another member leads: rejoin it.
+pub(super) fn rejoin_leader(view: &ClusterView, local: &LocalView) -> Vec<Action> {
+    let me = local.name.as_str();
+    let up = match rewind_source(view, me) {
+        Ok(up) => up,
+        Err(reason) => return vec![Action::Wait { reason }],
+    };
+    match &local.rejoin_failed {
+        None => vec![Action::Rejoin { upstream: up }],
+        Some(_) if local.policy.reclone_on_rewind_failure => vec![Action::Reinit { from: up }],
+        Some(why) => vec![Action::Wait {
+            reason: format!(
+                "rejoining {} failed ({why}); pgbaton does not wipe data on its own: \
+                 `pgbaton reinit {me}` re-clones it (or set failover.reclone_on_rewind_failure)",
+                up.member
+            ),
+        }],
+    }
+}
