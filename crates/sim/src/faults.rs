@@ -1,0 +1,208 @@
+//! Seeded faults: drawn, started and healed.
+
+use super::*;
+
+impl Sim {
+    pub(crate) fn add_fault(&mut self, f: Fault) {
+        let i = self.faults.len();
+        let at = START_MS + f.at_ms;
+        let end = at + f.dur_ms;
+        self.faults.push(f);
+        self.push_at(at, Ev::FaultStart(i));
+        self.push_at(end, Ev::FaultEnd(i));
+    }
+
+    pub(crate) fn next_fault(&mut self) {
+        let start = self.now - START_MS;
+        if start >= self.cfg.fault_ms {
+            return;
+        }
+        let kinds = [
+            (FaultKind::NodeCrash, 3, 1_000, 40_000),
+            (FaultKind::AgentCrash, 2, 300, 8_000),
+            (FaultKind::PgCrash, 1, 0, 0),
+            (FaultKind::StoreCut, 3, 500, 10_000),
+            (FaultKind::PeerCut, 2, 500, 20_000),
+            (FaultKind::Freeze, 3, 300, 8_000),
+            (FaultKind::StoreOutage, 2, 500, 15_000),
+            (FaultKind::Pause, 1, 2_000, 10_000),
+            (FaultKind::PgFreeze, 2, 5_000, 12_000),
+            (FaultKind::WatchdogKill, 2, 3_000, 15_000),
+        ];
+        let kinds = &kinds[..if self.cfg.pg_faults { 10 } else { 8 }];
+        let total: u64 = kinds.iter().map(|k| k.1).sum();
+        let mut pick = self.rng.range(0, total - 1);
+        let mut chosen = kinds[0];
+        for &k in kinds {
+            if pick < k.1 {
+                chosen = k;
+                break;
+            }
+            pick -= k.1;
+        }
+        let (kind, _, lo, hi) = chosen;
+        // Half the faults hit the current primary, where they hurt.
+        let w = self.writers();
+        let node = if !w.is_empty() && self.rng.per_mille(500) {
+            w[0]
+        } else {
+            self.rng.range(0, self.nodes.len() as u64 - 1) as usize
+        };
+        let dur = self
+            .rng
+            .range(lo, hi)
+            .min(self.cfg.fault_ms.saturating_sub(start));
+        self.add_fault(Fault {
+            at_ms: start,
+            dur_ms: dur,
+            node,
+            kind,
+        });
+        let gap = self.rng.range(1_000, 15_000);
+        self.push_at(self.now + gap, Ev::NextFault);
+    }
+
+    pub(crate) fn fault_start(&mut self, i: usize) {
+        let f = self.faults[i].clone();
+        let n = f.node;
+        let name = self.nodes[n].name.clone();
+        self.log(|| format!("FAULT {:?} on {name} for {} ms", f.kind, f.dur_ms));
+        match f.kind {
+            FaultKind::NodeCrash => {
+                self.nodes[n].node_down += 1;
+                if self.nodes[n].node_down == 1 {
+                    self.pg_stop(n);
+                    let node = &mut self.nodes[n];
+                    node.wd = None;
+                    node.agent.epoch += 1;
+                    node.agent.parked = None;
+                }
+            }
+            FaultKind::AgentCrash => {
+                let was = self.nodes[n].agent_alive();
+                self.nodes[n].agent_down += 1;
+                if was {
+                    self.nodes[n].agent.epoch += 1;
+                    self.nodes[n].agent.parked = None;
+                }
+            }
+            FaultKind::PgCrash => self.pg_stop(n),
+            FaultKind::StoreCut => self.nodes[n].store_cut += 1,
+            FaultKind::PeerCut => self.nodes[n].peer_cut += 1,
+            FaultKind::Freeze => self.nodes[n].frozen += 1,
+            FaultKind::StoreOutage => self.store.down += 1,
+            FaultKind::Pause => self.store.paused += 1,
+            FaultKind::PgFreeze => {
+                let node = &mut self.nodes[n];
+                if node.pg_frozen == 0 {
+                    node.frozen_pg_epoch = node.pg.epoch;
+                }
+                node.pg_frozen += 1;
+            }
+            FaultKind::WatchdogKill => self.watchdog_killed(i),
+        }
+    }
+
+    /// The watchdog of the fault's node dies.
+    pub(crate) fn watchdog_killed(&mut self, fault: usize) {
+        let n = self.faults[fault].node;
+        let name = self.nodes[n].name.clone();
+        if !self.nodes[n].agent_alive() || self.nodes[n].frozen > 0 {
+            self.log(|| format!("{name}: (watchdog kill skipped: its agent is down or frozen)"));
+            return;
+        }
+        if self.cfg.watchdog_respawn {
+            if self.nodes[n].wd.take().is_some() {
+                self.pg_stop(n);
+                self.maybe_resume(n);
+                self.log(|| {
+                    format!("{name}: watchdog died while armed: PostgreSQL stopped, new watchdog")
+                });
+            }
+        } else {
+            // The old agent: arming fails, it exits; PostgreSQL runs on with no fence.
+            self.agent_exits.insert(fault);
+            let node = &mut self.nodes[n];
+            node.wd = None;
+            node.agent_down += 1;
+            node.agent.epoch += 1;
+            node.agent.parked = None;
+            self.log(|| {
+                format!("{name}: watchdog died: the agent exits, PostgreSQL runs unfenced")
+            });
+        }
+    }
+
+    pub(crate) fn fault_end(&mut self, i: usize) {
+        let f = self.faults[i].clone();
+        let n = f.node;
+        let name = self.nodes[n].name.clone();
+        if f.kind != FaultKind::PgCrash {
+            self.log(|| format!("HEAL {:?} on {name}", f.kind));
+        }
+        match f.kind {
+            FaultKind::NodeCrash => {
+                self.nodes[n].node_down -= 1;
+                if self.nodes[n].agent_alive() {
+                    self.agent_boot(n);
+                }
+            }
+            FaultKind::AgentCrash => {
+                self.nodes[n].agent_down -= 1;
+                if self.nodes[n].agent_alive() {
+                    self.agent_boot(n);
+                }
+            }
+            FaultKind::PgCrash => {}
+            FaultKind::StoreCut => self.nodes[n].store_cut -= 1,
+            FaultKind::PeerCut => self.nodes[n].peer_cut -= 1,
+            FaultKind::Freeze => {
+                self.nodes[n].frozen -= 1;
+                self.maybe_resume(n);
+            }
+            FaultKind::StoreOutage => self.store.down -= 1,
+            FaultKind::Pause => self.store.paused -= 1,
+            FaultKind::PgFreeze => {
+                self.nodes[n].pg_frozen -= 1;
+                if self.nodes[n].pg_frozen == 0 && self.nodes[n].zombie {
+                    // Thawed backends of a killed postmaster finish their commits, notice
+                    // their postmaster is gone, and exit.
+                    let pg_epoch = self.nodes[n].pg.epoch;
+                    self.push_at(
+                        self.now + 50,
+                        Ev::PgTransition {
+                            node: n,
+                            pg_epoch,
+                            to: Run::Stopped,
+                        },
+                    );
+                }
+                self.maybe_resume(n);
+            }
+            FaultKind::WatchdogKill => {
+                if self.agent_exits.remove(&i) {
+                    self.nodes[n].agent_down -= 1;
+                    if self.nodes[n].agent_alive() {
+                        self.agent_boot(n);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fresh agent process: it remembers nothing.
+    pub(crate) fn agent_boot(&mut self, n: usize) {
+        let epoch = self.nodes[n].agent.epoch + 1;
+        let failsafe = self.cfg.failsafe_hold_after_start.then(|| Failsafe {
+            leader: "(a promise this agent may have given before it restarted)".into(),
+            until_ms: self.now + self.cfg.ttl_ms,
+        });
+        self.nodes[n].agent = Agent {
+            epoch,
+            failsafe,
+            ..Default::default()
+        };
+        let at = self.now + self.rng.range(50, 300);
+        self.step_at(at, n, Step::LoopStart);
+    }
+}
