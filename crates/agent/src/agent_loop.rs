@@ -126,9 +126,8 @@ impl Agent {
             }
             // Nothing left to fence: the watchdog goes with the agent.
             if let Some(w) = self.watchdog.take() {
-                if let Ok(w) = Arc::try_unwrap(w) {
-                    w.into_inner().unwrap_or_else(|e| e.into_inner()).exit();
-                }
+                // Through the lock: a keeper task just aborted may still hold a clone.
+                w.lock().unwrap_or_else(|e| e.into_inner()).exit();
             }
         }
         let status = if failed {

@@ -128,6 +128,8 @@ impl Agent {
                 )
                 .await?;
                 if !self.held_lease {
+                    // No backend of a postmaster that died on its own outlives the fence.
+                    fence::fence(&self.cfg.data_dir, "stopping PostgreSQL")?;
                     self.disarm();
                 }
                 Ok(true)

@@ -13,7 +13,10 @@
 //!
 //! "The instance" is every `postgres` process whose working directory is the data
 //! directory: PostgreSQL changes into it before forking any child, so backends are found
-//! even after their postmaster is gone (orphans reparented elsewhere).
+//! even after their postmaster is gone (orphans reparented elsewhere). Fencing reads only
+//! /proc, never the data directory itself (no postmaster.pid, no path resolution): on a
+//! stalled storage device that would block the fence exactly when it is needed. The
+//! directory's resolved path is taken beforehand ([`resolve`]).
 
 use anyhow::{bail, Result};
 use nix::sys::signal::{kill, Signal};
@@ -25,13 +28,30 @@ use std::time::{Duration, Instant};
 /// fence fires `fence_margin_ms` (at least 100 ms, validated) before the lease can expire.
 pub const FENCE_GRACE: Duration = Duration::from_millis(50);
 
-/// The postmaster running on `data_dir`, if any: the PID in postmaster.pid, alive, with its
-/// working directory in `data_dir` (a stale PID file or a reused PID is not ours).
+/// The postmaster running on `data_dir`, if any: the PID in postmaster.pid, alive, a
+/// `postgres` process, with its working directory in `data_dir` (a stale PID file or a
+/// reused PID is not ours). Reads the data directory: not for the fence itself.
 pub fn postmaster_of(data_dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
     let dir = std::fs::canonicalize(data_dir).ok()?;
-    (cwd_of(pid).as_deref() == Some(dir.as_path())).then_some(pid)
+    (cwd_of(pid).as_deref() == Some(dir.as_path()) && is_postgres(pid)).then_some(pid)
+}
+
+/// The path /proc shows as the working directory of processes in `data_dir` (symbolic
+/// links resolved), when the directory exists.
+pub fn resolve(data_dir: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(data_dir).ok()
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn cwd_of(pid: i32) -> Option<PathBuf> {
@@ -50,35 +70,33 @@ fn is_postgres(pid: i32) -> bool {
     name == "postgres" || name == "postmaster"
 }
 
-/// Every live process of the instance on `data_dir`: the postmaster first (when alive), then
-/// every other `postgres` process working in that directory. A zombie has no working
-/// directory any more and is not listed: it can do nothing.
+/// Every live process of the instance on `data_dir`. See [`instance_pids_in`].
 pub fn instance_pids(data_dir: &Path) -> Vec<i32> {
-    let Ok(dir) = std::fs::canonicalize(data_dir) else {
+    resolve(data_dir).map_or_else(Vec::new, |d| instance_pids_in(&d))
+}
+
+/// Every live `postgres` process working in `dir` (a path from [`resolve`]), the
+/// postmaster first (the one whose parent is not one of them). Reads only /proc. A zombie
+/// has no working directory any more and is not listed: it can do nothing.
+pub fn instance_pids_in(dir: &Path) -> Vec<i32> {
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
         return vec![];
     };
-    let mut pids: Vec<i32> = postmaster_of(data_dir).into_iter().collect();
-    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in proc_dir.filter_map(|e| e.ok()) {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if !pids.contains(&pid) && cwd_of(pid).as_deref() == Some(dir.as_path()) && is_postgres(pid)
-        {
-            pids.push(pid);
-        }
+    let mut pids: Vec<i32> = proc_dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| cwd_of(*pid).as_deref() == Some(dir) && is_postgres(*pid))
+        .collect();
+    let orphan_or_root = |p: &i32| parent_of(*p).is_none_or(|pp| !pids.contains(&pp));
+    if let Some(i) = pids.iter().position(orphan_or_root) {
+        let pm = pids.remove(i);
+        pids.insert(0, pm);
     }
     pids
 }
 
 /// Is `pid` stopped (SIGSTOP, or traced)? Such a process acts on no signal but SIGKILL.
-fn is_stopped(pid: i32) -> bool {
+pub fn is_stopped(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -88,37 +106,44 @@ fn is_stopped(pid: i32) -> bool {
         .is_some_and(|s| s == 'T' || s == 't')
 }
 
-/// End every process of the PostgreSQL instance on `data_dir`: SIGQUIT to the postmaster
-/// (immediate shutdown); whatever is left after [`FENCE_GRACE`], or at once when any process
-/// is stopped, gets SIGKILL. Returns when none is left (an error after 10 s: a process that
-/// SIGKILL does not end is stuck in the kernel, where it cannot answer a client either).
-/// Nothing running is not an error.
+/// End every process of the PostgreSQL instance on `data_dir` (see [`fence_in`]).
 pub fn fence(data_dir: &Path, why: &str) -> Result<()> {
-    let pids = instance_pids(data_dir);
+    match resolve(data_dir) {
+        Some(dir) => fence_in(&dir, why),
+        None => Ok(()), // no directory: no process can work in it
+    }
+}
+
+/// End every process of the PostgreSQL instance working in `dir` (from [`resolve`]): SIGQUIT
+/// to the postmaster (immediate shutdown); whatever is left after [`FENCE_GRACE`], or at
+/// once when any process is stopped, gets SIGKILL. Returns when none is left (an error
+/// after 10 s: a process that SIGKILL does not end is stuck in the kernel, where it cannot
+/// answer a client either). Nothing running is not an error. Reads only /proc.
+pub fn fence_in(dir: &Path, why: &str) -> Result<()> {
+    let pids = instance_pids_in(dir);
     if pids.is_empty() {
         return Ok(());
     }
     eprintln!(
         "pgbaton fence: {why}: ending PostgreSQL on {} (processes {pids:?})",
-        data_dir.display()
+        dir.display()
     );
     let start = Instant::now();
-    let frozen = pids.iter().any(|p| is_stopped(*p));
-    if let (Some(pm), false) = (postmaster_of(data_dir), frozen) {
-        let _ = kill(Pid::from_raw(pm), Signal::SIGQUIT);
-        while start.elapsed() < FENCE_GRACE && !instance_pids(data_dir).is_empty() {
+    if !pids.iter().any(|p| is_stopped(*p)) {
+        let _ = kill(Pid::from_raw(pids[0]), Signal::SIGQUIT);
+        while start.elapsed() < FENCE_GRACE && !instance_pids_in(dir).is_empty() {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
     loop {
-        let left = instance_pids(data_dir);
+        let left = instance_pids_in(dir);
         if left.is_empty() {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(10) {
             bail!(
                 "PostgreSQL processes {left:?} on {} do not exit after SIGKILL",
-                data_dir.display()
+                dir.display()
             );
         }
         // The postmaster first (listed first), so that it forks nothing new.

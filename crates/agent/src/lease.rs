@@ -110,14 +110,14 @@ pub(crate) fn arm_watchdog(
     let Some(w) = watchdog else { return Ok(()) };
     let window =
         Duration::from_millis(cfg.timing.ttl_ms.saturating_sub(cfg.timing.fence_margin_ms));
-    let remaining = window.saturating_sub(t0.elapsed());
+    let deadline = t0 + window;
     shared
         .write()
         .unwrap_or_else(|e| e.into_inner())
-        .fence_deadline = Some(Instant::now() + remaining);
+        .fence_deadline = Some(deadline);
     w.lock()
         .unwrap_or_else(|e| e.into_inner())
-        .arm(remaining)
+        .arm(deadline)
         .map_err(|e| {
             // No live fence: PostgreSQL must not go on as this member's primary.
             if let Err(f) = fence::fence(&cfg.data_dir, "no fence watchdog can be armed") {

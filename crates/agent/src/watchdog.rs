@@ -91,8 +91,9 @@ struct State {
     launcher: Launcher,
     child: Child,
     stdin: ChildStdin,
-    /// The last command sent was `arm`: PostgreSQL may run as this member's primary.
-    armed: bool,
+    /// The deadline of the last `arm` (until a `disarm`): PostgreSQL may run as this
+    /// member's primary. A successor is armed with what is left of it.
+    armed: Option<Instant>,
     /// Which child the monitor thread watches; a stale monitor's notice is ignored.
     generation: u64,
     exiting: bool,
@@ -113,7 +114,7 @@ impl Watchdog {
                 launcher,
                 child,
                 stdin,
-                armed: false,
+                armed: None,
                 generation: 0,
                 exiting: false,
                 broken: None,
@@ -138,18 +139,18 @@ impl Watchdog {
         self.lock().deaths
     }
 
-    /// Fence `remaining` from now unless armed again before.
-    pub fn arm(&mut self, remaining: Duration) -> Result<()> {
-        self.lock()
-            .send(&format!("arm {}", remaining.as_millis()), true)
+    /// Fence at `deadline` unless armed again before. The time left is worked out under the
+    /// lock, right before it is sent (a wait for the lock does not move the deadline).
+    pub fn arm(&mut self, deadline: Instant) -> Result<()> {
+        self.lock().send(Some(deadline))
     }
 
     pub fn disarm(&mut self) -> Result<()> {
-        self.lock().send("disarm", false)
+        self.lock().send(None)
     }
 
     /// The agent stops cleanly: the watchdog exits without fencing.
-    pub fn exit(self) {
+    pub fn exit(&mut self) {
         let mut s = self.lock();
         s.exiting = true;
         let _ = s.stdin.write_all(b"exit\n");
@@ -165,13 +166,25 @@ impl Watchdog {
 impl State {
     /// Send one command; a watchdog found dead is handled (and replaced) first, then the
     /// command goes to its successor.
-    fn send(&mut self, line: &str, arms: bool) -> Result<()> {
+    fn send(&mut self, deadline: Option<Instant>) -> Result<()> {
         for _ in 0..2 {
             if let Some(why) = &self.broken {
                 bail!("no fence watchdog: {why}");
             }
-            if self.stdin.write_all(format!("{line}\n").as_bytes()).is_ok() {
-                self.armed = arms;
+            // A stopped watchdog (SIGSTOP, a debugger) looks alive and fences nothing.
+            if fence::is_stopped(self.child.id() as i32) {
+                self.died("it is stopped");
+                continue;
+            }
+            let line = match deadline {
+                Some(d) => format!(
+                    "arm {}\n",
+                    d.saturating_duration_since(Instant::now()).as_millis()
+                ),
+                None => "disarm\n".to_string(),
+            };
+            if self.stdin.write_all(line.as_bytes()).is_ok() {
+                self.armed = deadline;
                 return Ok(());
             }
             self.died("its pipe is closed");
@@ -188,7 +201,8 @@ impl State {
             let _ = self.child.wait();
         }
         self.deaths += 1;
-        if self.armed {
+        let was_armed = self.armed.take();
+        if was_armed.is_some() {
             error!(
                 "the fence watchdog (pid {pid}) died ({how}) while this member may run a primary: \
                  stopping PostgreSQL before anything else (a primary never runs unfenced)"
@@ -199,7 +213,6 @@ impl State {
         } else {
             warn!("the fence watchdog (pid {pid}) died ({how}): starting another");
         }
-        self.armed = false;
         let started = self.launcher.start().and_then(|(child, stdin, stdout)| {
             self.child = child;
             self.stdin = stdin;
@@ -208,7 +221,21 @@ impl State {
             monitor(self.me.clone(), self.generation, stdout)
         });
         match started {
-            Ok(()) => warn!("started a new fence watchdog (pid {})", self.child.id()),
+            Ok(()) => {
+                warn!("started a new fence watchdog (pid {})", self.child.id());
+                // What was left of the old deadline still holds (PostgreSQL was ended, but
+                // nothing may outlive the fence if that missed a process).
+                if let Some(d) = was_armed.filter(|d| *d > Instant::now()) {
+                    let left = d.saturating_duration_since(Instant::now()).as_millis();
+                    if self
+                        .stdin
+                        .write_all(format!("arm {left}\n").as_bytes())
+                        .is_ok()
+                    {
+                        self.armed = Some(d);
+                    }
+                }
+            }
             Err(e) => {
                 error!("{e:#}: this member cannot run a primary any more");
                 self.broken = Some(format!("{e:#}"));
@@ -224,8 +251,15 @@ fn monitor(state: Weak<Mutex<State>>, generation: u64, mut stdout: ChildStdout) 
         .name("fence-monitor".into())
         .spawn(move || {
             let mut buf = [0u8; 64];
-            // The watchdog never writes: any return is its end.
-            while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {}
+            // The watchdog never writes: end-of-file (or an error other than an
+            // interruption) is its end.
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(n) if n > 0 => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    _ => break,
+                }
+            }
             let Some(state) = state.upgrade() else { return };
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
             if s.exiting || s.generation != generation {
@@ -267,6 +301,9 @@ pub fn watchdog_main(data_dir: &Path) -> Result<()> {
     let mut quiet = nix::sys::signal::SigSet::empty();
     quiet.add(Signal::SIGINT);
     quiet.add(Signal::SIGHUP);
+    // A service manager's SIGTERM to the whole group, too: the agent stops PostgreSQL
+    // (fast) and then says `exit`; a watchdog gone first would end a primary at once.
+    quiet.add(Signal::SIGTERM);
     let _ = quiet.thread_block();
     close_inherited_fds();
     let _ = nix::sys::prctl::set_name(c"pgbaton-fence");
@@ -291,15 +328,19 @@ pub fn watchdog_main(data_dir: &Path) -> Result<()> {
 }
 
 /// Fence until it succeeds (a process stuck in the kernel may take a while to die).
-fn fence_now(data_dir: &Path) {
+fn fence_now(dir: &Path) {
     let why = "the leader lease was not renewed in time";
-    while let Err(e) = fence::fence(data_dir, why) {
+    while let Err(e) = fence::fence_in(dir, why) {
         eprintln!("pgbaton fence watchdog: {e:#}; trying again");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn run_loop(rx: mpsc::Receiver<Msg>, data_dir: PathBuf) {
+    // The directory's path as /proc shows it, resolved while nothing is at stake (at start,
+    // or at the first `arm`, when PostgreSQL runs): the fence itself must not touch the
+    // data directory's file system, which may be the thing that hangs.
+    let mut dir = fence::resolve(&data_dir);
     let mut deadline: Option<Instant> = None;
     loop {
         let msg = match deadline {
@@ -310,20 +351,26 @@ fn run_loop(rx: mpsc::Receiver<Msg>, data_dir: PathBuf) {
             },
             None => Some(rx.recv().unwrap_or(Msg::Eof)),
         };
+        let target = |dir: &Option<PathBuf>| dir.clone().unwrap_or_else(|| data_dir.clone());
         match msg {
-            Some(Msg::Arm(after)) => deadline = Some(Instant::now() + after),
+            Some(Msg::Arm(after)) => {
+                deadline = Some(Instant::now() + after);
+                if dir.is_none() {
+                    dir = fence::resolve(&data_dir);
+                }
+            }
             Some(Msg::Disarm) => deadline = None,
             Some(Msg::Exit) => return,
             Some(Msg::Eof) => {
                 // The agent is gone: keep the deadline, fence at it, then exit.
                 if let Some(d) = deadline {
                     std::thread::sleep(d.saturating_duration_since(Instant::now()));
-                    fence_now(&data_dir);
+                    fence_now(&target(&dir));
                 }
                 return;
             }
             None => {
-                fence_now(&data_dir);
+                fence_now(&target(&dir));
                 deadline = None;
             }
         }
@@ -418,13 +465,15 @@ mod tests {
         let scratch = tempfile::tempdir().unwrap();
         let (data, mut pg) = fake_instance(scratch.path());
         let mut w = Watchdog::spawn(stand_in(), &data).unwrap();
-        w.arm(Duration::from_secs(60)).unwrap();
+        w.arm(Instant::now() + Duration::from_secs(60)).unwrap();
         let first = w.pid();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL).unwrap();
         wait_until("PostgreSQL fenced", || pg.try_wait().unwrap().is_some());
         wait_until("a new watchdog", || w.pid() != first);
         assert!(alive(w.pid()));
         assert_eq!(w.deaths(), 1);
+        // The successor holds what was left of the deadline.
+        wait_until("the successor armed", || w.lock().armed.is_some());
         // The successor is watched too.
         let second = w.pid();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(second), Signal::SIGKILL).unwrap();
@@ -434,18 +483,33 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_watchdog_counts_as_dead_at_the_next_arm() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (data, mut pg) = fake_instance(scratch.path());
+        let mut w = Watchdog::spawn(stand_in(), &data).unwrap();
+        w.arm(Instant::now() + Duration::from_secs(60)).unwrap();
+        let first = w.pid();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGSTOP).unwrap();
+        wait_until("stopped", || fence::is_stopped(first));
+        w.arm(Instant::now() + Duration::from_secs(60)).unwrap();
+        assert_ne!(w.pid(), first);
+        wait_until("PostgreSQL fenced", || pg.try_wait().unwrap().is_some());
+        w.exit();
+    }
+
+    #[test]
     fn a_killed_disarmed_watchdog_is_replaced_and_postgresql_left_alone() {
         let scratch = tempfile::tempdir().unwrap();
         let (data, mut pg) = fake_instance(scratch.path());
         let mut w = Watchdog::spawn(stand_in(), &data).unwrap();
-        w.arm(Duration::from_secs(60)).unwrap();
+        w.arm(Instant::now() + Duration::from_secs(60)).unwrap();
         w.disarm().unwrap();
         let first = w.pid();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL).unwrap();
         wait_until("a new watchdog", || w.pid() != first);
         assert!(pg.try_wait().unwrap().is_none(), "a standby was stopped");
         // Arming goes to the new watchdog.
-        w.arm(Duration::from_secs(60)).unwrap();
+        w.arm(Instant::now() + Duration::from_secs(60)).unwrap();
         pg.kill().unwrap();
         pg.wait().unwrap();
         w.exit();
@@ -457,12 +521,15 @@ mod tests {
         let (data, mut pg) = fake_instance(scratch.path());
         let mut w = Watchdog::spawn(stand_in(), &data).unwrap();
         w.lock().launcher = Launcher::command(scratch.path().join("missing"), &[]);
-        w.arm(Duration::from_secs(60)).unwrap();
+        w.arm(Instant::now() + Duration::from_secs(60)).unwrap();
         let first = w.pid();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL).unwrap();
         wait_until("PostgreSQL fenced", || pg.try_wait().unwrap().is_some());
         wait_until("broken", || w.lock().broken.is_some());
-        let e = w.arm(Duration::from_secs(1)).unwrap_err().to_string();
+        let e = w
+            .arm(Instant::now() + Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no fence watchdog"), "{e}");
     }
 }

@@ -474,6 +474,10 @@ fn paths_must_be_absolute() {
         "postgresql.archive_dir"
     );
     assert_eq!(
+        bad_key(|c| c.postgresql.archive_dir = Some("/srv/100%".into())),
+        "postgresql.archive_dir"
+    );
+    assert_eq!(
         bad_key(|c| c.postgresql.pgbaton_bin = Some("/usr/bin/pg\nbaton".into())),
         "postgresql.pgbaton_bin"
     );

@@ -199,17 +199,18 @@ pub enum SlotEnsured {
 /// Create the physical slot if it does not exist (or was invalidated), reserving WAL from
 /// now on.
 pub async fn ensure_physical_slot(client: &Client, name: &str) -> Result<SlotEnsured> {
-    let status: Option<Option<String>> = client
+    let status: Option<(Option<String>, bool)> = client
         .query_opt(
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT wal_status, active FROM pg_replication_slots WHERE slot_name = $1",
             &[&name],
         )
         .await
         .with_context(|| format!("look up replication slot {name}"))?
-        .map(|r| r.get(0));
+        .map(|r| (r.get(0), r.get(1)));
     let outcome = match status {
         None => SlotEnsured::Created,
-        Some(Some(s)) if s == "lost" => {
+        // A walsender still attached cannot be dropped from under: next time.
+        Some((Some(s), false)) if s == "lost" => {
             drop_slot(client, name).await?;
             SlotEnsured::Recreated
         }

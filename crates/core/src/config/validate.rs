@@ -55,11 +55,12 @@ impl PostgresqlConfig {
             ("postgresql.pgbaton_bin", &self.pgbaton_bin),
         ] {
             if let Some(p) = path.as_deref().and_then(|p| p.to_str().or(Some("\0"))) {
-                if p.chars().any(|c| c.is_control() || c == '\'') {
+                // `%` too: PostgreSQL substitutes %p, %f and %% in these commands.
+                if p.chars().any(|c| c.is_control() || c == '\'' || c == '%') {
                     return Err(ConfigError::new(
                         key,
                         lit(p),
-                        "a UTF-8 path without quotes or control characters (it goes into a shell command)",
+                        "a UTF-8 path without quotes, `%` or control characters (it goes into a shell command)",
                     ));
                 }
             }

@@ -44,9 +44,19 @@ pub fn push(dir: &Path, src: &Path, name: &str) -> Result<Pushed> {
         return already_there(src, &dest);
     }
     remove_stale_temps(dir, name);
-    let tmp = dir.join(format!(".{name}.pgbaton-tmp.{}", std::process::id()));
-    copy_synced(src, &tmp)
-        .with_context(|| format!("copy {} to {}", src.display(), tmp.display()))?;
+    // Unique across the hosts sharing an archive, too.
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let tmp = dir.join(format!(
+        ".{name}.pgbaton-tmp.{}.{nanos}",
+        std::process::id()
+    ));
+    if let Err(e) = copy_synced(src, &tmp) {
+        let _ = std::fs::remove_file(&tmp); // a full disk must not fill up further
+        return Err(e).with_context(|| format!("copy {} to {}", src.display(), tmp.display()));
+    }
     let linked = std::fs::hard_link(&tmp, &dest);
     let _ = std::fs::remove_file(&tmp);
     match linked {
@@ -64,12 +74,18 @@ pub fn push(dir: &Path, src: &Path, name: &str) -> Result<Pushed> {
 }
 
 fn already_there(src: &Path, dest: &Path) -> Result<Pushed> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
     if same_content(src, dest)? {
+        // Another push may have been ended between its link and its fsyncs: make the file
+        // durable before saying it is archived.
+        File::open(dest)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("fsync {}", dest.display()))?;
+        sync_dir(dir)?;
         return Ok(Pushed::AlreadyThere);
     }
-    let dir = dest.parent().unwrap_or(Path::new("."));
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
-    if let Some(switch) = past_switch_point(dir, &name, std::fs::metadata(src)?.len())? {
+    if let Some(switch) = past_switch_point(src, dest, &name)? {
         // A former primary's segment that holds WAL past the point where its timeline
         // ended (it was written after the failover, or not streamed before it): it is on
         // no timeline recovery follows, so it must not stop the archiver; it is not thrown
@@ -106,47 +122,67 @@ fn already_there(src: &Path, dest: &Path) -> Result<Pushed> {
     )
 }
 
-/// When segment `name` (of `seg_size` bytes) belongs to a timeline that ended inside or
-/// before it, according to a later timeline's history file in the archive: that switch point.
-fn past_switch_point(dir: &Path, name: &str, seg_size: u64) -> Result<Option<String>> {
-    if !seg_size.is_power_of_two() {
+/// When `src` (segment `name`, archived as `dest` with other content) holds WAL past the
+/// point where its timeline ended, according to the newest timeline's history file in the
+/// archive: that switch point. Only for the same cluster (the system identifier in both
+/// files' first page header matches) and, for the segment holding the switch point, only
+/// when both agree up to it: WAL before a switch point is shared by every timeline after it,
+/// so a difference there is a real conflict.
+fn past_switch_point(src: &Path, dest: &Path, name: &str) -> Result<Option<String>> {
+    let seg_size = std::fs::metadata(src)?.len();
+    if !seg_size.is_power_of_two() || std::fs::metadata(dest)?.len() != seg_size {
         return Ok(None);
     }
+    let dir = dest.parent().unwrap_or(Path::new("."));
     let Some((tli, segno)) = super::check::parse_segment(name, seg_size) else {
         return Ok(None);
     };
-    let Ok(rd) = std::fs::read_dir(dir) else {
+    let Some(history) = newest_history(dir)? else {
         return Ok(None);
     };
-    for e in rd.flatten() {
-        let file = e.file_name().to_string_lossy().into_owned();
-        let Some(later) = file
-            .strip_suffix(".history")
-            .and_then(|t| u32::from_str_radix(t, 16).ok())
-        else {
-            continue;
-        };
-        if later <= tli {
-            continue;
-        }
-        let Ok(text) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let Ok(history) = super::check::parse_history(&text) else {
-            continue;
-        };
-        if let Some((_, switch)) = history.iter().find(|(t, _)| *t == tli) {
-            // The segment holds the switch point or lies wholly after it.
-            if (segno + 1) * seg_size > *switch {
-                return Ok(Some(format!(
-                    "{:X}/{:X}",
-                    switch >> 32,
-                    switch & 0xFFFF_FFFF
-                )));
-            }
-        }
+    let Some(&(_, switch)) = history.iter().find(|(t, _)| *t == tli) else {
+        return Ok(None);
+    };
+    let start = segno.saturating_mul(seg_size);
+    if start.saturating_add(seg_size) <= switch {
+        return Ok(None); // wholly before the switch point: shared WAL
     }
-    Ok(None)
+    let shared = switch.saturating_sub(start) as usize;
+    let (a, b) = (head(src, shared.max(32))?, head(dest, shared.max(32))?);
+    // XLogLongPageHeaderData: xlp_sysid at bytes 24..32 of a segment's first page.
+    if a.len() < 32 || b.len() < 32 || a[24..32] != b[24..32] || a[..shared] != b[..shared] {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{:X}/{:X}",
+        switch >> 32,
+        switch & 0xFFFF_FFFF
+    )))
+}
+
+/// The history in the archive's newest `.history` file (it lists every ancestor).
+fn newest_history(dir: &Path) -> Result<Option<Vec<(u32, u64)>>> {
+    let newest = std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let t = u32::from_str_radix(n.strip_suffix(".history")?, 16).ok()?;
+            Some((t, e.path()))
+        })
+        .max_by_key(|(t, _)| *t);
+    let Some((_, path)) = newest else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path)?;
+    Ok(super::check::parse_history(&text).ok())
+}
+
+/// The first `n` bytes of a file (fewer when it is shorter).
+fn head(p: &Path, n: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; n];
+    let got = read_full(&mut File::open(p)?, &mut buf)?;
+    buf.truncate(got);
+    Ok(buf)
 }
 
 /// Copy `archived` (`dir/name`, PostgreSQL's `%f`) to `dest` (`%p`): to a temporary name
@@ -156,7 +192,11 @@ pub fn fetch(dir: &Path, name: &str, dest: &Path) -> Result<Fetched> {
         bail!("{name:?} is not a WAL file name: refusing to fetch it");
     }
     let src = dir.join(name);
-    if !src.exists() {
+    // An archive that cannot be read is an error that says so, not "not archived".
+    if !src
+        .try_exists()
+        .with_context(|| format!("look for {} in the archive", src.display()))?
+    {
         return Ok(Fetched::NotThere);
     }
     let file_name = dest
@@ -308,10 +348,25 @@ mod tests {
         std::fs::write(&archived, vec![1u8; seg_size]).unwrap();
         push(&archive, &archived, six).unwrap();
         push(&archive, &archived, five).unwrap();
-        let mine = t.path().join("mine");
-        std::fs::write(&mine, vec![2u8; seg_size]).unwrap();
+        // The former primary's copy: the same WAL up to the switch point (0x50060 into the
+        // segment), its own after it.
+        let write = |name: &str, f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = vec![1u8; seg_size];
+            b[0x50060..].fill(2);
+            f(&mut b);
+            let p = t.path().join(name);
+            std::fs::write(&p, &b).unwrap();
+            (p, b)
+        };
+        // Another cluster's (its system identifier differs), or one that differs before the
+        // switch point: real conflicts, refused.
+        let (other, _) = write("other", &|b| b[24] = 9);
+        assert!(push(&archive, &other, six).is_err());
+        let (early, _) = write("early", &|b| b[100] = 9);
+        assert!(push(&archive, &early, six).is_err());
+        let (mine, bytes) = write("mine", &|_| {});
         match push(&archive, &mine, six).unwrap() {
-            Pushed::KeptAside(p) => assert_eq!(std::fs::read(p).unwrap(), vec![2u8; seg_size]),
+            Pushed::KeptAside(p) => assert_eq!(std::fs::read(p).unwrap(), bytes),
             other => panic!("{other:?}"),
         }
         assert_eq!(
