@@ -138,8 +138,9 @@ impl Agent {
             if ident.dropped_from_root { format!(" (started as root, running as OS user {})", ident.user) } else { String::new() }
         );
         // A failsafe promise lives in the agent's memory: this agent may have given one just
-        // before it restarted, so it honours one for a TTL from its start (simulator, seed
-        // 3918: a restarted standby promoted beside the primary it had confirmed).
+        // before it restarted, so it honours one for a TTL from its start (pinned
+        // simulator test `agent_restart_forgets_its_failsafe_promise`: a restarted standby
+        // promoted beside the primary it had confirmed).
         let failsafe = cfg
             .failover
             .failsafe

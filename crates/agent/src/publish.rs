@@ -51,8 +51,8 @@ impl Agent {
         };
         // While PostgreSQL is stopped, the position last published stays published: the
         // failover decision holds candidates to the last primary's position and timeline
-        // (simulator, seed 912: a stopped primary that published none let a standby 1.3 MB
-        // behind be promoted).
+        // (pinned simulator test `stopped_primary_publishes_no_lsn`: a stopped primary that
+        // published none let a standby 1.3 MB behind be promoted).
         let (timeline, lsn) = match p {
             Some(p) => (p.timeline, p.lsn),
             None => self

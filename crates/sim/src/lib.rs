@@ -58,11 +58,12 @@
 //! Counted, not asserted: acknowledged writes lost (WAL written on branches that did not
 //! survive into the final primary's history), time without any writable primary.
 //!
-//! # Agent behaviour this simulator assumes beyond today's `crates/agent`
-//! Both found by the sweep, both on by default, each with a knob and a pinned test:
-//! `failsafe_hold_after_start` (a restarted agent forgot its failsafe promise: two writers,
-//! seed 3918) and `publish_stopped_position` (a stopped primary published no LSN/timeline,
-//! which removed the `max_lag_bytes` bar: seed 912).
+//! # Agent behaviour found by the sweep (now in `crates/agent`), each with a knob
+//! `failsafe_hold_after_start` (a restarted agent forgot its failsafe promise: two writers;
+//! pinned test `agent_restart_forgets_its_failsafe_promise`) and `publish_stopped_position`
+//! (a stopped primary published no LSN/timeline, which removed the `max_lag_bytes` bar;
+//! pinned test `stopped_primary_publishes_no_lsn`). Knobs planting old agent behaviour:
+//! `fence_kills_frozen`, `watchdog_respawn`.
 //!
 //! # Known liveness gap (counted as `stuck_diverged`, not asserted)
 //! A standby whose WAL went past the promoted member's switch point (a less advanced
@@ -157,14 +158,13 @@ pub struct SimConfig {
     /// Failsafe rounds during store unavailability (off: test the tests).
     pub failsafe: bool,
     /// While its PostgreSQL is stopped, the agent keeps publishing the timeline and LSN it
-    /// last published (instead of none). The current `crates/agent` publishes none, which
-    /// removes the `max_lag_bytes` and timeline bars from the failover decision: see the
-    /// pinned test `stopped_primary_publishes_no_lsn` (seed 912).
+    /// last published (instead of none, which removed the `max_lag_bytes` and timeline bars
+    /// from the failover decision); `crates/agent` does (see the
+    /// pinned test `stopped_primary_publishes_no_lsn`.
     pub publish_stopped_position: bool,
     /// A (re)started agent holds itself to a failsafe promise for `ttl_ms`: a promise given
-    /// before an agent crash lives in agent memory and would be forgotten (seeds 1639, 3918,
-    /// 8574: two writers). The current `crates/agent` starts without it: see the pinned test
-    /// `agent_restart_forgets_its_failsafe_promise`.
+    /// before an agent crash lives in agent memory and would be forgotten (two writers).
+    /// `crates/agent` holds it (pinned test `agent_restart_forgets_its_failsafe_promise`).
     pub failsafe_hold_after_start: bool,
     /// Frozen PostgreSQL and killed-watchdog faults among the random ones (off: the fault
     /// mix the pinned seeds of earlier bugs were found with).

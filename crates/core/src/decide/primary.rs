@@ -165,7 +165,8 @@ pub(super) fn former_primary_hold(
 /// the end of its previous loop, before this view was read) must be younger than the lease
 /// TTL. An agent stalled between reading the view and deciding (SIGSTOP, a long pause)
 /// would otherwise act on members' timelines and positions from before the stall, and take
-/// the lease back on an old timeline (simulator seed 13610).
+/// the lease back on an old timeline (pinned simulator test
+/// `stale_view_retakes_the_lease_on_an_old_timeline`).
 pub(super) fn stale_view(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
     let mine = member(view, &local.name)?;
     let age = now_ms.saturating_sub(mine.updated_ms);
