@@ -318,7 +318,10 @@ fn an_archive_the_os_user_cannot_write_or_a_pgbaton_it_cannot_run_is_refused() {
     std::fs::create_dir(&archive).unwrap();
     std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o755)).unwrap();
     let line = format!("archive_dir = \"{}\"", archive.display());
-    let cfg = node_toml(&s.path, free_port_base(1), &line, "");
+    // A pgbaton_bin the OS user can run wherever this checkout lives (the default, the test
+    // binary, may be out of its reach, as in a clone under /root: that is refused too).
+    let reachable = format!("{line}\npgbaton_bin = \"/bin/true\"");
+    let cfg = node_toml(&s.path, free_port_base(1), &reachable, "");
     assert_refused(
         &agent(&cfg),
         &[
