@@ -529,8 +529,20 @@ fn a_frozen_primary_postgresql_acknowledges_nothing_after_it_is_fenced() {
     let ((frozen_at, fenced_at), acked) = with_writers(&["n1", "n2", "n3"], &write, |acked| {
         // n1's writer spends 300 ms of every ~310 ms inside a transaction.
         std::thread::sleep(Duration::from_millis(200));
-        let pids = instance_pids(&data);
-        let frozen = FrozenAll::new(&pids);
+        // As a VM pause would: the postmaster first (it forks no more), then every process
+        // of the instance, again until none is left unfrozen (a backend forked just before).
+        let mut frozen = FrozenAll(vec![Frozen::new(c.postmaster_pid("n1").unwrap())]);
+        loop {
+            let new: Vec<i32> = instance_pids(&data)
+                .into_iter()
+                .filter(|p| !frozen.0.iter().any(|f| f.0 == *p))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            frozen.0.extend(new.into_iter().map(Frozen::new));
+        }
+        let pids: Vec<i32> = frozen.0.iter().map(|f| f.0).collect();
         let frozen_at = now();
         eprintln!("froze n1's PostgreSQL: {pids:?}");
         // Every process of the frozen instance ends while still frozen: none runs again.
@@ -554,10 +566,11 @@ fn a_frozen_primary_postgresql_acknowledges_nothing_after_it_is_fenced() {
         (frozen_at, fenced_at)
     });
     // Nothing was acknowledged by the frozen instance: not while it was frozen, and it never
-    // ran again (its processes were killed while stopped).
+    // ran again (its processes were killed while stopped). (200 ms of slack: a commit
+    // acknowledged just before the freeze is recorded when its psql exits, on a busy machine.)
     let late: Vec<f64> = acked
         .iter()
-        .filter(|(m, t)| m == "n1" && *t > frozen_at + 0.05 && *t <= fenced_at)
+        .filter(|(m, t)| m == "n1" && *t > frozen_at + 0.2 && *t <= fenced_at)
         .map(|(_, t)| t - frozen_at)
         .collect();
     assert!(
