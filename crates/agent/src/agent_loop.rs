@@ -1,6 +1,7 @@
 //! The agent's loop and its pacing: observe, decide, act, publish; and its shutdown.
 
 use super::*;
+use pgbaton_exec::{PlanEnd, StepError};
 
 impl Agent {
     /// Run until `shutdown` resolves, then stop PostgreSQL cleanly and release the lease.
@@ -12,7 +13,7 @@ impl Agent {
         let app = api::router(api::ApiState {
             shared: self.shared.clone(),
             store: self.store.clone(),
-            cfg: Arc::new(self.cfg.clone()),
+            cfg: self.cfg.clone(),
             auth: self.auth.clone(),
         });
         tokio::spawn(async move {
@@ -20,7 +21,7 @@ impl Agent {
                 error!("the agent's API stopped: {e}");
             }
         });
-        self.write_pgpass()?;
+        self.exec.pg.write_pgpass()?;
         let interval = Duration::from_millis(self.cfg.timing.loop_interval_ms);
         tokio::pin!(shutdown);
         let result = loop {
@@ -28,8 +29,8 @@ impl Agent {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 r = self.iteration() => if let Err(e) = r {
-                    if e.downcast_ref::<Fatal>().is_some() {
-                        break Err(e);
+                    if let Some(fatal) = e.downcast_ref::<FatalExit>() {
+                        break Err(anyhow::anyhow!("{}", fatal.0));
                     }
                     // The same error every loop (a store outage, say) is logged once, not
                     // twice a second; the member's message keeps saying it.
@@ -38,16 +39,16 @@ impl Agent {
                         error!("{text}");
                     }
                     self.last_error = Some(text.clone());
-                    if self.message.as_deref().is_none_or(|m| !m.starts_with("failsafe")) {
-                        self.message = Some(text);
+                    if self.exec.message.as_deref().is_none_or(|m| !m.starts_with("failsafe")) {
+                        self.exec.message = Some(text);
                     }
-                    let _ = self.publish(None).await;
+                    self.publish_glance(None).await;
                 } else {
                     self.last_error = None;
                     self.last_failsafe = None;
                 },
             }
-            if self.removed {
+            if self.exec.mem.removed {
                 info!("removed from the cluster: the agent exits");
                 return Ok(());
             }
@@ -86,7 +87,7 @@ impl Agent {
             // A member that does not lead also wakes when the store says the lease went
             // (etcd: a watch on the leader key), to take over at once.
             let store = self.store.clone();
-            let held = self.held_lease;
+            let held = self.exec.mem.held_lease;
             let wait = async move {
                 if held {
                     tokio::time::sleep(pause).await;
@@ -106,11 +107,9 @@ impl Agent {
     pub(crate) async fn shutdown(&mut self, failed: bool) {
         if !failed {
             info!("shutting down: stopping PostgreSQL (fast mode)");
-            self.expect_running = false;
-            let _ = self.publish_status(MemberStatus::Stopping, None).await;
-            self.client = None;
-            let timeout = Duration::from_millis(self.cfg.timing.start_timeout_ms);
-            if let Err(e) = server::stop(&self.bins, &self.cfg.data_dir, timeout).await {
+            self.exec.mem.stopping();
+            self.publish_glance_as(MemberStatus::Stopping).await;
+            if let Err(e) = pgbaton_exec::Postgres::stop(&mut self.exec.pg).await {
                 error!("stopping PostgreSQL: {e:#}");
             }
         }
@@ -125,7 +124,7 @@ impl Agent {
                 Err(e) => warn!("releasing the leader lease: {e:#}"),
             }
             // Nothing left to fence: the watchdog goes with the agent.
-            if let Some(w) = self.watchdog.take() {
+            if let Some(w) = self.exec.host.watchdog.take() {
                 // Through the lock: a keeper task just aborted may still hold a clone.
                 w.lock().unwrap_or_else(|e| e.into_inner()).exit();
             }
@@ -135,7 +134,7 @@ impl Agent {
         } else {
             MemberStatus::Stopped
         };
-        let _ = self.publish_status(status, None).await;
+        self.publish_glance_as(status).await;
         info!("agent stopped");
     }
 
@@ -168,52 +167,16 @@ impl Agent {
         if local.timeline.is_none() {
             local.timeline = timeline;
         }
-        let actions = decide(&view, &local, now_ms());
-        self.message = None;
-        let mut actions = actions.into_iter();
-        while let Some(action) = actions.next() {
-            let what = format!("{action:?}");
-            let may_fail_op = matches!(
-                action,
-                Action::Promote
-                    | Action::Rejoin { .. }
-                    | Action::Reinit { .. }
-                    | Action::Restart { .. }
-                    | Action::Reload
-            );
-            match self.execute(action, &view, &local).await {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) if e.downcast_ref::<Fatal>().is_some() => {
-                    self.message = Some(e.to_string());
-                    error!("{e}");
-                    let _ = self.publish_status(MemberStatus::Failed, None).await;
-                    return Err(e);
-                }
-                Err(e) => {
-                    error!("{e:#}");
-                    self.message = Some(format!("{e:#}"));
-                    // An operation whose step failed for good is finished as failed, with
-                    // the reason, instead of being retried forever.
-                    if may_fail_op {
-                        if let Some(Action::FinishOp { op, .. }) =
-                            actions.find(|a| matches!(a, Action::FinishOp { .. }))
-                        {
-                            let msg = format!("{e:#}");
-                            warn!("{what} failed: the operation {} fails", op.id);
-                            let _ = self.finish_op(&op, false, &msg).await;
-                        }
-                    }
-                    break;
-                }
+        let plan = decide(&view, &local, now_ms());
+        match self.exec.run_plan(plan, &view, &local).await {
+            PlanEnd::Ran => {}
+            PlanEnd::Removed => return Ok(()), // publishing again would register it anew
+            PlanEnd::Failed(StepError::Fatal(why)) => {
+                self.publish_glance_as(MemberStatus::Failed).await;
+                return Err(FatalExit(why).into());
             }
-            if self.removed {
-                return Ok(());
-            }
-        }
-        if self.removed {
-            // Deregistered: publishing again would register it anew.
-            return Ok(());
+            PlanEnd::Failed(StepError::StoreUnreachable(_)) => self.store_unreachable().await,
+            PlanEnd::Failed(StepError::Failed(_)) => {}
         }
         // Publish what is true now, after the actions.
         let view = self
@@ -223,18 +186,65 @@ impl Agent {
         let pg = self.observe_pg(&view).await;
         let local = self.local_view(&view, data, pg);
         let status = self.status_of(&local);
-        let leading_primary = self.held_lease && status == MemberStatus::Running;
+        let leading_primary = self.exec.mem.held_lease && status == MemberStatus::Running;
         self.archive
-            .refresh(&self.cfg, self.client.as_ref(), leading_primary)
+            .refresh(&self.cfg, self.exec.pg.client.as_ref(), leading_primary)
             .await;
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
-            sh.replay_lag_ms = self.probe.as_ref().and_then(|p| p.replay_lag_ms);
+            sh.replay_lag_ms = self.exec.pg.probe.as_ref().and_then(|p| p.replay_lag_ms);
             sh.view = Some(view);
             if let Some(t) = sh.last_loop {
                 sh.last_loop_duration = t.elapsed();
             }
         }
-        self.publish_full(&local, status, None).await
+        let report = publish::Report {
+            local: &local,
+            status,
+            progress: None,
+            probe: self.exec.pg.probe.as_ref(),
+            message: self.exec.message.as_deref(),
+            handed_over: self.handed_over(),
+            archive: self.archive.status.clone(),
+        };
+        self.publisher.publish(report).await
+    }
+
+    fn handed_over(&self) -> bool {
+        let timeout = self.cfg.timing.primary_restart_timeout_ms;
+        self.exec.mem.handed_over(now_ms(), timeout)
+    }
+
+    /// Publish what a glance at the node shows (no SQL), with the status that implies.
+    async fn publish_glance(&self, progress: Option<Progress>) {
+        let status = self.status_of(&self.publisher.glance());
+        self.publish_status(status, progress).await;
+    }
+
+    async fn publish_glance_as(&self, status: MemberStatus) {
+        self.publish_status(status, None).await;
+    }
+
+    async fn publish_status(&self, status: MemberStatus, progress: Option<Progress>) {
+        let message = self.exec.message.as_deref();
+        if let Err(e) = self
+            .publisher
+            .status(status, progress, message, self.handed_over())
+            .await
+        {
+            warn!("{e:#}");
+        }
     }
 }
+
+/// The agent must exit: a condition it must not resolve by itself.
+#[derive(Debug)]
+pub(crate) struct FatalExit(pub String);
+
+impl std::fmt::Display for FatalExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FatalExit {}

@@ -12,25 +12,20 @@
 mod agent_loop;
 pub mod api;
 mod archive_watch;
-mod execute;
 mod failsafe;
 pub mod fence;
-mod lease;
+mod host;
+mod local_pg;
 mod observe;
 mod preflight;
 pub mod process;
 mod publish;
-mod steps;
 pub mod watchdog;
 
 use anyhow::{bail, Context, Result};
 use pgbaton_core::config::NodeConfig;
-use pgbaton_core::decide::{
-    claim_value, decide, role_of, Action, ClusterView, DataDir, LocalView, PgRun,
-};
-use pgbaton_core::model::{
-    slot_name_for, HistoryEntry, MemberState, MemberStatus, OpPhase, Progress,
-};
+use pgbaton_core::decide::{decide, role_of, Action, ClusterView, DataDir, LocalView, PgRun};
+use pgbaton_core::model::{slot_name_for, MemberState, MemberStatus, Progress};
 use pgbaton_core::render::{self, Upstream};
 use pgbaton_pg::clone::CloneSpec;
 use pgbaton_pg::files::{self, PasswordSource};
@@ -51,45 +46,18 @@ pub use process::{become_os_user, Identity};
 /// The loop's pace while an operation is in flight.
 pub const OP_LOOP_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A condition the agent must not resolve by itself: it reports it and exits.
-#[derive(Debug)]
-pub struct Fatal(pub String);
-impl std::fmt::Display for Fatal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for Fatal {}
+/// The agent's executor: the one `crates/sim` drives too, over the real PostgreSQL here.
+type Exec = pgbaton_exec::Executor<local_pg::LocalPg, host::AgentHost>;
 
 pub struct Agent {
-    cfg: NodeConfig,
+    cfg: Arc<NodeConfig>,
     bins: Binaries,
     store: Arc<dyn Store>,
-    ident: Identity,
-    password: String,
     shared: api::SharedState,
-    client: Option<tokio_postgres::Client>,
-    probe: Option<Probe>,
-    /// What this loop wants the operator to know (what it waits for, the last error).
-    message: Option<String>,
-    /// PostgreSQL was seen running, and nobody asked it to stop.
-    expect_running: bool,
-    crashed: bool,
-    restarts: u64,
-    held_lease: bool,
-    /// When each orphan slot (pgbaton-named, no member) was first seen on this primary.
-    orphans_since: std::collections::BTreeMap<String, u64>,
-    /// This member was removed from the cluster: the agent exits without publishing again.
-    removed: bool,
+    /// Carries out the decision; holds the agent's memory and the PostgreSQL connection.
+    exec: Exec,
+    publisher: publish::Publisher,
     auth: api::Auth,
-    /// The fence watchdog (absent only where fencing is not needed: tests of the API).
-    watchdog: Option<Arc<std::sync::Mutex<watchdog::Watchdog>>>,
-    /// Since when this member's primary PostgreSQL has been down without being asked to.
-    crashed_since_ms: Option<u64>,
-    /// Why the last automatic rejoin could not rewind (not retried until the agent restarts).
-    rejoin_failed: Option<String>,
-    /// Since when this standby's WAL receiver has not been streaming (kept while stopped).
-    not_streaming_since_ms: Option<u64>,
     /// The last loop error and failsafe outcome logged (each is logged when it changes).
     last_error: Option<String>,
     last_failsafe: Option<String>,
@@ -166,28 +134,44 @@ impl Agent {
             ))
             .build()
             .context("build the HTTP client for failsafe checks")?;
+        let cfg = Arc::new(cfg);
+        let publisher = publish::Publisher {
+            cfg: cfg.clone(),
+            bins: bins.clone(),
+            store: store.clone(),
+            shared: shared.clone(),
+            os_user: ident.user.clone(),
+        };
+        let pg = local_pg::LocalPg {
+            cfg: cfg.clone(),
+            bins: bins.clone(),
+            os_user: ident.user.clone(),
+            password,
+            client: None,
+            probe: None,
+            publisher: publisher.clone(),
+        };
+        let host = host::AgentHost {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            shared: shared.clone(),
+            watchdog: watchdog.map(|w| Arc::new(std::sync::Mutex::new(w))),
+            publisher: publisher.clone(),
+        };
+        let settings = pgbaton_exec::Settings {
+            name: cfg.name.clone(),
+            ttl_ms: cfg.timing.ttl_ms,
+        };
+        let exec = pgbaton_exec::Executor::new(settings, store.clone(), pg, host);
         Ok((
             Agent {
                 cfg,
                 bins,
                 store,
-                ident,
-                password,
                 shared,
-                client: None,
-                probe: None,
-                message: None,
-                expect_running: false,
-                crashed: false,
-                restarts: 0,
-                held_lease: false,
-                orphans_since: Default::default(),
-                removed: false,
+                exec,
+                publisher,
                 auth,
-                watchdog: watchdog.map(|w| Arc::new(std::sync::Mutex::new(w))),
-                crashed_since_ms: None,
-                rejoin_failed: None,
-                not_streaming_since_ms: None,
                 last_error: None,
                 last_failsafe: None,
                 http,

@@ -2,8 +2,27 @@
 //! agent's own memory folded into the decision's `LocalView`.
 
 use super::*;
+use pgbaton_core::memory::{Probed, ViewSettings};
 
 impl Agent {
+    /// Several store calls as one step (each is bounded by the store itself), bounded as a
+    /// whole by [`store_timeout`] and named.
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let limit = store_timeout(&self.cfg);
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r.with_context(|| what.to_string()),
+            Err(_) => bail!(
+                "{what}: the store ({}) did not answer within {} ms",
+                self.store.describe(),
+                limit.as_millis()
+            ),
+        }
+    }
+
     pub(crate) async fn cluster_view(&self) -> Result<ClusterView> {
         Ok(ClusterView {
             initialize: self.store.initialize_get().await?,
@@ -14,86 +33,45 @@ impl Agent {
         })
     }
 
-    /// The local view for the decision, from what the last probe saw; keeps track of when
-    /// each orphan slot was first seen (for the grace period before it is dropped).
+    /// The local view for the decision, from what the last probe saw, folded with the
+    /// agent's memory (`Memory::fold`, shared with the simulator).
     pub(crate) fn local_view(&mut self, view: &ClusterView, data: DataDir, pg: PgRun) -> LocalView {
-        let running = matches!(pg, PgRun::Running { .. });
-        let now = now_ms();
-        // A primary's PostgreSQL that went down by itself: since when (restart in place,
-        // then hand over after timing.primary_restart_timeout_ms).
-        match (&pg, &data) {
-            (
-                PgRun::Running {
-                    in_recovery: false, ..
-                },
-                _,
-            ) => self.crashed_since_ms = None,
-            (_, DataDir::Initialized { standby: false, .. }) if self.crashed => {
-                self.crashed_since_ms.get_or_insert(now);
-            }
-            (_, DataDir::Initialized { standby: true, .. }) | (_, DataDir::Empty) => {
-                self.crashed_since_ms = None
-            }
-            _ => {}
-        }
-        let streaming = self
-            .probe
-            .as_ref()
-            .is_some_and(|p| p.receiver_status.as_deref() == Some("streaming"));
-        match &pg {
-            PgRun::Running {
-                in_recovery: true, ..
-            } if !streaming => {
-                self.not_streaming_since_ms.get_or_insert(now);
-            }
-            PgRun::Running { .. } => self.not_streaming_since_ms = None,
-            _ => {}
-        }
-        let mut local = LocalView::new(&self.cfg.name, data, pg);
-        local.not_streaming_since_ms = self.not_streaming_since_ms;
-        local.orphan_grace_ms = self.cfg.timing.orphan_slot_grace_ms;
-        local.policy = pgbaton_core::failover::Policy::from_config(&self.cfg);
-        local.crashed_since_ms = self.crashed_since_ms;
-        local.rejoin_failed = self.rejoin_failed.clone();
-        local.failsafe = self
+        let probed = self.exec.pg.probe.as_ref().map(probed);
+        let failsafe = self
             .shared
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .failsafe
-            .clone()
-            .filter(|f| f.leader != self.cfg.name);
-        if let Some(p) = self.probe.as_ref().filter(|_| running) {
-            local.lsn = p.lsn;
-            local.receive_lsn = p.receive_lsn;
-            local.timeline = p.timeline;
-            local.slots = p.slots.clone();
-            let (orphans, _) = pgbaton_core::decide::orphan_slots(&view.members, &p.slots);
-            self.orphans_since.retain(|k, _| orphans.contains(k));
-            for o in orphans {
-                self.orphans_since.entry(o).or_insert(now);
-            }
-        }
-        local.orphans_since = self.orphans_since.clone();
-        local
+            .clone();
+        let settings = ViewSettings::from_config(&self.cfg);
+        self.exec.mem.fold(
+            &self.cfg.name,
+            view,
+            data,
+            pg,
+            probed.as_ref(),
+            &settings,
+            failsafe,
+            now_ms(),
+        )
     }
 
     pub(crate) async fn observe_pg(&mut self, view: &ClusterView) -> PgRun {
+        let pg = &mut self.exec.pg;
         if server::postmaster_pid(&self.cfg.data_dir).is_none() {
-            self.client = None;
-            self.probe = None;
-            if self.expect_running {
-                self.expect_running = false;
-                self.crashed = true;
+            pg.client = None;
+            pg.probe = None;
+            if self.exec.mem.postmaster_gone() {
                 warn!(
                     "PostgreSQL stopped without being asked to (crash or kill): starting it again"
                 );
             }
             return PgRun::Stopped;
         }
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            self.client = sql::connect(&self.cfg, "postgres").await.ok();
+        if pg.client.as_ref().is_none_or(|c| c.is_closed()) {
+            pg.client = sql::connect(&self.cfg, "postgres").await.ok();
         }
-        let Some(client) = &self.client else {
+        let Some(client) = &pg.client else {
             return PgRun::NotAnswering;
         };
         match sql::probe(client).await {
@@ -103,40 +81,40 @@ impl Agent {
                     in_recovery: p.in_recovery,
                     upstream,
                 };
-                self.probe = Some(p);
-                self.expect_running = true;
+                pg.probe = Some(p);
+                self.exec.mem.answered();
                 run
             }
             Err(_) => {
-                self.client = None;
-                self.probe = None;
+                pg.client = None;
+                pg.probe = None;
                 PgRun::NotAnswering
             }
         }
     }
 
+    /// The WAL receiver streams (by the last probe).
+    pub(crate) fn streaming(&self) -> bool {
+        self.exec
+            .pg
+            .probe
+            .as_ref()
+            .is_some_and(|p| p.receiver_status.as_deref() == Some("streaming"))
+    }
+
     pub(crate) fn status_of(&self, local: &LocalView) -> MemberStatus {
-        match &local.pg {
-            PgRun::Running {
-                in_recovery: false, ..
-            } => MemberStatus::Running,
-            PgRun::Running {
-                in_recovery: true, ..
-            } => {
-                match self
-                    .probe
-                    .as_ref()
-                    .and_then(|p| p.receiver_status.as_deref())
-                {
-                    Some("streaming") => MemberStatus::Streaming,
-                    _ => MemberStatus::Replaying,
-                }
-            }
-            PgRun::NotAnswering => MemberStatus::Starting,
-            PgRun::Stopped if self.crashed => MemberStatus::Crashed,
-            PgRun::Stopped if local.data == DataDir::Empty => MemberStatus::WaitingForPrimary,
-            PgRun::Stopped => MemberStatus::Stopped,
-        }
+        self.exec.mem.status(local, self.streaming())
+    }
+}
+
+/// What the decision needs of a probe.
+fn probed(p: &Probe) -> Probed {
+    Probed {
+        lsn: p.lsn,
+        receive_lsn: p.receive_lsn,
+        timeline: p.timeline,
+        slots: p.slots.clone(),
+        streaming: p.receiver_status.as_deref() == Some("streaming"),
     }
 }
 

@@ -1,8 +1,32 @@
 //! Publishing the member's state to the store and the API.
 
 use super::*;
+use pgbaton_core::model::ArchiveStatus;
 
-impl Agent {
+/// What the agent needs to publish its member's state, also during a long step (a clone's
+/// progress, a start).
+#[derive(Clone)]
+pub(crate) struct Publisher {
+    pub cfg: Arc<NodeConfig>,
+    pub bins: Binaries,
+    pub store: Arc<dyn Store>,
+    pub shared: api::SharedState,
+    pub os_user: String,
+}
+
+/// One report of the member's state.
+pub(crate) struct Report<'a> {
+    pub local: &'a LocalView,
+    pub status: MemberStatus,
+    pub progress: Option<Progress>,
+    /// The last probe, when PostgreSQL answered it.
+    pub probe: Option<&'a Probe>,
+    pub message: Option<&'a str>,
+    pub handed_over: bool,
+    pub archive: Option<ArchiveStatus>,
+}
+
+impl Publisher {
     /// A cheap look at the node (no SQL) for publishing outside the loop's observation.
     pub(crate) fn glance(&self) -> LocalView {
         let data = datadir::inspect(&self.bins, &self.cfg.data_dir).unwrap_or(DataDir::Empty);
@@ -14,38 +38,56 @@ impl Agent {
         LocalView::new(&self.cfg.name, data, pg)
     }
 
-    /// Publish with an explicit status (during a long action, at shutdown).
-    pub(crate) async fn publish_status(
+    /// Publish with an explicit status during a long step or at shutdown (no SQL).
+    pub(crate) async fn status(
         &self,
         status: MemberStatus,
         progress: Option<Progress>,
+        message: Option<&str>,
+        handed_over: bool,
     ) -> Result<()> {
-        self.publish_full(&self.glance(), status, progress).await
-    }
-
-    /// Publish with the status the node's state implies.
-    pub(crate) async fn publish(&self, progress: Option<Progress>) -> Result<()> {
         let local = self.glance();
-        let status = self.status_of(&local);
-        self.publish_full(&local, status, progress).await
+        let archive = self.shared_member().and_then(|m| m.archive);
+        self.publish(Report {
+            local: &local,
+            status,
+            progress,
+            probe: None,
+            message,
+            handed_over,
+            archive,
+        })
+        .await
     }
 
-    pub(crate) async fn publish_full(
-        &self,
-        local: &LocalView,
-        status: MemberStatus,
-        progress: Option<Progress>,
-    ) -> Result<()> {
-        let p = self
-            .probe
+    fn shared_member(&self) -> Option<MemberState> {
+        self.shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .member
+            .clone()
+    }
+
+    /// The position this member published last (kept while PostgreSQL is stopped).
+    fn last_position(&self) -> (Option<u32>, Option<pgbaton_core::model::Lsn>) {
+        self.shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .view
             .as_ref()
-            .filter(|_| matches!(local.pg, PgRun::Running { .. }));
-        let role = role_of(local);
-        let system_id = p.map(|p| p.system_id.clone()).or(match &local.data {
+            .and_then(|v| v.members.iter().find(|m| m.name == self.cfg.name))
+            .map_or((None, None), |m| (m.timeline, m.lsn))
+    }
+
+    pub(crate) async fn publish(&self, r: Report<'_>) -> Result<()> {
+        let p = r
+            .probe
+            .filter(|_| matches!(r.local.pg, PgRun::Running { .. }));
+        let system_id = p.map(|p| p.system_id.clone()).or(match &r.local.data {
             DataDir::Initialized { system_id, .. } => Some(system_id.clone()),
             _ => None,
         });
-        let upstream = match &local.pg {
+        let upstream = match &r.local.pg {
             PgRun::Running { upstream, .. } => upstream.clone(),
             _ => None,
         };
@@ -55,52 +97,43 @@ impl Agent {
         // published none let a standby 1.3 MB behind be promoted).
         let (timeline, lsn) = match p {
             Some(p) => (p.timeline, p.lsn),
-            None => self
-                .shared
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .view
-                .as_ref()
-                .and_then(|v| v.members.iter().find(|m| m.name == self.cfg.name))
-                .map_or((None, None), |m| (m.timeline, m.lsn)),
+            None => self.last_position(),
         };
+        let cfg = &self.cfg;
         let state = MemberState {
-            name: self.cfg.name.clone(),
-            role,
-            state: status,
-            host: self.cfg.connect_host(),
-            port: self.cfg.postgresql.port,
-            socket_dir: self.cfg.socket_dir().to_string_lossy().into_owned(),
-            os_user: self.ident.user.clone(),
-            superuser: self.cfg.postgresql.superuser.clone(),
-            api_url: self.cfg.api_url(),
+            name: cfg.name.clone(),
+            role: role_of(r.local),
+            state: r.status,
+            host: cfg.connect_host(),
+            port: cfg.postgresql.port,
+            socket_dir: cfg.socket_dir().to_string_lossy().into_owned(),
+            os_user: self.os_user.clone(),
+            superuser: cfg.postgresql.superuser.clone(),
+            api_url: cfg.api_url(),
             timeline,
             lsn,
             receive_lsn: p.and_then(|p| p.receive_lsn),
             system_id,
             upstream,
-            slot_name: slot_name_for(&self.cfg.name),
+            slot_name: slot_name_for(&cfg.name),
             slots: p.map(|p| p.slots.clone()).unwrap_or_default(),
             pg_version: p.map(|p| p.version.clone()),
-            message: self.message.clone(),
-            progress,
+            message: r.message.map(str::to_string),
+            progress: r.progress,
             agent_pid: std::process::id(),
             updated_ms: now_ms(),
-            nofailover: self.cfg.tags.nofailover,
-            failover_priority: self.cfg.tags.failover_priority,
-            handed_over: self.crashed_since_ms.is_some_and(|since| {
-                now_ms().saturating_sub(since) >= self.cfg.timing.primary_restart_timeout_ms
-            }),
-            archive: self.archive.status.clone(),
+            nofailover: cfg.tags.nofailover,
+            failover_priority: cfg.tags.failover_priority,
+            handed_over: r.handed_over,
+            archive: r.archive,
         };
         self.shared
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .member = Some(state.clone());
-        self.bounded(
-            "publish the member's state to the store",
-            self.store.member_put(&state),
-        )
-        .await
+        self.store
+            .member_put(&state)
+            .await
+            .context("publish the member's state to the store")
     }
 }

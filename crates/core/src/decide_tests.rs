@@ -34,6 +34,48 @@ fn ms(name: &str, slots: &[&str]) -> MemberState {
     }
 }
 
+#[test]
+fn a_restart_never_starts_a_former_primary_without_the_lease_as_a_primary() {
+    let restart = |leader: &str| {
+        with_op(
+            view(Some("42"), Some(leader), vec![ms("n1", &[]), ms("n3", &[])]),
+            OpKind::Restart {
+                member: "n3".into(),
+            },
+            OpPhase::Requested,
+        )
+    };
+    // Asked while n3 led, carried out after n1 took over: refused, not started writable.
+    let a = decide(
+        &restart("n1"),
+        &local("n3", init(false), PgRun::Stopped),
+        NOW,
+    );
+    assert!(
+        matches!(&a[..], [Action::FinishOp { ok: false, .. }]),
+        "{a:?}"
+    );
+    // The lease holder restarts in place; a standby restarts as a standby.
+    let a = decide(
+        &restart("n3"),
+        &local("n3", init(false), PRIMARY_RUNNING),
+        NOW,
+    );
+    assert!(
+        a.iter().any(|a| matches!(a, Action::Restart { .. })),
+        "{a:?}"
+    );
+    let a = decide(
+        &restart("n1"),
+        &local("n3", init(true), STANDBY_RUNNING),
+        NOW,
+    );
+    assert!(
+        a.iter().any(|a| matches!(a, Action::Restart { .. })),
+        "{a:?}"
+    );
+}
+
 fn view(init: Option<&str>, leader: Option<&str>, members: Vec<MemberState>) -> ClusterView {
     ClusterView {
         initialize: init.map(String::from),
@@ -377,6 +419,27 @@ fn switchover_runs_its_phases() {
     let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
     assert!(
         matches!(&a[..], [Action::Rejoin { upstream }, Action::FinishOp { ok: true, .. }] if upstream.member == "n2"),
+        "{a:?}"
+    );
+    // Already a standby (finishing failed after the rejoin): it finishes the operation.
+    let a = decide(&v, &local("n1", init(true), STANDBY_RUNNING), NOW);
+    assert!(
+        matches!(&a[..], [Action::FinishOp { ok: true, .. }]),
+        "{a:?}"
+    );
+    // The new primary lost right after: no leader to rejoin, and yet the operation does
+    // not stay in flight for good (it would refuse every later one).
+    let mut v = with_op(
+        view(Some("42"), None, vec![]),
+        v.op.unwrap().kind,
+        OpPhase::Promoted,
+    );
+    let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
+    assert!(matches!(&a[..], [Action::Wait { .. }]), "{a:?}");
+    v.op.as_mut().unwrap().updated_ms = NOW - SWITCHOVER_TIMEOUT_MS - 10_001;
+    let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
+    assert!(
+        matches!(&a[..], [Action::FinishOp { ok: true, .. }]),
         "{a:?}"
     );
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod decide;
 pub mod failover;
 pub mod health;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod render;

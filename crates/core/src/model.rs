@@ -341,6 +341,29 @@ pub fn slot_name_for(member: &str) -> String {
 /// Prefix of every slot pgbaton creates; slots without it are never dropped by pgbaton.
 pub const SLOT_PREFIX: &str = "pgbaton_";
 
+/// What ensuring a replication slot did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotEnsured {
+    Existed,
+    Created,
+    /// It existed but was invalidated (`wal_status = 'lost'`: its standby fell more than
+    /// `max_slot_wal_keep_size` behind): such a slot can never stream again, so it was
+    /// dropped and created anew, reserving WAL from now on.
+    Recreated,
+}
+
+/// What pg_rewind did to a former primary's data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewind {
+    /// The data directory had not diverged: it can stream as it is.
+    NotNeeded,
+    /// It had diverged at `diverged_at` and was rewound.
+    Rewound { diverged_at: String },
+    /// pg_rewind could not connect to the source (it is down or unreachable): nothing was
+    /// changed, and the rejoin is tried again on a later loop.
+    SourceUnreachable(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

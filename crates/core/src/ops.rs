@@ -150,6 +150,18 @@ pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
                      Switch over first (`pgbaton switchover`), then remove it"
                 ));
             }
+            // Its report is the cluster's last known primary position, which holds the
+            // automatic failover to standbys within `failover.max_lag_bytes` of it: removed
+            // before a new primary runs, a standby far behind could be promoted (pinned
+            // simulator test `removing_the_lost_primary_keeps_the_failover_lag_bar`).
+            let last = crate::failover::last_primary(s.members, "").name;
+            if s.healthy_primary().is_none() && last.as_deref() == Some(member.as_str()) {
+                return Err(format!(
+                    "{member} was the last primary and no new primary runs yet: its last report \
+                     is what keeps the failover from promoting a standby too far behind. Wait for \
+                     the failover (or `pgbaton promote`), then remove it"
+                ));
+            }
             Ok(())
         }
         OpKind::Reinit { member } => {

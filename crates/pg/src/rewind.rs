@@ -6,13 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::process::Command;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rewind {
-    /// The data directory had not diverged: it can stream as it is.
-    NotNeeded,
-    /// It had diverged at `diverged_at` and was rewound.
-    Rewound { diverged_at: String },
-}
+pub use pgbaton_core::model::Rewind;
 
 async fn pg_rewind(
     bins: &Binaries,
@@ -52,6 +46,19 @@ async fn pg_rewind(
         bail!("pg_rewind failed ({}): {}", out.status, lines.join("; "));
     }
     Ok(lines.join("\n"))
+}
+
+/// pg_rewind's output says it could not connect to the source server.
+pub fn source_unreachable(output: &str) -> bool {
+    [
+        "could not connect to server",
+        "connection to server at",
+        "Connection refused",
+        "timeout expired",
+        "could not translate host name",
+    ]
+    .iter()
+    .any(|needle| output.contains(needle))
 }
 
 /// The WAL location where the servers diverged, from pg_rewind's output.
@@ -103,7 +110,15 @@ pub async fn rewind_if_diverged(
     restore_target_wal: bool,
 ) -> Result<Rewind> {
     ensure_clean_shutdown(bins, data_dir).await?;
-    let dry = pg_rewind(bins, data_dir, source, true, restore_target_wal).await?;
+    let dry = match pg_rewind(bins, data_dir, source, true, restore_target_wal).await {
+        Ok(dry) => dry,
+        // The dry run changes nothing: a source that cannot be reached is tried again later,
+        // not taken for a data directory that cannot be rewound.
+        Err(e) if source_unreachable(&format!("{e:#}")) => {
+            return Ok(Rewind::SourceUnreachable(format!("{e:#}")))
+        }
+        Err(e) => return Err(e),
+    };
     if dry.contains("no rewind required") {
         return Ok(Rewind::NotNeeded);
     }
@@ -124,5 +139,13 @@ mod tests {
         let out = "pg_rewind: servers diverged at WAL location 0/3000148 on timeline 1\npg_rewind: rewinding from last common checkpoint at 0/2000060 on timeline 1\npg_rewind: Done!";
         assert_eq!(diverged_at(out).as_deref(), Some("0/3000148"));
         assert_eq!(diverged_at("nothing"), None);
+    }
+
+    #[test]
+    fn tells_an_unreachable_source_from_a_failed_rewind() {
+        let down = "pg_rewind failed (exit status: 1): pg_rewind: error: connection to server at \"127.0.0.1\", port 5433 failed: Connection refused";
+        assert!(source_unreachable(down));
+        let failed = "pg_rewind failed (exit status: 1): pg_rewind: fatal: could not find common ancestor of the source and target cluster's timelines";
+        assert!(!source_unreachable(failed));
     }
 }

@@ -185,16 +185,7 @@ pub async fn archiver_stats(client: &Client) -> Result<(u64, Option<String>, Opt
     ))
 }
 
-/// What [`ensure_physical_slot`] did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SlotEnsured {
-    Existed,
-    Created,
-    /// It existed but was invalidated (`wal_status = 'lost'`: its standby fell more than
-    /// `max_slot_wal_keep_size` behind): such a slot can never stream again, so it was
-    /// dropped and created anew, reserving WAL from now on.
-    Recreated,
-}
+pub use pgbaton_core::model::SlotEnsured;
 
 /// Create the physical slot if it does not exist (or was invalidated), reserving WAL from
 /// now on.

@@ -1,5 +1,6 @@
-//! The agents' loop, mirroring `crates/agent`: read the view, observe, call the real
-//! `decide`, run the actions, publish; and failsafe rounds.
+//! The agents' loop, as `crates/agent` runs it: read the view, observe (folding the
+//! observation into the agent's `Memory`), call the real `decide`, carry the plan out with the
+//! real executor (`exec.rs`), publish; and failsafe rounds.
 
 use super::*;
 
@@ -9,25 +10,27 @@ impl Sim {
         // been applied).
         let step = match step {
             Step::ViewReply(Some(_)) if !self.store_reach(n) => Step::ViewReply(None),
-            Step::LeaseReply {
-                op,
-                t0,
-                res: Some(_),
-            } if !self.store_reach(n) => Step::LeaseReply { op, t0, res: None },
+            Step::Reply {
+                id,
+                rep: Ok(_),
+                via_store: true,
+            } if !self.store_reach(n) => Step::Reply {
+                id,
+                rep: Err("the store's reply was lost".into()),
+                via_store: true,
+            },
             s => s,
         };
         match step {
             Step::LoopStart => {
-                let a = &mut self.nodes[n].agent;
-                a.loop_started = self.now;
-                a.actions.clear();
-                a.idx = 0;
+                self.nodes[n].agent.loop_started = self.now;
                 self.store_send(n, StoreOp::Read);
             }
             Step::ViewReply(None) => {
                 let pg_writable = self.nodes[n].pg.run == Run::Writable;
                 let a = &self.nodes[n].agent;
-                if self.cfg.failsafe && a.held && pg_writable && a.last_view.is_some() {
+                let held = a.exec.as_ref().is_some_and(|e| e.mem.held_lease);
+                if self.cfg.failsafe && held && pg_writable && a.last_view.is_some() {
                     self.failsafe_round(n);
                 } else {
                     let name = self.nodes[n].name.clone();
@@ -40,101 +43,9 @@ impl Sim {
                 // loop waits until it thaws or is killed.
                 self.nodes[n].agent.parked = Some(Step::ViewReply(Some(view)));
             }
-            Step::ViewReply(Some(view)) => {
-                let pgrun = self.observe(n);
-                // As the agent does: since when a running standby has not streamed (kept
-                // while PostgreSQL is stopped).
-                let streams = self.streams_from(n).is_some();
-                let now = self.now;
-                let a = &mut self.nodes[n].agent;
-                match &pgrun {
-                    PgRun::Running {
-                        in_recovery: true, ..
-                    } if !streams => {
-                        a.not_streaming_since.get_or_insert(now);
-                    }
-                    PgRun::Running { .. } => a.not_streaming_since = None,
-                    _ => {}
-                }
-                let local = self.local_view(n, pgrun);
-                let actions = decide(&view, &local, self.now);
-                // (Debug builds assert this inside decide; release sweeps count it.)
-                if let Err(why) = pgbaton_core::decide::check_plan(&actions) {
-                    let name = self.nodes[n].name.clone();
-                    self.violate("bad-plan", format!("{name}: {why}: {actions:?}"));
-                }
-                if self.cfg.trace && !actions.is_empty() {
-                    let name = self.nodes[n].name.clone();
-                    let lease = view
-                        .leader
-                        .as_ref()
-                        .map(|l| format!("{}+{}", l.member, l.expires_ms.saturating_sub(self.now)));
-                    let acts = actions.iter().map(short).collect::<Vec<_>>().join(", ");
-                    self.log(|| format!("{name}: lease {lease:?} pg {:?} -> [{acts}]", local.pg));
-                }
-                let a = &mut self.nodes[n].agent;
-                a.last_view = Some(*view);
-                a.actions = actions;
-                a.idx = 0;
-                self.exec(n);
-            }
-            Step::LeaseReply { op, t0, res } => {
-                let name = self.nodes[n].name.clone();
-                match res {
-                    None => {
-                        self.log(|| format!("{name}: {op:?} failed (store unreachable)"));
-                        self.publish(n);
-                    }
-                    Some(true) => {
-                        if op == LeaseOp::Release {
-                            self.nodes[n].agent.held = false;
-                            self.nodes[n].wd = None;
-                        } else {
-                            self.nodes[n].agent.held = true;
-                            let d =
-                                fence_deadline_ms(t0, self.cfg.ttl_ms, self.cfg.fence_margin_ms);
-                            self.arm(n, d);
-                        }
-                        self.next_action(n);
-                    }
-                    Some(false) => {
-                        self.nodes[n].agent.held = false;
-                        if op == LeaseOp::Release {
-                            self.nodes[n].wd = None;
-                            self.next_action(n);
-                        } else {
-                            self.log(|| format!("{name}: {op:?} lost"));
-                            self.publish(n);
-                        }
-                    }
-                }
-            }
-            Step::Done(Ok(true)) => self.next_action(n),
-            Step::Done(Ok(false)) => self.publish(n),
-            Step::Done(Err(e)) => {
-                let name = self.nodes[n].name.clone();
-                self.log(|| format!("{name}: action failed: {e}"));
-                self.publish(n);
-            }
-            Step::PgDone(expect) => {
-                let run = self.nodes[n].pg.run;
-                let ok = match expect {
-                    Expect::Started => matches!(run, Run::Standby | Run::Writable),
-                    Expect::Promoted => run == Run::Writable,
-                };
-                if ok {
-                    if expect == Expect::Started {
-                        let a = &mut self.nodes[n].agent;
-                        a.expect_running = true;
-                        a.crashed = false;
-                    }
-                    self.next_action(n);
-                } else {
-                    let name = self.nodes[n].name.clone();
-                    self.log(|| format!("{name}: {expect:?} failed: PostgreSQL is {run:?}"));
-                    self.publish(n);
-                }
-            }
+            Step::ViewReply(Some(view)) => self.decide_and_act(n, *view),
+            Step::Reply { id, rep, .. } => self.reply(n, id, rep),
+            Step::PgDone { id, expect } => self.pg_done(n, id, expect),
             Step::FsCollect(round) => {
                 let fs = self.nodes[n].agent.fs.take();
                 let name = self.nodes[n].name.clone();
@@ -153,6 +64,38 @@ impl Sim {
             }
             Step::Published => self.loop_end(n),
         }
+    }
+
+    /// Observe, decide, and start carrying out the plan (as `Agent::iteration` does).
+    fn decide_and_act(&mut self, n: usize, view: ClusterView) {
+        let name = self.nodes[n].name.clone();
+        // The API's shared state, as the agent sets it from each view.
+        let leads = view
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.member == name && l.expires_ms > self.now);
+        self.nodes[n]
+            .io
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .leading = leads;
+        let pgrun = self.observe(n);
+        let local = self.local_view(n, &view, pgrun);
+        let actions = decide(&view, &local, self.now);
+        // (Debug builds assert this inside decide; release sweeps count it.)
+        if let Err(why) = pgbaton_core::decide::check_plan(&actions) {
+            self.violate("bad-plan", format!("{name}: {why}: {actions:?}"));
+        }
+        if self.cfg.trace && !actions.is_empty() {
+            let lease = view
+                .leader
+                .as_ref()
+                .map(|l| format!("{}+{}", l.member, l.expires_ms.saturating_sub(self.now)));
+            let acts = actions.iter().map(short).collect::<Vec<_>>().join(", ");
+            self.log(|| format!("{name}: lease {lease:?} pg {:?} -> [{acts}]", local.pg));
+        }
+        self.nodes[n].agent.last_view = Some(view.clone());
+        self.start_plan(n, actions, view, local);
     }
 
     pub(crate) fn loop_end(&mut self, n: usize) {
@@ -203,18 +146,18 @@ impl Sim {
         if !self.peer_ok(asker, peer) {
             return;
         }
+        // As the agent's API answers (`failsafe::confirm`, under the lock the executor's
+        // `begin_acquire` takes too).
         let p = &self.nodes[peer];
-        let acquiring = p.agent.actions[p.agent.idx.min(p.agent.actions.len())..]
-            .contains(&Action::AcquireLease);
-        let yes = p.agent_alive() && p.frozen == 0 && !p.agent.held && !acquiring;
+        let mut io = p.io.lock().unwrap_or_else(|e| e.into_inner());
+        let yes = p.agent_alive() && p.frozen == 0 && !p.removed && !io.leading;
         if yes {
-            let until = self.now + self.cfg.ttl_ms;
-            let leader = self.nodes[asker].name.clone();
-            self.nodes[peer].agent.failsafe = Some(Failsafe {
-                leader,
-                until_ms: until,
+            io.failsafe = Some(Failsafe {
+                leader: self.nodes[asker].name.clone(),
+                until_ms: self.now + self.cfg.ttl_ms,
             });
         }
+        drop(io);
         let (a, b) = (
             self.nodes[asker].name.clone(),
             self.nodes[peer].name.clone(),
@@ -237,39 +180,44 @@ impl Sim {
         );
     }
 
-    /// What the agent sees of its PostgreSQL (and what it concludes about crashes).
-    pub(crate) fn observe(&mut self, n: usize) -> PgRun {
-        let now = self.now;
-        let node = &mut self.nodes[n];
-        let a = &mut node.agent;
+    /// What the agent sees of its PostgreSQL (no memory involved).
+    pub(crate) fn pg_run(&self, n: usize) -> PgRun {
+        let node = &self.nodes[n];
         match node.pg.run {
-            Run::Stopped => {
-                if a.expect_running {
-                    a.expect_running = false;
-                    a.crashed = true;
-                    if !node.pg.standby_signal && a.crashed_since.is_none() {
-                        a.crashed_since = Some(now);
-                    }
-                }
-                PgRun::Stopped
-            }
+            Run::Stopped => PgRun::Stopped,
             Run::Starting => PgRun::NotAnswering,
-            Run::Standby | Run::Promoting => {
-                a.expect_running = true;
-                PgRun::Running {
-                    in_recovery: true,
-                    upstream: node.pg.upstream.map(|u| format!("n{}", u + 1)),
-                }
-            }
-            Run::Writable => {
-                a.expect_running = true;
-                a.crashed_since = None;
-                PgRun::Running {
-                    in_recovery: false,
-                    upstream: None,
-                }
-            }
+            Run::Standby | Run::Promoting => PgRun::Running {
+                in_recovery: true,
+                upstream: node.pg.upstream.map(|u| self.nodes[u].name.clone()),
+            },
+            Run::Writable => PgRun::Running {
+                in_recovery: false,
+                upstream: None,
+            },
         }
+    }
+
+    /// The agent's observation of its PostgreSQL, and what its memory makes of it (a stop
+    /// nobody asked for is a crash), as `Agent::observe_pg` does.
+    pub(crate) fn observe(&mut self, n: usize) -> PgRun {
+        let pgrun = self.pg_run(n);
+        let running = matches!(pgrun, PgRun::Running { .. });
+        self.nodes[n]
+            .io
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .connected = running;
+        if let Some(exec) = self.nodes[n].agent.exec.as_mut() {
+            match pgrun {
+                PgRun::Stopped => {
+                    exec.mem.postmaster_gone();
+                }
+                PgRun::Running { .. } => exec.mem.answered(),
+                PgRun::NotAnswering => {}
+            }
+            self.nodes[n].agent.mem = exec.mem.clone();
+        }
+        pgrun
     }
 
     pub(crate) fn policy(&self) -> Policy {
@@ -296,8 +244,17 @@ impl Sim {
             .collect()
     }
 
-    pub(crate) fn local_view(&self, n: usize, pgrun: PgRun) -> LocalView {
-        let node = &self.nodes[n];
+    /// The local view for the decision: the observation folded with the agent's memory.
+    pub(crate) fn local_view(&mut self, n: usize, view: &ClusterView, pgrun: PgRun) -> LocalView {
+        let settings = ViewSettings {
+            policy: self.policy(),
+            // Short, so that a removed member's slot left on a failover candidate that was
+            // promoted since is dropped (as an orphan) before the run ends.
+            orphan_grace_ms: 5_000,
+        };
+        let streaming = self.streams_from(n).is_some();
+        let now = self.now;
+        let node = &mut self.nodes[n];
         let running = matches!(pgrun, PgRun::Running { .. });
         let standby = matches!(
             pgrun,
@@ -306,27 +263,39 @@ impl Sim {
                 ..
             }
         );
-        let mut l = LocalView::new(
+        let probed = running.then(|| Probed {
+            lsn: Some(Lsn(node.pg.lsn)),
+            receive_lsn: standby.then_some(Lsn(node.pg.lsn)),
+            timeline: Some(node.pg.timeline()),
+            slots: Self::slot_infos(&node.pg),
+            streaming,
+        });
+        let data = DataDir::Initialized {
+            system_id: SYSTEM_ID.into(),
+            standby: node.pg.standby_signal,
+        };
+        let failsafe = node
+            .io
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failsafe
+            .clone();
+        let Some(exec) = node.agent.exec.as_mut() else {
+            unreachable!("the loop decides only between plans")
+        };
+        let mut l = exec.mem.fold(
             &node.name,
-            DataDir::Initialized {
-                system_id: SYSTEM_ID.into(),
-                standby: node.pg.standby_signal,
-            },
+            view,
+            data,
             pgrun,
+            probed.as_ref(),
+            &settings,
+            failsafe,
+            now,
         );
-        if running {
-            l.lsn = Some(Lsn(node.pg.lsn));
-            l.slots = Self::slot_infos(&node.pg);
-        }
-        if standby {
-            l.receive_lsn = Some(Lsn(node.pg.lsn));
-        }
-        l.timeline = Some(node.pg.timeline());
-        l.policy = self.policy();
-        l.failsafe = node.agent.failsafe.clone();
-        l.crashed_since_ms = node.agent.crashed_since;
-        l.rejoin_failed = node.agent.rejoin_failed.clone();
-        l.not_streaming_since_ms = node.agent.not_streaming_since;
+        node.agent.mem = exec.mem.clone();
+        // Stopped: the timeline in pg_control.
+        l.timeline = l.timeline.or(Some(node.pg.timeline()));
         l
     }
 
@@ -354,7 +323,7 @@ impl Sim {
                 }
             }
             PgRun::NotAnswering => MemberStatus::Starting,
-            PgRun::Stopped if node.agent.crashed => MemberStatus::Crashed,
+            PgRun::Stopped if node.agent.mem.crashed => MemberStatus::Crashed,
             PgRun::Stopped => MemberStatus::Stopped,
         };
         let standby = matches!(
@@ -388,21 +357,23 @@ impl Sim {
                 vec![]
             },
             // As the agent does: a primary down past the restart timeout handed over.
-            handed_over: node.agent.crashed_since.is_some_and(|since| {
-                self.now.saturating_sub(since) >= self.cfg.primary_restart_timeout_ms
-            }),
+            handed_over: node
+                .agent
+                .mem
+                .handed_over(self.now, self.cfg.primary_restart_timeout_ms),
             ..MemberState::sample(&node.name, role, state, self.now)
         }
-    }
-
-    pub(crate) fn next_action(&mut self, n: usize) {
-        self.nodes[n].agent.idx += 1;
-        self.exec(n);
     }
 
     pub(crate) fn publish(&mut self, n: usize) {
         let pgrun = self.observe(n);
         let ms = self.member_state(n, &pgrun);
-        self.store_send(n, StoreOp::Put(Box::new(ms)));
+        self.store_send(
+            n,
+            StoreOp::Put {
+                ms: Box::new(ms),
+                reply: None,
+            },
+        );
     }
 }

@@ -74,15 +74,34 @@ impl Sim {
             Some(l) if l.member == pn.name && l.expires_ms > self.now => {}
             other => return Err(format!("lease {other:?} is not {}'s", pn.name)),
         }
+        // A removed member stays removed: deregistered, and its slot gone from the primary.
+        for n in self.nodes.iter().filter(|n| n.removed) {
+            if self.store.members.contains_key(&n.name) {
+                return Err(format!("{} was removed but is registered again", n.name));
+            }
+            if pn.pg.slots.contains(&slot_name_for(&n.name)) {
+                return Err(format!(
+                    "{} was removed but {} keeps its slot",
+                    n.name, pn.name
+                ));
+            }
+        }
+        if let Some(op) = self.store.op.as_ref().filter(|o| !o.phase.finished()) {
+            return Err(format!(
+                "operation {} ({}) still in flight",
+                op.id,
+                op.kind.name()
+            ));
+        }
         let mut waiting = 0;
         let mut diverged = 0;
         for (i, n) in self.nodes.iter().enumerate() {
-            if i == p || n.node_down > 0 {
+            if i == p || n.node_down > 0 || n.removed {
                 continue;
             }
             // A former primary, or a standby that had to be rewound, whose pg_rewind failed
             // waits for the operator's reinit (unless re-cloning is allowed).
-            if n.agent.rejoin_failed.is_some() && !self.cfg.reclone_on_rewind_failure {
+            if n.agent.mem.rejoin_failed.is_some() && !self.cfg.reclone_on_rewind_failure {
                 waiting += 1;
                 continue;
             }

@@ -29,11 +29,20 @@ impl Sim {
             (FaultKind::PgFreeze, 2, 5_000, 12_000),
             (FaultKind::WatchdogKill, 2, 3_000, 15_000),
         ];
-        let kinds = &kinds[..if self.cfg.pg_faults { 10 } else { 8 }];
+        let operations = [
+            (FaultKind::Switchover, 2, 0, 0),
+            (FaultKind::Reinit, 1, 0, 0),
+            (FaultKind::Restart, 1, 0, 0),
+            (FaultKind::Remove, 1, 0, 0),
+        ];
+        let mut kinds = kinds[..if self.cfg.pg_faults { 10 } else { 8 }].to_vec();
+        if self.cfg.operations {
+            kinds.extend(operations);
+        }
         let total: u64 = kinds.iter().map(|k| k.1).sum();
         let mut pick = self.rng.range(0, total - 1);
         let mut chosen = kinds[0];
-        for &k in kinds {
+        for &k in &kinds {
             if pick < k.1 {
                 chosen = k;
                 break;
@@ -100,7 +109,53 @@ impl Sim {
                 node.pg_frozen += 1;
             }
             FaultKind::WatchdogKill => self.watchdog_killed(i),
+            FaultKind::Switchover | FaultKind::Reinit | FaultKind::Restart | FaultKind::Remove => {
+                self.operator_request(n, f.kind)
+            }
         }
+    }
+
+    /// The operator asks for an operation on node `n`; the CLI checks it against the store
+    /// (`ops::check`) and posts it, as `pgbaton` does.
+    pub(crate) fn operator_request(&mut self, n: usize, kind: FaultKind) {
+        let name = self.nodes[n].name.clone();
+        let now = self.now;
+        let leader = self.store.lease.clone().filter(|l| l.expires_ms > now);
+        let live = self.nodes.iter().filter(|m| !m.removed).count();
+        let op = match kind {
+            FaultKind::Switchover => match &leader {
+                Some(l) if l.member != name => OpKind::Switchover {
+                    from: l.member.clone(),
+                    to: name.clone(),
+                },
+                _ => return self.log(|| format!("operator: no switchover to {name} (it leads)")),
+            },
+            FaultKind::Reinit => OpKind::Reinit { member: name },
+            FaultKind::Restart => OpKind::Restart { member: name },
+            // Keep a cluster that can still fail over.
+            FaultKind::Remove if live > 2 => OpKind::Remove {
+                member: name,
+                purge: false,
+            },
+            _ => return,
+        };
+        if self.store.down > 0 {
+            return self.log(|| format!("operator: {op:?} not posted (the store is down)"));
+        }
+        let members: Vec<MemberState> = self.store.members.values().cloned().collect();
+        let snapshot = pgbaton_core::ops::Snapshot {
+            leader: leader.as_ref(),
+            members: &members,
+            op: self.store.op.as_ref(),
+            now_ms: now,
+        };
+        if let Err(why) = pgbaton_core::ops::check(&op, &snapshot, false) {
+            return self.log(|| format!("operator: {op:?} refused: {why}"));
+        }
+        self.ops_posted += 1;
+        let id = self.ops_posted.to_string();
+        self.log(|| format!("operator: posts {op:?} as operation {id}"));
+        self.store.op = Some(Operation::new(id, op, now));
     }
 
     /// The watchdog of the fault's node dies.
@@ -137,7 +192,7 @@ impl Sim {
         let f = self.faults[i].clone();
         let n = f.node;
         let name = self.nodes[n].name.clone();
-        if f.kind != FaultKind::PgCrash {
+        if f.dur_ms > 0 {
             self.log(|| format!("HEAL {:?} on {name}", f.kind));
         }
         match f.kind {
@@ -153,7 +208,11 @@ impl Sim {
                     self.agent_boot(n);
                 }
             }
-            FaultKind::PgCrash => {}
+            FaultKind::PgCrash
+            | FaultKind::Switchover
+            | FaultKind::Reinit
+            | FaultKind::Restart
+            | FaultKind::Remove => {}
             FaultKind::StoreCut => self.nodes[n].store_cut -= 1,
             FaultKind::PeerCut => self.nodes[n].peer_cut -= 1,
             FaultKind::Freeze => {
@@ -192,14 +251,29 @@ impl Sim {
 
     /// A fresh agent process: it remembers nothing.
     pub(crate) fn agent_boot(&mut self, n: usize) {
+        if self.nodes[n].removed {
+            return; // its agent exited for good
+        }
         let epoch = self.nodes[n].agent.epoch + 1;
         let failsafe = self.cfg.failsafe_hold_after_start.then(|| Failsafe {
             leader: "(a promise this agent may have given before it restarted)".into(),
             until_ms: self.now + self.cfg.ttl_ms,
         });
+        {
+            // The API's state and the requests of the old process are gone with it.
+            let mut io = self.nodes[n].io.lock().unwrap_or_else(|e| e.into_inner());
+            io.failsafe = failsafe;
+            io.leading = false;
+            io.connected = false;
+            io.requests.clear();
+            io.replies.clear();
+            io.wd_change = None;
+            io.armed.clear();
+        }
+        let exec = self.new_executor(n);
         self.nodes[n].agent = Agent {
             epoch,
-            failsafe,
+            exec: Some(exec),
             ..Default::default()
         };
         let at = self.now + self.rng.range(50, 300);

@@ -83,8 +83,13 @@
 
 use pgbaton_core::decide::{decide, role_of, Action, ClusterView, DataDir, LocalView, PgRun};
 use pgbaton_core::failover::{fence_deadline_ms, Failsafe, Policy};
-use pgbaton_core::model::{slot_name_for, Leader, Lsn, MemberState, MemberStatus, SlotInfo};
+use pgbaton_core::memory::{Memory, Probed, ViewSettings};
+use pgbaton_core::model::{
+    slot_name_for, HistoryEntry, Leader, Lsn, MemberState, MemberStatus, OpKind, Operation, Rewind,
+    SlotEnsured, SlotInfo,
+};
 use pgbaton_core::render::Upstream;
+use pgbaton_exec::PlanEnd;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
@@ -92,6 +97,7 @@ mod agent;
 mod checks;
 mod exec;
 mod faults;
+mod io;
 mod store;
 mod summary;
 mod world;
@@ -175,6 +181,14 @@ pub struct SimConfig {
     /// An agent whose watchdog died stops a primary's PostgreSQL and starts a new one. Off
     /// plants the old agent, which exited and left PostgreSQL running unfenced.
     pub watchdog_respawn: bool,
+    /// pg_rewind that cannot connect to its source says so (`Rewind::SourceUnreachable`)
+    /// and the rejoin is retried. Off plants the old agent, which took it for a failed
+    /// rewind and waited for a reinit for good (pinned test
+    /// `an_unreachable_rewind_source_is_retried`).
+    pub rewind_unreachable_is_retried: bool,
+    /// Operator requests (switchover, reinit, restart, remove) among the random faults,
+    /// checked as the CLI checks them (`ops::check`) before they are posted.
+    pub operations: bool,
     /// Record a human-readable trace in the outcome.
     pub trace: bool,
 }
@@ -203,6 +217,8 @@ impl Default for SimConfig {
             pg_faults: true,
             fence_kills_frozen: true,
             watchdog_respawn: true,
+            rewind_unreachable_is_retried: true,
+            operations: true,
             trace: false,
         }
     }
@@ -231,6 +247,14 @@ pub enum FaultKind {
     /// The fence watchdog is SIGKILLed (the duration matters only to the planted old agent,
     /// which exits: it is restarted at the end).
     WatchdogKill,
+    /// The operator asks for a switchover to this node (from whoever leads).
+    Switchover,
+    /// The operator asks for this node to be re-cloned (`pgbaton reinit`).
+    Reinit,
+    /// The operator asks for this node's PostgreSQL to be restarted.
+    Restart,
+    /// The operator removes this node from the cluster for good (`pgbaton remove`).
+    Remove,
 }
 
 /// A fault from `at_ms` (ms after the start) for `dur_ms`.
@@ -287,6 +311,10 @@ pub struct Stats {
     /// history (a less advanced standby was promoted): `decide` never rewinds a standby,
     /// so they never stream again. A liveness gap, counted, not asserted.
     pub stuck_diverged: u32,
+    /// Runs that ended with a switchover or promote still within its own deadline (a
+    /// switchover to a member that died meanwhile waits `SWITCHOVER_TIMEOUT_MS` before the
+    /// old primary resumes): convergence is not judged then.
+    pub op_pending_at_end: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -382,29 +410,35 @@ struct FsRound {
     yes: usize,
 }
 
-#[derive(Clone, Debug, Default)]
+/// The executor the agent runs, over the simulated world.
+type SimExec = pgbaton_exec::Executor<io::SimPg, io::SimHost>;
+/// A plan being carried out: the executor comes back when it ends.
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = (SimExec, PlanEnd)>>>;
+
+/// One agent process: its executor (with its memory) and where its loop is.
+#[derive(Default)]
 struct Agent {
     epoch: u64,
-    held: bool,
-    expect_running: bool,
-    crashed: bool,
-    crashed_since: Option<u64>,
-    rejoin_failed: Option<String>,
-    not_streaming_since: Option<u64>,
-    failsafe: Option<Failsafe>,
+    /// Absent while a plan runs (the task owns it).
+    exec: Option<SimExec>,
+    task: Option<Task>,
+    /// The executor's memory as last seen (for reports while a plan runs).
+    mem: Memory,
     last_view: Option<ClusterView>,
-    actions: Vec<Action>,
-    idx: usize,
     loop_started: u64,
     parked: Option<Step>,
     fs: Option<FsRound>,
 }
 
-#[derive(Clone, Debug)]
 struct Node {
     name: String,
     pg: Pg,
     agent: Agent,
+    /// The mailbox between this node's executor and the world; the watchdog and the API's
+    /// shared state outlive an agent crash, the requests in it do not.
+    io: io::Io,
+    /// Removed from the cluster (`pgbaton remove`): its agent exited for good.
+    removed: bool,
     /// Watchdog deadline, when armed.
     wd: Option<u64>,
     node_down: u32,
@@ -448,8 +482,16 @@ enum LeaseOp {
 #[derive(Clone, Debug)]
 enum StoreOp {
     Read,
-    Lease(LeaseOp),
-    Put(Box<MemberState>),
+    /// A request of the executor, answered to its mailbox.
+    Exec {
+        id: u64,
+        req: io::StoreReq,
+    },
+    /// Publish the member's state; `reply`: a request of the executor to answer.
+    Put {
+        ms: Box<MemberState>,
+        reply: Option<u64>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -462,15 +504,18 @@ enum Expect {
 enum Step {
     LoopStart,
     ViewReply(Option<Box<ClusterView>>),
-    LeaseReply {
-        op: LeaseOp,
-        t0: u64,
-        res: Option<bool>,
+    /// The reply to an executor's request is due (`via_store`: it comes from the store,
+    /// and is lost when the node is cut from it meanwhile).
+    Reply {
+        id: u64,
+        rep: io::Rep,
+        via_store: bool,
     },
-    /// An action finished: Ok(continue?) or Err(why).
-    Done(Result<bool, String>),
-    /// A long PostgreSQL action finished: did PostgreSQL get where it was asked?
-    PgDone(Expect),
+    /// A long PostgreSQL request finished: did PostgreSQL get where it was asked?
+    PgDone {
+        id: u64,
+        expect: Expect,
+    },
     FsCollect(u64),
     Published,
 }
@@ -537,6 +582,8 @@ impl Ord for Queued {
 struct Store {
     lease: Option<Leader>,
     members: BTreeMap<String, MemberState>,
+    op: Option<Operation>,
+    history: Vec<HistoryEntry>,
     paused: u32,
     down: u32,
 }
@@ -568,6 +615,8 @@ struct Sim {
     trace: Vec<String>,
     /// Killed-watchdog faults whose (planted, old) agent exited: restarted at their end.
     agent_exits: BTreeSet<usize>,
+    /// Operations posted so far (their ids).
+    ops_posted: u64,
 }
 
 impl Sim {

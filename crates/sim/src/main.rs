@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             "--no-failsafe-hold" => cfg.failsafe_hold_after_start = false,
             "--no-stopped-position" => cfg.publish_stopped_position = false,
             "--no-pg-faults" => cfg.pg_faults = false,
+            "--no-operations" => cfg.operations = false,
             "--old-fence" => cfg.fence_kills_frozen = false,
             "--no-watchdog-respawn" => cfg.watchdog_respawn = false,
             "--watchdog-late" => {

@@ -18,25 +18,37 @@ impl Sim {
             );
         } else {
             let at = self.now + self.rng.range(200, 1_000);
-            let step = Self::store_error(op, self.now);
+            let step = Self::store_error(op);
             self.step_at(at, n, step);
         }
     }
 
-    pub(crate) fn store_error(op: StoreOp, t0: u64) -> Step {
+    pub(crate) fn store_error(op: StoreOp) -> Step {
+        let unreachable = || Err("the store is unreachable".to_string());
         match op {
             StoreOp::Read => Step::ViewReply(None),
-            StoreOp::Lease(op) => Step::LeaseReply { op, t0, res: None },
-            StoreOp::Put(_) => Step::Published,
+            StoreOp::Exec { id, .. } => Step::Reply {
+                id,
+                rep: unreachable(),
+                via_store: true,
+            },
+            StoreOp::Put {
+                reply: Some(id), ..
+            } => Step::Reply {
+                id,
+                rep: unreachable(),
+                via_store: true,
+            },
+            StoreOp::Put { reply: None, .. } => Step::Published,
         }
     }
 
-    pub(crate) fn store_apply(&mut self, n: usize, epoch: u64, op: StoreOp, t0: u64) {
+    pub(crate) fn store_apply(&mut self, n: usize, epoch: u64, op: StoreOp, _t0: u64) {
         // The request is on the wire: the store handles it even if the sender died since.
         let reach = self.store.down == 0 && self.nodes[n].store_cut == 0;
         if !reach {
             let at = self.now + self.rng.range(100, 800);
-            let step = Self::store_error(op, t0);
+            let step = Self::store_error(op);
             self.push_at(
                 at,
                 Ev::Step {
@@ -47,73 +59,39 @@ impl Sim {
             );
             return;
         }
-        let name = self.nodes[n].name.clone();
         let now = self.now;
-        let ttl = self.cfg.ttl_ms;
         let step = match op {
             StoreOp::Read => Step::ViewReply(Some(Box::new(ClusterView {
                 initialize: Some(SYSTEM_ID.into()),
                 leader: self.store.lease.clone().filter(|l| l.expires_ms > now),
                 members: self.store.members.values().cloned().collect(),
-                op: None,
+                op: self.store.op.clone(),
                 paused: self.store.paused > 0,
             }))),
-            StoreOp::Lease(op) => {
-                let live = self
-                    .store
-                    .lease
-                    .as_ref()
-                    .filter(|l| l.expires_ms > now)
-                    .map(|l| l.member.clone());
-                let res = match op {
-                    LeaseOp::Acquire => live.is_none() || live.as_deref() == Some(&name),
-                    LeaseOp::Renew => live.as_deref() == Some(&name),
-                    LeaseOp::Release => live.as_deref() == Some(&name),
-                };
-                if res {
-                    if op == LeaseOp::Release {
-                        self.store.lease = None;
-                    } else {
-                        self.store.lease = Some(Leader {
-                            member: name.clone(),
-                            expires_ms: now + ttl,
-                        });
-                        // Invariant 2: fence before expiry.
-                        for (i, m) in self.nodes.iter().enumerate() {
-                            if i != n && m.pg.run == Run::Writable {
-                                let d = format!(
-                                    "the store granted the lease to {name} ({op:?}) while {} runs writable",
-                                    m.name
-                                );
-                                self.violations.push(Violation {
-                                    t_ms: now - START_MS,
-                                    kind: "lease-granted-beside-writer",
-                                    detail: d.clone(),
-                                });
-                                if self.cfg.trace {
-                                    self.trace.push(format!(
-                                        "{:>7} !!! VIOLATION lease-granted-beside-writer: {d}",
-                                        now - START_MS
-                                    ));
-                                }
-                                break;
-                            }
-                        }
-                    }
-                }
-                self.log(|| format!("store: {name} {op:?} -> {res}"));
-                Step::LeaseReply {
-                    op,
-                    t0,
-                    res: Some(res),
+            StoreOp::Exec { id, req } => {
+                let rep = self.store_exec(n, req);
+                Step::Reply {
+                    id,
+                    rep,
+                    via_store: true,
                 }
             }
-            StoreOp::Put(ms) => {
+            StoreOp::Put { ms, reply } => {
                 if ms.state == MemberStatus::Running {
                     self.last_published_primary_lsn = ms.lsn.map(|l| l.0);
                 }
-                self.store.members.insert(ms.name.clone(), *ms);
-                Step::Published
+                // A removed member's late publish does not register it again.
+                if !self.nodes[n].removed {
+                    self.store.members.insert(ms.name.clone(), *ms);
+                }
+                match reply {
+                    Some(id) => Step::Reply {
+                        id,
+                        rep: Ok(crate::io::Val::Unit),
+                        via_store: true,
+                    },
+                    None => Step::Published,
+                }
             }
         };
         let at = self.now + self.lat();
@@ -125,5 +103,53 @@ impl Sim {
                 step,
             },
         );
+    }
+
+    /// A lease request from node `n`, at the store. `true`: it holds (or released) it.
+    pub(crate) fn lease_apply(&mut self, n: usize, op: LeaseOp) -> bool {
+        let name = self.nodes[n].name.clone();
+        let now = self.now;
+        let ttl = self.cfg.ttl_ms;
+        let live = self
+            .store
+            .lease
+            .as_ref()
+            .filter(|l| l.expires_ms > now)
+            .map(|l| l.member.clone());
+        let res = match op {
+            LeaseOp::Acquire => live.is_none() || live.as_deref() == Some(&name),
+            LeaseOp::Renew | LeaseOp::Release => live.as_deref() == Some(&name),
+        };
+        if res {
+            if op == LeaseOp::Release {
+                self.store.lease = None;
+            } else {
+                self.store.lease = Some(Leader {
+                    member: name.clone(),
+                    expires_ms: now + ttl,
+                });
+                self.check_fence_before_grant(n, op);
+            }
+        }
+        self.log(|| format!("store: {name} {op:?} -> {res}"));
+        res
+    }
+
+    /// Invariant 2: fence before expiry. When the store grants the lease to `n`, no other
+    /// node runs writable.
+    fn check_fence_before_grant(&mut self, n: usize, op: LeaseOp) {
+        let name = self.nodes[n].name.clone();
+        if let Some(m) = self
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(i, m)| *i != n && m.pg.run == Run::Writable)
+            .map(|(_, m)| m.name.clone())
+        {
+            self.violate(
+                "lease-granted-beside-writer",
+                format!("the store granted the lease to {name} ({op:?}) while {m} runs writable"),
+            );
+        }
     }
 }

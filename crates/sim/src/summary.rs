@@ -18,6 +18,7 @@ pub struct Summary {
     pub rejoin_failures: u64,
     pub waiting_rejoin_failed: u64,
     pub stuck_diverged: u64,
+    pub op_pending_at_end: u64,
     pub lost_writes: u64,
     pub max_lost_writes: u64,
     pub unavailable_ms: u64,
@@ -45,6 +46,7 @@ impl Summary {
         self.rejoin_failures += s.rejoin_failures as u64;
         self.waiting_rejoin_failed += s.waiting_rejoin_failed as u64;
         self.stuck_diverged += s.stuck_diverged as u64;
+        self.op_pending_at_end += s.op_pending_at_end as u64;
         self.lost_writes += s.lost_writes;
         self.max_lost_writes = self.max_lost_writes.max(s.lost_writes);
         self.unavailable_ms += s.unavailable_ms;
@@ -70,6 +72,7 @@ impl Summary {
         self.rejoin_failures += o.rejoin_failures;
         self.waiting_rejoin_failed += o.waiting_rejoin_failed;
         self.stuck_diverged += o.stuck_diverged;
+        self.op_pending_at_end += o.op_pending_at_end;
         self.lost_writes += o.lost_writes;
         self.max_lost_writes = self.max_lost_writes.max(o.max_lost_writes);
         self.unavailable_ms += o.unavailable_ms;
@@ -91,7 +94,7 @@ impl std::fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "promotions {}, watchdog fences {}, failsafe rounds {} ({} confirmed by all), rewinds {}, rewind failures {} (nodes left waiting for reinit at the end: {}); standbys left diverged at the end (liveness gap): {}",
+            "promotions {}, watchdog fences {}, failsafe rounds {} ({} confirmed by all), rewinds {}, rewind failures {} (nodes left waiting for reinit at the end: {}); standbys left diverged at the end (liveness gap): {}; runs ending with an operation within its deadline: {}",
             self.promotions,
             self.fences,
             self.failsafe_rounds,
@@ -99,7 +102,8 @@ impl std::fmt::Display for Summary {
             self.rewinds,
             self.rejoin_failures,
             self.waiting_rejoin_failed,
-            self.stuck_diverged
+            self.stuck_diverged,
+            self.op_pending_at_end
         )?;
         writeln!(
             f,

@@ -33,11 +33,9 @@ impl Sim {
                     lsn: INITIAL_LSN - if primary { 0 } else { lag },
                     slots,
                 },
-                agent: Agent {
-                    held: primary,
-                    expect_running: true,
-                    ..Default::default()
-                },
+                agent: Agent::default(),
+                io: Default::default(),
+                removed: false,
                 wd: primary.then(|| fence_deadline_ms(t, cfg.ttl_ms, cfg.fence_margin_ms)),
                 node_down: 0,
                 agent_down: 0,
@@ -83,8 +81,20 @@ impl Sim {
             fences: vec![],
             trace: vec![],
             agent_exits: BTreeSet::new(),
+            ops_posted: 0,
         };
         for i in 0..n {
+            let mut exec = sim.new_executor(i);
+            // Running from a built cluster: each agent has seen its PostgreSQL, and the
+            // primary's holds the lease.
+            exec.mem.answered();
+            exec.mem.held_lease = i == 0;
+            sim.nodes[i].agent.exec = Some(exec);
+            sim.nodes[i]
+                .io
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .leading = i == 0;
             let pgrun = sim.observe(i);
             let ms = sim.member_state(i, &pgrun);
             if i == 0 {
@@ -110,6 +120,27 @@ impl Sim {
             sim.push_at(first, Ev::NextFault);
         }
         sim
+    }
+
+    /// A fresh executor for node `n` (a new agent process: it remembers nothing).
+    pub(crate) fn new_executor(&self, n: usize) -> SimExec {
+        let name = self.nodes[n].name.clone();
+        let io = self.nodes[n].io.clone();
+        let store = io::SimStore {
+            io: io.clone(),
+            name: name.clone(),
+        };
+        let host = io::SimHost {
+            io: io.clone(),
+            name: name.clone(),
+            ttl_ms: self.cfg.ttl_ms,
+            fence_margin_ms: self.cfg.fence_margin_ms,
+        };
+        let settings = pgbaton_exec::Settings {
+            name,
+            ttl_ms: self.cfg.ttl_ms,
+        };
+        pgbaton_exec::Executor::new(settings, std::sync::Arc::new(store), io::SimPg { io }, host)
     }
 
     pub(crate) fn rel(&self, t: u64) -> u64 {
@@ -290,7 +321,8 @@ impl Sim {
         match ev {
             Ev::Tick => {}
             Ev::Step { node, epoch, step } => {
-                if epoch != self.nodes[node].agent.epoch || !self.nodes[node].agent_alive() {
+                let n = &self.nodes[node];
+                if epoch != n.agent.epoch || !n.agent_alive() || n.removed {
                     return;
                 }
                 if self.nodes[node].frozen > 0 {
@@ -392,7 +424,19 @@ impl Sim {
 
     pub(crate) fn finish(mut self) -> Outcome {
         let heal = self.heal_at;
-        match self.converged() {
+        let deadline = pgbaton_core::ops::SWITCHOVER_TIMEOUT_MS + 10_000;
+        let now = self.now;
+        let pending =
+            self.store.op.as_ref().is_some_and(|o| {
+                !o.phase.finished() && now.saturating_sub(o.updated_ms) <= deadline
+            });
+        let judged = if pending {
+            self.stats.op_pending_at_end = 1;
+            Ok((0, 0))
+        } else {
+            self.converged()
+        };
+        match judged {
             Ok((waiting, diverged)) => {
                 self.stats.waiting_rejoin_failed = waiting;
                 self.stats.stuck_diverged = diverged;

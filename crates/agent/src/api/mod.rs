@@ -348,32 +348,10 @@ async fn failsafe(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -
     if b.leader == me {
         return error(StatusCode::BAD_REQUEST, "a member does not confirm itself");
     }
-    let mut sh = st.shared.write().unwrap_or_else(|e| e.into_inner());
-    if sh.leading_or_acquiring {
-        return error(
-            StatusCode::CONFLICT,
-            format!(
-                "{me} holds the leader lease or is taking it: it does not confirm {}",
-                b.leader
-            ),
-        );
-    }
-    let until_ms = now_ms() + sh.ttl_ms;
-    if sh
-        .failsafe
-        .as_ref()
-        .is_none_or(|f| f.leader != b.leader || !f.active(now_ms()))
-    {
-        tracing::warn!(
-            "failsafe: confirmed {} as a live primary; not taking the leader lease for {} ms",
-            b.leader,
-            sh.ttl_ms
-        );
-    }
-    sh.failsafe = Some(pgbaton_core::failover::Failsafe {
-        leader: b.leader.clone(),
-        until_ms,
-    });
+    let until_ms = match crate::failsafe::confirm(&st.shared, &me, &b.leader, now_ms()) {
+        Ok(promise) => promise.until_ms,
+        Err(why) => return error(StatusCode::CONFLICT, why),
+    };
     (
         StatusCode::OK,
         Json(json!({ "member": me, "confirms": b.leader, "until_ms": until_ms })),

@@ -103,6 +103,23 @@ pub(super) fn decide_op(
                 Err(reason) => vec![Action::Wait { reason }],
             }
         }),
+        // A former primary without the lease must never start as a primary: a restart asked
+        // for while it led, carried out after it lost the lease (its node crashed, another
+        // member took over), would make two writers (pinned simulator test
+        // `a_stale_restart_never_starts_a_former_primary_as_a_primary`).
+        (OpKind::Restart { member }, OpPhase::Requested)
+            if member == me
+                && !i_lead
+                && matches!(local.data, DataDir::Initialized { standby: false, .. }) =>
+        {
+            Some(vec![finish(
+                false,
+                format!(
+                    "{me} is a former primary that does not hold the leader lease: it rejoins \
+                     as a standby by itself; restart it once it streams"
+                ),
+            )])
+        }
         (OpKind::Restart { member }, OpPhase::Requested) if member == me => {
             let upstream = if matches!(local.data, DataDir::Initialized { standby: true, .. }) {
                 ready_upstream(view, me)
@@ -176,6 +193,12 @@ pub(super) fn decide_op(
                         ),
                     )]);
                 }
+                if local.pg == PgRun::Stopped {
+                    // Down (its node restarted): the usual decision starts it as a standby,
+                    // so it can replay up to the checkpoint (pinned simulator test
+                    // `a_switchover_target_that_restarts_is_started_and_takes_over`).
+                    return None;
+                }
                 return Some(vec![Action::Wait {
                     reason: format!("replaying up to {from}'s shutdown checkpoint {target}"),
                 }]);
@@ -194,13 +217,26 @@ pub(super) fn decide_op(
             None
         }
         (OpKind::Switchover { from, to }, OpPhase::Promoted) if from == me => {
+            let done = format!("switched over from {from} to {to}");
+            let waited_ms = now_ms.saturating_sub(op.updated_ms);
+            // Already a standby (it rejoined, and finishing failed), or stuck without a
+            // leader to rejoin: the switchover itself is done, and an unfinished operation
+            // would refuse every later one for good; the automatic rejoin does the rest
+            // (pinned simulator test `a_switchover_whose_new_primary_is_lost_still_finishes`).
+            let standby = matches!(
+                local.pg,
+                PgRun::Running {
+                    in_recovery: true,
+                    ..
+                }
+            );
+            if standby || waited_ms > SWITCHOVER_TIMEOUT_MS + 10_000 {
+                return Some(vec![finish(true, done)]);
+            }
             Some(match (&local.pg, ready_upstream(view, me)) {
                 (_, Err(reason)) => vec![Action::Wait { reason }],
                 (PgRun::Stopped, Ok(up)) => {
-                    vec![
-                        Action::Rejoin { upstream: up },
-                        finish(true, format!("switched over from {from} to {to}")),
-                    ]
+                    vec![Action::Rejoin { upstream: up }, finish(true, done)]
                 }
                 (_, Ok(up)) => vec![Action::Stop {
                     reason: format!("rejoining as a standby of {}", up.member),

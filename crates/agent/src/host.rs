@@ -1,0 +1,167 @@
+//! The node around PostgreSQL as the executor sees it (`pgbaton_exec::Host`): the clocks,
+//! the fence watchdog, the lease keeper and the state the API shares.
+
+use super::*;
+use publish::Publisher;
+
+pub(crate) type SharedWatchdog = Arc<std::sync::Mutex<watchdog::Watchdog>>;
+
+pub(crate) struct AgentHost {
+    pub cfg: Arc<NodeConfig>,
+    pub store: Arc<dyn Store>,
+    pub shared: api::SharedState,
+    /// The fence watchdog (absent only where fencing is not needed: tests of the API).
+    pub watchdog: Option<SharedWatchdog>,
+    pub publisher: Publisher,
+}
+
+#[async_trait::async_trait]
+impl pgbaton_exec::Host for AgentHost {
+    type Instant = Instant;
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn instant(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn arm(&mut self, t0: Instant) -> Result<()> {
+        arm_watchdog(self.watchdog.as_ref(), &self.shared, &self.cfg, t0)
+    }
+
+    fn disarm(&mut self) {
+        self.shared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .fence_deadline = None;
+        if let Some(w) = &self.watchdog {
+            if let Err(e) = w.lock().unwrap_or_else(|e| e.into_inner()).disarm() {
+                error!("{e:#}");
+            }
+        }
+    }
+
+    fn begin_acquire(&mut self) -> std::result::Result<(), String> {
+        failsafe::begin_acquire(&self.shared, &self.cfg.name, now_ms())
+    }
+
+    fn set_leading(&mut self, leading: bool) {
+        self.shared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .leading_or_acquiring = leading;
+    }
+
+    fn promoted(&mut self) {
+        self.shared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .promotions += 1;
+    }
+
+    fn keep_lease(&mut self) -> Option<Box<dyn Send>> {
+        Some(Box::new(keeper(
+            self.store.clone(),
+            self.watchdog.clone(),
+            self.shared.clone(),
+            self.cfg.clone(),
+        )))
+    }
+
+    async fn publish_status(
+        &mut self,
+        status: MemberStatus,
+        message: Option<&str>,
+        mem: &pgbaton_core::memory::Memory,
+    ) {
+        let handed_over = mem.handed_over(now_ms(), self.cfg.timing.primary_restart_timeout_ms);
+        if let Err(e) = self
+            .publisher
+            .status(status, None, message, handed_over)
+            .await
+        {
+            warn!("{e:#}");
+        }
+    }
+}
+
+/// Keep renewing the lease (and arming the watchdog) while a long step runs (starting,
+/// promoting): the loop does not come round to renew meanwhile. Stops when dropped, or
+/// when a renewal is refused (the watchdog then fences at the last deadline).
+fn keeper(
+    store: Arc<dyn Store>,
+    watchdog: Option<SharedWatchdog>,
+    shared: api::SharedState,
+    cfg: Arc<NodeConfig>,
+) -> KeeperGuard {
+    let limit = store_timeout(&cfg);
+    let task = tokio::spawn(async move {
+        let every = Duration::from_millis(cfg.timing.loop_interval_ms);
+        loop {
+            tokio::time::sleep(every).await;
+            let t0 = Instant::now();
+            match tokio::time::timeout(limit, store.leader_renew(&cfg.name, cfg.timing.ttl_ms))
+                .await
+            {
+                Ok(Ok(true)) => {
+                    if let Err(e) = arm_watchdog(watchdog.as_ref(), &shared, &cfg, t0) {
+                        error!("{e:#}");
+                        return;
+                    }
+                }
+                Ok(Ok(false)) => {
+                    warn!("lost the leader lease during a long step");
+                    return;
+                }
+                Ok(Err(e)) => warn!("renewing the leader lease during a long step: {e:#}"),
+                Err(_) => {
+                    warn!("renewing the leader lease during a long step: the store did not answer")
+                }
+            }
+        }
+    });
+    KeeperGuard(task)
+}
+
+/// Stops the lease keeper task when dropped.
+pub(crate) struct KeeperGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for KeeperGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A renewal (or acquisition, or a failsafe round) that started at `t0` succeeded: the
+/// watchdog fences at `t0 + ttl - fence_margin` unless armed again before. Without a live
+/// fence PostgreSQL is ended and the error says the agent must exit.
+pub(crate) fn arm_watchdog(
+    watchdog: Option<&SharedWatchdog>,
+    shared: &api::SharedState,
+    cfg: &NodeConfig,
+    t0: Instant,
+) -> Result<()> {
+    let Some(w) = watchdog else { return Ok(()) };
+    let window =
+        Duration::from_millis(cfg.timing.ttl_ms.saturating_sub(cfg.timing.fence_margin_ms));
+    let deadline = t0 + window;
+    shared
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .fence_deadline = Some(deadline);
+    w.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .arm(deadline)
+        .map_err(|e| {
+            // No live fence: PostgreSQL must not go on as this member's primary.
+            if let Err(f) = fence::fence(&cfg.data_dir, "no fence watchdog can be armed") {
+                error!("{f:#}");
+            }
+            anyhow::anyhow!(
+                "{e:#}: without its fence watchdog this member must not run a primary; \
+                 PostgreSQL was stopped and the agent exits"
+            )
+        })
+}

@@ -1,0 +1,275 @@
+//! The local PostgreSQL instance as the executor commands it (`pgbaton_exec::Postgres`),
+//! over pg_ctl, SQL, pg_rewind and pg_basebackup.
+
+use super::*;
+use pgbaton_core::model::{Lsn, Rewind, SlotEnsured};
+use publish::Publisher;
+
+pub(crate) struct LocalPg {
+    pub cfg: Arc<NodeConfig>,
+    pub bins: Binaries,
+    pub os_user: String,
+    pub password: String,
+    /// The connection the probe and the SQL steps use (dropped when PostgreSQL stops).
+    pub client: Option<tokio_postgres::Client>,
+    /// The last probe that succeeded.
+    pub probe: Option<Probe>,
+    /// For a clone's progress.
+    pub publisher: Publisher,
+}
+
+impl LocalPg {
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.timing.start_timeout_ms)
+    }
+
+    fn client(&self) -> Result<&tokio_postgres::Client> {
+        self.client
+            .as_ref()
+            .context("no connection to the local PostgreSQL")
+    }
+
+    pub(crate) fn write_pgpass(&self) -> Result<()> {
+        files::write_if_changed(
+            &self.cfg.pgpass_path(),
+            &render::pgpass(&self.cfg.replication.user, &self.password),
+            0o600,
+        )
+        .with_context(|| format!("write the passfile {}", self.cfg.pgpass_path().display()))?;
+        Ok(())
+    }
+
+    /// What every start needs: the port free, the socket and archive directories, the
+    /// passfile.
+    fn prepare_start(&self) -> Result<()> {
+        let pg = &self.cfg.postgresql;
+        if port_taken(&pg.listen_host, pg.port) {
+            bail!(
+                "port {} on {} is already in use by another program: PostgreSQL cannot listen there. \
+                 Stop that program or choose another postgresql.port",
+                pg.port,
+                pg.listen_host
+            );
+        }
+        files::ensure_dir(&self.cfg.socket_dir(), 0o700)?;
+        if let Some(dir) = &pg.archive_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("create the WAL archive directory {}", dir.display()))?;
+        }
+        self.write_pgpass()
+    }
+
+    /// pg_basebackup, publishing its progress.
+    async fn base_backup(&mut self, from: &Upstream, replace: bool) -> Result<()> {
+        let slot = slot_name_for(&self.cfg.name);
+        info!(
+            "cloning from {} ({}:{}) with pg_basebackup, slot {slot}",
+            from.member, from.host, from.port
+        );
+        let (tx, mut rx) = tokio::sync::watch::channel::<Option<Progress>>(None);
+        let passfile = self.cfg.pgpass_path();
+        let spec = CloneSpec {
+            host: &from.host,
+            port: from.port,
+            user: &self.cfg.replication.user,
+            passfile: &passfile,
+            slot: &slot,
+            application_name: &self.cfg.name,
+            data_dir: &self.cfg.data_dir,
+            replace,
+        };
+        let started = Instant::now();
+        let clone = pgbaton_pg::clone::clone(&self.bins, &spec, &tx);
+        tokio::pin!(clone);
+        let message = format!("cloning from {}", from.member);
+        let mut last_logged_pct = 0u64;
+        let result = loop {
+            tokio::select! {
+                r = &mut clone => break r,
+                changed = rx.changed() => {
+                    if changed.is_err() { continue; }
+                    let Some(p) = *rx.borrow_and_update() else { continue };
+                    let pct = (p.done_kb * 100).checked_div(p.total_kb).unwrap_or(0);
+                    if pct >= last_logged_pct + 25 {
+                        last_logged_pct = pct;
+                        info!("base backup {pct}% ({} of {} kB)", p.done_kb, p.total_kb);
+                    }
+                    let status = MemberStatus::Cloning;
+                    if let Err(e) = self.publisher.status(status, Some(p), Some(&message), false).await {
+                        warn!("{e:#}");
+                    }
+                }
+            }
+        };
+        result?;
+        info!(
+            "base backup done in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl pgbaton_exec::Postgres for LocalPg {
+    async fn running(&mut self) -> bool {
+        server::postmaster_pid(&self.cfg.data_dir).is_some()
+    }
+
+    fn connected(&self) -> bool {
+        self.client.is_some()
+    }
+
+    async fn start(&mut self, standby: bool, upstream: Option<&Upstream>) -> Result<()> {
+        self.prepare_start()?;
+        files::write_pg_config(&self.cfg, &self.os_user, standby, upstream)?;
+        let log = self.cfg.log_file();
+        server::start(&self.bins, &self.cfg.data_dir, &log, self.timeout()).await?;
+        self.client = None;
+        Ok(())
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        self.client = None;
+        self.probe = None;
+        server::stop(&self.bins, &self.cfg.data_dir, self.timeout()).await
+    }
+
+    async fn shutdown_checkpoint(&mut self) -> Result<Lsn> {
+        let cd = datadir::controldata(&self.bins, &self.cfg.data_dir)?;
+        if cd.state != "shut down" {
+            bail!(
+                "after stopping, pg_control says {:?}, not \"shut down\"",
+                cd.state
+            );
+        }
+        cd.checkpoint_lsn
+            .as_deref()
+            .context("pg_controldata shows no checkpoint location")?
+            .parse()
+            .context("the checkpoint location in pg_control")
+    }
+
+    async fn fence(&mut self, why: &str) -> Result<()> {
+        fence::fence(&self.cfg.data_dir, why)
+    }
+
+    async fn promote(&mut self) -> Result<()> {
+        sql::promote(self.client()?, self.timeout()).await?;
+        // Now a primary: its own config says so (no primary_conninfo, no standby.signal).
+        files::write_pg_config(&self.cfg, &self.os_user, false, None)?;
+        server::reload(&self.bins, &self.cfg.data_dir).await?;
+        // pg_rewind judges a source's timeline by its last checkpoint, and after a
+        // promotion PostgreSQL checkpoints only later and asynchronously: until then a
+        // former primary rejoining it would be "rewound" against the old timeline and
+        // fail to start. Checkpoint now, before anyone is told about the promotion.
+        self.client()
+            .context("no connection to PostgreSQL after promoting")?
+            .batch_execute("CHECKPOINT")
+            .await
+            .context("checkpoint after promotion")
+    }
+
+    async fn follow(&mut self, upstream: Option<&Upstream>) -> Result<()> {
+        files::write_pg_config(&self.cfg, &self.os_user, true, upstream)?;
+        server::reload(&self.bins, &self.cfg.data_dir).await
+    }
+
+    async fn reload(&mut self) -> Result<()> {
+        server::reload(&self.bins, &self.cfg.data_dir).await
+    }
+
+    async fn rewind(&mut self, upstream: &Upstream) -> Result<Rewind> {
+        self.prepare_start()?;
+        let port = upstream.port.to_string();
+        let passfile = self.cfg.pgpass_path();
+        let source = render::conninfo(&[
+            ("host", &upstream.host),
+            ("port", &port),
+            ("user", &self.cfg.replication.user),
+            ("dbname", "postgres"),
+            ("passfile", &passfile.to_string_lossy()),
+            ("connect_timeout", "10"),
+        ]);
+        let from_archive = self.cfg.postgresql.archive_dir.is_some();
+        pgbaton_pg::rewind::rewind_if_diverged(
+            &self.bins,
+            &self.cfg.data_dir,
+            &source,
+            from_archive,
+        )
+        .await
+    }
+
+    async fn clone_from(&mut self, from: &Upstream, replace: bool) -> Result<()> {
+        self.prepare_start()?;
+        if let Some(parent) = self.cfg.data_dir.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
+        }
+        self.base_backup(from, replace).await
+    }
+
+    async fn initdb_if_empty(&mut self, data: &DataDir) -> Result<()> {
+        if *data != DataDir::Empty {
+            return Ok(());
+        }
+        files::ensure_dir(&self.cfg.data_dir, 0o700)?;
+        info!(
+            "initdb {} (data checksums, scram-sha-256)",
+            self.cfg.data_dir.display()
+        );
+        server::initdb(
+            &self.bins,
+            &self.cfg.data_dir,
+            &self.cfg.postgresql.superuser,
+        )
+        .await
+    }
+
+    async fn init_cluster(&mut self) -> Result<String> {
+        let client = sql::connect(&self.cfg, "postgres").await?;
+        sql::ensure_replication_role(&client, &self.cfg.replication.user, &self.password).await?;
+        for db in sql::ensure_databases(&client, &self.cfg.postgresql.databases).await? {
+            info!("created database {db}");
+        }
+        Ok(sql::probe(&client).await?.system_id)
+    }
+
+    async fn ensure_slot(&mut self, name: &str) -> Result<SlotEnsured> {
+        sql::ensure_physical_slot(self.client()?, name).await
+    }
+
+    async fn drop_slot(&mut self, name: &str) -> Result<bool> {
+        sql::drop_slot(self.client()?, name).await
+    }
+
+    async fn advance_slot(&mut self, name: &str, lsn: Lsn) -> Result<()> {
+        sql::advance_slot(self.client()?, name, lsn).await
+    }
+
+    async fn position(&mut self) -> (Option<u32>, Option<Lsn>) {
+        match &self.client {
+            Some(c) => match sql::probe(c).await {
+                Ok(p) => (p.timeline, p.lsn),
+                Err(_) => (None, None),
+            },
+            None => (None, None),
+        }
+    }
+
+    async fn purge(&mut self) -> Result<()> {
+        if !self.cfg.data_dir.exists() {
+            return Ok(());
+        }
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "`pgbaton remove --purge`: the operator asked for it"
+        )]
+        std::fs::remove_dir_all(&self.cfg.data_dir).with_context(|| {
+            format!("delete the data directory {}", self.cfg.data_dir.display())
+        })?;
+        info!("deleted {}", self.cfg.data_dir.display());
+        Ok(())
+    }
+}

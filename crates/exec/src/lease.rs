@@ -1,0 +1,102 @@
+//! The leader lease: take, renew, release, and giving it up.
+
+use super::*;
+
+impl<P: Postgres, H: Host> Executor<P, H> {
+    pub(crate) async fn claim_initialize(&mut self, value: &str) -> Step {
+        let won = self.store.initialize_claim(value).await?;
+        if won {
+            info!("claimed the cluster's initialize key ({value})");
+        }
+        Ok(if won { Flow::Continue } else { Flow::Stop })
+    }
+
+    pub(crate) async fn acquire_lease(&mut self) -> Step {
+        if let Err(why) = self.host.begin_acquire() {
+            self.message = Some(why);
+            return Ok(Flow::Stop);
+        }
+        let t0 = self.host.instant();
+        // On an error the outcome is unknown: the host keeps refusing failsafe
+        // confirmations until a view of the store says who leads.
+        let won = self
+            .store
+            .leader_acquire(&self.settings.name, self.settings.ttl_ms)
+            .await
+            .map_err(|e| e.context("take the leader lease"))?;
+        self.lease_outcome(won, t0, "acquired the leader lease")?;
+        if !won {
+            self.message = Some("another member holds the leader lease".into());
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    }
+
+    pub(crate) async fn renew_lease(&mut self) -> Step {
+        let t0 = self.host.instant();
+        let kept = match self
+            .store
+            .leader_renew(&self.settings.name, self.settings.ttl_ms)
+            .await
+        {
+            Ok(k) => k,
+            Err(e) => {
+                return Err(StepError::StoreUnreachable(
+                    e.context("renew the leader lease"),
+                ))
+            }
+        };
+        let was_held = self.mem.held_lease;
+        self.lease_outcome(kept, t0, "holds the leader lease again (renewed)")?;
+        if !kept {
+            if was_held {
+                warn!("lost the leader lease");
+            }
+            self.message = Some("lost the leader lease".into());
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// A lease request that started at `t0` came back: arm the fence when it is held.
+    fn lease_outcome(&mut self, held: bool, t0: H::Instant, took: &str) -> Step {
+        if held {
+            self.arm(t0)?;
+            if !self.mem.held_lease {
+                info!("{took}");
+            }
+        }
+        self.host.set_leading(held);
+        self.mem.held_lease = held;
+        Ok(Flow::Continue)
+    }
+
+    /// Arm the watchdog; without a live fence this member must not run a primary.
+    pub(crate) fn arm(&mut self, t0: H::Instant) -> std::result::Result<(), StepError> {
+        self.host
+            .arm(t0)
+            .map_err(|e| StepError::Fatal(format!("{e:#}")))
+    }
+
+    pub(crate) async fn release_lease(&mut self, reason: &str) -> Step {
+        self.give_up_lease(reason).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Give the lease up: only once PostgreSQL no longer runs, and no backend of a
+    /// postmaster that died alone is left to finish a commit. Then the fence has nothing
+    /// left to guard and is disarmed.
+    pub(crate) async fn give_up_lease(&mut self, reason: &str) -> Result<()> {
+        if self.pg.running().await {
+            anyhow::bail!("not releasing the leader lease: PostgreSQL still runs");
+        }
+        self.pg.fence("releasing the leader lease").await?;
+        if self.store.leader_release(&self.settings.name).await? {
+            warn!("released the leader lease: {reason}");
+        }
+        self.mem.held_lease = false;
+        self.host.set_leading(false);
+        self.host.disarm();
+        Ok(())
+    }
+}
