@@ -441,5 +441,4 @@ pub struct ClientConfig {
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;

@@ -484,5 +484,4 @@ pub fn role_of(local: &LocalView) -> Role {
 }
 
 #[cfg(test)]
-#[path = "decide_tests.rs"]
 mod tests;

@@ -18,22 +18,28 @@
 //! `<seq>` is a 20-digit zero-padded sequence number, so key order is append order. An
 //! appender computes it (the largest one + 1) inside its `BEGIN IMMEDIATE` transaction, so
 //! appenders in several processes never take the same number, and it trims the history to
-//! the last [`HISTORY_KEEP`] entries in the same transaction.
+//! the last [`HISTORY_KEEP`](crate::HISTORY_KEEP) entries in the same transaction.
 //!
 //! Operations are short local file accesses, so they run inline in the async methods.
+//!
+//! Its modules: `open` (checking the file's location, WAL mode, the schema), `lease`, `ops`
+//! and `history` (their compare-and-sets); the initialize key, members and the pause flag
+//! are single statements, kept here.
 
-use crate::{Result, Store, HISTORY_KEEP};
+use crate::{Result, Store};
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use pgbaton_core::model::{HistoryEntry, Leader, MemberState, OpPhase, Operation};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-/// How long a connection waits for another process's write lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+mod history;
+mod lease;
+mod open;
+mod ops;
+
+use open::{check_location, init_connection, open_error};
 
 const KEY_INITIALIZE: &str = "initialize";
 const KEY_LEADER: &str = "leader";
@@ -44,16 +50,6 @@ const HISTORY_PREFIX: &str = "history/";
 /// The first key after every `history/...` key (`'0'` follows `'/'`): history keys are the
 /// range `HISTORY_PREFIX <= key < HISTORY_END`, which the primary key index serves.
 const HISTORY_END: &str = "history0";
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS kv (
-    cluster    TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    value      TEXT NOT NULL,
-    expires_ms INTEGER NULL,
-    PRIMARY KEY (cluster, key)
-);
-";
 
 /// The source of "now" (wall-clock ms since the Unix epoch) for lease arithmetic.
 type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -169,26 +165,6 @@ impl LocalStore {
         };
         run(&mut conn).with_context(|| format!("{}: {what} failed", self.describe()))
     }
-
-    /// The id and phase of the stored operation JSON `json`.
-    ///
-    /// Only these two fields are read, so an operation of a kind this build does not know
-    /// still takes part in the compare-and-set.
-    fn op_head(&self, json: &str) -> Result<OpHead> {
-        serde_json::from_str(json).with_context(|| {
-            format!(
-                "{}: the value of key {KEY_OP} is not valid JSON of an operation",
-                self.describe()
-            )
-        })
-    }
-}
-
-/// The fields of a stored operation that its compare-and-sets look at.
-#[derive(serde::Deserialize)]
-struct OpHead {
-    id: String,
-    phase: OpPhase,
 }
 
 /// Insert or replace a key that does not expire.
@@ -200,19 +176,6 @@ fn put_row(conn: &Connection, cluster: &str, key: &str, value: &str) -> rusqlite
         params![cluster, key, value],
     )?;
     Ok(())
-}
-
-fn history_key(seq: u64) -> String {
-    format!("{HISTORY_PREFIX}{seq:020}")
-}
-
-/// The sequence number of a history key.
-fn history_seq(key: &str) -> Option<u64> {
-    let digits = key.strip_prefix(HISTORY_PREFIX)?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
 }
 
 /// Read one key's `(value, expires_ms)`.
@@ -229,145 +192,12 @@ fn get_row(
     .optional()
 }
 
-/// Is a lease with this expiry still held at `now`? (Expired = `expires_ms <= now`.)
-fn unexpired(expires_ms: Option<i64>, now: i64) -> bool {
-    expires_ms.is_some_and(|e| e > now)
-}
-
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn member_key(name: &str) -> String {
     format!("{MEMBER_PREFIX}{name}")
-}
-
-/// Set the connection up and create the schema; returns the journal mode now in effect.
-fn init_connection(conn: &Connection) -> rusqlite::Result<String> {
-    // The busy timeout first: switching to WAL and creating the schema may have to wait for
-    // another process doing the same.
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = retry_busy(|| conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)))?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    retry_busy(|| conn.execute_batch(SCHEMA))?;
-    Ok(mode)
-}
-
-/// Run `f` again while it fails with "database is locked", for up to [`BUSY_TIMEOUT`].
-///
-/// SQLite does not always call the busy handler: switching a new file's journal mode to WAL
-/// while other connections do the same can fail at once with `SQLITE_BUSY` (agents starting
-/// together hit this).
-fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match f() {
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-                ) && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            out => return out,
-        }
-    }
-}
-
-/// Check before SQLite does (its errors do not say which file or why) that `path` can be
-/// a store file: its directory exists and it can be read, written and created.
-fn check_location(path: &Path) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    match std::fs::metadata(&dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => bail!(
-            "store directory {} is not a directory: fix store.path ({})",
-            dir.display(),
-            path.display()
-        ),
-        Err(e) if e.kind() == ErrorKind::NotFound => bail!(
-            "store directory {} does not exist: create it or fix store.path ({})",
-            dir.display(),
-            path.display()
-        ),
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => bail!(
-            "store directory {} is not accessible to {}: {e}",
-            dir.display(),
-            current_user()
-        ),
-        Err(e) => {
-            return Err(e).with_context(|| format!("store directory {}", dir.display()));
-        }
-    }
-    if path.is_dir() {
-        bail!(
-            "store path {} is a directory; store.path must name a file (e.g. {})",
-            path.display(),
-            path.join("store.db").display()
-        );
-    }
-    // Opening read-write (creating it if missing: an empty file is a valid SQLite database)
-    // tells permission problems apart with an OS error that SQLite would swallow.
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => bail!(
-            "store file {} cannot be opened for reading and writing by {}: permission denied \
-             (the file and its directory {} must be writable: SQLite keeps its -wal and -shm \
-             files next to it)",
-            path.display(),
-            current_user(),
-            dir.display()
-        ),
-        Err(e) => Err(e).with_context(|| format!("cannot open store file {}", path.display())),
-    }
-}
-
-fn open_error(path: &Path, e: rusqlite::Error) -> anyhow::Error {
-    let hint = match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly) => format!(
-            " (as {}; the file and its directory must be writable: SQLite keeps its -wal and \
-             -shm files next to it)",
-            current_user()
-        ),
-        Some(rusqlite::ErrorCode::NotADatabase) => {
-            " (the file exists but is not an SQLite database: fix store.path)".to_string()
-        }
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => format!(
-            " (another process held it locked for more than {} ms)",
-            BUSY_TIMEOUT.as_millis()
-        ),
-        _ => String::new(),
-    };
-    anyhow::Error::new(e).context(format!("cannot open store file {}{hint}", path.display()))
-}
-
-/// "user alice (uid 1000)", as well as can be told without libc.
-fn current_user() -> String {
-    use std::os::unix::fs::MetadataExt;
-    let name = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|s| !s.is_empty());
-    // /proc/self is owned by the process's effective user.
-    let uid = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
-    match (name, uid) {
-        (Some(n), Some(u)) => format!("user {n} (uid {u})"),
-        (Some(n), None) => format!("user {n}"),
-        (None, Some(u)) => format!("uid {u}"),
-        (None, None) => "the current user".to_string(),
-    }
 }
 
 #[async_trait]
@@ -413,78 +243,19 @@ impl Store for LocalStore {
     }
 
     async fn leader_get(&self) -> Result<Option<Leader>> {
-        let now = self.now();
-        self.with_conn("reading the leader lease", |conn| {
-            Ok(match get_row(conn, &self.cluster, KEY_LEADER)? {
-                Some((member, Some(exp))) if exp > now => Some(Leader {
-                    member,
-                    expires_ms: u64::try_from(exp).unwrap_or(0),
-                }),
-                _ => None,
-            })
-        })
+        self.read_leader()
     }
 
     async fn leader_acquire(&self, member: &str, ttl_ms: u64) -> Result<bool> {
-        self.in_tx("acquiring the leader lease", |tx| {
-            // "now" is read once the write lock is held, so a lease is never judged by a
-            // clock reading older than the last write.
-            let now = self.now();
-            let free = match get_row(tx, &self.cluster, KEY_LEADER)? {
-                None => true,
-                Some((holder, exp)) => holder == member || !unexpired(exp, now),
-            };
-            if free {
-                tx.execute(
-                    "INSERT INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (cluster, key) DO UPDATE
-                     SET value = excluded.value, expires_ms = excluded.expires_ms",
-                    params![
-                        self.cluster,
-                        KEY_LEADER,
-                        member,
-                        now.saturating_add(to_i64(ttl_ms))
-                    ],
-                )?;
-            }
-            Ok(free)
-        })
+        self.acquire_leader(member, ttl_ms)
     }
 
     async fn leader_renew(&self, member: &str, ttl_ms: u64) -> Result<bool> {
-        self.in_tx("renewing the leader lease", |tx| {
-            let now = self.now();
-            let n = tx.execute(
-                "UPDATE kv SET expires_ms = ?4
-                 WHERE cluster = ?1 AND key = ?2 AND value = ?3
-                   AND expires_ms IS NOT NULL AND expires_ms > ?5",
-                params![
-                    self.cluster,
-                    KEY_LEADER,
-                    member,
-                    now.saturating_add(to_i64(ttl_ms)),
-                    now
-                ],
-            )?;
-            Ok(n == 1)
-        })
+        self.renew_leader(member, ttl_ms)
     }
 
     async fn leader_release(&self, member: &str) -> Result<bool> {
-        self.in_tx("releasing the leader lease", |tx| {
-            let now = self.now();
-            match get_row(tx, &self.cluster, KEY_LEADER)? {
-                Some((holder, exp)) if holder == member => {
-                    // An expired lease of ours is deleted too, but was not "held".
-                    tx.execute(
-                        "DELETE FROM kv WHERE cluster = ?1 AND key = ?2",
-                        params![self.cluster, KEY_LEADER],
-                    )?;
-                    Ok(unexpired(exp, now))
-                }
-                _ => Ok(false),
-            }
-        })
+        self.release_leader(member)
     }
 
     async fn member_put(&self, state: &MemberState) -> Result<()> {
@@ -560,106 +331,23 @@ impl Store for LocalStore {
     }
 
     async fn op_get(&self) -> Result<Option<Operation>> {
-        let row = self.with_conn("reading the current operation", |conn| {
-            get_row(conn, &self.cluster, KEY_OP)
-        })?;
-        row.map(|(json, _)| {
-            serde_json::from_str(&json).with_context(|| {
-                format!(
-                    "{}: the value of key {KEY_OP} is not valid JSON of an operation",
-                    self.describe()
-                )
-            })
-        })
-        .transpose()
+        self.read_op()
     }
 
     async fn op_post(&self, op: &Operation) -> Result<bool> {
-        let json = serde_json::to_string(op)
-            .with_context(|| format!("serializing operation {}", op.id))?;
-        self.in_tx_any("posting an operation", |tx| {
-            if let Some((current, _)) = get_row(tx, &self.cluster, KEY_OP)? {
-                if !self.op_head(&current)?.phase.finished() {
-                    return Ok(false);
-                }
-            }
-            put_row(tx, &self.cluster, KEY_OP, &json)?;
-            Ok(true)
-        })
+        self.post_op(op)
     }
 
     async fn op_update(&self, id: &str, phase: OpPhase, new: &Operation) -> Result<bool> {
-        let json = serde_json::to_string(new)
-            .with_context(|| format!("serializing operation {}", new.id))?;
-        self.in_tx_any("updating the current operation", |tx| {
-            let Some((current, _)) = get_row(tx, &self.cluster, KEY_OP)? else {
-                return Ok(false);
-            };
-            let head = self.op_head(&current)?;
-            if head.id != id || head.phase != phase {
-                return Ok(false);
-            }
-            put_row(tx, &self.cluster, KEY_OP, &json)?;
-            Ok(true)
-        })
+        self.update_op(id, phase, new)
     }
 
     async fn history_append(&self, entry: &HistoryEntry) -> Result<()> {
-        let json = serde_json::to_string(entry).context("serializing a history entry")?;
-        self.in_tx_any("appending to the history", |tx| {
-            // Zero-padded numbers order as their keys do: the largest key is the last entry.
-            let last: Option<String> = tx.query_row(
-                "SELECT max(key) FROM kv WHERE cluster = ?1 AND key >= ?2 AND key < ?3",
-                params![self.cluster, HISTORY_PREFIX, HISTORY_END],
-                |r| r.get(0),
-            )?;
-            let last = match last {
-                None => 0,
-                Some(key) => history_seq(&key).ok_or_else(|| {
-                    anyhow!("history key {key:?} is not {HISTORY_PREFIX}<20 digits>")
-                })?,
-            };
-            let seq = last
-                .checked_add(1)
-                .ok_or_else(|| anyhow!("the history sequence is exhausted"))?;
-            put_row(tx, &self.cluster, &history_key(seq), &json)?;
-            // Keep the entries seq - HISTORY_KEEP + 1 ..= seq.
-            if let Some(oldest_dropped) = seq.checked_sub(HISTORY_KEEP as u64) {
-                tx.execute(
-                    "DELETE FROM kv WHERE cluster = ?1 AND key >= ?2 AND key <= ?3",
-                    params![self.cluster, HISTORY_PREFIX, history_key(oldest_dropped)],
-                )?;
-            }
-            Ok(())
-        })
+        self.append_history(entry)
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut rows: Vec<(String, String)> = self.with_conn("reading the history", |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT key, value FROM kv WHERE cluster = ?1 AND key >= ?2 AND key < ?3
-                 ORDER BY key DESC LIMIT ?4",
-            )?;
-            let rows = stmt
-                .query_map(
-                    params![self.cluster, HISTORY_PREFIX, HISTORY_END, limit],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })?;
-        rows.reverse();
-        rows.into_iter()
-            .map(|(key, json)| {
-                serde_json::from_str(&json).with_context(|| {
-                    format!(
-                        "{}: the value of {key} is not valid JSON of a history entry",
-                        self.describe()
-                    )
-                })
-            })
-            .collect()
+        self.read_history(limit)
     }
 
     async fn paused(&self) -> Result<bool> {
@@ -690,6 +378,7 @@ impl Store for LocalStore {
 
 #[cfg(test)]
 mod tests {
+    use super::history::{history_key, history_seq};
     use super::*;
 
     #[test]

@@ -1,0 +1,306 @@
+//! `up`: check everything, then create DIR and start the agents (the first bootstraps, the
+//! others clone from it); or start the stopped members of an existing cluster.
+
+use super::agents::{running_agent, spawn_agent, Spawned};
+use super::layout::{write_owned, Layout};
+use super::wait::{settled_or_waiting, wait_healthy, wait_until};
+use crate::cluster::{open_store, Snapshot};
+use crate::members::{report, table};
+use anyhow::{bail, Context, Result};
+use pgbaton_agent::process::{blocked_for, create_owned_dir, resolve_user};
+use pgbaton_core::config::{
+    ApiConfig, ClientConfig, NodeConfig, PostgresqlConfig, ReplicationConfig, StoreConfig,
+    TimingConfig,
+};
+use pgbaton_core::model::MemberStatus;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+pub struct UpOptions {
+    pub dir: PathBuf,
+    pub nodes: u16,
+    pub port_base: u16,
+    pub cluster: String,
+    pub databases: Vec<String>,
+    pub archive: bool,
+    pub timeout_s: u64,
+    pub orphan_slot_grace_s: u64,
+    /// etcd endpoints; empty: the embedded store in DIR/store.db.
+    pub etcd: Vec<String>,
+}
+
+impl UpOptions {
+    fn store(&self, l: &Layout) -> StoreConfig {
+        if self.etcd.is_empty() {
+            StoreConfig::Local {
+                path: l.dir.join("store.db"),
+            }
+        } else {
+            StoreConfig::Etcd {
+                endpoints: self.etcd.clone(),
+            }
+        }
+    }
+}
+
+fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
+    let name = format!("n{i}");
+    let nd = l.node_dir(&name);
+    NodeConfig {
+        cluster: o.cluster.clone(),
+        name: name.clone(),
+        data_dir: nd.join("data"),
+        os_user: None,
+        postgresql: PostgresqlConfig {
+            port: o.port_base + i - 1,
+            databases: o.databases.clone(),
+            archive_dir: o.archive.then(|| l.dir.join("archive")),
+            ..Default::default()
+        },
+        replication: ReplicationConfig {
+            password_file: Some(l.dir.join("replication.password")),
+            ..Default::default()
+        },
+        api: ApiConfig {
+            listen: format!("127.0.0.1:{}", o.port_base as u32 + 1000 + i as u32 - 1),
+            auth_token_file: Some(l.dir.join("api.token")),
+            ..Default::default()
+        },
+        store: o.store(l),
+        timing: TimingConfig {
+            orphan_slot_grace_ms: o.orphan_slot_grace_s * 1000,
+            ..TimingConfig::default()
+        },
+        tags: Default::default(),
+        failover: Default::default(),
+    }
+}
+
+pub async fn up(o: UpOptions) -> Result<()> {
+    let l = Layout::new(&o.dir)?;
+    if l.client_config().exists() {
+        return start_existing(&l, o.timeout_s).await;
+    }
+    // ---- checks: nothing is created until all of them pass -------------------------------
+    if !(1..=16).contains(&o.nodes) {
+        bail!("--nodes {}: expected 1 to 16 members", o.nodes);
+    }
+    if o.port_base == 0 || o.port_base as u32 + 1000 + o.nodes as u32 > 65535 {
+        bail!(
+            "--port-base {}: ports {}..{} must fit below 65536",
+            o.port_base,
+            o.port_base,
+            o.port_base as u32 + 1000 + o.nodes as u32
+        );
+    }
+    if let Ok(mut rd) = std::fs::read_dir(&l.dir) {
+        if rd.next().is_some() {
+            bail!(
+                "{} is not empty and holds no pgbaton cluster (no pgbaton.toml): choose a new or empty directory",
+                l.dir.display()
+            );
+        }
+    } else if l.dir.exists() {
+        bail!("{} exists and is not a directory", l.dir.display());
+    }
+    let mut configs: Vec<NodeConfig> = (1..=o.nodes).map(|i| node_config(&o, &l, i)).collect();
+    for c in &configs {
+        c.validate()
+            .with_context(|| format!("the config of {}", c.name))?;
+    }
+    let user = resolve_user(None)?;
+    if let Some(b) = blocked_for(&user, &l.dir) {
+        bail!(
+            "PostgreSQL runs as OS user {} and cannot enter {} on the way to {}: choose a directory \
+             it can reach (for example under /var/lib/pgbaton or /tmp), or open up {}",
+            user.name,
+            b.display(),
+            l.dir.display(),
+            b.display()
+        );
+    }
+    let bins = pgbaton_pg::Binaries::find(None)?;
+    for c in &configs {
+        let api_port: u16 = c
+            .api
+            .listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        for (what, port) in [("PostgreSQL", c.postgresql.port), ("agent API", api_port)] {
+            if pgbaton_agent::port_taken("127.0.0.1", port) {
+                bail!(
+                    "port {port} (for {}'s {what}) is already in use: stop what uses it or choose another --port-base",
+                    c.name
+                );
+            }
+        }
+    }
+    // ---- create ----------------------------------------------------------------------------
+    println!(
+        "Creating cluster {} with {} member{} in {} (PostgreSQL {} from {}, running as OS user {})",
+        o.cluster,
+        o.nodes,
+        if o.nodes == 1 { "" } else { "s" },
+        l.dir.display(),
+        bins.major_version()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| "?".into()),
+        bins.dir.display(),
+        user.name
+    );
+    create_owned_dir(&user, &l.dir)?;
+    if o.archive {
+        let bin = archive_bin(&user, &l)?;
+        for c in &mut configs {
+            c.postgresql.pgbaton_bin = Some(bin.clone());
+        }
+    }
+    let pw = pgbaton_pg::files::generate_password()?;
+    write_owned(
+        &user,
+        &l.dir.join("replication.password"),
+        &format!("{pw}\n"),
+        0o600,
+    )?;
+    // The token the agents' API asks of mutating requests (the CLI reads it from here).
+    let token = pgbaton_pg::files::generate_password()?;
+    write_owned(
+        &user,
+        &l.dir.join("api.token"),
+        &format!("{token}\n"),
+        0o600,
+    )?;
+    if o.archive {
+        create_owned_dir(&user, &l.dir.join("archive"))?;
+    }
+    for c in &configs {
+        create_owned_dir(&user, &l.node_dir(&c.name))?;
+        write_owned(&user, &l.node_config(&c.name), &c.to_toml_string(), 0o644)?;
+    }
+    let client = ClientConfig {
+        cluster: o.cluster.clone(),
+        store: o.store(&l),
+    };
+    write_owned(&user, &l.client_config(), &client.to_toml_string(), 0o644)?;
+    std::fs::set_permissions(&l.dir, std::fs::Permissions::from_mode(0o755))?;
+
+    // The first member bootstraps; the others clone from it once it runs.
+    let mut spawned = Spawned::new();
+    spawn_agent(&l, &configs[0].name, &mut spawned)?;
+    wait_until(&l, &client, &configs, &mut spawned, o.timeout_s, |snap| {
+        snap.leader_member()
+            .is_some_and(|m| m.state == MemberStatus::Running)
+    })
+    .await
+    .context("waiting for the first member to bootstrap")?;
+    for c in &configs[1..] {
+        spawn_agent(&l, &c.name, &mut spawned)?;
+    }
+    wait_healthy(&l, &client, &configs, &mut spawned, o.timeout_s).await?;
+    finish(&l, &client).await
+}
+
+/// The pgbaton executable PostgreSQL runs to archive WAL: this one when the OS user can
+/// reach it, else a copy in DIR/bin (a clone under /root, say), refreshed at every `up`.
+fn archive_bin(user: &nix::unistd::User, l: &Layout) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("find pgbaton's own executable")?;
+    let copy = l.dir.join("bin").join("pgbaton");
+    let reachable = exe.parent().is_some_and(|d| blocked_for(user, d).is_none());
+    if reachable && !copy.exists() {
+        return Ok(exe);
+    }
+    std::fs::create_dir_all(copy.parent().unwrap_or(&l.dir))?;
+    let _ = std::fs::remove_file(&copy);
+    if std::fs::hard_link(&exe, &copy).is_err() {
+        std::fs::copy(&exe, &copy)
+            .with_context(|| format!("copy {} to {}", exe.display(), copy.display()))?;
+    }
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
+    if !reachable {
+        println!(
+            "OS user {} cannot reach {}: archiving runs the copy {}",
+            user.name,
+            exe.display(),
+            copy.display()
+        );
+    }
+    Ok(copy)
+}
+
+async fn start_existing(l: &Layout, timeout_s: u64) -> Result<()> {
+    let configs = l.nodes()?;
+    if l.dir.join("bin").join("pgbaton").exists() {
+        let user = resolve_user(None)?;
+        archive_bin(&user, l)?;
+    }
+    if configs.is_empty() {
+        bail!(
+            "{} has a pgbaton.toml but no member configs (nI/node.toml)",
+            l.dir.display()
+        );
+    }
+    let client = crate::cluster::load_client_config(&l.client_config())?;
+    let stopped: Vec<&NodeConfig> = configs
+        .iter()
+        .filter(|c| running_agent(l, &c.name).is_none())
+        .collect();
+    if stopped.is_empty() {
+        println!(
+            "Cluster {} in {} is already running: nothing changed.",
+            client.cluster,
+            l.dir.display()
+        );
+        wait_healthy(l, &client, &configs, &mut Spawned::new(), timeout_s).await?;
+        return finish(l, &client).await;
+    }
+    println!(
+        "Starting cluster {} in {}: {} (existing data is kept; nothing is re-cloned)",
+        client.cluster,
+        l.dir.display(),
+        stopped
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut spawned = Spawned::new();
+    for c in stopped {
+        spawn_agent(l, &c.name, &mut spawned)?;
+    }
+    // A member that waits for the operator (a former primary to rejoin, say) does not stream
+    // by itself: `up` returns once the others are healthy and says what it waits for.
+    let started = pgbaton_store::now_ms();
+    wait_until(l, &client, &configs, &mut spawned, timeout_s, |snap| {
+        settled_or_waiting(snap, &configs, started)
+    })
+    .await?;
+    for m in Snapshot::read(open_store(&client)?.as_ref()).await?.members {
+        if let Some(msg) = m.message.as_deref().filter(|msg| msg.contains("`pgbaton ")) {
+            println!("{} needs the operator: {msg}", m.name);
+        }
+    }
+    finish(l, &client).await
+}
+
+async fn finish(l: &Layout, client: &ClientConfig) -> Result<()> {
+    let store = open_store(client)?;
+    let snap = Snapshot::read(store.as_ref()).await?;
+    println!("{}", table(&report(&client.cluster, &snap)));
+    let cfg = l.client_config();
+    println!("Cluster {} is up. Next:", client.cluster);
+    println!(
+        "  pgbaton -c {} list          # members, roles, lag, slots",
+        cfg.display()
+    );
+    println!(
+        "  pgbaton -c {} psql          # psql on the primary",
+        cfg.display()
+    );
+    println!(
+        "  pgbaton down --dir {}       # stop (add --purge to delete the data)",
+        l.dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Talking to etcd: the client made on first use and made again once after a failure, one
+//! request with its bounds, and the helpers every key's code shares (read one key, run a
+//! transaction, read a value as text or JSON, the error of a compare-and-set that keeps
+//! losing).
+
+use super::{EtcdStore, CAS_ATTEMPTS};
+use crate::{Result, Store};
+use anyhow::{anyhow, Context};
+use etcd_client::{Client, ConnectOptions, KeyValue, Txn};
+use std::future::Future;
+use std::time::Duration;
+
+/// How long connecting to an endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl EtcdStore {
+    /// The current client, connecting if there is none.
+    pub(super) async fn client(&self) -> std::result::Result<Client, String> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT);
+        let client = match tokio::time::timeout(
+            CONNECT_TIMEOUT + Duration::from_secs(1),
+            Client::connect(&self.endpoints, Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(format!("cannot connect: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "cannot connect: no answer within {} s",
+                    CONNECT_TIMEOUT.as_secs() + 1
+                ))
+            }
+        };
+        *guard = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Run one request with the client; on failure drop the client and try once more with
+    /// a fresh connection. Errors name the action and the endpoints.
+    pub(super) async fn call<T, F, Fut>(&self, action: &str, f: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let mut last = String::new();
+        for _ in 0..2 {
+            let outcome = match self.client().await {
+                Ok(c) => {
+                    match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), f(c)).await
+                    {
+                        Ok(Ok(v)) => return Ok(v),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no answer within {} s", REQUEST_TIMEOUT.as_secs() + 1),
+                    }
+                }
+                Err(e) => e,
+            };
+            last = outcome;
+            *self.client.lock().await = None;
+        }
+        Err(anyhow!(
+            "{action} in etcd at {}: {last}",
+            self.endpoints_text()
+        ))
+    }
+
+    pub(super) async fn get_one(&self, action: &str, suffix: &str) -> Result<Option<KeyValue>> {
+        let key = self.key(suffix);
+        let mut resp = self
+            .call(action, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(resp.take_kvs().into_iter().next())
+    }
+
+    pub(super) async fn txn(&self, action: &str, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        self.call(action, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    pub(super) fn text(&self, kv: &KeyValue) -> Result<String> {
+        kv.value_str().map(str::to_string).map_err(|_| {
+            anyhow!(
+                "{}: the value of key {} is not UTF-8",
+                self.describe(),
+                String::from_utf8_lossy(kv.key())
+            )
+        })
+    }
+
+    pub(super) fn parse<T: serde::de::DeserializeOwned>(
+        &self,
+        kv: &KeyValue,
+        what: &str,
+    ) -> Result<T> {
+        let text = self.text(kv)?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: the value of key {} is not valid JSON of {what}",
+                self.describe(),
+                String::from_utf8_lossy(kv.key())
+            )
+        })
+    }
+
+    pub(super) fn conflict(&self, action: &str) -> anyhow::Error {
+        anyhow!(
+            "{action} in etcd at {}: still conflicting with concurrent writers after {CAS_ATTEMPTS} attempts",
+            self.endpoints_text()
+        )
+    }
+}
+
+/// A short pause before trying a lost compare-and-set again, varied so that racers spread.
+pub(super) async fn backoff(attempt: usize) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let cap = 1 + (attempt as u64).min(20);
+    tokio::time::sleep(Duration::from_millis(u64::from(nanos) % cap)).await;
+}

@@ -1,0 +1,291 @@
+//! The `etcd` backend: the cluster's keys in an etcd v3 cluster.
+//!
+//! Keys live under `/pgbaton/<cluster>/`:
+//!
+//! | key              | value                                   | lease                  |
+//! |------------------|-----------------------------------------|------------------------|
+//! | `initialize`     | `claimed:<member>` or sysid             | none                   |
+//! | `leader`         | JSON `{"member": .., "expires_ms": ..}` | an etcd lease (the TTL)|
+//! | `members/<name>` | JSON of `MemberState`                   | none                   |
+//! | `op`             | JSON of `Operation`                     | none                   |
+//! | `history/<seq>`  | JSON of `HistoryEntry`                  | none                   |
+//! | `history_seq`    | the last history sequence number        | none                   |
+//! | `paused`         | `true` (absent = not paused)            | none                   |
+//!
+//! Every compare-and-set is one etcd transaction: `create_revision == 0` for "absent",
+//! `mod_revision == <seen>` for "unchanged since read", `value == <expected>` for the
+//! `initialize` key.
+//!
+//! The leader lease is an etcd lease: the `leader` key is attached to it and disappears when
+//! etcd expires it. Expiry is decided by the etcd server alone, never by this client's
+//! clock (agents on different machines have different clocks). The `expires_ms` written in
+//! the value is informational; [`Store::leader_get`] reports the expiry from the lease's
+//! remaining time as etcd tells it (whole seconds, rounded down).
+//!
+//! `EtcdStore::new` does not connect: the client is created by the first call that needs it,
+//! and dropped and recreated once when a call fails (a client made inside one tokio runtime
+//! fails at the transport when used from another; a fresh one works).
+//!
+//! Its modules: `client` (connecting, one bounded request, reading values), `lease`, `ops`
+//! and `history` (their compare-and-sets); the initialize key, members and the pause flag
+//! are single requests, kept here.
+
+use crate::{Result, Store};
+use anyhow::Context;
+use async_trait::async_trait;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use pgbaton_core::model::{HistoryEntry, Leader, MemberState, OpPhase, Operation};
+use std::time::Duration;
+
+mod client;
+mod history;
+mod lease;
+mod ops;
+
+/// How many times a compare-and-set that lost to a concurrent writer is tried again.
+const CAS_ATTEMPTS: usize = 200;
+
+/// A [`Store`] in an etcd v3 cluster, for one cluster of pgbaton.
+pub struct EtcdStore {
+    endpoints: Vec<String>,
+    cluster: String,
+    prefix: String,
+    client: tokio::sync::Mutex<Option<Client>>,
+    /// The expiry (this machine's wall-clock ms) last worked out for a lease id: a lease's
+    /// expiry is one instant, so every read of the same lease reports the same value.
+    expiry: std::sync::Mutex<Option<(i64, u64)>>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdStore {
+    /// A store for `cluster` in the etcd cluster at `endpoints`. Does not connect.
+    pub fn new(endpoints: &[String], cluster: &str) -> EtcdStore {
+        EtcdStore {
+            endpoints: endpoints.to_vec(),
+            cluster: cluster.to_string(),
+            prefix: format!("/pgbaton/{cluster}/"),
+            client: tokio::sync::Mutex::new(None),
+            expiry: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The cluster this store's keys belong to.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    fn endpoints_text(&self) -> String {
+        self.endpoints.join(",")
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    fn describe(&self) -> String {
+        format!("etcd at {}", self.endpoints_text())
+    }
+
+    async fn initialize_get(&self) -> Result<Option<String>> {
+        self.get_one("read the initialize key", "initialize")
+            .await?
+            .map(|kv| self.text(&kv))
+            .transpose()
+    }
+
+    async fn initialize_claim(&self, value: &str) -> Result<bool> {
+        let key = self.key("initialize");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        Ok(self.txn("claim the initialize key", txn).await?.succeeded())
+    }
+
+    async fn initialize_replace(&self, expected: &str, value: &str) -> Result<bool> {
+        let key = self.key("initialize");
+        // A value compare on a missing key fails: a replace never creates the key.
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(key, value, None)]);
+        Ok(self
+            .txn("replace the initialize key", txn)
+            .await?
+            .succeeded())
+    }
+
+    async fn initialize_abandon(&self, expected: &str) -> Result<bool> {
+        let key = self.key("initialize");
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, expected)])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self
+            .txn("abandon the initialize key", txn)
+            .await?
+            .succeeded())
+    }
+
+    async fn leader_get(&self) -> Result<Option<Leader>> {
+        self.read_leader().await
+    }
+
+    async fn leader_acquire(&self, member: &str, ttl_ms: u64) -> Result<bool> {
+        self.acquire_leader(member, ttl_ms).await
+    }
+
+    async fn leader_renew(&self, member: &str, ttl_ms: u64) -> Result<bool> {
+        self.renew_leader(member, ttl_ms).await
+    }
+
+    /// A watch on the leader key for deletions (a lease that etcd expired, or a release):
+    /// standbys wake at once instead of at their next loop.
+    async fn wait_leader_gone(&self, timeout: Duration) -> Result<bool> {
+        self.watch_leader_gone(timeout).await
+    }
+
+    async fn leader_release(&self, member: &str) -> Result<bool> {
+        self.release_leader(member).await
+    }
+
+    async fn member_put(&self, state: &MemberState) -> Result<()> {
+        let json = serde_json::to_string(state)
+            .with_context(|| format!("serializing the state of member {}", state.name))?;
+        let key = self.key(&format!("members/{}", state.name));
+        self.call("publish a member's state", |mut c| {
+            let (key, json) = (key.clone(), json.clone());
+            async move { c.put(key, json, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn member_get(&self, name: &str) -> Result<Option<MemberState>> {
+        self.get_one("read a member's state", &format!("members/{name}"))
+            .await?
+            .map(|kv| self.parse(&kv, "a member"))
+            .transpose()
+    }
+
+    async fn members(&self) -> Result<Vec<MemberState>> {
+        let prefix = self.key("members/");
+        let mut resp = self
+            .call("list members", |mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let mut members = resp
+            .take_kvs()
+            .iter()
+            .map(|kv| self.parse::<MemberState>(kv, "a member"))
+            .collect::<Result<Vec<_>>>()?;
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(members)
+    }
+
+    async fn member_delete(&self, name: &str) -> Result<bool> {
+        let key = self.key(&format!("members/{name}"));
+        let resp = self
+            .call("delete a member", |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    async fn op_get(&self) -> Result<Option<Operation>> {
+        self.read_op().await
+    }
+
+    async fn op_post(&self, op: &Operation) -> Result<bool> {
+        self.post_op(op).await
+    }
+
+    async fn op_update(&self, id: &str, phase: OpPhase, new: &Operation) -> Result<bool> {
+        self.update_op(id, phase, new).await
+    }
+
+    async fn history_append(&self, entry: &HistoryEntry) -> Result<()> {
+        self.append_history(entry).await
+    }
+
+    async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
+        self.read_history(limit).await
+    }
+
+    async fn paused(&self) -> Result<bool> {
+        Ok(self
+            .get_one("read the pause flag", "paused")
+            .await?
+            .is_some_and(|kv| kv.value() == b"true"))
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<()> {
+        let key = self.key("paused");
+        if paused {
+            self.call("set the pause flag", |mut c| {
+                let key = key.clone();
+                async move { c.put(key, "true", None).await }
+            })
+            .await?;
+        } else {
+            self.call("clear the pause flag", |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::history::history_key_suffix;
+    use super::lease::lease_secs;
+    use super::*;
+
+    #[test]
+    fn lease_seconds_round_up() {
+        assert_eq!(lease_secs(0), 1);
+        assert_eq!(lease_secs(1), 1);
+        assert_eq!(lease_secs(1000), 1);
+        assert_eq!(lease_secs(1001), 2);
+        assert_eq!(lease_secs(4000), 4);
+    }
+
+    #[test]
+    fn keys_are_scoped_by_cluster() {
+        let s = EtcdStore::new(&["http://127.0.0.1:2379".to_string()], "c1");
+        assert_eq!(s.key("leader"), "/pgbaton/c1/leader");
+        assert_eq!(
+            s.key(&history_key_suffix(7)),
+            "/pgbaton/c1/history/00000000000000000007"
+        );
+        assert_eq!(s.describe(), "etcd at http://127.0.0.1:2379");
+    }
+
+    #[test]
+    fn errors_name_endpoints_and_action() {
+        // Nothing listens on port 1: the call fails, and says where and what.
+        let s = EtcdStore::new(&["http://127.0.0.1:1".to_string()], "c1");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = format!("{:#}", rt.block_on(s.leader_get()).unwrap_err());
+        assert!(err.contains("read the leader key"), "{err}");
+        assert!(err.contains("http://127.0.0.1:1"), "{err}");
+    }
+}

@@ -1,0 +1,89 @@
+//! The leader lease: a row whose `expires_ms` is the lease's expiry in wall-clock ms. Every
+//! change is a `BEGIN IMMEDIATE` transaction that reads "now" once it holds the write lock.
+
+use super::{get_row, to_i64, LocalStore, KEY_LEADER};
+use crate::Result;
+use pgbaton_core::model::Leader;
+use rusqlite::params;
+
+impl LocalStore {
+    pub(super) fn read_leader(&self) -> Result<Option<Leader>> {
+        let now = self.now();
+        self.with_conn("reading the leader lease", |conn| {
+            Ok(match get_row(conn, &self.cluster, KEY_LEADER)? {
+                Some((member, Some(exp))) if exp > now => Some(Leader {
+                    member,
+                    expires_ms: u64::try_from(exp).unwrap_or(0),
+                }),
+                _ => None,
+            })
+        })
+    }
+
+    pub(super) fn acquire_leader(&self, member: &str, ttl_ms: u64) -> Result<bool> {
+        self.in_tx("acquiring the leader lease", |tx| {
+            // "now" is read once the write lock is held, so a lease is never judged by a
+            // clock reading older than the last write.
+            let now = self.now();
+            let free = match get_row(tx, &self.cluster, KEY_LEADER)? {
+                None => true,
+                Some((holder, exp)) => holder == member || !unexpired(exp, now),
+            };
+            if free {
+                tx.execute(
+                    "INSERT INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (cluster, key) DO UPDATE
+                     SET value = excluded.value, expires_ms = excluded.expires_ms",
+                    params![
+                        self.cluster,
+                        KEY_LEADER,
+                        member,
+                        now.saturating_add(to_i64(ttl_ms))
+                    ],
+                )?;
+            }
+            Ok(free)
+        })
+    }
+
+    pub(super) fn renew_leader(&self, member: &str, ttl_ms: u64) -> Result<bool> {
+        self.in_tx("renewing the leader lease", |tx| {
+            let now = self.now();
+            let n = tx.execute(
+                "UPDATE kv SET expires_ms = ?4
+                 WHERE cluster = ?1 AND key = ?2 AND value = ?3
+                   AND expires_ms IS NOT NULL AND expires_ms > ?5",
+                params![
+                    self.cluster,
+                    KEY_LEADER,
+                    member,
+                    now.saturating_add(to_i64(ttl_ms)),
+                    now
+                ],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    pub(super) fn release_leader(&self, member: &str) -> Result<bool> {
+        self.in_tx("releasing the leader lease", |tx| {
+            let now = self.now();
+            match get_row(tx, &self.cluster, KEY_LEADER)? {
+                Some((holder, exp)) if holder == member => {
+                    // An expired lease of ours is deleted too, but was not "held".
+                    tx.execute(
+                        "DELETE FROM kv WHERE cluster = ?1 AND key = ?2",
+                        params![self.cluster, KEY_LEADER],
+                    )?;
+                    Ok(unexpired(exp, now))
+                }
+                _ => Ok(false),
+            }
+        })
+    }
+}
+
+/// Is a lease with this expiry still held at `now`? (Expired = `expires_ms <= now`.)
+fn unexpired(expires_ms: Option<i64>, now: i64) -> bool {
+    expires_ms.is_some_and(|e| e > now)
+}
