@@ -5,10 +5,11 @@
 //! events, a seeded splitmix64 RNG, no IO, no threads, no wall clock.
 //!
 //! # What is modelled
-//! - **Agents** (one per node) mirroring `crates/agent`: every `loop_ms` read the cluster view
-//!   from the store, observe the local PostgreSQL, call the real `decide`, run the actions in
-//!   order (stopping at the first that waits, loses a compare-and-set or fails), then publish
-//!   the member's state. Every store call and action takes a seeded time, and the other
+//! - **Agents** (one per node) as `crates/agent` runs them: every `loop_ms` read the cluster
+//!   view from the store, observe the local PostgreSQL (folded with the agent's real memory,
+//!   `pgbaton_core::memory::Memory`), call the real `decide`, carry the plan out with the
+//!   real executor (`pgbaton_exec`, polled by hand through `io.rs`), then publish the
+//!   member's state. Every store call and action takes a seeded time, and the other
 //!   nodes' events interleave between the steps of one loop: decisions are made on views that
 //!   may be stale by the time they are acted on.
 //! - **The store**: a leader lease with expiry (CAS acquire / renew / release, expiry counted
@@ -65,13 +66,18 @@
 //! pinned test `stopped_primary_publishes_no_lsn`). Knobs planting old agent behaviour:
 //! `fence_kills_frozen`, `watchdog_respawn`.
 //!
-//! # Known liveness gap (counted as `stuck_diverged`, not asserted)
-//! A standby whose WAL went past the promoted member's switch point (a less advanced
-//! standby won: the ranking compares a candidate's current LSN with the others' published
-//! ones) follows the new primary but can never stream: `decide` never rewinds a standby.
+//! # Counted, not asserted: diverged standbys (`stuck_diverged`)
+//! A standby whose WAL went past the promoted member's switch point follows the new primary
+//! but cannot stream; `decide` rewinds a standby that has not streamed for three TTLs, and
+//! one still left so at the end is counted.
+//!
+//! # Operator requests
+//! Among the faults: switchover, reinit, restart, remove, checked by `ops::check` as the
+//! CLI does before they are posted. A run that ends with a switchover still within its own
+//! deadline is not judged for convergence (`op_pending_at_end`).
 //!
 //! # Not modelled
-//! Operations (switchover, promote, reinit... requested by the CLI), bootstrap (runs start
+//! Promote, rejoin and reload requests, the lease keeper of long steps, bootstrap (runs start
 //! from a built cluster), clock skew between nodes and the store (one virtual clock),
 //! synchronous replication, the slot's WAL retention, partial network partitions between two
 //! given peers (a cut node is cut from all peers), message reordering within one connection,
