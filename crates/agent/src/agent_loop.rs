@@ -159,7 +159,7 @@ impl Agent {
                 .leader
                 .as_ref()
                 .is_some_and(|l| l.member == self.cfg.name && l.expires_ms > now_ms());
-            sh.leading_or_acquiring = leads;
+            sh.failsafe.set_leading(leads);
         }
         let (data, timeline) = datadir::inspect_with_timeline(&self.bins, &self.cfg.data_dir)?;
         let pg = self.observe_pg(&view).await;

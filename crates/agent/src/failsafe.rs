@@ -1,68 +1,10 @@
 //! Failsafe: a primary that cannot reach the store asks every other member to confirm it.
 //!
-//! The one-lock rule lives here: a member's answer to a primary (`confirm`, for the API)
-//! and its own taking of the lease (`begin_acquire`, for the executor) are decided under
-//! the same lock of the shared state, so a member never both promises a live primary and
-//! takes the lease (pinned simulator test `agent_restart_forgets_its_failsafe_promise` is
-//! the related restart case).
+//! The one-lock rule is `pgbaton_core::failover::FailsafeGate`, kept in the API's shared
+//! state: the API's `/failsafe` (`confirm`) and the executor (`begin_acquire`, through the
+//! host) use it under that one lock.
 
 use super::*;
-use pgbaton_core::failover::Failsafe;
-
-/// About to take the leader lease: refuse while a promise to a live primary holds;
-/// otherwise, from now on, confirm no primary until a view of the store says who leads.
-pub(crate) fn begin_acquire(
-    shared: &api::SharedState,
-    me: &str,
-    now: u64,
-) -> std::result::Result<(), String> {
-    let mut sh = shared.write().unwrap_or_else(|e| e.into_inner());
-    if let Some(f) = sh
-        .failsafe
-        .as_ref()
-        .filter(|f| f.leader != me && f.active(now))
-    {
-        return Err(format!(
-            "not taking the leader lease: {} was confirmed as a live primary (failsafe)",
-            f.leader
-        ));
-    }
-    sh.leading_or_acquiring = true;
-    Ok(())
-}
-
-/// A primary asks this member to confirm it: yes binds this member not to take the lease
-/// for one TTL; a member that holds the lease or is taking it says no (the reason).
-pub(crate) fn confirm(
-    shared: &api::SharedState,
-    me: &str,
-    leader: &str,
-    now: u64,
-) -> std::result::Result<Failsafe, String> {
-    let mut sh = shared.write().unwrap_or_else(|e| e.into_inner());
-    if sh.leading_or_acquiring {
-        return Err(format!(
-            "{me} holds the leader lease or is taking it: it does not confirm {leader}"
-        ));
-    }
-    let until_ms = now + sh.ttl_ms;
-    if sh
-        .failsafe
-        .as_ref()
-        .is_none_or(|f| f.leader != leader || !f.active(now))
-    {
-        warn!(
-            "failsafe: confirmed {leader} as a live primary; not taking the leader lease for {} ms",
-            sh.ttl_ms
-        );
-    }
-    let promise = Failsafe {
-        leader: leader.to_string(),
-        until_ms,
-    };
-    sh.failsafe = Some(promise.clone());
-    Ok(promise)
-}
 
 impl Agent {
     /// The store did not answer. A primary with failsafe on asks every other member to

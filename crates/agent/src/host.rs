@@ -44,14 +44,19 @@ impl pgbaton_exec::Host for AgentHost {
     }
 
     fn begin_acquire(&mut self) -> std::result::Result<(), String> {
-        failsafe::begin_acquire(&self.shared, &self.cfg.name, now_ms())
+        self.shared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .failsafe
+            .begin_acquire(&self.cfg.name, now_ms())
     }
 
     fn set_leading(&mut self, leading: bool) {
         self.shared
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .leading_or_acquiring = leading;
+            .failsafe
+            .set_leading(leading);
     }
 
     fn promoted(&mut self) {

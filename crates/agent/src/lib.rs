@@ -109,13 +109,14 @@ impl Agent {
         // before it restarted, so it honours one for a TTL from its start (pinned
         // simulator test `agent_restart_forgets_its_failsafe_promise`: a restarted standby
         // promoted beside the primary it had confirmed).
-        let failsafe = cfg
-            .failover
-            .failsafe
-            .then(|| pgbaton_core::failover::Failsafe {
+        let failsafe = if cfg.failover.failsafe {
+            pgbaton_core::failover::FailsafeGate::holding(pgbaton_core::failover::Failsafe {
                 leader: "(a primary this agent may have confirmed before it restarted)".into(),
                 until_ms: now_ms() + cfg.timing.ttl_ms,
-            });
+            })
+        } else {
+            Default::default()
+        };
         let shared = Arc::new(RwLock::new(api::Shared {
             loop_interval: Duration::from_millis(cfg.timing.loop_interval_ms),
             ttl_ms: cfg.timing.ttl_ms,

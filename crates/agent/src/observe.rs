@@ -42,7 +42,7 @@ impl Agent {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .failsafe
-            .clone();
+            .promise_to_other(&self.cfg.name);
         let settings = ViewSettings::from_config(&self.cfg);
         self.exec.mem.fold(
             &self.cfg.name,

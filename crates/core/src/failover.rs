@@ -83,6 +83,93 @@ impl Failsafe {
     }
 }
 
+/// The failsafe handshake's one rule, owned by one type: a member never both promises a
+/// live primary not to take the lease and takes it. The agent keeps one under one lock,
+/// shared by its executor (`begin_acquire`) and its API (`confirm`); the simulator keeps one
+/// per node. Fields are private so that nothing else can break the rule.
+#[derive(Clone, Debug, Default)]
+pub struct FailsafeGate {
+    /// This member holds the leader lease, or is in the middle of taking it: it confirms
+    /// no other primary.
+    leading_or_acquiring: bool,
+    /// The promise this member last gave a primary.
+    promise: Option<Failsafe>,
+}
+
+impl FailsafeGate {
+    /// A gate that already holds a promise (a restarted agent may have given one just
+    /// before; pinned simulator test `agent_restart_forgets_its_failsafe_promise`).
+    pub fn holding(promise: Failsafe) -> FailsafeGate {
+        FailsafeGate {
+            leading_or_acquiring: false,
+            promise: Some(promise),
+        }
+    }
+
+    /// About to take the leader lease: refused (with the reason) while a promise to another
+    /// live primary holds; otherwise, from now on, no primary is confirmed until
+    /// `set_leading` says this member does not lead.
+    pub fn begin_acquire(&mut self, me: &str, now_ms: u64) -> Result<(), String> {
+        if let Some(f) = self
+            .promise
+            .as_ref()
+            .filter(|f| f.leader != me && f.active(now_ms))
+        {
+            return Err(format!(
+                "not taking the leader lease: {} was confirmed as a live primary (failsafe)",
+                f.leader
+            ));
+        }
+        self.leading_or_acquiring = true;
+        Ok(())
+    }
+
+    /// A primary asks this member to confirm it: yes binds this member not to take the
+    /// lease for `ttl_ms`; a member that leads or is taking the lease says no (the reason).
+    /// `Ok((promise, new))`: `new` when this is not a renewal of a promise still active.
+    pub fn confirm(
+        &mut self,
+        me: &str,
+        leader: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<(Failsafe, bool), String> {
+        if self.leading_or_acquiring {
+            return Err(format!(
+                "{me} holds the leader lease or is taking it: it does not confirm {leader}"
+            ));
+        }
+        let new = self
+            .promise
+            .as_ref()
+            .is_none_or(|f| f.leader != leader || !f.active(now_ms));
+        let promise = Failsafe {
+            leader: leader.to_string(),
+            until_ms: now_ms + ttl_ms,
+        };
+        self.promise = Some(promise.clone());
+        Ok((promise, new))
+    }
+
+    pub fn set_leading(&mut self, leading: bool) {
+        self.leading_or_acquiring = leading;
+    }
+
+    pub fn leading(&self) -> bool {
+        self.leading_or_acquiring
+    }
+
+    /// The promise this member gave another member (for the decision's `LocalView`).
+    pub fn promise_to_other(&self, me: &str) -> Option<Failsafe> {
+        self.promise.clone().filter(|f| f.leader != me)
+    }
+
+    /// The promise holds at `now_ms` (metrics).
+    pub fn promised(&self, now_ms: u64) -> bool {
+        self.promise.as_ref().is_some_and(|f| f.active(now_ms))
+    }
+}
+
 /// A member that could be promoted: its position and preference.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
@@ -234,6 +321,26 @@ pub fn rank(c: &mut [Candidate]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_never_both_promises_a_primary_and_takes_the_lease() {
+        let mut g = FailsafeGate::default();
+        let (p, new) = g.confirm("n2", "n1", 100, 10).unwrap();
+        assert!(new);
+        assert_eq!(p.until_ms, 110);
+        assert!(g.begin_acquire("n2", 50).is_err(), "promised: no lease");
+        assert!(g.begin_acquire("n2", 110).is_ok(), "the promise ran out");
+        assert!(
+            g.confirm("n2", "n1", 100, 111).is_err(),
+            "taking it: no promise"
+        );
+        g.set_leading(false);
+        let (_, new) = g.confirm("n2", "n1", 100, 112).unwrap();
+        assert!(new, "the old promise had run out");
+        let (_, new) = g.confirm("n2", "n1", 100, 113).unwrap();
+        assert!(!new, "a renewal of an active promise");
+        assert!(FailsafeGate::holding(p).begin_acquire("n2", 50).is_err());
+    }
 
     fn standby(name: &str, lsn: u64, updated: u64) -> MemberState {
         MemberState {

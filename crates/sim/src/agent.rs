@@ -78,7 +78,8 @@ impl Sim {
             .io
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .leading = leads;
+            .failsafe
+            .set_leading(leads);
         let pgrun = self.observe(n);
         let local = self.local_view(n, &view, pgrun);
         let actions = decide(&view, &local, self.now);
@@ -146,17 +147,17 @@ impl Sim {
         if !self.peer_ok(asker, peer) {
             return;
         }
-        // As the agent's API answers (`failsafe::confirm`, under the lock the executor's
-        // `begin_acquire` takes too).
+        // As the agent's API answers: the same `FailsafeGate` the executor's
+        // `begin_acquire` goes through.
         let p = &self.nodes[peer];
+        let answers = p.agent_alive() && p.frozen == 0 && !p.removed;
+        let leader = self.nodes[asker].name.clone();
         let mut io = p.io.lock().unwrap_or_else(|e| e.into_inner());
-        let yes = p.agent_alive() && p.frozen == 0 && !p.removed && !io.leading;
-        if yes {
-            io.failsafe = Some(Failsafe {
-                leader: self.nodes[asker].name.clone(),
-                until_ms: self.now + self.cfg.ttl_ms,
-            });
-        }
+        let yes = answers
+            && io
+                .failsafe
+                .confirm(&p.name, &leader, self.cfg.ttl_ms, self.now)
+                .is_ok();
         drop(io);
         let (a, b) = (
             self.nodes[asker].name.clone(),
@@ -279,7 +280,7 @@ impl Sim {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .failsafe
-            .clone();
+            .promise_to_other(&node.name);
         let Some(exec) = node.agent.exec.as_mut() else {
             unreachable!("the loop decides only between plans")
         };

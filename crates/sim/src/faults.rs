@@ -255,15 +255,17 @@ impl Sim {
             return; // its agent exited for good
         }
         let epoch = self.nodes[n].agent.epoch + 1;
-        let failsafe = self.cfg.failsafe_hold_after_start.then(|| Failsafe {
-            leader: "(a promise this agent may have given before it restarted)".into(),
-            until_ms: self.now + self.cfg.ttl_ms,
-        });
+        let failsafe = match self.cfg.failsafe_hold_after_start {
+            true => FailsafeGate::holding(Failsafe {
+                leader: "(a promise this agent may have given before it restarted)".into(),
+                until_ms: self.now + self.cfg.ttl_ms,
+            }),
+            false => FailsafeGate::default(),
+        };
         {
             // The API's state and the requests of the old process are gone with it.
             let mut io = self.nodes[n].io.lock().unwrap_or_else(|e| e.into_inner());
             io.failsafe = failsafe;
-            io.leading = false;
             io.connected = false;
             io.requests.clear();
             io.replies.clear();

@@ -9,7 +9,7 @@
 //! directly.
 
 use pgbaton_core::decide::DataDir;
-use pgbaton_core::failover::{fence_deadline_ms, Failsafe};
+use pgbaton_core::failover::{fence_deadline_ms, FailsafeGate};
 use pgbaton_core::memory::Memory;
 use pgbaton_core::model::{
     HistoryEntry, Leader, Lsn, MemberState, MemberStatus, OpPhase, Operation, Rewind, SlotEnsured,
@@ -104,10 +104,9 @@ pub(crate) struct NodeIo {
     /// armed, `None` disarmed (the last change wins; every armed deadline is in `armed`).
     pub wd_change: Option<Option<u64>>,
     pub armed: Vec<u64>,
-    /// The API's `leading_or_acquiring`: this member confirms no other primary.
-    pub leading: bool,
-    /// The failsafe promise this member's agent gave a primary (agent memory).
-    pub failsafe: Option<Failsafe>,
+    /// The agent API's failsafe gate (agent memory): the promise it gave a primary, and
+    /// whether it leads or is taking the lease.
+    pub failsafe: FailsafeGate,
     /// The agent holds a SQL connection to its running PostgreSQL.
     pub connected: bool,
 }
@@ -363,21 +362,10 @@ impl pgbaton_exec::Host for SimHost {
     fn begin_acquire(&mut self) -> Result<(), String> {
         let mut m = lock(&self.io);
         let now = m.now;
-        if let Some(f) = m
-            .failsafe
-            .as_ref()
-            .filter(|f| f.leader != self.name && f.active(now))
-        {
-            return Err(format!(
-                "not taking the leader lease: {} was confirmed as a live primary (failsafe)",
-                f.leader
-            ));
-        }
-        m.leading = true;
-        Ok(())
+        m.failsafe.begin_acquire(&self.name, now)
     }
     fn set_leading(&mut self, leading: bool) {
-        lock(&self.io).leading = leading;
+        lock(&self.io).failsafe.set_leading(leading);
     }
     fn promoted(&mut self) {}
     /// Not simulated: the simulated long steps are shorter than a lease.

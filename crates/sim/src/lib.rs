@@ -88,7 +88,7 @@
 //! `cargo run -p pgbaton-sim -- --sweep START COUNT` sweeps seeds.
 
 use pgbaton_core::decide::{decide, role_of, Action, ClusterView, DataDir, LocalView, PgRun};
-use pgbaton_core::failover::{fence_deadline_ms, Failsafe, Policy};
+use pgbaton_core::failover::{fence_deadline_ms, Failsafe, FailsafeGate, Policy};
 use pgbaton_core::memory::{Memory, Probed, ViewSettings};
 use pgbaton_core::model::{
     slot_name_for, HistoryEntry, Leader, Lsn, MemberState, MemberStatus, OpKind, Operation, Rewind,

@@ -94,7 +94,8 @@ impl Sim {
                 .io
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .leading = i == 0;
+                .failsafe
+                .set_leading(i == 0);
             let pgrun = sim.observe(i);
             let ms = sim.member_state(i, &pgrun);
             if i == 0 {

@@ -215,7 +215,7 @@ pub fn render(st: &ApiState) -> String {
         &mut reg,
         "failsafe_promise",
         "1 while this member has promised a primary, over the failsafe API, not to take the lease",
-        s.failsafe.as_ref().is_some_and(|f| f.active(now_ms())) as i64,
+        s.failsafe.promised(now_ms()) as i64,
     );
     counter(
         &mut reg,

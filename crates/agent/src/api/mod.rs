@@ -50,11 +50,9 @@ pub struct Shared {
     pub replay_lag_ms: Option<u64>,
     /// The lease TTL: how long a failsafe confirmation binds this member.
     pub ttl_ms: u64,
-    /// The failsafe confirmation this member last gave a primary.
-    pub failsafe: Option<pgbaton_core::failover::Failsafe>,
-    /// This member holds the leader lease, or is in the middle of taking it: it confirms
-    /// no other primary.
-    pub leading_or_acquiring: bool,
+    /// The failsafe handshake: the promise this member gave a primary, and whether it
+    /// leads or is taking the lease (the one-lock rule lives in the type).
+    pub failsafe: pgbaton_core::failover::FailsafeGate,
     /// When the fence watchdog stops PostgreSQL unless the lease is renewed (armed only).
     pub fence_deadline: Option<Instant>,
     /// Failsafe rounds this agent ran as a primary without the store, and how many every
@@ -348,9 +346,21 @@ async fn failsafe(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -
     if b.leader == me {
         return error(StatusCode::BAD_REQUEST, "a member does not confirm itself");
     }
-    let until_ms = match crate::failsafe::confirm(&st.shared, &me, &b.leader, now_ms()) {
-        Ok(promise) => promise.until_ms,
-        Err(why) => return error(StatusCode::CONFLICT, why),
+    let until_ms = {
+        let mut sh = st.shared.write().unwrap_or_else(|e| e.into_inner());
+        let ttl_ms = sh.ttl_ms;
+        match sh.failsafe.confirm(&me, &b.leader, ttl_ms, now_ms()) {
+            Ok((promise, new)) => {
+                if new {
+                    tracing::warn!(
+                        "failsafe: confirmed {} as a live primary; not taking the leader lease for {ttl_ms} ms",
+                        b.leader
+                    );
+                }
+                promise.until_ms
+            }
+            Err(why) => return error(StatusCode::CONFLICT, why),
+        }
     };
     (
         StatusCode::OK,
