@@ -30,6 +30,7 @@ use crate::ops::{PROMOTE_LEASE_WAIT_MS, SWITCHOVER_TIMEOUT_MS};
 use crate::render::Upstream;
 use std::collections::BTreeMap;
 
+mod display;
 mod operation;
 mod primary;
 mod slots;

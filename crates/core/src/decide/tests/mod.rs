@@ -16,6 +16,8 @@ fn plans_that_break_the_lease_rules_are_refused() {
 }
 use crate::model::MemberStatus;
 
+mod display;
+
 const NOW: u64 = 1_000_000;
 
 fn ms(name: &str, slots: &[&str]) -> MemberState {
