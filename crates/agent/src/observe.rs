@@ -24,13 +24,7 @@ impl Agent {
     }
 
     pub(crate) async fn cluster_view(&self) -> Result<ClusterView> {
-        Ok(ClusterView {
-            initialize: self.store.initialize_get().await?,
-            leader: self.store.leader_get().await?,
-            members: self.store.members().await?,
-            op: self.store.op_get().await?,
-            paused: self.store.paused().await?,
-        })
+        pgbaton_store::read_view(&*self.store).await
     }
 
     /// The local view for the decision, from what the last probe saw, folded with the

@@ -100,7 +100,9 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
     let data = datadir::inspect(&bins, &cfg.data_dir)?;
     let local = LocalView::new(&cfg.name, data, PgRun::Stopped);
     let view = ClusterView {
-        initialize,
+        initialize: initialize
+            .as_deref()
+            .map(pgbaton_core::model::Identity::parse),
         ..Default::default()
     };
     if let Some(Action::Fail { reason }) = decide(&view, &local, 0)

@@ -1,8 +1,8 @@
-//! Loading configs and reading the cluster from the store: what every command shares.
+//! Loading configs and opening the cluster's store: what every command shares. The cluster
+//! itself is read with `pgbaton_store::read_view`.
 
 use anyhow::{Context, Result};
 use pgbaton_core::config::{ClientConfig, NodeConfig};
-use pgbaton_core::model::{Leader, MemberState};
 use pgbaton_store::Store;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,28 +30,6 @@ pub fn load_client_config(path: &Path) -> Result<ClientConfig> {
         });
     }
     Ok(ClientConfig::from_toml_str(&text, path)?)
-}
-
-/// A snapshot of the cluster as the store holds it.
-pub struct Snapshot {
-    pub leader: Option<Leader>,
-    pub members: Vec<MemberState>,
-    pub paused: bool,
-}
-
-impl Snapshot {
-    pub async fn read(store: &dyn Store) -> Result<Snapshot> {
-        Ok(Snapshot {
-            leader: store.leader_get().await?,
-            members: store.members().await?,
-            paused: store.paused().await?,
-        })
-    }
-
-    pub fn leader_member(&self) -> Option<&MemberState> {
-        let l = self.leader.as_ref()?;
-        self.members.iter().find(|m| m.name == l.member)
-    }
 }
 
 /// Open the cluster's store; a local store file must exist already (a client never creates one).

@@ -1,19 +1,20 @@
 //! `list`, `psql` and `dsn`: looking at the members and reaching their databases.
 
-use crate::cluster::{open_store, Snapshot};
+use crate::cluster::open_store;
 use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, ContentArrangement, Table};
 use pgbaton_core::config::ClientConfig;
-use pgbaton_core::model::{MemberState, MemberStatus};
+use pgbaton_core::decide::ClusterView;
+use pgbaton_core::model::{Identity, MemberState, MemberStatus};
 use pgbaton_core::render::conninfo;
 pub use pgbaton_core::report::ClusterReport;
-use pgbaton_store::now_ms;
+use pgbaton_store::{now_ms, read_view};
 
 /// The cluster as `list` shows it.
-pub fn report(cluster: &str, snap: &Snapshot) -> ClusterReport {
+pub fn report(cluster: &str, view: &ClusterView) -> ClusterReport {
     let mut r =
-        pgbaton_core::report::report(cluster, snap.leader.as_ref(), &snap.members, now_ms());
-    r.paused = snap.paused;
+        pgbaton_core::report::report(cluster, view.leader.as_ref(), &view.members, now_ms());
+    r.paused = view.paused;
     r
 }
 
@@ -89,8 +90,8 @@ pub fn table(r: &ClusterReport) -> Table {
 
 pub async fn list(cfg: &ClientConfig, json: bool) -> Result<()> {
     let store = open_store(cfg)?;
-    let snap = Snapshot::read(store.as_ref()).await?;
-    let r = report(&cfg.cluster, &snap);
+    let view = read_view(store.as_ref()).await?;
+    let r = report(&cfg.cluster, &view);
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -101,6 +102,13 @@ pub async fn list(cfg: &ClientConfig, json: bool) -> Result<()> {
         }
         if r.paused {
             println!("The cluster is PAUSED: agents take no automatic action (`pgbaton resume` ends it).");
+        }
+        if let Some(Identity::Malformed(text)) = &view.initialize {
+            println!(
+                "Warning: the store's initialize key holds {text:?}, which is neither a system \
+                 identifier nor a claim: no member acts on a cluster whose identity it cannot \
+                 read. Put the cluster's system identifier back in the key."
+            );
         }
         for o in &r.orphan_slots {
             let retained = o
@@ -127,18 +135,13 @@ pub async fn list(cfg: &ClientConfig, json: bool) -> Result<()> {
 }
 
 /// The member named, or the leader's when none is.
-fn pick(snap: &Snapshot, name: Option<&str>) -> Result<MemberState> {
+fn pick(view: &ClusterView, name: Option<&str>) -> Result<MemberState> {
     match name {
-        Some(n) => snap
-            .members
-            .iter()
-            .find(|m| m.name == n)
-            .cloned()
-            .with_context(|| {
-                let known: Vec<_> = snap.members.iter().map(|m| m.name.as_str()).collect();
-                format!("no member named {n} (members: {})", known.join(", "))
-            }),
-        None => snap
+        Some(n) => view.member(n).cloned().with_context(|| {
+            let known: Vec<_> = view.members.iter().map(|m| m.name.as_str()).collect();
+            format!("no member named {n} (members: {})", known.join(", "))
+        }),
+        None => view
             .leader_member()
             .cloned()
             .context("no member holds the leader lease: name a member"),
@@ -157,7 +160,7 @@ fn local_dsn(m: &MemberState) -> String {
 
 pub async fn dsn(cfg: &ClientConfig, member: Option<&str>) -> Result<()> {
     let store = open_store(cfg)?;
-    let m = pick(&Snapshot::read(store.as_ref()).await?, member)?;
+    let m = pick(&read_view(store.as_ref()).await?, member)?;
     println!("{}", local_dsn(&m));
     Ok(())
 }
@@ -167,7 +170,7 @@ pub async fn dsn(cfg: &ClientConfig, member: Option<&str>) -> Result<()> {
 pub async fn psql(cfg: &ClientConfig, member: Option<&str>, args: &[String]) -> Result<u8> {
     use std::os::unix::process::CommandExt;
     let store = open_store(cfg)?;
-    let m = pick(&Snapshot::read(store.as_ref()).await?, member)?;
+    let m = pick(&read_view(store.as_ref()).await?, member)?;
     let bins = pgbaton_pg::Binaries::find(None)?;
     let mut cmd = std::process::Command::new(bins.path("psql"));
     // The member's address goes in the environment, so that psql flags given after `--`

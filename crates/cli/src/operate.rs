@@ -4,13 +4,14 @@
 //! name the reason), posts it to the store (one operation at a time), and follows it until
 //! the agents report it done or failed, showing each step and then the cluster.
 
-use crate::cluster::{open_store, Snapshot};
+use crate::cluster::open_store;
 use crate::members::{report, table};
 use anyhow::{bail, Context, Result};
 use pgbaton_core::config::ClientConfig;
+use pgbaton_core::decide::ClusterView;
 use pgbaton_core::model::{HistoryEntry, OpKind, OpPhase, Operation};
 use pgbaton_core::ops::{self, STALE_MS};
-use pgbaton_store::{now_ms, Store};
+use pgbaton_store::{now_ms, read_view, Store};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -37,19 +38,13 @@ fn new_id(kind: &OpKind) -> String {
 /// The cluster as it is once `kind` may be posted; refused otherwise. With `--wait`, a
 /// promote refused only because a primary still holds the lease waits (up to the timeout) for
 /// that lease to run out, as it does within a TTL when its host is gone.
-async fn checked_snapshot(store: &dyn Store, kind: &OpKind, o: &OpOptions) -> Result<Snapshot> {
+async fn checked_view(store: &dyn Store, kind: &OpKind, o: &OpOptions) -> Result<ClusterView> {
     let deadline = Instant::now() + Duration::from_secs(o.timeout_s);
     let mut waited_for: Option<String> = None;
     loop {
-        let snap = Snapshot::read(store).await?;
-        let current = store.op_get().await?;
+        let view = read_view(store).await?;
         let (verdict, holder, left) = {
-            let check = ops::Snapshot {
-                leader: snap.leader.as_ref(),
-                members: &snap.members,
-                op: current.as_ref(),
-                now_ms: now_ms(),
-            };
+            let check = ops::Snapshot::at(&view, now_ms());
             let holder = check.healthy_primary().map(|p| p.name.clone());
             (
                 ops::check(kind, &check, o.force),
@@ -58,7 +53,7 @@ async fn checked_snapshot(store: &dyn Store, kind: &OpKind, o: &OpOptions) -> Re
             )
         };
         let reason = match verdict {
-            Ok(()) => return Ok(snap),
+            Ok(()) => return Ok(view),
             Err(r) => r,
         };
         let waitable = o.wait && matches!(kind, OpKind::Promote { .. }) && holder.is_some();
@@ -82,7 +77,7 @@ async fn checked_snapshot(store: &dyn Store, kind: &OpKind, o: &OpOptions) -> Re
 
 pub async fn run(cfg: &ClientConfig, kind: OpKind, o: &OpOptions) -> Result<()> {
     let store = open_store(cfg)?;
-    let snap = checked_snapshot(store.as_ref(), &kind, o).await?;
+    let view = checked_view(store.as_ref(), &kind, o).await?;
     let op = Operation::new(new_id(&kind), kind.clone(), now_ms());
     if !store.op_post(&op).await? {
         bail!(
@@ -99,7 +94,7 @@ pub async fn run(cfg: &ClientConfig, kind: OpKind, o: &OpOptions) -> Result<()> 
         );
     }
     if let OpKind::Remove { member, purge } = &kind {
-        remove_without_agent(cfg, store.as_ref(), &snap, &op, member, *purge).await?;
+        remove_without_agent(cfg, store.as_ref(), &view, &op, member, *purge).await?;
     }
     let last = follow(store.as_ref(), &op, o).await?;
     if let (OpKind::Remove { member, purge }, OpPhase::Done) = (&kind, last.phase) {
@@ -108,8 +103,8 @@ pub async fn run(cfg: &ClientConfig, kind: OpKind, o: &OpOptions) -> Result<()> 
     if last.phase == OpPhase::Done {
         settle(store.as_ref(), o).await?;
     }
-    let snap = Snapshot::read(store.as_ref()).await?;
-    let r = report(&cfg.cluster, &snap);
+    let view = read_view(store.as_ref()).await?;
+    let r = report(&cfg.cluster, &view);
     if o.json {
         println!(
             "{}",
@@ -142,10 +137,10 @@ async fn settle(store: &dyn Store, o: &OpOptions) -> Result<()> {
     use pgbaton_core::model::MemberStatus;
     let deadline = Instant::now() + Duration::from_secs(60.min(o.timeout_s));
     loop {
-        let snap = Snapshot::read(store).await?;
-        let settled = snap.leader_member().is_some_and(|l| {
+        let view = read_view(store).await?;
+        let settled = view.leader_member().is_some_and(|l| {
             l.state == MemberStatus::Running
-                && snap
+                && view
                     .members
                     .iter()
                     .filter(|m| {
@@ -295,12 +290,12 @@ async fn follow(store: &dyn Store, op: &Operation, o: &OpOptions) -> Result<Oper
 async fn remove_without_agent(
     cfg: &ClientConfig,
     store: &dyn Store,
-    snap: &Snapshot,
+    view: &ClusterView,
     op: &Operation,
     member: &str,
     purge: bool,
 ) -> Result<()> {
-    let Some(m) = snap.members.iter().find(|m| m.name == member) else {
+    let Some(m) = view.member(member) else {
         return Ok(());
     };
     let alive = now_ms().saturating_sub(m.updated_ms) <= STALE_MS
@@ -379,13 +374,8 @@ fn retire_local_member(cfg: &ClientConfig, member: &str, purge: bool) -> Result<
 /// streaming standby when none is named.
 pub async fn switchover_kind(cfg: &ClientConfig, to: Option<String>) -> Result<OpKind> {
     let store = open_store(cfg)?;
-    let snap = Snapshot::read(store.as_ref()).await?;
-    let check = ops::Snapshot {
-        leader: snap.leader.as_ref(),
-        members: &snap.members,
-        op: None,
-        now_ms: now_ms(),
-    };
+    let view = read_view(store.as_ref()).await?;
+    let check = ops::Snapshot::at(&view, now_ms());
     let from = check.healthy_primary().map(|m| m.name.clone());
     let Some(from) = from else {
         bail!("switchover refused: no healthy primary to switch over from")

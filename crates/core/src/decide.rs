@@ -23,13 +23,14 @@
 
 use crate::failover::{self, Failsafe, Policy};
 use crate::model::{
-    slot_name_for, Leader, Lsn, MemberState, OpKind, OpPhase, Operation, Role, SlotInfo,
+    slot_name_for, Identity, Leader, Lsn, MemberState, OpKind, OpPhase, Operation, Role, SlotInfo,
     SLOT_PREFIX,
 };
 use crate::ops::{PROMOTE_LEASE_WAIT_MS, SWITCHOVER_TIMEOUT_MS};
 use crate::render::Upstream;
 use std::collections::BTreeMap;
 
+mod display;
 mod operation;
 mod primary;
 mod slots;
@@ -40,11 +41,12 @@ use primary::*;
 use slots::*;
 use standby::*;
 
-/// What the store says about the cluster.
+/// What the store says about the cluster (`pgbaton_store::read_view` reads it).
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
-    /// The `initialize` key: `claimed:<member>` during bootstrap, then the system identifier.
-    pub initialize: Option<String>,
+    /// The `initialize` key: claimed by a member during bootstrap, then the system
+    /// identifier.
+    pub initialize: Option<Identity>,
     /// The unexpired leader lease, if any.
     pub leader: Option<Leader>,
     pub members: Vec<MemberState>,
@@ -52,6 +54,18 @@ pub struct ClusterView {
     pub op: Option<Operation>,
     /// The operator paused the cluster: no automatic action (operations still run).
     pub paused: bool,
+}
+
+impl ClusterView {
+    /// The registered member named `name`.
+    pub fn member(&self, name: &str) -> Option<&MemberState> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// The member holding the leader lease (as read: the view holds only an unexpired one).
+    pub fn leader_member(&self) -> Option<&MemberState> {
+        self.member(&self.leader.as_ref()?.member)
+    }
 }
 
 /// What is in the data directory.
@@ -202,11 +216,7 @@ pub enum Action {
 
 /// The claim value a bootstrapping member writes into the `initialize` key.
 pub fn claim_value(member: &str) -> String {
-    format!("claimed:{member}")
-}
-
-fn member<'a>(view: &'a ClusterView, name: &str) -> Option<&'a MemberState> {
-    view.members.iter().find(|m| m.name == name)
+    Identity::claim(member).to_string()
 }
 
 /// The leader as an upstream to stream from, when it has published where it is.
@@ -215,7 +225,7 @@ fn leader_upstream(view: &ClusterView, me: &str) -> Option<Upstream> {
     if l.member == me {
         return None;
     }
-    let m = member(view, &l.member)?;
+    let m = view.member(&l.member)?;
     Some(Upstream {
         member: m.name.clone(),
         host: m.host.clone(),
@@ -226,7 +236,8 @@ fn leader_upstream(view: &ClusterView, me: &str) -> Option<Upstream> {
 /// Does `upstream` report a slot for `me`?
 fn has_my_slot(view: &ClusterView, upstream: &str, me: &str) -> bool {
     let slot = slot_name_for(me);
-    member(view, upstream).is_some_and(|m| m.slots.iter().any(|s| s.name == slot))
+    view.member(upstream)
+        .is_some_and(|m| m.slots.iter().any(|s| s.name == slot))
 }
 
 /// The leader as an upstream, once it has published its address and a slot for `me`;
@@ -321,14 +332,8 @@ fn decide_unchecked(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<A
     } else {
         view
     };
-    // The cluster's identity, once bootstrap has published it.
-    let cluster_sysid = view
-        .initialize
-        .as_deref()
-        .filter(|v| !v.starts_with("claimed:"));
-
-    match &local.data {
-        DataDir::Foreign(what) => {
+    match (&local.data, &view.initialize) {
+        (DataDir::Foreign(what), _) => {
             return vec![Action::Fail {
                 reason: format!(
                 "the data directory is not empty and is not a PostgreSQL data directory ({what}); \
@@ -336,13 +341,26 @@ fn decide_unchecked(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<A
             ),
             }]
         }
-        DataDir::Initialized { system_id, .. } if cluster_sysid.is_some_and(|s| s != system_id) => {
+        (DataDir::Initialized { system_id, .. }, Some(Identity::SystemId(ours)))
+            if ours != system_id =>
+        {
             return vec![Action::Fail {
                 reason: format!(
                     "the data directory belongs to another cluster (system identifier {system_id}, \
-                     this cluster's is {}); pgbaton will not touch it: move it away, or re-clone \
+                     this cluster's is {ours}); pgbaton will not touch it: move it away, or re-clone \
                      this member explicitly",
-                    cluster_sysid.unwrap_or_default()
+                ),
+            }]
+        }
+        // A system identifier no data directory has: nothing may start, clone or bootstrap
+        // against it.
+        (_, Some(Identity::Malformed(text))) => {
+            return vec![Action::Fail {
+                reason: format!(
+                    "the store's initialize key holds {text:?}, which is neither a system \
+                     identifier nor a claim (claimed:<member>); pgbaton will not act on a cluster \
+                     whose identity it cannot read: put the cluster's system identifier back in \
+                     the key"
                 ),
             }]
         }
@@ -410,28 +428,30 @@ fn paused(actions: Vec<Action>) -> Vec<Action> {
 /// The decision when no operation asks anything of this member.
 fn decide_automatic(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     let me = local.name.as_str();
-    let my_claim = claim_value(me);
+    let claimed_by_me = matches!(&view.initialize, Some(Identity::Claimed { by }) if by == me);
     match &local.data {
         DataDir::Foreign(_) => unreachable!("handled above"),
-        DataDir::Empty => match view.initialize.as_deref() {
+        DataDir::Empty => match &view.initialize {
             None => vec![
-                Action::ClaimInitialize { value: my_claim },
+                Action::ClaimInitialize {
+                    value: claim_value(me),
+                },
                 Action::Bootstrap,
             ],
-            Some(v) if v == my_claim => vec![Action::Bootstrap],
-            Some(v) if v.starts_with("claimed:") => vec![Action::Wait {
-                reason: format!(
-                    "member {} is bootstrapping the cluster",
-                    &v["claimed:".len()..]
-                ),
+            Some(_) if claimed_by_me => vec![Action::Bootstrap],
+            Some(Identity::Claimed { by }) => vec![Action::Wait {
+                reason: format!("member {by} is bootstrapping the cluster"),
             }],
-            Some(_) => match ready_upstream(view, me) {
-                Ok(up) => vec![Action::Clone { from: up }],
-                Err(reason) => vec![Action::Wait { reason }],
-            },
+            // (A malformed identity is refused above; here it would count as a system id.)
+            Some(Identity::SystemId(_) | Identity::Malformed(_)) => {
+                match ready_upstream(view, me) {
+                    Ok(up) => vec![Action::Clone { from: up }],
+                    Err(reason) => vec![Action::Wait { reason }],
+                }
+            }
         },
         DataDir::Initialized { system_id, standby } => {
-            if view.initialize.as_deref() == Some(my_claim.as_str()) {
+            if claimed_by_me {
                 // Our own bootstrap was interrupted after initdb: resume it.
                 return vec![Action::Bootstrap];
             }

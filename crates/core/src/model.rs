@@ -320,6 +320,60 @@ pub struct Leader {
     pub expires_ms: u64,
 }
 
+/// The cluster's identity, as the store's `initialize` key holds it.
+///
+/// The store keeps it as text: `claimed:<member>` while that member bootstraps the cluster,
+/// then the database system identifier. [`Identity::parse`] reads that text and `Display`
+/// writes it back exactly as it was read, so the stored format does not change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// `claimed:<member>`: the member claimed the key and is bootstrapping the cluster.
+    Claimed { by: String },
+    /// The database system identifier (decimal digits), published once bootstrap is done.
+    SystemId(String),
+    /// Neither (not written by pgbaton, or damaged). The decision treats it as a system
+    /// identifier that no data directory has: every member refuses to act, and says why.
+    Malformed(String),
+}
+
+impl Identity {
+    const CLAIM_PREFIX: &'static str = "claimed:";
+
+    /// The identity the text of an `initialize` key stands for. Never fails: text that is
+    /// neither a claim nor a system identifier is [`Identity::Malformed`].
+    pub fn parse(text: &str) -> Identity {
+        match text.strip_prefix(Self::CLAIM_PREFIX) {
+            Some(by) if !by.is_empty() => Identity::Claimed { by: by.to_string() },
+            None if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+                Identity::SystemId(text.to_string())
+            }
+            _ => Identity::Malformed(text.to_string()),
+        }
+    }
+
+    /// The claim `member` writes when it bootstraps the cluster.
+    pub fn claim(member: &str) -> Identity {
+        Identity::Claimed {
+            by: member.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Claimed { by } => write!(f, "{}{by}", Self::CLAIM_PREFIX),
+            Identity::SystemId(text) | Identity::Malformed(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<&str> for Identity {
+    fn from(text: &str) -> Identity {
+        Identity::parse(text)
+    }
+}
+
 /// The name of the physical replication slot that `member` uses on its upstream.
 /// PostgreSQL slot names allow `[a-z0-9_]` up to 63 bytes; other characters become `_`.
 pub fn slot_name_for(member: &str) -> String {
@@ -367,6 +421,28 @@ pub enum Rewind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_reads_and_writes_the_stored_text_unchanged() {
+        let cases = [
+            ("claimed:n1", Identity::claim("n1")),
+            (
+                "7311870345698675340",
+                Identity::SystemId("7311870345698675340".into()),
+            ),
+            // Neither a claim nor a system identifier: kept as read, never a panic.
+            ("claimed:", Identity::Malformed("claimed:".into())),
+            ("", Identity::Malformed("".into())),
+            ("73118703x", Identity::Malformed("73118703x".into())),
+            (" 42", Identity::Malformed(" 42".into())),
+            ("ünïcode", Identity::Malformed("ünïcode".into())),
+        ];
+        for (text, identity) in cases {
+            assert_eq!(Identity::parse(text), identity, "{text:?}");
+            assert_eq!(identity.to_string(), text);
+            assert_eq!(Identity::from(text), identity);
+        }
+    }
 
     #[test]
     fn lsn_round_trips() {

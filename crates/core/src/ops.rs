@@ -1,6 +1,7 @@
 //! Operations the operator asks for: what is refused, and why. Pure: the CLI asks these
 //! before it posts a request, and the agents' decision carries the request out.
 
+use crate::decide::ClusterView;
 use crate::model::{Leader, Lsn, MemberState, MemberStatus, OpKind, Operation, Role};
 
 /// A member's report older than this is not evidence that it is healthy (agents report
@@ -15,7 +16,8 @@ pub const SWITCHOVER_MAX_LAG_BYTES: u64 = 16 * 1024 * 1024;
 /// How long a switchover candidate may take to reach the old primary's shutdown checkpoint.
 pub const SWITCHOVER_TIMEOUT_MS: u64 = 60_000;
 
-/// What the store says, for checking a request.
+/// The cluster at an instant, for checking a request: a [`ClusterView`] (borrowed) and the
+/// time to judge the lease and the members' reports by.
 pub struct Snapshot<'a> {
     pub leader: Option<&'a Leader>,
     pub members: &'a [MemberState],
@@ -24,6 +26,16 @@ pub struct Snapshot<'a> {
 }
 
 impl<'a> Snapshot<'a> {
+    /// The view as it stands at `now_ms` (wall-clock ms).
+    pub fn at(view: &'a ClusterView, now_ms: u64) -> Snapshot<'a> {
+        Snapshot {
+            leader: view.leader.as_ref(),
+            members: &view.members,
+            op: view.op.as_ref(),
+            now_ms,
+        }
+    }
+
     fn member(&self, name: &str) -> Result<&'a MemberState, String> {
         self.members.iter().find(|m| m.name == name).ok_or_else(|| {
             let known: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
@@ -35,8 +47,8 @@ impl<'a> Snapshot<'a> {
         self.now_ms.saturating_sub(m.updated_ms) <= STALE_MS
     }
 
-    /// The lease holder, when it holds an unexpired lease.
-    pub fn leader_member(&self) -> Option<&'a MemberState> {
+    /// The lease holder, when its lease is unexpired at `now_ms`.
+    fn lease_holder(&self) -> Option<&'a MemberState> {
         let l = self.leader.filter(|l| l.expires_ms > self.now_ms)?;
         self.members.iter().find(|m| m.name == l.member)
     }
@@ -50,7 +62,7 @@ impl<'a> Snapshot<'a> {
 
     /// A primary that runs, holds the lease and reported recently.
     pub fn healthy_primary(&self) -> Option<&'a MemberState> {
-        self.leader_member().filter(|m| {
+        self.lease_holder().filter(|m| {
             m.role == Role::Primary && m.state == MemberStatus::Running && self.fresh(m)
         })
     }
@@ -125,7 +137,7 @@ pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
         }
         OpKind::Rejoin { member } => {
             let m = s.member(member)?;
-            let Some(p) = s.leader_member() else {
+            let Some(p) = s.lease_holder() else {
                 return Err(
                     "no member holds the leader lease: there is no primary to rejoin".into(),
                 );

@@ -9,7 +9,8 @@
 
 use async_trait::async_trait;
 use pgbaton_core::config::StoreConfig;
-use pgbaton_core::model::{HistoryEntry, Leader, MemberState, OpPhase, Operation};
+use pgbaton_core::decide::ClusterView;
+use pgbaton_core::model::{HistoryEntry, Identity, Leader, MemberState, OpPhase, Operation};
 use std::sync::Arc;
 
 pub use bounded::Bounded;
@@ -92,6 +93,23 @@ pub trait Store: Send + Sync {
     async fn set_paused(&self, paused: bool) -> Result<()>;
 }
 
+/// The cluster as the store holds it, read key by key: the identity (parsed from the
+/// `initialize` key's text), the leader lease, the members, the operation, the pause flag.
+/// The agents decide on it; the CLI and the API show and check it.
+pub async fn read_view(store: &dyn Store) -> Result<ClusterView> {
+    Ok(ClusterView {
+        initialize: store
+            .initialize_get()
+            .await?
+            .as_deref()
+            .map(Identity::parse),
+        leader: store.leader_get().await?,
+        members: store.members().await?,
+        op: store.op_get().await?,
+        paused: store.paused().await?,
+    })
+}
+
 /// Pause or resume a cluster, and record the change in its history. Returns whether the
 /// cluster was paused before.
 pub async fn pause_and_record(store: &dyn Store, paused: bool, by: &str) -> Result<bool> {
@@ -135,4 +153,34 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn read_view_parses_the_identity_and_reads_every_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = local::LocalStore::open(&tmp.path().join("store.db"), "c").unwrap();
+        assert_eq!(read_view(&s).await.unwrap().initialize, None);
+        assert!(s.initialize_claim("claimed:n1").await.unwrap());
+        assert_eq!(
+            read_view(&s).await.unwrap().initialize,
+            Some(Identity::claim("n1"))
+        );
+        assert!(s.initialize_replace("claimed:n1", "42").await.unwrap());
+        assert!(s.leader_acquire("n1", 10_000).await.unwrap());
+        s.set_paused(true).await.unwrap();
+        let v = read_view(&s).await.unwrap();
+        assert_eq!(v.initialize, Some(Identity::SystemId("42".into())));
+        assert_eq!(v.leader.map(|l| l.member).as_deref(), Some("n1"));
+        assert!(v.paused);
+        // Text pgbaton did not write is read as what it is, not an error.
+        assert!(s.initialize_replace("42", "junk").await.unwrap());
+        assert_eq!(
+            read_view(&s).await.unwrap().initialize,
+            Some(Identity::Malformed("junk".into()))
+        );
+    }
 }

@@ -4,7 +4,7 @@
 use super::agents::{running_agent, spawn_agent, Spawned};
 use super::layout::{write_owned, Layout};
 use super::wait::{settled_or_waiting, wait_healthy, wait_until};
-use crate::cluster::{open_store, Snapshot};
+use crate::cluster::open_store;
 use crate::members::{report, table};
 use anyhow::{bail, Context, Result};
 use pgbaton_agent::process::{blocked_for, create_owned_dir, resolve_user};
@@ -13,6 +13,7 @@ use pgbaton_core::config::{
     TimingConfig,
 };
 use pgbaton_core::model::MemberStatus;
+use pgbaton_store::read_view;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
@@ -189,8 +190,8 @@ pub async fn up(o: UpOptions) -> Result<()> {
     // The first member bootstraps; the others clone from it once it runs.
     let mut spawned = Spawned::new();
     spawn_agent(&l, &configs[0].name, &mut spawned)?;
-    wait_until(&l, &client, &configs, &mut spawned, o.timeout_s, |snap| {
-        snap.leader_member()
+    wait_until(&l, &client, &configs, &mut spawned, o.timeout_s, |view| {
+        view.leader_member()
             .is_some_and(|m| m.state == MemberStatus::Running)
     })
     .await
@@ -272,11 +273,11 @@ async fn start_existing(l: &Layout, timeout_s: u64) -> Result<()> {
     // A member that waits for the operator (a former primary to rejoin, say) does not stream
     // by itself: `up` returns once the others are healthy and says what it waits for.
     let started = pgbaton_store::now_ms();
-    wait_until(l, &client, &configs, &mut spawned, timeout_s, |snap| {
-        settled_or_waiting(snap, &configs, started)
+    wait_until(l, &client, &configs, &mut spawned, timeout_s, |view| {
+        settled_or_waiting(view, &configs, started)
     })
     .await?;
-    for m in Snapshot::read(open_store(&client)?.as_ref()).await?.members {
+    for m in read_view(open_store(&client)?.as_ref()).await?.members {
         if let Some(msg) = m.message.as_deref().filter(|msg| msg.contains("`pgbaton ")) {
             println!("{} needs the operator: {msg}", m.name);
         }
@@ -286,8 +287,8 @@ async fn start_existing(l: &Layout, timeout_s: u64) -> Result<()> {
 
 async fn finish(l: &Layout, client: &ClientConfig) -> Result<()> {
     let store = open_store(client)?;
-    let snap = Snapshot::read(store.as_ref()).await?;
-    println!("{}", table(&report(&client.cluster, &snap)));
+    let view = read_view(store.as_ref()).await?;
+    println!("{}", table(&report(&client.cluster, &view)));
     let cfg = l.client_config();
     println!("Cluster {} is up. Next:", client.cluster);
     println!(

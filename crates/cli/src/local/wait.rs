@@ -4,24 +4,26 @@
 
 use super::agents::{log_tail, Spawned};
 use super::layout::Layout;
-use crate::cluster::{open_store, Snapshot};
+use crate::cluster::open_store;
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pgbaton_core::config::{ClientConfig, NodeConfig, StoreConfig};
+use pgbaton_core::decide::ClusterView;
 use pgbaton_core::model::{MemberState, MemberStatus, Role};
+use pgbaton_store::read_view;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 /// A running primary holding the lease, every other member streaming, and the primary
 /// reporting each standby's slot as active (so what `up` prints last is current).
-fn healthy(snap: &Snapshot, configs: &[NodeConfig]) -> bool {
-    let Some(leader) = snap.leader_member() else {
+fn healthy(view: &ClusterView, configs: &[NodeConfig]) -> bool {
+    let Some(leader) = view.leader_member() else {
         return false;
     };
     leader.state == MemberStatus::Running
         && configs.iter().filter(|c| c.name != leader.name).all(|c| {
-            let streaming = snap.members.iter().any(|m| {
+            let streaming = view.members.iter().any(|m| {
                 m.name == c.name && m.role == Role::Standby && m.state == MemberStatus::Streaming
             });
             let slot = pgbaton_core::model::slot_name_for(&c.name);
@@ -30,8 +32,12 @@ fn healthy(snap: &Snapshot, configs: &[NodeConfig]) -> bool {
 }
 
 /// Healthy, except members that reported (since `since_ms`) that they wait for an operator.
-pub(super) fn settled_or_waiting(snap: &Snapshot, configs: &[NodeConfig], since_ms: u64) -> bool {
-    let waiting: Vec<&str> = snap
+pub(super) fn settled_or_waiting(
+    view: &ClusterView,
+    configs: &[NodeConfig],
+    since_ms: u64,
+) -> bool {
+    let waiting: Vec<&str> = view
         .members
         .iter()
         .filter(|m| {
@@ -47,7 +53,7 @@ pub(super) fn settled_or_waiting(snap: &Snapshot, configs: &[NodeConfig], since_
         .filter(|c| !waiting.contains(&c.name.as_str()))
         .cloned()
         .collect();
-    healthy(snap, &rest)
+    healthy(view, &rest)
 }
 
 pub(super) async fn wait_healthy(
@@ -57,8 +63,8 @@ pub(super) async fn wait_healthy(
     spawned: &mut Spawned,
     timeout_s: u64,
 ) -> Result<()> {
-    wait_until(l, client, configs, spawned, timeout_s, |snap| {
-        healthy(snap, configs)
+    wait_until(l, client, configs, spawned, timeout_s, |view| {
+        healthy(view, configs)
     })
     .await
     .context("waiting for every member to be healthy (a running primary, streaming standbys)")
@@ -85,7 +91,7 @@ pub(super) async fn wait_until(
     configs: &[NodeConfig],
     spawned: &mut Spawned,
     timeout_s: u64,
-    done: impl Fn(&Snapshot) -> bool,
+    done: impl Fn(&ClusterView) -> bool,
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(timeout_s);
     let tty = std::io::stderr().is_terminal();
@@ -116,9 +122,9 @@ pub(super) async fn wait_until(
             store = open_store(client).ok();
         }
         if let Some(st) = &store {
-            let snap = Snapshot::read(st.as_ref()).await?;
+            let view = read_view(st.as_ref()).await?;
             for c in configs {
-                let m = snap.members.iter().find(|m| m.name == c.name);
+                let m = view.member(&c.name);
                 let (line, progress) = describe(m);
                 let pb = &bars[&c.name];
                 match progress {
@@ -153,7 +159,7 @@ pub(super) async fn wait_until(
                     }
                 }
             }
-            if done(&snap) {
+            if done(&view) {
                 for pb in bars.values() {
                     pb.finish();
                 }

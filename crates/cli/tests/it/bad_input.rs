@@ -284,6 +284,44 @@ fn up_refuses_a_directory_postgres_cannot_enter() {
 }
 
 #[test]
+fn an_initialize_key_pgbaton_cannot_read_is_refused_and_listed() {
+    use pgbaton_store::Store;
+    let s = scratch_for_pg();
+    let cfg = node_toml(&s.path, free_port_base(1), "", "");
+    // Text in the initialize key that is neither `claimed:<member>` nor a system identifier.
+    let store_db = s.path.join("store.db");
+    {
+        let store = pgbaton_store::local::LocalStore::open(&store_db, "lonely").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(rt.block_on(store.initialize_claim("junk")).unwrap());
+    }
+    let u = pg_user();
+    for f in ["store.db", "store.db-wal", "store.db-shm"] {
+        let p = s.path.join(f);
+        if p.exists() {
+            nix::unistd::chown(&p, Some(u.uid), Some(u.gid)).unwrap();
+        }
+    }
+    assert_refused(
+        &agent(&cfg),
+        &["initialize key holds \"junk\"", "will not act"],
+    );
+    assert!(!s.path.join("n1").exists(), "something was created");
+    let o = pgbaton(
+        &["-c", cfg.to_str().unwrap(), "list"],
+        Duration::from_secs(30),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("Warning: the store's initialize key holds \"junk\""),
+        "{t}"
+    );
+}
+
+#[test]
 fn commands_without_a_cluster_say_so() {
     let s = scratch();
     let cfg = s.path.join("pgbaton.toml");

@@ -168,7 +168,7 @@ pub(super) fn former_primary_hold(
 /// the lease back on an old timeline (pinned simulator test
 /// `stale_view_retakes_the_lease_on_an_old_timeline`).
 pub(super) fn stale_view(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
-    let mine = member(view, &local.name)?;
+    let mine = view.member(&local.name)?;
     let age = now_ms.saturating_sub(mine.updated_ms);
     (age > local.policy.ttl_ms).then(|| {
         format!(
@@ -184,7 +184,7 @@ pub(super) fn stale_view(view: &ClusterView, local: &LocalView, now_ms: u64) -> 
 /// slots before it is promoted, so the slot alone does not say the promotion is complete.
 pub(super) fn rewind_source(view: &ClusterView, me: &str) -> Result<Upstream, String> {
     let up = ready_upstream(view, me)?;
-    match member(view, &up.member) {
+    match view.member(&up.member) {
         Some(m) if m.role == Role::Primary && m.state == crate::model::MemberStatus::Running => {
             Ok(up)
         }

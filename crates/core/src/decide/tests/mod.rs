@@ -16,6 +16,8 @@ fn plans_that_break_the_lease_rules_are_refused() {
 }
 use crate::model::MemberStatus;
 
+mod display;
+
 const NOW: u64 = 1_000_000;
 
 fn ms(name: &str, slots: &[&str]) -> MemberState {
@@ -78,7 +80,7 @@ fn a_restart_never_starts_a_former_primary_without_the_lease_as_a_primary() {
 
 fn view(init: Option<&str>, leader: Option<&str>, members: Vec<MemberState>) -> ClusterView {
     ClusterView {
-        initialize: init.map(String::from),
+        initialize: init.map(Identity::parse),
         leader: leader.map(|m| Leader {
             member: m.into(),
             expires_ms: NOW + 10_000,
@@ -542,6 +544,36 @@ fn foreign_system_id_is_a_failure_and_nothing_else() {
         NOW,
     );
     assert!(matches!(&a[..], [Action::Fail { .. }]));
+}
+
+#[test]
+fn malformed_identity_is_a_system_id_nobody_matches_and_says_so() {
+    // Text in the initialize key that is neither a claim nor a system identifier: no
+    // member bootstraps, clones, starts or keeps leading against it; each fails with why.
+    for text in ["claimed:", "not-a-sysid", ""] {
+        let v = view(Some(text), Some("n1"), vec![ms("n1", &["pgbaton_n2"])]);
+        assert_eq!(v.initialize, Some(Identity::Malformed(text.into())));
+        for (name, data, pg) in [
+            ("n1", init(false), PRIMARY_RUNNING),
+            ("n2", init(true), PgRun::Stopped),
+            ("n2", DataDir::Empty, PgRun::Stopped),
+        ] {
+            let a = decide(&v, &local(name, data, pg), NOW);
+            assert!(
+                matches!(&a[..], [Action::Fail { reason }]
+                    if reason.contains(&format!("initialize key holds {text:?}"))),
+                "{text:?} {name}: {a:?}"
+            );
+        }
+    }
+    // A data directory that is not PostgreSQL's is still reported as that first.
+    let v = view(Some("junk"), None, vec![]);
+    let a = decide(
+        &v,
+        &local("n1", DataDir::Foreign("x".into()), PgRun::Stopped),
+        NOW,
+    );
+    assert!(matches!(&a[..], [Action::Fail { reason }] if reason.contains("not a PostgreSQL")));
 }
 
 #[test]
