@@ -200,7 +200,7 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         }
         let mut plan = plan.into_iter();
         while let Some(action) = plan.next() {
-            let what = format!("{action:?}");
+            let what = action.to_string();
             let may_fail_op = may_fail_op(&action);
             match self.execute(action, view, local).await {
                 Ok(Flow::Continue) => {}

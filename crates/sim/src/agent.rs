@@ -92,7 +92,11 @@ impl Sim {
                 .leader
                 .as_ref()
                 .map(|l| format!("{}+{}", l.member, l.expires_ms.saturating_sub(self.now)));
-            let acts = actions.iter().map(short).collect::<Vec<_>>().join(", ");
+            let acts = actions
+                .iter()
+                .map(Action::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
             self.log(|| format!("{name}: lease {lease:?} pg {:?} -> [{acts}]", local.pg));
         }
         self.nodes[n].agent.last_view = Some(view.clone());

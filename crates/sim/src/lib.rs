@@ -101,13 +101,17 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 mod agent;
 mod checks;
+mod config;
 mod exec;
 mod faults;
 mod io;
+mod outcome;
 mod store;
 mod summary;
 mod world;
 
+pub use config::{Fault, FaultKind, SimConfig};
+pub use outcome::{Outcome, Promotion, Stats, Violation};
 pub use summary::{sweep, Summary};
 
 /// Virtual time of the start of a run (ms): far from 0 so that "now - x" never saturates.
@@ -139,208 +143,6 @@ impl Rng {
     }
     pub fn per_mille(&mut self, p: u32) -> bool {
         self.next_u64() % 1000 < p as u64
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct SimConfig {
-    pub nodes: usize,
-    /// Seeded faults start within this window (ms after the start) and all end by its end.
-    pub fault_ms: u64,
-    /// After the faults heal, the cluster must have converged within this bound.
-    pub settle_ms: u64,
-    pub loop_ms: u64,
-    pub ttl_ms: u64,
-    pub fence_margin_ms: u64,
-    pub primary_restart_timeout_ms: u64,
-    pub max_lag_bytes: u64,
-    pub reclone_on_rewind_failure: bool,
-    /// Probability (per mille) that a needed pg_rewind fails.
-    pub rewind_fail_per_mille: u32,
-    /// Seeded random faults (off: only `SimConfig::script` faults).
-    pub random_faults: bool,
-    /// Explicit faults (scenario tests), in addition to the random ones.
-    pub script: Vec<Fault>,
-    /// Per-node replication lag in bytes (default: seeded, 0..=4096).
-    pub lag_bytes: Option<Vec<u64>>,
-    /// The watchdog kills a writable PostgreSQL past its deadline (off: test the tests).
-    pub watchdog: bool,
-    /// Planted bug knob: the watchdog fires this late.
-    pub watchdog_late_ms: u64,
-    /// Failsafe rounds during store unavailability (off: test the tests).
-    pub failsafe: bool,
-    /// While its PostgreSQL is stopped, the agent keeps publishing the timeline and LSN it
-    /// last published (instead of none, which removed the `max_lag_bytes` and timeline bars
-    /// from the failover decision); `crates/agent` does (see the
-    /// pinned test `stopped_primary_publishes_no_lsn`.
-    pub publish_stopped_position: bool,
-    /// A (re)started agent holds itself to a failsafe promise for `ttl_ms`: a promise given
-    /// before an agent crash lives in agent memory and would be forgotten (two writers).
-    /// `crates/agent` holds it (pinned test `agent_restart_forgets_its_failsafe_promise`).
-    pub failsafe_hold_after_start: bool,
-    /// Frozen PostgreSQL and killed-watchdog faults among the random ones (off: the fault
-    /// mix the pinned seeds of earlier bugs were found with).
-    pub pg_faults: bool,
-    /// The fence kills every process of a frozen instance. Off plants the old fence, which
-    /// killed only the postmaster: frozen backends thaw and acknowledge their commits.
-    pub fence_kills_frozen: bool,
-    /// An agent whose watchdog died stops a primary's PostgreSQL and starts a new one. Off
-    /// plants the old agent, which exited and left PostgreSQL running unfenced.
-    pub watchdog_respawn: bool,
-    /// pg_rewind that cannot connect to its source says so (`Rewind::SourceUnreachable`)
-    /// and the rejoin is retried. Off plants the old agent, which took it for a failed
-    /// rewind and waited for a reinit for good (pinned test
-    /// `an_unreachable_rewind_source_is_retried`).
-    pub rewind_unreachable_is_retried: bool,
-    /// Operator requests (switchover, reinit, restart, remove) among the random faults,
-    /// checked as the CLI checks them (`ops::check`) before they are posted.
-    pub operations: bool,
-    /// Record a human-readable trace in the outcome.
-    pub trace: bool,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        SimConfig {
-            nodes: 3,
-            fault_ms: 90_000,
-            settle_ms: 30_000,
-            loop_ms: 500,
-            ttl_ms: 2_500,
-            fence_margin_ms: 500,
-            primary_restart_timeout_ms: 30_000,
-            max_lag_bytes: 1_048_576,
-            reclone_on_rewind_failure: false,
-            rewind_fail_per_mille: 100,
-            random_faults: true,
-            script: vec![],
-            lag_bytes: None,
-            watchdog: true,
-            watchdog_late_ms: 0,
-            failsafe: true,
-            publish_stopped_position: true,
-            failsafe_hold_after_start: true,
-            pg_faults: true,
-            fence_kills_frozen: true,
-            watchdog_respawn: true,
-            rewind_unreachable_is_retried: true,
-            operations: true,
-            trace: false,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FaultKind {
-    /// The whole node: PostgreSQL, agent and watchdog die; restarted at the end.
-    NodeCrash,
-    /// The agent process only; restarted at the end.
-    AgentCrash,
-    /// PostgreSQL dies (immediate); the agent is expected to notice.
-    PgCrash,
-    /// The node cannot reach the store.
-    StoreCut,
-    /// The node cannot reach its peers (agent API and replication).
-    PeerCut,
-    /// The agent is SIGSTOPped.
-    Freeze,
-    /// The store is down for everyone.
-    StoreOutage,
-    /// The operator pauses the cluster.
-    Pause,
-    /// PostgreSQL is SIGSTOPped, postmaster and backends (a VM pause, a storage stall).
-    PgFreeze,
-    /// The fence watchdog is SIGKILLed (the duration matters only to the planted old agent,
-    /// which exits: it is restarted at the end).
-    WatchdogKill,
-    /// The operator asks for a switchover to this node (from whoever leads).
-    Switchover,
-    /// The operator asks for this node to be re-cloned (`pgbaton reinit`).
-    Reinit,
-    /// The operator asks for this node's PostgreSQL to be restarted.
-    Restart,
-    /// The operator removes this node from the cluster for good (`pgbaton remove`).
-    Remove,
-}
-
-/// A fault from `at_ms` (ms after the start) for `dur_ms`.
-#[derive(Clone, Debug)]
-pub struct Fault {
-    pub at_ms: u64,
-    pub dur_ms: u64,
-    pub node: usize,
-    pub kind: FaultKind,
-}
-
-#[derive(Clone, Debug)]
-pub struct Violation {
-    /// ms after the start.
-    pub t_ms: u64,
-    pub kind: &'static str,
-    pub detail: String,
-}
-
-#[derive(Clone, Debug)]
-pub struct Promotion {
-    pub t_ms: u64,
-    pub node: String,
-    pub lsn: u64,
-    pub timeline: u32,
-    /// The other live standbys' LSNs at that instant.
-    pub others: Vec<(String, u64)>,
-    /// The last LSN a writable primary published, if any.
-    pub last_published_primary_lsn: Option<u64>,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Stats {
-    pub events: u64,
-    pub faults: u32,
-    pub promotions: u32,
-    /// Watchdog kills of a writable PostgreSQL.
-    pub fences: u32,
-    pub failsafe_rounds: u32,
-    pub failsafe_confirmed: u32,
-    pub rewinds: u32,
-    pub rejoin_failures: u32,
-    pub lost_bytes: u64,
-    pub lost_writes: u64,
-    /// Total time without a writable primary.
-    pub unavailable_ms: u64,
-    /// Longest stretch without a writable primary.
-    pub max_unavailable_ms: u64,
-    /// How long after the heal the cluster converged (None: it did not).
-    pub converged_after_ms: Option<u64>,
-    /// Nodes waiting after a failed rejoin (allowed by invariant 4).
-    pub waiting_rejoin_failed: u32,
-    /// Standbys left at the end following the primary with WAL that diverged from its
-    /// history (a less advanced standby was promoted): `decide` never rewinds a standby,
-    /// so they never stream again. A liveness gap, counted, not asserted.
-    pub stuck_diverged: u32,
-    /// Runs that ended with a switchover or promote still within its own deadline (a
-    /// switchover to a member that died meanwhile waits `SWITCHOVER_TIMEOUT_MS` before the
-    /// old primary resumes): convergence is not judged then.
-    pub op_pending_at_end: u32,
-}
-
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    pub seed: u64,
-    pub violations: Vec<Violation>,
-    pub stats: Stats,
-    pub promotions: Vec<Promotion>,
-    /// Watchdog kills: (ms after the start, node).
-    pub fences: Vec<(u64, String)>,
-    pub faults: Vec<Fault>,
-    /// The writable primary at the end, if exactly one.
-    pub final_primary: Option<String>,
-    /// Filled when `SimConfig::trace`.
-    pub trace: Vec<String>,
-}
-
-impl Outcome {
-    pub fn ok(&self) -> bool {
-        self.violations.is_empty()
     }
 }
 
@@ -623,36 +425,4 @@ struct Sim {
     agent_exits: BTreeSet<usize>,
     /// Operations posted so far (their ids).
     ops_posted: u64,
-}
-
-impl Sim {
-    // ---- the world ----------------------------------------------------------------------
-
-    // ---- events -------------------------------------------------------------------------
-
-    // ---- the store ----------------------------------------------------------------------
-
-    // ---- the agent ----------------------------------------------------------------------
-}
-
-/// A short form of an action for the trace.
-fn short(a: &Action) -> String {
-    match a {
-        Action::Start { upstream } => format!(
-            "Start({})",
-            upstream.as_ref().map_or("-", |u| u.member.as_str())
-        ),
-        Action::Follow { upstream } => format!(
-            "Follow({})",
-            upstream.as_ref().map_or("-", |u| u.member.as_str())
-        ),
-        Action::Rejoin { upstream } => format!("Rejoin({})", upstream.member),
-        Action::Reinit { from } => format!("Reinit({})", from.member),
-        Action::Clone { from } => format!("Clone({})", from.member),
-        Action::Wait { reason } => format!("Wait({reason})"),
-        Action::Stop { reason } => format!("Stop({reason})"),
-        Action::ReleaseLease { reason } => format!("ReleaseLease({reason})"),
-        Action::EnsureSlots { .. } => "EnsureSlots".into(),
-        other => format!("{other:?}"),
-    }
 }

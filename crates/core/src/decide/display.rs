@@ -53,11 +53,12 @@ impl fmt::Display for Action {
     }
 }
 
-/// The role PostgreSQL starts in: `primary`, or `standby of <member>`.
+/// Whom PostgreSQL follows when it starts: `standby of <member>`, or `no upstream` (a
+/// primary, or a standby while no leader is known: the data directory says which).
 fn role(upstream: Option<&Upstream>) -> String {
     match upstream {
         Some(up) => format!("standby of {}", up.member),
-        None => "primary".to_string(),
+        None => "no upstream".to_string(),
     }
 }
 

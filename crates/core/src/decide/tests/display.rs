@@ -37,7 +37,7 @@ fn each_action_reads_in_a_line() {
             "ReleaseLease(PostgreSQL stopped)",
         ),
         (Action::Clone { from: up("n1") }, "Clone(from n1)"),
-        (Action::Start { upstream: None }, "Start(primary)"),
+        (Action::Start { upstream: None }, "Start(no upstream)"),
         (
             Action::Start {
                 upstream: Some(up("n2")),
@@ -78,7 +78,7 @@ fn each_action_reads_in_a_line() {
         (Action::Promote, "Promote"),
         (Action::Rejoin { upstream: up("n2") }, "Rejoin(n2)"),
         (Action::Reinit { from: up("n1") }, "Reinit(from n1)"),
-        (Action::Restart { upstream: None }, "Restart(primary)"),
+        (Action::Restart { upstream: None }, "Restart(no upstream)"),
         (
             Action::Restart {
                 upstream: Some(up("n1")),
