@@ -113,16 +113,19 @@ impl Agent {
                 error!("stopping PostgreSQL: {e:#}");
             }
         }
-        // Release the lease only once PostgreSQL no longer runs writable (and no backend
-        // of a postmaster that died is left to finish a commit).
-        if server::postmaster_pid(&self.cfg.data_dir).is_none()
-            && fence::fence(&self.cfg.data_dir, "releasing the leader lease").is_ok()
-        {
-            match self.store.leader_release(&self.cfg.name).await {
-                Ok(true) => info!("released the leader lease"),
-                Ok(false) => {}
-                Err(e) => warn!("releasing the leader lease: {e:#}"),
+        // Release the lease only once PostgreSQL no longer runs (and no backend of a
+        // postmaster that died is left to finish a commit): `give_up_lease` refuses
+        // otherwise, and the watchdog then fences at its deadline.
+        let gone = match self.exec.give_up_lease("the agent shuts down").await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("releasing the leader lease: {e:#}");
+                // A store that did not answer: PostgreSQL may still be gone for good.
+                server::postmaster_pid(&self.cfg.data_dir).is_none()
+                    && fence::fence(&self.cfg.data_dir, "the agent shuts down").is_ok()
             }
+        };
+        if gone {
             // Nothing left to fence: the watchdog goes with the agent.
             if let Some(w) = self.exec.host.watchdog.take() {
                 // Through the lock: a keeper task just aborted may still hold a clone.

@@ -86,7 +86,7 @@ impl<P: Postgres, H: Host> Executor<P, H> {
     /// Give the lease up: only once PostgreSQL no longer runs, and no backend of a
     /// postmaster that died alone is left to finish a commit. Then the fence has nothing
     /// left to guard and is disarmed.
-    pub(crate) async fn give_up_lease(&mut self, reason: &str) -> Result<()> {
+    pub async fn give_up_lease(&mut self, reason: &str) -> Result<()> {
         if self.pg.running().await {
             anyhow::bail!("not releasing the leader lease: PostgreSQL still runs");
         }

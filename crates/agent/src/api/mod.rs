@@ -415,14 +415,7 @@ async fn submit(
     };
     // Read the store afresh (the loop's snapshot may be a loop old): a request is checked
     // against the cluster as it is now, like the CLI does.
-    let fresh = async {
-        anyhow::Ok((
-            st.store.leader_get().await?,
-            st.store.members().await?,
-            st.store.op_get().await?,
-        ))
-    };
-    let (leader, members, op) = match fresh.await {
+    let view = match pgbaton_store::read_view(&*st.store).await {
         Ok(v) => v,
         Err(e) => {
             return error(
@@ -431,12 +424,7 @@ async fn submit(
             )
         }
     };
-    let snap = ops::Snapshot {
-        leader: leader.as_ref(),
-        members: &members,
-        op: op.as_ref(),
-        now_ms: now_ms(),
-    };
+    let snap = ops::Snapshot::at(&view, now_ms());
     let kind = match kind(&b, &snap) {
         Ok(k) => k,
         Err(e) => return error(StatusCode::PRECONDITION_FAILED, e),
