@@ -200,8 +200,9 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         }
         let mut plan = plan.into_iter();
         while let Some(action) = plan.next() {
-            let what = action.to_string();
-            let may_fail_op = may_fail_op(&action);
+            // Named only when its failure fails the operation (formatting every action
+            // would cost the simulator's sweep for nothing).
+            let what = may_fail_op(&action).then(|| action.to_string());
             match self.execute(action, view, local).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => break,
@@ -214,7 +215,7 @@ impl<P: Postgres, H: Host> Executor<P, H> {
                     let text = e.to_string();
                     error!("{text}");
                     self.message = Some(text.clone());
-                    if may_fail_op {
+                    if let Some(what) = what {
                         if let Some(Action::FinishOp { op, .. }) =
                             plan.find(|a| matches!(a, Action::FinishOp { .. }))
                         {

@@ -99,6 +99,7 @@ impl Sim {
                 .join(", ");
             self.log(|| format!("{name}: lease {lease:?} pg {:?} -> [{acts}]", local.pg));
         }
+        let view = std::rc::Rc::new(view);
         self.nodes[n].agent.last_view = Some(view.clone());
         self.start_plan(n, actions, view, local);
     }
@@ -220,7 +221,6 @@ impl Sim {
                 PgRun::Running { .. } => exec.mem.answered(),
                 PgRun::NotAnswering => {}
             }
-            self.nodes[n].agent.mem = exec.mem.clone();
         }
         pgrun
     }
@@ -298,7 +298,6 @@ impl Sim {
             failsafe,
             now,
         );
-        node.agent.mem = exec.mem.clone();
         // Stopped: the timeline in pg_control.
         l.timeline = l.timeline.or(Some(node.pg.timeline()));
         l
@@ -328,7 +327,7 @@ impl Sim {
                 }
             }
             PgRun::NotAnswering => MemberStatus::Starting,
-            PgRun::Stopped if node.agent.mem.crashed => MemberStatus::Crashed,
+            PgRun::Stopped if node.agent.memory().crashed => MemberStatus::Crashed,
             PgRun::Stopped => MemberStatus::Stopped,
         };
         let standby = matches!(
@@ -364,7 +363,7 @@ impl Sim {
             // As the agent does: a primary down past the restart timeout handed over.
             handed_over: node
                 .agent
-                .mem
+                .memory()
                 .handed_over(self.now, self.cfg.primary_restart_timeout_ms),
             ..MemberState::sample(&node.name, role, state, self.now)
         }

@@ -101,7 +101,7 @@ impl Sim {
             }
             // A former primary, or a standby that had to be rewound, whose pg_rewind failed
             // waits for the operator's reinit (unless re-cloning is allowed).
-            if n.agent.mem.rejoin_failed.is_some() && !self.cfg.reclone_on_rewind_failure {
+            if n.agent.memory().rejoin_failed.is_some() && !self.cfg.reclone_on_rewind_failure {
                 waiting += 1;
                 continue;
             }

@@ -13,7 +13,7 @@ impl Sim {
         &mut self,
         n: usize,
         plan: Vec<Action>,
-        view: ClusterView,
+        view: std::rc::Rc<ClusterView>,
         local: LocalView,
     ) {
         let Some(mut exec) = self.nodes[n].agent.exec.take() else {
@@ -23,6 +23,8 @@ impl Sim {
             );
             return;
         };
+        // What the agent remembers, for reports made while the plan runs.
+        self.nodes[n].agent.mem = exec.mem.clone();
         let task = async move {
             let end = exec.run_plan(plan, &view, &local).await;
             (exec, end)

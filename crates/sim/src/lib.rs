@@ -230,9 +230,10 @@ struct Agent {
     /// Absent while a plan runs (the task owns it).
     exec: Option<SimExec>,
     task: Option<Task>,
-    /// The executor's memory as last seen (for reports while a plan runs).
+    /// The executor's memory when the running plan began (for reports while it runs).
     mem: Memory,
-    last_view: Option<ClusterView>,
+    /// The view the last plan was decided on (shared with the plan's task).
+    last_view: Option<std::rc::Rc<ClusterView>>,
     loop_started: u64,
     parked: Option<Step>,
     fs: Option<FsRound>,
@@ -263,6 +264,14 @@ struct Node {
     fenced_epoch: Option<u64>,
     /// Planted old fence: the postmaster was killed while frozen, its backends live on.
     zombie: bool,
+}
+
+impl Agent {
+    /// What the agent remembers: its executor's memory, or while a plan runs (the task owns
+    /// the executor) the memory it began with.
+    fn memory(&self) -> &Memory {
+        self.exec.as_ref().map_or(&self.mem, |e| &e.mem)
+    }
 }
 
 impl Node {
