@@ -70,10 +70,12 @@ impl Agent {
         };
         match sql::probe(client).await {
             Ok(p) => {
-                let upstream = p.in_recovery.then(|| upstream_member(&p, view)).flatten();
-                let run = PgRun::Running {
-                    in_recovery: p.in_recovery,
-                    upstream,
+                let run = if p.in_recovery {
+                    PgRun::Standby {
+                        upstream: upstream_member(&p, view),
+                    }
+                } else {
+                    PgRun::Primary
                 };
                 pg.probe = Some(p);
                 self.exec.mem.answered();

@@ -80,17 +80,12 @@ impl Publisher {
     }
 
     pub(crate) async fn publish(&self, r: Report<'_>) -> Result<()> {
-        let p = r
-            .probe
-            .filter(|_| matches!(r.local.pg, PgRun::Running { .. }));
+        let p = r.probe.filter(|_| r.local.pg.running());
         let system_id = p.map(|p| p.system_id.clone()).or(match &r.local.data {
             DataDir::Initialized { system_id, .. } => Some(system_id.clone()),
             _ => None,
         });
-        let upstream = match &r.local.pg {
-            PgRun::Running { upstream, .. } => upstream.clone(),
-            _ => None,
-        };
+        let upstream = r.local.pg.upstream().map(str::to_string);
         // While PostgreSQL is stopped, the position last published stays published: the
         // failover decision holds candidates to the last primary's position and timeline
         // (pinned simulator test `stopped_primary_publishes_no_lsn`: a stopped primary that

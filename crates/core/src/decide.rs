@@ -87,14 +87,30 @@ pub enum DataDir {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PgRun {
     Stopped,
-    /// Running and answering SQL.
-    Running {
-        in_recovery: bool,
-        /// Standby only: the upstream its configuration points at (member name), if any.
+    /// Running, answering SQL, out of recovery: it accepts writes.
+    Primary,
+    /// Running, answering SQL, in recovery.
+    Standby {
+        /// The upstream its configuration points at (member name), if any.
         upstream: Option<String>,
     },
     /// A postmaster runs but does not answer SQL (starting up, shutting down, overloaded).
     NotAnswering,
+}
+
+impl PgRun {
+    /// Running and answering SQL, as a primary or a standby.
+    pub fn running(&self) -> bool {
+        matches!(self, PgRun::Primary | PgRun::Standby { .. })
+    }
+
+    /// The upstream a running standby's configuration points at.
+    pub fn upstream(&self) -> Option<&str> {
+        match self {
+            PgRun::Standby { upstream } => upstream.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -485,13 +501,8 @@ pub const STUCK_STANDBY_TTLS: u64 = 3;
 /// The role a member has, as seen from its data and PostgreSQL (for publishing).
 pub fn role_of(local: &LocalView) -> Role {
     match (&local.pg, &local.data) {
-        (PgRun::Running { in_recovery, .. }, _) => {
-            if *in_recovery {
-                Role::Standby
-            } else {
-                Role::Primary
-            }
-        }
+        (PgRun::Primary, _) => Role::Primary,
+        (PgRun::Standby { .. }, _) => Role::Standby,
         (_, DataDir::Initialized { standby, .. }) => {
             if *standby {
                 Role::Standby

@@ -127,14 +127,9 @@ impl Memory {
         failsafe: Option<Failsafe>,
         now_ms: u64,
     ) -> LocalView {
-        let running = matches!(pg, PgRun::Running { .. });
+        let running = pg.running();
         match (&pg, &data) {
-            (
-                PgRun::Running {
-                    in_recovery: false, ..
-                },
-                _,
-            ) => self.crashed_since_ms = None,
+            (PgRun::Primary, _) => self.crashed_since_ms = None,
             (_, DataDir::Initialized { standby: false, .. }) if self.crashed => {
                 self.crashed_since_ms.get_or_insert(now_ms);
             }
@@ -145,12 +140,10 @@ impl Memory {
         }
         let streaming = probed.is_some_and(|p| p.streaming);
         match &pg {
-            PgRun::Running {
-                in_recovery: true, ..
-            } if !streaming => {
+            PgRun::Standby { .. } if !streaming => {
                 self.not_streaming_since_ms.get_or_insert(now_ms);
             }
-            PgRun::Running { .. } => self.not_streaming_since_ms = None,
+            PgRun::Primary | PgRun::Standby { .. } => self.not_streaming_since_ms = None,
             _ => {}
         }
         let mut local = LocalView::new(name, data, pg);
@@ -178,11 +171,9 @@ impl Memory {
     /// The status to publish for what the loop saw.
     pub fn status(&self, local: &LocalView, streaming: bool) -> MemberStatus {
         match &local.pg {
-            PgRun::Running {
-                in_recovery: false, ..
-            } => MemberStatus::Running,
-            PgRun::Running { .. } if streaming => MemberStatus::Streaming,
-            PgRun::Running { .. } => MemberStatus::Replaying,
+            PgRun::Primary => MemberStatus::Running,
+            PgRun::Standby { .. } if streaming => MemberStatus::Streaming,
+            PgRun::Standby { .. } => MemberStatus::Replaying,
             PgRun::NotAnswering => MemberStatus::Starting,
             PgRun::Stopped if self.crashed => MemberStatus::Crashed,
             PgRun::Stopped if local.data == DataDir::Empty => MemberStatus::WaitingForPrimary,
@@ -261,10 +252,7 @@ mod tests {
         assert_eq!(l.crashed_since_ms, Some(10), "kept, not moved");
         assert!(!m.handed_over(109, 100));
         assert!(m.handed_over(110, 100));
-        let writable = PgRun::Running {
-            in_recovery: false,
-            upstream: None,
-        };
+        let writable = PgRun::Primary;
         let l = m.fold(
             "n1",
             &v,
@@ -286,10 +274,7 @@ mod tests {
             system_id: "1".into(),
             standby: true,
         };
-        let standby = PgRun::Running {
-            in_recovery: true,
-            upstream: None,
-        };
+        let standby = PgRun::Standby { upstream: None };
         let quiet = Probed::default();
         let l = m.fold(
             "n2",

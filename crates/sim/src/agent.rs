@@ -192,14 +192,10 @@ impl Sim {
         match node.pg.run {
             Run::Stopped => PgRun::Stopped,
             Run::Starting => PgRun::NotAnswering,
-            Run::Standby | Run::Promoting => PgRun::Running {
-                in_recovery: true,
+            Run::Standby | Run::Promoting => PgRun::Standby {
                 upstream: node.pg.upstream.map(|u| self.nodes[u].name.clone()),
             },
-            Run::Writable => PgRun::Running {
-                in_recovery: false,
-                upstream: None,
-            },
+            Run::Writable => PgRun::Primary,
         }
     }
 
@@ -207,7 +203,7 @@ impl Sim {
     /// nobody asked for is a crash), as `Agent::observe_pg` does.
     pub(crate) fn observe(&mut self, n: usize) -> PgRun {
         let pgrun = self.pg_run(n);
-        let running = matches!(pgrun, PgRun::Running { .. });
+        let running = pgrun.running();
         self.nodes[n]
             .io
             .lock()
@@ -218,7 +214,7 @@ impl Sim {
                 PgRun::Stopped => {
                     exec.mem.postmaster_gone();
                 }
-                PgRun::Running { .. } => exec.mem.answered(),
+                PgRun::Primary | PgRun::Standby { .. } => exec.mem.answered(),
                 PgRun::NotAnswering => {}
             }
         }
@@ -260,14 +256,8 @@ impl Sim {
         let streaming = self.streams_from(n).is_some();
         let now = self.now;
         let node = &mut self.nodes[n];
-        let running = matches!(pgrun, PgRun::Running { .. });
-        let standby = matches!(
-            pgrun,
-            PgRun::Running {
-                in_recovery: true,
-                ..
-            }
-        );
+        let running = pgrun.running();
+        let standby = matches!(pgrun, PgRun::Standby { .. });
         let probed = running.then(|| Probed {
             lsn: Some(Lsn(node.pg.lsn)),
             receive_lsn: standby.then_some(Lsn(node.pg.lsn)),
@@ -314,12 +304,10 @@ impl Sim {
             pgrun.clone(),
         );
         let role = role_of(&local);
-        let running = matches!(pgrun, PgRun::Running { .. });
+        let running = pgrun.running();
         let state = match pgrun {
-            PgRun::Running {
-                in_recovery: false, ..
-            } => MemberStatus::Running,
-            PgRun::Running { .. } => {
+            PgRun::Primary => MemberStatus::Running,
+            PgRun::Standby { .. } => {
                 if self.streams_from(n).is_some() {
                     MemberStatus::Streaming
                 } else {
@@ -330,13 +318,7 @@ impl Sim {
             PgRun::Stopped if node.agent.memory().crashed => MemberStatus::Crashed,
             PgRun::Stopped => MemberStatus::Stopped,
         };
-        let standby = matches!(
-            pgrun,
-            PgRun::Running {
-                in_recovery: true,
-                ..
-            }
-        );
+        let standby = matches!(pgrun, PgRun::Standby { .. });
         // The position it published last, kept while PostgreSQL is stopped.
         let (last_tl, last_lsn) = match (self.cfg.publish_stopped_position, running) {
             (true, false) => self
@@ -351,10 +333,7 @@ impl Sim {
             timeline: running.then(|| node.pg.timeline()).or(last_tl),
             lsn: running.then_some(Lsn(node.pg.lsn)).or(last_lsn),
             receive_lsn: standby.then_some(Lsn(node.pg.lsn)),
-            upstream: match pgrun {
-                PgRun::Running { upstream, .. } => upstream.clone(),
-                _ => None,
-            },
+            upstream: pgrun.upstream().map(str::to_string),
             slots: if running {
                 Self::slot_infos(&node.pg)
             } else {

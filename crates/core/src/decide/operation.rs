@@ -24,20 +24,8 @@ pub(super) fn decide_op(
         ok,
         message,
     };
-    let running_standby = matches!(
-        local.pg,
-        PgRun::Running {
-            in_recovery: true,
-            ..
-        }
-    );
-    let running_primary = matches!(
-        local.pg,
-        PgRun::Running {
-            in_recovery: false,
-            ..
-        }
-    );
+    let running_standby = matches!(local.pg, PgRun::Standby { .. });
+    let running_primary = matches!(local.pg, PgRun::Primary);
     match (&op.kind, op.phase) {
         (OpKind::Promote { member }, OpPhase::Requested) if member == me => {
             Some(if running_primary && i_lead {
@@ -223,13 +211,7 @@ pub(super) fn decide_op(
             // leader to rejoin: the switchover itself is done, and an unfinished operation
             // would refuse every later one for good; the automatic rejoin does the rest
             // (pinned simulator test `a_switchover_whose_new_primary_is_lost_still_finishes`).
-            let standby = matches!(
-                local.pg,
-                PgRun::Running {
-                    in_recovery: true,
-                    ..
-                }
-            );
+            let standby = matches!(local.pg, PgRun::Standby { .. });
             if standby || waited_ms > SWITCHOVER_TIMEOUT_MS + 10_000 {
                 return Some(vec![finish(true, done)]);
             }

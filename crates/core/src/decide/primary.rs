@@ -15,10 +15,7 @@ pub(super) fn decide_primary_data(
         // A former primary while another member leads: it must not run writable; once
         // stopped, it rejoins the leader as a standby (pg_rewind when it diverged).
         return match local.pg {
-            PgRun::Running {
-                in_recovery: false, ..
-            }
-            | PgRun::NotAnswering => vec![Action::Stop {
+            PgRun::Primary | PgRun::NotAnswering => vec![Action::Stop {
                 reason: format!(
                     "{} holds the leader lease; this member's data is a former primary's",
                     l.member
@@ -31,13 +28,7 @@ pub(super) fn decide_primary_data(
     // can take over (otherwise keep trying: a primary that may come back beats none).
     let gave_up = local.crashed_since_ms.is_some_and(|since| {
         now_ms.saturating_sub(since) >= local.policy.primary_restart_timeout_ms
-    }) && !matches!(
-        local.pg,
-        PgRun::Running {
-            in_recovery: false,
-            ..
-        }
-    );
+    }) && !matches!(local.pg, PgRun::Primary);
     if gave_up {
         let last = failover::LastPrimary {
             name: Some(me.to_string()),
@@ -77,13 +68,7 @@ pub(super) fn decide_primary_data(
         // The lease is free: a former primary takes it back only if nobody moved on to a
         // newer timeline and nobody promised a live primary not to.
         if let Some(reason) = former_primary_hold(view, local, now_ms) {
-            if matches!(
-                local.pg,
-                PgRun::Running {
-                    in_recovery: false,
-                    ..
-                } | PgRun::NotAnswering
-            ) {
+            if matches!(local.pg, PgRun::Primary | PgRun::NotAnswering) {
                 // Writable without the lease, and not to take it back: stop (one writer).
                 return vec![Action::Stop { reason }];
             }
@@ -99,16 +84,12 @@ pub(super) fn decide_primary_data(
                 reason: "PostgreSQL is starting or busy".into(),
             },
         ],
-        PgRun::Running {
-            in_recovery: false, ..
-        } => {
+        PgRun::Primary => {
             let mut actions = vec![lease_action];
             actions.extend(slot_plan(view, local, now_ms));
             actions
         }
-        PgRun::Running {
-            in_recovery: true, ..
-        } => {
+        PgRun::Standby { .. } => {
             // A primary's data dir running in recovery: it is still finishing crash recovery.
             vec![
                 lease_action,
@@ -133,16 +114,9 @@ pub(super) fn former_primary_hold(
     }
     // (A primary still running writable, e.g. after a store outage, takes its lease back
     // rather than stopping: the compare-and-set keeps that safe.)
-    if let Some(reason) = stale_view(view, local, now_ms).filter(|_| {
-        matches!(
-            local.pg,
-            PgRun::Stopped
-                | PgRun::Running {
-                    in_recovery: true,
-                    ..
-                }
-        )
-    }) {
+    if let Some(reason) = stale_view(view, local, now_ms)
+        .filter(|_| matches!(local.pg, PgRun::Stopped | PgRun::Standby { .. }))
+    {
         return Some(reason);
     }
     if let Some(reason) = failsafe_hold(local, now_ms) {

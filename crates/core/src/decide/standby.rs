@@ -76,10 +76,9 @@ pub(super) fn decide_standby(
     let stuck = stuck_standby(view, local, now_ms);
     match &local.pg {
         PgRun::Stopped if stuck.is_some() => rejoin_leader(view, local),
-        PgRun::Running {
-            in_recovery: true,
-            upstream: Some(up),
-        } if stuck.is_some() && view.leader.as_ref().is_some_and(|l| l.member == *up) => {
+        PgRun::Standby { upstream: Some(up) }
+            if stuck.is_some() && view.leader.as_ref().is_some_and(|l| l.member == *up) =>
+        {
             vec![Action::Stop {
                 reason: format!(
                     "not streaming from {up} for {} s (diverged from its timeline?): stopping to rejoin it with pg_rewind",
@@ -95,22 +94,17 @@ pub(super) fn decide_standby(
         PgRun::NotAnswering => vec![Action::Wait {
             reason: "PostgreSQL is starting or busy".into(),
         }],
-        PgRun::Running {
-            in_recovery: true, ..
-        } if view.leader.as_ref().is_some_and(|l| l.member == me) => {
+        PgRun::Standby { .. } if view.leader.as_ref().is_some_and(|l| l.member == me) => {
             // This standby holds the lease (a promotion that did not finish): promote.
             vec![Action::RenewLease, Action::Promote]
         }
-        PgRun::Running {
-            in_recovery: true, ..
-        } if view.leader.is_none() => match failover_hold(view, local, now_ms) {
-            Some(reason) => vec![Action::Wait { reason }],
-            None => vec![Action::AcquireLease, Action::Promote],
-        },
-        PgRun::Running {
-            in_recovery: true,
-            upstream,
-        } => {
+        PgRun::Standby { .. } if view.leader.is_none() => {
+            match failover_hold(view, local, now_ms) {
+                Some(reason) => vec![Action::Wait { reason }],
+                None => vec![Action::AcquireLease, Action::Promote],
+            }
+        }
+        PgRun::Standby { upstream } => {
             // Follow the leader when it is known and differs from what we stream from, once
             // our slot exists there.
             match leader_upstream(view, me) {
@@ -134,9 +128,7 @@ pub(super) fn decide_standby(
                 _ => vec![],
             }
         }
-        PgRun::Running {
-            in_recovery: false, ..
-        } => match view.leader.as_ref() {
+        PgRun::Primary => match view.leader.as_ref() {
             // standby.signal is there but PostgreSQL runs writable: someone promoted it by
             // hand. It must not stay writable beside the leader.
             Some(l) if l.member != me => vec![Action::Stop {

@@ -102,14 +102,8 @@ fn with_op(mut v: ClusterView, kind: OpKind, phase: OpPhase) -> ClusterView {
     v
 }
 
-const STANDBY_RUNNING: PgRun = PgRun::Running {
-    in_recovery: true,
-    upstream: None,
-};
-const PRIMARY_RUNNING: PgRun = PgRun::Running {
-    in_recovery: false,
-    upstream: None,
-};
+const STANDBY_RUNNING: PgRun = PgRun::Standby { upstream: None };
+const PRIMARY_RUNNING: PgRun = PgRun::Primary;
 
 #[test]
 fn promote_waits_for_the_old_lease_then_takes_it_and_promotes() {
@@ -155,8 +149,7 @@ fn promote_waits_for_the_old_lease_then_takes_it_and_promotes() {
 #[test]
 fn standbys_follow_a_new_leader_only_once_their_slot_is_there() {
     let v = view(Some("42"), Some("n2"), vec![ms("n2", &[])]);
-    let pg = PgRun::Running {
-        in_recovery: true,
+    let pg = PgRun::Standby {
         upstream: Some("n1".into()),
     };
     let a = decide(&v, &local("n3", init(true), pg.clone()), NOW);
@@ -593,18 +586,7 @@ fn running_leader_renews_and_keeps_slots_for_every_other_member() {
         Some("n1"),
         vec![ms("n1", &[]), ms("n2", &[]), ms("n3", &[])],
     );
-    let a = decide(
-        &v,
-        &local(
-            "n1",
-            init(false),
-            PgRun::Running {
-                in_recovery: false,
-                upstream: None,
-            },
-        ),
-        NOW,
-    );
+    let a = decide(&v, &local("n1", init(false), PgRun::Primary), NOW);
     assert_eq!(
         a,
         vec![
@@ -619,18 +601,7 @@ fn running_leader_renews_and_keeps_slots_for_every_other_member() {
 #[test]
 fn former_primary_never_runs_writable_beside_the_leader() {
     let v = view(Some("42"), Some("n2"), vec![ms("n2", &[])]);
-    let a = decide(
-        &v,
-        &local(
-            "n1",
-            init(false),
-            PgRun::Running {
-                in_recovery: false,
-                upstream: None,
-            },
-        ),
-        NOW,
-    );
+    let a = decide(&v, &local("n1", init(false), PgRun::Primary), NOW);
     assert!(matches!(&a[..], [Action::Stop { .. }]));
     let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
     assert!(matches!(&a[..], [Action::Wait { .. }]));
@@ -788,8 +759,7 @@ fn failover_waits_for_pause_operations_and_failsafe_promises() {
 fn a_standby_that_does_not_stream_from_the_leader_is_rejoined_with_pg_rewind() {
     let mut v = view(Some("42"), Some("n2"), vec![ms("n2", &["pgbaton_n3"])]);
     v.members[0].role = Role::Primary;
-    let following = PgRun::Running {
-        in_recovery: true,
+    let following = PgRun::Standby {
         upstream: Some("n2".into()),
     };
     let mut n3 = local("n3", init(true), following);
@@ -944,14 +914,12 @@ fn stopped_standby_starts_following_the_leader() {
 #[test]
 fn streaming_standby_follows_a_new_leader() {
     let v = view(Some("42"), Some("n3"), vec![ms("n3", &["pgbaton_n2"])]);
-    let pg = PgRun::Running {
-        in_recovery: true,
+    let pg = PgRun::Standby {
         upstream: Some("n1".into()),
     };
     let a = decide(&v, &local("n2", init(true), pg), NOW);
     assert!(matches!(&a[..], [Action::Follow { upstream: Some(u) }] if u.member == "n3"));
-    let pg = PgRun::Running {
-        in_recovery: true,
+    let pg = PgRun::Standby {
         upstream: Some("n3".into()),
     };
     // Following: it keeps a slot for every other member (here n3), for a failover.
@@ -977,8 +945,7 @@ fn a_failover_candidate_advances_its_slots_to_the_members_positions() {
     let mut n2 = local(
         "n2",
         init(true),
-        PgRun::Running {
-            in_recovery: true,
+        PgRun::Standby {
             upstream: Some("n3".into()),
         },
     );
