@@ -108,7 +108,7 @@ impl Agent {
         if !failed {
             info!("shutting down: stopping PostgreSQL (fast mode)");
             self.exec.mem.stopping();
-            self.publish_glance_as(MemberStatus::Stopping).await;
+            self.publish_status(MemberStatus::Stopping, None).await;
             if let Err(e) = pgbaton_exec::Postgres::stop(&mut self.exec.pg).await {
                 error!("stopping PostgreSQL: {e:#}");
             }
@@ -119,7 +119,9 @@ impl Agent {
         let gone = match self.exec.give_up_lease("the agent shuts down").await {
             Ok(()) => true,
             Err(e) => {
-                warn!("releasing the leader lease: {e:#}");
+                if self.exec.mem.held_lease {
+                    warn!("releasing the leader lease: {e:#}");
+                }
                 // A store that did not answer: PostgreSQL may still be gone for good.
                 server::postmaster_pid(&self.cfg.data_dir).is_none()
                     && fence::fence(&self.cfg.data_dir, "the agent shuts down").is_ok()
@@ -137,7 +139,7 @@ impl Agent {
         } else {
             MemberStatus::Stopped
         };
-        self.publish_glance_as(status).await;
+        self.publish_status(status, None).await;
         info!("agent stopped");
     }
 
@@ -170,12 +172,13 @@ impl Agent {
         if local.timeline.is_none() {
             local.timeline = timeline;
         }
+        self.exec.pg.handed_over = self.handed_over();
         let plan = decide(&view, &local, now_ms());
         match self.exec.run_plan(plan, &view, &local).await {
             PlanEnd::Ran => {}
             PlanEnd::Removed => return Ok(()), // publishing again would register it anew
             PlanEnd::Failed(StepError::Fatal(why)) => {
-                self.publish_glance_as(MemberStatus::Failed).await;
+                self.publish_status(MemberStatus::Failed, None).await;
                 return Err(FatalExit(why).into());
             }
             PlanEnd::Failed(StepError::StoreUnreachable(_)) => self.store_unreachable().await,
@@ -222,10 +225,6 @@ impl Agent {
     async fn publish_glance(&self, progress: Option<Progress>) {
         let status = self.status_of(&self.publisher.glance());
         self.publish_status(status, progress).await;
-    }
-
-    async fn publish_glance_as(&self, status: MemberStatus) {
-        self.publish_status(status, None).await;
     }
 
     async fn publish_status(&self, status: MemberStatus, progress: Option<Progress>) {

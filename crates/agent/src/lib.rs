@@ -151,6 +151,7 @@ impl Agent {
             client: None,
             probe: None,
             publisher: publisher.clone(),
+            handed_over: false,
         };
         let host = host::AgentHost {
             cfg: cfg.clone(),

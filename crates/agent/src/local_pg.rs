@@ -16,6 +16,8 @@ pub(crate) struct LocalPg {
     pub probe: Option<Probe>,
     /// For a clone's progress.
     pub publisher: Publisher,
+    /// What the progress reports say of a hand-over (set from the agent's memory each loop).
+    pub handed_over: bool,
 }
 
 impl LocalPg {
@@ -95,7 +97,8 @@ impl LocalPg {
                         info!("base backup {pct}% ({} of {} kB)", p.done_kb, p.total_kb);
                     }
                     let status = MemberStatus::Cloning;
-                    if let Err(e) = self.publisher.status(status, Some(p), Some(&message), false).await {
+                    let handed_over = self.handed_over;
+                    if let Err(e) = self.publisher.status(status, Some(p), Some(&message), handed_over).await {
                         warn!("{e:#}");
                     }
                 }
@@ -120,8 +123,11 @@ impl pgbaton_exec::Postgres for LocalPg {
         self.client.is_some()
     }
 
+    async fn prepare(&mut self) -> Result<()> {
+        self.prepare_start()
+    }
+
     async fn start(&mut self, standby: bool, upstream: Option<&Upstream>) -> Result<()> {
-        self.prepare_start()?;
         files::write_pg_config(&self.cfg, &self.os_user, standby, upstream)?;
         let log = self.cfg.log_file();
         server::start(&self.bins, &self.cfg.data_dir, &log, self.timeout()).await?;
@@ -180,7 +186,6 @@ impl pgbaton_exec::Postgres for LocalPg {
     }
 
     async fn rewind(&mut self, upstream: &Upstream) -> Result<Rewind> {
-        self.prepare_start()?;
         let port = upstream.port.to_string();
         let passfile = self.cfg.pgpass_path();
         let source = render::conninfo(&[

@@ -46,6 +46,9 @@ pub trait Postgres: Send {
     async fn running(&mut self) -> bool;
     /// A SQL connection to the running PostgreSQL is up (slots and promotion need one).
     fn connected(&self) -> bool;
+    /// What every start and rejoin needs first (the port free, the directories, the
+    /// passfile). Its errors are the node's, never a failed rewind's.
+    async fn prepare(&mut self) -> Result<()>;
     /// Write pgbaton's configuration (a standby of `upstream`, or a primary) and start.
     async fn start(&mut self, standby: bool, upstream: Option<&Upstream>) -> Result<()>;
     /// Stop (fast mode); a stopped PostgreSQL is a success.

@@ -114,7 +114,12 @@ impl<P: Postgres, H: Host> Executor<P, H> {
     }
 
     /// Finish an operation (done or failed) and write it into the history.
-    pub async fn finish_op(&mut self, op: &Operation, ok: bool, message: &str) -> Result<()> {
+    pub(crate) async fn finish_op(
+        &mut self,
+        op: &Operation,
+        ok: bool,
+        message: &str,
+    ) -> Result<()> {
         let phase = if ok { OpPhase::Done } else { OpPhase::Failed };
         let now = self.host.now_ms();
         if !self

@@ -22,6 +22,8 @@ impl<P: Postgres, H: Host> Executor<P, H> {
 
     /// Start PostgreSQL in its role.
     pub(crate) async fn start(&mut self, standby: bool, upstream: Option<&Upstream>) -> Result<()> {
+        self.pg.prepare().await?;
+        // A new start begins a new wait for the WAL receiver to stream.
         self.mem.starting();
         self.host
             .publish_status(MemberStatus::Starting, self.message.as_deref(), &self.mem)
@@ -138,6 +140,7 @@ impl<P: Postgres, H: Host> Executor<P, H> {
     /// Make this former primary (PostgreSQL stopped) a standby of `upstream`: pg_rewind it
     /// when it diverged, then configure and start it.
     pub(crate) async fn rejoin(&mut self, upstream: &Upstream) -> Step {
+        self.pg.prepare().await?;
         info!(
             "rejoining as a standby of {}: asking pg_rewind whether the timelines diverged",
             upstream.member
@@ -150,8 +153,10 @@ impl<P: Postgres, H: Host> Executor<P, H> {
             ),
             // Not a failed rewind: tried again on a later loop (pinned simulator test
             // `an_unreachable_rewind_source_is_retried`).
+            // A wait, not a failure: it must not fail the operation it is a step of either.
             Ok(Rewind::SourceUnreachable(why)) => {
-                fail!("cannot rejoin {} yet: {why}", upstream.member)
+                self.message = Some(format!("cannot rejoin {} yet: {why}", upstream.member));
+                return Ok(Flow::Stop);
             }
             Err(e) => {
                 self.mem.rejoin_failed = Some(format!("{e:#}"));
@@ -168,7 +173,6 @@ impl<P: Postgres, H: Host> Executor<P, H> {
 
     pub(crate) async fn clone_from(&mut self, from: &Upstream, replace: bool) -> Step {
         self.message = Some(format!("cloning from {}", from.member));
-        self.mem.starting();
         self.pg.clone_from(from, replace).await?;
         self.message = None;
         self.start(true, Some(from)).await?;

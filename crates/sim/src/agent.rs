@@ -305,19 +305,9 @@ impl Sim {
         );
         let role = role_of(&local);
         let running = pgrun.running();
-        let state = match pgrun {
-            PgRun::Primary => MemberStatus::Running,
-            PgRun::Standby { .. } => {
-                if self.streams_from(n).is_some() {
-                    MemberStatus::Streaming
-                } else {
-                    MemberStatus::Replaying
-                }
-            }
-            PgRun::NotAnswering => MemberStatus::Starting,
-            PgRun::Stopped if node.agent.memory().crashed => MemberStatus::Crashed,
-            PgRun::Stopped => MemberStatus::Stopped,
-        };
+        // As the agent reports it (`Memory::status`).
+        let streaming = self.streams_from(n).is_some();
+        let state = node.agent.memory().status(&local, streaming);
         let standby = matches!(pgrun, PgRun::Standby { .. });
         // The position it published last, kept while PostgreSQL is stopped.
         let (last_tl, last_lsn) = match (self.cfg.publish_stopped_position, running) {

@@ -53,6 +53,12 @@ impl Sim {
                 Poll::Pending => {
                     let requests =
                         std::mem::take(&mut io.lock().unwrap_or_else(|e| e.into_inner()).requests);
+                    if requests.is_empty() {
+                        // Pending on nothing the world can answer: it would never end.
+                        let name = self.nodes[n].name.clone();
+                        self.violate("executor-stuck", format!("{name}: pending with no request"));
+                        return;
+                    }
                     let mut waiting = false;
                     for (id, req) in requests {
                         waiting |= !self.request(n, id, req);
@@ -90,6 +96,15 @@ impl Sim {
             }
             PlanEnd::Failed(StepError::Fatal(why)) => {
                 self.violate("unexpected-fail", format!("{name}: {why}"));
+            }
+            PlanEnd::Failed(StepError::StoreUnreachable(e)) => {
+                // As the agent does: a primary whose renewal got no answer asks its peers.
+                self.log(|| format!("{name}: action failed: {e:#}"));
+                let held = self.nodes[n].agent.memory().held_lease;
+                let writable = self.nodes[n].pg.run == Run::Writable;
+                if self.cfg.failsafe && held && writable {
+                    return self.failsafe_round(n);
+                }
             }
             PlanEnd::Failed(e) => self.log(|| format!("{name}: action failed: {e}")),
         }
@@ -222,13 +237,23 @@ impl Sim {
                         self.nodes[i].pg.lsn = self.nodes[i].pg.lsn.max(lsn);
                     }
                 }
+                let was_running = self.nodes[n].pg.run != Run::Stopped;
                 self.pg_stop(n);
+                if was_running {
+                    self.nodes[n].pg.clean_stop = true;
+                }
                 self.set_connected(n, false);
                 self.reply_in(n, lat, id, Ok(Val::Unit));
             }
             PgReq::ShutdownCheckpoint => {
-                let lsn = self.nodes[n].pg.lsn;
-                self.reply_in(n, lat, id, Ok(Val::Lsn(Lsn(lsn))));
+                // As pg_control says: only a clean shutdown leaves a shutdown checkpoint.
+                let pg = &self.nodes[n].pg;
+                let rep = if pg.run == Run::Stopped && pg.clean_stop {
+                    Ok(Val::Lsn(Lsn(pg.lsn)))
+                } else {
+                    Err("pg_control does not say \"shut down\"".into())
+                };
+                self.reply_in(n, lat, id, rep);
             }
             PgReq::Promote => match self.nodes[n].pg.run {
                 Run::Writable => self.reply_in(n, lat, id, Ok(Val::Unit)),

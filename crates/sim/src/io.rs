@@ -264,6 +264,10 @@ impl pgbaton_exec::Postgres for SimPg {
     fn connected(&self) -> bool {
         lock(&self.io).connected
     }
+    /// The simulated node has no ports or directories to get ready.
+    async fn prepare(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     async fn start(&mut self, standby: bool, upstream: Option<&Upstream>) -> anyhow::Result<()> {
         let upstream = upstream.cloned();
         unit(&self.io, Req::Pg(PgReq::Start { standby, upstream })).await

@@ -176,6 +176,9 @@ struct Pg {
     branch: usize,
     lsn: u64,
     slots: BTreeSet<String>,
+    /// The last stop was a clean (fast) shutdown, with a shutdown checkpoint; a crash, a
+    /// fence or a lost node leaves none.
+    clean_stop: bool,
 }
 
 impl Pg {

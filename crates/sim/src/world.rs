@@ -32,6 +32,7 @@ impl Sim {
                     branch: 0,
                     lsn: INITIAL_LSN - if primary { 0 } else { lag },
                     slots,
+                    clean_stop: false,
                 },
                 agent: Agent::default(),
                 io: Default::default(),
@@ -295,6 +296,7 @@ impl Sim {
         if pg.run != Run::Stopped {
             pg.run = Run::Stopped;
             pg.epoch += 1;
+            pg.clean_stop = false;
         }
     }
 

@@ -116,10 +116,17 @@ pub(super) fn decide_op(
             } else {
                 None
             };
-            Some(vec![
+            let restart = [
                 Action::Restart { upstream },
                 finish(true, format!("{me}'s PostgreSQL restarted")),
-            ])
+            ];
+            // The lease holder renews first: that arms its watchdog (an agent just
+            // restarted has not yet) and starts the keeper for the restart, so the lease
+            // cannot run out while its primary is down and come back to it taken.
+            Some(match i_lead {
+                true => std::iter::once(Action::RenewLease).chain(restart).collect(),
+                false => restart.to_vec(),
+            })
         }
         (OpKind::Reload { member }, OpPhase::Requested) if member == me => Some(vec![
             Action::Reload,
@@ -146,6 +153,16 @@ pub(super) fn decide_op(
                 Action::DropSlots { names: vec![slot] },
                 finish(true, msg),
             ])
+        }
+        // Only a running primary can stop cleanly at a shutdown checkpoint its candidate then
+        // replays to; a crashed one is restarted in place by the usual decision instead.
+        (OpKind::Switchover { from, .. }, OpPhase::Requested)
+            if from == me && i_lead && !running_primary =>
+        {
+            Some(vec![finish(
+                false,
+                format!("{me}'s PostgreSQL is not running: no clean switchover from it"),
+            )])
         }
         (OpKind::Switchover { from, .. }, OpPhase::Requested) if from == me => Some(if i_lead {
             vec![Action::StopForSwitchover { op: op.clone() }]

@@ -64,8 +64,15 @@ fn a_restart_never_starts_a_former_primary_without_the_lease_as_a_primary() {
         NOW,
     );
     assert!(
-        a.iter().any(|a| matches!(a, Action::Restart { .. })),
-        "{a:?}"
+        matches!(
+            &a[..],
+            [
+                Action::RenewLease,
+                Action::Restart { .. },
+                Action::FinishOp { ok: true, .. }
+            ]
+        ),
+        "the lease holder renews (arms its watchdog, starts the keeper) first: {a:?}"
     );
     let a = decide(
         &restart("n1"),
@@ -372,6 +379,12 @@ fn switchover_runs_its_phases() {
     let a = decide(&v, &local("n1", init(false), PRIMARY_RUNNING), NOW);
     assert!(
         matches!(&a[..], [Action::StopForSwitchover { .. }]),
+        "{a:?}"
+    );
+    // A leader whose PostgreSQL crashed cannot stop cleanly: the switchover fails at once.
+    let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
+    assert!(
+        matches!(&a[..], [Action::FinishOp { ok: false, .. }]),
         "{a:?}"
     );
     // Demoted: the old primary must not take the lease back; the candidate waits for the LSN.
