@@ -203,6 +203,8 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         }
         let mut plan = plan.into_iter();
         while let Some(action) = plan.next() {
+            // Formatted only when debug logging is on.
+            tracing::debug!(%action, "carrying out");
             // Named only when its failure fails the operation (formatting every action
             // would cost the simulator's sweep for nothing).
             let what = may_fail_op(&action).then(|| action.to_string());

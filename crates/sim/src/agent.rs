@@ -340,6 +340,12 @@ impl Sim {
 
     pub(crate) fn publish(&mut self, n: usize) {
         let pgrun = self.observe(n);
+        // As the agent does after its plan: the observation folded into its memory again
+        // (since when a primary has been down, a standby not streaming), then published.
+        let view = self.nodes[n].agent.last_view.clone();
+        if let Some(view) = view.filter(|_| self.nodes[n].agent.exec.is_some()) {
+            self.local_view(n, &view, pgrun.clone());
+        }
         let ms = self.member_state(n, &pgrun);
         self.store_send(
             n,
