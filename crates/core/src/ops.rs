@@ -114,6 +114,26 @@ pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
                 ));
             }
             if !force {
+                // Held to the bar automatic failover is held to: not on an older timeline
+                // than the last primary, nor further behind its last reported position than
+                // the default `failover.max_lag_bytes` (pinned simulator test
+                // `a_manual_promote_is_held_to_the_failover_lag_bar`).
+                let last = crate::failover::last_primary(s.members, member);
+                let max_lag = crate::failover::Policy::default().max_lag_bytes;
+                if let Err(why) = crate::failover::eligible(
+                    member,
+                    false,
+                    1,
+                    m.timeline,
+                    Snapshot::lsn(m),
+                    &last,
+                    max_lag,
+                ) {
+                    return Err(format!(
+                        "{why}: promoting it would lose the commits it lacks. Wait for it to catch \
+                         up, or pass --force"
+                    ));
+                }
                 let mine = Snapshot::lsn(m);
                 for o in s
                     .members
@@ -333,6 +353,31 @@ mod tests {
         assert!(check(
             &OpKind::Promote {
                 member: "n3".into()
+            },
+            &snap(None, &ms, None),
+            true
+        )
+        .is_ok());
+        // Further behind the lost primary's last position than failover allows: refused
+        // unless forced, even when it is the most advanced standby.
+        let mut ms = healthy();
+        ms[0].state = MemberStatus::Crashed;
+        ms[0].lsn = Some(Lsn(1000 + 2 * 1_048_576));
+        let e = check(
+            &OpKind::Promote {
+                member: "n2".into(),
+            },
+            &snap(None, &ms, None),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("behind the last primary position") && e.contains("--force"),
+            "{e}"
+        );
+        assert!(check(
+            &OpKind::Promote {
+                member: "n2".into()
             },
             &snap(None, &ms, None),
             true

@@ -120,6 +120,12 @@ pub enum FaultKind {
     Restart,
     /// The operator removes this node from the cluster for good (`pgbaton remove`).
     Remove,
+    /// The operator promotes this node (`pgbaton promote`, without `--force`).
+    Promote,
+    /// The operator asks this node to rejoin the primary (`pgbaton rejoin`).
+    Rejoin,
+    /// The operator asks this node's PostgreSQL to reload its configuration.
+    Reload,
 }
 
 /// A fault from `at_ms` (ms after the start) for `dur_ms`.

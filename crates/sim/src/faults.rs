@@ -34,6 +34,9 @@ impl Sim {
             (FaultKind::Reinit, 1, 0, 0),
             (FaultKind::Restart, 1, 0, 0),
             (FaultKind::Remove, 1, 0, 0),
+            (FaultKind::Promote, 2, 0, 0),
+            (FaultKind::Rejoin, 1, 0, 0),
+            (FaultKind::Reload, 1, 0, 0),
         ];
         let mut kinds = kinds[..if self.cfg.pg_faults { 10 } else { 8 }].to_vec();
         if self.cfg.operations {
@@ -109,9 +112,13 @@ impl Sim {
                 node.pg_frozen += 1;
             }
             FaultKind::WatchdogKill => self.watchdog_killed(i),
-            FaultKind::Switchover | FaultKind::Reinit | FaultKind::Restart | FaultKind::Remove => {
-                self.operator_request(n, f.kind)
-            }
+            FaultKind::Switchover
+            | FaultKind::Reinit
+            | FaultKind::Restart
+            | FaultKind::Remove
+            | FaultKind::Promote
+            | FaultKind::Rejoin
+            | FaultKind::Reload => self.operator_request(n, f.kind),
         }
     }
 
@@ -132,6 +139,9 @@ impl Sim {
             },
             FaultKind::Reinit => OpKind::Reinit { member: name },
             FaultKind::Restart => OpKind::Restart { member: name },
+            FaultKind::Promote => OpKind::Promote { member: name },
+            FaultKind::Rejoin => OpKind::Rejoin { member: name },
+            FaultKind::Reload => OpKind::Reload { member: name },
             // Keep a cluster that can still fail over.
             FaultKind::Remove if live > 2 => OpKind::Remove {
                 member: name,
@@ -212,7 +222,10 @@ impl Sim {
             | FaultKind::Switchover
             | FaultKind::Reinit
             | FaultKind::Restart
-            | FaultKind::Remove => {}
+            | FaultKind::Remove
+            | FaultKind::Promote
+            | FaultKind::Rejoin
+            | FaultKind::Reload => {}
             FaultKind::StoreCut => self.nodes[n].store_cut -= 1,
             FaultKind::PeerCut => self.nodes[n].peer_cut -= 1,
             FaultKind::Freeze => {

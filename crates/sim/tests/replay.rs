@@ -124,6 +124,16 @@ fn removing_the_lost_primary_keeps_the_failover_lag_bar() {
     assert_ok(&run(2444, &SimConfig::default()));
 }
 
+/// Seed 1591: the operator promoted (without `--force`) the most advanced standby, 1.35 MB
+/// behind the position the lost primary last published: `ops::check` compared it only with
+/// the other standbys, so commits automatic failover would have refused to lose were lost.
+/// Fixed in `ops::check`: a manual promote is held to the failover bar (timeline, default
+/// `max_lag_bytes`) unless forced.
+#[test]
+fn a_manual_promote_is_held_to_the_failover_lag_bar() {
+    assert_ok(&run(1591, &SimConfig::default()));
+}
+
 /// Seed 2927: a switchover target whose node restarted during the switchover waited for a
 /// checkpoint it could not replay, with PostgreSQL stopped. Fixed in `decide/operation.rs`:
 /// a stopped target is started by the usual decision.
