@@ -73,6 +73,12 @@ fn describe(dir: &Path, c: &ArchiveCheck) -> String {
     for t in &c.missing_history {
         s += &format!("  missing: {t:08X}.history (timeline {t}'s history)\n");
     }
+    for n in &c.wrong_size {
+        s += &format!(
+            "  {n} is not {} bytes long (cut short?): it counts as missing\n",
+            c.segment_size
+        );
+    }
     if c.whole() {
         s += "  no hole: every segment recovery needs is there\n";
     }

@@ -5,7 +5,8 @@
 //! the archive is whole when, from its first segment to the newest timeline's last, each
 //! segment exists on the timeline that recovery would read it from, and every timeline after
 //! the first has its `.history` file. Extra files (a former primary's WAL past the switch
-//! point, `.partial` segments) are fine.
+//! point, `.partial` segments) are fine. A segment file whose size is not the segment size
+//! (a copy cut short by a disk fault) is no segment: it counts as missing, and is named.
 
 use super::valid_wal_name;
 use anyhow::{bail, Context, Result};
@@ -26,11 +27,13 @@ pub struct ArchiveCheck {
     pub holes: Vec<Hole>,
     /// Timelines after the first whose `.history` file is not archived.
     pub missing_history: Vec<u32>,
+    /// Segment files whose size is not the segment size (counted among the holes).
+    pub wrong_size: Vec<String>,
 }
 
 impl ArchiveCheck {
     pub fn whole(&self) -> bool {
-        self.holes.is_empty() && self.missing_history.is_empty()
+        self.holes.is_empty() && self.missing_history.is_empty() && self.wrong_size.is_empty()
     }
 
     /// How many segments are missing.
@@ -48,15 +51,17 @@ pub struct Hole {
     pub count: u64,
 }
 
-/// The WAL segment size of an archive: the size of its first full segment file.
+/// The WAL segment size of an archive: the largest size of its segment files that is a
+/// segment size (a file cut short is smaller).
 pub fn segment_size_of(dir: &Path) -> Result<Option<u64>> {
-    for name in names(dir)? {
-        if name.len() == 24 {
-            let len = std::fs::metadata(dir.join(&name))?.len();
-            return Ok(Some(len));
+    let mut size = None;
+    for name in names(dir)?.iter().filter(|n| n.len() == 24) {
+        let len = std::fs::metadata(dir.join(name))?.len();
+        if len.is_power_of_two() && size.is_none_or(|s| len > s) {
+            size = Some(len);
         }
     }
-    Ok(None)
+    Ok(size)
 }
 
 fn names(dir: &Path) -> Result<Vec<String>> {
@@ -128,10 +133,22 @@ pub fn check(dir: &Path, seg_size: Option<u64>) -> Result<ArchiveCheck> {
         bail!("{seg_size} bytes is not a WAL segment size (a power of two, 1 MB to 1 GB)");
     }
     let all = names(dir)?;
-    let segments: BTreeSet<(u32, u64)> = all
-        .iter()
-        .filter_map(|n| parse_segment(n, seg_size))
-        .collect();
+    let mut segments: BTreeSet<(u32, u64)> = BTreeSet::new();
+    let mut wrong_size = vec![];
+    for n in &all {
+        let Some(s) = parse_segment(n, seg_size) else {
+            continue;
+        };
+        let path = dir.join(n);
+        let len = std::fs::metadata(&path)
+            .with_context(|| format!("read the size of {}", path.display()))?
+            .len();
+        if len == seg_size {
+            segments.insert(s);
+        } else {
+            wrong_size.push(n.clone());
+        }
+    }
     let histories: BTreeSet<u32> = all
         .iter()
         .filter_map(|n| n.strip_suffix(".history"))
@@ -151,6 +168,7 @@ pub fn check(dir: &Path, seg_size: Option<u64>) -> Result<ArchiveCheck> {
             present: 0,
             holes: vec![],
             missing_history: vec![],
+            wrong_size,
         });
     };
     // Where each timeline of the newest one's history begins (a segment number).
@@ -201,6 +219,7 @@ pub fn check(dir: &Path, seg_size: Option<u64>) -> Result<ArchiveCheck> {
             present: 0,
             holes: vec![],
             missing_history,
+            wrong_size,
         });
     };
     // Runs of missing segments: (timeline, first, last).
@@ -234,6 +253,7 @@ pub fn check(dir: &Path, seg_size: Option<u64>) -> Result<ArchiveCheck> {
         present: ours.len() as u64,
         holes,
         missing_history,
+        wrong_size,
     })
 }
 
@@ -243,12 +263,41 @@ mod tests {
 
     const MB16: u64 = 16 << 20;
 
+    /// An archive with these files; a segment's content is ignored: it is made a (sparse)
+    /// whole segment.
     fn archive(files: &[(&str, &str)]) -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
         for (name, content) in files {
-            std::fs::write(t.path().join(name), content).unwrap();
+            let path = t.path().join(name);
+            if name.len() == 24 {
+                std::fs::File::create(&path).unwrap().set_len(MB16).unwrap();
+            } else {
+                std::fs::write(path, content).unwrap();
+            }
         }
         t
+    }
+
+    #[test]
+    fn a_segment_cut_short_is_missing_and_named() {
+        let names: Vec<String> = [1, 2, 3].iter().map(|s| seg(1, *s)).collect();
+        let files: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "x")).collect();
+        let a = archive(&files);
+        std::fs::File::create(a.path().join(seg(1, 2)))
+            .unwrap()
+            .set_len(MB16 / 2)
+            .unwrap();
+        for size in [Some(MB16), None] {
+            let c = check(a.path(), size).unwrap();
+            assert_eq!(
+                c.segment_size, MB16,
+                "the size is not taken from the short file"
+            );
+            assert!(!c.whole());
+            assert_eq!(c.wrong_size, vec![seg(1, 2)]);
+            assert_eq!(c.missing(), 1);
+            assert_eq!(c.present, 2);
+        }
     }
 
     fn seg(tli: u32, segno: u64) -> String {
