@@ -134,6 +134,25 @@ fn a_manual_promote_is_held_to_the_failover_lag_bar() {
     assert_ok(&run(1591, &SimConfig::default()));
 }
 
+/// Seed 18143: the switchover target promoted, and its agent crashed before it moved the
+/// operation on; back, it waited in the demoted phase without renewing its lease, which
+/// ran out (it was fenced), and the operation held failover back for its whole timeout.
+/// Fixed in `decide/operation.rs`: a promoted target moves the operation on (taking the
+/// lease again and starting as the primary when it was stopped meanwhile).
+#[test]
+fn a_switchover_target_promoted_before_its_agent_crashed_moves_on() {
+    assert_ok(&run(18143, &SimConfig::default()));
+}
+
+/// Seed 26490: a switchover was asked for to a member whose host had just been lost (its
+/// last report was still fresh); the old primary stopped and waited the whole 70 s for it.
+/// Fixed in `decide/operation.rs`: once the target has not reported for three TTLs, the old
+/// primary fails the switchover and resumes.
+#[test]
+fn a_switchover_to_a_member_that_is_lost_fails_early() {
+    assert_ok(&run(26490, &SimConfig::default()));
+}
+
 /// Seed 2927: a switchover target whose node restarted during the switchover waited for a
 /// checkpoint it could not replay, with PostgreSQL stopped. Fixed in `decide/operation.rs`:
 /// a stopped target is started by the usual decision.

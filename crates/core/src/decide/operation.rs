@@ -176,6 +176,29 @@ pub(super) fn decide_op(
             let waited_ms = now_ms.saturating_sub(op.updated_ms);
             let target = op.checkpoint_lsn.unwrap_or_default();
             if to == me {
+                // Promoted already, and its agent restarted before it moved the operation on
+                // (pinned simulator test `a_switchover_target_promoted_before_its_agent_crashed_moves_on`):
+                // keep the lease and move on, instead of waiting without renewing it.
+                let promoted = Action::AdvanceOp {
+                    op: op.clone(),
+                    phase: OpPhase::Promoted,
+                    message: format!("{me} promoted"),
+                };
+                if running_primary && i_lead {
+                    return Some(vec![Action::RenewLease, promoted]);
+                }
+                // Promoted, then stopped (fenced while its agent was down): it is the new
+                // timeline's primary, so it takes the lease and starts as one; the others
+                // wait for it (the operation holds failover back).
+                let promoted_data =
+                    matches!(local.data, DataDir::Initialized { standby: false, .. });
+                if promoted_data && local.pg == PgRun::Stopped && view.leader.is_none() {
+                    return Some(vec![
+                        Action::AcquireLease,
+                        Action::Start { upstream: None },
+                        promoted,
+                    ]);
+                }
                 if local.lsn.is_some_and(|l| l >= target) && running_standby {
                     return Some(vec![
                         Action::AcquireLease,
@@ -213,6 +236,25 @@ pub(super) fn decide_op(
                     return Some(vec![finish(
                         false,
                         format!("{to} did not take over; {me} resumes as primary"),
+                    )]);
+                }
+                // The target went quiet (its host was lost right after the request): do not
+                // keep the cluster without a primary for the whole timeout. Safe: taking the
+                // lease back is still a compare-and-set, and a target that comes back sees a
+                // failed operation and does not promote (pinned simulator test
+                // `a_switchover_to_a_member_that_is_lost_fails_early`).
+                let quiet_ms = 3 * local.policy.ttl_ms;
+                let target_quiet = view.members.iter().find(|m| m.name == *to).is_none_or(|m| {
+                    now_ms.saturating_sub(m.updated_ms) > quiet_ms
+                        && now_ms.saturating_sub(op.updated_ms) > quiet_ms
+                });
+                if target_quiet && view.leader.is_none() {
+                    return Some(vec![finish(
+                        false,
+                        format!(
+                            "{to} has not reported for over {} s; {me} resumes as primary",
+                            quiet_ms / 1000
+                        ),
                     )]);
                 }
                 return Some(vec![Action::Wait {

@@ -415,6 +415,55 @@ fn switchover_runs_its_phases() {
         ),
         "{a:?}"
     );
+    // Promoted, then its agent restarted before moving the operation on: it moves on, and
+    // keeps its lease (or, stopped meanwhile, takes it and starts as the new primary).
+    let mut held = v.clone();
+    held.leader = Some(Leader {
+        member: "n2".into(),
+        expires_ms: NOW + 1000,
+    });
+    let a = decide(&held, &local("n2", init(false), PRIMARY_RUNNING), NOW);
+    assert!(
+        matches!(
+            &a[..],
+            [
+                Action::RenewLease,
+                Action::AdvanceOp {
+                    phase: OpPhase::Promoted,
+                    ..
+                }
+            ]
+        ),
+        "{a:?}"
+    );
+    let a = decide(&v, &local("n2", init(false), PgRun::Stopped), NOW);
+    assert!(
+        matches!(
+            &a[..],
+            [
+                Action::AcquireLease,
+                Action::Start { upstream: None },
+                Action::AdvanceOp { .. }
+            ]
+        ),
+        "{a:?}"
+    );
+    // The target stopped reporting: the old primary does not wait out the whole timeout.
+    let mut quiet = v.clone();
+    for m in &mut quiet.members {
+        m.updated_ms = NOW - 10_000;
+    }
+    quiet.op.as_mut().unwrap().updated_ms = NOW - 10_000;
+    let a = decide(&quiet, &local("n1", init(false), PgRun::Stopped), NOW);
+    assert!(
+        matches!(&a[..], [Action::FinishOp { ok: false, .. }]),
+        "{a:?}"
+    );
+    let a = decide(&v, &local("n1", init(false), PgRun::Stopped), NOW);
+    assert!(
+        matches!(&a[..], [Action::Wait { .. }]),
+        "a target that reports is waited for: {a:?}"
+    );
     // Too slow: it fails, and the old primary resumes by the usual rules afterwards.
     c.lsn = Some(Lsn(400));
     let a = decide(&v, &c, NOW + SWITCHOVER_TIMEOUT_MS + 1);
