@@ -72,12 +72,12 @@
 //! one still left so at the end is counted.
 //!
 //! # Operator requests
-//! Among the faults: switchover, reinit, restart, remove, checked by `ops::check` as the
-//! CLI does before they are posted. A run that ends with a switchover still within its own
+//! Among the faults: switchover, promote, rejoin, reinit, restart, reload, remove, checked
+//! by `ops::check` as the CLI does before they are posted. A run that ends with a switchover still within its own
 //! deadline is not judged for convergence (`op_pending_at_end`).
 //!
 //! # Not modelled
-//! Promote, rejoin and reload requests, the lease keeper of long steps, bootstrap (runs start
+//! The lease keeper of long steps, bootstrap (runs start
 //! from a built cluster), clock skew between nodes and the store (one virtual clock),
 //! synchronous replication, the slot's WAL retention, partial network partitions between two
 //! given peers (a cut node is cut from all peers), message reordering within one connection,

@@ -1,6 +1,6 @@
 //! `pgbaton-sim --seed N [--trace]` replays one seed; `pgbaton-sim --sweep START COUNT`
-//! sweeps seeds. Options: `--no-watchdog`, `--no-failsafe`, `--watchdog-late MS`,
-//! `--threads N`.
+//! sweeps seeds. Options: `--nodes N` (2 to 9), `--no-watchdog`, `--no-failsafe`,
+//! `--watchdog-late MS`, `--threads N`, and the knobs `usage` lists.
 
 use pgbaton_sim::{run, sweep, SimConfig};
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: pgbaton-sim --seed N [--trace]\n       pgbaton-sim --sweep START COUNT [--threads N]\n\
-         options: --no-watchdog --no-failsafe --no-failsafe-hold --no-stopped-position --no-pg-faults --old-fence --no-watchdog-respawn --watchdog-late MS"
+         options: --nodes N (2-9) --no-operations --no-watchdog --no-failsafe --no-failsafe-hold --no-stopped-position --no-pg-faults --old-fence --no-watchdog-respawn --watchdog-late MS"
     );
     ExitCode::from(2)
 }
@@ -36,6 +36,13 @@ fn main() -> ExitCode {
                 i += 1;
             }
             "--trace" => cfg.trace = true,
+            "--nodes" => {
+                match num(i + 1).filter(|n| (2..=9).contains(n)) {
+                    Some(n) => cfg.nodes = n as usize,
+                    None => return usage(),
+                }
+                i += 1;
+            }
             "--no-watchdog" => cfg.watchdog = false,
             "--no-failsafe" => cfg.failsafe = false,
             "--no-failsafe-hold" => cfg.failsafe_hold_after_start = false,
