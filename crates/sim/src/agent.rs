@@ -74,12 +74,7 @@ impl Sim {
             .leader
             .as_ref()
             .is_some_and(|l| l.member == name && l.expires_ms > self.now);
-        self.nodes[n]
-            .io
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .failsafe
-            .set_leading(leads);
+        self.nodes[n].io().failsafe.set_leading(leads);
         let pgrun = self.observe(n);
         let local = self.local_view(n, &view, pgrun);
         let actions = decide(&view, &local, self.now);
@@ -157,7 +152,7 @@ impl Sim {
         let p = &self.nodes[peer];
         let answers = p.agent_alive() && p.frozen == 0 && !p.removed;
         let leader = self.nodes[asker].name.clone();
-        let mut io = p.io.lock().unwrap_or_else(|e| e.into_inner());
+        let mut io = p.io();
         let yes = answers
             && io
                 .failsafe
@@ -204,11 +199,7 @@ impl Sim {
     pub(crate) fn observe(&mut self, n: usize) -> PgRun {
         let pgrun = self.pg_run(n);
         let running = pgrun.running();
-        self.nodes[n]
-            .io
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .connected = running;
+        self.nodes[n].io().connected = running;
         if let Some(exec) = self.nodes[n].agent.exec.as_mut() {
             match pgrun {
                 PgRun::Stopped => {
@@ -269,12 +260,7 @@ impl Sim {
             system_id: SYSTEM_ID.into(),
             standby: node.pg.standby_signal,
         };
-        let failsafe = node
-            .io
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .failsafe
-            .promise_to_other(&node.name);
+        let failsafe = node.io().failsafe.promise_to_other(&node.name);
         let Some(exec) = node.agent.exec.as_mut() else {
             unreachable!("the loop decides only between plans")
         };

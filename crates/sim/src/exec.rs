@@ -74,7 +74,7 @@ impl Sim {
     /// Arming and disarming the watchdog take effect at once.
     fn watchdog_changes(&mut self, n: usize) {
         let (change, armed) = {
-            let mut m = self.nodes[n].io.lock().unwrap_or_else(|e| e.into_inner());
+            let mut m = self.nodes[n].io();
             (m.wd_change.take(), std::mem::take(&mut m.armed))
         };
         if let Some(wd) = change {
@@ -113,12 +113,7 @@ impl Sim {
 
     /// A reply is due: put it in the mailbox and go on with the plan.
     pub(crate) fn reply(&mut self, n: usize, id: u64, rep: Rep) {
-        self.nodes[n]
-            .io
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replies
-            .insert(id, rep);
+        self.nodes[n].io().replies.insert(id, rep);
         self.poll_plan(n);
     }
 
@@ -170,13 +165,9 @@ impl Sim {
         }
     }
 
+    /// Answered at once: the plan is polled again without time passing.
     fn answer_now(&mut self, n: usize, id: u64, rep: Rep) -> bool {
-        self.nodes[n]
-            .io
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replies
-            .insert(id, rep);
+        self.nodes[n].io().replies.insert(id, rep);
         true
     }
 
@@ -215,11 +206,7 @@ impl Sim {
     }
 
     fn set_connected(&mut self, n: usize, connected: bool) {
-        self.nodes[n]
-            .io
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .connected = connected;
+        self.nodes[n].io().connected = connected;
     }
 
     fn pg_request(&mut self, n: usize, id: u64, req: PgReq) {

@@ -277,7 +277,7 @@ impl Sim {
         };
         {
             // The API's state and the requests of the old process are gone with it.
-            let mut io = self.nodes[n].io.lock().unwrap_or_else(|e| e.into_inner());
+            let mut io = self.nodes[n].io();
             io.failsafe = failsafe;
             io.connected = false;
             io.requests.clear();

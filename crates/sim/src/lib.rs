@@ -278,6 +278,11 @@ impl Agent {
 }
 
 impl Node {
+    /// The node's mailbox and the state its executor shares with the world.
+    fn io(&self) -> std::sync::MutexGuard<'_, io::NodeIo> {
+        self.io.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// PostgreSQL acknowledges writes right now.
     fn acks(&self) -> bool {
         self.pg.run == Run::Writable && !self.pg_is_frozen()

@@ -91,12 +91,7 @@ impl Sim {
             exec.mem.answered();
             exec.mem.held_lease = i == 0;
             sim.nodes[i].agent.exec = Some(exec);
-            sim.nodes[i]
-                .io
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .failsafe
-                .set_leading(i == 0);
+            sim.nodes[i].io().failsafe.set_leading(i == 0);
             let pgrun = sim.observe(i);
             let ms = sim.member_state(i, &pgrun);
             if i == 0 {
