@@ -366,7 +366,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             common,
         } => operate(
             cli.config,
-            pgbaton_core::model::OpKind::Promote { member },
+            pgbaton_core::model::OpKind::Promote { member, force },
             common,
             force,
             wait,

@@ -484,12 +484,22 @@ mod tests {
     }
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// An operation an operator asked for. One is in flight per cluster at a time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum OpKind {
-    /// Promote a standby while the primary is down or gone.
-    Promote { member: String },
+    /// Promote a standby while the primary is down or gone. `force`: the operator accepted
+    /// a member behind the failover bar (`--force`); otherwise the bar is checked again when
+    /// the request is carried out, since the member may have fallen behind meanwhile.
+    Promote {
+        member: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        force: bool,
+    },
     /// Turn a former primary into a standby of the current primary (pg_rewind when it diverged).
     Rejoin { member: String },
     /// Stop a member, deregister it, drop its slot; with `purge` delete its data directory.
@@ -520,7 +530,7 @@ impl OpKind {
     /// The members the operation is about.
     pub fn members(&self) -> Vec<String> {
         match self {
-            OpKind::Promote { member }
+            OpKind::Promote { member, .. }
             | OpKind::Rejoin { member }
             | OpKind::Remove { member, .. }
             | OpKind::Reinit { member }

@@ -84,7 +84,7 @@ pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
         ));
     }
     match kind {
-        OpKind::Promote { member } => {
+        OpKind::Promote { member, .. } => {
             let m = s.member(member)?;
             if let Some(p) = s.healthy_primary() {
                 let left = s.lease_left_ms().unwrap_or(0);
@@ -321,6 +321,7 @@ mod tests {
         let e = check(
             &OpKind::Promote {
                 member: "n2".into(),
+                force: false,
             },
             &snap(Some(&l), &ms, None),
             false,
@@ -335,7 +336,8 @@ mod tests {
         ms[0].state = MemberStatus::Crashed;
         assert!(check(
             &OpKind::Promote {
-                member: "n2".into()
+                member: "n2".into(),
+                force: false,
             },
             &snap(None, &ms, None),
             false
@@ -344,6 +346,7 @@ mod tests {
         let e = check(
             &OpKind::Promote {
                 member: "n3".into(),
+                force: false,
             },
             &snap(None, &ms, None),
             false,
@@ -352,7 +355,8 @@ mod tests {
         assert!(e.contains("n2 has more WAL"), "{e}");
         assert!(check(
             &OpKind::Promote {
-                member: "n3".into()
+                member: "n3".into(),
+                force: false,
             },
             &snap(None, &ms, None),
             true
@@ -366,6 +370,7 @@ mod tests {
         let e = check(
             &OpKind::Promote {
                 member: "n2".into(),
+                force: false,
             },
             &snap(None, &ms, None),
             false,
@@ -377,7 +382,8 @@ mod tests {
         );
         assert!(check(
             &OpKind::Promote {
-                member: "n2".into()
+                member: "n2".into(),
+                force: false,
             },
             &snap(None, &ms, None),
             true
@@ -389,7 +395,8 @@ mod tests {
         let l = lease("n1");
         assert!(check(
             &OpKind::Promote {
-                member: "n2".into()
+                member: "n2".into(),
+                force: false,
             },
             &snap(Some(&l), &ms, None),
             false

@@ -139,7 +139,10 @@ impl Sim {
             },
             FaultKind::Reinit => OpKind::Reinit { member: name },
             FaultKind::Restart => OpKind::Restart { member: name },
-            FaultKind::Promote => OpKind::Promote { member: name },
+            FaultKind::Promote => OpKind::Promote {
+                member: name,
+                force: false,
+            },
             FaultKind::Rejoin => OpKind::Rejoin { member: name },
             FaultKind::Reload => OpKind::Reload { member: name },
             // Keep a cluster that can still fail over.

@@ -153,6 +153,16 @@ fn a_switchover_to_a_member_that_is_lost_fails_early() {
     assert_ok(&run(26490, &SimConfig::default()));
 }
 
+/// Seed 74622: a promote request passed the CLI's check, then stayed in flight (the old
+/// lease was still held) while the member's node was down for 17 s; carried out 34 s after
+/// it was posted, it promoted the member 1.09 MB behind the last primary's position. Fixed
+/// in `decide/operation.rs`: the failover bar is checked again when a promote that was not
+/// forced is carried out.
+#[test]
+fn a_stale_promote_is_held_to_the_failover_lag_bar() {
+    assert_ok(&run(74622, &SimConfig::default()));
+}
+
 /// Seed 2927: a switchover target whose node restarted during the switchover waited for a
 /// checkpoint it could not replay, with PostgreSQL stopped. Fixed in `decide/operation.rs`:
 /// a stopped target is started by the usual decision.

@@ -869,6 +869,7 @@ async fn op_kinds_round_trip<B: Backend>(b: B) {
     let kinds = [
         OpKind::Promote {
             member: "n2".to_string(),
+            force: false,
         },
         OpKind::Rejoin {
             member: "n1".to_string(),

@@ -483,7 +483,10 @@ async fn failover(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -
                 .candidate
                 .clone()
                 .ok_or("failover needs a candidate: {\"candidate\": \"n2\"}")?;
-            Ok(OpKind::Promote { member })
+            Ok(OpKind::Promote {
+                member,
+                force: b.force,
+            })
         },
         &body,
     )

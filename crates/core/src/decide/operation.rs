@@ -27,7 +27,7 @@ pub(super) fn decide_op(
     let running_standby = matches!(local.pg, PgRun::Standby { .. });
     let running_primary = matches!(local.pg, PgRun::Primary);
     match (&op.kind, op.phase) {
-        (OpKind::Promote { member }, OpPhase::Requested) if member == me => {
+        (OpKind::Promote { member, force }, OpPhase::Requested) if member == me => {
             Some(if running_primary && i_lead {
                 vec![finish(true, format!("{me} is the primary"))]
             } else if let Some(l) = other_leader {
@@ -47,11 +47,19 @@ pub(super) fn decide_op(
                     }]
                 }
             } else if running_standby {
-                vec![
-                    Action::AcquireLease,
-                    Action::Promote,
-                    finish(true, format!("{me} promoted: it accepts writes")),
-                ]
+                // Checked when posted, and again now: the member may have fallen behind since
+                // (pinned simulator test `a_stale_promote_is_held_to_the_failover_lag_bar`).
+                match behind_the_failover_bar(view, local).filter(|_| !*force) {
+                    Some(why) => vec![finish(
+                        false,
+                        format!("{why}: promoting it would lose commits (ask again with --force to accept that)"),
+                    )],
+                    None => vec![
+                        Action::AcquireLease,
+                        Action::Promote,
+                        finish(true, format!("{me} promoted: it accepts writes")),
+                    ],
+                }
             } else {
                 return None; // start it as a standby first
             })
@@ -286,6 +294,23 @@ pub(super) fn decide_op(
         }
         _ => None,
     }
+}
+
+/// Why this member may not be promoted without `--force`: the bar automatic failover is
+/// held to (not behind the last primary's timeline, within `max_lag_bytes` of its last
+/// reported position), tags aside.
+fn behind_the_failover_bar(view: &ClusterView, local: &LocalView) -> Option<String> {
+    let last = failover::last_primary(&view.members, &local.name);
+    failover::eligible(
+        &local.name,
+        false,
+        1,
+        local.timeline,
+        local.receive_lsn.max(local.lsn),
+        &last,
+        local.policy.max_lag_bytes,
+    )
+    .err()
 }
 
 /// A promote or switchover in flight, recently updated: it decides who leads next, so no

@@ -118,6 +118,7 @@ fn promote_waits_for_the_old_lease_then_takes_it_and_promotes() {
         view(Some("42"), Some("n1"), vec![ms("n1", &[])]),
         OpKind::Promote {
             member: "n2".into(),
+            force: false,
         },
         OpPhase::Requested,
     );
@@ -130,10 +131,13 @@ fn promote_waits_for_the_old_lease_then_takes_it_and_promotes() {
         view(Some("42"), None, vec![ms("n1", &[])]),
         OpKind::Promote {
             member: "n2".into(),
+            force: false,
         },
         OpPhase::Requested,
     );
-    let a = decide(&v, &local("n2", init(true), STANDBY_RUNNING), NOW);
+    let mut n2 = local("n2", init(true), STANDBY_RUNNING);
+    n2.lsn = Some(Lsn(5_000_000));
+    let a = decide(&v, &n2, NOW);
     assert!(
         matches!(
             &a[..],
@@ -145,6 +149,24 @@ fn promote_waits_for_the_old_lease_then_takes_it_and_promotes() {
         ),
         "{a:?}"
     );
+    // Posted in time, carried out after the member fell behind the last primary's position:
+    // refused unless the request was forced.
+    let mut behind = v.clone();
+    behind.members[0].role = Role::Primary;
+    behind.members[0].lsn = Some(Lsn(5_000_000 + 2 * 1_048_576));
+    let a = decide(&behind, &n2, NOW);
+    assert!(
+        matches!(&a[..], [Action::FinishOp { ok: false, message, .. }] if message.contains("--force")),
+        "{a:?}"
+    );
+    if let Some(op) = behind.op.as_mut() {
+        op.kind = OpKind::Promote {
+            member: "n2".into(),
+            force: true,
+        };
+    }
+    let a = decide(&behind, &n2, NOW);
+    assert!(matches!(&a[..], [Action::AcquireLease, ..]), "{a:?}");
     // Another standby is not affected by the request.
     let a = decide(&v, &local("n3", init(true), STANDBY_RUNNING), NOW);
     assert!(
@@ -787,6 +809,7 @@ fn failover_waits_for_pause_operations_and_failsafe_promises() {
         after_primary_loss(1000, 1000, 1000),
         OpKind::Promote {
             member: "n3".into(),
+            force: false,
         },
         OpPhase::Requested,
     );
