@@ -199,6 +199,27 @@ mod tests {
         }
     }
 
+    /// Fold with an empty view, the test settings and no failsafe promise.
+    fn fold(
+        m: &mut Memory,
+        name: &str,
+        data: DataDir,
+        pg: PgRun,
+        probed: Option<&Probed>,
+        now: u64,
+    ) -> LocalView {
+        m.fold(
+            name,
+            &ClusterView::default(),
+            data,
+            pg,
+            probed,
+            &settings(),
+            None,
+            now,
+        )
+    }
+
     fn primary_data() -> DataDir {
         DataDir::Initialized {
             system_id: "1".into(),
@@ -227,92 +248,36 @@ mod tests {
         let mut m = Memory::default();
         m.answered();
         m.postmaster_gone();
-        let v = ClusterView::default();
-        let l = m.fold(
-            "n1",
-            &v,
-            primary_data(),
-            PgRun::Stopped,
-            None,
-            &settings(),
-            None,
-            10,
-        );
+        let l = fold(&mut m, "n1", primary_data(), PgRun::Stopped, None, 10);
         assert_eq!(l.crashed_since_ms, Some(10));
-        let l = m.fold(
-            "n1",
-            &v,
-            primary_data(),
-            PgRun::Stopped,
-            None,
-            &settings(),
-            None,
-            50,
-        );
+        let l = fold(&mut m, "n1", primary_data(), PgRun::Stopped, None, 50);
         assert_eq!(l.crashed_since_ms, Some(10), "kept, not moved");
         assert!(!m.handed_over(109, 100));
         assert!(m.handed_over(110, 100));
         let writable = PgRun::Primary;
-        let l = m.fold(
-            "n1",
-            &v,
-            primary_data(),
-            writable,
-            None,
-            &settings(),
-            None,
-            60,
-        );
+        let l = fold(&mut m, "n1", primary_data(), writable, None, 60);
         assert_eq!(l.crashed_since_ms, None, "back as a writable primary");
     }
 
     #[test]
     fn a_standby_not_streaming_is_timed_from_first_seen_and_kept_while_stopped() {
         let mut m = Memory::default();
-        let v = ClusterView::default();
         let data = DataDir::Initialized {
             system_id: "1".into(),
             standby: true,
         };
         let standby = PgRun::Standby { upstream: None };
         let quiet = Probed::default();
-        let l = m.fold(
-            "n2",
-            &v,
-            data.clone(),
-            standby.clone(),
-            Some(&quiet),
-            &settings(),
-            None,
-            5,
-        );
+        let l = fold(&mut m, "n2", data.clone(), standby.clone(), Some(&quiet), 5);
         assert_eq!(l.not_streaming_since_ms, Some(5));
-        let l = m.fold(
-            "n2",
-            &v,
-            data.clone(),
-            PgRun::Stopped,
-            None,
-            &settings(),
-            None,
-            9,
-        );
+        let l = fold(&mut m, "n2", data.clone(), PgRun::Stopped, None, 9);
         assert_eq!(l.not_streaming_since_ms, Some(5), "kept while stopped");
         m.starting();
         let streams = Probed {
             streaming: true,
             ..Default::default()
         };
-        let l = m.fold(
-            "n2",
-            &v,
-            data,
-            standby,
-            Some(&streams),
-            &settings(),
-            None,
-            12,
-        );
+        let l = fold(&mut m, "n2", data, standby, Some(&streams), 12);
         assert_eq!(l.not_streaming_since_ms, None);
     }
 
