@@ -23,6 +23,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use crate::sync::{SyncMode, SyncSettings};
+
 mod error;
 mod parse;
 mod toml_errors;
@@ -106,6 +108,9 @@ pub struct TagsConfig {
     pub nofailover: bool,
     /// Keep this member out of read load balancing: `/replica` answers 503. Default false.
     pub noloadbalance: bool,
+    /// Never a synchronous standby; so, while synchronous replication is on, never
+    /// promoted automatically. Default false.
+    pub nosync: bool,
     /// Preference among failover candidates (higher first; 0 = never). Default 1.
     #[serde(default = "one")]
     pub failover_priority: u32,
@@ -120,6 +125,7 @@ impl Default for TagsConfig {
         TagsConfig {
             nofailover: false,
             noloadbalance: false,
+            nosync: false,
             failover_priority: 1,
         }
     }
@@ -283,6 +289,31 @@ pub struct ReplicationConfig {
     /// Name of an environment variable holding the replication password.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// `off` (asynchronous), `on` (`FIRST n`: each commit waits for n named standbys) or
+    /// `quorum` (`ANY n`: for any n of the eligible standbys). Default `off`.
+    pub synchronous: SyncMode,
+    /// How many standbys acknowledge each commit (n above). Default 1.
+    pub synchronous_node_count: u32,
+    /// With too few eligible standbys: `true` commits wait until one is back; `false` (the
+    /// default) the primary runs asynchronously, says so, and no standby is promoted
+    /// automatically until one is synchronous again.
+    pub synchronous_strict: bool,
+    /// A standby further behind the primary than this is not synchronous (replaced by one
+    /// that is closer). Default: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_lag_on_syncnode_bytes: Option<u64>,
+}
+
+impl ReplicationConfig {
+    /// The settings the leader applies.
+    pub fn sync_settings(&self) -> SyncSettings {
+        SyncSettings {
+            mode: self.synchronous,
+            node_count: self.synchronous_node_count,
+            strict: self.synchronous_strict,
+            max_lag_bytes: self.max_lag_on_syncnode_bytes,
+        }
+    }
 }
 
 impl Default for ReplicationConfig {
@@ -291,6 +322,10 @@ impl Default for ReplicationConfig {
             user: "replicator".to_string(),
             password_file: None,
             password_env: None,
+            synchronous: SyncMode::Off,
+            synchronous_node_count: 1,
+            synchronous_strict: false,
+            max_lag_on_syncnode_bytes: None,
         }
     }
 }

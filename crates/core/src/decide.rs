@@ -28,6 +28,7 @@ use crate::model::{
 };
 use crate::ops::{PROMOTE_LEASE_WAIT_MS, SWITCHOVER_TIMEOUT_MS};
 use crate::render::Upstream;
+use crate::sync::{SyncNames, SyncRecord, SyncStep, WalSender};
 use std::collections::BTreeMap;
 
 mod display;
@@ -54,6 +55,11 @@ pub struct ClusterView {
     pub op: Option<Operation>,
     /// The operator paused the cluster: no automatic action (operations still run).
     pub paused: bool,
+    /// The synchronous set the leader recorded (`None`: asynchronous replication). A record
+    /// the store holds but pgbaton cannot read is a blocked one: it proves nobody.
+    pub sync: Option<SyncRecord>,
+    /// The record's text as stored (the compare-and-set's expected value).
+    pub sync_text: Option<String>,
 }
 
 impl ClusterView {
@@ -142,6 +148,13 @@ pub struct LocalView {
     /// Standby: since when (wall-clock ms) its WAL receiver has not been streaming; kept
     /// while PostgreSQL is stopped.
     pub not_streaming_since_ms: Option<u64>,
+    /// Since when (wall-clock ms) this member has seen no leader lease: reports made after
+    /// it were made after the old primary's fence (synchronous failover counts only those).
+    pub leaderless_since_ms: Option<u64>,
+    /// Primary: its `synchronous_standby_names` (when running).
+    pub sync_names: SyncNames,
+    /// Primary: its WAL senders (when running).
+    pub senders: Vec<WalSender>,
 }
 
 impl LocalView {
@@ -162,6 +175,9 @@ impl LocalView {
             crashed_since_ms: None,
             rejoin_failed: None,
             not_streaming_since_ms: None,
+            leaderless_since_ms: None,
+            sync_names: SyncNames::Off,
+            senders: vec![],
         }
     }
 }
@@ -198,6 +214,15 @@ pub enum Action {
     AdvanceSlots { targets: Vec<(String, Lsn)> },
     /// Promote the running standby and wait until it accepts writes.
     Promote,
+    /// Leader: write the synchronous set's record (compare-and-set on the view's text,
+    /// only while holding the lease). `barrier`: first have a commit acknowledged under
+    /// PostgreSQL's current `synchronous_standby_names`.
+    WriteSyncSet { record: SyncRecord, barrier: bool },
+    /// Leader: delete the synchronous set's record (synchronous replication turned off).
+    ClearSyncSet,
+    /// Leader: set `synchronous_standby_names`, reload, and wait until every WAL sender
+    /// loaded it. Refused unless the stored record covers the new list.
+    SetSyncNames { names: SyncNames },
     /// PostgreSQL is stopped and its data is a former primary's: pg_rewind it from `upstream`
     /// if it diverged, configure it as a standby of `upstream`, start it.
     Rejoin { upstream: Upstream },
@@ -303,7 +328,7 @@ fn in_flight(view: &ClusterView) -> Option<&Operation> {
 
 /// The decision for one loop. `now_ms` is wall-clock ms (lease expiry is compared with it).
 pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
-    let plan = decide_unchecked(view, local, now_ms);
+    let plan = take_over_sync_set(view, &local.name, decide_unchecked(view, local, now_ms));
     debug_assert!(
         check_plan(&plan).is_ok(),
         "{}: {plan:?}",
@@ -325,6 +350,20 @@ pub fn check_plan(plan: &[Action]) -> Result<(), String> {
     if plan.iter().filter(|a| is_lease(a)).count() > 1 {
         return Err("more than one lease action in one plan".into());
     }
+    let sync_write = |a: &Action| {
+        matches!(
+            a,
+            Action::WriteSyncSet { .. } | Action::ClearSyncSet | Action::SetSyncNames { .. }
+        )
+    };
+    if let Some(i) = plan.iter().position(sync_write) {
+        let leased = plan[..i]
+            .iter()
+            .any(|a| matches!(a, Action::AcquireLease | Action::RenewLease));
+        if !leased {
+            return Err("a synchronous set change without holding the lease".into());
+        }
+    }
     if let Some(i) = plan.iter().position(|a| matches!(a, Action::Promote)) {
         let leased = plan[..i]
             .iter()
@@ -334,6 +373,55 @@ pub fn check_plan(plan: &[Action]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A member about to run a writable primary where the recorded synchronous set is another
+/// leader's first records a blocked set of its own (compare-and-set, under the lease it just
+/// took): until it has set up its own synchronous standbys, its commits are covered by no
+/// record, so no standby may take over on the old record's word.
+fn take_over_sync_set(view: &ClusterView, me: &str, mut plan: Vec<Action>) -> Vec<Action> {
+    if !view.sync.as_ref().is_some_and(|r| r.leader != me) {
+        return plan;
+    }
+    let becomes_primary = |a: &Action| {
+        matches!(
+            a,
+            Action::Promote | Action::Start { upstream: None } | Action::Bootstrap
+        )
+    };
+    if let Some(i) = plan.iter().position(becomes_primary) {
+        let leased = plan[..i]
+            .iter()
+            .any(|a| matches!(a, Action::AcquireLease | Action::RenewLease));
+        if leased {
+            plan.insert(
+                i,
+                Action::WriteSyncSet {
+                    record: SyncRecord::blocked(me),
+                    barrier: false,
+                },
+            );
+        }
+    }
+    plan
+}
+
+/// The leader's next synchronous-replication step, as an action.
+fn sync_action(view: &ClusterView, local: &LocalView) -> Option<Action> {
+    let step = crate::sync::plan(&crate::sync::SyncInputs {
+        me: &local.name,
+        settings: &local.policy.sync,
+        record: view.sync.as_ref(),
+        names: &local.sync_names,
+        senders: &local.senders,
+        members: &view.members,
+        lsn: local.lsn,
+    })?;
+    Some(match step {
+        SyncStep::Record { record, barrier } => Action::WriteSyncSet { record, barrier },
+        SyncStep::Names(names) => Action::SetSyncNames { names },
+        SyncStep::Clear => Action::ClearSyncSet,
+    })
 }
 
 fn decide_unchecked(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {

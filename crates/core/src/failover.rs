@@ -32,6 +32,8 @@ pub struct Policy {
     pub failover_priority: u32,
     pub primary_restart_timeout_ms: u64,
     pub reclone_on_rewind_failure: bool,
+    /// `[replication]`'s synchronous settings (applied by the leader).
+    pub sync: crate::sync::SyncSettings,
 }
 
 impl Default for Policy {
@@ -44,6 +46,7 @@ impl Default for Policy {
             failover_priority: 1,
             primary_restart_timeout_ms: 30_000,
             reclone_on_rewind_failure: false,
+            sync: Default::default(),
         }
     }
 }
@@ -58,6 +61,7 @@ impl Policy {
             failover_priority: cfg.tags.failover_priority,
             primary_restart_timeout_ms: cfg.timing.primary_restart_timeout_ms,
             reclone_on_rewind_failure: cfg.failover.reclone_on_rewind_failure,
+            sync: cfg.replication.sync_settings(),
         }
     }
 }

@@ -14,3 +14,4 @@ pub mod model;
 pub mod ops;
 pub mod render;
 pub mod report;
+pub mod sync;

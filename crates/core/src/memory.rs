@@ -9,6 +9,7 @@ use crate::config::NodeConfig;
 use crate::decide::{orphan_slots, ClusterView, DataDir, LocalView, PgRun};
 use crate::failover::{Failsafe, Policy};
 use crate::model::{Lsn, MemberStatus, SlotInfo};
+use crate::sync::{SyncNames, WalSender};
 use std::collections::BTreeMap;
 
 /// The agent's memory.
@@ -34,6 +35,8 @@ pub struct Memory {
     pub not_streaming_since_ms: Option<u64>,
     /// When each orphan slot (pgbaton-named, no member) was first seen on this primary.
     pub orphans_since: BTreeMap<String, u64>,
+    /// Since when no leader lease has been seen.
+    pub leaderless_since_ms: Option<u64>,
 }
 
 /// What a probe of the running PostgreSQL said (absent while it does not answer).
@@ -45,6 +48,10 @@ pub struct Probed {
     pub slots: Vec<SlotInfo>,
     /// The WAL receiver streams.
     pub streaming: bool,
+    /// Primary: `synchronous_standby_names`.
+    pub sync_names: SyncNames,
+    /// Primary: `pg_stat_replication`.
+    pub senders: Vec<WalSender>,
 }
 
 /// The settings the local view carries, from the node's config.
@@ -146,8 +153,14 @@ impl Memory {
             PgRun::Primary | PgRun::Standby { .. } => self.not_streaming_since_ms = None,
             _ => {}
         }
+        if view.leader.as_ref().is_some_and(|l| l.expires_ms > now_ms) {
+            self.leaderless_since_ms = None;
+        } else {
+            self.leaderless_since_ms.get_or_insert(now_ms);
+        }
         let mut local = LocalView::new(name, data, pg);
         local.not_streaming_since_ms = self.not_streaming_since_ms;
+        local.leaderless_since_ms = self.leaderless_since_ms;
         local.orphan_grace_ms = settings.orphan_grace_ms;
         local.policy = settings.policy.clone();
         local.crashed_since_ms = self.crashed_since_ms;
@@ -158,6 +171,8 @@ impl Memory {
             local.receive_lsn = p.receive_lsn;
             local.timeline = p.timeline;
             local.slots = p.slots.clone();
+            local.sync_names = p.sync_names.clone();
+            local.senders = p.senders.clone();
             let (orphans, _) = orphan_slots(&view.members, &p.slots);
             self.orphans_since.retain(|k, _| orphans.contains(k));
             for o in orphans {

@@ -186,6 +186,10 @@ pub struct MemberState {
     /// candidates; 0 = never promoted automatically).
     #[serde(default = "default_priority")]
     pub failover_priority: u32,
+    /// The member's `tags.nosync`: never a synchronous standby (so never promoted while
+    /// synchronous replication is on).
+    #[serde(default)]
+    pub nosync: bool,
     /// A former primary whose PostgreSQL did not come back within
     /// `timing.primary_restart_timeout_ms`: it gave the lease up for a standby to take.
     #[serde(default)]
@@ -299,6 +303,7 @@ impl MemberState {
             updated_ms,
             nofailover: false,
             failover_priority: 1,
+            nosync: false,
             handed_over: false,
             archive: None,
         }

@@ -30,6 +30,7 @@ pub(super) const MANAGED_PARAMETERS: &[(&str, Option<&str>)] = &[
     ("restore_command", Some("postgresql.archive_dir")),
     ("wal_log_hints", None),
     ("password_encryption", None),
+    ("synchronous_standby_names", Some("replication.synchronous")),
 ];
 
 /// Databases that always exist and must not be listed in `postgresql.databases`.
@@ -223,6 +224,9 @@ pub(super) fn check_parameter(name: &str, value: &ParamValue) -> Result<(), Conf
     }
 }
 
+/// More synchronous standbys than this is a typo, not a cluster.
+pub(super) const MAX_SYNC_NODES: u32 = 64;
+
 impl ReplicationConfig {
     pub(super) fn validate(&self, pg: &PostgresqlConfig) -> Result<(), ConfigError> {
         check_identifier("replication.user", &self.user)?;
@@ -259,6 +263,13 @@ impl ReplicationConfig {
                     "an environment variable name: letters, digits and '_', not starting with a digit",
                 ));
             }
+        }
+        if !(1..=MAX_SYNC_NODES).contains(&self.synchronous_node_count) {
+            return Err(ConfigError::new(
+                "replication.synchronous_node_count",
+                self.synchronous_node_count.to_string(),
+                format!("a number of standbys from 1 to {MAX_SYNC_NODES}"),
+            ));
         }
         Ok(())
     }

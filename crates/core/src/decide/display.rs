@@ -27,6 +27,22 @@ impl fmt::Display for Action {
                 write!(f, "AdvanceSlots({})", slot_targets(targets))
             }
             Action::Promote => f.write_str("Promote"),
+            Action::WriteSyncSet { record, barrier } => write!(
+                f,
+                "WriteSyncSet({}{})",
+                if record.is_blocked() {
+                    "blocked".to_string()
+                } else {
+                    format!("{} of {}", record.quorum, record.members.join(", "))
+                },
+                if *barrier {
+                    ", after a barrier commit"
+                } else {
+                    ""
+                }
+            ),
+            Action::ClearSyncSet => f.write_str("ClearSyncSet"),
+            Action::SetSyncNames { names } => write!(f, "SetSyncNames({names})"),
             Action::Rejoin { upstream } => write!(f, "Rejoin({})", upstream.member),
             Action::Reinit { from } => write!(f, "Reinit(from {})", from.member),
             Action::Restart { upstream } => write!(f, "Restart({})", role(upstream.as_ref())),

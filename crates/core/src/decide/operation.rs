@@ -49,7 +49,11 @@ pub(super) fn decide_op(
             } else if running_standby {
                 // Checked when posted, and again now: the member may have fallen behind since
                 // (pinned simulator test `a_stale_promote_is_held_to_the_failover_lag_bar`).
-                match behind_the_failover_bar(view, local).filter(|_| !*force) {
+                let sync_refused = sync_refused(view, local, now_ms).filter(|_| !*force);
+                let young = now_ms.saturating_sub(op.created_ms) <= PROMOTE_LEASE_WAIT_MS;
+                match sync_refused.or_else(|| behind_the_failover_bar(view, local).filter(|_| !*force)) {
+                    // The synchronous set's proof may need the others' next reports.
+                    Some(why) if young && view.sync.is_some() => vec![Action::Wait { reason: why }],
                     Some(why) => vec![finish(
                         false,
                         format!("{why}: promoting it would lose commits (ask again with --force to accept that)"),
@@ -299,6 +303,13 @@ pub(super) fn decide_op(
 /// Why this member may not be promoted without `--force`: the bar automatic failover is
 /// held to (not behind the last primary's timeline, within `max_lag_bytes` of its last
 /// reported position), tags aside.
+/// The synchronous set does not prove this standby has every acknowledged commit: why.
+fn sync_refused(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
+    let record = view.sync.as_ref()?;
+    let mine = local.receive_lsn.max(local.lsn).unwrap_or_default();
+    sync_proof_refused(view, local, record, mine, now_ms)
+}
+
 fn behind_the_failover_bar(view: &ClusterView, local: &LocalView) -> Option<String> {
     let last = failover::last_primary(&view.members, &local.name);
     failover::eligible(

@@ -49,6 +49,14 @@ pub(super) fn failover_hold(view: &ClusterView, local: &LocalView, now_ms: u64) 
         Err(why) => return Some(format!("not a failover candidate: {why}")),
     };
     let mut all = failover::other_candidates(&view.members, me, &last, pol, now_ms);
+    if let Some(record) = view.sync.as_ref() {
+        if let Some(why) = sync_proof_refused(view, local, record, mine.lsn, now_ms) {
+            return Some(why);
+        }
+        // Only the synchronous set's members are candidates: one outside it may lack
+        // acknowledged commits, however far it received.
+        all.retain(|c| record.has(&c.name));
+    }
     all.push(mine);
     failover::rank(&mut all);
     match all.first() {
@@ -58,6 +66,27 @@ pub(super) fn failover_hold(view: &ClusterView, local: &LocalView, now_ms: u64) 
         )),
         _ => None,
     }
+}
+
+/// The synchronous set's record does not prove this member has every acknowledged commit:
+/// why. Only reports made after this member saw the lease gone count (so after the old
+/// primary's fence: nothing was acknowledged after them).
+pub(super) fn sync_proof_refused(
+    view: &ClusterView,
+    local: &LocalView,
+    record: &SyncRecord,
+    mine: Lsn,
+    now_ms: u64,
+) -> Option<String> {
+    let since = local.leaderless_since_ms.unwrap_or(now_ms);
+    let fresh: Vec<(String, Lsn)> = view
+        .members
+        .iter()
+        .filter(|m| m.name != local.name && m.updated_ms >= since)
+        .filter(|m| failover::live_standby(m, now_ms, local.policy.ttl_ms))
+        .filter_map(|m| Some((m.name.clone(), m.receive_lsn.max(m.lsn)?)))
+        .collect();
+    crate::sync::proof_refused(record, &local.name, mine, &fresh)
 }
 
 pub(super) fn stuck_standby(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<u64> {

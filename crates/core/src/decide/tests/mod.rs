@@ -17,6 +17,7 @@ fn plans_that_break_the_lease_rules_are_refused() {
 use crate::model::MemberStatus;
 
 mod display;
+mod sync;
 
 const NOW: u64 = 1_000_000;
 
@@ -93,8 +94,7 @@ fn view(init: Option<&str>, leader: Option<&str>, members: Vec<MemberState>) -> 
             expires_ms: NOW + 10_000,
         }),
         members,
-        op: None,
-        paused: false,
+        ..ClusterView::default()
     }
 }
 
