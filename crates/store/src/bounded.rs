@@ -141,6 +141,21 @@ impl Store for Bounded {
         let call = self.inner.set_paused(paused);
         self.within("set the pause flag", self.limit, call).await
     }
+
+    async fn sync_get(&self) -> Result<Option<String>> {
+        let call = self.inner.sync_get();
+        self.within("read the synchronous set", self.limit, call).await
+    }
+    async fn sync_cas(
+        &self,
+        leader: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool> {
+        let call = self.inner.sync_cas(leader, expected, new);
+        self.within("write the synchronous set", self.limit, call)
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +227,12 @@ mod tests {
             std::future::pending().await
         }
         async fn set_paused(&self, _: bool) -> Result<()> {
+            std::future::pending().await
+        }
+        async fn sync_get(&self) -> Result<Option<String>> {
+            std::future::pending().await
+        }
+        async fn sync_cas(&self, _: &str, _: Option<&str>, _: Option<&str>) -> Result<bool> {
             std::future::pending().await
         }
     }

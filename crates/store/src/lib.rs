@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use pgbaton_core::config::StoreConfig;
 use pgbaton_core::decide::ClusterView;
 use pgbaton_core::model::{HistoryEntry, Identity, Leader, MemberState, OpPhase, Operation};
+use pgbaton_core::sync::SyncRecord;
 use std::sync::Arc;
 
 pub use bounded::Bounded;
@@ -60,6 +61,19 @@ pub trait Store: Send + Sync {
         Ok(false)
     }
 
+    // ---- the synchronous set -------------------------------------------------------------
+    /// The synchronous set's record as stored (JSON text; see `pgbaton_core::sync`).
+    async fn sync_get(&self) -> Result<Option<String>>;
+    /// Replace the record (`None` = delete it) if it currently holds `expected` (`None` =
+    /// absent) **and** `leader` holds an unexpired leader lease: a leader that lost its
+    /// lease can never change the set. `true` = replaced.
+    async fn sync_cas(
+        &self,
+        leader: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool>;
+
     // ---- members -----------------------------------------------------------------------
     /// Publish (insert or replace) a member's state. Registration persists until deleted.
     async fn member_put(&self, state: &MemberState) -> Result<()>;
@@ -97,7 +111,10 @@ pub trait Store: Send + Sync {
 /// `initialize` key's text), the leader lease, the members, the operation, the pause flag.
 /// The agents decide on it; the CLI and the API show and check it.
 pub async fn read_view(store: &dyn Store) -> Result<ClusterView> {
+    let sync_text = store.sync_get().await?;
     Ok(ClusterView {
+        sync: sync_text.as_deref().map(parse_sync_record),
+        sync_text,
         initialize: store
             .initialize_get()
             .await?
@@ -108,6 +125,12 @@ pub async fn read_view(store: &dyn Store) -> Result<ClusterView> {
         op: store.op_get().await?,
         paused: store.paused().await?,
     })
+}
+
+/// The synchronous set's record from its stored text. Text pgbaton cannot read proves
+/// nobody: it is read as a blocked record (no standby takes over on its word).
+pub fn parse_sync_record(text: &str) -> SyncRecord {
+    serde_json::from_str(text).unwrap_or_else(|_| SyncRecord::blocked("(unreadable record)"))
 }
 
 /// Pause or resume a cluster, and record the change in its history. Returns whether the

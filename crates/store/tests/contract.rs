@@ -247,6 +247,7 @@ fn member(name: &str, port: u16) -> MemberState {
         updated_ms: 1_700_000_000_000,
         nofailover: false,
         failover_priority: 1,
+        nosync: false,
         handed_over: false,
         archive: None,
     }
@@ -1115,6 +1116,47 @@ async fn pause_flag<B: Backend>(b: B) {
     assert!(!a.paused().await.unwrap());
 }
 
+async fn sync_set_is_written_only_by_the_lease_holder<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert_eq!(s.sync_get().await.unwrap(), None);
+    // Nobody holds the lease: refused.
+    assert!(!s.sync_cas("n1", None, Some("a")).await.unwrap());
+    assert!(s.leader_acquire("n1", b.ttl()).await.unwrap());
+    assert!(
+        !s.sync_cas("n2", None, Some("a")).await.unwrap(),
+        "not the holder"
+    );
+    assert!(s.sync_cas("n1", None, Some("a")).await.unwrap());
+    assert_eq!(s.sync_get().await.unwrap().as_deref(), Some("a"));
+    assert!(
+        !s.sync_cas("n1", None, Some("b")).await.unwrap(),
+        "expected absent, but present"
+    );
+    assert!(
+        !s.sync_cas("n1", Some("x"), Some("b")).await.unwrap(),
+        "another value"
+    );
+    assert!(s.sync_cas("n1", Some("a"), Some("b")).await.unwrap());
+    assert_eq!(
+        b.connect("c1").sync_get().await.unwrap().as_deref(),
+        Some("b"),
+        "another client sees it"
+    );
+    assert_eq!(b.connect("c2").sync_get().await.unwrap(), None, "per cluster");
+    // A lease that expired, even if its holder does not know yet, writes nothing.
+    b.advance(b.ttl() + 1).await;
+    assert!(!s.sync_cas("n1", Some("b"), Some("c")).await.unwrap());
+    assert!(s.leader_acquire("n2", b.ttl()).await.unwrap());
+    assert!(!s.sync_cas("n1", Some("b"), Some("c")).await.unwrap());
+    assert!(s.sync_cas("n2", Some("b"), None).await.unwrap(), "deleted");
+    assert_eq!(s.sync_get().await.unwrap(), None);
+    assert!(s.sync_cas("n2", None, Some("d")).await.unwrap());
+    // The record is not a member, and survives the lease's release.
+    assert!(s.members().await.unwrap().is_empty());
+    assert!(s.leader_release("n2").await.unwrap());
+    assert_eq!(s.sync_get().await.unwrap().as_deref(), Some("d"));
+}
+
 /// Instantiate every suite function for a backend: `contract_suite!(module, constructor)`.
 macro_rules! contract_suite {
     ($module:ident, $backend:expr) => {
@@ -1146,6 +1188,7 @@ macro_rules! contract_suite {
                 history_concurrent_appends_all_land,
                 history_is_per_cluster,
                 pause_flag,
+                sync_set_is_written_only_by_the_lease_holder,
             );
         }
     };

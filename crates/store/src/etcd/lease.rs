@@ -27,7 +27,7 @@ pub(super) fn lease_secs(ttl_ms: u64) -> i64 {
 
 impl EtcdStore {
     /// The leader key's entry when `member` holds the lease.
-    async fn held_by(&self, action: &str, member: &str) -> Result<Option<KeyValue>> {
+    pub(super) async fn held_by(&self, action: &str, member: &str) -> Result<Option<KeyValue>> {
         let Some(kv) = self.get_one(action, "leader").await? else {
             return Ok(None);
         };

@@ -41,6 +41,7 @@ mod client;
 mod history;
 mod lease;
 mod ops;
+mod sync;
 
 /// How many times a compare-and-set that lost to a concurrent writer is tried again.
 const CAS_ATTEMPTS: usize = 200;
@@ -222,6 +223,19 @@ impl Store for EtcdStore {
 
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
         self.read_history(limit).await
+    }
+
+    async fn sync_get(&self) -> Result<Option<String>> {
+        self.sync_text().await
+    }
+
+    async fn sync_cas(
+        &self,
+        leader: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool> {
+        self.sync_replace(leader, expected, new).await
     }
 
     async fn paused(&self) -> Result<bool> {

@@ -1,7 +1,7 @@
 //! The leader lease: a row whose `expires_ms` is the lease's expiry in wall-clock ms. Every
 //! change is a `BEGIN IMMEDIATE` transaction that reads "now" once it holds the write lock.
 
-use super::{get_row, to_i64, LocalStore, KEY_LEADER};
+use super::{get_row, to_i64, LocalStore, KEY_LEADER, KEY_SYNC};
 use crate::Result;
 use pgbaton_core::model::Leader;
 use rusqlite::params;
@@ -84,6 +84,40 @@ impl LocalStore {
 }
 
 /// Is a lease with this expiry still held at `now`? (Expired = `expires_ms <= now`.)
+impl LocalStore {
+    /// The synchronous set's compare-and-set: only while `leader` holds the lease.
+    pub(super) fn cas_sync(
+        &self,
+        leader: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool> {
+        self.in_tx("writing the synchronous set", |tx| {
+            let now = self.now();
+            let leads = matches!(
+                get_row(tx, &self.cluster, KEY_LEADER)?,
+                Some((holder, exp)) if holder == leader && unexpired(exp, now)
+            );
+            let current = get_row(tx, &self.cluster, KEY_SYNC)?.map(|(v, _)| v);
+            if !leads || current.as_deref() != expected {
+                return Ok(false);
+            }
+            match new {
+                Some(v) => tx.execute(
+                    "INSERT INTO kv (cluster, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (cluster, key) DO UPDATE SET value = excluded.value",
+                    params![self.cluster, KEY_SYNC, v],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM kv WHERE cluster = ?1 AND key = ?2",
+                    params![self.cluster, KEY_SYNC],
+                )?,
+            };
+            Ok(true)
+        })
+    }
+}
+
 fn unexpired(expires_ms: Option<i64>, now: i64) -> bool {
     expires_ms.is_some_and(|e| e > now)
 }

@@ -46,6 +46,7 @@ const KEY_LEADER: &str = "leader";
 const MEMBER_PREFIX: &str = "members/";
 const KEY_OP: &str = "op";
 const KEY_PAUSED: &str = "paused";
+const KEY_SYNC: &str = "sync";
 const HISTORY_PREFIX: &str = "history/";
 /// The first key after every `history/...` key (`'0'` follows `'/'`): history keys are the
 /// range `HISTORY_PREFIX <= key < HISTORY_END`, which the primary key index serves.
@@ -348,6 +349,21 @@ impl Store for LocalStore {
 
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
         self.read_history(limit)
+    }
+
+    async fn sync_get(&self) -> Result<Option<String>> {
+        self.with_conn("reading the synchronous set", |conn| {
+            Ok(get_row(conn, &self.cluster, KEY_SYNC)?.map(|(v, _)| v))
+        })
+    }
+
+    async fn sync_cas(
+        &self,
+        leader: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<bool> {
+        self.cas_sync(leader, expected, new)
     }
 
     async fn paused(&self) -> Result<bool> {
