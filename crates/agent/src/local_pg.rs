@@ -3,6 +3,8 @@
 
 use super::*;
 use pgbaton_core::model::{Lsn, Rewind, SlotEnsured};
+use pgbaton_core::sync::SyncNames;
+use pgbaton_pg::syncrep;
 use publish::Publisher;
 
 pub(crate) struct LocalPg {
@@ -275,6 +277,20 @@ impl pgbaton_exec::Postgres for LocalPg {
             format!("delete the data directory {}", self.cfg.data_dir.display())
         })?;
         info!("deleted {}", self.cfg.data_dir.display());
+        Ok(())
+    }
+
+    async fn sync_names(&mut self) -> Result<SyncNames> {
+        syncrep::current(self.client()?).await
+    }
+
+    async fn set_sync_names(&mut self, names: &SyncNames) -> Result<()> {
+        syncrep::set_names(self.client()?, &self.cfg, names).await
+    }
+
+    async fn sync_barrier(&mut self, names: &SyncNames) -> Result<()> {
+        let at = syncrep::barrier(self.client()?, names).await?;
+        tracing::debug!("synchronous barrier: the listed standbys flushed {at}");
         Ok(())
     }
 }

@@ -111,6 +111,8 @@ fn probed(p: &Probe) -> Probed {
         timeline: p.timeline,
         slots: p.slots.clone(),
         streaming: p.receiver_status.as_deref() == Some("streaming"),
+        sync_names: p.sync_names.clone(),
+        senders: p.senders.clone(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Publishing the member's state to the store and the API.
 
 use super::*;
-use pgbaton_core::model::ArchiveStatus;
+use pgbaton_core::model::{ArchiveStatus, SyncReport};
 
 /// What the agent needs to publish its member's state, also during a long step (a clone's
 /// progress, a start).
@@ -116,8 +116,17 @@ impl Publisher {
             message: r.message.map(str::to_string),
             progress: r.progress,
             agent_pid: std::process::id(),
-            updated_ms: now_ms(),
+            // The probe's time, not the publish's: a report is no more recent than the
+            // positions in it (synchronous failover counts only reports made after the
+            // old primary's fence).
+            updated_ms: p.map_or_else(now_ms, |p| p.at_ms.min(now_ms())),
             nofailover: cfg.tags.nofailover,
+            nosync: cfg.tags.nosync,
+            synchronous: p.filter(|p| !p.in_recovery).map(|p| SyncReport {
+                mode: cfg.replication.synchronous,
+                standby_names: p.sync_names.to_string(),
+                strict: cfg.replication.synchronous_strict,
+            }),
             failover_priority: cfg.tags.failover_priority,
             handed_over: r.handed_over,
             archive: r.archive,

@@ -41,8 +41,7 @@ fn state(dir: &Path) -> ApiState {
             me.clone(),
             member("n2", Role::Standby, MemberStatus::Streaming),
         ],
-        op: None,
-        paused: false,
+        ..ClusterView::default()
     };
     let shared = Arc::new(RwLock::new(Shared {
         member: Some(me),

@@ -380,7 +380,7 @@ pub fn check_plan(plan: &[Action]) -> Result<(), String> {
 /// took): until it has set up its own synchronous standbys, its commits are covered by no
 /// record, so no standby may take over on the old record's word.
 fn take_over_sync_set(view: &ClusterView, me: &str, mut plan: Vec<Action>) -> Vec<Action> {
-    if !view.sync.as_ref().is_some_and(|r| r.leader != me) {
+    if view.sync.as_ref().is_none_or(|r| r.leader == me) {
         return plan;
     }
     let becomes_primary = |a: &Action| {

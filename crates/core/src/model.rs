@@ -194,9 +194,30 @@ pub struct MemberState {
     /// `timing.primary_restart_timeout_ms`: it gave the lease up for a standby to take.
     #[serde(default)]
     pub handed_over: bool,
+    /// A primary's synchronous replication: its mode and `synchronous_standby_names`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<SyncReport>,
     /// The WAL archive as this member sees it (only when it archives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveStatus>,
+}
+
+/// What a primary publishes of its synchronous replication.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// `replication.synchronous` in its config.
+    pub mode: crate::sync::SyncMode,
+    /// `synchronous_standby_names` as PostgreSQL runs with it.
+    pub standby_names: String,
+    #[serde(default)]
+    pub strict: bool,
+}
+
+impl SyncReport {
+    /// Synchronous replication is configured but commits do not wait for any standby.
+    pub fn degraded(&self) -> bool {
+        self.mode != crate::sync::SyncMode::Off && self.standby_names.trim().is_empty()
+    }
 }
 
 /// How far a member's archiver is behind, and (on the leader) what the last archive check
@@ -305,6 +326,7 @@ impl MemberState {
             failover_priority: 1,
             nosync: false,
             handed_over: false,
+            synchronous: None,
             archive: None,
         }
     }

@@ -3,6 +3,7 @@
 
 use crate::decide::ClusterView;
 use crate::model::{Leader, Lsn, MemberState, MemberStatus, OpKind, Operation, Role};
+use crate::sync::SyncRecord;
 
 /// A member's report older than this is not evidence that it is healthy (agents report
 /// every loop, 1 s by default). Only what the operator is told depends on it: the lease
@@ -23,6 +24,8 @@ pub struct Snapshot<'a> {
     pub members: &'a [MemberState],
     pub op: Option<&'a Operation>,
     pub now_ms: u64,
+    /// The synchronous set's record, when synchronous replication is on.
+    pub sync: Option<&'a SyncRecord>,
 }
 
 impl<'a> Snapshot<'a> {
@@ -33,7 +36,28 @@ impl<'a> Snapshot<'a> {
             members: &view.members,
             op: view.op.as_ref(),
             now_ms,
+            sync: view.sync.as_ref(),
         }
+    }
+
+    /// Why `member` is not proven by the synchronous set to have every acknowledged
+    /// commit, when one is recorded and it is not.
+    fn not_synchronous(&self, member: &str) -> Option<String> {
+        let r = self.sync?;
+        if r.is_blocked() && r.leader != member {
+            return Some(format!(
+                "the synchronous set proves no standby has every acknowledged commit ({} runs \
+                 asynchronously or has not set its synchronous standbys up)",
+                r.leader
+            ));
+        }
+        (!r.is_blocked() && !r.has(member)).then(|| {
+            format!(
+                "{member} is not a synchronous standby (the synchronous set is {}): it may lack \
+                 acknowledged commits",
+                r.members.join(", ")
+            )
+        })
     }
 
     fn member(&self, name: &str) -> Result<&'a MemberState, String> {
@@ -111,6 +135,11 @@ pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
                 return Err(format!(
                     "{member} is not a running standby (it is {}): start it first",
                     m.state
+                ));
+            }
+            if let Some(why) = s.not_synchronous(member).filter(|_| !force) {
+                return Err(format!(
+                    "{why}; promoting it would lose them (ask again with --force to accept that)"
                 ));
             }
             if !force {
@@ -235,6 +264,12 @@ pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
                 (Some(cl), Some(pl)) => cl.bytes_until(pl),
                 _ => u64::MAX,
             };
+            if let Some(why) = s
+                .not_synchronous(to)
+                .filter(|_| s.sync.is_some_and(|r| !r.is_blocked()))
+            {
+                return Err(format!("{why}: switch over to a synchronous standby"));
+            }
             if lag > SWITCHOVER_MAX_LAG_BYTES {
                 return Err(format!(
                     "{to} is not caught up ({} behind the primary; at most {} MB allowed)",
@@ -263,6 +298,7 @@ pub fn pick_candidate(s: &Snapshot) -> Result<String, String> {
                 && m.role == Role::Standby
                 && m.state == MemberStatus::Streaming
                 && s.fresh(m)
+                && s.sync.is_none_or(|r| r.is_blocked() || r.has(&m.name))
         })
         .max_by_key(|m| (Snapshot::lsn(m), std::cmp::Reverse(m.name.clone())))
         .map(|m| m.name.clone())
@@ -311,6 +347,7 @@ mod tests {
             members,
             op,
             now_ms: NOW,
+            sync: None,
         }
     }
 

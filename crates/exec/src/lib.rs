@@ -21,6 +21,7 @@ use pgbaton_core::decide::{Action, ClusterView, DataDir, LocalView};
 use pgbaton_core::memory::Memory;
 use pgbaton_core::model::{Lsn, MemberStatus, Rewind, SlotEnsured};
 use pgbaton_core::render::Upstream;
+use pgbaton_core::sync::SyncNames;
 use pgbaton_store::Store;
 use std::sync::Arc;
 use tracing::{error, info, warn};
@@ -36,6 +37,7 @@ mod lease;
 mod ops;
 mod pg;
 mod slots;
+mod sync;
 
 pub type Result<T> = anyhow::Result<T>;
 
@@ -82,6 +84,14 @@ pub trait Postgres: Send {
     async fn position(&mut self) -> (Option<u32>, Option<Lsn>);
     /// Delete the data directory (`pgbaton remove --purge`: the operator asked for it).
     async fn purge(&mut self) -> Result<()>;
+    /// Primary: `synchronous_standby_names` as it is now.
+    async fn sync_names(&mut self) -> Result<SyncNames>;
+    /// Primary: set `synchronous_standby_names` and return once every process that
+    /// decides for commits loaded it.
+    async fn set_sync_names(&mut self, names: &SyncNames) -> Result<()>;
+    /// Primary: return once `names.acks()` of the listed standbys flushed everything the
+    /// primary had flushed when called.
+    async fn sync_barrier(&mut self, names: &SyncNames) -> Result<()>;
 }
 
 /// The node around PostgreSQL: clocks, the fence watchdog, the state the API shares.
@@ -259,6 +269,11 @@ impl<P: Postgres, H: Host> Executor<P, H> {
             Action::DropSlots { names } => self.drop_slots(names).await,
             Action::AdvanceSlots { targets } => self.advance_slots(targets).await,
             Action::Promote => self.promote(view).await,
+            Action::WriteSyncSet { record, barrier } => {
+                self.write_sync_set(view, &record, barrier).await
+            }
+            Action::ClearSyncSet => self.clear_sync_set(view).await,
+            Action::SetSyncNames { names } => self.set_sync_names(&names, local).await,
             Action::Rejoin { upstream } => self.rejoin(&upstream).await,
             Action::Restart { upstream } => self.restart(local, upstream.as_ref()).await,
             Action::Reload => self.reload().await,

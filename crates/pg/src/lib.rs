@@ -14,5 +14,6 @@ pub mod files;
 pub mod rewind;
 pub mod server;
 pub mod sql;
+pub mod syncrep;
 
 pub use bins::Binaries;

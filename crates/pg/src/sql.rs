@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use pgbaton_core::config::NodeConfig;
 use pgbaton_core::model::{Lsn, SlotInfo};
 use pgbaton_core::render::{quote_ident, quote_literal};
+use pgbaton_core::sync::{SyncNames, WalSender};
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
@@ -47,6 +48,12 @@ pub struct Probe {
     /// Standby: ms since the last replayed transaction committed on the primary, 0 when
     /// everything received is replayed.
     pub replay_lag_ms: Option<u64>,
+    /// Primary: `synchronous_standby_names`.
+    pub sync_names: SyncNames,
+    /// When the probe began (wall-clock ms): every position in it is at least this recent.
+    pub at_ms: u64,
+    /// Primary: its WAL senders (`pg_stat_replication`).
+    pub senders: Vec<WalSender>,
 }
 
 fn lsn(s: Option<String>) -> Option<Lsn> {
@@ -55,6 +62,10 @@ fn lsn(s: Option<String>) -> Option<Lsn> {
 
 /// One round of status queries.
 pub async fn probe(client: &Client) -> Result<Probe> {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let row = client
         .query_one(
             "SELECT pg_is_in_recovery(), current_setting('server_version'), \
@@ -71,6 +82,7 @@ pub async fn probe(client: &Client) -> Result<Probe> {
         system_id: row.get(2),
         timeline: row.get::<_, Option<i32>>(3).map(|t| t as u32),
         primary_conninfo: row.get(4),
+        at_ms,
         ..Default::default()
     };
     if p.in_recovery {
@@ -116,11 +128,14 @@ pub async fn probe(client: &Client) -> Result<Probe> {
         // a promotion).
         let row = client
             .query_one(
-                "SELECT pg_current_wal_lsn()::text, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+                "SELECT pg_current_wal_lsn()::text, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), \
+                        current_setting('synchronous_standby_names')",
                 &[],
             )
             .await?;
         p.lsn = lsn(row.get(0));
+        p.sync_names = SyncNames::parse(&row.get::<_, String>(2));
+        p.senders = crate::syncrep::senders(client).await?;
         if let Some(tli) = row
             .get::<_, Option<String>>(1)
             .and_then(|t| u32::from_str_radix(&t, 16).ok())

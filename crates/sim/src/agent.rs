@@ -46,6 +46,7 @@ impl Sim {
             Step::ViewReply(Some(view)) => self.decide_and_act(n, *view),
             Step::Reply { id, rep, .. } => self.reply(n, id, rep),
             Step::PgDone { id, expect } => self.pg_done(n, id, expect),
+            Step::Barrier { id, target, names } => self.barrier_done(n, id, target, &names),
             Step::FsCollect(round) => {
                 let fs = self.nodes[n].agent.fs.take();
                 let name = self.nodes[n].name.clone();
@@ -221,7 +222,22 @@ impl Sim {
             failover_priority: 1,
             primary_restart_timeout_ms: self.cfg.primary_restart_timeout_ms,
             reclone_on_rewind_failure: self.cfg.reclone_on_rewind_failure,
+            sync: self.cfg.sync.clone(),
         }
+    }
+
+    /// `pg_stat_replication` on node `n`: the standbys streaming from it.
+    pub(crate) fn senders(&self, n: usize) -> Vec<WalSender> {
+        let names = &self.nodes[n].pg.sync_names;
+        (0..self.nodes.len())
+            .filter(|&i| self.streams_from(i) == Some(n))
+            .map(|i| WalSender {
+                name: self.nodes[i].name.clone(),
+                streaming: true,
+                flush: Some(Lsn(self.nodes[i].pg.lsn)),
+                priority: names.priority_of(&self.nodes[i].name),
+            })
+            .collect()
     }
 
     pub(crate) fn slot_infos(pg: &Pg) -> Vec<SlotInfo> {
@@ -245,6 +261,7 @@ impl Sim {
             orphan_grace_ms: 5_000,
         };
         let streaming = self.streams_from(n).is_some();
+        let senders = self.senders(n);
         let now = self.now;
         let node = &mut self.nodes[n];
         let running = pgrun.running();
@@ -255,6 +272,8 @@ impl Sim {
             timeline: Some(node.pg.timeline()),
             slots: Self::slot_infos(&node.pg),
             streaming,
+            sync_names: node.pg.sync_names.clone(),
+            senders,
         });
         let data = DataDir::Initialized {
             system_id: SYSTEM_ID.into(),

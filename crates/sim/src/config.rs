@@ -1,6 +1,8 @@
 //! What a run simulates: the cluster's settings, the faults, and knobs that plant old
 //! behaviour (to test the tests).
 
+use pgbaton_core::sync::SyncSettings;
+
 #[derive(Clone, Debug)]
 pub struct SimConfig {
     pub nodes: usize,
@@ -54,6 +56,8 @@ pub struct SimConfig {
     /// Operator requests (switchover, reinit, restart, remove) among the random faults,
     /// checked as the CLI checks them (`ops::check`) before they are posted.
     pub operations: bool,
+    /// Synchronous replication, as every node's `[replication]` says.
+    pub sync: SyncSettings,
     /// Record a human-readable trace in the outcome.
     pub trace: bool,
 }
@@ -84,6 +88,7 @@ impl Default for SimConfig {
             watchdog_respawn: true,
             rewind_unreachable_is_retried: true,
             operations: true,
+            sync: SyncSettings::default(),
             trace: false,
         }
     }

@@ -296,6 +296,26 @@ impl Sim {
                 self.reply_in(n, lat, id, rep);
             }
             PgReq::AdvanceSlot => self.reply_in(n, lat, id, Ok(Val::Unit)),
+            PgReq::SyncNames => {
+                let pg = &self.nodes[n].pg;
+                let rep = if pg.running() {
+                    Ok(Val::Names(pg.sync_names.clone()))
+                } else {
+                    Err("PostgreSQL is not running".into())
+                };
+                self.reply_in(n, lat, id, rep);
+            }
+            PgReq::SetSyncNames(names) => {
+                let rep = if self.nodes[n].pg.running() {
+                    self.log(|| format!("{name}: synchronous_standby_names = '{names}'"));
+                    self.nodes[n].pg.sync_names = names;
+                    Ok(Val::Unit)
+                } else {
+                    Err("PostgreSQL is not running".into())
+                };
+                self.reply_in(n, lat, id, rep);
+            }
+            PgReq::SyncBarrier(names) => self.sync_barrier(n, id, names),
             PgReq::Position => {
                 let pg = &self.nodes[n].pg;
                 let rep = if pg.running() {
@@ -413,8 +433,37 @@ impl Sim {
         pg.lsn = src.lsn;
         pg.slots.clear();
         pg.standby_signal = true;
+        // pg_basebackup copies postgresql.auto.conf, and with it the source's list.
+        pg.sync_names = src.sync_names;
         let dur = self.rng.range(1_000, 3_000);
         self.reply_in(n, dur, id, Ok(Val::Unit));
+    }
+
+    /// The barrier: the flushed position now, then (after the standbys had time to stream
+    /// it, as the agent polls) whether enough listed standbys have it.
+    fn sync_barrier(&mut self, n: usize, id: u64, names: SyncNames) {
+        let target = self.nodes[n].pg.lsn;
+        let wait = self.lat()
+            + self.nodes.iter().map(|x| x.lag).max().unwrap_or(0) / WRITE_BYTES_PER_MS
+            + 1;
+        self.step_at(self.now + wait, n, Step::Barrier { id, target, names });
+    }
+
+    pub(crate) fn barrier_done(&mut self, n: usize, id: u64, target: u64, names: &SyncNames) {
+        let have = (0..self.nodes.len())
+            .filter(|&i| self.streams_from(i) == Some(n))
+            .filter(|&i| names.priority_of(&self.nodes[i].name) > 0)
+            .filter(|&i| self.nodes[i].pg.lsn >= target)
+            .count();
+        let need = names.acks() as usize;
+        let rep = if need > 0 && have >= need && self.nodes[n].pg.running() {
+            Ok(Val::Unit)
+        } else {
+            Err(format!(
+                "barrier at {target}: {have} of {need} listed standbys have it"
+            ))
+        };
+        self.reply(n, id, rep);
     }
 
     /// The store's answer to an executor request (the world's store, at the store).
@@ -452,6 +501,20 @@ impl Sim {
             StoreReq::HistoryAppend(e) => {
                 self.store.history.push(*e);
                 Val::Unit
+            }
+            StoreReq::SyncGet => Val::Text(self.store.sync.clone()),
+            StoreReq::SyncCas { expected, new } => {
+                let leads = self
+                    .store
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.member == name && l.expires_ms > now);
+                let ok = leads && self.store.sync == expected;
+                if ok {
+                    self.log(|| format!("store: {name} records the synchronous set {new:?}"));
+                    self.store.sync = new;
+                }
+                Val::Bool(ok)
             }
             StoreReq::InitializeClaim | StoreReq::InitializeReplace => {
                 self.violate(

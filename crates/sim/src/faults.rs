@@ -156,11 +156,17 @@ impl Sim {
             return self.log(|| format!("operator: {op:?} not posted (the store is down)"));
         }
         let members: Vec<MemberState> = self.store.members.values().cloned().collect();
+        let sync = self
+            .store
+            .sync
+            .as_deref()
+            .map(pgbaton_store::parse_sync_record);
         let snapshot = pgbaton_core::ops::Snapshot {
             leader: leader.as_ref(),
             members: &members,
             op: self.store.op.as_ref(),
             now_ms: now,
+            sync: sync.as_ref(),
         };
         if let Err(why) = pgbaton_core::ops::check(&op, &snapshot, false) {
             return self.log(|| format!("operator: {op:?} refused: {why}"));

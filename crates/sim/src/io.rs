@@ -15,6 +15,7 @@ use pgbaton_core::model::{
     HistoryEntry, Leader, Lsn, MemberState, MemberStatus, OpPhase, Operation, Rewind, SlotEnsured,
 };
 use pgbaton_core::render::Upstream;
+use pgbaton_core::sync::SyncNames;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +40,11 @@ pub(crate) enum StoreReq {
         new: Box<Operation>,
     },
     HistoryAppend(Box<HistoryEntry>),
+    SyncGet,
+    SyncCas {
+        expected: Option<String>,
+        new: Option<String>,
+    },
 }
 
 /// A request to the local PostgreSQL.
@@ -66,6 +72,9 @@ pub(crate) enum PgReq {
     AdvanceSlot,
     Position,
     Purge,
+    SyncNames,
+    SetSyncNames(SyncNames),
+    SyncBarrier(SyncNames),
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +96,8 @@ pub(crate) enum Val {
     Leader(Option<Leader>),
     Member(Option<Box<MemberState>>),
     Position(Option<u32>, Option<Lsn>),
+    Names(SyncNames),
+    Text(Option<String>),
 }
 
 pub(crate) type Rep = Result<Val, String>;
@@ -247,6 +258,25 @@ impl pgbaton_store::Store for SimStore {
     async fn set_paused(&self, _: bool) -> anyhow::Result<()> {
         anyhow::bail!("not simulated")
     }
+    async fn sync_get(&self) -> anyhow::Result<Option<String>> {
+        match ask(&self.io, Req::Store(StoreReq::SyncGet)).await? {
+            Val::Text(t) => Ok(t),
+            v => unexpected(v),
+        }
+    }
+    async fn sync_cas(
+        &self,
+        leader: &str,
+        expected: Option<&str>,
+        new: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        debug_assert_eq!(leader, self.name);
+        let r = StoreReq::SyncCas {
+            expected: expected.map(str::to_string),
+            new: new.map(str::to_string),
+        };
+        boolean(&self.io, Req::Store(r)).await
+    }
 }
 
 /// The local PostgreSQL as the executor sees it.
@@ -333,6 +363,18 @@ impl pgbaton_exec::Postgres for SimPg {
     }
     async fn purge(&mut self) -> anyhow::Result<()> {
         unit(&self.io, Req::Pg(PgReq::Purge)).await
+    }
+    async fn sync_names(&mut self) -> anyhow::Result<SyncNames> {
+        match ask(&self.io, Req::Pg(PgReq::SyncNames)).await? {
+            Val::Names(n) => Ok(n),
+            v => unexpected(v),
+        }
+    }
+    async fn set_sync_names(&mut self, names: &SyncNames) -> anyhow::Result<()> {
+        unit(&self.io, Req::Pg(PgReq::SetSyncNames(names.clone()))).await
+    }
+    async fn sync_barrier(&mut self, names: &SyncNames) -> anyhow::Result<()> {
+        unit(&self.io, Req::Pg(PgReq::SyncBarrier(names.clone()))).await
     }
 }
 

@@ -95,6 +95,7 @@ use pgbaton_core::model::{
     SlotEnsured, SlotInfo,
 };
 use pgbaton_core::render::Upstream;
+use pgbaton_core::sync::{SyncMode, SyncNames, SyncRecord, WalSender};
 use pgbaton_exec::PlanEnd;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -179,6 +180,9 @@ struct Pg {
     /// The last stop was a clean (fast) shutdown, with a shutdown checkpoint; a crash, a
     /// fence or a lost node leaves none.
     clean_stop: bool,
+    /// `synchronous_standby_names` (kept in postgresql.auto.conf: it survives restarts and
+    /// is copied by a clone).
+    sync_names: SyncNames,
 }
 
 impl Pg {
@@ -343,6 +347,12 @@ enum Step {
     },
     FsCollect(u64),
     Published,
+    /// A synchronous barrier's wait is over: is it reached?
+    Barrier {
+        id: u64,
+        target: u64,
+        names: SyncNames,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -411,6 +421,8 @@ struct Store {
     history: Vec<HistoryEntry>,
     paused: u32,
     down: u32,
+    /// The synchronous set's record, as stored (JSON text).
+    sync: Option<String>,
 }
 
 struct Sim {
@@ -425,6 +437,10 @@ struct Sim {
     store: Store,
     /// Per branch: (start LSN, highest LSN ever written on it).
     branches: Vec<(u64, u64)>,
+    /// Per branch: the highest LSN a client got an acknowledgement for (a commit is
+    /// acknowledged once the standbys `synchronous_standby_names` asks for flushed it; at
+    /// once when it names none).
+    acked: Vec<u64>,
     faults: Vec<Fault>,
     fs_next: u64,
     last_published_primary_lsn: Option<u64>,

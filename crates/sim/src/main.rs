@@ -1,14 +1,17 @@
 //! `pgbaton-sim --seed N [--trace]` replays one seed; `pgbaton-sim --sweep START COUNT`
 //! sweeps seeds. Options: `--nodes N` (2 to 9), `--no-watchdog`, `--no-failsafe`,
-//! `--watchdog-late MS`, `--threads N`, and the knobs `usage` lists.
+//! `--watchdog-late MS`, `--threads N`, `--synchronous off|on|quorum` (with
+//! `--sync-count N`, `--sync-strict`), and the knobs `usage` lists.
 
+use pgbaton_core::sync::SyncMode;
 use pgbaton_sim::{run, sweep, SimConfig};
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
         "usage: pgbaton-sim --seed N [--trace]\n       pgbaton-sim --sweep START COUNT [--threads N]\n\
-         options: --nodes N (2-9) --no-operations --no-watchdog --no-failsafe --no-failsafe-hold --no-stopped-position --no-pg-faults --old-fence --no-watchdog-respawn --watchdog-late MS"
+         options: --nodes N (2-9) --no-operations --no-watchdog --no-failsafe --no-failsafe-hold --no-stopped-position --no-pg-faults --old-fence --no-watchdog-respawn --watchdog-late MS\n\
+         synchronous replication: --synchronous off|on|quorum --sync-count N --sync-strict"
     );
     ExitCode::from(2)
 }
@@ -51,6 +54,23 @@ fn main() -> ExitCode {
             "--no-operations" => cfg.operations = false,
             "--old-fence" => cfg.fence_kills_frozen = false,
             "--no-watchdog-respawn" => cfg.watchdog_respawn = false,
+            "--synchronous" => {
+                cfg.sync.mode = match args.get(i + 1).map(String::as_str) {
+                    Some("off") => SyncMode::Off,
+                    Some("on") => SyncMode::On,
+                    Some("quorum") => SyncMode::Quorum,
+                    _ => return usage(),
+                };
+                i += 1;
+            }
+            "--sync-count" => {
+                match num(i + 1).filter(|n| (1..=8).contains(n)) {
+                    Some(n) => cfg.sync.node_count = n as u32,
+                    None => return usage(),
+                }
+                i += 1;
+            }
+            "--sync-strict" => cfg.sync.strict = true,
             "--watchdog-late" => {
                 cfg.watchdog_late_ms = num(i + 1).unwrap_or(0);
                 i += 1;

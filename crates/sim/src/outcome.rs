@@ -35,6 +35,9 @@ pub struct Stats {
     pub rejoin_failures: u32,
     pub lost_bytes: u64,
     pub lost_writes: u64,
+    /// Of the lost bytes, those a client had an acknowledgement for (in synchronous modes,
+    /// any is a violation).
+    pub lost_acked_bytes: u64,
     /// Total time without a writable primary.
     pub unavailable_ms: u64,
     /// Longest stretch without a writable primary.

@@ -67,6 +67,12 @@ impl Sim {
                 members: self.store.members.values().cloned().collect(),
                 op: self.store.op.clone(),
                 paused: self.store.paused > 0,
+                sync: self
+                    .store
+                    .sync
+                    .as_deref()
+                    .map(pgbaton_store::parse_sync_record),
+                sync_text: self.store.sync.clone(),
             }))),
             StoreOp::Exec { id, req } => {
                 let rep = self.store_exec(n, req);

@@ -21,6 +21,8 @@ pub struct Summary {
     pub op_pending_at_end: u64,
     pub lost_writes: u64,
     pub max_lost_writes: u64,
+    /// Of them, acknowledged to the client (1 KB each).
+    pub lost_acked_writes: u64,
     pub unavailable_ms: u64,
     pub max_unavailable_ms: u64,
     pub max_converged_after_ms: u64,
@@ -49,6 +51,7 @@ impl Summary {
         self.op_pending_at_end += s.op_pending_at_end as u64;
         self.lost_writes += s.lost_writes;
         self.max_lost_writes = self.max_lost_writes.max(s.lost_writes);
+        self.lost_acked_writes += s.lost_acked_bytes / 1024;
         self.unavailable_ms += s.unavailable_ms;
         self.max_unavailable_ms = self.max_unavailable_ms.max(s.max_unavailable_ms);
         self.max_converged_after_ms = self
@@ -75,6 +78,7 @@ impl Summary {
         self.op_pending_at_end += o.op_pending_at_end;
         self.lost_writes += o.lost_writes;
         self.max_lost_writes = self.max_lost_writes.max(o.max_lost_writes);
+        self.lost_acked_writes += o.lost_acked_writes;
         self.unavailable_ms += o.unavailable_ms;
         self.max_unavailable_ms = self.max_unavailable_ms.max(o.max_unavailable_ms);
         self.max_converged_after_ms = self.max_converged_after_ms.max(o.max_converged_after_ms);
@@ -107,10 +111,11 @@ impl std::fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "acknowledged writes lost (1 KB each): {} total, {:.1} per run, max {} in one run",
+            "writes lost (1 KB each): {} total, {:.1} per run, max {} in one run; of them acknowledged to the client: {}",
             self.lost_writes,
             self.lost_writes as f64 / runs as f64,
-            self.max_lost_writes
+            self.max_lost_writes,
+            self.lost_acked_writes
         )?;
         writeln!(
             f,

@@ -33,6 +33,7 @@ impl Sim {
                     lsn: INITIAL_LSN - if primary { 0 } else { lag },
                     slots,
                     clean_stop: false,
+                    sync_names: SyncNames::Off,
                 },
                 agent: Agent::default(),
                 io: Default::default(),
@@ -68,6 +69,7 @@ impl Sim {
                 ..Default::default()
             },
             branches: vec![(0, INITIAL_LSN)],
+            acked: vec![INITIAL_LSN],
             faults: vec![],
             fs_next: 0,
             last_published_primary_lsn: None,
@@ -84,6 +86,7 @@ impl Sim {
             agent_exits: BTreeSet::new(),
             ops_posted: 0,
         };
+        sim.initial_sync_set(&names);
         for i in 0..n {
             let mut exec = sim.new_executor(i);
             // Running from a built cluster: each agent has seen its PostgreSQL, and the
@@ -202,6 +205,53 @@ impl Sim {
         self.check();
     }
 
+    /// A built cluster in synchronous mode starts with its list set and recorded (so every
+    /// commit of the run is acknowledged under the mode).
+    fn initial_sync_set(&mut self, names: &[String]) {
+        let s = &self.cfg.sync;
+        let standbys = names[1..].to_vec();
+        let list = match s.mode {
+            SyncMode::Off => return,
+            SyncMode::On => {
+                let chosen: Vec<String> =
+                    standbys.into_iter().take(s.node_count as usize).collect();
+                SyncNames::First {
+                    num: chosen.len() as u32,
+                    names: chosen,
+                }
+            }
+            SyncMode::Quorum => SyncNames::Any {
+                num: s.node_count.min(standbys.len() as u32),
+                names: standbys,
+            },
+        };
+        let record = SyncRecord::for_names(&names[0], &list);
+        self.store.sync = Some(pgbaton_store::sync_record_text(&record));
+        self.nodes[0].pg.sync_names = list;
+    }
+
+    /// The acknowledged position of writer `w` now: the `acks`-th most advanced of the
+    /// standbys its list names that stream from it (all of it when the list names none).
+    fn ack_position(&self, w: usize) -> u64 {
+        let pg = &self.nodes[w].pg;
+        let (num, wildcard) = match &pg.sync_names {
+            SyncNames::Off | SyncNames::Other(_) => return pg.lsn,
+            SyncNames::First { num, names } | SyncNames::Any { num, names } => {
+                (*num as usize, names.iter().any(|n| n == "*"))
+            }
+        };
+        let mut flushed: Vec<u64> = (0..self.nodes.len())
+            .filter(|&i| self.streams_from(i) == Some(w))
+            .filter(|&i| wildcard || pg.sync_names.priority_of(&self.nodes[i].name) > 0)
+            .map(|i| self.nodes[i].pg.lsn.min(pg.lsn))
+            .collect();
+        flushed.sort_unstable_by(|a, b| b.cmp(a));
+        if num == 0 {
+            return pg.lsn;
+        }
+        flushed.get(num - 1).copied().unwrap_or(0)
+    }
+
     /// Time passes: the client writes, standbys stream.
     pub(crate) fn advance(&mut self) {
         let dt = self.now - self.last_advance;
@@ -238,6 +288,11 @@ impl Sim {
                 };
                 n.lsn = n.lsn.max(target);
             }
+        }
+        for w in self.writers() {
+            let b = self.nodes[w].pg.branch;
+            let a = self.ack_position(w);
+            self.acked[b] = self.acked[b].max(a);
         }
     }
 
@@ -390,7 +445,24 @@ impl Sim {
         pg.standby_signal = false;
         pg.upstream = None;
         let timeline = pg.timeline();
+        let old_branch = self.nodes[n].pg.hist.last().map(|h| h.0);
+        if let Some(ob) = old_branch.filter(|_| self.cfg.sync.mode != SyncMode::Off) {
+            let acked = self.acked[ob];
+            if acked > lsn {
+                self.violate(
+                    "acknowledged-commit-lost",
+                    format!(
+                        "{name} promoted at {lsn}, but commits up to {acked} were acknowledged \
+                         on the branch it followed ({} bytes lost; mode {})",
+                        acked - lsn,
+                        self.cfg.sync.mode,
+                        name = self.nodes[n].name
+                    ),
+                );
+            }
+        }
         self.branches.push((lsn, lsn));
+        self.acked.push(lsn);
         let others = (0..self.nodes.len())
             .filter(|&i| i != n && self.nodes[i].pg.run == Run::Standby)
             .map(|i| (self.nodes[i].name.clone(), self.nodes[i].pg.lsn))
@@ -463,7 +535,16 @@ impl Sim {
                     .find(|(ab, _)| *ab == b)
                     .map_or(start, |&(_, end)| end.max(start));
                 self.stats.lost_bytes += max.saturating_sub(kept);
+                self.stats.lost_acked_bytes += self.acked[b].saturating_sub(kept);
             }
+        }
+        if self.stats.lost_acked_bytes > 0 && self.cfg.sync.mode != SyncMode::Off {
+            let lost = self.stats.lost_acked_bytes;
+            let mode = self.cfg.sync.mode;
+            self.violate(
+                "acknowledged-commit-lost",
+                format!("{lost} acknowledged bytes are not in the final primary's history (mode {mode})"),
+            );
         }
         self.stats.lost_writes = self.stats.lost_bytes / 1024;
         self.stats.promotions = self.promotions.len() as u32;

@@ -389,3 +389,103 @@ fn a_killed_watchdog_with_the_old_agent_is_caught() {
     let o = run(4, &cfg);
     assert!(kinds(&o).contains(&"two-writers"), "{:?}", o.violations);
 }
+
+// ---- synchronous replication: rules the simulator showed necessary ------------------------
+
+fn synchronous(mode: pgbaton_core::sync::SyncMode) -> SimConfig {
+    let mut cfg = SimConfig::default();
+    cfg.sync.mode = mode;
+    cfg
+}
+
+fn assert_sync_ok(mode: pgbaton_core::sync::SyncMode, seeds: &[u64]) {
+    for &seed in seeds {
+        let o = run(seed, &synchronous(mode));
+        assert!(
+            !kinds(&o).contains(&"acknowledged-commit-lost"),
+            "seed {seed} ({mode}): {:?}",
+            o.violations
+        );
+        assert_ok(&o);
+    }
+}
+
+/// Seeds 377 and 1986 (on) lost acknowledged commits when a new primary promoted without
+/// first replacing the old leader's record with a blocked one of its own: its first
+/// commits were acknowledged under the list its data directory came with, which the old
+/// record did not cover. Fixed in `decide.rs` (`take_over_sync_set`). Seed 377 then also
+/// found a primary that could not restart handing over to a standby the record did not
+/// prove, and waiting for it for good (`decide/primary.rs`: only to a proven one).
+#[test]
+fn a_new_primary_blocks_the_old_synchronous_record_before_it_promotes() {
+    assert_sync_ok(pgbaton_core::sync::SyncMode::On, &[377, 1986]);
+}
+
+/// Seeds 120, 343 and 409 (quorum) lost acknowledged commits when a candidate judged itself
+/// the most advanced against reports made before the old primary's fence; seed 2293 when
+/// the old primary had run on under failsafe after its lease went (reports made before
+/// the failsafe promise ran out). Fixed: only reports made after this member saw the lease
+/// gone and after its failsafe promise ran out count (`decide/standby.rs`,
+/// `sync_proof_refused`).
+#[test]
+fn a_quorum_candidate_counts_only_reports_made_after_the_fence() {
+    assert_sync_ok(pgbaton_core::sync::SyncMode::Quorum, &[120, 343, 409, 2293]);
+}
+
+/// Seed 1510 (on): a former primary took the free lease back after another member had
+/// taken it and promoted (its report never reached the store), losing that member's
+/// acknowledged commits. Fixed in `decide/primary.rs` (`former_primary_hold`): not while
+/// another member recorded the synchronous set after it led.
+#[test]
+fn a_former_primary_does_not_take_back_a_lease_another_leader_recorded_after_it() {
+    assert_sync_ok(pgbaton_core::sync::SyncMode::On, &[1510]);
+}
+
+/// Seeds 60 and 627 (on): the member that wrote the record (and lost its lease before it
+/// set its standbys up) was refused the lease by its own blocked record, and the standbys
+/// waited for a former primary that would never take it back: nobody led again. Fixed:
+/// the record's leader may take the lease back (`sync::proof_refused`), and standbys wait
+/// only for a former primary that may (`decide/standby.rs`).
+#[test]
+fn the_synchronous_record_s_leader_may_take_the_lease_back() {
+    assert_sync_ok(pgbaton_core::sync::SyncMode::On, &[60, 627]);
+}
+
+/// Seed 4382 (on): `pgbaton promote n3` for a standby outside the synchronous set was
+/// posted and then waited for its whole deadline, holding failover back. Fixed in
+/// `ops::check` (refused unless forced) and `decide/operation.rs` (only a member of the
+/// set waits for the others' reports). Seed 6835 (quorum): a switchover's new primary was
+/// fenced right after promoting, and the operation, still in flight, held every member
+/// back for 70 s. Fixed in `decide/operation.rs`: a switchover past its promotion holds
+/// nothing back.
+#[test]
+fn operations_do_not_hold_a_synchronous_cluster_without_a_primary() {
+    assert_sync_ok(pgbaton_core::sync::SyncMode::On, &[4382]);
+    assert_sync_ok(pgbaton_core::sync::SyncMode::Quorum, &[6835]);
+}
+
+/// The checker itself: in asynchronous mode the same faults do lose acknowledged writes,
+/// and the synchronous modes lose none over a range of seeds.
+#[test]
+fn acknowledged_commits_survive_in_synchronous_modes_only() {
+    use pgbaton_core::sync::SyncMode;
+    let lost = |mode| {
+        (0..60u64)
+            .map(|seed| run(seed, &synchronous(mode)))
+            .inspect(|o| {
+                assert!(
+                    !kinds(o).contains(&"acknowledged-commit-lost"),
+                    "{}",
+                    o.seed
+                )
+            })
+            .map(|o| o.stats.lost_acked_bytes)
+            .sum::<u64>()
+    };
+    assert!(
+        lost(SyncMode::Off) > 0,
+        "asynchronous failover loses acknowledged writes"
+    );
+    assert_eq!(lost(SyncMode::On), 0);
+    assert_eq!(lost(SyncMode::Quorum), 0);
+}

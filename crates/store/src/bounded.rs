@@ -144,7 +144,8 @@ impl Store for Bounded {
 
     async fn sync_get(&self) -> Result<Option<String>> {
         let call = self.inner.sync_get();
-        self.within("read the synchronous set", self.limit, call).await
+        self.within("read the synchronous set", self.limit, call)
+            .await
     }
     async fn sync_cas(
         &self,

@@ -133,6 +133,11 @@ pub fn parse_sync_record(text: &str) -> SyncRecord {
     serde_json::from_str(text).unwrap_or_else(|_| SyncRecord::blocked("(unreadable record)"))
 }
 
+/// The synchronous set's record as the store keeps it.
+pub fn sync_record_text(record: &SyncRecord) -> String {
+    serde_json::to_string(record).unwrap_or_default()
+}
+
 /// Pause or resume a cluster, and record the change in its history. Returns whether the
 /// cluster was paused before.
 pub async fn pause_and_record(store: &dyn Store, paused: bool, by: &str) -> Result<bool> {

@@ -248,6 +248,7 @@ fn member(name: &str, port: u16) -> MemberState {
         nofailover: false,
         failover_priority: 1,
         nosync: false,
+        synchronous: None,
         handed_over: false,
         archive: None,
     }
@@ -1142,7 +1143,11 @@ async fn sync_set_is_written_only_by_the_lease_holder<B: Backend>(b: B) {
         Some("b"),
         "another client sees it"
     );
-    assert_eq!(b.connect("c2").sync_get().await.unwrap(), None, "per cluster");
+    assert_eq!(
+        b.connect("c2").sync_get().await.unwrap(),
+        None,
+        "per cluster"
+    );
     // A lease that expired, even if its holder does not know yet, writes nothing.
     b.advance(b.ttl() + 1).await;
     assert!(!s.sync_cas("n1", Some("b"), Some("c")).await.unwrap());

@@ -53,7 +53,7 @@ pub(super) fn decide_op(
                 let young = now_ms.saturating_sub(op.created_ms) <= PROMOTE_LEASE_WAIT_MS;
                 match sync_refused.or_else(|| behind_the_failover_bar(view, local).filter(|_| !*force)) {
                     // The synchronous set's proof may need the others' next reports.
-                    Some(why) if young && view.sync.is_some() => vec![Action::Wait { reason: why }],
+                    Some(why) if young && proof_pending(view, me) => vec![Action::Wait { reason: why }],
                     Some(why) => vec![finish(
                         false,
                         format!("{why}: promoting it would lose commits (ask again with --force to accept that)"),
@@ -303,6 +303,13 @@ pub(super) fn decide_op(
 /// Why this member may not be promoted without `--force`: the bar automatic failover is
 /// held to (not behind the last primary's timeline, within `max_lag_bytes` of its last
 /// reported position), tags aside.
+/// This member is in the synchronous set, and its proof waits only for the others' reports.
+fn proof_pending(view: &ClusterView, me: &str) -> bool {
+    view.sync
+        .as_ref()
+        .is_some_and(|r| !r.is_blocked() && r.has(me) && r.quorum > 1)
+}
+
 /// The synchronous set does not prove this standby has every acknowledged commit: why.
 fn sync_refused(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
     let record = view.sync.as_ref()?;
@@ -327,8 +334,12 @@ fn behind_the_failover_bar(view: &ClusterView, local: &LocalView) -> Option<Stri
 /// A promote or switchover in flight, recently updated: it decides who leads next, so no
 /// member takes the lease on its own meanwhile. One stuck for longer is ignored.
 pub(super) fn holding_op(view: &ClusterView, now_ms: u64) -> Option<&Operation> {
+    // A switchover whose target promoted no longer decides who leads (what is left is the
+    // old primary's rejoin): a new primary lost right after it is replaced as usual
+    // (pinned simulator test `a_switchover_target_lost_after_promoting_is_replaced`).
     in_flight(view).filter(|op| {
         matches!(op.kind, OpKind::Promote { .. } | OpKind::Switchover { .. })
+            && op.phase != OpPhase::Promoted
             && now_ms.saturating_sub(op.updated_ms) <= SWITCHOVER_TIMEOUT_MS + 10_000
     })
 }

@@ -39,7 +39,14 @@ pub(super) fn decide_primary_data(
                 .find(|m| m.name == me)
                 .and_then(|m| m.lsn),
         };
-        let others = failover::other_candidates(&view.members, me, &last, &local.policy, now_ms);
+        let mut others =
+            failover::other_candidates(&view.members, me, &last, &local.policy, now_ms);
+        // With a synchronous set recorded, only a member it proves can take over: hand
+        // over to nobody else (pinned simulator test
+        // `a_primary_hands_over_only_to_a_standby_the_synchronous_set_proves`).
+        if let Some(r) = view.sync.as_ref() {
+            others.retain(|c| !r.is_blocked() && r.has(&c.name));
+        }
         if let Some(best) = others.first() {
             let why = format!(
                 "PostgreSQL has not come back within timing.primary_restart_timeout_ms ({} ms)",
@@ -122,6 +129,18 @@ pub(super) fn former_primary_hold(
     }
     if let Some(reason) = failsafe_hold(local, now_ms) {
         return Some(reason);
+    }
+    // Another member recorded the synchronous set after this one led: it took the lease
+    // and may have acknowledged commits this data lacks, even if its report never reached
+    // the store (pinned simulator test
+    // `a_former_primary_does_not_take_back_a_lease_another_leader_recorded_after_it`).
+    if let Some(r) = view.sync.as_ref().filter(|r| r.leader != me) {
+        return Some(format!(
+            "{} recorded the synchronous set after this member led: it may have acknowledged \
+             commits this former primary lacks; waiting for it (pgbaton promote --force {me} \
+             accepts the loss)",
+            r.leader
+        ));
     }
     if let (Some(newest), Some(mine)) =
         (failover::newest_timeline(&view.members, me), local.timeline)

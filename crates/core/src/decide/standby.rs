@@ -24,7 +24,10 @@ pub(super) fn failover_hold(view: &ClusterView, local: &LocalView, now_ms: u64) 
     if let Some(reason) = stale_view(view, local, now_ms) {
         return Some(reason);
     }
+    // (Not one that will not take it back: another member recorded the synchronous set
+    // after it led.)
     if let Some(p) = failover::returning_primary(&view.members, &local.name, &local.policy, now_ms)
+        .filter(|p| view.sync.as_ref().is_none_or(|r| r.leader == p.name))
     {
         return Some(format!(
             "the former primary {} is alive ({}): it takes the lease back",
@@ -78,7 +81,13 @@ pub(super) fn sync_proof_refused(
     mine: Lsn,
     now_ms: u64,
 ) -> Option<String> {
-    let since = local.leaderless_since_ms.unwrap_or(now_ms);
+    // After the lease went, and after any failsafe promise this member gave the old
+    // primary ran out: that primary may have acknowledged commits until then (pinned
+    // simulator test `a_quorum_candidate_counts_only_reports_made_after_the_fence`).
+    let since = local
+        .leaderless_since_ms
+        .unwrap_or(now_ms)
+        .max(local.failsafe.as_ref().map_or(0, |f| f.until_ms));
     let fresh: Vec<(String, Lsn)> = view
         .members
         .iter()

@@ -25,11 +25,8 @@ impl EtcdStore {
             return Ok(false);
         };
         let key = self.key("sync");
-        let held = Compare::mod_revision(
-            self.key("leader"),
-            CompareOp::Equal,
-            lease.mod_revision(),
-        );
+        let held =
+            Compare::mod_revision(self.key("leader"), CompareOp::Equal, lease.mod_revision());
         let same = match expected {
             None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
             Some(v) => Compare::value(key.clone(), CompareOp::Equal, v),

@@ -100,9 +100,10 @@ fn an_unforced_promote_is_held_to_the_synchronous_set() {
         },
         OpPhase::Requested,
     );
+    // Not a member: refused at once (waiting would not change it).
     let a = decide(&v, &candidate("n3", 1000), NOW);
     assert!(
-        matches!(&a[..], [Action::Wait { reason }] if reason.contains("not in the synchronous set")),
+        matches!(&a[..], [Action::FinishOp { ok: false, message, .. }] if message.contains("not in the synchronous set")),
         "{a:?}"
     );
     let mut v = v;
