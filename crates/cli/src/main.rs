@@ -10,6 +10,7 @@ mod operate;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use pgbaton_core::sync::SyncMode;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -82,6 +83,14 @@ enum Cmd {
         /// Archive WAL into DIR/archive (archive_mode on).
         #[arg(long)]
         archive: bool,
+        /// Synchronous replication: off (the default, as on a lab machine a lost commit
+        /// costs nothing), on (FIRST n: each commit waits for n named standbys) or quorum
+        /// (ANY n of the standbys). Production clusters want on or quorum.
+        #[arg(long, value_name = "MODE", default_value = "off", value_parser = parse_sync_mode)]
+        synchronous: SyncMode,
+        /// With --synchronous: how many standbys acknowledge each commit.
+        #[arg(long, default_value_t = 1)]
+        synchronous_node_count: u32,
         /// Give up waiting for a healthy cluster after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -252,6 +261,17 @@ fn operate(
     Ok(ExitCode::SUCCESS)
 }
 
+fn parse_sync_mode(s: &str) -> std::result::Result<SyncMode, String> {
+    match s {
+        "off" => Ok(SyncMode::Off),
+        "on" => Ok(SyncMode::On),
+        "quorum" => Ok(SyncMode::Quorum),
+        _ => Err(format!(
+            "{s:?} is not a synchronous mode: use off, on or quorum"
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -327,6 +347,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cluster,
             databases,
             archive,
+            synchronous,
+            synchronous_node_count,
             timeout,
             orphan_slot_grace,
             etcd,
@@ -338,6 +360,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cluster,
                 databases,
                 archive,
+                synchronous,
+                synchronous_node_count,
                 timeout_s: timeout,
                 orphan_slot_grace_s: orphan_slot_grace,
                 etcd,

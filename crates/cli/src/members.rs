@@ -12,10 +12,7 @@ use pgbaton_store::{now_ms, read_view};
 
 /// The cluster as `list` shows it.
 pub fn report(cluster: &str, view: &ClusterView) -> ClusterReport {
-    let mut r =
-        pgbaton_core::report::report(cluster, view.leader.as_ref(), &view.members, now_ms());
-    r.paused = view.paused;
-    r
+    pgbaton_core::report::of_view(cluster, view, now_ms())
 }
 
 /// Bytes in the largest unit that keeps the number readable.
@@ -51,10 +48,10 @@ pub fn table(r: &ClusterReport) -> Table {
         "Note",
     ]);
     for m in &r.members {
-        let role = if m.leader {
-            format!("{} (leader)", m.role)
-        } else {
-            m.role.to_string()
+        let role = match (m.leader, m.sync) {
+            (true, _) => format!("{} (leader)", m.role),
+            (false, Some(s)) => format!("{} ({s})", m.role),
+            (false, None) => m.role.to_string(),
         };
         let mut note = m.message.clone().unwrap_or_default();
         if let Some(a) = m.archive.as_ref().and_then(|a| a.note()) {
@@ -99,6 +96,9 @@ pub async fn list(cfg: &ClientConfig, json: bool) -> Result<()> {
         println!("{}", table(&r));
         if r.leader.is_none() {
             println!("No member holds the leader lease.");
+        }
+        if let Some(s) = &r.synchronous {
+            println!("{}", s.line());
         }
         if r.paused {
             println!("The cluster is PAUSED: agents take no automatic action (`pgbaton resume` ends it).");

@@ -3,6 +3,7 @@
 //! Pure: the agent passes what its loop last saw.
 
 use crate::model::{MemberState, MemberStatus, Role};
+use crate::sync::SyncRole;
 
 /// A health endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,8 +14,10 @@ pub enum Endpoint {
     Replica,
     /// `/read-only`: accepts reads: the primary or a running standby.
     ReadOnly,
-    /// `/sync`: a synchronous standby (synchronous replication is not configured yet: none).
+    /// `/sync`, `/synchronous`: a synchronous standby (mode `on`).
     Sync,
+    /// `/quorum`: a standby in the commit quorum (mode `quorum`).
+    Quorum,
     /// `/async`: an asynchronous running standby.
     Async,
     /// `/health`: PostgreSQL runs.
@@ -30,6 +33,7 @@ impl Endpoint {
             "/replica" | "/standby" => Endpoint::Replica,
             "/read-only" => Endpoint::ReadOnly,
             "/sync" | "/synchronous" => Endpoint::Sync,
+            "/quorum" => Endpoint::Quorum,
             "/async" | "/asynchronous" => Endpoint::Async,
             "/health" => Endpoint::Health,
             "/readiness" => Endpoint::Readiness,
@@ -100,6 +104,8 @@ pub struct Facts<'a> {
     pub noloadbalance: bool,
     /// The agent's loop ran recently.
     pub loop_alive: bool,
+    /// This standby's part in synchronous replication (`sync::role_of` on the last view).
+    pub sync: Option<SyncRole>,
 }
 
 fn running(m: &MemberState) -> bool {
@@ -136,8 +142,11 @@ pub fn healthy(ep: Endpoint, f: &Facts, q: &Query) -> bool {
         Endpoint::ReadOnly => {
             primary || (running_standby(m) && within_lag(q.max_lag_bytes) && state_ok)
         }
-        Endpoint::Sync => false,
-        Endpoint::Async => running_standby(m) && within_lag(q.max_lag_bytes) && state_ok,
+        Endpoint::Sync => running_standby(m) && f.sync == Some(SyncRole::Sync) && state_ok,
+        Endpoint::Quorum => running_standby(m) && f.sync == Some(SyncRole::Quorum) && state_ok,
+        Endpoint::Async => {
+            running_standby(m) && f.sync.is_none() && within_lag(q.max_lag_bytes) && state_ok
+        }
         Endpoint::Health => running(m),
         Endpoint::Readiness => {
             primary
@@ -163,6 +172,7 @@ mod tests {
             lag_bytes: lag,
             noloadbalance: false,
             loop_alive: true,
+            sync: None,
         }
     }
 
@@ -270,6 +280,7 @@ mod tests {
             lag_bytes: None,
             noloadbalance: false,
             loop_alive: true,
+            sync: None,
         };
         assert!(!healthy(Endpoint::Health, &none, &Query::default()));
         // A frozen loop fails everything but /health.
@@ -280,6 +291,28 @@ mod tests {
             !healthy(Endpoint::Primary, &f, &Query::default())
                 && healthy(Endpoint::Health, &f, &Query::default())
         );
+    }
+
+    #[test]
+    fn sync_quorum_and_async_follow_the_standby_s_synchronous_role() {
+        let s = m(Role::Standby, MemberStatus::Streaming);
+        let q = Query::default();
+        use Endpoint::*;
+        let answers = |role| {
+            let mut f = facts(&s, false, Some(0));
+            f.sync = role;
+            [Sync, Quorum, Async].map(|e| healthy(e, &f, &q))
+        };
+        assert_eq!(answers(Some(SyncRole::Sync)), [true, false, false]);
+        assert_eq!(answers(Some(SyncRole::Quorum)), [false, true, false]);
+        assert_eq!(answers(None), [false, false, true]);
+        assert_eq!(Endpoint::from_path("/quorum"), Some(Quorum));
+        assert_eq!(Endpoint::from_path("/synchronous"), Some(Sync));
+        // The primary is none of them.
+        let p = m(Role::Primary, MemberStatus::Running);
+        let mut f = facts(&p, true, Some(0));
+        f.sync = Some(SyncRole::Sync);
+        assert!(!healthy(Sync, &f, &q));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The cluster as operators and scripts see it: `pgbaton list --json` and the agents'
 //! `/cluster` endpoint serve this same model.
 
+use crate::decide::ClusterView;
 use crate::model::{Leader, MemberState, MemberStatus, Role};
+use crate::sync::{SyncMode, SyncRole};
 use serde::Serialize;
 
 /// A member as `list` shows it: its own report plus what the primary knows of its slot.
@@ -31,6 +33,47 @@ pub struct MemberRow {
     /// Its archiver's backlog and failures; on the leader, what the archive check found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive: Option<crate::model::ArchiveStatus>,
+    /// Standby: `sync` or `quorum` when commits wait for it and the store's record lists
+    /// it (so it may take over without loss); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncRole>,
+}
+
+/// Synchronous replication as the cluster runs it.
+#[derive(Serialize, Debug)]
+pub struct SyncSummary {
+    /// The leader's `replication.synchronous`.
+    pub mode: SyncMode,
+    /// The leader's `synchronous_standby_names` as PostgreSQL runs with it.
+    pub standby_names: String,
+    /// The store's record: who may take over, and how many of them a candidate must see.
+    pub members: Vec<String>,
+    pub quorum: u32,
+    /// Configured, but commits wait for no standby (none eligible, not strict).
+    pub degraded: bool,
+    /// The record proves somebody: automatic failover can happen without loss.
+    pub failover_possible: bool,
+}
+
+impl SyncSummary {
+    /// One line for `list`.
+    pub fn line(&self) -> String {
+        let names = if self.standby_names.is_empty() {
+            "none".to_string()
+        } else {
+            self.standby_names.clone()
+        };
+        let mut l = format!("synchronous {}: commits wait for {names}", self.mode);
+        if self.degraded {
+            l += "; DEGRADED to asynchronous (no eligible standby)";
+        }
+        if self.failover_possible {
+            l += &format!("; may take over: {}", self.members.join(", "));
+        } else {
+            l += "; no standby may take over automatically until one is synchronous";
+        }
+        l
+    }
 }
 
 /// A slot on the primary that belongs to no member.
@@ -52,6 +95,31 @@ pub struct ClusterReport {
     pub orphan_slots: Vec<OrphanSlot>,
     /// The cluster is paused: no automatic action (set by the caller, from the store).
     pub paused: bool,
+    /// Synchronous replication (absent when it is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<SyncSummary>,
+}
+
+/// The report of a cluster from the store's view, at wall-clock `now` (ms).
+pub fn of_view(cluster: &str, view: &ClusterView, now: u64) -> ClusterReport {
+    let mut r = report(cluster, view.leader.as_ref(), &view.members, now);
+    r.paused = view.paused;
+    for m in &mut r.members {
+        m.sync = crate::sync::role_of(view, &m.name);
+    }
+    let leader_sync = view.leader_member().and_then(|l| l.synchronous.as_ref());
+    r.synchronous = match (leader_sync, view.sync.as_ref()) {
+        (Some(s), record) if s.mode != SyncMode::Off || record.is_some() => Some(SyncSummary {
+            mode: s.mode,
+            standby_names: s.standby_names.clone(),
+            members: record.map(|r| r.members.clone()).unwrap_or_default(),
+            quorum: record.map_or(0, |r| r.quorum),
+            degraded: s.degraded(),
+            failover_possible: record.is_some_and(|r| !r.is_blocked()),
+        }),
+        _ => None,
+    };
+    r
 }
 
 /// The report of a cluster from its lease and members, at wall-clock `now` (ms).
@@ -100,6 +168,7 @@ pub fn report(
                 last_seen_s: now.saturating_sub(m.updated_ms) / 1000,
                 message: m.message.clone(),
                 archive: m.archive.clone(),
+                sync: None,
             }
         })
         .collect();
@@ -121,6 +190,7 @@ pub fn report(
     };
     ClusterReport {
         paused: false,
+        synchronous: None,
         orphan_slots,
         cluster: cluster.to_string(),
         leader: leader.map(|l| l.member.clone()),

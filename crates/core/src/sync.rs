@@ -304,6 +304,42 @@ impl SyncRecord {
     }
 }
 
+/// A standby's part in synchronous replication, as health checks and `list` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncRole {
+    /// Mode `on`: named in the leader's `FIRST n` list and in the store's record.
+    Sync,
+    /// Mode `quorum`: in the leader's `ANY n` list and in the store's record.
+    Quorum,
+}
+
+impl fmt::Display for SyncRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SyncRole::Sync => "sync",
+            SyncRole::Quorum => "quorum",
+        })
+    }
+}
+
+/// The role of `member` in the view: in both the leader's running list and the record
+/// (which must prove someone), or none.
+pub fn role_of(view: &crate::decide::ClusterView, member: &str) -> Option<SyncRole> {
+    let record = view.sync.as_ref().filter(|r| !r.is_blocked())?;
+    let leader = view.leader_member()?;
+    let report = leader.synchronous.as_ref()?;
+    let names = SyncNames::parse(&report.standby_names);
+    if leader.name == member || names.priority_of(member) == 0 || !record.has(member) {
+        return None;
+    }
+    match names {
+        SyncNames::First { .. } => Some(SyncRole::Sync),
+        SyncNames::Any { .. } => Some(SyncRole::Quorum),
+        _ => None,
+    }
+}
+
 /// A WAL sender on the primary, as `pg_stat_replication` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalSender {

@@ -76,6 +76,53 @@ fn archive_metrics(reg: &mut Registry, a: &pgbaton_core::model::ArchiveStatus) {
     }
 }
 
+/// Synchronous replication: this standby's role; on the leader, the set and degradation.
+fn sync_metrics(
+    reg: &mut Registry,
+    f: &pgbaton_core::health::Facts,
+    me: Option<&pgbaton_core::model::MemberState>,
+    view: Option<&pgbaton_core::decide::ClusterView>,
+) {
+    gauge(
+        reg,
+        "sync_standby",
+        "1 when this standby is synchronous (on) or in the commit quorum (quorum), and the store's record lists it",
+        f.sync.is_some() as i64,
+    );
+    let Some(report) = me
+        .and_then(|m| m.synchronous.as_ref())
+        .filter(|_| f.is_leader)
+    else {
+        return;
+    };
+    gauge(
+        reg,
+        "sync_degraded",
+        "Leader: 1 when synchronous replication is configured but commits wait for no standby (none eligible, not strict)",
+        report.degraded() as i64,
+    );
+    let names = pgbaton_core::sync::SyncNames::parse(&report.standby_names);
+    gauge(
+        reg,
+        "sync_acks_required",
+        "Leader: how many standbys acknowledge each commit (0: asynchronous)",
+        names.acks() as i64,
+    );
+    let record = view.and_then(|v| v.sync.as_ref());
+    gauge(
+        reg,
+        "sync_set_members",
+        "Leader: members of the synchronous set recorded in the store",
+        record.map_or(0, |r| r.members.len()) as i64,
+    );
+    gauge(
+        reg,
+        "sync_failover_possible",
+        "Leader: 1 when the recorded set proves a standby may take over without loss",
+        record.is_some_and(|r| !r.is_blocked()) as i64,
+    );
+}
+
 pub fn render(st: &ApiState) -> String {
     let s = read(&st.shared);
     let f = super::facts(&s, &st.cfg);
@@ -152,6 +199,7 @@ pub fn render(st: &ApiState) -> String {
     if let Some(a) = me.and_then(|m| m.archive.as_ref()) {
         archive_metrics(&mut reg, a);
     }
+    sync_metrics(&mut reg, &f, me, s.view.as_ref());
     let slots: Family<Labels, Gauge> = Family::default();
     let slot_active: Family<Labels, Gauge> = Family::default();
     for sl in me.map(|m| m.slots.as_slice()).unwrap_or_default() {

@@ -89,6 +89,7 @@ pub const HEALTH_PATHS: &[&str] = &[
     "/read-only",
     "/sync",
     "/synchronous",
+    "/quorum",
     "/async",
     "/asynchronous",
     "/health",
@@ -171,6 +172,7 @@ pub fn facts<'a>(s: &'a Shared, cfg: &NodeConfig) -> Facts<'a> {
         lag_bytes,
         noloadbalance: cfg.tags.noloadbalance,
         loop_alive: loop_alive(s),
+        sync: view.and_then(|v| pgbaton_core::sync::role_of(v, &cfg.name)),
     }
 }
 
@@ -243,15 +245,9 @@ async fn cluster(State(st): State<ApiState>) -> Response {
             "the agent has not read the store yet",
         );
     };
-    let mut r = serde_json::to_value(pgbaton_core::report::report(
-        &st.cfg.cluster,
-        v.leader.as_ref(),
-        &v.members,
-        now_ms(),
-    ))
-    .unwrap_or_default();
+    let mut r = serde_json::to_value(pgbaton_core::report::of_view(&st.cfg.cluster, v, now_ms()))
+        .unwrap_or_default();
     r["operation"] = serde_json::to_value(&v.op).unwrap_or_default();
-    r["paused"] = v.paused.into();
     Json(r).into_response()
 }
 

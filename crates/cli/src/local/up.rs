@@ -13,6 +13,7 @@ use pgbaton_core::config::{
     TimingConfig,
 };
 use pgbaton_core::model::MemberStatus;
+use pgbaton_core::sync::SyncMode;
 use pgbaton_store::read_view;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub struct UpOptions {
     pub cluster: String,
     pub databases: Vec<String>,
     pub archive: bool,
+    pub synchronous: SyncMode,
+    pub synchronous_node_count: u32,
     pub timeout_s: u64,
     pub orphan_slot_grace_s: u64,
     /// etcd endpoints; empty: the embedded store in DIR/store.db.
@@ -60,6 +63,8 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
         },
         replication: ReplicationConfig {
             password_file: Some(l.dir.join("replication.password")),
+            synchronous: o.synchronous,
+            synchronous_node_count: o.synchronous_node_count,
             ..Default::default()
         },
         api: ApiConfig {
@@ -77,7 +82,26 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
     }
 }
 
+/// `--synchronous-node-count` must be reachable: at most the cluster's standbys.
+fn check_synchronous(o: &UpOptions) -> Result<()> {
+    let standbys = u32::from(o.nodes.saturating_sub(1));
+    if o.synchronous != SyncMode::Off && o.synchronous_node_count > standbys {
+        bail!(
+            "--synchronous-node-count {} is more than the {standbys} standby(s) a {}-member \
+             cluster has: commits could never be acknowledged. Use --nodes {} or a smaller count",
+            o.synchronous_node_count,
+            o.nodes,
+            o.synchronous_node_count + 1
+        );
+    }
+    if o.synchronous_node_count == 0 {
+        bail!("--synchronous-node-count must be at least 1");
+    }
+    Ok(())
+}
+
 pub async fn up(o: UpOptions) -> Result<()> {
+    check_synchronous(&o)?;
     let l = Layout::new(&o.dir)?;
     if l.client_config().exists() {
         return start_existing(&l, o.timeout_s).await;

@@ -815,6 +815,15 @@ pub fn api_port(c: &Cluster, member: &str) -> u16 {
     c.port_base + 1000 + member[1..].parse::<u16>().unwrap() - 1
 }
 
+/// The direct children of `pid` (from /proc).
+pub fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// Every process of a PostgreSQL instance: `postgres` processes working in its data
 /// directory (the postmaster and its backends, orphaned ones too).
 pub fn instance_pids(data_dir: &Path) -> Vec<i32> {

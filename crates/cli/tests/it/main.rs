@@ -10,3 +10,4 @@ mod failover;
 mod haproxy;
 mod harness;
 mod operations;
+mod synchronous;

@@ -959,3 +959,39 @@ fn key_context_scan() {
     assert_eq!(at("g =").table, ["t", "u", "f"]);
     assert_eq!(at("3\n").value_of.unwrap(), ["t", "u", "f", "g"]);
 }
+
+#[test]
+fn synchronous_settings_parse_and_bad_values_name_the_key() {
+    let c = parse(&with(
+        "[replication]\nsynchronous = \"quorum\"\nsynchronous_node_count = 2\nsynchronous_strict = true\nmax_lag_on_syncnode_bytes = 1048576\n[tags]\nnosync = true\n",
+    ))
+    .unwrap();
+    let s = c.replication.sync_settings();
+    assert_eq!(s.mode, crate::sync::SyncMode::Quorum);
+    assert_eq!(
+        (s.node_count, s.strict, s.max_lag_bytes),
+        (2, true, Some(1 << 20))
+    );
+    assert!(c.tags.nosync);
+    // Defaults: asynchronous, one standby, not strict, no lag limit.
+    let d = parse(MINIMAL).unwrap().replication.sync_settings();
+    assert_eq!(d, crate::sync::SyncSettings::default());
+    let e = parse_err(&with("[replication]\nsynchronous = \"always\"\n")).to_string();
+    assert!(e.contains("synchronous") && e.contains("always"), "{e}");
+    assert!(e.contains("off") && e.contains("quorum"), "{e}");
+    let e = parse_err(&with("[replication]\nmax_lag_on_syncnode_bytes = -1\n")).to_string();
+    assert!(
+        e.contains("max_lag_on_syncnode_bytes") && e.contains("-1"),
+        "{e}"
+    );
+    let e = parse_err(&with("[replication]\nsynchronous_node_count = 0\n")).to_string();
+    assert!(
+        e.contains("synchronous_node_count") && e.contains("1 to 64"),
+        "{e}"
+    );
+    let e = parse_err(&with(
+        "[postgresql.parameters]\nsynchronous_standby_names = \"*\"\n",
+    ))
+    .to_string();
+    assert!(e.contains("replication.synchronous"), "{e}");
+}
