@@ -21,10 +21,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod chaos;
+
 struct Cluster {
     bin: String,
     /// `up --etcd URL`: the cluster's state in this etcd instead of the embedded store.
     etcd: Option<String>,
+    /// `up --synchronous MODE`.
+    synchronous: Option<String>,
     dir: std::path::PathBuf,
     /// Keep the directory (logs) for a look after a failure.
     keep: bool,
@@ -69,6 +73,11 @@ impl Cluster {
             ])
             .arg(&self.dir)
             .args(self.etcd.iter().flat_map(|e| ["--etcd", e.as_str()]))
+            .args(
+                self.synchronous
+                    .iter()
+                    .flat_map(|m| ["--synchronous", m.as_str()]),
+            )
             .output()?;
         if !out.status.success() {
             bail!(
@@ -211,8 +220,8 @@ async fn writer(dsn: String, acks: Acks, stop: Arc<AtomicBool>) {
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).cloned().unwrap_or_default();
-    if !["switchover", "host-loss", "pg-crash"].contains(&mode.as_str()) {
-        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash [--rounds N] [--pgbaton PATH] [--port-base P] [--etcd URL]");
+    if !["switchover", "host-loss", "pg-crash", "chaos"].contains(&mode.as_str()) {
+        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash|chaos [--rounds N] [--synchronous off|on|quorum] [--pgbaton PATH] [--port-base P] [--etcd URL [--etcd-pid PID]] [--seed N]");
     }
     let flag = |name: &str| {
         args.iter()
@@ -236,10 +245,22 @@ async fn main() -> Result<()> {
     let mut c = Cluster {
         bin: bin.clone(),
         etcd: flag("--etcd"),
+        synchronous: flag("--synchronous"),
         dir: root.join("c"),
         keep: true,
     };
     c.up(port_base)?;
+    if mode == "chaos" {
+        let opts = chaos::Options {
+            rounds,
+            port_base,
+            etcd_pid: flag("--etcd-pid").map(|s| s.parse()).transpose()?,
+            seed: flag("--seed").map(|s| s.parse()).transpose()?.unwrap_or(1),
+        };
+        let r = chaos::run(&c, &opts).await;
+        c.keep = r.is_err() || std::env::var_os("PGBATON_BENCH_KEEP").is_some();
+        return r;
+    }
     // A login role for the writer; only a SCRAM verifier crosses the command line.
     let pw = format!("bench-{}", std::process::id());
     let verifier = postgres_protocol::password::scram_sha_256(pw.as_bytes());

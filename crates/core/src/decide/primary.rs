@@ -142,9 +142,16 @@ pub(super) fn former_primary_hold(
             r.leader
         ));
     }
-    if let (Some(newest), Some(mine)) =
-        (failover::newest_timeline(&view.members, me), local.timeline)
-    {
+    // The synchronous set's record names this member as the last to lead: every promotion
+    // since would have recorded its own first, so no newer timeline can hold acknowledged
+    // commits (its own pg_control may still show the old timeline after a promotion cut
+    // short: found by `pgbaton-bench chaos`, the new primary lost right after promoting).
+    let recorded_leader = view.sync.as_ref().is_some_and(|r| r.leader == me);
+    if let (Some(newest), Some(mine), false) = (
+        failover::newest_timeline(&view.members, me),
+        local.timeline,
+        recorded_leader,
+    ) {
         if newest > mine {
             return Some(format!(
                 "another member is on timeline {newest}, newer than this former primary's {mine}: \

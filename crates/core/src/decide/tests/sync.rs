@@ -188,3 +188,31 @@ fn the_leader_sets_its_synchronous_standbys_up_step_by_step() {
     // Every plan holds the lease before it touches the set.
     assert!(check_plan(&[Action::ClearSyncSet]).is_err());
 }
+
+#[test]
+fn the_recorded_leader_takes_its_lease_back_whatever_its_pg_control_says() {
+    // n3 took the lease and recorded the set, and was lost while promoting: its pg_control
+    // still says timeline 1 while n2, the primary before it, reports timeline 2.
+    let mut n2 = ms("n2", &[]);
+    n2.role = Role::Primary;
+    n2.timeline = Some(2);
+    n2.state = crate::model::MemberStatus::Stopped;
+    let mut v = view(Some("42"), None, vec![n2, ms("n3", &[])]);
+    v = with_sync(v, SyncRecord::blocked("n3"));
+    let mut l = local("n3", init(false), PgRun::Stopped);
+    l.timeline = Some(1);
+    let a = decide(&v, &l, NOW);
+    assert_eq!(
+        a,
+        [Action::AcquireLease, Action::Start { upstream: None }],
+        "{a:?}"
+    );
+    // n2, the former primary, waits for it.
+    let mut l2 = local("n2", init(false), PgRun::Stopped);
+    l2.timeline = Some(2);
+    let a = decide(&v, &l2, NOW);
+    assert!(
+        matches!(&a[..], [Action::Wait { reason }] if reason.contains("n3 recorded the synchronous set")),
+        "{a:?}"
+    );
+}
