@@ -183,7 +183,7 @@ async fn fault(c: &Cluster, o: &Options, kind: usize, rng: &mut Rng) -> Result<S
             let mut pids = vec![pm];
             pids.extend(children(pm));
             kill9_all(&pids);
-            format!("{leader}'s PostgreSQL killed")
+            format!("{leader}'s PostgreSQL killed ({} processes)", pids.len())
         }
         2 => {
             let pm = member_pid(c, &leader, "data/postmaster.pid").context("postmaster")?;
@@ -297,10 +297,27 @@ pub async fn run(c: &Cluster, o: &Options) -> Result<()> {
     let acks: Acks = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(1));
-    let writers: Vec<_> = dsns
-        .into_iter()
-        .map(|d| tokio::spawn(write_loop(d, next.clone(), acks.clone(), stop.clone())))
-        .collect();
+    // The writers get a runtime (and threads) of their own: the fault steps below block on
+    // `pgbaton` commands, and must not delay an acknowledgement's timestamp.
+    let writers = {
+        let (acks, stop) = (acks.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let tasks: Vec<_> = dsns
+                    .into_iter()
+                    .map(|d| tokio::spawn(write_loop(d, next.clone(), acks.clone(), stop.clone())))
+                    .collect();
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+            Ok(())
+        })
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut rng = Rng(o.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut gaps = vec![];
@@ -310,7 +327,14 @@ pub async fn run(c: &Cluster, o: &Options) -> Result<()> {
     println!("| round | fault | write gap | back to healthy |");
     println!("| --- | --- | --- | --- |");
     for r in 0..o.rounds {
-        let kind = rng.below(FAULTS.len() as u64) as usize;
+        // PGBATON_CHAOS_FAULT=K repeats one kind (0-7, in the order of FAULTS).
+        let kind = match std::env::var("PGBATON_CHAOS_FAULT")
+            .ok()
+            .and_then(|k| k.parse().ok())
+        {
+            Some(k) if k < FAULTS.len() => k,
+            _ => rng.below(FAULTS.len() as u64) as usize,
+        };
         let t0 = Instant::now();
         let what = match fault(c, o, kind, &mut rng).await {
             Ok(w) => w,
@@ -318,9 +342,19 @@ pub async fn run(c: &Cluster, o: &Options) -> Result<()> {
         };
         rounds.push((t0, what.clone()));
         let ended = Instant::now();
-        // Start what was lost again (only missing agents are started).
+        // Start what was lost again (only missing agents are started). Healthy again means:
+        // a write acknowledged after the fault, and then (reports at least two loops newer
+        // than the fault) a healthy cluster.
         let _ = c.up(o.port_base);
-        let healthy_after = wait_until(Duration::from_secs(120), || healthy(c)).await;
+        let acked_since = |t: Instant| acks.lock().unwrap().iter().any(|x| x.2 > t);
+        let healthy_after = match wait_until(Duration::from_secs(120), || acked_since(ended)).await
+        {
+            Some(_) => {
+                tokio::time::sleep(Duration::from_millis(1_200)).await;
+                wait_until(Duration::from_secs(120), || healthy(c)).await
+            }
+            None => None,
+        };
         let took = match healthy_after {
             Some(_) => format!("{:.1} s", ended.elapsed().as_secs_f64()),
             None => {
@@ -346,9 +380,8 @@ pub async fn run(c: &Cluster, o: &Options) -> Result<()> {
         println!("| {r} | {what} | {} ms | {took} |", gap.as_millis());
     }
     stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
-    }
+    // Each writer stops within its 3 s statement bound.
+    let _ = writers.join();
     wait_until(Duration::from_secs(120), || healthy(c)).await;
     let ids = c.pgbaton(&[
         "psql",

@@ -407,7 +407,7 @@ fn take_over_sync_set(view: &ClusterView, me: &str, mut plan: Vec<Action>) -> Ve
 }
 
 /// The leader's next synchronous-replication step, as an action.
-fn sync_action(view: &ClusterView, local: &LocalView) -> Option<Action> {
+fn sync_action(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<Action> {
     let step = crate::sync::plan(&crate::sync::SyncInputs {
         me: &local.name,
         settings: &local.policy.sync,
@@ -416,6 +416,8 @@ fn sync_action(view: &ClusterView, local: &LocalView) -> Option<Action> {
         senders: &local.senders,
         members: &view.members,
         lsn: local.lsn,
+        now_ms,
+        fresh_ms: local.policy.ttl_ms,
     })?;
     Some(match step {
         SyncStep::Record { record, barrier } => Action::WriteSyncSet { record, barrier },

@@ -376,34 +376,55 @@ pub struct SyncInputs<'a> {
     pub members: &'a [MemberState],
     /// The primary's current position.
     pub lsn: Option<Lsn>,
+    /// Wall-clock now, and how fresh a standby's report must be to keep a listed standby
+    /// whose WAL sender is gone for a moment (the lease TTL).
+    pub now_ms: u64,
+    pub fresh_ms: u64,
 }
 
 /// Standbys that may be synchronous now: streaming, registered, not tagged `nosync`,
 /// within `max_lag_on_syncnode_bytes`; those already in the list first (no churn), then
-/// the most advanced.
+/// the most advanced. A listed standby whose WAL sender is gone for a moment (the primary
+/// restarted, the connection dropped) stays while its own report, fresh within
+/// `fresh_ms`, says it runs and follows this primary: commits wait for its return rather
+/// than degrading to asynchronous on every reconnection (found by `pgbaton-bench chaos`).
 pub fn eligible_standbys(i: &SyncInputs) -> Vec<String> {
-    let mut out: Vec<(&WalSender, bool)> = i
+    let listed = |n: &str| i.names.names().iter().any(|x| x.eq_ignore_ascii_case(n));
+    let member = |n: &str| i.members.iter().find(|m| m.name == n && m.name != i.me);
+    let streaming = i
         .senders
         .iter()
         .filter(|s| s.streaming && s.flush.is_some())
-        .filter(|s| {
-            i.members
-                .iter()
-                .any(|m| m.name == s.name && !m.nosync && m.name != i.me)
+        .filter(|s| member(&s.name).is_some_and(|m| !m.nosync))
+        .map(|s| (s.name.as_str(), s.flush));
+    let reconnecting = i
+        .members
+        .iter()
+        .filter(|m| m.name != i.me && !m.nosync && listed(&m.name))
+        .filter(|m| !i.senders.iter().any(|s| s.name == m.name && s.streaming))
+        .filter(|m| {
+            m.role == crate::model::Role::Standby
+                && matches!(
+                    m.state,
+                    crate::model::MemberStatus::Streaming | crate::model::MemberStatus::Replaying
+                )
+                && m.upstream.as_deref() == Some(i.me)
+                && i.now_ms.saturating_sub(m.updated_ms) <= i.fresh_ms
         })
-        .filter(|s| match (i.settings.max_lag_bytes, i.lsn, s.flush) {
-            (Some(max), Some(me), Some(f)) => f.bytes_until(me) <= max,
-            _ => true,
-        })
-        .map(|s| (s, i.names.names().iter().any(|n| n == &s.name)))
+        .map(|m| (m.name.as_str(), m.receive_lsn.max(m.lsn)));
+    let mut out: Vec<(&str, Option<Lsn>, bool)> = streaming
+        .chain(reconnecting)
+        .filter(
+            |(_, flush)| match (i.settings.max_lag_bytes, i.lsn, flush) {
+                (Some(max), Some(me), Some(f)) => f.bytes_until(me) <= max,
+                _ => true,
+            },
+        )
+        .map(|(n, f)| (n, f, listed(n)))
         .collect();
-    out.sort_by(|(a, a_in), (b, b_in)| {
-        b_in.cmp(a_in)
-            .then(b.flush.cmp(&a.flush))
-            .then(a.name.cmp(&b.name))
-    });
-    out.dedup_by(|a, b| a.0.name == b.0.name);
-    out.into_iter().map(|(s, _)| s.name.clone()).collect()
+    out.sort_by(|a, b| b.2.cmp(&a.2).then(b.1.cmp(&a.1)).then(a.0.cmp(b.0)));
+    out.dedup_by(|a, b| a.0 == b.0);
+    out.into_iter().map(|(n, _, _)| n.to_string()).collect()
 }
 
 /// The list the settings ask for, given who is eligible now.

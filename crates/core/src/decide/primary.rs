@@ -94,7 +94,7 @@ pub(super) fn decide_primary_data(
         PgRun::Primary => {
             let mut actions = vec![lease_action];
             actions.extend(slot_plan(view, local, now_ms));
-            actions.extend(sync_action(view, local));
+            actions.extend(sync_action(view, local, now_ms));
             actions
         }
         PgRun::Standby { .. } => {

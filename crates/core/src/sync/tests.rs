@@ -151,6 +151,8 @@ fn target_lists() {
                 senders,
                 members: &members,
                 lsn: Some(Lsn(1000)),
+                now_ms: 0,
+                fresh_ms: 2_500,
             })
         };
     // nosync (z) and unregistered (c) standbys are never chosen; the most advanced is.
@@ -302,6 +304,8 @@ fn every_planned_step_keeps_acknowledged_commits_provable() {
                 senders: &senders,
                 members: &members,
                 lsn: Some(Lsn(1000)),
+                now_ms: 0,
+                fresh_ms: 2_500,
             });
             match step {
                 None => {}
@@ -333,6 +337,40 @@ fn every_planned_step_keeps_acknowledged_commits_provable() {
 }
 
 #[test]
+fn a_listed_standby_reconnecting_stays_while_its_report_is_fresh() {
+    let me = member("p", false);
+    let mut a = member("a", false);
+    a.upstream = Some("p".into());
+    a.updated_ms = 10_000;
+    let s = settings(SyncMode::On, 1, false);
+    let listed = names("FIRST", 1, &["a"]);
+    let target = |now: u64, a: &MemberState| {
+        target_names(&SyncInputs {
+            me: "p",
+            settings: &s,
+            record: None,
+            names: &listed,
+            senders: &[],
+            members: &[me.clone(), a.clone()],
+            lsn: Some(Lsn(1000)),
+            now_ms: now,
+            fresh_ms: 2_500,
+        })
+    };
+    // Its WAL sender is gone (the primary restarted), its report is fresh: it stays.
+    assert_eq!(target(11_000, &a), listed);
+    // Its report is stale: it is gone, and the primary degrades.
+    assert_eq!(target(13_000, &a), SyncNames::Off);
+    // Following someone else, or stopped: gone.
+    let mut other = a.clone();
+    other.upstream = Some("q".into());
+    assert_eq!(target(11_000, &other), SyncNames::Off);
+    let mut stopped = a.clone();
+    stopped.state = MemberStatus::Stopped;
+    assert_eq!(target(11_000, &stopped), SyncNames::Off);
+}
+
+#[test]
 fn turning_off_clears_the_record_then_the_list() {
     let s = SyncSettings::default();
     let r = record(&["a"], 1);
@@ -346,6 +384,8 @@ fn turning_off_clears_the_record_then_the_list() {
             senders: &[],
             members: &[],
             lsn: None,
+            now_ms: 0,
+            fresh_ms: 2_500,
         })
     };
     assert_eq!(i(Some(&r), &n), Some(SyncStep::Clear));
@@ -368,6 +408,8 @@ fn a_new_leader_blocks_first() {
         senders: &[sender("a", 1)],
         members: &[member("p", false), member("a", false)],
         lsn: Some(Lsn(1)),
+        now_ms: 0,
+        fresh_ms: 2_500,
     });
     assert_eq!(
         step,
