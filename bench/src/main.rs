@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod chaos;
+mod cost;
 
 struct Cluster {
     bin: String,
@@ -220,8 +221,8 @@ async fn writer(dsn: String, acks: Acks, stop: Arc<AtomicBool>) {
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).cloned().unwrap_or_default();
-    if !["switchover", "host-loss", "pg-crash", "chaos"].contains(&mode.as_str()) {
-        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash|chaos [--rounds N] [--synchronous off|on|quorum] [--pgbaton PATH] [--port-base P] [--etcd URL [--etcd-pid PID]] [--seed N]");
+    if !["switchover", "host-loss", "pg-crash", "chaos", "cost"].contains(&mode.as_str()) {
+        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash|chaos [--rounds N] [--synchronous off|on|quorum] [--pgbaton PATH] [--port-base P] [--etcd URL [--etcd-pid PID]] [--seed N]\n       pgbaton-bench cost [--seconds S] [--pgbaton PATH] [--port-base P]");
     }
     let flag = |name: &str| {
         args.iter()
@@ -239,6 +240,13 @@ async fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(26432);
 
+    if mode == "cost" {
+        let seconds = flag("--seconds")
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(20);
+        return cost::run(&bin, port_base, seconds).await;
+    }
     let root = std::env::temp_dir().join(format!("pgbaton-bench-{}", std::process::id()));
     std::fs::create_dir_all(&root)?;
     std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
