@@ -121,7 +121,11 @@ impl Cluster {
                     .filter(|m| m["role"] == "primary" && m["state"] == "running")
                     .count();
                 let streaming = ms.iter().filter(|m| m["state"] == "streaming").count();
-                if !l["leader"].is_null() && primaries == 1 && streaming == 2 {
+                // In synchronous modes, also a standby the store's record proves (until
+                // then no standby may take over, and a round would measure that wait).
+                let sync_ok = self.synchronous.as_deref().is_none_or(|m| m == "off")
+                    || l["synchronous"]["failover_possible"] == true;
+                if !l["leader"].is_null() && primaries == 1 && streaming == 2 && sync_ok {
                     return Ok(());
                 }
             }

@@ -271,6 +271,43 @@ fn without_standbys_commits_degrade_unless_strict_and_then_wait() {
 }
 
 #[test]
+fn a_synchronous_standby_that_stops_is_replaced_within_a_few_loops() {
+    let c = Cluster::up_with(3, &["--synchronous", "on"]);
+    c.wait_healthy(Duration::from_secs(60));
+    let set = wait_synchronous(&c);
+    let [gone] = set.as_slice() else {
+        panic!("one synchronous standby expected: {set:?}")
+    };
+    let other = if gone == "n2" { "n3" } else { "n2" };
+    let t0 = Instant::now();
+    lose_host(&c, gone);
+    let mut now = vec![];
+    wait_for(
+        &format!("{other} synchronous instead of {gone}"),
+        Duration::from_secs(20),
+        || {
+            now = wait_synchronous(&c);
+            now == [other]
+        },
+    );
+    eprintln!(
+        "{other} replaced {gone} {:?} after it was lost",
+        t0.elapsed()
+    );
+    // Commits go on, and wait for the new one.
+    c.sql(None, "CREATE TABLE after_replacement (x int)")
+        .unwrap();
+    let names = c.list()["synchronous"]["standby_names"].clone();
+    assert!(
+        names.as_str().unwrap_or_default().contains(other),
+        "{names}"
+    );
+    let o = c.up_again();
+    assert!(o.status.success(), "{}", text(&o));
+    c.wait_healthy(Duration::from_secs(60));
+}
+
+#[test]
 fn a_nosync_member_is_never_synchronous_nor_promoted() {
     let c = Cluster::up_with(3, &["--synchronous", "on"]);
     c.wait_healthy(Duration::from_secs(60));
