@@ -16,11 +16,7 @@ impl Agent {
             cfg: self.cfg.clone(),
             auth: self.auth.clone(),
         });
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                error!("the agent's API stopped: {e}");
-            }
-        });
+        tokio::spawn(api::serve::serve(listener, app));
         self.exec.pg.write_pgpass()?;
         let interval = Duration::from_millis(self.cfg.timing.loop_interval_ms);
         tokio::pin!(shutdown);
@@ -52,21 +48,18 @@ impl Agent {
                 info!("removed from the cluster: the agent exits");
                 return Ok(());
             }
-            // While an operation is in flight, every step waits on another member's last
-            // step: loop at 10 Hz so that, for example, a switchover candidate notices the
-            // old primary's clean stop at once. Operations are rare and short.
-            let op_in_flight = self
-                .shared
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .view
-                .as_ref()
-                .and_then(|v| v.op.as_ref())
-                .is_some_and(|op| !op.phase.finished());
-            let pace = if op_in_flight {
-                interval.min(OP_LOOP_INTERVAL)
-            } else {
-                interval
+            // 10 Hz while an operation is in flight or the lease just went (see
+            // `loop_pace_ms`): a switchover candidate notices the old primary's clean stop at
+            // once, a failover candidate the reports it waits for.
+            let pace = match &self.shared.read().unwrap_or_else(|e| e.into_inner()).view {
+                Some(view) => Duration::from_millis(pgbaton_core::memory::loop_pace_ms(
+                    view,
+                    &self.exec.mem,
+                    now_ms(),
+                    self.cfg.timing.loop_interval_ms,
+                    self.cfg.timing.ttl_ms,
+                )),
+                None => interval,
             };
             let mut pause = pace.saturating_sub(started.elapsed());
             // Another member's lease that runs out before the next loop: wake just after it
@@ -154,17 +147,25 @@ impl Agent {
         {
             Ok(v) => v,
             Err(e) => {
+                self.shared
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .failsafe
+                    .store_failed();
                 self.store_unreachable().await;
                 return Err(e);
             }
         };
+        self.report_unreadable(&view);
+        self.refuse_slot_collision(&view)?;
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
-            let leads = view
-                .leader
-                .as_ref()
-                .is_some_and(|l| l.member == self.cfg.name && l.expires_ms > now_ms());
-            sh.failsafe.set_leading(leads);
+            let now = now_ms();
+            let leader = view.leader.as_ref().filter(|l| l.expires_ms > now);
+            sh.failsafe
+                .set_leading(leader.is_some_and(|l| l.member == self.cfg.name));
+            sh.failsafe
+                .store_read(leader.map(|l| l.member.as_str()), now);
         }
         let (data, timeline) = datadir::inspect_with_timeline(&self.bins, &self.cfg.data_dir)?;
         let pg = self.observe_pg(&view).await;
@@ -214,6 +215,44 @@ impl Agent {
             archive: self.archive.status.clone(),
         };
         self.publisher.publish(report).await
+    }
+
+    /// Unreadable member records: logged when the set changes, not every loop; a member
+    /// that registers under a name whose slot another member has is stopped here.
+    fn report_unreadable(&mut self, view: &ClusterView) {
+        let text: Vec<&str> = view.unreadable.iter().map(|u| u.why.as_str()).collect();
+        let text = text.join("; ");
+        if text != self.last_unreadable {
+            if !text.is_empty() {
+                warn!("{text}");
+            }
+            self.last_unreadable = text;
+        }
+    }
+
+    /// Before this member registers: refused when its name maps to another registered
+    /// member's replication slot (audit finding). Once registered it is not stopped here: a
+    /// running member is never shut down for a name.
+    fn refuse_slot_collision(&self, view: &ClusterView) -> Result<()> {
+        let me = &self.cfg.name;
+        if view.member(me).is_some() {
+            return Ok(());
+        }
+        let names = view
+            .members
+            .iter()
+            .map(|m| m.name.as_str())
+            .chain(view.unreadable.iter().map(|u| u.member.as_str()));
+        match pgbaton_core::model::slot_collision(me, names) {
+            Some(other) => Err(FatalExit(format!(
+                "member name {me} maps to replication slot {} like the registered member \
+                 {other}: they would share one slot. Choose another name (name in {})",
+                pgbaton_core::model::slot_name_for(me),
+                "node.toml"
+            ))
+            .into()),
+            None => Ok(()),
+        }
     }
 
     fn handed_over(&self) -> bool {

@@ -38,13 +38,10 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 pub use preflight::{
-    default_password_file, load_api_auth, load_password, port_taken, preflight,
+    default_password_file, load_api_auth, load_password, port_taken, preflight, resolve_data_dir,
     resolve_pgbaton_bin, store_timeout, Checked,
 };
 pub use process::{become_os_user, Identity};
-
-/// The loop's pace while an operation is in flight.
-pub const OP_LOOP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The agent's executor: the one `crates/sim` drives too, over the real PostgreSQL here.
 type Exec = pgbaton_exec::Executor<local_pg::LocalPg, host::AgentHost>;
@@ -61,6 +58,8 @@ pub struct Agent {
     /// The last loop error and failsafe outcome logged (each is logged when it changes).
     last_error: Option<String>,
     last_failsafe: Option<String>,
+    /// The unreadable store records last logged (logged again only when they change).
+    last_unreadable: String,
     http: reqwest::Client,
     archive: archive_watch::ArchiveWatch,
 }
@@ -102,6 +101,7 @@ impl Agent {
         info!(
             member = %cfg.name, cluster = %cfg.cluster, pg_major = major, bin_dir = %bins.dir.display(),
             store = %store.describe(), api = %cfg.api.listen, os_user = %ident.user,
+            lease_ttl_ms = cfg.timing.ttl_ms,
             "agent starting{}",
             if ident.dropped_from_root { format!(" (started as root, running as OS user {})", ident.user) } else { String::new() }
         );
@@ -176,6 +176,7 @@ impl Agent {
                 auth,
                 last_error: None,
                 last_failsafe: None,
+                last_unreadable: String::new(),
                 http,
                 archive: Default::default(),
             },

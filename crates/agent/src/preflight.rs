@@ -10,7 +10,21 @@ pub fn default_password_file(cfg: &NodeConfig) -> std::path::PathBuf {
 
 /// Read the replication password from where the config says; when it says nothing, from
 /// the default file if it exists. `None`: it is to be generated (creating nothing here).
+/// The shortest API token or password accepted.
+pub const MIN_SECRET_CHARS: usize = 16;
+
+/// The replication password. From `password_env`, the variable is then removed from this
+/// process's environment, so PostgreSQL, its archive command and every other child never
+/// inherit it (audit finding). Called before any thread exists (see `become_os_user`).
 pub fn load_password(cfg: &NodeConfig) -> Result<Option<String>> {
+    let pw = read_configured_password(cfg)?;
+    if let Some(var) = &cfg.replication.password_env {
+        std::env::remove_var(var);
+    }
+    Ok(pw)
+}
+
+fn read_configured_password(cfg: &NodeConfig) -> Result<Option<String>> {
     match (
         &cfg.replication.password_file,
         &cfg.replication.password_env,
@@ -54,11 +68,17 @@ pub struct Checked {
 /// Read the API credentials the config names (as the OS user: the files are 0600).
 pub fn load_api_auth(cfg: &NodeConfig) -> Result<api::Auth> {
     let read = |p: &std::path::Path, key: &str| -> Result<String> {
-        let s =
-            std::fs::read_to_string(p).with_context(|| format!("read {} ({key})", p.display()))?;
+        let s = files::read_secret_file(p, key)?;
         let s = s.trim_end_matches(['\n', '\r']).to_string();
-        if s.is_empty() {
-            bail!("{} ({key}) is empty", p.display());
+        // A short token or password can be guessed over the network (audit finding).
+        if s.chars().count() < MIN_SECRET_CHARS {
+            bail!(
+                "{} ({key}) holds {} characters: use at least {MIN_SECRET_CHARS} (for example \
+                 `head -c 24 /dev/urandom | base64 > {}`)",
+                p.display(),
+                s.chars().count(),
+                p.display()
+            );
         }
         Ok(s)
     };
@@ -145,6 +165,37 @@ pub(crate) const PREFLIGHT_STORE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a store call may take before the store counts as unreachable.
 pub fn store_timeout(cfg: &NodeConfig) -> Duration {
     Duration::from_millis(cfg.timing.loop_interval_ms.clamp(500, 2000))
+}
+
+/// `data_dir` through symlinks: `reinit` replaces the directory (it works next to it), and
+/// through a symlink it replaced the link, not the data (audit finding). The real path is
+/// used from here on; when neither it nor its parent exists yet, it stays as configured.
+pub fn resolve_data_dir(cfg: &mut NodeConfig) -> Result<()> {
+    let d = &cfg.data_dir;
+    let real = match std::fs::canonicalize(d) {
+        Ok(r) => r,
+        Err(_) => match (d.parent().map(std::fs::canonicalize), d.file_name()) {
+            (Some(Ok(parent)), Some(name)) => parent.join(name),
+            _ => return Ok(()),
+        },
+    };
+    if real != *d {
+        eprintln!(
+            "data_dir {} is {} (through a symbolic link): using the real path",
+            d.display(),
+            real.display()
+        );
+        // The files placed beside data_dir by default stay where the config says they are
+        // (the CLI finds the socket from the same config).
+        let base = cfg.base_dir();
+        let pg = &mut cfg.postgresql;
+        pg.socket_dir.get_or_insert_with(|| base.join("run"));
+        pg.pgpass.get_or_insert_with(|| base.join("pgpass"));
+        pg.log_file.get_or_insert_with(|| base.join("postgres.log"));
+        cfg.data_dir = real;
+        cfg.validate().context("data_dir's real path")?;
+    }
+    Ok(())
 }
 
 /// PostgreSQL archives and restores WAL by running pgbaton (`wal-push`, `wal-fetch`): this

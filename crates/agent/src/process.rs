@@ -139,11 +139,17 @@ pub fn as_user<T>(user: &User, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let saved_groups = nix::unistd::getgroups().context("getgroups")?;
     let gids: Vec<Gid> = user_gids(user).into_iter().map(Gid::from_raw).collect();
     nix::unistd::setgroups(&gids).context("setgroups")?;
-    nix::unistd::setegid(user.gid).context("setegid")?;
-    nix::unistd::seteuid(user.uid).context("seteuid")?;
+    // Real and effective ids both become the user's; only the saved ones stay root, so that
+    // root can be taken back below. A program started meanwhile (pg_config, postgres
+    // --version, pg_controldata) gets the user's ids as real, effective and saved ones (exec
+    // copies the effective id into the saved one): with only the effective id changed it
+    // started with a real uid of root and could have taken root back (audit finding).
+    let (root_u, root_g) = (Uid::from_raw(0), Gid::from_raw(0));
+    nix::unistd::setresgid(user.gid, user.gid, root_g).context("setresgid")?;
+    nix::unistd::setresuid(user.uid, user.uid, root_u).context("setresuid")?;
     let result = f();
-    nix::unistd::seteuid(Uid::from_raw(0)).context("seteuid back to root")?;
-    nix::unistd::setegid(Gid::from_raw(0)).context("setegid back to root")?;
+    nix::unistd::setresuid(root_u, root_u, root_u).context("setresuid back to root")?;
+    nix::unistd::setresgid(root_g, root_g, root_g).context("setresgid back to root")?;
     nix::unistd::setgroups(&saved_groups).context("restore groups")?;
     result
 }

@@ -149,6 +149,9 @@ enum Cmd {
         /// Also delete its data directory.
         #[arg(long)]
         purge: bool,
+        /// With --purge: delete it even when it is the most advanced copy of the data.
+        #[arg(long, requires = "purge")]
+        force: bool,
         #[command(flatten)]
         common: OpArgs,
     },
@@ -324,6 +327,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .context("`pgbaton agent` needs a node config: pgbaton agent -c NODE.toml")?;
             let mut cfg = cluster::load_node_config(&path)?;
             pgbaton_agent::resolve_pgbaton_bin(&mut cfg)?;
+            pgbaton_agent::resolve_data_dir(&mut cfg)?;
             init_tracing();
             // Drop privileges before any thread exists.
             let (ident, checked) =
@@ -405,12 +409,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Remove {
             member,
             purge,
+            force,
             common,
         } => operate(
             cli.config,
             pgbaton_core::model::OpKind::Remove { member, purge },
             common,
-            false,
+            force,
             false,
         ),
         Cmd::Reinit { member, common } => operate(

@@ -110,6 +110,9 @@ pub async fn list(cfg: &ClientConfig, json: bool) -> Result<()> {
                  read. Put the cluster's system identifier back in the key."
             );
         }
+        for u in &r.unreadable {
+            println!("Warning: {}", u.why);
+        }
         for o in &r.orphan_slots {
             let retained = o
                 .retained_bytes

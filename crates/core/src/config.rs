@@ -429,13 +429,30 @@ impl<'de> Deserialize<'de> for StoreConfig {
     }
 }
 
+impl StoreConfig {
+    /// The lease TTL this store keeps for a configured `ttl_ms`. etcd leases last whole
+    /// seconds, so on etcd the TTL is rounded down to one (never up: a 2.5 s TTL that
+    /// became a 3 s etcd lease left a dead primary's lease in place 0.5 s after its fence
+    /// fired, and every failover on etcd paid for it). Everything that counts on the TTL (the
+    /// fence, failsafe promises, synchronous freshness) uses the rounded value, so the timing
+    /// rules are checked on it too. The embedded store keeps milliseconds.
+    pub fn lease_ttl_ms(&self, ttl_ms: u64) -> u64 {
+        match self {
+            StoreConfig::Local { .. } => ttl_ms,
+            StoreConfig::Etcd { .. } => ttl_ms / 1000 * 1000,
+        }
+    }
+}
+
 /// The `[timing]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimingConfig {
     /// Interval of the agent's main loop. Default 500; 100..=60000.
     pub loop_interval_ms: u64,
-    /// Leader lease TTL. Default 2500; at least 3 × `loop_interval_ms`, at most 3600000.
+    /// Leader lease TTL. Default 2500; at least 3 × `loop_interval_ms`, at most 3600000. On
+    /// etcd, whole seconds: [`NodeConfig::from_toml_str`] rounds it down
+    /// ([`StoreConfig::lease_ttl_ms`]).
     pub ttl_ms: u64,
     /// The primary fences itself (stops PostgreSQL) this long before its lease could expire
     /// for anyone else, counted from the start of its last successful renewal. Default 500;

@@ -24,7 +24,7 @@
 use crate::failover::{self, Failsafe, Policy};
 use crate::model::{
     slot_name_for, Identity, Leader, Lsn, MemberState, OpKind, OpPhase, Operation, Role, SlotInfo,
-    SLOT_PREFIX,
+    UnreadableRecord, SLOT_PREFIX,
 };
 use crate::ops::{PROMOTE_LEASE_WAIT_MS, SWITCHOVER_TIMEOUT_MS};
 use crate::render::Upstream;
@@ -62,9 +62,21 @@ pub struct ClusterView {
     pub sync: Option<SyncRecord>,
     /// The record's text as stored (the compare-and-set's expected value).
     pub sync_text: Option<String>,
+    /// Member records that could not be read: not in `members`.
+    pub unreadable: Vec<UnreadableRecord>,
 }
 
 impl ClusterView {
+    /// The slot names of every registered member, readable or not: the slots kept.
+    pub fn member_slot_names(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| m.name.as_str())
+            .chain(self.unreadable.iter().map(|u| u.member.as_str()))
+            .map(slot_name_for)
+            .collect()
+    }
+
     /// The registered member named `name`.
     pub fn member(&self, name: &str) -> Option<&MemberState> {
         self.members.iter().find(|m| m.name == name)
@@ -306,8 +318,7 @@ fn ready_upstream(view: &ClusterView, me: &str) -> Result<Upstream, String> {
 }
 
 /// Slots on the leader that belong to no member: (pgbaton-named, foreign).
-pub fn orphan_slots(members: &[MemberState], slots: &[SlotInfo]) -> (Vec<String>, Vec<String>) {
-    let wanted: Vec<String> = members.iter().map(|m| slot_name_for(&m.name)).collect();
+pub fn orphan_slots(wanted: &[String], slots: &[SlotInfo]) -> (Vec<String>, Vec<String>) {
     let mut ours = Vec::new();
     let mut foreign = Vec::new();
     for s in slots {
@@ -331,6 +342,7 @@ fn in_flight(view: &ClusterView) -> Option<&Operation> {
 /// The decision for one loop. `now_ms` is wall-clock ms (lease expiry is compared with it).
 pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     let plan = take_over_sync_set(view, &local.name, decide_unchecked(view, local, now_ms));
+    let plan = clear_inherited_names(local, plan);
     debug_assert!(
         check_plan(&plan).is_ok(),
         "{}: {plan:?}",

@@ -403,6 +403,17 @@ impl From<&str> for Identity {
 
 /// The name of the physical replication slot that `member` uses on its upstream.
 /// PostgreSQL slot names allow `[a-z0-9_]` up to 63 bytes; other characters become `_`.
+/// Another registered member whose name maps to the same replication slot as `me`'s
+/// (names that differ only in case, '-', '.' or '_'): they would share one slot, and one
+/// member's position would release WAL the other still needs.
+pub fn slot_collision<'a>(me: &str, others: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mine = slot_name_for(me);
+    others
+        .into_iter()
+        .find(|o| *o != me && slot_name_for(o) == mine)
+        .map(str::to_string)
+}
+
 pub fn slot_name_for(member: &str) -> String {
     let mut s = String::from("pgbaton_");
     for c in member.chars() {
@@ -495,6 +506,14 @@ mod tests {
         assert_eq!(slot_name_for("n1"), "pgbaton_n1");
         assert_eq!(slot_name_for("DB-West.2"), "pgbaton_db_west_2");
         assert!(slot_name_for(&"x".repeat(100)).len() <= 63);
+    }
+
+    #[test]
+    fn names_that_share_a_slot_collide() {
+        assert_eq!(slot_collision("db-1", ["db_1", "db2"]), Some("db_1".into()));
+        assert_eq!(slot_collision("DB.1", ["db-1"]), Some("db-1".into()));
+        assert_eq!(slot_collision("db-1", ["db-1", "db2"]), None, "itself");
+        assert_eq!(slot_collision("db1", ["db-1"]), None);
     }
 
     #[test]
@@ -627,6 +646,18 @@ impl Operation {
             ..self.clone()
         }
     }
+}
+
+/// A member's record in the store that this version cannot read (not JSON, or a value
+/// from a newer version). It is left out of the decisions, never fatal to them (audit
+/// finding: one such record stopped every agent), reported in `list`, the logs and the
+/// metrics, and its member's replication slot is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadableRecord {
+    /// The member the key names.
+    pub member: String,
+    /// Why it could not be read.
+    pub why: String,
 }
 
 /// One line of the cluster's history.

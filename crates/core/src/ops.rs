@@ -96,8 +96,38 @@ impl<'a> Snapshot<'a> {
     }
 }
 
+/// `remove --purge` deletes a member's data: refused when no other member is known to have
+/// as much WAL (timeline, then LSN), or when its position is unknown. Audit finding: a
+/// member whose lease merely ran out could be purged with the only copy of its last commits.
+fn most_advanced_copy(s: &Snapshot, m: &MemberState) -> Result<(), String> {
+    let pos = |o: &MemberState| (o.timeline, Snapshot::lsn(o));
+    let member = &m.name;
+    if pos(m).1.is_none() {
+        return Err(format!(
+            "{member}'s WAL position is unknown, so its data may be the most advanced copy: \
+             --purge would delete it. Remove it without --purge, or pass --force"
+        ));
+    }
+    if s.members
+        .iter()
+        .any(|o| o.name != *member && pos(o) >= pos(m))
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "{member} has more WAL (timeline {}, {}) than any other member: its data is the most \
+         advanced copy, and --purge would delete commits nobody else has. Remove it without \
+         --purge, or pass --force",
+        m.timeline
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "?".into()),
+        Snapshot::lsn(m).map(|l| l.to_string()).unwrap_or_default()
+    ))
+}
+
 /// Refuse a request that would lose data or break the cluster. `Ok` = it may be posted.
-/// `force` lets promote pick a member that is not the most advanced.
+/// `force` lets promote pick a member that is not the most advanced, and `remove --purge`
+/// delete the most advanced copy.
 pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
     if let Some(op) = s.op.filter(|o| !o.phase.finished()) {
         return Err(format!(
@@ -201,8 +231,11 @@ pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
             }
             Ok(())
         }
-        OpKind::Remove { member, .. } => {
-            s.member(member)?;
+        OpKind::Remove { member, purge } => {
+            let m = s.member(member)?;
+            if *purge && !force {
+                most_advanced_copy(s, m)?;
+            }
             if s.leader
                 .is_some_and(|l| l.member == *member && l.expires_ms > s.now_ms)
             {
@@ -474,6 +507,36 @@ mod tests {
         )
         .unwrap_err()
         .contains("no member named n9"));
+    }
+
+    #[test]
+    fn purging_the_most_advanced_copy_needs_force() {
+        let mut ms = healthy();
+        // n1's lease ran out, nobody runs as primary yet; n2 was promoted by force earlier
+        // and is behind n1 on the same timeline: n1 is the only copy of its last commits.
+        ms[0].role = Role::Standby;
+        ms[0].lsn = Some(Lsn(9_000));
+        let purge = |m: &str| OpKind::Remove {
+            member: m.into(),
+            purge: true,
+        };
+        let e = check(&purge("n1"), &snap(None, &ms, None), false).unwrap_err();
+        assert!(
+            e.contains("most advanced copy") && e.contains("--force"),
+            "{e}"
+        );
+        assert!(check(&purge("n1"), &snap(None, &ms, None), true).is_ok());
+        assert!(check(&purge("n3"), &snap(None, &ms, None), false).is_ok());
+        // Without --purge nothing is deleted: allowed.
+        let keep = OpKind::Remove {
+            member: "n1".into(),
+            purge: false,
+        };
+        assert!(check(&keep, &snap(None, &ms, None), false).is_ok());
+        ms[0].lsn = None;
+        ms[0].receive_lsn = None;
+        let e = check(&purge("n1"), &snap(None, &ms, None), false).unwrap_err();
+        assert!(e.contains("unknown"), "{e}");
     }
 
     #[test]

@@ -98,12 +98,19 @@ pub struct ClusterReport {
     /// Synchronous replication (absent when it is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub synchronous: Option<SyncSummary>,
+    /// Member records in the store this version cannot read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<crate::model::UnreadableRecord>,
 }
 
 /// The report of a cluster from the store's view, at wall-clock `now` (ms).
 pub fn of_view(cluster: &str, view: &ClusterView, now: u64) -> ClusterReport {
     let mut r = report(cluster, view.leader.as_ref(), &view.members, now);
     r.paused = view.paused;
+    r.unreadable = view.unreadable.clone();
+    // An unreadable member's slot is kept: not an orphan.
+    let kept = view.member_slot_names();
+    r.orphan_slots.retain(|s| !kept.contains(&s.name));
     for m in &mut r.members {
         m.sync = crate::sync::role_of(view, &m.name);
     }
@@ -174,7 +181,11 @@ pub fn report(
         .collect();
     let orphan_slots = match primary {
         Some(p) => {
-            let (ours, foreign) = crate::decide::orphan_slots(members, &p.slots);
+            let wanted: Vec<String> = members
+                .iter()
+                .map(|m| crate::model::slot_name_for(&m.name))
+                .collect();
+            let (ours, foreign) = crate::decide::orphan_slots(&wanted, &p.slots);
             p.slots
                 .iter()
                 .filter(|s| ours.contains(&s.name) || foreign.contains(&s.name))
@@ -191,6 +202,7 @@ pub fn report(
     ClusterReport {
         paused: false,
         synchronous: None,
+        unreadable: vec![],
         orphan_slots,
         cluster: cluster.to_string(),
         leader: leader.map(|l| l.member.clone()),

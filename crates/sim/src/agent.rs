@@ -27,6 +27,7 @@ impl Sim {
                 self.store_send(n, StoreOp::Read);
             }
             Step::ViewReply(None) => {
+                self.nodes[n].io().failsafe.store_failed();
                 let pg_writable = self.nodes[n].pg.run == Run::Writable;
                 let a = &self.nodes[n].agent;
                 let held = a.exec.as_ref().is_some_and(|e| e.mem.held_lease);
@@ -71,11 +72,13 @@ impl Sim {
     fn decide_and_act(&mut self, n: usize, view: ClusterView) {
         let name = self.nodes[n].name.clone();
         // The API's shared state, as the agent sets it from each view.
-        let leads = view
-            .leader
-            .as_ref()
-            .is_some_and(|l| l.member == name && l.expires_ms > self.now);
-        self.nodes[n].io().failsafe.set_leading(leads);
+        let leader = view.leader.as_ref().filter(|l| l.expires_ms > self.now);
+        let mut io = self.nodes[n].io();
+        io.failsafe
+            .set_leading(leader.is_some_and(|l| l.member == name));
+        io.failsafe
+            .store_read(leader.map(|l| l.member.as_str()), self.now);
+        drop(io);
         let pgrun = self.observe(n);
         let local = self.local_view(n, &view, pgrun);
         let actions = decide(&view, &local, self.now);
@@ -101,7 +104,19 @@ impl Sim {
     }
 
     pub(crate) fn loop_end(&mut self, n: usize) {
-        let at = (self.nodes[n].agent.loop_started + self.cfg.loop_ms).max(self.now);
+        // The agent's pace (`loop_pace_ms`), from its last view and memory.
+        let a = &self.nodes[n].agent;
+        let pace = match (&a.last_view, &a.exec) {
+            (Some(v), Some(e)) => pgbaton_core::memory::loop_pace_ms(
+                v,
+                &e.mem,
+                self.now,
+                self.cfg.loop_ms,
+                self.cfg.ttl_ms,
+            ),
+            _ => self.cfg.loop_ms,
+        };
+        let at = (a.loop_started + pace).max(self.now);
         self.step_at(at, n, Step::LoopStart);
     }
 
@@ -157,7 +172,13 @@ impl Sim {
         let yes = answers
             && io
                 .failsafe
-                .confirm(&p.name, &leader, self.cfg.ttl_ms, self.now)
+                .confirm(
+                    &p.name,
+                    &leader,
+                    self.cfg.ttl_ms,
+                    self.cfg.loop_ms,
+                    self.now,
+                )
                 .is_ok();
         drop(io);
         let (a, b) = (

@@ -225,7 +225,7 @@ impl pgbaton_store::Store for SimStore {
             v => unexpected(v),
         }
     }
-    async fn members(&self) -> anyhow::Result<Vec<MemberState>> {
+    async fn members_read(&self) -> anyhow::Result<pgbaton_store::MembersRead> {
         anyhow::bail!("not simulated")
     }
     async fn member_delete(&self, name: &str) -> anyhow::Result<bool> {

@@ -73,6 +73,7 @@ impl Sim {
                     .as_deref()
                     .map(pgbaton_store::parse_sync_record),
                 sync_text: self.store.sync.clone(),
+                unreadable: vec![],
             }))),
             StoreOp::Exec { id, req } => {
                 let rep = self.store_exec(n, req);

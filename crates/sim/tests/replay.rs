@@ -18,7 +18,7 @@ fn assert_ok(o: &Outcome) {
 
 // ---- bugs found by the sweep ----------------------------------------------------------------
 
-/// Seed 1437 (first found as 1639, 3918, 8574 and 1775; seeds drift when a change to the
+/// Seed 1843 (first found as 1639, 3918, 8574, 1775 and 1437; seeds drift when a change to the
 /// decision or the executor changes a run's course, so the buggy run is re-found with
 /// `pgbaton-sim --sweep 0 30000 --no-pg-faults --no-operations --no-failsafe-hold`): a standby confirmed the primary over the failsafe API (promising
 /// not to take the lease for ttl), then its agent crashed and restarted within the ttl,
@@ -28,7 +28,7 @@ fn assert_ok(o: &Outcome) {
 /// to a failsafe promise for ttl.
 #[test]
 fn agent_restart_forgets_its_failsafe_promise() {
-    let seed = 1437;
+    let seed = 1843;
     // The fault mix it was found with (before frozen PostgreSQL, killed watchdogs and
     // operator requests).
     let before = SimConfig {
@@ -51,7 +51,7 @@ fn agent_restart_forgets_its_failsafe_promise() {
     assert_ok(&run(seed, &SimConfig::default()));
 }
 
-/// Seed 912 found it (now seed 79; seeds drift when the decision changes a run's course:
+/// Seed 912 found it (now seed 1, earlier 79; seeds drift when the decision changes a run's course:
 /// `pgbaton-sim --sweep 0 20000 --no-pg-faults --no-operations --no-stopped-position`
 /// re-finds one): the primary was fenced while its standbys, cut off from it, lagged; stopped, it
 /// published no LSN and no timeline, so the failover decision lost its `max_lag_bytes` bar
@@ -69,15 +69,15 @@ fn stopped_primary_publishes_no_lsn() {
         publish_stopped_position: false,
         ..before.clone()
     };
-    let o = run(79, &buggy);
+    let o = run(1, &buggy);
     assert!(
         kinds(&o).contains(&"promoted-too-far-behind"),
-        "the buggy run no longer breaks at seed 79 (a decision change moved its course?): \
+        "the buggy run no longer breaks at seed 1 (a decision change moved its course?): \
          find one with `cargo run --release -p pgbaton-sim -- --sweep 0 20000 --no-pg-faults --no-operations --no-stopped-position`; {:?}",
         o.violations
     );
-    assert_ok(&run(79, &before));
-    assert_ok(&run(79, &SimConfig::default()));
+    assert_ok(&run(1, &before));
+    assert_ok(&run(1, &SimConfig::default()));
 }
 
 /// Seed 13610: a primary's agent froze right after reading the store; its watchdog fenced it

@@ -102,8 +102,8 @@ impl Store for Bounded {
         let call = self.inner.member_get(name);
         self.within("read a member", self.limit, call).await
     }
-    async fn members(&self) -> Result<Vec<MemberState>> {
-        let call = self.inner.members();
+    async fn members_read(&self) -> Result<crate::MembersRead> {
+        let call = self.inner.members_read();
         self.within("read the members", self.limit, call).await
     }
     async fn member_delete(&self, name: &str) -> Result<bool> {
@@ -203,7 +203,7 @@ mod tests {
         async fn member_get(&self, _: &str) -> Result<Option<MemberState>> {
             std::future::pending().await
         }
-        async fn members(&self) -> Result<Vec<MemberState>> {
+        async fn members_read(&self) -> Result<crate::MembersRead> {
             std::future::pending().await
         }
         async fn member_delete(&self, _: &str) -> Result<bool> {

@@ -10,7 +10,9 @@
 use async_trait::async_trait;
 use pgbaton_core::config::StoreConfig;
 use pgbaton_core::decide::ClusterView;
-use pgbaton_core::model::{HistoryEntry, Identity, Leader, MemberState, OpPhase, Operation};
+use pgbaton_core::model::{
+    HistoryEntry, Identity, Leader, MemberState, OpPhase, Operation, UnreadableRecord,
+};
 use pgbaton_core::sync::SyncRecord;
 use std::sync::Arc;
 
@@ -78,8 +80,13 @@ pub trait Store: Send + Sync {
     /// Publish (insert or replace) a member's state. Registration persists until deleted.
     async fn member_put(&self, state: &MemberState) -> Result<()>;
     async fn member_get(&self, name: &str) -> Result<Option<MemberState>>;
-    /// All registered members, sorted by name.
-    async fn members(&self) -> Result<Vec<MemberState>>;
+    /// All registered members whose records can be read, sorted by name, and the records
+    /// that cannot (left out, never an error: one bad record must not stop every agent).
+    async fn members_read(&self) -> Result<MembersRead>;
+    /// The readable members, sorted by name.
+    async fn members(&self) -> Result<Vec<MemberState>> {
+        Ok(self.members_read().await?.members)
+    }
     /// Deregister a member. `true` = it existed.
     async fn member_delete(&self, name: &str) -> Result<bool>;
 
@@ -112,6 +119,7 @@ pub trait Store: Send + Sync {
 /// The agents decide on it; the CLI and the API show and check it.
 pub async fn read_view(store: &dyn Store) -> Result<ClusterView> {
     let sync_text = store.sync_get().await?;
+    let members = store.members_read().await?;
     Ok(ClusterView {
         sync: sync_text.as_deref().map(parse_sync_record),
         sync_text,
@@ -121,10 +129,41 @@ pub async fn read_view(store: &dyn Store) -> Result<ClusterView> {
             .as_deref()
             .map(Identity::parse),
         leader: store.leader_get().await?,
-        members: store.members().await?,
+        members: members.members,
+        unreadable: members.unreadable,
         op: store.op_get().await?,
         paused: store.paused().await?,
     })
+}
+
+/// The members' records as read: see [`Store::members_read`].
+#[derive(Debug, Default)]
+pub struct MembersRead {
+    pub members: Vec<MemberState>,
+    pub unreadable: Vec<UnreadableRecord>,
+}
+
+impl MembersRead {
+    /// Sort out records `(member name, JSON text)`: each one read, or kept as unreadable
+    /// with the reason (`where_` names the store, for the message).
+    pub fn from_records(records: Vec<(String, String)>, where_: &str) -> MembersRead {
+        let mut out = MembersRead::default();
+        for (member, text) in records {
+            match serde_json::from_str::<MemberState>(&text) {
+                Ok(m) => out.members.push(m),
+                Err(e) => out.unreadable.push(UnreadableRecord {
+                    why: format!(
+                        "{where_}: the record of member {member} is not one this version of \
+                         pgbaton can read ({e}); it is left out until it is rewritten (by that \
+                         member's agent, or `pgbaton remove {member}`)"
+                    ),
+                    member,
+                }),
+            }
+        }
+        out.members.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
 }
 
 /// The synchronous set's record from its stored text. Text pgbaton cannot read proves

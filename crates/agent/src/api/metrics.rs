@@ -261,6 +261,12 @@ pub fn render(st: &ApiState) -> String {
     }
     gauge(
         &mut reg,
+        "store_unreadable_records",
+        "Member records in the store this agent cannot read (left out of its decisions)",
+        s.view.as_ref().map_or(0, |v| v.unreadable.len() as i64),
+    );
+    gauge(
+        &mut reg,
         "failsafe_promise",
         "1 while this member has promised a primary, over the failsafe API, not to take the lease",
         s.failsafe.promised(now_ms()) as i64,

@@ -16,6 +16,7 @@
 
 pub mod metrics;
 pub mod page;
+pub mod serve;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -345,7 +346,11 @@ async fn failsafe(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -
     let until_ms = {
         let mut sh = st.shared.write().unwrap_or_else(|e| e.into_inner());
         let ttl_ms = sh.ttl_ms;
-        match sh.failsafe.confirm(&me, &b.leader, ttl_ms, now_ms()) {
+        let loop_ms = st.cfg.timing.loop_interval_ms;
+        match sh
+            .failsafe
+            .confirm(&me, &b.leader, ttl_ms, loop_ms, now_ms())
+        {
             Ok((promise, new)) => {
                 if new {
                     tracing::warn!(

@@ -16,6 +16,14 @@ pub async fn down(dir: &Path, purge: bool) -> Result<()> {
             l.dir.display()
         );
     }
+    if purge && !l.marker().exists() {
+        bail!(
+            "{} was not made by `pgbaton up` (no {} marker): --purge deletes nothing here. \
+             Stop it without --purge, and delete what you no longer need yourself",
+            l.dir.display(),
+            super::layout::MARKER
+        );
+    }
     let mut configs = l.nodes()?;
     // Standbys first, the leader last, so nothing streams from a stopped primary meanwhile.
     let client = crate::cluster::load_client_config(&l.client_config())?;
@@ -55,17 +63,50 @@ pub async fn down(dir: &Path, purge: bool) -> Result<()> {
         let _ = std::fs::remove_file(l.agent_pid(&c.name));
     }
     if purge {
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "`pgbaton down --purge`: the operator asked for it"
-        )]
-        std::fs::remove_dir_all(&l.dir).with_context(|| format!("delete {}", l.dir.display()))?;
-        println!("deleted {} and all its data", l.dir.display());
+        let members: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
+        purge_made_by_up(&l, &members)?;
     } else {
         println!(
             "cluster stopped; data kept in {} (`pgbaton up --dir {}` starts it again)",
             l.dir.display(),
             l.dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Delete what `up` made in DIR, then the marker; DIR goes too when nothing else is
+/// left in it. Anything else found there is kept and named.
+fn purge_made_by_up(l: &Layout, members: &[String]) -> Result<()> {
+    for p in l.made_by_up(members) {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "`pgbaton down --purge`: the operator asked for it, and `up` made this"
+        )]
+        let r = if meta.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.with_context(|| format!("delete {}", p.display()))?;
+    }
+    std::fs::remove_file(l.marker()).with_context(|| format!("delete {}", l.marker().display()))?;
+    let others: Vec<String> = std::fs::read_dir(&l.dir)
+        .with_context(|| format!("read {}", l.dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if others.is_empty() {
+        std::fs::remove_dir(&l.dir).with_context(|| format!("delete {}", l.dir.display()))?;
+        println!("deleted {} and all its data", l.dir.display());
+    } else {
+        println!(
+            "deleted the cluster's data in {}; kept what `pgbaton up` did not make there: {}",
+            l.dir.display(),
+            others.join(", ")
         );
     }
     Ok(())

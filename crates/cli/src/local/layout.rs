@@ -7,6 +7,9 @@ use nix::unistd::User;
 use pgbaton_core::config::NodeConfig;
 use std::path::{Path, PathBuf};
 
+/// The name of the marker `up` leaves in DIR.
+pub(super) const MARKER: &str = ".pgbaton-up";
+
 pub(super) struct Layout {
     pub(super) dir: PathBuf,
 }
@@ -30,6 +33,32 @@ impl Layout {
     }
     pub(super) fn agent_pid(&self, name: &str) -> PathBuf {
         self.node_dir(name).join("agent.pid")
+    }
+
+    /// Written by `up` before anything else: `down --purge` deletes only directories that
+    /// carry it, and only the entries `up` makes ([`made_by_up`](Self::made_by_up)).
+    pub(super) fn marker(&self) -> PathBuf {
+        self.dir.join(MARKER)
+    }
+
+    /// What `up` makes in DIR for these members: the only entries `down --purge` deletes.
+    pub(super) fn made_by_up(&self, members: &[String]) -> Vec<PathBuf> {
+        let files = [
+            "pgbaton.toml",
+            "store.db",
+            "store.db-wal",
+            "store.db-shm",
+            "store.db-journal",
+            "replication.password",
+            "api.token",
+            "archive",
+            "bin",
+        ];
+        files
+            .iter()
+            .map(|f| self.dir.join(f))
+            .chain(members.iter().map(|m| self.node_dir(m)))
+            .collect()
     }
 
     /// The members of an existing cluster directory, in order (n1, n2, ...).

@@ -176,6 +176,12 @@ pub async fn up(o: UpOptions) -> Result<()> {
         user.name
     );
     create_owned_dir(&user, &l.dir)?;
+    write_owned(
+        &user,
+        &l.marker(),
+        "made by `pgbaton up`: `pgbaton down --purge` deletes what up made here, and only that\n",
+        0o644,
+    )?;
     if o.archive {
         let bin = archive_bin(&user, &l)?;
         for c in &mut configs {

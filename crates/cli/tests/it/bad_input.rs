@@ -258,6 +258,37 @@ fn up_refuses_a_non_empty_directory_and_deletes_nothing() {
     assert_eq!(listing(&dir), vec!["precious.txt".to_string()]);
 }
 
+/// Audit finding: `down --dir D --purge` deleted a directory holding a `pgbaton.toml` and
+/// unrelated files, none made by `up`.
+#[test]
+fn down_purge_refuses_a_directory_up_did_not_make_and_deletes_nothing() {
+    let s = scratch();
+    let dir = s.path.join("not-ours");
+    std::fs::create_dir_all(dir.join("n1")).unwrap();
+    let store = dir.join("store.db");
+    std::fs::write(
+        dir.join("pgbaton.toml"),
+        format!(
+            "cluster = \"x\"\n\n[store]\nkind = \"local\"\npath = \"{}\"\n",
+            store.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("precious.txt"), "keep me").unwrap();
+    let o = pgbaton(
+        &["down", "--dir", dir.to_str().unwrap(), "--purge"],
+        Duration::from_secs(60),
+    );
+    assert_refused(&o, &["not made by `pgbaton up`", ".pgbaton-up"]);
+    assert_eq!(
+        listing(&dir),
+        vec!["n1", "pgbaton.toml", "precious.txt"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn up_refuses_a_directory_postgres_cannot_enter() {
     if !nix::unistd::Uid::effective().is_root() {

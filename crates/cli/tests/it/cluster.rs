@@ -304,10 +304,18 @@ fn down_then_up_keeps_identity_and_data_without_recloning() {
         );
     }
 
-    // down --purge deletes everything.
+    // down --purge deletes what up made, and keeps anything else.
+    std::fs::write(c.dir.join("notes.txt"), "mine").unwrap();
     let o = c.down(true);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(!c.dir.exists());
+    assert!(text(&o).contains("notes.txt"), "{}", text(&o));
+    let left: Vec<String> = std::fs::read_dir(&c.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(left, vec!["notes.txt".to_string()]);
+    std::fs::remove_file(c.dir.join("notes.txt")).unwrap();
+    std::fs::remove_dir(&c.dir).unwrap();
 }
 
 #[test]

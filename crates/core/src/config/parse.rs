@@ -5,7 +5,12 @@ use super::*;
 impl NodeConfig {
     /// Parse and validate. `file` is only used in error messages.
     pub fn from_toml_str(text: &str, file: &Path) -> Result<NodeConfig, ConfigError> {
-        let config: NodeConfig = toml::from_str(text).map_err(|e| toml_error(&e, text, file))?;
+        let mut config: NodeConfig =
+            toml::from_str(text).map_err(|e| toml_error(&e, text, file))?;
+        config.timing.ttl_ms = config.store.lease_ttl_ms(config.timing.ttl_ms);
+        // `/srv/pg/data/` and `/srv/pg/./data` are `/srv/pg/data`: a trailing slash once
+        // broke `reinit`, which works next to the directory (audit finding).
+        config.data_dir = config.data_dir.components().collect();
         config.validate().map_err(|e| e.in_file(file))?;
         Ok(config)
     }
@@ -17,6 +22,15 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_name("cluster", &self.cluster)?;
         check_name("name", &self.name)?;
+        if self.name.len() > 55 {
+            // Its slot is `pgbaton_<name>`, and a slot name has at most 63 characters: a
+            // longer name would be cut, and two long names could share a slot.
+            return Err(ConfigError::new(
+                "name",
+                lit(&self.name),
+                "at most 55 characters (its replication slot is pgbaton_<name>, at most 63)",
+            ));
+        }
         check_abs_path("data_dir", &self.data_dir)?;
         if let Some(user) = &self.os_user {
             if user.is_empty()

@@ -373,7 +373,7 @@ impl TimingConfig {
                 self.ttl_ms.to_string(),
                 format!(
                     "a number of milliseconds, at least 3 × timing.loop_interval_ms ({min_ttl}) \
-                     and at most 3600000"
+                     and at most 3600000 (on etcd, in whole seconds: a value is rounded down)"
                 ),
             ));
         }
@@ -394,7 +394,8 @@ impl TimingConfig {
                 self.fence_margin_ms.to_string(),
                 format!(
                     "at most timing.ttl_ms - 2 × timing.loop_interval_ms ({}): the primary must \
-                     get two chances to renew its lease before it fences itself",
+                     get two chances to renew its lease before it fences itself (on etcd, \
+                     timing.ttl_ms counts in whole seconds, rounded down)",
                     self.ttl_ms.saturating_sub(room)
                 ),
             ));
@@ -466,15 +467,26 @@ pub(super) fn check_identifier(key: &str, value: &str) -> Result<(), ConfigError
 }
 
 pub(super) fn check_abs_path(key: &str, path: &Path) -> Result<(), ConfigError> {
-    if path.is_absolute() {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
-            key,
-            lit(&path.to_string_lossy()),
-            "an absolute path",
-        ))
+    let text = path.to_string_lossy();
+    let bad = |why: &str| Err(ConfigError::new(key, lit(&text), why));
+    if !path.is_absolute() {
+        return bad("an absolute path");
     }
+    // Paths go into postgresql.conf values, conninfo strings and the archive command, each
+    // single-quoted; a quote or a line break there rewrites the setting (audit finding).
+    let Some(utf8) = path.to_str() else {
+        return bad("a path in UTF-8");
+    };
+    if utf8.chars().any(|c| c.is_control() || c == '\'') {
+        return bad("an absolute path without quotes (') or control characters (line breaks)");
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return bad("an absolute path without '..'");
+    }
+    Ok(())
 }
 
 /// Host text that can go inside a single-quoted postgresql.conf value and a conninfo.

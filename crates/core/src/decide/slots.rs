@@ -30,7 +30,7 @@ pub(super) fn slot_plan(view: &ClusterView, local: &LocalView, now_ms: u64) -> V
         .map(|m| slot_name_for(&m.name))
         .collect();
     let mut actions = vec![Action::EnsureSlots { names }];
-    let (orphans, _foreign) = orphan_slots(&view.members, &local.slots);
+    let (orphans, _foreign) = orphan_slots(&view.member_slot_names(), &local.slots);
     let expired: Vec<String> = orphans
         .into_iter()
         .filter(|name| {

@@ -177,7 +177,7 @@ impl Store for EtcdStore {
             .transpose()
     }
 
-    async fn members(&self) -> Result<Vec<MemberState>> {
+    async fn members_read(&self) -> Result<crate::MembersRead> {
         let prefix = self.key("members/");
         let mut resp = self
             .call("list members", |mut c| {
@@ -185,13 +185,16 @@ impl Store for EtcdStore {
                 async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
             })
             .await?;
-        let mut members = resp
+        let records = resp
             .take_kvs()
             .iter()
-            .map(|kv| self.parse::<MemberState>(kv, "a member"))
-            .collect::<Result<Vec<_>>>()?;
-        members.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(members)
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+                (name, String::from_utf8_lossy(kv.value()).into_owned())
+            })
+            .collect();
+        Ok(crate::MembersRead::from_records(records, &self.describe()))
     }
 
     async fn member_delete(&self, name: &str) -> Result<bool> {

@@ -289,7 +289,7 @@ impl Store for LocalStore {
         .transpose()
     }
 
-    async fn members(&self) -> Result<Vec<MemberState>> {
+    async fn members_read(&self) -> Result<crate::MembersRead> {
         let rows: Vec<(String, String)> = self.with_conn("listing members", |conn| {
             // Keys are compared with substr rather than LIKE: member names may hold % or _.
             let mut stmt = conn.prepare(
@@ -304,20 +304,11 @@ impl Store for LocalStore {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })?;
-        let mut members = rows
+        let records = rows
             .into_iter()
-            .map(|(key, json)| {
-                serde_json::from_str::<MemberState>(&json).with_context(|| {
-                    format!(
-                        "{}: the value of {key} is not valid JSON of a member",
-                        self.describe()
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // SQLite orders keys bytewise already; sort by the name itself to not depend on it.
-        members.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(members)
+            .map(|(key, json)| (key[MEMBER_PREFIX.len()..].to_string(), json))
+            .collect();
+        Ok(crate::MembersRead::from_records(records, &self.describe()))
     }
 
     async fn member_delete(&self, name: &str) -> Result<bool> {

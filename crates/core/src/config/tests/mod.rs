@@ -438,9 +438,33 @@ fn names() {
         assert_eq!(bad_key(|c| c.cluster = bad.into()), "cluster", "{bad:?}");
         assert_eq!(bad_key(|c| c.name = bad.into()), "name", "{bad:?}");
     }
-    for good in ["a", "0", "node-1.a_b", &"a".repeat(63)] {
+    for good in ["a", "0", "node-1.a_b", &"a".repeat(55)] {
         assert_valid(|c| c.name = good.into());
     }
+    // A member's slot is pgbaton_<name> (at most 63 characters): longer names would be cut.
+    assert_eq!(bad_key(|c| c.name = "a".repeat(56)), "name");
+    assert_valid(|c| c.cluster = "a".repeat(63));
+}
+
+#[test]
+fn paths_that_would_break_quoted_settings_are_refused() {
+    for bad in ["/srv/it's", "/srv/a\nb", "/srv/../etc"] {
+        assert_eq!(bad_key(|c| c.data_dir = bad.into()), "data_dir", "{bad:?}");
+        assert_eq!(
+            bad_key(|c| c.postgresql.log_file = Some(bad.into())),
+            "postgresql.log_file",
+            "{bad:?}"
+        );
+    }
+    // A trailing slash or a `.` is the same directory.
+    let text = MINIMAL.replace(
+        "/var/lib/pgbaton/node1/data",
+        "/var/lib/pgbaton/./node1/data/",
+    );
+    assert_eq!(
+        parse(&text).unwrap().data_dir,
+        Path::new("/var/lib/pgbaton/node1/data")
+    );
 }
 
 #[test]
@@ -900,6 +924,28 @@ fn etcd_endpoints() {
         (e.key.as_str(), e.value.as_str()),
         ("store.endpoints", "\"etcd:2379\"")
     );
+}
+
+#[test]
+fn etcd_lease_ttl_is_whole_seconds_rounded_down() {
+    let on_etcd = |timing: &str| {
+        MINIMAL.replace(
+            "kind = \"local\"\npath = \"/var/lib/pgbaton/state.db\"",
+            &format!("kind = \"etcd\"\nendpoints = [\"http://etcd:2379\"]\n\n[timing]\n{timing}"),
+        )
+    };
+    // The default 2.5 s: a 2 s etcd lease, and the fence counts on 2 s.
+    assert_eq!(parse(&on_etcd("")).unwrap().timing.ttl_ms, 2_000);
+    assert_eq!(
+        parse(&on_etcd("ttl_ms = 3999")).unwrap().timing.ttl_ms,
+        3_000
+    );
+    // The embedded store keeps milliseconds.
+    assert_eq!(minimal().timing.ttl_ms, 2_500);
+    // Rounded down below the timing rules: refused, saying why.
+    let e = parse_err(&on_etcd("ttl_ms = 1900"));
+    assert_eq!(e.key, "timing.ttl_ms");
+    assert!(e.expected.contains("whole seconds"), "{e}");
 }
 
 #[test]

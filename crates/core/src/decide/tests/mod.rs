@@ -317,7 +317,7 @@ fn orphan_slots_of_ours_are_dropped_after_the_grace_period_and_foreign_ones_neve
         }),
         "{a:?}"
     );
-    let (ours, foreign) = orphan_slots(&v.members, &l.slots);
+    let (ours, foreign) = orphan_slots(&v.member_slot_names(), &l.slots);
     assert_eq!(
         (ours, foreign),
         (

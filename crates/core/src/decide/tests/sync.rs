@@ -48,6 +48,38 @@ fn only_a_member_of_the_synchronous_set_takes_over_and_blocks_the_set_first() {
 }
 
 #[test]
+fn a_promoted_standby_clears_the_list_it_inherited_unless_strict() {
+    // Its data directory carries the old primary's list, naming the member just lost.
+    let v = with_sync(after_primary_loss(1000, 900, 1000), record(&["n2"], 1));
+    let mut l = candidate("n2", 900);
+    l.policy.sync = SyncSettings {
+        mode: SyncMode::On,
+        ..Default::default()
+    };
+    l.sync_names = SyncNames::parse("FIRST 1 (\"n1\")");
+    let a = decide(&v, &l, NOW);
+    assert_eq!(
+        a,
+        [
+            Action::AcquireLease,
+            Action::WriteSyncSet {
+                record: SyncRecord::blocked("n2"),
+                barrier: false,
+            },
+            Action::Promote,
+            Action::SetSyncNames {
+                names: SyncNames::Off
+            },
+        ]
+    );
+    l.policy.sync.strict = true;
+    assert!(
+        takes_over(&decide(&v, &l, NOW), "n2"),
+        "strict keeps waiting"
+    );
+}
+
+#[test]
 fn a_blocked_set_lets_no_standby_take_over() {
     let v = with_sync(
         after_primary_loss(1000, 1000, 1000),

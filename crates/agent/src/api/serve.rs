@@ -1,0 +1,156 @@
+//! The API's HTTP server: the axum router over hyper, with the limits `axum::serve` does not
+//! set. Audit finding: a client that sent one header line every 15 s still held its
+//! connection after 46 s, and nothing capped how many connections were open.
+//!
+//! - headers must arrive within [`HEADER_TIMEOUT`] (also for each further request on a
+//!   kept-alive connection);
+//! - a connection lives at most [`CONNECTION_LIFETIME`], then closes gracefully (a request in
+//!   flight finishes; clients reconnect);
+//! - at most [`MAX_CONNECTIONS`] at once: a connection beyond that is closed at once, so a
+//!   flood cannot starve the health checks of memory or file descriptors for long.
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+pub const MAX_CONNECTIONS: usize = 128;
+/// How long a connection past its lifetime may take to finish the request in flight.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serve `app` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, app: Router) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait instead of spinning.
+                tracing::warn!("the API could not accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream); // over the limit: closed at once
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, conn).await;
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn server() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(serve(listener, app));
+        addr
+    }
+
+    /// Reads until the server closes the connection (or `limit` passes: `None`).
+    async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(limit.saturating_sub(t0.elapsed()), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(t0.elapsed()),
+                Ok(Ok(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_trickles_its_headers_is_cut_off() {
+        let addr = server().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let trickle = async {
+            for i in 0..10 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if s.write_all(format!("X-{i}: y\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        };
+        let mut probe = TcpStream::connect(addr).await.unwrap();
+        // The trickling client is closed once the header timeout passes; a normal request
+        // meanwhile is served.
+        probe
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        probe.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::select! {
+            _ = trickle => panic!("the trickling client was never cut off"),
+            _ = tokio::time::sleep(HEADER_TIMEOUT + Duration::from_secs(3)) => {}
+        }
+        assert!(
+            closed_within(&mut s, Duration::from_secs(1))
+                .await
+                .is_some(),
+            "still open after the header timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_at_once() {
+        let addr = server().await;
+        let mut held = vec![];
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Let the server take every one of them before the next.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(2))
+                .await
+                .is_some(),
+            "a connection beyond {MAX_CONNECTIONS} was kept"
+        );
+        // Once they go, new connections are served again.
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}
