@@ -91,7 +91,8 @@ pub async fn probe(client: &Client) -> Result<Probe> {
                 "SELECT pg_last_wal_replay_lsn()::text, pg_last_wal_receive_lsn()::text, \
                         r.status, r.sender_host, r.sender_port, r.received_tli, \
                         CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-                             ELSE (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint END \
+                             ELSE (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint END, \
+                        current_setting('synchronous_standby_names') \
                  FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver r ON true",
                 &[],
             )
@@ -122,6 +123,9 @@ pub async fn probe(client: &Client) -> Result<Probe> {
             .flatten()
             .max();
         p.replay_lag_ms = row.get::<_, Option<i64>>(6).map(|ms| ms.max(0) as u64);
+        // The list its data directory carries (from an earlier primary): a promotion starts
+        // with it, and the decision clears it when it could make commits wait.
+        p.sync_names = SyncNames::parse(&row.get::<_, String>(7));
     } else {
         // The timeline of the WAL being written: the first 8 hex digits of its file name
         // (pg_control_checkpoint() still shows the old one until the next checkpoint after

@@ -44,7 +44,12 @@ pub async fn senders(client: &Client) -> Result<Vec<WalSender>> {
 /// 3. when commits did not wait before, a `CHECKPOINT`: the checkpointer, which tells the
 ///    backends whether commits wait at all, handles its reload before it starts one;
 /// 4. every WAL sender's `sync_priority` is the one the new list gives it (they release
-///    waiting commits by their own copy of the list).
+///    waiting commits by their own copy of the list);
+/// 5. when the list waits, a WAL record written and flushed without waiting on standbys:
+///    a WAL sender releases waiting commits only when its standby replies, and a standby
+///    that already flushed everything replies only at its next status interval
+///    (`wal_receiver_status_interval`, 10 s by default). Measured before this: commits
+///    waited 4.2 s after the list moved from a lost standby to one that was streaming.
 pub async fn set_names(client: &Client, cfg: &NodeConfig, names: &SyncNames) -> Result<()> {
     let before = current(client).await?;
     let text = names.to_string();
@@ -77,7 +82,18 @@ pub async fn set_names(client: &Client, cfg: &NodeConfig, names: &SyncNames) -> 
             .all(|s| s.priority == names.priority_of(&s.name)))
     })
     .await
-    .with_context(|| format!("synchronous_standby_names = '{text}'"))
+    .with_context(|| format!("synchronous_standby_names = '{text}'"))?;
+    if *names != SyncNames::Off {
+        client
+            .batch_execute(
+                "BEGIN; SET LOCAL synchronous_commit = local; \
+                 SELECT pg_logical_emit_message(true, 'pgbaton', 'synchronous_standby_names changed'); \
+                 COMMIT",
+            )
+            .await
+            .context("write a WAL record so that the standbys reply under the new list")?;
+    }
+    Ok(())
 }
 
 /// `synchronous_standby_names` as this session sees it.
