@@ -17,6 +17,7 @@ command -v chromium >/dev/null || missing+=(chromium) # headless test of the sta
 command -v etcd >/dev/null || missing+=(etcd-server)   # the store contract suite runs against real etcd
 command -v protoc >/dev/null || missing+=(protobuf-compiler libprotobuf-dev) # etcd-client builds its protocol
 command -v ip >/dev/null || missing+=(iproute2)      # network namespaces for the partition test
+command -v openssl >/dev/null || missing+=(openssl)  # the TLS test reads the certificate a server presents
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   $SUDO apt-get update -q

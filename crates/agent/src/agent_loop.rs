@@ -164,8 +164,7 @@ impl Agent {
             let leader = view.leader.as_ref().filter(|l| l.expires_ms > now);
             sh.failsafe
                 .set_leading(leader.is_some_and(|l| l.member == self.cfg.name));
-            sh.failsafe
-                .store_read(leader.map(|l| l.member.as_str()), now);
+            sh.failsafe.store_read(leader.map(|l| l.member.as_str()));
         }
         let (data, timeline) = datadir::inspect_with_timeline(&self.bins, &self.cfg.data_dir)?;
         let pg = self.observe_pg(&view).await;
@@ -193,6 +192,7 @@ impl Agent {
         let pg = self.observe_pg(&view).await;
         let local = self.local_view(&view, data, pg);
         let status = self.status_of(&local);
+        self.reload_on_tls_change().await;
         let leading_primary = self.exec.mem.held_lease && status == MemberStatus::Running;
         self.archive
             .refresh(&self.cfg, self.exec.pg.client.as_ref(), leading_primary)
@@ -242,7 +242,7 @@ impl Agent {
             .members
             .iter()
             .map(|m| m.name.as_str())
-            .chain(view.unreadable.iter().map(|u| u.member.as_str()));
+            .chain(view.unreadable.iter().filter_map(|u| u.member()));
         match pgbaton_core::model::slot_collision(me, names) {
             Some(other) => Err(FatalExit(format!(
                 "member name {me} maps to replication slot {} like the registered member \

@@ -20,6 +20,7 @@ mod observe;
 mod preflight;
 pub mod process;
 mod publish;
+mod tls_watch;
 pub mod watchdog;
 
 use anyhow::{bail, Context, Result};
@@ -60,6 +61,7 @@ pub struct Agent {
     last_failsafe: Option<String>,
     /// The unreadable store records last logged (logged again only when they change).
     last_unreadable: String,
+    tls: tls_watch::TlsWatch,
     http: reqwest::Client,
     archive: archive_watch::ArchiveWatch,
 }
@@ -129,10 +131,12 @@ impl Agent {
                  members cannot confirm the primary during a store outage, so it will fence itself"
             );
         }
+        // No redirects: a redirect would carry the API token to wherever it points.
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(
                 cfg.timing.loop_interval_ms.clamp(100, 1000),
             ))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("build the HTTP client for failsafe checks")?;
         let cfg = Arc::new(cfg);
@@ -177,6 +181,7 @@ impl Agent {
                 last_error: None,
                 last_failsafe: None,
                 last_unreadable: String::new(),
+                tls: Default::default(),
                 http,
                 archive: Default::default(),
             },

@@ -72,6 +72,7 @@ impl LocalPg {
         );
         let (tx, mut rx) = tokio::sync::watch::channel::<Option<Progress>>(None);
         let passfile = self.cfg.pgpass_path();
+        let ssl = render::ssl_params(&self.cfg);
         let spec = CloneSpec {
             host: &from.host,
             port: from.port,
@@ -81,6 +82,7 @@ impl LocalPg {
             application_name: &self.cfg.name,
             data_dir: &self.cfg.data_dir,
             replace,
+            ssl: &ssl,
         };
         let started = Instant::now();
         let clone = pgbaton_pg::clone::clone(&self.bins, &spec, &tx);
@@ -106,12 +108,30 @@ impl LocalPg {
                 }
             }
         };
-        result?;
+        result.map_err(|e| tls_hint(&self.cfg, &from.host, e))?;
         info!(
             "base backup done in {:.1} s",
             started.elapsed().as_secs_f64()
         );
         Ok(())
+    }
+}
+
+/// A connection that failed TLS verification: say which file and setting are involved.
+fn tls_hint(cfg: &NodeConfig, host: &str, e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    match &cfg.postgresql.tls {
+        Some(t) if text.contains("certificate") || text.contains("SSL") => e.context(format!(
+            "TLS to {host} failed: the server's certificate must be signed by the CA in {} \
+             (postgresql.tls.ca_file){}",
+            t.ca_file.display(),
+            if t.verify == pgbaton_core::config::TlsVerify::VerifyFull {
+                format!(" and name {host} (verify-full; verify = \"verify-ca\" skips the name)")
+            } else {
+                String::new()
+            }
+        )),
+        _ => e,
     }
 }
 
@@ -190,14 +210,17 @@ impl pgbaton_exec::Postgres for LocalPg {
     async fn rewind(&mut self, upstream: &Upstream) -> Result<Rewind> {
         let port = upstream.port.to_string();
         let passfile = self.cfg.pgpass_path();
-        let source = render::conninfo(&[
-            ("host", &upstream.host),
-            ("port", &port),
-            ("user", &self.cfg.replication.user),
-            ("dbname", "postgres"),
-            ("passfile", &passfile.to_string_lossy()),
-            ("connect_timeout", "10"),
-        ]);
+        let source = render::member_conninfo(
+            &self.cfg,
+            &[
+                ("host", &upstream.host),
+                ("port", &port),
+                ("user", &self.cfg.replication.user),
+                ("dbname", "postgres"),
+                ("passfile", &passfile.to_string_lossy()),
+                ("connect_timeout", "10"),
+            ],
+        );
         let from_archive = self.cfg.postgresql.archive_dir.is_some();
         pgbaton_pg::rewind::rewind_if_diverged(
             &self.bins,
@@ -206,6 +229,7 @@ impl pgbaton_exec::Postgres for LocalPg {
             from_archive,
         )
         .await
+        .map_err(|e| tls_hint(&self.cfg, &upstream.host, e))
     }
 
     async fn clone_from(&mut self, from: &Upstream, replace: bool) -> Result<()> {

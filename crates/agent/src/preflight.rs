@@ -103,6 +103,7 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
     let bins = Binaries::find(cfg.postgresql.bin_dir.as_deref())?;
     let major = bins.major_version()?;
     let password = load_password(cfg)?;
+    crate::tls_watch::check_tls_files(cfg)?;
     let store = pgbaton_store::open(&cfg.store, &cfg.cluster)
         .with_context(|| format!("open the store for cluster {}", cfg.cluster))?;
     let rt = tokio::runtime::Builder::new_current_thread()

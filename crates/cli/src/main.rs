@@ -3,6 +3,7 @@
 //! into a message on stderr and a non-zero exit code.
 
 mod archive;
+mod certs;
 mod cluster;
 mod local;
 mod members;
@@ -101,6 +102,26 @@ enum Cmd {
         /// members on several machines do (repeat for an etcd cluster).
         #[arg(long = "etcd", value_name = "URL")]
         etcd: Vec<String>,
+        /// TLS on every PostgreSQL network connection: a CA and a certificate per member in
+        /// DIR/tls, `hostssl` lines only, members verify each other (sslmode=verify-full).
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Make TLS certificates: the cluster's CA in DIR (when missing) and one member's
+    /// certificate naming its hosts. Copy the member's files to its host.
+    Certs {
+        /// Where the CA is kept and the files are written.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The cluster's name (in the CA's subject).
+        #[arg(long, default_value = "pgbaton")]
+        cluster: String,
+        /// The member the certificate is for.
+        #[arg(long)]
+        member: String,
+        /// A host name or IP address others use to reach it (repeat for several).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
     },
     /// Stop a local cluster made by `up`.
     Down {
@@ -356,6 +377,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             timeout,
             orphan_slot_grace,
             etcd,
+            tls,
         } => {
             let opts = local::UpOptions {
                 dir,
@@ -369,8 +391,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 timeout_s: timeout,
                 orphan_slot_grace_s: orphan_slot_grace,
                 etcd,
+                tls,
             };
             runtime()?.block_on(local::up(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Certs {
+            dir,
+            cluster,
+            member,
+            hosts,
+        } => {
+            certs::certs(&dir, &cluster, &member, &hosts)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Down { dir, purge } => {

@@ -191,8 +191,10 @@ pub async fn via_agent(
         .trim()
         .to_string();
     let url = format!("{}/{action}", m.api_url.trim_end_matches('/'));
+    // No redirects: a redirect would carry the token to wherever it points (audit finding).
     let resp = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
         .build()?
         .post(&url)
         .bearer_auth(&token)

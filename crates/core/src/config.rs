@@ -178,6 +178,48 @@ pub struct PostgresqlConfig {
     pub max_slot_wal_keep_size: String,
     /// Extra `postgresql.conf` parameters. Default none.
     pub parameters: BTreeMap<String, ParamValue>,
+    /// `[postgresql.tls]`: TLS on every network connection. Default none (`sslmode=prefer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PgTlsConfig>,
+}
+
+/// `[postgresql.tls]`: the server speaks TLS (`ssl = on`), pg_hba has only `hostssl` network
+/// lines (a connection without TLS finds no line and is refused), and this member's own
+/// connections to others (replication, pg_basebackup, pg_rewind) verify the server against
+/// `ca_file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgTlsConfig {
+    /// This member's certificate (PEM). It must name the host others connect to
+    /// (`connect_host`) unless `verify = "verify-ca"`.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM): owned by the OS user, mode 0600.
+    pub key_file: PathBuf,
+    /// The certificate authority that signed every member's certificate.
+    pub ca_file: PathBuf,
+    /// How a member checks the server it connects to: `verify-full` (default: signed by the
+    /// CA and naming the host) or `verify-ca` (signed by the CA; for names that do not match).
+    #[serde(default)]
+    pub verify: TlsVerify,
+}
+
+/// libpq's `sslmode` for a member's connections to another member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TlsVerify {
+    #[default]
+    #[serde(rename = "verify-full")]
+    VerifyFull,
+    #[serde(rename = "verify-ca")]
+    VerifyCa,
+}
+
+impl TlsVerify {
+    pub fn sslmode(self) -> &'static str {
+        match self {
+            TlsVerify::VerifyFull => "verify-full",
+            TlsVerify::VerifyCa => "verify-ca",
+        }
+    }
 }
 
 impl Default for PostgresqlConfig {
@@ -198,6 +240,7 @@ impl Default for PostgresqlConfig {
             max_wal_senders: 10,
             max_replication_slots: 10,
             max_slot_wal_keep_size: "1GB".to_string(),
+            tls: None,
             parameters: BTreeMap::new(),
         }
     }

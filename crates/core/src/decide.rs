@@ -72,7 +72,7 @@ impl ClusterView {
         self.members
             .iter()
             .map(|m| m.name.as_str())
-            .chain(self.unreadable.iter().map(|u| u.member.as_str()))
+            .chain(self.unreadable.iter().filter_map(|u| u.member()))
             .map(slot_name_for)
             .collect()
     }

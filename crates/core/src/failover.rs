@@ -99,12 +99,11 @@ pub struct FailsafeGate {
     /// The promise this member last gave a primary.
     promise: Option<Failsafe>,
     /// What this member last saw of the store: the member that holds or last held the
-    /// lease, when a read last succeeded, and whether the latest read failed. Failsafe is for
-    /// a store nobody reaches: a member that reads the store vouches for no primary (that
-    /// primary should fence itself and a standby take over through the store), and only the
-    /// lease's last holder is vouched for (any other name was a way to hold off failover).
+    /// lease, and whether its latest read failed. Failsafe is for a store nobody reaches: a
+    /// member that reads the store vouches for no primary (that primary should fence itself
+    /// and a standby take over through the store), and only the lease's last holder is
+    /// vouched for (any other name was a way to hold off failover).
     last_leader: Option<String>,
-    store_read_ms: Option<u64>,
     store_failing: bool,
 }
 
@@ -118,19 +117,23 @@ impl FailsafeGate {
         }
     }
 
-    /// A read of the store succeeded at `now_ms`; `leader` is the lease holder it showed
-    /// (none: the last holder seen stays the one vouched for).
-    pub fn store_read(&mut self, leader: Option<&str>, now_ms: u64) {
+    /// A read of the store succeeded; `leader` is the lease holder it showed (none: the
+    /// last holder seen stays the one vouched for).
+    pub fn store_read(&mut self, leader: Option<&str>) {
         if let Some(l) = leader {
             self.last_leader = Some(l.to_string());
         }
-        self.store_read_ms = Some(now_ms);
         self.store_failing = false;
     }
 
     /// A read of the store failed.
     pub fn store_failed(&mut self) {
         self.store_failing = true;
+    }
+
+    /// The latest read of the store failed: a failsafe question needs no fresh read.
+    pub fn store_failing(&self) -> bool {
+        self.store_failing
     }
 
     /// About to take the leader lease: refused (with the reason) while a promise to another
@@ -155,14 +158,15 @@ impl FailsafeGate {
     /// lease for `ttl_ms`; a member that leads or is taking the lease says no (the reason).
     /// `Ok((promise, new))`: `new` when this is not a renewal of a promise still active.
     /// Refused too for a member that is not the lease's last holder as this member saw it,
-    /// and while this member reaches the store (its latest read succeeded, less than
-    /// `loop_ms` × 2 ago: a read that hangs counts as failing once a loop has passed).
+    /// and when `store_reachable`: the asker finds out by reading the store afresh (bounded)
+    /// unless its latest read failed already. A loop's read alone could not tell: the
+    /// member's last read may have succeeded a moment before the store went.
     pub fn confirm(
         &mut self,
         me: &str,
         leader: &str,
         ttl_ms: u64,
-        loop_ms: u64,
+        store_reachable: bool,
         now_ms: u64,
     ) -> Result<(Failsafe, bool), String> {
         if self.leading_or_acquiring {
@@ -185,12 +189,10 @@ impl FailsafeGate {
                 ))
             }
         }
-        let read_ago = self.store_read_ms.map(|t| now_ms.saturating_sub(t));
-        if !self.store_failing && read_ago.is_some_and(|a| a < 2 * loop_ms) {
+        if store_reachable {
             return Err(format!(
-                "{me} reads the store (last read {} ms ago): failsafe is for a store nobody \
-                 reaches, so {leader} should renew its lease there or fence itself",
-                read_ago.unwrap_or_default()
+                "{me} reads the store: failsafe is for a store nobody reaches, so {leader} \
+                 should renew its lease there or fence itself"
             ));
         }
         let new = self
@@ -379,21 +381,21 @@ mod tests {
     #[test]
     fn a_member_never_both_promises_a_primary_and_takes_the_lease() {
         let mut g = FailsafeGate::default();
-        g.store_read(Some("n1"), 0);
+        g.store_read(Some("n1"));
         g.store_failed();
-        let (p, new) = g.confirm("n2", "n1", 100, 10, 10).unwrap();
+        let (p, new) = g.confirm("n2", "n1", 100, false, 10).unwrap();
         assert!(new);
         assert_eq!(p.until_ms, 110);
         assert!(g.begin_acquire("n2", 50).is_err(), "promised: no lease");
         assert!(g.begin_acquire("n2", 110).is_ok(), "the promise ran out");
         assert!(
-            g.confirm("n2", "n1", 100, 10, 111).is_err(),
+            g.confirm("n2", "n1", 100, false, 111).is_err(),
             "taking it: no promise"
         );
         g.set_leading(false);
-        let (_, new) = g.confirm("n2", "n1", 100, 10, 112).unwrap();
+        let (_, new) = g.confirm("n2", "n1", 100, false, 112).unwrap();
         assert!(new, "the old promise had run out");
-        let (_, new) = g.confirm("n2", "n1", 100, 10, 113).unwrap();
+        let (_, new) = g.confirm("n2", "n1", 100, false, 113).unwrap();
         assert!(!new, "a renewal of an active promise");
         assert!(FailsafeGate::holding(p).begin_acquire("n2", 50).is_err());
     }
@@ -401,22 +403,22 @@ mod tests {
     #[test]
     fn failsafe_vouches_only_for_the_last_lease_holder_while_the_store_is_out_of_reach() {
         let mut g = FailsafeGate::default();
-        let e = g.confirm("n2", "n1", 2500, 500, 1_000).unwrap_err();
+        let e = g.confirm("n2", "n1", 2500, false, 1_000).unwrap_err();
         assert!(e.contains("has not read the store"), "{e}");
-        g.store_read(Some("n1"), 1_000);
+        g.store_read(Some("n1"));
         // The store answers this member: no promise (the primary should renew there).
-        let e = g.confirm("n2", "n1", 2500, 500, 1_200).unwrap_err();
+        let e = g.confirm("n2", "n1", 2500, true, 1_200).unwrap_err();
         assert!(e.contains("reads the store"), "{e}");
-        // Its read failed: n1 is vouched for, nobody else.
+        // It does not: n1 is vouched for, nobody else.
         g.store_failed();
-        let e = g.confirm("n2", "n3", 2500, 500, 1_300).unwrap_err();
+        assert!(g.store_failing());
+        let e = g.confirm("n2", "n3", 2500, false, 1_300).unwrap_err();
         assert!(e.contains("n1 holds or last held it"), "{e}");
-        assert!(g.confirm("n2", "n1", 2500, 500, 1_300).is_ok());
-        // A read that succeeds again ends it; a lease seen free keeps the last holder.
-        g.store_read(None, 1_500);
-        assert!(g.confirm("n2", "n1", 2500, 500, 1_600).is_err());
-        // A read that hangs for two loops counts as failing.
-        assert!(g.confirm("n2", "n1", 2500, 500, 2_500).is_ok());
+        assert!(g.confirm("n2", "n1", 2500, false, 1_300).is_ok());
+        // A lease seen free keeps the last holder.
+        g.store_read(None);
+        assert!(!g.store_failing());
+        assert!(g.confirm("n2", "n1", 2500, false, 1_600).is_ok());
     }
 
     fn standby(name: &str, lsn: u64, updated: u64) -> MemberState {

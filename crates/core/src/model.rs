@@ -648,16 +648,24 @@ impl Operation {
     }
 }
 
-/// A member's record in the store that this version cannot read (not JSON, or a value
-/// from a newer version). It is left out of the decisions, never fatal to them (audit
-/// finding: one such record stopped every agent), reported in `list`, the logs and the
-/// metrics, and its member's replication slot is kept.
+/// A record in the store that this version cannot read (not JSON, or a value from a newer
+/// version): a member's, or the operation's. It is left out of the decisions, never fatal
+/// to them (audit finding: one such record stopped every agent), and reported in `list`,
+/// the logs and the metrics. A member's replication slot is kept; an unreadable operation
+/// blocks new ones (posting one reads it and fails).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnreadableRecord {
-    /// The member the key names.
-    pub member: String,
+    /// The record's key in the cluster (`members/n2`, `op`).
+    pub key: String,
     /// Why it could not be read.
     pub why: String,
+}
+
+impl UnreadableRecord {
+    /// The member a `members/<name>` record belongs to.
+    pub fn member(&self) -> Option<&str> {
+        self.key.strip_prefix("members/")
+    }
 }
 
 /// One line of the cluster's history.

@@ -47,19 +47,41 @@ pub fn conninfo(pairs: &[(&str, &str)]) -> String {
         .join(" ")
 }
 
+/// How this member's connections to another member use TLS: with `[postgresql.tls]`,
+/// `sslmode=verify-full` (or `verify-ca`) against its CA; otherwise `prefer`.
+pub fn ssl_params(cfg: &NodeConfig) -> Vec<(&'static str, String)> {
+    match &cfg.postgresql.tls {
+        Some(t) => vec![
+            ("sslmode", t.verify.sslmode().to_string()),
+            ("sslrootcert", t.ca_file.to_string_lossy().into_owned()),
+        ],
+        None => vec![("sslmode", "prefer".to_string())],
+    }
+}
+
+/// A connection string to another member: `pairs`, then [`ssl_params`].
+pub fn member_conninfo(cfg: &NodeConfig, pairs: &[(&str, &str)]) -> String {
+    let ssl = ssl_params(cfg);
+    let mut all: Vec<(&str, &str)> = pairs.to_vec();
+    all.extend(ssl.iter().map(|(k, v)| (*k, v.as_str())));
+    conninfo(&all)
+}
+
 /// `primary_conninfo` for a standby of `up`: the password comes from the passfile, never inline.
 pub fn primary_conninfo(cfg: &NodeConfig, up: &Upstream) -> String {
     let port = up.port.to_string();
     let passfile = cfg.pgpass_path();
-    conninfo(&[
-        ("host", &up.host),
-        ("port", &port),
-        ("user", &cfg.replication.user),
-        ("passfile", &passfile.to_string_lossy()),
-        ("application_name", &cfg.name),
-        ("sslmode", "prefer"),
-        ("connect_timeout", "5"),
-    ])
+    member_conninfo(
+        cfg,
+        &[
+            ("host", &up.host),
+            ("port", &port),
+            ("user", &cfg.replication.user),
+            ("passfile", &passfile.to_string_lossy()),
+            ("application_name", &cfg.name),
+            ("connect_timeout", "5"),
+        ],
+    )
 }
 
 /// One line of a libpq passfile (`host:port:database:user:password`), with `:` and `\` escaped.
@@ -125,6 +147,15 @@ pub fn pgbaton_conf(cfg: &NodeConfig, upstream: Option<&Upstream>) -> String {
         conf_quote(&cfg.socket_dir().to_string_lossy()),
     );
     set("password_encryption", conf_quote("scram-sha-256"));
+    if let Some(t) = &pg.tls {
+        // PostgreSQL reads these files again at every reload: new certificates need no
+        // restart (the agent reloads when they change).
+        set("ssl", "on".into());
+        set("ssl_cert_file", conf_quote(&t.cert_file.to_string_lossy()));
+        set("ssl_key_file", conf_quote(&t.key_file.to_string_lossy()));
+        set("ssl_ca_file", conf_quote(&t.ca_file.to_string_lossy()));
+        set("ssl_min_protocol_version", conf_quote("TLSv1.2"));
+    }
     set("wal_level", "replica".into());
     set("hot_standby", "on".into());
     set("hot_standby_feedback", "on".into());
@@ -180,9 +211,16 @@ pub fn pgbaton_conf(cfg: &NodeConfig, upstream: Option<&Upstream>) -> String {
 
 /// `pg_hba.conf`. Local socket: the superuser by peer authentication through the `pgbaton`
 /// ident map, everyone else by password. Network: scram-sha-256 only, from the configured
-/// networks; replication only for the replication user. Never `trust`.
+/// networks; replication only for the replication user. Never `trust`. With
+/// `[postgresql.tls]` the network lines are `hostssl`: a connection without TLS matches no
+/// line and is refused.
 pub fn pg_hba(cfg: &NodeConfig) -> String {
     let pg = &cfg.postgresql;
+    let host = if pg.tls.is_some() {
+        "hostssl"
+    } else {
+        "host   "
+    };
     let mut s = format!(
         "# Managed by pgbaton: rewritten at every start. No line here uses trust.\n\
          # TYPE  DATABASE     USER         ADDRESS                  METHOD\n\
@@ -193,14 +231,14 @@ pub fn pg_hba(cfg: &NodeConfig) -> String {
     for net in &pg.allowed_networks {
         let _ = writeln!(
             s,
-            "host    replication  {:<12} {net:<24} scram-sha-256",
+            "{host} replication  {:<12} {net:<24} scram-sha-256",
             cfg.replication.user
         );
     }
     for net in &pg.allowed_networks {
         let _ = writeln!(
             s,
-            "host    all          all          {net:<24} scram-sha-256"
+            "{host} all          all          {net:<24} scram-sha-256"
         );
     }
     s

@@ -30,6 +30,8 @@ pub struct CloneSpec<'a> {
     /// Replace an existing data directory once the copy is complete (reinit, asked for by the
     /// operator). Otherwise the data directory must be missing or empty.
     pub replace: bool,
+    /// How the connection uses TLS (`sslmode`, `sslrootcert`: `render::ssl_params`).
+    pub ssl: &'a [(&'static str, String)],
 }
 
 fn scratch_dir(data_dir: &Path) -> PathBuf {
@@ -87,14 +89,17 @@ pub async fn clone(
     )
     .with_context(|| format!("write {}", mark.display()))?;
     let port = spec.port.to_string();
-    let dsn = conninfo(&[
+    let passfile = spec.passfile.to_string_lossy();
+    let mut pairs = vec![
         ("host", spec.host),
-        ("port", &port),
+        ("port", port.as_str()),
         ("user", spec.user),
-        ("passfile", &spec.passfile.to_string_lossy()),
+        ("passfile", &passfile),
         ("application_name", spec.application_name),
         ("connect_timeout", "10"),
-    ]);
+    ];
+    pairs.extend(spec.ssl.iter().map(|(k, v)| (*k, v.as_str())));
+    let dsn = conninfo(&pairs);
     let mut child = Command::new(bins.path("pg_basebackup"))
         .arg("-d")
         .arg(&dsn)

@@ -76,8 +76,7 @@ impl Sim {
         let mut io = self.nodes[n].io();
         io.failsafe
             .set_leading(leader.is_some_and(|l| l.member == name));
-        io.failsafe
-            .store_read(leader.map(|l| l.member.as_str()), self.now);
+        io.failsafe.store_read(leader.map(|l| l.member.as_str()));
         drop(io);
         let pgrun = self.observe(n);
         let local = self.local_view(n, &view, pgrun);
@@ -165,20 +164,18 @@ impl Sim {
         }
         // As the agent's API answers: the same `FailsafeGate` the executor's
         // `begin_acquire` goes through.
+        // Whether it reaches the store: its last read failed, or a fresh read (the agent's
+        // API reads it when unsure) would.
+        let reachable = self.store_reach(peer);
         let p = &self.nodes[peer];
         let answers = p.agent_alive() && p.frozen == 0 && !p.removed;
         let leader = self.nodes[asker].name.clone();
         let mut io = p.io();
+        let reachable = !io.failsafe.store_failing() && reachable;
         let yes = answers
             && io
                 .failsafe
-                .confirm(
-                    &p.name,
-                    &leader,
-                    self.cfg.ttl_ms,
-                    self.cfg.loop_ms,
-                    self.now,
-                )
+                .confirm(&p.name, &leader, self.cfg.ttl_ms, reachable, self.now)
                 .is_ok();
         drop(io);
         let (a, b) = (

@@ -119,7 +119,21 @@ pub trait Store: Send + Sync {
 /// The agents decide on it; the CLI and the API show and check it.
 pub async fn read_view(store: &dyn Store) -> Result<ClusterView> {
     let sync_text = store.sync_get().await?;
-    let members = store.members_read().await?;
+    let mut members = store.members_read().await?;
+    let op = match store.op_get().await {
+        Ok(op) => op,
+        Err(e) if is_decode_error(&e) => {
+            members.unreadable.push(UnreadableRecord {
+                key: "op".into(),
+                why: format!(
+                    "{e:#}: the operation record is left out (no new operation can be posted \
+                     until it is rewritten or removed)"
+                ),
+            });
+            None
+        }
+        Err(e) => return Err(e),
+    };
     Ok(ClusterView {
         sync: sync_text.as_deref().map(parse_sync_record),
         sync_text,
@@ -131,9 +145,14 @@ pub async fn read_view(store: &dyn Store) -> Result<ClusterView> {
         leader: store.leader_get().await?,
         members: members.members,
         unreadable: members.unreadable,
-        op: store.op_get().await?,
+        op,
         paused: store.paused().await?,
     })
+}
+
+/// The store answered, with text pgbaton cannot decode (as opposed to not answering).
+fn is_decode_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<serde_json::Error>())
 }
 
 /// The members' records as read: see [`Store::members_read`].
@@ -157,7 +176,7 @@ impl MembersRead {
                          pgbaton can read ({e}); it is left out until it is rewritten (by that \
                          member's agent, or `pgbaton remove {member}`)"
                     ),
-                    member,
+                    key: format!("members/{member}"),
                 }),
             }
         }

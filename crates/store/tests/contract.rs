@@ -637,7 +637,7 @@ async fn unreadable_member_records_are_left_out_and_reported<B: Backend>(b: B) {
     let read = s.members_read().await.unwrap();
     let names: Vec<&str> = read.members.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["n1"]);
-    let bad: Vec<&str> = read.unreadable.iter().map(|u| u.member.as_str()).collect();
+    let bad: Vec<&str> = read.unreadable.iter().filter_map(|u| u.member()).collect();
     assert_eq!(bad, ["n2", "n3"]);
     assert!(
         read.unreadable[1].why.contains("hibernating"),
@@ -649,6 +649,25 @@ async fn unreadable_member_records_are_left_out_and_reported<B: Backend>(b: B) {
     assert_eq!(view.unreadable.len(), 2);
     // Its slot is kept: not an orphan.
     assert!(view.member_slot_names().contains(&"pgbaton_n2".to_string()));
+    // An operation record of a newer kind: left out and reported, and no operation can be
+    // posted over it.
+    b.put_raw(
+        "c1",
+        "op",
+        r#"{"id":"x","kind":{"kind":"teleport"},"phase":"requested"}"#,
+    )
+    .await;
+    let view = pgbaton_store::read_view(&*s).await.unwrap();
+    assert!(view.op.is_none());
+    assert!(
+        view.unreadable.iter().any(|u| u.key == "op"),
+        "{:?}",
+        view.unreadable
+    );
+    assert!(
+        !matches!(s.op_post(&switchover("y")).await, Ok(true)),
+        "posted over an unreadable operation"
+    );
 }
 
 async fn clusters_are_isolated<B: Backend>(b: B) {

@@ -318,6 +318,9 @@ struct FailsafeBody {
     leader: String,
 }
 
+/// How long a failsafe question may spend finding out whether this member reaches the store.
+const FAILSAFE_STORE_PROBE: Duration = Duration::from_millis(300);
+
 /// The primary cannot reach the store and asks this member to confirm it (failsafe mode).
 /// Yes (200) binds this member not to take the leader lease for one TTL; a member that holds
 /// the lease or is taking it says no (409).
@@ -343,13 +346,24 @@ async fn failsafe(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -
     if b.leader == me {
         return error(StatusCode::BAD_REQUEST, "a member does not confirm itself");
     }
+    // Does this member reach the store? Known when its loop's last read failed; otherwise
+    // read it now, briefly (the primary's question times out after about a loop).
+    let failing = st
+        .shared
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .failsafe
+        .store_failing();
+    let reachable = !failing
+        && tokio::time::timeout(FAILSAFE_STORE_PROBE, st.store.leader_get())
+            .await
+            .is_ok_and(|r| r.is_ok());
     let until_ms = {
         let mut sh = st.shared.write().unwrap_or_else(|e| e.into_inner());
         let ttl_ms = sh.ttl_ms;
-        let loop_ms = st.cfg.timing.loop_interval_ms;
         match sh
             .failsafe
-            .confirm(&me, &b.leader, ttl_ms, loop_ms, now_ms())
+            .confirm(&me, &b.leader, ttl_ms, reachable, now_ms())
         {
             Ok((promise, new)) => {
                 if new {

@@ -31,6 +31,10 @@ impl Layout {
     pub(super) fn agent_log(&self, name: &str) -> PathBuf {
         self.node_dir(name).join("agent.log")
     }
+    /// `up --tls`: the CA and the members' certificates.
+    pub(super) fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
     pub(super) fn agent_pid(&self, name: &str) -> PathBuf {
         self.node_dir(name).join("agent.pid")
     }
@@ -53,6 +57,7 @@ impl Layout {
             "api.token",
             "archive",
             "bin",
+            "tls",
         ];
         files
             .iter()

@@ -9,8 +9,8 @@ use crate::members::{report, table};
 use anyhow::{bail, Context, Result};
 use pgbaton_agent::process::{blocked_for, create_owned_dir, resolve_user};
 use pgbaton_core::config::{
-    ApiConfig, ClientConfig, NodeConfig, PostgresqlConfig, ReplicationConfig, StoreConfig,
-    TimingConfig,
+    ApiConfig, ClientConfig, NodeConfig, PgTlsConfig, PostgresqlConfig, ReplicationConfig,
+    StoreConfig, TimingConfig,
 };
 use pgbaton_core::model::MemberStatus;
 use pgbaton_core::sync::SyncMode;
@@ -31,6 +31,8 @@ pub struct UpOptions {
     pub orphan_slot_grace_s: u64,
     /// etcd endpoints; empty: the embedded store in DIR/store.db.
     pub etcd: Vec<String>,
+    /// TLS on every PostgreSQL network connection (certificates in DIR/tls).
+    pub tls: bool,
 }
 
 impl UpOptions {
@@ -59,6 +61,12 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
             port: o.port_base + i - 1,
             databases: o.databases.clone(),
             archive_dir: o.archive.then(|| l.dir.join("archive")),
+            tls: o.tls.then(|| PgTlsConfig {
+                cert_file: l.tls_dir().join(format!("{name}.crt")),
+                key_file: l.tls_dir().join(format!("{name}.key")),
+                ca_file: l.tls_dir().join("ca.crt"),
+                verify: Default::default(),
+            }),
             ..Default::default()
         },
         replication: ReplicationConfig {
@@ -206,6 +214,9 @@ pub async fn up(o: UpOptions) -> Result<()> {
     if o.archive {
         create_owned_dir(&user, &l.dir.join("archive"))?;
     }
+    if o.tls {
+        make_certs(&user, &l, &o.cluster, &configs)?;
+    }
     for c in &configs {
         create_owned_dir(&user, &l.node_dir(&c.name))?;
         write_owned(&user, &l.node_config(&c.name), &c.to_toml_string(), 0o644)?;
@@ -231,6 +242,33 @@ pub async fn up(o: UpOptions) -> Result<()> {
     }
     wait_healthy(&l, &client, &configs, &mut spawned, o.timeout_s).await?;
     finish(&l, &client).await
+}
+
+/// A CA and a certificate per member in DIR/tls, naming the loopback addresses the
+/// members reach each other by; each member's key is owned by the OS user (0600), the CA's
+/// key stays with the user who ran `up`.
+fn make_certs(
+    user: &nix::unistd::User,
+    l: &Layout,
+    cluster: &str,
+    configs: &[NodeConfig],
+) -> Result<()> {
+    let dir = l.tls_dir();
+    crate::certs::ensure_ca(&dir, cluster)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+    for c in configs {
+        let f = crate::certs::member_cert(&dir, &c.name, &hosts)?;
+        for p in [&f.cert, &f.key] {
+            nix::unistd::chown(p, Some(user.uid), Some(user.gid))
+                .with_context(|| format!("chown {}", p.display()))?;
+        }
+    }
+    println!(
+        "TLS: a CA and a certificate per member in {}",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// The pgbaton executable PostgreSQL runs to archive WAL: this one when the OS user can

@@ -11,3 +11,4 @@ mod haproxy;
 mod harness;
 mod operations;
 mod synchronous;
+mod tls;

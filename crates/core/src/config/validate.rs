@@ -50,6 +50,11 @@ impl PostgresqlConfig {
                 check_abs_path(key, path)?;
             }
         }
+        if let Some(t) = &self.tls {
+            check_abs_path("postgresql.tls.cert_file", &t.cert_file)?;
+            check_abs_path("postgresql.tls.key_file", &t.key_file)?;
+            check_abs_path("postgresql.tls.ca_file", &t.ca_file)?;
+        }
         // Both end up single-quoted in the archive and restore commands (a shell line).
         for (key, path) in [
             ("postgresql.archive_dir", &self.archive_dir),

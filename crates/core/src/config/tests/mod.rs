@@ -1,6 +1,8 @@
 //! Tests of `config`.
 use super::*;
 
+mod fuzz;
+
 const FILE: &str = "/etc/pgbaton/node1.toml";
 
 const MINIMAL: &str = r#"
