@@ -214,7 +214,16 @@ impl Agent {
             handed_over: self.handed_over(),
             archive: self.archive.status.clone(),
         };
-        self.publisher.publish(report).await
+        let published = self.publisher.publish(report).await;
+        if published.is_err() {
+            // A store that reads but does not write is out of reach too (failsafe).
+            self.shared
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .failsafe
+                .store_failed();
+        }
+        published
     }
 
     /// Unreadable member records: logged when the set changes, not every loop; a member

@@ -30,6 +30,22 @@ impl Agent {
             return;
         };
         let me = self.cfg.name.clone();
+        // A member whose record cannot be read cannot be asked (its address is in the
+        // record), and an unasked member may take the lease: no confirmation then.
+        let unreadable: Vec<&str> = view.unreadable.iter().filter_map(|u| u.member()).collect();
+        if !unreadable.is_empty() {
+            let msg = format!(
+                "failsafe: the store is unreachable and the records of {} could not be read, \
+                 so they cannot be asked: this primary fences itself when its lease runs out",
+                unreadable.join(", ")
+            );
+            if self.last_failsafe.as_deref() != Some(msg.as_str()) {
+                warn!("{msg}");
+            }
+            self.last_failsafe = Some(msg.clone());
+            self.exec.message = Some(msg);
+            return;
+        }
         let t0 = Instant::now();
         let mut asks = tokio::task::JoinSet::new();
         for m in view.members.iter().filter(|m| m.name != me) {

@@ -109,6 +109,14 @@ impl LocalPg {
             }
         };
         result.map_err(|e| tls_hint(&self.cfg, &from.host, e))?;
+        // The clone may end before its last progress report was handled: log it here (the
+        // completed 100% line was missing from a loaded test run).
+        if let Some(p) = *rx.borrow() {
+            let pct = (p.done_kb * 100).checked_div(p.total_kb).unwrap_or(0);
+            if pct > last_logged_pct {
+                info!("base backup {pct}% ({} of {} kB)", p.done_kb, p.total_kb);
+            }
+        }
         info!(
             "base backup done in {:.1} s",
             started.elapsed().as_secs_f64()

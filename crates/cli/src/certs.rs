@@ -26,10 +26,23 @@ const CA_YEARS: i64 = 10;
 /// Two years and a bit: browsers' limit, a common rotation period.
 const MEMBER_DAYS: i64 = 825;
 
+/// Write `text` with `mode` set before any of it is written (a key is never readable by
+/// others, not even for a moment).
 fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    // An existing file keeps its old mode through open: set it before writing.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// The CA in `dir` (`ca.crt`, `ca.key`), made when both are missing. `true`: made now.

@@ -342,7 +342,7 @@ fn in_flight(view: &ClusterView) -> Option<&Operation> {
 /// The decision for one loop. `now_ms` is wall-clock ms (lease expiry is compared with it).
 pub fn decide(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<Action> {
     let plan = take_over_sync_set(view, &local.name, decide_unchecked(view, local, now_ms));
-    let plan = clear_inherited_names(local, plan);
+    let plan = clear_inherited_names(view, local, plan);
     debug_assert!(
         check_plan(&plan).is_ok(),
         "{}: {plan:?}",

@@ -108,9 +108,11 @@ fn most_advanced_copy(s: &Snapshot, m: &MemberState) -> Result<(), String> {
              --purge would delete it. Remove it without --purge, or pass --force"
         ));
     }
+    // Another member's position counts only when its LSN is known: (newer timeline, no
+    // LSN) proves nothing about having this member's commits.
     if s.members
         .iter()
-        .any(|o| o.name != *member && pos(o) >= pos(m))
+        .any(|o| o.name != *member && pos(o).1.is_some() && pos(o) >= pos(m))
     {
         return Ok(());
     }
@@ -533,6 +535,15 @@ mod tests {
             purge: false,
         };
         assert!(check(&keep, &snap(None, &ms, None), false).is_ok());
+        // Another member on a newer timeline whose position is unknown proves nothing.
+        let mut unknown = ms.clone();
+        for o in &mut unknown[1..] {
+            o.timeline = Some(9);
+            o.lsn = None;
+            o.receive_lsn = None;
+        }
+        let e = check(&purge("n1"), &snap(None, &unknown, None), false).unwrap_err();
+        assert!(e.contains("most advanced copy"), "{e}");
         ms[0].lsn = None;
         ms[0].receive_lsn = None;
         let e = check(&purge("n1"), &snap(None, &ms, None), false).unwrap_err();

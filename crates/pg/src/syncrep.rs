@@ -84,14 +84,18 @@ pub async fn set_names(client: &Client, cfg: &NodeConfig, names: &SyncNames) -> 
     .await
     .with_context(|| format!("synchronous_standby_names = '{text}'"))?;
     if *names != SyncNames::Off {
-        client
+        let nudge = client
             .batch_execute(
                 "BEGIN; SET LOCAL synchronous_commit = local; \
                  SELECT pg_logical_emit_message(true, 'pgbaton', 'synchronous_standby_names changed'); \
                  COMMIT",
             )
-            .await
-            .context("write a WAL record so that the standbys reply under the new list")?;
+            .await;
+        if nudge.is_err() {
+            // Not left in an aborted transaction block: the client is the agent's own.
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        nudge.context("write a WAL record so that the standbys reply under the new list")?;
     }
     Ok(())
 }

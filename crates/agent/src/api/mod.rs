@@ -318,8 +318,32 @@ struct FailsafeBody {
     leader: String,
 }
 
-/// How long a failsafe question may spend finding out whether this member reaches the store.
-const FAILSAFE_STORE_PROBE: Duration = Duration::from_millis(300);
+/// How long a failsafe question may spend finding out whether this member reaches the
+/// store: half of what the asker waits for the answer (`loop_interval_ms` clamped to
+/// 100-1000 ms), so the answer arrives in time.
+fn failsafe_probe_limit(loop_ms: u64) -> Duration {
+    Duration::from_millis(loop_ms.clamp(100, 1000) / 2)
+}
+
+/// Whether this member can write to the store now: its own last report written again. A
+/// read is not enough: a store that serves reads but refuses writes (etcd out of space, a
+/// stalled disk) renews no lease, and a member that says "I reach it" there would fence the
+/// primary for nothing (review finding).
+async fn store_writable(st: &ApiState) -> bool {
+    let mine = st
+        .shared
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .member
+        .clone();
+    let limit = failsafe_probe_limit(st.cfg.timing.loop_interval_ms);
+    match mine {
+        Some(m) => tokio::time::timeout(limit, st.store.member_put(&m))
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        None => false,
+    }
+}
 
 /// The primary cannot reach the store and asks this member to confirm it (failsafe mode).
 /// Yes (200) binds this member not to take the leader lease for one TTL; a member that holds
@@ -346,18 +370,15 @@ async fn failsafe(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -
     if b.leader == me {
         return error(StatusCode::BAD_REQUEST, "a member does not confirm itself");
     }
-    // Does this member reach the store? Known when its loop's last read failed; otherwise
-    // read it now, briefly (the primary's question times out after about a loop).
+    // Does this member reach the store? Known when its loop's last store call failed;
+    // otherwise found out now, briefly.
     let failing = st
         .shared
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .failsafe
         .store_failing();
-    let reachable = !failing
-        && tokio::time::timeout(FAILSAFE_STORE_PROBE, st.store.leader_get())
-            .await
-            .is_ok_and(|r| r.is_ok());
+    let reachable = !failing && store_writable(&st).await;
     let until_ms = {
         let mut sh = st.shared.write().unwrap_or_else(|e| e.into_inner());
         let ttl_ms = sh.ttl_ms;

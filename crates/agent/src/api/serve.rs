@@ -6,13 +6,16 @@
 //!   kept-alive connection);
 //! - a connection lives at most [`CONNECTION_LIFETIME`], then closes gracefully (a request in
 //!   flight finishes; clients reconnect);
-//! - at most [`MAX_CONNECTIONS`] at once: a connection beyond that is closed at once, so a
-//!   flood cannot starve the health checks of memory or file descriptors for long.
+//! - at most [`MAX_CONNECTIONS`] at once, and [`MAX_PER_PEER`] from one address: a
+//!   connection beyond that is closed at once, so one client cannot take every slot from
+//!   the health checks and the failsafe questions.
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -20,15 +23,17 @@ use tokio::sync::Semaphore;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 pub const MAX_CONNECTIONS: usize = 128;
+pub const MAX_PER_PEER: usize = 16;
 /// How long a connection past its lifetime may take to finish the request in flight.
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Serve `app` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, app: Router) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok((stream, addr)) => (stream, addr.ip()),
             Err(e) => {
                 // Out of file descriptors, say: wait instead of spinning.
                 tracing::warn!("the API could not accept a connection: {e}");
@@ -40,9 +45,13 @@ pub async fn serve(listener: TcpListener, app: Router) {
             drop(stream); // over the limit: closed at once
             continue;
         };
+        let Some(slot) = PeerSlot::take(&peers, peer) else {
+            drop(stream);
+            continue;
+        };
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -57,6 +66,39 @@ pub async fn serve(listener: TcpListener, app: Router) {
                 }
             }
         });
+    }
+}
+
+/// One connection counted against its peer's share; given back when dropped.
+struct PeerSlot {
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    peer: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(peers: &Arc<Mutex<HashMap<IpAddr, usize>>>, peer: IpAddr) -> Option<PeerSlot> {
+        let mut map = peers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(peer).or_insert(0);
+        if *n >= MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: peers.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -86,6 +128,39 @@ mod tests {
                 Err(_) => return None,
             }
         }
+    }
+
+    /// A connection from 127.0.0.`last` (every 127/8 address is this host's).
+    async fn connect_from(last: u8, to: std::net::SocketAddr) -> TcpStream {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
+            .unwrap();
+        s.connect(to).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_peer_gets_its_share_and_no_more() {
+        let addr = server().await;
+        let mut held = vec![];
+        for _ in 0..MAX_PER_PEER {
+            held.push(connect_from(7, addr).await);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut extra = connect_from(7, addr).await;
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(2))
+                .await
+                .is_some(),
+            "a connection beyond {MAX_PER_PEER} from one address was kept"
+        );
+        // Another address is served meanwhile.
+        let mut s = connect_from(8, addr).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 
     #[tokio::test]
@@ -130,12 +205,13 @@ mod tests {
     async fn connections_beyond_the_limit_are_closed_at_once() {
         let addr = server().await;
         let mut held = vec![];
-        for _ in 0..MAX_CONNECTIONS {
-            held.push(TcpStream::connect(addr).await.unwrap());
+        // From several loopback addresses: one address alone meets its own share first.
+        for i in 0..MAX_CONNECTIONS {
+            held.push(connect_from(2 + (i / MAX_PER_PEER) as u8, addr).await);
         }
         // Let the server take every one of them before the next.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let mut extra = connect_from(100, addr).await;
         assert!(
             closed_within(&mut extra, Duration::from_secs(2))
                 .await

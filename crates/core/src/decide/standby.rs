@@ -24,6 +24,9 @@ pub(super) fn failover_hold(view: &ClusterView, local: &LocalView, now_ms: u64) 
     if let Some(reason) = stale_view(view, local, now_ms) {
         return Some(reason);
     }
+    if let Some(reason) = unreadable_hold(view) {
+        return Some(reason);
+    }
     // (Not one that will not take it back: another member recorded the synchronous set
     // after it led.)
     if let Some(p) = failover::returning_primary(&view.members, &local.name, &local.policy, now_ms)
@@ -69,6 +72,20 @@ pub(super) fn failover_hold(view: &ClusterView, local: &LocalView, now_ms: u64) 
         )),
         _ => None,
     }
+}
+
+/// A member record nobody can read may be the last primary's (the bar candidates are held
+/// to) or a better candidate's: no automatic takeover until it is readable again or the
+/// member is removed (review finding: the failover bar was silently skipped).
+fn unreadable_hold(view: &ClusterView) -> Option<String> {
+    let names: Vec<&str> = view.unreadable.iter().filter_map(|u| u.member()).collect();
+    (!names.is_empty()).then(|| {
+        format!(
+            "the store holds member records this version cannot read ({}): no automatic \
+             failover until they are readable again or removed (`pgbaton promote` decides by hand)",
+            names.join(", ")
+        )
+    })
 }
 
 /// The synchronous set's record does not prove this member has every acknowledged commit:

@@ -46,9 +46,22 @@ pub(super) fn take_over_sync_set(
 /// after the promotion (nothing waits, which the set's invariant always allows; the record
 /// is blocked, so nobody is proven until the leader sets up its own standbys). Strict
 /// keeps commits waiting, as it promises.
-pub(super) fn clear_inherited_names(local: &LocalView, mut plan: Vec<Action>) -> Vec<Action> {
+pub(super) fn clear_inherited_names(
+    view: &ClusterView,
+    local: &LocalView,
+    mut plan: Vec<Action>,
+) -> Vec<Action> {
     let sync = &local.policy.sync;
-    if sync.mode == crate::sync::SyncMode::Off || sync.strict || local.sync_names == SyncNames::Off
+    // Its own record, still proving someone (it led before): the executor would refuse a
+    // list that record does not cover; the leader's planner takes it from there.
+    let own_live_record = view
+        .sync
+        .as_ref()
+        .is_some_and(|r| r.leader == local.name && !r.is_blocked());
+    if sync.mode == crate::sync::SyncMode::Off
+        || sync.strict
+        || local.sync_names == SyncNames::Off
+        || own_live_record
     {
         return plan;
     }

@@ -80,6 +80,25 @@ fn a_promoted_standby_clears_the_list_it_inherited_unless_strict() {
 }
 
 #[test]
+fn an_unreadable_member_record_holds_automatic_failover() {
+    // It may be the last primary's (the bar candidates are held to) or a better candidate's.
+    let mut v = after_primary_loss(1000, 1000, 1000);
+    v.unreadable.push(crate::model::UnreadableRecord {
+        key: "members/n4".into(),
+        why: "newer".into(),
+    });
+    let a = decide(&v, &candidate("n2", 1000), NOW);
+    assert!(
+        matches!(&a[..], [Action::Wait { reason }] if reason.contains("cannot read") && reason.contains("n4")),
+        "{a:?}"
+    );
+    // An unreadable operation record alone does not hold it.
+    v.unreadable[0].key = "op".into();
+    let a = decide(&v, &candidate("n2", 1000), NOW);
+    assert!(a.contains(&Action::Promote), "{a:?}");
+}
+
+#[test]
 fn a_blocked_set_lets_no_standby_take_over() {
     let v = with_sync(
         after_primary_loss(1000, 1000, 1000),
