@@ -258,7 +258,8 @@ fn two_writer_moments(acks: &[(u64, u16, Instant)]) -> Vec<(u16, u16, Instant)> 
     out
 }
 
-pub async fn run(c: &Cluster, o: &Options) -> Result<()> {
+/// Returns how many rounds did not end healthy (the caller keeps the logs then).
+pub async fn run(c: &Cluster, o: &Options) -> Result<usize> {
     let mode = c.synchronous.clone().unwrap_or_else(|| "off".into());
     c.pgbaton(&[
         "psql",
@@ -453,5 +454,5 @@ pub async fn run(c: &Cluster, o: &Options) -> Result<()> {
     if !two.is_empty() {
         bail!("{} two-writer moments", two.len());
     }
-    Ok(())
+    Ok(not_healthy)
 }

@@ -270,8 +270,10 @@ async fn main() -> Result<()> {
             seed: flag("--seed").map(|s| s.parse()).transpose()?.unwrap_or(1),
         };
         let r = chaos::run(&c, &opts).await;
-        c.keep = r.is_err() || std::env::var_os("PGBATON_BENCH_KEEP").is_some();
-        return r;
+        // A failed campaign, or a round not healthy again: the logs are kept for a look.
+        c.keep =
+            r.as_ref().map_or(true, |n| *n > 0) || std::env::var_os("PGBATON_BENCH_KEEP").is_some();
+        return r.map(|_| ());
     }
     // A login role for the writer; only a SCRAM verifier crosses the command line.
     let pw = format!("bench-{}", std::process::id());

@@ -130,6 +130,16 @@ mod tests {
         }
     }
 
+    /// A request on `s` is answered 200.
+    async fn assert_served(mut s: TcpStream) {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
     /// A connection from 127.0.0.`last` (every 127/8 address is this host's).
     async fn connect_from(last: u8, to: std::net::SocketAddr) -> TcpStream {
         let s = tokio::net::TcpSocket::new_v4().unwrap();
@@ -154,13 +164,7 @@ mod tests {
             "a connection beyond {MAX_PER_PEER} from one address was kept"
         );
         // Another address is served meanwhile.
-        let mut s = connect_from(8, addr).await;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_served(connect_from(8, addr).await).await;
     }
 
     #[tokio::test]
@@ -179,16 +183,9 @@ mod tests {
                 }
             }
         };
-        let mut probe = TcpStream::connect(addr).await.unwrap();
         // The trickling client is closed once the header timeout passes; a normal request
         // meanwhile is served.
-        probe
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        probe.read_to_string(&mut answer).await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_served(TcpStream::connect(addr).await.unwrap()).await;
         tokio::select! {
             _ = trickle => panic!("the trickling client was never cut off"),
             _ = tokio::time::sleep(HEADER_TIMEOUT + Duration::from_secs(3)) => {}
@@ -221,12 +218,6 @@ mod tests {
         // Once they go, new connections are served again.
         drop(held);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_served(TcpStream::connect(addr).await.unwrap()).await;
     }
 }
