@@ -253,6 +253,17 @@ mod tests {
             e.contains("nope") && e.contains("replication.password_file"),
             "{e}"
         );
+        std::fs::write(&p, "s3cret-password\n").unwrap();
+        // Readable by others: refused before it is read, saying how to fix it.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = format!("{:#}", read_password(PasswordSource::File(&p)).unwrap_err());
+        assert!(e.contains("0644") && e.contains("chmod 600"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            read_password(PasswordSource::File(&p)).unwrap(),
+            "s3cret-password"
+        );
         std::fs::write(&p, "\n").unwrap();
         assert!(
             format!("{:#}", read_password(PasswordSource::File(&p)).unwrap_err()).contains("empty")
