@@ -38,7 +38,11 @@ impl Agent {
                     if self.exec.message.as_deref().is_none_or(|m| !m.starts_with("failsafe")) {
                         self.exec.message = Some(text);
                     }
-                    self.publish_glance(None).await;
+                    // Not when the store just failed to answer: publishing would only wait
+                    // out another timeout, half a second of the failsafe's budget per loop.
+                    if e.downcast_ref::<StoreDown>().is_none() {
+                        self.publish_glance(None).await;
+                    }
                 } else {
                     self.last_error = None;
                     self.last_failsafe = None;
@@ -141,19 +145,18 @@ impl Agent {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .last_loop = Some(Instant::now());
-        let view = match self
-            .bounded("read the cluster from the store", self.cluster_view())
-            .await
-        {
-            Ok(v) => v,
-            Err(e) => {
+        let view = match self.read_view_or_failsafe().await {
+            (Ok(v), _) => v,
+            (Err(e), round_ran) => {
                 self.shared
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .failsafe
                     .store_failed();
-                self.store_unreachable().await;
-                return Err(e);
+                if !round_ran {
+                    self.store_unreachable().await;
+                }
+                return Err(StoreDown(e).into());
             }
         };
         self.report_unreadable(&view);
@@ -298,3 +301,15 @@ impl std::fmt::Display for FatalExit {
 }
 
 impl std::error::Error for FatalExit {}
+
+/// The loop's read of the store failed (the error says how).
+#[derive(Debug)]
+pub(crate) struct StoreDown(pub anyhow::Error);
+
+impl std::fmt::Display for StoreDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for StoreDown {}

@@ -6,12 +6,58 @@
 
 use super::*;
 
+/// What the loop's read of the store is called in errors.
+const READ_WHAT: &str = "read the cluster from the store";
+
 impl Agent {
+    /// Read the cluster view, bounded by [`store_timeout`]. When the read is slow (half that
+    /// bound), a leading primary starts its failsafe round at once, beside the read, rather
+    /// than after the read has timed out: its fence fires `ttl - fence_margin` after its last
+    /// renewal began (1.5 s by default on etcd), and a loop's wait, a timed-out read and the
+    /// members' own store probes left under 300 ms of that, so a loaded host fenced a healthy
+    /// primary during an etcd freeze (CI, `a_frozen_etcd_does_not_demote_a_healthy_primary`).
+    /// A confirmation while the store is merely slow is as safe as one while it is gone:
+    /// every member confirms only when it cannot write there itself, and then promises not
+    /// to take the lease. Returns the read and whether a round ran.
+    pub(crate) async fn read_view_or_failsafe(&mut self) -> (Result<ClusterView>, bool) {
+        let store = self.store.clone();
+        let limit = store_timeout(&self.cfg);
+        let read = async move {
+            match tokio::time::timeout(limit, pgbaton_store::read_view(&*store)).await {
+                Ok(r) => r.context(READ_WHAT),
+                Err(_) => Err(anyhow::anyhow!(
+                    "{READ_WHAT}: the store ({}) did not answer within {} ms",
+                    store.describe(),
+                    limit.as_millis()
+                )),
+            }
+        };
+        tokio::pin!(read);
+        if !self.cfg.failover.failsafe || !self.exec.mem.held_lease {
+            return (read.await, false);
+        }
+        tokio::select! {
+            r = &mut read => return (r, false),
+            _ = tokio::time::sleep(limit / 2) => {}
+        }
+        let cause = format!(
+            "the store has not answered for {} ms",
+            (limit / 2).as_millis()
+        );
+        let (r, ()) = tokio::join!(&mut read, self.failsafe_round(&cause));
+        (r, true)
+    }
+
     /// The store did not answer. A primary with failsafe on asks every other member to
     /// confirm it over the API; when all do, it keeps serving (the watchdog is armed as if
     /// the lease had been renewed when the round started). Otherwise the watchdog fences it
     /// at the deadline of its last renewal.
     pub(crate) async fn store_unreachable(&mut self) {
+        self.failsafe_round("the store is unreachable").await
+    }
+
+    /// One failsafe round (see `store_unreachable`); `cause` says why, in its messages.
+    async fn failsafe_round(&mut self, cause: &str) {
         if !self.cfg.failover.failsafe || !self.exec.mem.held_lease {
             return;
         }
@@ -35,8 +81,8 @@ impl Agent {
         let unreadable: Vec<&str> = view.unreadable.iter().filter_map(|u| u.member()).collect();
         if !unreadable.is_empty() {
             let msg = format!(
-                "failsafe: the store is unreachable and the records of {} could not be read, \
-                 so they cannot be asked: this primary fences itself when its lease runs out",
+                "failsafe: {cause} and the records of {} could not be read, so they cannot \
+                 be asked: this primary fences itself when its lease runs out",
                 unreadable.join(", ")
             );
             if self.last_failsafe.as_deref() != Some(msg.as_str()) {
@@ -89,7 +135,7 @@ impl Agent {
             match pgbaton_exec::Host::arm(&mut self.exec.host, t0) {
                 Ok(()) => {
                     let msg = format!(
-                        "failsafe: the store is unreachable; all {n} other members confirm this primary, so it keeps serving"
+                        "failsafe: {cause}; all {n} other members confirm this primary, so it keeps serving"
                     );
                     if self.last_failsafe.as_deref() != Some(msg.as_str()) {
                         warn!("{msg}");
@@ -101,8 +147,8 @@ impl Agent {
             }
         } else {
             let msg = format!(
-                "failsafe: the store is unreachable and not every member confirms this primary ({}): \
-                 it fences itself when its lease runs out",
+                "failsafe: {cause} and not every member confirms this primary ({}): it fences \
+                 itself when its lease runs out",
                 refused.join("; ")
             );
             if self.last_failsafe.as_deref() != Some(msg.as_str()) {

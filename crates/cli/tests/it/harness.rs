@@ -15,8 +15,21 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pgbaton");
 
 /// A scratch directory under /tmp that the postgres OS user can enter (tempfile makes 0700).
 pub struct Scratch {
-    _tmp: tempfile::TempDir,
+    tmp: Option<tempfile::TempDir>,
     pub path: PathBuf,
+}
+
+/// `PGBATON_IT_KEEP=1` keeps the directory of a failed test (logs, data) for a post-mortem;
+/// `PGBATON_IT_KEEP=all` keeps every test's.
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let keep = std::env::var("PGBATON_IT_KEEP").ok();
+        if keep.as_deref() == Some("all") || (keep.is_some() && std::thread::panicking()) {
+            if let Some(t) = self.tmp.take() {
+                eprintln!("kept {}", t.keep().display());
+            }
+        }
+    }
 }
 
 pub fn scratch() -> Scratch {
@@ -26,7 +39,10 @@ pub fn scratch() -> Scratch {
         .expect("make a scratch dir");
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = tmp.path().to_path_buf();
-    Scratch { _tmp: tmp, path }
+    Scratch {
+        tmp: Some(tmp),
+        path,
+    }
 }
 
 /// The OS user PostgreSQL runs as in these tests: `postgres` as root, else ourselves.
