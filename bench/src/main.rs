@@ -147,13 +147,29 @@ fn children(pid: i32) -> Vec<i32> {
 }
 
 /// SIGKILL to all of them in one `kill` call.
+/// SIGKILL every process and wait (up to 5 s) until each is gone or a zombie, as on a host
+/// that is really lost: a process still exiting right after `kill` looked alive to the `up`
+/// that followed, which then did not start that agent again (a round "not healthy" in the
+/// chaos campaign that was the bench's own doing).
 fn kill9_all(pids: &[i32]) {
     let mut cmd = Command::new("kill");
     cmd.arg("-9");
     for p in pids {
         cmd.arg(p.to_string());
     }
-    let _ = cmd.status();
+    let _ = cmd.stderr(std::process::Stdio::null()).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| !exited(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The process is gone, or a zombie that only waits to be reaped.
+fn exited(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 impl Drop for Cluster {

@@ -102,6 +102,21 @@ enum Cmd {
         /// members on several machines do (repeat for an etcd cluster).
         #[arg(long = "etcd", value_name = "URL")]
         etcd: Vec<String>,
+        /// With https:// --etcd endpoints: the CA (PEM) that signed etcd's certificates.
+        #[arg(long, value_name = "FILE")]
+        etcd_ca_file: Option<PathBuf>,
+        /// A client certificate for etcd (its --client-cert-auth), with --etcd-key-file.
+        #[arg(long, value_name = "FILE")]
+        etcd_cert_file: Option<PathBuf>,
+        /// The client certificate's private key (0600).
+        #[arg(long, value_name = "FILE")]
+        etcd_key_file: Option<PathBuf>,
+        /// An etcd user (etcd with `auth enable`), with --etcd-password-file.
+        #[arg(long, value_name = "NAME")]
+        etcd_user: Option<String>,
+        /// File holding the etcd user's password (0600).
+        #[arg(long, value_name = "FILE")]
+        etcd_password_file: Option<PathBuf>,
         /// TLS on every PostgreSQL network connection: a CA and a certificate per member in
         /// DIR/tls, `hostssl` lines only, members verify each other (sslmode=verify-full).
         #[arg(long)]
@@ -377,6 +392,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             timeout,
             orphan_slot_grace,
             etcd,
+            etcd_ca_file,
+            etcd_cert_file,
+            etcd_key_file,
+            etcd_user,
+            etcd_password_file,
             tls,
         } => {
             let opts = local::UpOptions {
@@ -391,6 +411,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 timeout_s: timeout,
                 orphan_slot_grace_s: orphan_slot_grace,
                 etcd,
+                // Absolute: pgbaton.toml names them, and it is read from anywhere.
+                etcd_access: pgbaton_core::config::EtcdAccess {
+                    ca_file: etcd_ca_file.map(std::path::absolute).transpose()?,
+                    cert_file: etcd_cert_file.map(std::path::absolute).transpose()?,
+                    key_file: etcd_key_file.map(std::path::absolute).transpose()?,
+                    username: etcd_user,
+                    password_file: etcd_password_file.map(std::path::absolute).transpose()?,
+                },
                 tls,
             };
             runtime()?.block_on(local::up(opts))?;

@@ -423,9 +423,43 @@ pub enum StoreConfig {
     },
     /// An etcd cluster.
     Etcd {
-        /// Client URLs, each `http://host:port` or `https://host:port`.
+        /// Client URLs, each `http://host:port` or `https://host:port` (all the same scheme).
         endpoints: Vec<String>,
+        /// TLS and authentication (all optional; `https://` endpoints need `ca_file`).
+        #[serde(flatten)]
+        access: EtcdAccess,
     },
+}
+
+/// How an etcd cluster is reached across hosts: TLS (`https://` endpoints, the servers'
+/// certificates checked against `ca_file`, optionally a client certificate) and a user
+/// (etcd's own authentication). Files are read when the store is opened; the key and the
+/// password file must be their reader's own and 0600.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdAccess {
+    /// CA certificate (PEM) that signed the etcd servers' certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for etcd's `--client-cert-auth`; with `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM, 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// etcd user (etcd's `auth enable`); with `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding that user's password (0600; trailing newlines stripped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl EtcdAccess {
+    /// Any TLS file is set.
+    pub fn tls(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
 }
 
 /// Everything a `[store]` table may contain, before it is checked against its `kind`.
@@ -437,7 +471,28 @@ struct RawStore {
     path: Option<PathBuf>,
     #[serde(default)]
     endpoints: Option<Vec<String>>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
 }
+
+/// The keys of an etcd `[store]`, for errors.
+const ETCD_KEYS: &[&str] = &[
+    "kind",
+    "endpoints",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "username",
+    "password_file",
+];
 
 /// The `kind` of a `[store]`.
 #[derive(Deserialize)]
@@ -453,20 +508,35 @@ impl<'de> Deserialize<'de> for StoreConfig {
         let raw = RawStore::deserialize(d)?;
         match raw.kind {
             StoreKind::Local => {
-                if raw.endpoints.is_some() {
-                    return Err(de::Error::unknown_field("endpoints", &["kind", "path"]));
+                let etcd_only = [
+                    ("endpoints", raw.endpoints.is_some()),
+                    ("ca_file", raw.ca_file.is_some()),
+                    ("cert_file", raw.cert_file.is_some()),
+                    ("key_file", raw.key_file.is_some()),
+                    ("username", raw.username.is_some()),
+                    ("password_file", raw.password_file.is_some()),
+                ];
+                if let Some((key, _)) = etcd_only.iter().find(|(_, set)| *set) {
+                    return Err(de::Error::unknown_field(key, &["kind", "path"]));
                 }
                 let path = raw.path.ok_or_else(|| de::Error::missing_field("path"))?;
                 Ok(StoreConfig::Local { path })
             }
             StoreKind::Etcd => {
                 if raw.path.is_some() {
-                    return Err(de::Error::unknown_field("path", &["kind", "endpoints"]));
+                    return Err(de::Error::unknown_field("path", ETCD_KEYS));
                 }
                 let endpoints = raw
                     .endpoints
                     .ok_or_else(|| de::Error::missing_field("endpoints"))?;
-                Ok(StoreConfig::Etcd { endpoints })
+                let access = EtcdAccess {
+                    ca_file: raw.ca_file,
+                    cert_file: raw.cert_file,
+                    key_file: raw.key_file,
+                    username: raw.username,
+                    password_file: raw.password_file,
+                };
+                Ok(StoreConfig::Etcd { endpoints, access })
             }
         }
     }

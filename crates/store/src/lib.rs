@@ -21,6 +21,7 @@ pub use bounded::Bounded;
 pub mod bounded;
 pub mod etcd;
 pub mod local;
+pub mod secret;
 
 pub type Result<T> = anyhow::Result<T>;
 
@@ -228,7 +229,9 @@ pub async fn pause_and_record(store: &dyn Store, paused: bool, by: &str) -> Resu
 pub fn open(cfg: &StoreConfig, cluster: &str) -> Result<Arc<dyn Store>> {
     match cfg {
         StoreConfig::Local { path } => Ok(Arc::new(local::LocalStore::open(path, cluster)?)),
-        StoreConfig::Etcd { endpoints } => Ok(Arc::new(etcd::EtcdStore::new(endpoints, cluster))),
+        StoreConfig::Etcd { endpoints, access } => Ok(Arc::new(etcd::EtcdStore::with_access(
+            endpoints, cluster, access,
+        )?)),
     }
 }
 

@@ -7,6 +7,7 @@
 //!
 //! Every wait in here is bounded, and nothing asserts how fast anything is.
 
+use pgbaton_core::config::EtcdAccess;
 use pgbaton_core::model::{
     HistoryEntry, MemberState, MemberStatus, OpKind, OpPhase, Operation, Role,
 };
@@ -101,10 +102,15 @@ const ETCD_TTL: u64 = 4000;
 const ETCD_EXPIRY_MARGIN: u64 = 2500;
 
 /// One etcd server (its own process, ports and data directory) per test; real time.
+/// `Etcd::secure()`: TLS with client certificates and authentication on (see there).
 struct Etcd {
     child: std::process::Child,
     endpoint: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// How the stores reach it (TLS files and a user, when secure).
+    access: EtcdAccess,
+    /// How the test's raw client reaches it: as root, when secure.
+    raw: Option<etcd_client::ConnectOptions>,
 }
 
 /// A port that was free a moment ago.
@@ -115,8 +121,22 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The password of the etcd users of a secure test server.
+const ETCD_PASSWORD: &str = "a-test-password-of-some-length";
+
 impl Etcd {
     fn new() -> Etcd {
+        Etcd::started(false)
+    }
+
+    /// An etcd with TLS (`https://`, server certificate from a test CA, client certificates
+    /// required: `--client-cert-auth`) and authentication on: user `pgbaton` may read and
+    /// write `/pgbaton/` only; `root` sets it up.
+    fn secure() -> Etcd {
+        Etcd::started(true)
+    }
+
+    fn started(secure: bool) -> Etcd {
         assert!(
             std::path::Path::new(ETCD_BIN).exists(),
             "{ETCD_BIN} is missing: the etcd contract tests need an etcd server \
@@ -126,7 +146,7 @@ impl Etcd {
         // A port picked as free may be taken by another test's etcd before ours binds it:
         // start again with new ports then.
         for _ in 0..5 {
-            match Etcd::start() {
+            match Etcd::start(secure) {
                 Ok(e) => return e,
                 Err(e) => last = e,
             }
@@ -134,19 +154,39 @@ impl Etcd {
         panic!("could not start etcd: {last}");
     }
 
-    fn start() -> Result<Etcd, String> {
+    fn start(secure: bool) -> Result<Etcd, String> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let client = format!("http://127.0.0.1:{}", free_port());
+        let scheme = if secure { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log file");
-        let child = std::process::Command::new(ETCD_BIN)
-            .args(["--name", "t", "--data-dir"])
+        let mut cmd = std::process::Command::new(ETCD_BIN);
+        cmd.args(["--name", "t", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--initial-cluster", &format!("t={peer}")]);
+        let access = if secure {
+            let tls = test_tls::make(dir.path());
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+            EtcdAccess {
+                ca_file: Some(tls.ca),
+                cert_file: Some(tls.cert),
+                key_file: Some(tls.key),
+                ..Default::default()
+            }
+        } else {
+            EtcdAccess::default()
+        };
+        let child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("etcd log file"))
             .stderr(log)
@@ -156,18 +196,20 @@ impl Etcd {
         let mut etcd = Etcd {
             child,
             endpoint: client,
-            _dir: dir,
+            dir,
+            access,
+            raw: None,
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = etcd.child.try_wait() {
                 let log =
-                    std::fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default();
+                    std::fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default();
                 let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join("\n");
                 return Err(format!("etcd exited with {status}: {tail}"));
             }
-            if answers(&etcd.endpoint) {
-                return Ok(etcd);
+            if answers(&etcd.endpoint, &etcd.access) {
+                break;
             }
             if std::time::Instant::now() > deadline {
                 return Err(format!(
@@ -177,19 +219,146 @@ impl Etcd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        if secure {
+            etcd.enable_auth();
+        }
+        Ok(etcd)
+    }
+
+    /// TLS options for a raw client (the test's own, not a store's).
+    fn raw_tls(&self) -> etcd_client::ConnectOptions {
+        let read = |p: &Option<PathBuf>| std::fs::read(p.as_ref().unwrap()).unwrap();
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(
+                &self.access.ca_file,
+            )))
+            .identity(etcd_client::Identity::from_pem(
+                read(&self.access.cert_file),
+                read(&self.access.key_file),
+            ));
+        etcd_client::ConnectOptions::new().with_tls(tls)
+    }
+
+    /// Users root and pgbaton (role pgbaton: read and write under /pgbaton/), then auth
+    /// on; the stores connect as pgbaton with a password file (0600), the raw client as root.
+    fn enable_auth(&mut self) {
+        let endpoint = self.endpoint.clone();
+        let tls = self.raw_tls();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut c = etcd_client::Client::connect([endpoint], Some(tls))
+                    .await
+                    .expect("connect to etcd over TLS");
+                c.user_add("root", ETCD_PASSWORD, None).await.unwrap();
+                c.user_grant_role("root", "root").await.unwrap();
+                c.role_add("pgbaton").await.unwrap();
+                c.role_grant_permission(
+                    "pgbaton",
+                    etcd_client::Permission::read_write("/pgbaton/").with_prefix(),
+                )
+                .await
+                .unwrap();
+                c.user_add("pgbaton", ETCD_PASSWORD, None).await.unwrap();
+                c.user_grant_role("pgbaton", "pgbaton").await.unwrap();
+                c.auth_enable().await.expect("enable authentication");
+            })
+        })
+        .join()
+        .expect("set up etcd's users");
+        let pw = self.dir.path().join("etcd.password");
+        write_secret(&pw, &format!("{ETCD_PASSWORD}\n"));
+        self.access.username = Some("pgbaton".into());
+        self.access.password_file = Some(pw);
+        self.raw = Some(self.raw_tls().with_user("root", ETCD_PASSWORD));
+    }
+
+    fn store(&self, cluster: &str) -> pgbaton_store::etcd::EtcdStore {
+        pgbaton_store::etcd::EtcdStore::with_access(
+            std::slice::from_ref(&self.endpoint),
+            cluster,
+            &self.access,
+        )
+        .expect("open the etcd store")
+    }
+}
+
+/// Write a secret file 0600 (the stores refuse anything else).
+fn write_secret(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Certificates for a test etcd: a CA, and one certificate (CN pgbaton, for 127.0.0.1) that
+/// serves as the server's and the client's.
+mod test_tls {
+    use super::write_secret;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, SanType,
+    };
+    use std::path::{Path, PathBuf};
+
+    pub struct Files {
+        pub ca: PathBuf,
+        pub cert: PathBuf,
+        pub key: PathBuf,
+    }
+
+    /// A self-signed CA (its name tagged, so that two never look alike): its certificate.
+    pub fn ca(dir: &Path, tag: &str) -> (PathBuf, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, format!("test CA {tag}"));
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        let path = dir.join(format!("ca-{tag}.crt"));
+        std::fs::write(&path, cert.pem()).unwrap();
+        (path, Issuer::new(p, key))
+    }
+
+    pub fn make(dir: &Path) -> Files {
+        let (ca, issuer) = ca(dir, "etcd");
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "pgbaton");
+        p.subject_alt_names = vec![
+            SanType::IpAddress("127.0.0.1".parse().unwrap()),
+            SanType::DnsName("localhost".try_into().unwrap()),
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        let files = Files {
+            ca,
+            cert: dir.join("etcd.crt"),
+            key: dir.join("etcd.key"),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        write_secret(&files.key, &key.serialize_pem());
+        files
     }
 }
 
 /// Whether etcd at `endpoint` answers a read. Runs on its own thread and runtime: the
 /// backend is built inside the tests' runtime, where blocking on another is not allowed.
-fn answers(endpoint: &str) -> bool {
+fn answers(endpoint: &str, access: &EtcdAccess) -> bool {
     let endpoint = endpoint.to_string();
+    let access = access.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let store = pgbaton_store::etcd::EtcdStore::new(&[endpoint], "probe");
+        let store = pgbaton_store::etcd::EtcdStore::with_access(&[endpoint], "probe", &access)
+            .expect("open the etcd store");
         rt.block_on(store.paused()).is_ok()
     })
     .join()
@@ -205,10 +374,7 @@ impl Drop for Etcd {
 
 impl Backend for Etcd {
     fn connect(&self, cluster: &str) -> Arc<dyn Store> {
-        Arc::new(pgbaton_store::etcd::EtcdStore::new(
-            std::slice::from_ref(&self.endpoint),
-            cluster,
-        ))
+        Arc::new(self.store(cluster))
     }
 
     fn ttl(&self) -> u64 {
@@ -231,7 +397,7 @@ impl Backend for Etcd {
     }
 
     async fn put_raw(&self, cluster: &str, key: &str, value: &str) {
-        let mut c = etcd_client::Client::connect([self.endpoint.as_str()], None)
+        let mut c = etcd_client::Client::connect([self.endpoint.as_str()], self.raw.clone())
             .await
             .expect("connect to etcd");
         c.put(format!("/pgbaton/{cluster}/{key}"), value, None)
@@ -1277,6 +1443,8 @@ macro_rules! contract_suite {
 
 contract_suite!(local, Local::new());
 contract_suite!(etcd, Etcd::new());
+// The same suite against an etcd with TLS, client certificates and authentication on.
+contract_suite!(etcd_secure, Etcd::secure());
 
 // ---- local backend specifics --------------------------------------------------------------
 
@@ -1361,4 +1529,95 @@ fn local_concurrent_first_open() {
         .build()
         .unwrap();
     assert_eq!(rt.block_on(s.members()).unwrap().len(), N);
+}
+
+// ---- etcd with TLS and authentication: what goes wrong is named -----------------------------
+
+/// The error of a first read through a store reached with `access`.
+async fn first_read_error(e: &Etcd, access: &EtcdAccess) -> String {
+    let store =
+        pgbaton_store::etcd::EtcdStore::with_access(std::slice::from_ref(&e.endpoint), "c", access)
+            .expect("open the etcd store");
+    let err = tokio::time::timeout(BOUND, store.initialize_get())
+        .await
+        .expect("an answer in time")
+        .expect_err("refused");
+    format!("{err:#}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_secure_refuses_a_wrong_password_naming_the_user() {
+    let e = Etcd::secure();
+    let wrong = e.dir.path().join("wrong.password");
+    write_secret(&wrong, "not-the-password\n");
+    let access = EtcdAccess {
+        password_file: Some(wrong),
+        ..e.access.clone()
+    };
+    let msg = first_read_error(&e, &access).await;
+    assert!(msg.contains("refused user pgbaton"), "{msg}");
+    assert!(msg.contains("store.password_file"), "{msg}");
+    // And nothing was written: the right user finds no identity.
+    assert_eq!(e.store("c").initialize_get().await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_secure_refuses_a_server_certificate_of_another_ca_naming_the_file() {
+    let e = Etcd::secure();
+    let (other, _) = test_tls::ca(e.dir.path(), "other");
+    let access = EtcdAccess {
+        ca_file: Some(other.clone()),
+        ..e.access.clone()
+    };
+    let msg = first_read_error(&e, &access).await;
+    assert!(msg.contains(&other.display().to_string()), "{msg}");
+    assert!(msg.contains("store.ca_file"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_secure_is_not_reached_in_the_clear() {
+    let e = Etcd::secure();
+    let plain = e.endpoint.replace("https://", "http://");
+    let store = pgbaton_store::etcd::EtcdStore::new(&[plain], "c");
+    let r = tokio::time::timeout(BOUND, store.initialize_get())
+        .await
+        .expect("an answer in time");
+    assert!(r.is_err(), "a plain-text client was served: {r:?}");
+}
+
+#[test]
+fn etcd_secret_files_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = test_tls::make(dir.path());
+    std::fs::set_permissions(&tls.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let access = EtcdAccess {
+        ca_file: Some(tls.ca.clone()),
+        cert_file: Some(tls.cert.clone()),
+        key_file: Some(tls.key.clone()),
+        ..Default::default()
+    };
+    let err = pgbaton_store::etcd::EtcdStore::with_access(
+        &["https://127.0.0.1:1".to_string()],
+        "c",
+        &access,
+    )
+    .expect_err("a key others may read is refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("store.key_file") && msg.contains("chmod 600"),
+        "{msg}"
+    );
+    // A CA file that is not a certificate is named too.
+    let access = EtcdAccess {
+        ca_file: Some(tls.key.clone()),
+        ..Default::default()
+    };
+    let err = pgbaton_store::etcd::EtcdStore::with_access(
+        &["https://127.0.0.1:1".to_string()],
+        "c",
+        &access,
+    )
+    .expect_err("not a certificate");
+    assert!(format!("{err:#}").contains("store.ca_file"), "{err:#}");
 }

@@ -9,8 +9,8 @@ use crate::members::{report, table};
 use anyhow::{bail, Context, Result};
 use pgbaton_agent::process::{blocked_for, create_owned_dir, resolve_user};
 use pgbaton_core::config::{
-    ApiConfig, ClientConfig, NodeConfig, PgTlsConfig, PostgresqlConfig, ReplicationConfig,
-    StoreConfig, TimingConfig,
+    ApiConfig, ClientConfig, EtcdAccess, NodeConfig, PgTlsConfig, PostgresqlConfig,
+    ReplicationConfig, StoreConfig, TimingConfig,
 };
 use pgbaton_core::model::MemberStatus;
 use pgbaton_core::sync::SyncMode;
@@ -31,20 +31,29 @@ pub struct UpOptions {
     pub orphan_slot_grace_s: u64,
     /// etcd endpoints; empty: the embedded store in DIR/store.db.
     pub etcd: Vec<String>,
+    /// TLS and the user for etcd, as given (files of the user running `up`).
+    pub etcd_access: EtcdAccess,
     /// TLS on every PostgreSQL network connection (certificates in DIR/tls).
     pub tls: bool,
 }
 
 impl UpOptions {
-    fn store(&self, l: &Layout) -> StoreConfig {
+    /// The store of the client config (`pgbaton.toml`: etcd's files as given) or, with
+    /// `agents`, of the members' configs (the copies in DIR/etcd their OS user owns).
+    fn store(&self, l: &Layout, agents: bool) -> StoreConfig {
         if self.etcd.is_empty() {
-            StoreConfig::Local {
+            return StoreConfig::Local {
                 path: l.dir.join("store.db"),
-            }
+            };
+        }
+        let access = if agents {
+            agent_access(&self.etcd_access, l)
         } else {
-            StoreConfig::Etcd {
-                endpoints: self.etcd.clone(),
-            }
+            self.etcd_access.clone()
+        };
+        StoreConfig::Etcd {
+            endpoints: self.etcd.clone(),
+            access,
         }
     }
 }
@@ -80,7 +89,7 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
             auth_token_file: Some(l.dir.join("api.token")),
             ..Default::default()
         },
-        store: o.store(l),
+        store: o.store(l, true),
         timing: TimingConfig {
             orphan_slot_grace_ms: o.orphan_slot_grace_s * 1000,
             ..TimingConfig::default()
@@ -88,6 +97,79 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
         tags: Default::default(),
         failover: Default::default(),
     }
+}
+
+/// The files etcd's access names, as the agents find them: copies in DIR/etcd (the agents
+/// run as the OS user, and a secret must be its reader's own).
+fn agent_access(a: &EtcdAccess, l: &Layout) -> EtcdAccess {
+    let dir = l.dir.join("etcd");
+    EtcdAccess {
+        ca_file: a.ca_file.as_ref().map(|_| dir.join("ca.crt")),
+        cert_file: a.cert_file.as_ref().map(|_| dir.join("client.crt")),
+        key_file: a.key_file.as_ref().map(|_| dir.join("client.key")),
+        username: a.username.clone(),
+        password_file: a.password_file.as_ref().map(|_| dir.join("password")),
+    }
+}
+
+/// The etcd files `up` was given, read now (before anything is created), with where the
+/// agents' copies go (see `agent_access`) and their mode: the key and the password are read
+/// as secrets (this user's own, 0600) and stay 0600.
+fn read_etcd_files(a: &EtcdAccess, l: &Layout) -> Result<Vec<(PathBuf, String, u32)>> {
+    let to = agent_access(a, l);
+    let pairs = [
+        (&a.ca_file, &to.ca_file, false),
+        (&a.cert_file, &to.cert_file, false),
+        (&a.key_file, &to.key_file, true),
+        (&a.password_file, &to.password_file, true),
+    ];
+    let mut out = vec![];
+    for (from, to, secret) in pairs {
+        let (Some(from), Some(to)) = (from, to) else {
+            continue;
+        };
+        let text = if secret {
+            pgbaton_pg::files::read_secret_file(from, "an etcd secret given to up")?
+        } else {
+            std::fs::read_to_string(from).with_context(|| format!("read {}", from.display()))?
+        };
+        out.push((to.clone(), text, if secret { 0o600 } else { 0o644 }));
+    }
+    Ok(out)
+}
+
+/// Write the agents' copies of the etcd files into DIR/etcd, owned by the OS user.
+fn write_etcd_files(
+    user: &nix::unistd::User,
+    l: &Layout,
+    files: &[(PathBuf, String, u32)],
+) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    create_owned_dir(user, &l.dir.join("etcd"))?;
+    for (to, text, mode) in files {
+        write_owned(user, to, text, *mode)?;
+    }
+    Ok(())
+}
+
+/// etcd answers with these settings (TLS, the user): checked before anything is created,
+/// so that a wrong CA or password is an error that names it, not a half-made cluster.
+async fn check_etcd(o: &UpOptions, l: &Layout) -> Result<()> {
+    if o.etcd.is_empty() {
+        if o.etcd_access != EtcdAccess::default() {
+            bail!("--etcd-ca-file, --etcd-cert-file, --etcd-key-file, --etcd-user and --etcd-password-file go with --etcd URL");
+        }
+        return Ok(());
+    }
+    let cfg = o.store(l, false);
+    let store = pgbaton_store::open(&cfg, &o.cluster)?;
+    tokio::time::timeout(std::time::Duration::from_secs(15), store.initialize_get())
+        .await
+        .map_err(|_| anyhow::anyhow!("{} did not answer within 15 s", store.describe()))?
+        .with_context(|| format!("reach {}", store.describe()))?;
+    Ok(())
 }
 
 /// `--synchronous-node-count` must be reachable: at most the cluster's standbys.
@@ -170,6 +252,8 @@ pub async fn up(o: UpOptions) -> Result<()> {
             }
         }
     }
+    let etcd_files = read_etcd_files(&o.etcd_access, &l)?;
+    check_etcd(&o, &l).await?;
     // ---- create ----------------------------------------------------------------------------
     println!(
         "Creating cluster {} with {} member{} in {} (PostgreSQL {} from {}, running as OS user {})",
@@ -217,13 +301,14 @@ pub async fn up(o: UpOptions) -> Result<()> {
     if o.tls {
         make_certs(&user, &l, &o.cluster, &configs)?;
     }
+    write_etcd_files(&user, &l, &etcd_files)?;
     for c in &configs {
         create_owned_dir(&user, &l.node_dir(&c.name))?;
         write_owned(&user, &l.node_config(&c.name), &c.to_toml_string(), 0o644)?;
     }
     let client = ClientConfig {
         cluster: o.cluster.clone(),
-        store: o.store(&l),
+        store: o.store(&l, false),
     };
     write_owned(&user, &l.client_config(), &client.to_toml_string(), 0o644)?;
     std::fs::set_permissions(&l.dir, std::fs::Permissions::from_mode(0o755))?;

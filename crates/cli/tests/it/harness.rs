@@ -557,11 +557,53 @@ impl Etcd {
     }
 
     fn start_on(host: &str) -> Result<Etcd, String> {
+        Etcd::start_with(host, None)
+    }
+
+    /// An etcd on 127.0.0.1 over TLS, with client certificates required, made by
+    /// `pgbaton certs` in `tls_dir` (`ca.crt`, `etcd.crt`, `etcd.key`: the server's and the
+    /// clients' certificate alike).
+    pub fn with_tls(tls_dir: &Path) -> Etcd {
+        let o = pgbaton(
+            &[
+                "certs",
+                "--dir",
+                tls_dir.to_str().unwrap(),
+                "--member",
+                "etcd",
+                "--host",
+                "127.0.0.1",
+            ],
+            Duration::from_secs(30),
+        );
+        assert!(o.status.success(), "pgbaton certs: {}", text(&o));
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Etcd::start_with("127.0.0.1", Some(tls_dir)) {
+                Ok(e) => return e,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start etcd with TLS: {last}");
+    }
+
+    fn start_with(host: &str, tls: Option<&Path>) -> Result<Etcd, String> {
         let dir = scratch();
-        let client = format!("http://{host}:{}", free_port());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{host}:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.path.join("etcd.log")).expect("etcd log file");
-        let child = Command::new(ETCD_BIN)
+        let mut cmd = Command::new(ETCD_BIN);
+        if let Some(t) = tls {
+            cmd.arg("--cert-file")
+                .arg(t.join("etcd.crt"))
+                .arg("--key-file")
+                .arg(t.join("etcd.key"))
+                .arg("--trusted-ca-file")
+                .arg(t.join("ca.crt"))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", "t", "--data-dir"])
             .arg(dir.path.join("data"))
             .args(["--listen-client-urls", &client])
@@ -584,7 +626,7 @@ impl Etcd {
             if let Ok(Some(status)) = etcd.child.try_wait() {
                 return Err(format!("etcd exited with {status}"));
             }
-            let hostport = etcd.endpoint.trim_start_matches("http://").to_string();
+            let hostport = etcd.endpoint.split_once("://").unwrap().1.to_string();
             if std::net::TcpStream::connect(&hostport).is_ok() {
                 return Ok(etcd);
             }

@@ -166,3 +166,112 @@ fn a_member_with_the_wrong_ca_says_which_file() {
         },
     );
 }
+
+const ETCD_PW: &str = "the-etcd-password-of-pgbaton";
+
+/// Users on a TLS etcd (root, and pgbaton that may read and write /pgbaton/ only), then
+/// etcd's authentication on.
+fn etcd_auth_on(etcd: &Etcd, tls: &std::path::Path) {
+    let read = |f: &str| std::fs::read(tls.join(f)).unwrap();
+    let options = etcd_client::ConnectOptions::new().with_tls(
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("ca.crt")))
+            .identity(etcd_client::Identity::from_pem(
+                read("etcd.crt"),
+                read("etcd.key"),
+            )),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([etcd.endpoint.as_str()], Some(options))
+            .await
+            .expect("connect to etcd over TLS");
+        c.user_add("root", ETCD_PW, None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.role_add("pgbaton").await.unwrap();
+        c.role_grant_permission(
+            "pgbaton",
+            etcd_client::Permission::read_write("/pgbaton/").with_prefix(),
+        )
+        .await
+        .unwrap();
+        c.user_add("pgbaton", ETCD_PW, None).await.unwrap();
+        c.user_grant_role("pgbaton", "pgbaton").await.unwrap();
+        c.auth_enable().await.expect("enable authentication");
+    });
+}
+
+fn write_0600(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// etcd with TLS (client certificates required) and authentication: `up` with a wrong
+/// password is refused before anything is made, naming the user; with the right one the
+/// cluster comes up and the commands work unchanged; the agents read their own copies of
+/// the files (the OS user's, 0600).
+#[test]
+fn up_on_an_etcd_with_tls_and_a_user() {
+    let s = scratch();
+    let tls = s.path.join("etcd-tls");
+    let etcd = Etcd::with_tls(&tls);
+    etcd_auth_on(&etcd, &tls);
+    let (good, wrong) = (s.path.join("etcd.password"), s.path.join("wrong.password"));
+    write_0600(&good, &format!("{ETCD_PW}\n"));
+    write_0600(&wrong, "not-the-password\n");
+    let access = |pw: &std::path::Path| -> Vec<String> {
+        let t = |f: &str| tls.join(f).to_str().unwrap().to_string();
+        vec![
+            "--etcd".into(),
+            etcd.endpoint.clone(),
+            "--etcd-ca-file".into(),
+            t("ca.crt"),
+            "--etcd-cert-file".into(),
+            t("etcd.crt"),
+            "--etcd-key-file".into(),
+            t("etcd.key"),
+            "--etcd-user".into(),
+            "pgbaton".into(),
+            "--etcd-password-file".into(),
+            pw.to_str().unwrap().into(),
+        ]
+    };
+    let refused_dir = s.path.join("refused");
+    let port_base = free_port_base(1).to_string();
+    let mut args = vec![
+        "up",
+        "--dir",
+        refused_dir.to_str().unwrap(),
+        "--nodes",
+        "1",
+        "--port-base",
+        &port_base,
+    ];
+    let bad = access(&wrong);
+    args.extend(bad.iter().map(String::as_str));
+    let o = pgbaton(&args, Duration::from_secs(60));
+    assert!(!o.status.success(), "up with a wrong etcd password ran");
+    assert!(text(&o).contains("refused user pgbaton"), "{}", text(&o));
+    assert!(
+        !refused_dir.exists(),
+        "up made {} anyway",
+        refused_dir.display()
+    );
+
+    let right = access(&good);
+    let c = Cluster::up_with(2, &right.iter().map(String::as_str).collect::<Vec<_>>());
+    c.wait_healthy(Duration::from_secs(60));
+    c.sql(None, "CREATE TABLE over_secure_etcd (x int)")
+        .expect("the primary accepts writes");
+    let node = std::fs::read_to_string(c.dir.join("n1/node.toml")).unwrap();
+    let copy = c.dir.join("etcd/password");
+    assert!(node.contains(copy.to_str().unwrap()), "{node}");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&copy).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(meta.uid(), pg_user().uid.as_raw());
+}

@@ -22,9 +22,11 @@ impl EtcdStore {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT);
+        let options = self.secured.apply(
+            ConnectOptions::new()
+                .with_connect_timeout(CONNECT_TIMEOUT)
+                .with_timeout(REQUEST_TIMEOUT),
+        );
         let client = match tokio::time::timeout(
             CONNECT_TIMEOUT + Duration::from_secs(1),
             Client::connect(&self.endpoints, Some(options)),
@@ -67,8 +69,12 @@ impl EtcdStore {
             last = outcome;
             *self.client.lock().await = None;
         }
+        let hint = self
+            .secured
+            .hint(&last)
+            .map_or_else(String::new, |h| format!(" ({h})"));
         Err(anyhow!(
-            "{action} in etcd at {}: {last}",
+            "{action} in etcd at {}: {last}{hint}",
             self.endpoints_text()
         ))
     }

@@ -37,6 +37,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use pgbaton_core::model::{HistoryEntry, Leader, MemberState, OpPhase, Operation};
 use std::time::Duration;
 
+mod access;
 mod client;
 mod history;
 mod lease;
@@ -52,6 +53,8 @@ pub struct EtcdStore {
     cluster: String,
     prefix: String,
     client: tokio::sync::Mutex<Option<Client>>,
+    /// TLS and the user, when `[store]` sets them.
+    secured: access::Secured,
     /// The expiry (this machine's wall-clock ms) last worked out for a lease id: a lease's
     /// expiry is one instant, so every read of the same lease reports the same value.
     expiry: std::sync::Mutex<Option<(i64, u64)>>,
@@ -67,15 +70,31 @@ impl std::fmt::Debug for EtcdStore {
 }
 
 impl EtcdStore {
-    /// A store for `cluster` in the etcd cluster at `endpoints`. Does not connect.
+    /// A store for `cluster` in the etcd cluster at `endpoints`, in the clear and without
+    /// a user. Does not connect.
     pub fn new(endpoints: &[String], cluster: &str) -> EtcdStore {
         EtcdStore {
             endpoints: endpoints.to_vec(),
             cluster: cluster.to_string(),
             prefix: format!("/pgbaton/{cluster}/"),
             client: tokio::sync::Mutex::new(None),
+            secured: access::Secured::default(),
             expiry: std::sync::Mutex::new(None),
         }
+    }
+
+    /// A store reached with `access` (TLS, a user): its files are read now, so that a
+    /// missing, unreadable or unsafe file is an error here. Does not connect.
+    pub fn with_access(
+        endpoints: &[String],
+        cluster: &str,
+        access: &pgbaton_core::config::EtcdAccess,
+    ) -> Result<EtcdStore> {
+        let secured = access::Secured::load(access)?;
+        Ok(EtcdStore {
+            secured,
+            ..EtcdStore::new(endpoints, cluster)
+        })
     }
 
     /// The cluster this store's keys belong to.

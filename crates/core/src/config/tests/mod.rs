@@ -54,7 +54,12 @@ listen = "0.0.0.0:8009"
 
 [store]
 kind = "etcd"
-endpoints = ["http://10.0.0.1:2379", "https://etcd.example:2379", "http://[fd00::1]:2379"]
+endpoints = ["https://10.0.0.1:2379", "https://etcd.example:2379", "https://[fd00::1]:2379"]
+ca_file = "/etc/pgbaton/etcd-ca.crt"
+cert_file = "/etc/pgbaton/etcd-client.crt"
+key_file = "/etc/pgbaton/etcd-client.key"
+username = "pgbaton"
+password_file = "/etc/pgbaton/etcd.password"
 
 [timing]
 loop_interval_ms = 500
@@ -228,10 +233,17 @@ fn full_config_parses() {
         c.store,
         StoreConfig::Etcd {
             endpoints: vec![
-                "http://10.0.0.1:2379".into(),
+                "https://10.0.0.1:2379".into(),
                 "https://etcd.example:2379".into(),
-                "http://[fd00::1]:2379".into()
-            ]
+                "https://[fd00::1]:2379".into()
+            ],
+            access: EtcdAccess {
+                ca_file: Some("/etc/pgbaton/etcd-ca.crt".into()),
+                cert_file: Some("/etc/pgbaton/etcd-client.crt".into()),
+                key_file: Some("/etc/pgbaton/etcd-client.key".into()),
+                username: Some("pgbaton".into()),
+                password_file: Some("/etc/pgbaton/etcd.password".into()),
+            }
         }
     );
     assert_eq!(
@@ -893,7 +905,12 @@ fn timing() {
 fn etcd_endpoints() {
     let etcd = |eps: &[&str]| {
         let endpoints = eps.iter().map(|s| s.to_string()).collect();
-        move |c: &mut NodeConfig| c.store = StoreConfig::Etcd { endpoints }
+        move |c: &mut NodeConfig| {
+            c.store = StoreConfig::Etcd {
+                endpoints,
+                access: EtcdAccess::default(),
+            }
+        }
     };
     assert_eq!(bad_key(etcd(&[])), "store.endpoints");
     for bad in [
@@ -915,7 +932,7 @@ fn etcd_endpoints() {
     }
     assert_valid(etcd(&[
         "http://10.0.0.1:2379",
-        "https://etcd-1.example:2379",
+        "http://etcd-1.example:2379",
         "http://[::1]:2379",
     ]));
     let e = parse_err(&MINIMAL.replace(
@@ -926,6 +943,63 @@ fn etcd_endpoints() {
         (e.key.as_str(), e.value.as_str()),
         ("store.endpoints", "\"etcd:2379\"")
     );
+}
+
+#[test]
+fn etcd_tls_and_user() {
+    let etcd = |eps: &[&str], access: EtcdAccess| {
+        let endpoints = eps.iter().map(|s| s.to_string()).collect();
+        move |c: &mut NodeConfig| c.store = StoreConfig::Etcd { endpoints, access }
+    };
+    let ca = || Some(PathBuf::from("/etc/pgbaton/ca.crt"));
+    let tls = EtcdAccess {
+        ca_file: ca(),
+        ..Default::default()
+    };
+    assert_valid(etcd(&["https://a:2379", "https://b:2379"], tls.clone()));
+    // One scheme for all.
+    assert_eq!(
+        bad_key(etcd(&["https://a:2379", "http://b:2379"], tls.clone())),
+        "store.endpoints"
+    );
+    // https needs a CA; TLS files need https.
+    assert_eq!(
+        bad_key(etcd(&["https://a:2379"], EtcdAccess::default())),
+        "store.ca_file"
+    );
+    assert_eq!(
+        bad_key(etcd(&["http://a:2379"], tls.clone())),
+        "store.endpoints"
+    );
+    // A certificate goes with its key, a user with its password file.
+    let half = EtcdAccess {
+        ca_file: ca(),
+        cert_file: Some("/etc/pgbaton/c.crt".into()),
+        ..Default::default()
+    };
+    assert_eq!(bad_key(etcd(&["https://a:2379"], half)), "store.key_file");
+    let user = EtcdAccess {
+        username: Some("pgbaton".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        bad_key(etcd(&["http://a:2379"], user)),
+        "store.password_file"
+    );
+    let relative = EtcdAccess {
+        ca_file: Some("ca.crt".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        bad_key(etcd(&["https://a:2379"], relative)),
+        "store.ca_file"
+    );
+    // The etcd keys belong to kind = "etcd" only.
+    let e = parse_err(&MINIMAL.replace(
+        "path = \"/var/lib/pgbaton/state.db\"",
+        "path = \"/var/lib/pgbaton/state.db\"\nca_file = \"/x\"",
+    ));
+    assert!(e.to_string().contains("ca_file"), "{e}");
 }
 
 #[test]
