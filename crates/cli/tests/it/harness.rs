@@ -315,6 +315,31 @@ impl Cluster {
     }
 
     pub fn wait_healthy(&self, timeout: Duration) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.wait_healthy_quietly(timeout)
+        }));
+        if let Err(e) = r {
+            // What each member says, and the end of its logs: a CI failure tells its cause.
+            let mut tails = String::new();
+            for m in self.member_names() {
+                for log in ["agent.log", "postgres.log"] {
+                    let t =
+                        std::fs::read_to_string(self.dir.join(&m).join(log)).unwrap_or_default();
+                    let lines: Vec<&str> = t.lines().collect();
+                    let from = lines.len().saturating_sub(15);
+                    tails += &format!("\n--- {m}/{log} (last lines)\n{}", lines[from..].join("\n"));
+                }
+            }
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("{why}\n{}\n{tails}", self.list());
+        }
+    }
+
+    fn wait_healthy_quietly(&self, timeout: Duration) {
         wait_for("a running primary and streaming standbys", timeout, || {
             let l = self.list();
             let ms = l["members"].as_array().cloned().unwrap_or_default();
