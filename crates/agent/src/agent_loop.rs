@@ -16,7 +16,7 @@ impl Agent {
             cfg: self.cfg.clone(),
             auth: self.auth.clone(),
         });
-        tokio::spawn(api::serve::serve(listener, app));
+        tokio::spawn(api::serve::serve(listener, app, self.api_tls.clone()));
         self.exec.pg.write_pgpass()?;
         let interval = Duration::from_millis(self.cfg.timing.loop_interval_ms);
         tokio::pin!(shutdown);

@@ -63,6 +63,8 @@ pub struct Agent {
     last_unreadable: String,
     tls: tls_watch::TlsWatch,
     http: reqwest::Client,
+    /// The API's TLS (`[api.tls]`), read at start.
+    api_tls: Option<tokio_rustls::TlsAcceptor>,
     archive: archive_watch::ArchiveWatch,
 }
 
@@ -131,14 +133,12 @@ impl Agent {
                  members cannot confirm the primary during a store outage, so it will fence itself"
             );
         }
-        // No redirects: a redirect would carry the API token to wherever it points.
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(
-                cfg.timing.loop_interval_ms.clamp(100, 1000),
-            ))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("build the HTTP client for failsafe checks")?;
+        // No redirects; with [api.tls], https only, the other members checked against the CA.
+        let http = api::tls::client(
+            cfg.api.tls.as_ref(),
+            Duration::from_millis(cfg.timing.loop_interval_ms.clamp(100, 1000)),
+        )?;
+        let api_tls = cfg.api.tls.as_ref().map(api::tls::acceptor).transpose()?;
         let cfg = Arc::new(cfg);
         let publisher = publish::Publisher {
             cfg: cfg.clone(),
@@ -183,6 +183,7 @@ impl Agent {
                 last_unreadable: String::new(),
                 tls: Default::default(),
                 http,
+                api_tls,
                 archive: Default::default(),
             },
             listener,

@@ -24,9 +24,20 @@ pub fn load_client_config(path: &Path) -> Result<ClientConfig> {
         .unwrap_or(false);
     if is_node {
         let n = NodeConfig::from_toml_str(&text, path)?;
+        // A node's own API TLS files reach the other members' APIs too.
+        let api = n
+            .api
+            .tls
+            .map(|t| pgbaton_core::config::ClientApi {
+                ca_file: Some(t.ca_file),
+                cert_file: Some(t.cert_file),
+                key_file: Some(t.key_file),
+            })
+            .unwrap_or_default();
         return Ok(ClientConfig {
             cluster: n.cluster,
             store: n.store,
+            api,
         });
     }
     Ok(ClientConfig::from_toml_str(&text, path)?)

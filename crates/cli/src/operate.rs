@@ -164,6 +164,31 @@ async fn settle(store: &dyn Store, o: &OpOptions) -> Result<()> {
     }
 }
 
+/// The client for a member's API at `url`: no redirects (a redirect would carry the token
+/// to wherever it points: audit finding); with the client config's `[api] ca_file`, https
+/// only and the member checked against that CA (and a client certificate when given).
+fn api_client(cfg: &ClientConfig, url: &str) -> Result<reqwest::Client> {
+    let b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none());
+    let b = match &cfg.api.ca_file {
+        Some(ca) => {
+            let id = cfg
+                .api
+                .cert_file
+                .as_deref()
+                .zip(cfg.api.key_file.as_deref());
+            pgbaton_agent::api::tls::with_tls(b, ca, id, "the client config's [api]")?
+        }
+        None if url.starts_with("https://") => bail!(
+            "the agent's API is at {url} (TLS): set [api] ca_file in the client config to the \
+             CA that signed its certificate"
+        ),
+        None => b,
+    };
+    Ok(b.build()?)
+}
+
 /// Ask `member`'s agent, through its API, to act (restart, reload); then follow the
 /// operation it posts like any other. The token comes from `token_file`, or from the local
 /// cluster directory's api.token.
@@ -191,11 +216,7 @@ pub async fn via_agent(
         .trim()
         .to_string();
     let url = format!("{}/{action}", m.api_url.trim_end_matches('/'));
-    // No redirects: a redirect would carry the token to wherever it points (audit finding).
-    let resp = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?
+    let resp = api_client(cfg, &url)?
         .post(&url)
         .bearer_auth(&token)
         .send()

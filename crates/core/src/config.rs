@@ -391,6 +391,28 @@ pub struct ApiConfig {
     pub auth_username: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_password_file: Option<PathBuf>,
+    /// TLS for the API (`[api.tls]`): it serves https only, and the agent's own requests to
+    /// other members (failsafe) verify them against `ca_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ApiTlsConfig>,
+}
+
+/// The `[api.tls]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// The API's certificate (PEM), naming the host in `api_url`; also this member's client
+    /// certificate towards the other members' APIs.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM; the agent's user's own, 0600).
+    pub key_file: PathBuf,
+    /// The CA (PEM) the other members' API certificates are checked against (and clients'
+    /// certificates, with `verify_client`).
+    pub ca_file: PathBuf,
+    /// Require a client certificate signed by `ca_file` from every client. Default false:
+    /// mutating requests are guarded by the token or basic authentication either way.
+    #[serde(default)]
+    pub verify_client: bool,
 }
 
 impl Default for ApiConfig {
@@ -401,6 +423,7 @@ impl Default for ApiConfig {
             auth_token_file: None,
             auth_username: None,
             auth_password_file: None,
+            tls: None,
         }
     }
 }
@@ -603,6 +626,28 @@ pub struct ClientConfig {
     pub cluster: String,
     /// Where the cluster state lives.
     pub store: StoreConfig,
+    /// How the CLI reaches the agents' APIs when they serve TLS (`[api]`).
+    #[serde(default, skip_serializing_if = "ClientApi::is_empty")]
+    pub api: ClientApi,
+}
+
+/// The `[api]` table of a client config: the CA the members' API certificates are checked
+/// against, and a client certificate for APIs that require one.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientApi {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl ClientApi {
+    pub fn is_empty(&self) -> bool {
+        *self == ClientApi::default()
+    }
 }
 
 #[cfg(test)]

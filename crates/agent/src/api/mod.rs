@@ -17,6 +17,7 @@
 pub mod metrics;
 pub mod page;
 pub mod serve;
+pub mod tls;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
@@ -27,8 +28,9 @@ pub const MAX_PER_PEER: usize = 16;
 /// How long a connection past its lifetime may take to finish the request in flight.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serve `app` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, app: Router) {
+/// Serve `app` on `listener` until the task is dropped; with `tls`, https only (a client
+/// that does not complete the handshake within [`HEADER_TIMEOUT`] is closed).
+pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
@@ -49,23 +51,43 @@ pub async fn serve(listener: TcpListener, app: Router) {
             drop(stream);
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _held = (permit, slot);
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN, conn).await;
+            match tls {
+                None => serve_connection(stream, app).await,
+                Some(acceptor) => {
+                    // Plain HTTP, a wrong client certificate, a stalled handshake: closed.
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        serve_connection(s, app).await
+                    }
                 }
             }
         });
+    }
+}
+
+/// One connection's requests, within its lifetime.
+async fn serve_connection<S>(stream: S, app: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, conn).await;
+        }
     }
 }
 
@@ -113,7 +135,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        tokio::spawn(serve(listener, app));
+        tokio::spawn(serve(listener, app, None));
         addr
     }
 

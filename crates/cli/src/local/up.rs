@@ -9,8 +9,8 @@ use crate::members::{report, table};
 use anyhow::{bail, Context, Result};
 use pgbaton_agent::process::{blocked_for, create_owned_dir, resolve_user};
 use pgbaton_core::config::{
-    ApiConfig, ClientConfig, EtcdAccess, NodeConfig, PgTlsConfig, PostgresqlConfig,
-    ReplicationConfig, StoreConfig, TimingConfig,
+    ApiConfig, ApiTlsConfig, ClientApi, ClientConfig, EtcdAccess, NodeConfig, PgTlsConfig,
+    PostgresqlConfig, ReplicationConfig, StoreConfig, TimingConfig,
 };
 use pgbaton_core::model::MemberStatus;
 use pgbaton_core::sync::SyncMode;
@@ -87,6 +87,13 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
         api: ApiConfig {
             listen: format!("127.0.0.1:{}", o.port_base as u32 + 1000 + i as u32 - 1),
             auth_token_file: Some(l.dir.join("api.token")),
+            // The member's certificate serves its API too (it names 127.0.0.1).
+            tls: o.tls.then(|| ApiTlsConfig {
+                cert_file: l.tls_dir().join(format!("{name}.crt")),
+                key_file: l.tls_dir().join(format!("{name}.key")),
+                ca_file: l.tls_dir().join("ca.crt"),
+                verify_client: false,
+            }),
             ..Default::default()
         },
         store: o.store(l, true),
@@ -309,6 +316,11 @@ pub async fn up(o: UpOptions) -> Result<()> {
     let client = ClientConfig {
         cluster: o.cluster.clone(),
         store: o.store(&l, false),
+        // With --tls the APIs serve https: the CLI checks them against the cluster's CA.
+        api: ClientApi {
+            ca_file: o.tls.then(|| l.tls_dir().join("ca.crt")),
+            ..Default::default()
+        },
     };
     write_owned(&user, &l.client_config(), &client.to_toml_string(), 0o644)?;
     std::fs::set_permissions(&l.dir, std::fs::Permissions::from_mode(0o755))?;

@@ -275,3 +275,79 @@ fn up_on_an_etcd_with_tls_and_a_user() {
     assert_eq!(meta.mode() & 0o777, 0o600);
     assert_eq!(meta.uid(), pg_user().uid.as_raw());
 }
+
+/// GET `path` from `member`'s API over https, checked against the CA in `ca`: the status,
+/// or the error's text.
+fn https_get(c: &Cluster, member: &str, path: &str, ca: &std::path::Path) -> Result<u16, String> {
+    let url = format!("https://127.0.0.1:{}{path}", api_port(c, member));
+    let pem = std::fs::read(ca).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        match client.get(&url).send().await {
+            Ok(r) => Ok(r.status().as_u16()),
+            Err(e) => Err(format!("{e:?}")),
+        }
+    })
+}
+
+/// `up --tls` serves the agents' API over https only: plain HTTP gets no answer, a client
+/// checking against another CA is refused, the CLI's requests through an agent go over
+/// https, and the failsafe round of an etcd outage (members asking each other, token
+/// included) does too: the primary keeps writing while etcd is frozen.
+#[test]
+fn up_tls_serves_the_api_over_https_only() {
+    let etcd = Etcd::new();
+    let c = Cluster::up_with(3, &["--tls", "--etcd", &etcd.endpoint]);
+    c.wait_healthy(Duration::from_secs(60));
+    let ca = c.dir.join("tls/ca.crt");
+    assert_eq!(
+        c.member("n2")["api_url"]
+            .as_str()
+            .map(|u| u.starts_with("https://")),
+        Some(true)
+    );
+
+    // Plain HTTP: the connection is closed without an HTTP answer.
+    assert_eq!(http("GET", api_port(&c, "n1"), "/health", &[], "").0, 0);
+    // https against the cluster's CA: served.
+    assert_eq!(https_get(&c, "n1", "/metrics", &ca), Ok(200));
+    // Against another CA: refused.
+    let other = c.dir.join("other-ca");
+    certs(&other, "x", &["127.0.0.1"]);
+    let e = https_get(&c, "n1", "/metrics", &other.join("ca.crt")).unwrap_err();
+    assert!(
+        e.contains("UnknownIssuer") || e.contains("certificate"),
+        "{e}"
+    );
+
+    // The CLI through an agent's API (the token travels over TLS).
+    let token = c.dir.join("api.token");
+    let o = c.cmd(&["reload", "n2", "--token-file", token.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // An etcd outage: the members confirm the primary to each other over https.
+    c.sql(None, "CREATE TABLE w (x int)").unwrap();
+    signal(etcd.pid(), nix::sys::signal::Signal::SIGSTOP);
+    let start = std::time::Instant::now();
+    let mut failed = None;
+    while start.elapsed() < Duration::from_secs(6) && failed.is_none() {
+        failed = c.sql_direct("n1", "INSERT INTO w VALUES (1)").err();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(etcd.pid(), nix::sys::signal::Signal::SIGCONT);
+    assert!(
+        failed.is_none(),
+        "the primary refused a write while etcd was frozen: {failed:?}"
+    );
+    let log = std::fs::read_to_string(c.dir.join("n1/agent.log")).unwrap();
+    assert!(log.contains("other members confirm this primary"), "{log}");
+}

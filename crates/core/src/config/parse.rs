@@ -111,18 +111,24 @@ impl NodeConfig {
         if let Some(url) = &self.api.connect_url {
             return url.clone();
         }
+        // https when the API serves TLS (`[api.tls]`).
+        let scheme = if self.api.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         match self.api.listen.parse::<SocketAddr>() {
             Ok(addr) if addr.ip().is_unspecified() => {
                 let host = self.connect_host();
                 if host.parse::<Ipv6Addr>().is_ok() {
-                    format!("http://[{host}]:{}", addr.port())
+                    format!("{scheme}://[{host}]:{}", addr.port())
                 } else {
-                    format!("http://{host}:{}", addr.port())
+                    format!("{scheme}://{host}:{}", addr.port())
                 }
             }
-            Ok(addr) => format!("http://{addr}"),
+            Ok(addr) => format!("{scheme}://{addr}"),
             // Only reachable when `validate` was not called.
-            Err(_) => format!("http://{}", self.api.listen),
+            Err(_) => format!("{scheme}://{}", self.api.listen),
         }
     }
 }

@@ -290,16 +290,25 @@ impl ApiConfig {
             ));
         }
         if let Some(url) = &self.connect_url {
-            let rest = url
-                .strip_prefix("http://")
-                .or_else(|| url.strip_prefix("https://"));
+            // https:// exactly when the API serves TLS: an https URL to a plain API, or the
+            // reverse, could never be reached.
+            let (scheme, want) = if self.tls.is_some() {
+                (
+                    "https://",
+                    "an https:// URL ([api.tls] is set: the API serves TLS only)",
+                )
+            } else {
+                ("http://", "an http:// URL (https:// needs [api.tls])")
+            };
+            let rest = url.strip_prefix(scheme);
             if !rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace)) {
-                return Err(ConfigError::new(
-                    "api.connect_url",
-                    lit(url),
-                    "a URL starting with http:// or https://",
-                ));
+                return Err(ConfigError::new("api.connect_url", lit(url), want));
             }
+        }
+        if let Some(t) = &self.tls {
+            check_abs_path("api.tls.cert_file", &t.cert_file)?;
+            check_abs_path("api.tls.key_file", &t.key_file)?;
+            check_abs_path("api.tls.ca_file", &t.ca_file)?;
         }
         if let Some(p) = &self.auth_token_file {
             check_abs_path("api.auth_token_file", p)?;

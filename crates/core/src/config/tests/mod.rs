@@ -276,8 +276,8 @@ fn api_url_variants() {
     assert_eq!(c.api_url(), "http://db1.example:8008");
     c.api.listen = "[fd00::7]:9000".into();
     assert_eq!(c.api_url(), "http://[fd00::7]:9000");
-    c.api.connect_url = Some("https://db1.example/pgbaton".into());
-    assert_eq!(c.api_url(), "https://db1.example/pgbaton");
+    c.api.connect_url = Some("http://db1.example/pgbaton".into());
+    assert_eq!(c.api_url(), "http://db1.example/pgbaton");
 }
 
 #[test]
@@ -821,7 +821,40 @@ fn api() {
         );
     }
     assert_valid(|c| c.api.listen = "[::1]:8008".into());
-    assert_valid(|c| c.api.connect_url = Some("https://db1:8008".into()));
+    assert_valid(|c| c.api.connect_url = Some("http://db1:8008".into()));
+    // https:// exactly when the API serves TLS (audit: an https URL passed validation and
+    // could never work).
+    assert_eq!(
+        bad_key(|c| c.api.connect_url = Some("https://db1:8008".into())),
+        "api.connect_url"
+    );
+    let tls = || ApiTlsConfig {
+        cert_file: "/etc/pgbaton/db1.crt".into(),
+        key_file: "/etc/pgbaton/db1.key".into(),
+        ca_file: "/etc/pgbaton/ca.crt".into(),
+        verify_client: false,
+    };
+    assert_valid(|c| {
+        c.api.tls = Some(tls());
+        c.api.connect_url = Some("https://db1:8008".into());
+    });
+    assert_eq!(
+        bad_key(|c| {
+            c.api.tls = Some(tls());
+            c.api.connect_url = Some("http://db1:8008".into());
+        }),
+        "api.connect_url"
+    );
+    assert_eq!(
+        bad_key(|c| c.api.tls = Some(ApiTlsConfig {
+            key_file: "db1.key".into(),
+            ..tls()
+        })),
+        "api.tls.key_file"
+    );
+    let mut c = minimal();
+    c.api.tls = Some(tls());
+    assert_eq!(c.api_url(), "https://127.0.0.1:8008");
 }
 
 #[test]

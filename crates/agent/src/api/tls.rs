@@ -1,0 +1,107 @@
+//! TLS for the API (`[api.tls]`): the server's rustls configuration (its certificate, and
+//! the CA client certificates must chain to with `verify_client`), and the HTTP client the
+//! agent asks other members with (their certificates checked against the CA, its own
+//! certificate presented, https only).
+
+use anyhow::{bail, Context, Result};
+use pgbaton_core::config::ApiTlsConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("read {} ({key})", path.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} ({key}) is not PEM", path.display()))?;
+    if certs.is_empty() {
+        bail!("{} ({key}) holds no PEM certificate", path.display());
+    }
+    Ok(certs)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let text = pgbaton_pg::files::read_secret_file(path, "api.tls.key_file")?;
+    PrivateKeyDer::from_pem_slice(text.as_bytes()).with_context(|| {
+        format!(
+            "{} (api.tls.key_file) holds no PEM private key",
+            path.display()
+        )
+    })
+}
+
+/// The server side: read at start (a bad file stops the agent, naming it).
+pub fn acceptor(t: &ApiTlsConfig) -> Result<tokio_rustls::TlsAcceptor> {
+    let chain = certs(&t.cert_file, "api.tls.cert_file")?;
+    let key = private_key(&t.key_file)?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = if t.verify_client {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(&t.ca_file, "api.tls.ca_file")? {
+            roots
+                .add(c)
+                .with_context(|| format!("{} (api.tls.ca_file)", t.ca_file.display()))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .context("build the API's client certificate check")?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut cfg = builder.with_single_cert(chain, key).with_context(|| {
+        format!(
+            "{} and {} (api.tls.cert_file, key_file) do not make a certificate and its key",
+            t.cert_file.display(),
+            t.key_file.display()
+        )
+    })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// The HTTP client for other members' APIs: no redirects (a redirect would carry the token
+/// to wherever it points), `timeout` per request; with TLS, https only, the CA as the only
+/// root, and this member's certificate presented.
+pub fn client(tls: Option<&ApiTlsConfig>, timeout: Duration) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(t) = tls {
+        b = with_tls(b, &t.ca_file, Some((&t.cert_file, &t.key_file)), "api.tls")?;
+    }
+    b.build()
+        .context("build the HTTP client for the members' APIs")
+}
+
+/// `b` made https-only, trusting only the CA in `ca`, presenting `identity` (certificate,
+/// key) when given. `what` names the settings in errors.
+pub fn with_tls(
+    b: reqwest::ClientBuilder,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    what: &str,
+) -> Result<reqwest::ClientBuilder> {
+    let pem = std::fs::read(ca).with_context(|| format!("read {} ({what} CA)", ca.display()))?;
+    let ca_cert = reqwest::Certificate::from_pem(&pem)
+        .with_context(|| format!("{} ({what} CA) is not a PEM certificate", ca.display()))?;
+    let mut b = b
+        .https_only(true)
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca_cert);
+    if let Some((cert, key)) = identity {
+        let mut pem = std::fs::read(cert)
+            .with_context(|| format!("read {} ({what} certificate)", cert.display()))?;
+        pem.extend(pgbaton_pg::files::read_secret_file(key, &format!("{what} key"))?.as_bytes());
+        b = b.identity(reqwest::Identity::from_pem(&pem).with_context(|| {
+            format!(
+                "{} and {}: not a certificate and key",
+                cert.display(),
+                key.display()
+            )
+        })?);
+    }
+    Ok(b)
+}
