@@ -105,3 +105,82 @@ pub fn with_tls(
     }
     Ok(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, SanType,
+    };
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A CA in `dir` and `n` certificates it signed for 127.0.0.1 (`c0.crt`, `c0.key`, ...).
+    fn pki(dir: &Path, n: usize) -> ApiTlsConfig {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "test CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        std::fs::write(dir.join("ca.crt"), p.self_signed(&ca_key).unwrap().pem()).unwrap();
+        let issuer = Issuer::new(p, ca_key);
+        for i in 0..n {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            std::fs::write(dir.join(format!("c{i}.crt")), cert.pem()).unwrap();
+            let kp = dir.join(format!("c{i}.key"));
+            std::fs::write(&kp, key.serialize_pem()).unwrap();
+            std::fs::set_permissions(&kp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        ApiTlsConfig {
+            cert_file: dir.join("c0.crt"),
+            key_file: dir.join("c0.key"),
+            ca_file: dir.join("ca.crt"),
+            verify_client: true,
+        }
+    }
+
+    /// With `verify_client`, a client without a certificate of the CA is refused; one with
+    /// a certificate the CA signed is served.
+    #[tokio::test]
+    async fn verify_client_wants_a_certificate_of_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = pki(dir.path(), 2);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/", listener.local_addr().unwrap());
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(super::super::serve::serve(
+            listener,
+            app,
+            Some(acceptor(&t).unwrap()),
+        ));
+        let no_cert = with_tls(reqwest::Client::builder(), &t.ca_file, None, "test")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(
+            no_cert.get(&url).send().await.is_err(),
+            "served without a client certificate"
+        );
+        let other = ApiTlsConfig {
+            cert_file: dir.path().join("c1.crt"),
+            key_file: dir.path().join("c1.key"),
+            ..t.clone()
+        };
+        let member = client(Some(&other), Duration::from_secs(5)).unwrap();
+        let r = member
+            .get(&url)
+            .send()
+            .await
+            .expect("served with a certificate of the CA");
+        assert_eq!(r.status(), 200);
+        // https only: the same client does not speak plain HTTP.
+        let plain = url.replace("https://", "http://");
+        assert!(member.get(&plain).send().await.is_err());
+    }
+}
