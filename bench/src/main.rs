@@ -70,6 +70,9 @@ impl Cluster {
                 "bench",
                 "--timeout",
                 "120",
+                // In the clear: the writers' tokio-postgres clients speak no TLS (the figures
+                // are PostgreSQL's and pgbaton's, not TLS's).
+                "--no-tls",
                 "--dir",
             ])
             .arg(&self.dir)

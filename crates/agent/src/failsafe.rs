@@ -105,12 +105,19 @@ impl Agent {
                 req = req.basic_auth(u, Some(p));
             }
             let name = m.name.clone();
+            let ca = self.cfg.api.tls.as_ref().map(|t| t.ca_file.clone());
             asks.spawn(async move {
                 let r = req.send().await;
                 let ok = r.as_ref().is_ok_and(|r| r.status().is_success());
                 let why = match r {
                     Ok(r) => format!("answered {}", r.status()),
-                    Err(e) => format!("unreachable ({e})"),
+                    Err(e) => {
+                        let text = format!("{:#}", anyhow::Error::from(e));
+                        format!(
+                            "unreachable ({text}){}",
+                            api::tls::ca_hint(&text, ca.as_deref(), "api.tls.ca_file")
+                        )
+                    }
                 };
                 (name, ok, why)
             });

@@ -117,10 +117,15 @@ enum Cmd {
         /// File holding the etcd user's password (0600).
         #[arg(long, value_name = "FILE")]
         etcd_password_file: Option<PathBuf>,
-        /// TLS on every PostgreSQL network connection: a CA and a certificate per member in
-        /// DIR/tls, `hostssl` lines only, members verify each other (sslmode=verify-full).
-        #[arg(long)]
+        /// TLS everywhere (the default): a CA and a certificate per member in DIR/tls;
+        /// PostgreSQL with `hostssl` lines only, members verifying each other
+        /// (sslmode=verify-full); the agents' APIs over https. Kept for scripts that say it.
+        #[arg(long, conflicts_with = "no_tls")]
         tls: bool,
+        /// No TLS: PostgreSQL and the APIs in the clear (a lab on one machine, a benchmark
+        /// whose clients do not speak TLS).
+        #[arg(long)]
+        no_tls: bool,
     },
     /// Make TLS certificates: the cluster's CA in DIR (when missing) and one member's
     /// certificate naming its hosts. Copy the member's files to its host.
@@ -397,7 +402,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             etcd_key_file,
             etcd_user,
             etcd_password_file,
-            tls,
+            tls: _,
+            no_tls,
         } => {
             let opts = local::UpOptions {
                 dir,
@@ -419,7 +425,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     username: etcd_user,
                     password_file: etcd_password_file.map(std::path::absolute).transpose()?,
                 },
-                tls,
+                tls: !no_tls,
             };
             runtime()?.block_on(local::up(opts))?;
             Ok(ExitCode::SUCCESS)

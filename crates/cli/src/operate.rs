@@ -221,7 +221,15 @@ pub async fn via_agent(
         .bearer_auth(&token)
         .send()
         .await
-        .with_context(|| format!("reach {member}'s agent at {url}"))?;
+        .map_err(|e| {
+            let text = format!("{:#}", anyhow::Error::from(e));
+            let hint = pgbaton_agent::api::tls::ca_hint(
+                &text,
+                cfg.api.ca_file.as_deref(),
+                "[api] ca_file",
+            );
+            anyhow::anyhow!("reach {member}'s agent at {url}: {text}{hint}")
+        })?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if status != reqwest::StatusCode::ACCEPTED {

@@ -76,6 +76,20 @@ pub fn client(tls: Option<&ApiTlsConfig>, timeout: Duration) -> Result<reqwest::
         .context("build the HTTP client for the members' APIs")
 }
 
+/// What to check when a request to a member's API failed with `error` (its text, with its
+/// sources): the CA file, when the failure is about the member's certificate.
+pub fn ca_hint(error: &str, ca: Option<&Path>, key: &str) -> String {
+    let e = error.to_ascii_lowercase();
+    match ca {
+        Some(ca) if e.contains("certificate") || e.contains("unknownissuer") => format!(
+            " (is the member's API certificate signed by the CA in {} ({key}) and issued for \
+             the host in its api_url?)",
+            ca.display()
+        ),
+        _ => String::new(),
+    }
+}
+
 /// `b` made https-only, trusting only the CA in `ca`, presenting `identity` (certificate,
 /// key) when given. `what` names the settings in errors.
 pub fn with_tls(

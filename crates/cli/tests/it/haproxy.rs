@@ -256,7 +256,8 @@ fn read_ports(client: &Client, read_port: u16, count: usize, tolerate_errors: bo
 
 #[test]
 fn haproxy_example_follows_switchover_and_failover() {
-    let c = Cluster::up(3);
+    // `up`'s default (TLS everywhere), as the example expects: its checks speak https.
+    let c = Cluster::up_default(3, &[]);
     c.wait_healthy(Duration::from_secs(30));
     let pg = |i: u16| c.port_base + i - 1;
     let api = |i: u16| c.port_base + 1000 + i - 1;
@@ -283,6 +284,12 @@ fn haproxy_example_follows_switchover_and_failover() {
         );
     }
     let cfg = c.scratch.path.join("haproxy.cfg");
+    let ca = "/var/tmp/pgbaton-demo/tls/ca.crt";
+    assert!(
+        example.contains(ca),
+        "examples/haproxy.cfg no longer names {ca}"
+    );
+    let example = example.replace(ca, c.dir.join("tls/ca.crt").to_str().unwrap());
     std::fs::write(&cfg, substitute_ports(&example, &map)).unwrap();
     let o = run_with_timeout(
         Command::new(HAPROXY).arg("-c").arg("-f").arg(&cfg),

@@ -184,7 +184,19 @@ impl Cluster {
         Self::up_with(nodes, &[])
     }
 
+    /// `up` with `extra`, in the clear unless `extra` says `--tls`: most tests speak plain
+    /// HTTP to the API (`http`) and check other things; `up_default` and the TLS tests run
+    /// `up`'s default, TLS everywhere.
     pub fn up_with(nodes: u16, extra: &[&str]) -> Cluster {
+        let mut args = extra.to_vec();
+        if !args.contains(&"--tls") {
+            args.push("--no-tls");
+        }
+        Self::up_default(nodes, &args)
+    }
+
+    /// `up` with `extra` and nothing else: TLS everywhere unless `extra` says `--no-tls`.
+    pub fn up_default(nodes: u16, extra: &[&str]) -> Cluster {
         let scratch = scratch();
         let dir = scratch.path.join("cluster");
         let port_base = free_port_base(nodes);

@@ -299,14 +299,14 @@ fn https_get(c: &Cluster, member: &str, path: &str, ca: &std::path::Path) -> Res
     })
 }
 
-/// `up --tls` serves the agents' API over https only: plain HTTP gets no answer, a client
+/// `up` (its default: TLS everywhere) serves the agents' API over https only: plain HTTP gets no answer, a client
 /// checking against another CA is refused, the CLI's requests through an agent go over
 /// https, and the failsafe round of an etcd outage (members asking each other, token
 /// included) does too: the primary keeps writing while etcd is frozen.
 #[test]
-fn up_tls_serves_the_api_over_https_only() {
+fn up_serves_the_api_over_https_only_by_default() {
     let etcd = Etcd::new();
-    let c = Cluster::up_with(3, &["--tls", "--etcd", &etcd.endpoint]);
+    let c = Cluster::up_default(3, &["--etcd", &etcd.endpoint]);
     c.wait_healthy(Duration::from_secs(60));
     let ca = c.dir.join("tls/ca.crt");
     assert_eq!(
@@ -333,6 +333,33 @@ fn up_tls_serves_the_api_over_https_only() {
     let token = c.dir.join("api.token");
     let o = c.cmd(&["reload", "n2", "--token-file", token.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
+    // A client config naming another CA: refused, and the error names that file.
+    let conf = std::fs::read_to_string(c.config()).unwrap();
+    let other_ca = other.join("ca.crt");
+    assert!(conf.contains(ca.to_str().unwrap()), "{conf}");
+    let wrong = c.scratch.path.join("wrong-ca.toml");
+    std::fs::write(
+        &wrong,
+        conf.replace(ca.to_str().unwrap(), other_ca.to_str().unwrap()),
+    )
+    .unwrap();
+    let o = pgbaton(
+        &[
+            "-c",
+            wrong.to_str().unwrap(),
+            "reload",
+            "n2",
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(other_ca.to_str().unwrap()),
+        "{}",
+        text(&o)
+    );
 
     // An etcd outage: the members confirm the primary to each other over https.
     c.sql(None, "CREATE TABLE w (x int)").unwrap();
