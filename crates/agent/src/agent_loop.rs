@@ -141,6 +141,8 @@ impl Agent {
     }
 
     pub(crate) async fn iteration(&mut self) -> Result<()> {
+        // Before the store is read: a renewed certificate is needed most in a store outage.
+        self.reload_api_tls_on_change();
         self.shared
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -156,7 +158,7 @@ impl Agent {
                 if !round_ran {
                     self.store_unreachable().await;
                 }
-                return Err(StoreDown(e).into());
+                return Err(e);
             }
         };
         self.report_unreadable(&view);
@@ -302,7 +304,7 @@ impl std::fmt::Display for FatalExit {
 
 impl std::error::Error for FatalExit {}
 
-/// The loop's read of the store failed (the error says how).
+/// The loop's read of the store got no answer within its bound (the error says so).
 #[derive(Debug)]
 pub(crate) struct StoreDown(pub anyhow::Error);
 

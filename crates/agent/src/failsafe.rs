@@ -25,11 +25,14 @@ impl Agent {
         let read = async move {
             match tokio::time::timeout(limit, pgbaton_store::read_view(&*store)).await {
                 Ok(r) => r.context(READ_WHAT),
-                Err(_) => Err(anyhow::anyhow!(
+                // Only a read that got no answer is `StoreDown` (the loop then publishes
+                // nothing more); an answer that is an error is published as usual.
+                Err(_) => Err(crate::agent_loop::StoreDown(anyhow::anyhow!(
                     "{READ_WHAT}: the store ({}) did not answer within {} ms",
                     store.describe(),
                     limit.as_millis()
-                )),
+                ))
+                .into()),
             }
         };
         tokio::pin!(read);
@@ -44,7 +47,7 @@ impl Agent {
             "the store has not answered for {} ms",
             (limit / 2).as_millis()
         );
-        let (r, ()) = tokio::join!(&mut read, self.failsafe_round(&cause));
+        let (r, ()) = tokio::join!(&mut read, self.failsafe_round(&cause, true));
         (r, true)
     }
 
@@ -53,11 +56,14 @@ impl Agent {
     /// the lease had been renewed when the round started). Otherwise the watchdog fences it
     /// at the deadline of its last renewal.
     pub(crate) async fn store_unreachable(&mut self) {
-        self.failsafe_round("the store is unreachable").await
+        self.failsafe_round("the store is unreachable", false).await
     }
 
     /// One failsafe round (see `store_unreachable`); `cause` says why, in its messages.
-    async fn failsafe_round(&mut self, cause: &str) {
+    /// `early`: the store is only slow so far, and may still answer: a refusal then is
+    /// logged at info and left out of the member's message (review finding: a slow but
+    /// working store logged "it fences itself" at warn on every loop).
+    async fn failsafe_round(&mut self, cause: &str, early: bool) {
         if !self.cfg.failover.failsafe || !self.exec.mem.held_lease {
             return;
         }
@@ -152,6 +158,12 @@ impl Agent {
                 }
                 Err(e) => error!("{e:#}"),
             }
+        } else if early {
+            info!(
+                "failsafe: {cause} and not every member confirms this primary ({}); waiting \
+                 for the store's answer",
+                refused.join("; ")
+            );
         } else {
             let msg = format!(
                 "failsafe: {cause} and not every member confirms this primary ({}): it fences \

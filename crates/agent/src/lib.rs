@@ -63,8 +63,9 @@ pub struct Agent {
     last_unreadable: String,
     tls: tls_watch::TlsWatch,
     http: reqwest::Client,
-    /// The API's TLS (`[api.tls]`), read at start.
-    api_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The API's TLS (`[api.tls]`), read at start and again when its files change.
+    api_tls: Option<api::serve::SharedAcceptor>,
+    api_tls_watch: tls_watch::TlsWatch,
     archive: archive_watch::ArchiveWatch,
 }
 
@@ -138,7 +139,13 @@ impl Agent {
             cfg.api.tls.as_ref(),
             Duration::from_millis(cfg.timing.loop_interval_ms.clamp(100, 1000)),
         )?;
-        let api_tls = cfg.api.tls.as_ref().map(api::tls::acceptor).transpose()?;
+        let api_tls = cfg
+            .api
+            .tls
+            .as_ref()
+            .map(api::tls::acceptor)
+            .transpose()?
+            .map(|a| Arc::new(RwLock::new(a)));
         let cfg = Arc::new(cfg);
         let publisher = publish::Publisher {
             cfg: cfg.clone(),
@@ -184,6 +191,7 @@ impl Agent {
                 tls: Default::default(),
                 http,
                 api_tls,
+                api_tls_watch: Default::default(),
                 archive: Default::default(),
             },
             listener,

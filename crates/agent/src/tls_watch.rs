@@ -1,6 +1,9 @@
-//! `[postgresql.tls]` files as the agent watches them: PostgreSQL reads its certificate, key
-//! and CA again at each reload, so a renewed certificate takes effect without a restart once
-//! the agent sees a file change (its size or modification time) and reloads.
+//! TLS files as the agent watches them. `[postgresql.tls]`: PostgreSQL reads its
+//! certificate, key and CA again at each reload, so a renewed certificate takes effect
+//! without a restart once the agent sees a file change (its size or modification time) and
+//! reloads. `[api.tls]`: the agent builds its API's TLS and its client for the other
+//! members again (a member certificate that expired before the agent restarted would fail
+//! every failsafe round: review finding).
 
 use super::*;
 use std::time::SystemTime;
@@ -32,12 +35,12 @@ pub fn check_tls_files(cfg: &NodeConfig) -> Result<()> {
 }
 
 impl TlsWatch {
-    /// Whether the TLS files changed since the last call (never on the first).
-    pub(crate) fn changed(&mut self, cfg: &NodeConfig) -> bool {
-        let Some(t) = &cfg.postgresql.tls else {
+    /// Whether `files` changed since the last call (never on the first).
+    pub(crate) fn changed(&mut self, files: &[&std::path::Path]) -> bool {
+        if files.is_empty() {
             return false;
-        };
-        let now: Vec<_> = [&t.cert_file, &t.key_file, &t.ca_file]
+        }
+        let now: Vec<_> = files
             .iter()
             .map(|p| {
                 std::fs::metadata(p)
@@ -54,12 +57,51 @@ impl TlsWatch {
 impl Agent {
     /// Reload PostgreSQL when its TLS files changed (renewed certificates).
     pub(crate) async fn reload_on_tls_change(&mut self) {
-        if !self.tls.changed(&self.cfg) || fence::postmaster_of(&self.cfg.data_dir).is_none() {
+        let files = match &self.cfg.postgresql.tls {
+            Some(t) => vec![
+                t.cert_file.as_path(),
+                t.key_file.as_path(),
+                t.ca_file.as_path(),
+            ],
+            None => vec![],
+        };
+        if !self.tls.changed(&files) || fence::postmaster_of(&self.cfg.data_dir).is_none() {
             return;
         }
         match pgbaton_exec::Postgres::reload(&mut self.exec.pg).await {
             Ok(()) => info!("TLS files changed: PostgreSQL reloaded them"),
             Err(e) => warn!("TLS files changed, and reloading PostgreSQL failed: {e:#}"),
+        }
+    }
+}
+
+impl Agent {
+    /// Build the API's TLS and the client for the other members' APIs again when the
+    /// `[api.tls]` files changed; a file that does not load keeps the old ones (and says so).
+    pub(crate) fn reload_api_tls_on_change(&mut self) {
+        let Some(t) = self.cfg.api.tls.clone() else {
+            return;
+        };
+        if !self
+            .api_tls_watch
+            .changed(&[&t.cert_file, &t.key_file, &t.ca_file])
+        {
+            return;
+        }
+        let timeout = Duration::from_millis(self.cfg.timing.loop_interval_ms.clamp(100, 1000));
+        match (api::tls::acceptor(&t), api::tls::client(Some(&t), timeout)) {
+            (Ok(acceptor), Ok(http)) => {
+                if let Some(shared) = &self.api_tls {
+                    *shared.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
+                }
+                self.http = http;
+                info!(
+                    "API TLS files changed: the API serves them, the failsafe client presents them"
+                );
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                warn!("API TLS files changed but do not load ({e:#}): keeping the ones in use")
+            }
         }
     }
 }

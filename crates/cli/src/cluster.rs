@@ -24,14 +24,19 @@ pub fn load_client_config(path: &Path) -> Result<ClientConfig> {
         .unwrap_or(false);
     if is_node {
         let n = NodeConfig::from_toml_str(&text, path)?;
-        // A node's own API TLS files reach the other members' APIs too.
+        // A node's own API CA reaches the other members' APIs too; its certificate and
+        // key only where the APIs ask for one (the key is the agent's user's own, and a
+        // CLI run by another user could not read it: review finding).
         let api = n
             .api
             .tls
-            .map(|t| pgbaton_core::config::ClientApi {
-                ca_file: Some(t.ca_file),
-                cert_file: Some(t.cert_file),
-                key_file: Some(t.key_file),
+            .map(|t| {
+                let id = t.verify_client;
+                pgbaton_core::config::ClientApi {
+                    ca_file: Some(t.ca_file),
+                    cert_file: id.then_some(t.cert_file),
+                    key_file: id.then_some(t.key_file),
+                }
             })
             .unwrap_or_default();
         return Ok(ClientConfig {

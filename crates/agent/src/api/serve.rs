@@ -28,9 +28,12 @@ pub const MAX_PER_PEER: usize = 16;
 /// How long a connection past its lifetime may take to finish the request in flight.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// The API's TLS, replaced when its files change (each connection takes the current one).
+pub type SharedAcceptor = Arc<std::sync::RwLock<TlsAcceptor>>;
+
 /// Serve `app` on `listener` until the task is dropped; with `tls`, https only (a client
 /// that does not complete the handshake within [`HEADER_TIMEOUT`] is closed).
-pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>) {
+pub async fn serve(listener: TcpListener, app: Router, tls: Option<SharedAcceptor>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let peers: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
@@ -52,7 +55,9 @@ pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>)
             continue;
         };
         let app = app.clone();
-        let tls = tls.clone();
+        let tls = tls
+            .as_ref()
+            .map(|t| t.read().unwrap_or_else(|e| e.into_inner()).clone());
         tokio::spawn(async move {
             let _held = (permit, slot);
             match tls {

@@ -159,8 +159,8 @@ mod tests {
         }
     }
 
-    /// With `verify_client`, a client without a certificate of the CA is refused; one with
-    /// a certificate the CA signed is served.
+    /// With `verify_client`, a client without a certificate, or with one another CA signed,
+    /// is refused; one with a certificate the CA signed is served.
     #[tokio::test]
     async fn verify_client_wants_a_certificate_of_the_ca() {
         let dir = tempfile::tempdir().unwrap();
@@ -171,7 +171,7 @@ mod tests {
         tokio::spawn(super::super::serve::serve(
             listener,
             app,
-            Some(acceptor(&t).unwrap()),
+            Some(Arc::new(std::sync::RwLock::new(acceptor(&t).unwrap()))),
         ));
         let no_cert = with_tls(reqwest::Client::builder(), &t.ca_file, None, "test")
             .unwrap()
@@ -186,6 +186,22 @@ mod tests {
             key_file: dir.path().join("c1.key"),
             ..t.clone()
         };
+        // A certificate another CA signed: refused too.
+        let stranger_dir = tempfile::tempdir().unwrap();
+        let stranger = pki(stranger_dir.path(), 1);
+        let stranger = with_tls(
+            reqwest::Client::builder(),
+            &t.ca_file,
+            Some((&stranger.cert_file, &stranger.key_file)),
+            "test",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        assert!(
+            stranger.get(&url).send().await.is_err(),
+            "served a certificate of another CA"
+        );
         let member = client(Some(&other), Duration::from_secs(5)).unwrap();
         let r = member
             .get(&url)

@@ -19,16 +19,22 @@ fn psql_tcp(port: u16, extra: &str) -> std::process::Output {
     )
 }
 
-/// The serial number of the certificate the server on `port` presents.
-fn served_serial(port: u16) -> String {
+/// The serial number of the certificate the server on `port` presents (PostgreSQL's, after
+/// its STARTTLS; with `api`, an agent's API, TLS from the first byte).
+fn serial_at(port: u16, api: bool) -> String {
+    let starttls = if api { "" } else { "-starttls postgres" };
     let o = run_with_timeout(
         Command::new("sh").arg("-c").arg(format!(
-            "openssl s_client -starttls postgres -connect 127.0.0.1:{port} </dev/null 2>/dev/null \
+            "openssl s_client {starttls} -connect 127.0.0.1:{port} </dev/null 2>/dev/null \
              | openssl x509 -noout -serial"
         )),
         Duration::from_secs(20),
     );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn served_serial(port: u16) -> String {
+    serial_at(port, false)
 }
 
 /// `pgbaton certs`: the CA in `dir` (made when missing) and `member`'s certificate.
@@ -126,6 +132,14 @@ fn up_tls_encrypts_replication_and_refuses_plain_connections() {
     assert_eq!(c.postmaster_pid("n1"), pid, "PostgreSQL was restarted");
     let log = std::fs::read_to_string(c.dir.join("n1").join("agent.log")).unwrap();
     assert!(log.contains("TLS files changed"), "{log}");
+    // The API (the same files) serves the renewed certificate too, without a restart.
+    let agent = c.agent_pid("n1");
+    wait_for(
+        "the renewed certificate served by the API",
+        Duration::from_secs(30),
+        || serial_at(api_port(&c, "n1"), true) == renewed,
+    );
+    assert_eq!(c.agent_pid("n1"), agent, "the agent was restarted");
 }
 
 #[test]
@@ -271,9 +285,11 @@ fn up_on_an_etcd_with_tls_and_a_user() {
     let copy = c.dir.join("etcd/password");
     assert!(node.contains(copy.to_str().unwrap()), "{node}");
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(&copy).unwrap();
-    assert_eq!(meta.mode() & 0o777, 0o600);
-    assert_eq!(meta.uid(), pg_user().uid.as_raw());
+    for secret in [copy, c.dir.join("etcd/client.key")] {
+        let meta = std::fs::metadata(&secret).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600, "{}", secret.display());
+        assert_eq!(meta.uid(), pg_user().uid.as_raw(), "{}", secret.display());
+    }
 }
 
 /// GET `path` from `member`'s API over https, checked against the CA in `ca`: the status,

@@ -141,10 +141,11 @@ impl ClientConfig {
         Ok(config)
     }
 
-    /// Check the cluster name and the store. Errors carry `file: None`.
+    /// Check the cluster name, the store and `[api]`. Errors carry `file: None`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_name("cluster", &self.cluster)?;
-        self.store.validate()
+        self.store.validate()?;
+        self.api.validate()
     }
 
     /// The config as TOML text.

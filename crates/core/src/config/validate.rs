@@ -371,6 +371,43 @@ impl StoreConfig {
     }
 }
 
+impl ClientApi {
+    /// Absolute paths; a client certificate with its key, and either only with the CA
+    /// (review finding: they were silently ignored).
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        for (key, p) in [
+            ("api.ca_file", &self.ca_file),
+            ("api.cert_file", &self.cert_file),
+            ("api.key_file", &self.key_file),
+        ] {
+            if let Some(p) = p {
+                check_abs_path(key, p)?;
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            let key = if self.cert_file.is_some() {
+                "api.key_file"
+            } else {
+                "api.cert_file"
+            };
+            return Err(ConfigError::new(
+                key,
+                "(not set)",
+                "a client certificate and its key, both or neither",
+            ));
+        }
+        if self.cert_file.is_some() && self.ca_file.is_none() {
+            return Err(ConfigError::new(
+                "api.ca_file",
+                "(not set)",
+                "the CA the members' API certificates are checked against (a client \
+                 certificate is for APIs served over TLS)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl EtcdAccess {
     /// One scheme for every endpoint; `https://` with a CA (and TLS files only with it); a
     /// client certificate with its key; a user with a password file.
@@ -437,6 +474,14 @@ impl EtcdAccess {
                 )
             };
             return Err(ConfigError::new(key, "(not set)", missing));
+        }
+        if self.username.is_some() && https == 0 {
+            return Err(ConfigError::new(
+                "store.endpoints",
+                format!("{endpoints:?}"),
+                "\"https://\" endpoints: store.username is set, and etcd's authentication \
+                 would send its password in the clear",
+            ));
         }
         if let Some(u) = &self.username {
             if u.is_empty() || u.chars().any(|c| c.is_control()) {

@@ -73,7 +73,10 @@ impl Secured {
             options = options.with_tls(tls.clone());
         }
         if let Some((u, p)) = &self.user {
-            options = options.with_user(u.clone(), p.clone());
+            // A token that expires (etcd's JWT tokens) is renewed instead of failing a call.
+            options = options
+                .with_user(u.clone(), p.clone())
+                .with_auto_token_refresh(true);
         }
         options
     }
@@ -95,15 +98,10 @@ impl Secured {
                 "etcd has authentication on: set store.username and store.password_file".into(),
             );
         }
-        let tls_problem = [
-            "certificate",
-            "unknownissuer",
-            "tls",
-            "handshake",
-            "transport error",
-        ]
-        .iter()
-        .any(|w| e.contains(w));
+        // Only a certificate or handshake problem: a refused connection is not the CA's.
+        let tls_problem = ["certificate", "unknownissuer", "handshake", "alert"]
+            .iter()
+            .any(|w| e.contains(w));
         match (&self.ca_file, tls_problem) {
             (Some(ca), true) => Some(format!(
                 "is the etcd servers' certificate signed by store.ca_file {} and issued for the \

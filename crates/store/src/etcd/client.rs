@@ -34,7 +34,7 @@ impl EtcdStore {
         .await
         {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(format!("cannot connect: {e}")),
+            Ok(Err(e)) => return Err(format!("cannot connect: {}", error_text(&e))),
             Err(_) => {
                 return Err(format!(
                     "cannot connect: no answer within {} s",
@@ -60,7 +60,7 @@ impl EtcdStore {
                     match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), f(c)).await
                     {
                         Ok(Ok(v)) => return Ok(v),
-                        Ok(Err(e)) => e.to_string(),
+                        Ok(Err(e)) => error_text(&e),
                         Err(_) => format!("no answer within {} s", REQUEST_TIMEOUT.as_secs() + 1),
                     }
                 }
@@ -129,6 +129,23 @@ impl EtcdStore {
             self.endpoints_text()
         )
     }
+}
+
+/// An etcd error with what caused it: a transport error's own text is only "transport
+/// error", and the cause (a refused connection, "invalid peer certificate: UnknownIssuer")
+/// is in its sources.
+fn error_text(e: &etcd_client::Error) -> String {
+    let mut text = e.to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
+        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
+        _ => None,
+    };
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 /// A short pause before trying a lost compare-and-set again, varied so that racers spread.

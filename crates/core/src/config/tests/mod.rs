@@ -1019,6 +1019,16 @@ fn etcd_tls_and_user() {
         bad_key(etcd(&["http://a:2379"], user)),
         "store.password_file"
     );
+    // A password never goes over plain http (review finding).
+    let plain_user = EtcdAccess {
+        username: Some("pgbaton".into()),
+        password_file: Some("/etc/pgbaton/etcd.password".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        bad_key(etcd(&["http://a:2379"], plain_user)),
+        "store.endpoints"
+    );
     let relative = EtcdAccess {
         ca_file: Some("ca.crt".into()),
         ..Default::default()
@@ -1055,6 +1065,31 @@ fn etcd_lease_ttl_is_whole_seconds_rounded_down() {
     let e = parse_err(&on_etcd("ttl_ms = 1900"));
     assert_eq!(e.key, "timing.ttl_ms");
     assert!(e.expected.contains("whole seconds"), "{e}");
+}
+
+#[test]
+fn client_config_api_tls() {
+    let file = Path::new("/srv/pg/pgbaton.toml");
+    let base =
+        "cluster = \"main\"\n\n[store]\nkind = \"local\"\npath = \"/srv/pg/state.db\"\n\n[api]\n";
+    let ok = format!("{base}ca_file = \"/srv/pg/tls/ca.crt\"\n");
+    let c = ClientConfig::from_toml_str(&ok, file).unwrap();
+    assert_eq!(
+        c.api.ca_file.as_deref(),
+        Some(Path::new("/srv/pg/tls/ca.crt"))
+    );
+    let err = |text: String| ClientConfig::from_toml_str(&text, file).unwrap_err().key;
+    assert_eq!(err(format!("{base}ca_file = \"ca.crt\"\n")), "api.ca_file");
+    assert_eq!(
+        err(format!("{base}ca_file = \"/c\"\ncert_file = \"/x.crt\"\n")),
+        "api.key_file"
+    );
+    assert_eq!(
+        err(format!(
+            "{base}cert_file = \"/x.crt\"\nkey_file = \"/x.key\"\n"
+        )),
+        "api.ca_file"
+    );
 }
 
 #[test]
