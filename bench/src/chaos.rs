@@ -17,7 +17,7 @@
 //! write between two writes another member acknowledged less than a second apart). The last
 //! line reads `chaos: N rounds, L lost, W two-writer moments, U rounds not healthy again`.
 
-use super::{children, kill9_all, median, Cluster};
+use super::{children, kill9_all, lose_host, median, Cluster};
 use anyhow::{bail, Context, Result};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,6 +105,10 @@ fn member_pid(c: &Cluster, member: &str, file: &str) -> Option<i32> {
     c.pid_in(&format!("{member}/{file}")).ok()
 }
 
+fn data_dir(c: &Cluster, member: &str) -> std::path::PathBuf {
+    c.dir.join(member).join("data")
+}
+
 /// The agent (and its watchdog) and PostgreSQL (postmaster and backends) of `member`.
 fn host_pids(c: &Cluster, member: &str) -> Vec<i32> {
     let mut pids = vec![];
@@ -176,7 +180,7 @@ async fn fault(c: &Cluster, o: &Options, kind: usize, rng: &mut Rng) -> Result<S
         .collect();
     Ok(match kind {
         0 => {
-            kill9_all(&host_pids(c, &leader));
+            lose_host(&host_pids(c, &leader), &data_dir(c, &leader));
             format!("{leader}'s host lost")
         }
         1 => {
@@ -204,7 +208,7 @@ async fn fault(c: &Cluster, o: &Options, kind: usize, rng: &mut Rng) -> Result<S
             format!("{leader}'s agent frozen for {hold:?}")
         }
         4 => {
-            kill9_all(&host_pids(c, &leader));
+            lose_host(&host_pids(c, &leader), &data_dir(c, &leader));
             let mut new = None;
             wait_until(Duration::from_secs(30), || {
                 new = c.leader().ok().filter(|l| *l != leader);
@@ -213,7 +217,7 @@ async fn fault(c: &Cluster, o: &Options, kind: usize, rng: &mut Rng) -> Result<S
             .await;
             match new {
                 Some(n) => {
-                    kill9_all(&host_pids(c, &n));
+                    lose_host(&host_pids(c, &n), &data_dir(c, &n));
                     format!("{leader}'s host lost, then {n}'s right after it took over")
                 }
                 None => format!("{leader}'s host lost; nobody took over within 30 s"),
@@ -221,7 +225,7 @@ async fn fault(c: &Cluster, o: &Options, kind: usize, rng: &mut Rng) -> Result<S
         }
         5 => {
             let s = &standbys[rng.below(2) as usize];
-            kill9_all(&host_pids(c, s));
+            lose_host(&host_pids(c, s), &data_dir(c, s));
             format!("standby {s}'s host lost")
         }
         6 => match c.pgbaton(&["switchover"]) {

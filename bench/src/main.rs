@@ -149,7 +149,6 @@ fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
-/// SIGKILL to all of them in one `kill` call.
 /// SIGKILL every process and wait (up to 5 s) until each is gone or a zombie, as on a host
 /// that is really lost: a process still exiting right after `kill` looked alive to the `up`
 /// that followed, which then did not start that agent again (a round "not healthy" in the
@@ -164,6 +163,37 @@ fn kill9_all(pids: &[i32]) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while pids.iter().any(|p| !exited(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Processes whose working directory is `dir` (PostgreSQL's postmaster and backends run in
+/// their data directory).
+fn running_in(dir: &std::path::Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return vec![];
+    };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir) && !exited(*pid)
+        })
+        .collect()
+}
+
+/// A lost host: `pids` (the agent and its watchdog, the postmaster and its children) and
+/// then, until none is left, every process still running in `data_dir`: a backend forked
+/// between listing the postmaster's children and killing it survived as an orphan (a lost
+/// host keeps nothing running, and an orphan holds PostgreSQL's shared memory).
+fn lose_host(pids: &[i32], data_dir: &std::path::Path) {
+    kill9_all(pids);
+    for _ in 0..20 {
+        let rest = running_in(data_dir);
+        if rest.is_empty() {
+            return;
+        }
+        kill9_all(&rest);
     }
 }
 
@@ -334,7 +364,7 @@ async fn main() -> Result<()> {
                 let mut pids = vec![agent, pm];
                 pids.extend(children(agent));
                 pids.extend(children(pm));
-                kill9_all(&pids);
+                lose_host(&pids, &c.dir.join(&leader).join("data"));
             }
             _ => {
                 let pm = c.pid_in(&format!("{leader}/data/postmaster.pid"))?;

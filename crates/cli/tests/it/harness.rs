@@ -400,6 +400,41 @@ pub fn kill9(pid: i32) {
     );
 }
 
+/// A lost host: the member's agent, its watchdog, the postmaster and every backend, and
+/// then, until none is left, every process still running in its data directory: a backend
+/// forked between listing the postmaster's children and killing it survived as an orphan
+/// (a lost host keeps nothing running; an orphan holds PostgreSQL's shared memory).
+pub fn lose_host(c: &Cluster, member: &str) {
+    let agent = c.agent_pid(member).expect("the member's agent");
+    let pm = c.postmaster_pid(member).expect("the member's postmaster");
+    let mut pids = vec![agent, pm];
+    pids.extend(children(agent));
+    pids.extend(children(pm));
+    for p in pids {
+        kill9(p);
+    }
+    let data = std::fs::canonicalize(c.data_dir(member)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rest: Vec<i32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d == data)
+                    && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                        s.rsplit_once(')')
+                            .is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+                    })
+            })
+            .collect();
+        if rest.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        rest.into_iter().for_each(kill9);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Run `cmd` as the PostgreSQL OS user (when we are root), from `/`.
 pub fn as_pg(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;

@@ -8,18 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A lost host: the member's agent, its watchdog, the postmaster and every backend at once.
-fn lose_host(c: &Cluster, member: &str) {
-    let agent = c.agent_pid(member).expect("the member's agent");
-    let pm = c.postmaster_pid(member).expect("the member's postmaster");
-    let mut pids = vec![agent, pm];
-    pids.extend(children(agent));
-    pids.extend(children(pm));
-    for p in pids {
-        kill9(p);
-    }
-}
-
 /// Wait until the store's record proves a standby (the leader set its list up); returns
 /// the record's members.
 fn wait_synchronous(c: &Cluster) -> Vec<String> {
