@@ -1630,3 +1630,40 @@ fn etcd_secret_files_must_be_private() {
     .expect_err("not a certificate");
     assert!(format!("{err:#}").contains("store.ca_file"), "{err:#}");
 }
+
+/// A store file another process holds the write lock of: a call waits on SQLite's lock on a
+/// blocking thread, so the runtime goes on (here a one-thread runtime, whose only thread
+/// a call run inline would take) and a caller's bound gives up on it (chaos campaign
+/// finding: a primary could not run its failsafe round during an outage of the file).
+#[tokio::test(flavor = "current_thread")]
+async fn local_a_locked_file_blocks_no_runtime_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("store.db");
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(&path, "c").unwrap());
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let ticks = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let bounded = pgbaton_store::Bounded::wrap(store.clone(), Duration::from_millis(500));
+    let r = bounded.member_put(&member("n1", 5432)).await;
+    assert!(r.is_err(), "a write went through a held lock");
+    assert!(
+        ticks.load(Ordering::SeqCst) > 0,
+        "the runtime stood still while the call waited on the lock"
+    );
+    ticker.abort();
+    locker.execute_batch("ROLLBACK").unwrap();
+    // The lock released, the store works again.
+    tokio::time::timeout(BOUND, store.member_put(&member("n1", 5432)))
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -1,13 +1,13 @@
 //! The history: one row per entry, keyed `history/<20-digit sequence number>` so that key
 //! order is append order, trimmed to the last [`HISTORY_KEEP`] entries as it grows.
 
-use super::{put_row, LocalStore, HISTORY_END, HISTORY_PREFIX};
-use crate::{Result, Store, HISTORY_KEEP};
+use super::{put_row, Db, HISTORY_END, HISTORY_PREFIX};
+use crate::{Result, HISTORY_KEEP};
 use anyhow::{anyhow, Context};
 use pgbaton_core::model::HistoryEntry;
 use rusqlite::params;
 
-impl LocalStore {
+impl Db {
     pub(super) fn append_history(&self, entry: &HistoryEntry) -> Result<()> {
         let json = serde_json::to_string(entry).context("serializing a history entry")?;
         self.in_tx_any("appending to the history", |tx| {

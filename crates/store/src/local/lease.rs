@@ -1,12 +1,12 @@
 //! The leader lease: a row whose `expires_ms` is the lease's expiry in wall-clock ms. Every
 //! change is a `BEGIN IMMEDIATE` transaction that reads "now" once it holds the write lock.
 
-use super::{get_row, to_i64, LocalStore, KEY_LEADER, KEY_SYNC};
+use super::{get_row, to_i64, Db, KEY_LEADER, KEY_SYNC};
 use crate::Result;
 use pgbaton_core::model::Leader;
 use rusqlite::params;
 
-impl LocalStore {
+impl Db {
     pub(super) fn read_leader(&self) -> Result<Option<Leader>> {
         let now = self.now();
         self.with_conn("reading the leader lease", |conn| {
@@ -84,7 +84,7 @@ impl LocalStore {
 }
 
 /// Is a lease with this expiry still held at `now`? (Expired = `expires_ms <= now`.)
-impl LocalStore {
+impl Db {
     /// The synchronous set's compare-and-set: only while `leader` holds the lease.
     pub(super) fn cas_sync(
         &self,

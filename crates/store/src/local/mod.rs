@@ -20,7 +20,11 @@
 //! appenders in several processes never take the same number, and it trims the history to
 //! the last [`HISTORY_KEEP`](crate::HISTORY_KEEP) entries in the same transaction.
 //!
-//! Operations are short local file accesses, so they run inline in the async methods.
+//! Each call runs on tokio's blocking threads (`LocalStore::blocking`): a call that waits on
+//! SQLite's lock (another process holds it, up to the busy timeout) then blocks no runtime
+//! thread, and a caller's bound (`Bounded`) can give up on it. Run inline, such a call held
+//! the agent's loop past every bound, so a primary could not run its failsafe round during
+//! an outage of the file (chaos campaign finding).
 //!
 //! Its modules: `open` (checking the file's location, WAL mode, the schema), `lease`, `ops`
 //! and `history` (their compare-and-sets); the initialize key, members and the pause flag
@@ -60,6 +64,11 @@ type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 /// Several `LocalStore`s (in one process or several) may use the same file at once; each
 /// holds its own connection.
 pub struct LocalStore {
+    db: Arc<Db>,
+}
+
+/// The connection and what its calls need; its methods are synchronous.
+struct Db {
     path: PathBuf,
     cluster: String,
     conn: Mutex<Connection>,
@@ -69,8 +78,8 @@ pub struct LocalStore {
 impl std::fmt::Debug for LocalStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalStore")
-            .field("path", &self.path)
-            .field("cluster", &self.cluster)
+            .field("path", &self.db.path)
+            .field("cluster", &self.db.cluster)
             .finish_non_exhaustive()
     }
 }
@@ -91,29 +100,56 @@ impl LocalStore {
                 path.display()
             );
         }
-        Ok(LocalStore {
+        let db = Db {
             path: path.to_path_buf(),
             cluster: cluster.to_string(),
             conn: Mutex::new(conn),
             clock: Arc::new(crate::now_ms),
-        })
+        };
+        Ok(LocalStore { db: Arc::new(db) })
     }
 
     /// Replace the clock used for lease arithmetic (tests use it to make time pass).
+    ///
+    /// # Panics
+    /// When a call of this store is still running (it is meant right after `open`).
     #[doc(hidden)]
     pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
-        self.clock = Arc::new(clock);
+        Arc::get_mut(&mut self.db)
+            .expect("with_clock right after open")
+            .clock = Arc::new(clock);
         self
     }
 
     /// The file this store lives in.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.db.path
     }
 
     /// The cluster this store's keys belong to.
     pub fn cluster(&self) -> &str {
-        &self.cluster
+        &self.db.cluster
+    }
+
+    /// Run `f` on the database on a blocking thread (inline where no tokio runtime runs).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        if tokio::runtime::Handle::try_current().is_err() {
+            return f(&db);
+        }
+        let describe = db.describe();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| anyhow!("{describe}: the call ended abnormally: {e}"))?
+    }
+}
+
+impl Db {
+    fn describe(&self) -> String {
+        format!("sqlite file {}", self.path.display())
     }
 
     fn now(&self) -> i64 {
@@ -201,19 +237,15 @@ fn member_key(name: &str) -> String {
     format!("{MEMBER_PREFIX}{name}")
 }
 
-#[async_trait]
-impl Store for LocalStore {
-    fn describe(&self) -> String {
-        format!("sqlite file {}", self.path.display())
-    }
-
-    async fn initialize_get(&self) -> Result<Option<String>> {
+/// The calls, synchronous; `LocalStore`'s `Store` methods run them on blocking threads.
+impl Db {
+    fn initialize_get(&self) -> Result<Option<String>> {
         self.with_conn("reading the initialize key", |conn| {
             Ok(get_row(conn, &self.cluster, KEY_INITIALIZE)?.map(|(v, _)| v))
         })
     }
 
-    async fn initialize_claim(&self, value: &str) -> Result<bool> {
+    fn initialize_claim(&self, value: &str) -> Result<bool> {
         self.in_tx("claiming the initialize key", |tx| {
             let n = tx.execute(
                 "INSERT OR IGNORE INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, ?3, NULL)",
@@ -223,7 +255,7 @@ impl Store for LocalStore {
         })
     }
 
-    async fn initialize_replace(&self, expected: &str, value: &str) -> Result<bool> {
+    fn initialize_replace(&self, expected: &str, value: &str) -> Result<bool> {
         self.in_tx("replacing the initialize key", |tx| {
             let n = tx.execute(
                 "UPDATE kv SET value = ?4 WHERE cluster = ?1 AND key = ?2 AND value = ?3",
@@ -233,7 +265,7 @@ impl Store for LocalStore {
         })
     }
 
-    async fn initialize_abandon(&self, expected: &str) -> Result<bool> {
+    fn initialize_abandon(&self, expected: &str) -> Result<bool> {
         self.in_tx("abandoning the initialize key", |tx| {
             let n = tx.execute(
                 "DELETE FROM kv WHERE cluster = ?1 AND key = ?2 AND value = ?3",
@@ -243,23 +275,23 @@ impl Store for LocalStore {
         })
     }
 
-    async fn leader_get(&self) -> Result<Option<Leader>> {
+    fn leader_get(&self) -> Result<Option<Leader>> {
         self.read_leader()
     }
 
-    async fn leader_acquire(&self, member: &str, ttl_ms: u64) -> Result<bool> {
+    fn leader_acquire(&self, member: &str, ttl_ms: u64) -> Result<bool> {
         self.acquire_leader(member, ttl_ms)
     }
 
-    async fn leader_renew(&self, member: &str, ttl_ms: u64) -> Result<bool> {
+    fn leader_renew(&self, member: &str, ttl_ms: u64) -> Result<bool> {
         self.renew_leader(member, ttl_ms)
     }
 
-    async fn leader_release(&self, member: &str) -> Result<bool> {
+    fn leader_release(&self, member: &str) -> Result<bool> {
         self.release_leader(member)
     }
 
-    async fn member_put(&self, state: &MemberState) -> Result<()> {
+    fn member_put(&self, state: &MemberState) -> Result<()> {
         let json = serde_json::to_string(state)
             .with_context(|| format!("serializing the state of member {}", state.name))?;
         self.with_conn("publishing a member's state", |conn| {
@@ -273,7 +305,7 @@ impl Store for LocalStore {
         })
     }
 
-    async fn member_get(&self, name: &str) -> Result<Option<MemberState>> {
+    fn member_get(&self, name: &str) -> Result<Option<MemberState>> {
         let key = member_key(name);
         let row = self.with_conn("reading a member's state", |conn| {
             get_row(conn, &self.cluster, &key)
@@ -289,7 +321,7 @@ impl Store for LocalStore {
         .transpose()
     }
 
-    async fn members_read(&self) -> Result<crate::MembersRead> {
+    fn members_read(&self) -> Result<crate::MembersRead> {
         let rows: Vec<(String, String)> = self.with_conn("listing members", |conn| {
             // Keys are compared with substr rather than LIKE: member names may hold % or _.
             let mut stmt = conn.prepare(
@@ -311,7 +343,7 @@ impl Store for LocalStore {
         Ok(crate::MembersRead::from_records(records, &self.describe()))
     }
 
-    async fn member_delete(&self, name: &str) -> Result<bool> {
+    fn member_delete(&self, name: &str) -> Result<bool> {
         let key = member_key(name);
         self.in_tx("deleting a member", |tx| {
             let n = tx.execute(
@@ -322,49 +354,44 @@ impl Store for LocalStore {
         })
     }
 
-    async fn op_get(&self) -> Result<Option<Operation>> {
+    fn op_get(&self) -> Result<Option<Operation>> {
         self.read_op()
     }
 
-    async fn op_post(&self, op: &Operation) -> Result<bool> {
+    fn op_post(&self, op: &Operation) -> Result<bool> {
         self.post_op(op)
     }
 
-    async fn op_update(&self, id: &str, phase: OpPhase, new: &Operation) -> Result<bool> {
+    fn op_update(&self, id: &str, phase: OpPhase, new: &Operation) -> Result<bool> {
         self.update_op(id, phase, new)
     }
 
-    async fn history_append(&self, entry: &HistoryEntry) -> Result<()> {
+    fn history_append(&self, entry: &HistoryEntry) -> Result<()> {
         self.append_history(entry)
     }
 
-    async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
+    fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
         self.read_history(limit)
     }
 
-    async fn sync_get(&self) -> Result<Option<String>> {
+    fn sync_get(&self) -> Result<Option<String>> {
         self.with_conn("reading the synchronous set", |conn| {
             Ok(get_row(conn, &self.cluster, KEY_SYNC)?.map(|(v, _)| v))
         })
     }
 
-    async fn sync_cas(
-        &self,
-        leader: &str,
-        expected: Option<&str>,
-        new: Option<&str>,
-    ) -> Result<bool> {
+    fn sync_cas(&self, leader: &str, expected: Option<&str>, new: Option<&str>) -> Result<bool> {
         self.cas_sync(leader, expected, new)
     }
 
-    async fn paused(&self) -> Result<bool> {
+    fn paused(&self) -> Result<bool> {
         let row = self.with_conn("reading the pause flag", |conn| {
             get_row(conn, &self.cluster, KEY_PAUSED)
         })?;
         Ok(row.is_some_and(|(v, _)| v == "true"))
     }
 
-    async fn set_paused(&self, paused: bool) -> Result<()> {
+    fn set_paused(&self, paused: bool) -> Result<()> {
         self.with_conn("setting the pause flag", |conn| {
             if paused {
                 conn.execute(
@@ -380,6 +407,123 @@ impl Store for LocalStore {
             }
             Ok(())
         })
+    }
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    fn describe(&self) -> String {
+        self.db.describe()
+    }
+
+    async fn initialize_get(&self) -> Result<Option<String>> {
+        self.blocking(|db| db.initialize_get()).await
+    }
+
+    async fn initialize_claim(&self, value: &str) -> Result<bool> {
+        let value = value.to_string();
+        self.blocking(move |db| db.initialize_claim(&value)).await
+    }
+
+    async fn initialize_replace(&self, expected: &str, value: &str) -> Result<bool> {
+        let (expected, value) = (expected.to_string(), value.to_string());
+        self.blocking(move |db| db.initialize_replace(&expected, &value))
+            .await
+    }
+
+    async fn initialize_abandon(&self, expected: &str) -> Result<bool> {
+        let expected = expected.to_string();
+        self.blocking(move |db| db.initialize_abandon(&expected))
+            .await
+    }
+
+    async fn leader_get(&self) -> Result<Option<Leader>> {
+        self.blocking(|db| db.leader_get()).await
+    }
+
+    async fn leader_acquire(&self, member: &str, ttl_ms: u64) -> Result<bool> {
+        let member = member.to_string();
+        self.blocking(move |db| db.leader_acquire(&member, ttl_ms))
+            .await
+    }
+
+    async fn leader_renew(&self, member: &str, ttl_ms: u64) -> Result<bool> {
+        let member = member.to_string();
+        self.blocking(move |db| db.leader_renew(&member, ttl_ms))
+            .await
+    }
+
+    async fn leader_release(&self, member: &str) -> Result<bool> {
+        let member = member.to_string();
+        self.blocking(move |db| db.leader_release(&member)).await
+    }
+
+    async fn sync_get(&self) -> Result<Option<String>> {
+        self.blocking(|db| db.sync_get()).await
+    }
+
+    async fn sync_cas(
+        &self,
+        leader: &str,
+        expected: Option<&str>,
+        value: Option<&str>,
+    ) -> Result<bool> {
+        let leader = leader.to_string();
+        let expected = expected.map(str::to_string);
+        let value = value.map(str::to_string);
+        self.blocking(move |db| db.sync_cas(&leader, expected.as_deref(), value.as_deref()))
+            .await
+    }
+
+    async fn member_put(&self, state: &MemberState) -> Result<()> {
+        let state = state.clone();
+        self.blocking(move |db| db.member_put(&state)).await
+    }
+
+    async fn member_get(&self, name: &str) -> Result<Option<MemberState>> {
+        let name = name.to_string();
+        self.blocking(move |db| db.member_get(&name)).await
+    }
+
+    async fn members_read(&self) -> Result<crate::MembersRead> {
+        self.blocking(|db| db.members_read()).await
+    }
+
+    async fn member_delete(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.blocking(move |db| db.member_delete(&name)).await
+    }
+
+    async fn op_get(&self) -> Result<Option<Operation>> {
+        self.blocking(|db| db.op_get()).await
+    }
+
+    async fn op_post(&self, op: &Operation) -> Result<bool> {
+        let op = op.clone();
+        self.blocking(move |db| db.op_post(&op)).await
+    }
+
+    async fn op_update(&self, id: &str, phase: OpPhase, new: &Operation) -> Result<bool> {
+        let (id, new) = (id.to_string(), new.clone());
+        self.blocking(move |db| db.op_update(&id, phase, &new))
+            .await
+    }
+
+    async fn history_append(&self, entry: &HistoryEntry) -> Result<()> {
+        let entry = entry.clone();
+        self.blocking(move |db| db.history_append(&entry)).await
+    }
+
+    async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
+        self.blocking(move |db| db.history(limit)).await
+    }
+
+    async fn paused(&self) -> Result<bool> {
+        self.blocking(|db| db.paused()).await
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<()> {
+        self.blocking(move |db| db.set_paused(paused)).await
     }
 }
 
@@ -421,8 +565,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("store.db");
         let s = LocalStore::open(&path, "c").unwrap();
-        let mode: String = s
-            .with_conn("t", |c| {
+        let mode: String =
+            s.db.with_conn("t", |c| {
                 c.query_row("PRAGMA journal_mode", [], |r| r.get(0))
             })
             .unwrap();
@@ -448,7 +592,7 @@ mod tests {
     fn a_corrupt_operation_is_reported_not_replaced() {
         let tmp = tempfile::tempdir().unwrap();
         let s = LocalStore::open(&tmp.path().join("store.db"), "c").unwrap();
-        s.with_conn("t", |c| put_row(c, "c", KEY_OP, "{not json"))
+        s.db.with_conn("t", |c| put_row(c, "c", KEY_OP, "{not json"))
             .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -469,11 +613,11 @@ mod tests {
                 .unwrap_err()
         );
         assert!(err.contains("not valid JSON of an operation"), "{err}");
-        let raw = s
-            .with_conn("t", |c| get_row(c, "c", KEY_OP))
-            .unwrap()
-            .unwrap()
-            .0;
+        let raw =
+            s.db.with_conn("t", |c| get_row(c, "c", KEY_OP))
+                .unwrap()
+                .unwrap()
+                .0;
         assert_eq!(raw, "{not json");
     }
 }

@@ -1,12 +1,12 @@
 //! The operation: one key holding the current operation's JSON. Posting and updating are
 //! compare-and-sets on its id and phase, in a `BEGIN IMMEDIATE` transaction.
 
-use super::{get_row, put_row, LocalStore, KEY_OP};
-use crate::{Result, Store};
+use super::{get_row, put_row, Db, KEY_OP};
+use crate::Result;
 use anyhow::Context;
 use pgbaton_core::model::{OpPhase, Operation};
 
-impl LocalStore {
+impl Db {
     pub(super) fn read_op(&self) -> Result<Option<Operation>> {
         let row = self.with_conn("reading the current operation", |conn| {
             get_row(conn, &self.cluster, KEY_OP)
