@@ -17,6 +17,23 @@ impl Agent {
             auth: self.auth.clone(),
         });
         tokio::spawn(api::serve::serve(listener, app, self.api_tls.clone()));
+        // The failsafe by the fence's clock, beside the loop (see `failsafe::Keeper`).
+        let failsafe_keeper = match (&self.exec.host.watchdog, self.cfg.failover.failsafe) {
+            (Some(w), true) => Some(tokio::spawn(
+                failsafe::Keeper {
+                    cfg: self.cfg.clone(),
+                    shared: self.shared.clone(),
+                    http: self.http.clone(),
+                    auth: self.auth.clone(),
+                    arm: {
+                        let w = w.clone();
+                        Arc::new(move |d| w.lock().unwrap_or_else(|e| e.into_inner()).arm(d))
+                    },
+                }
+                .run(),
+            )),
+            _ => None,
+        };
         self.exec.pg.write_pgpass()?;
         let interval = Duration::from_millis(self.cfg.timing.loop_interval_ms);
         tokio::pin!(shutdown);
@@ -97,6 +114,9 @@ impl Agent {
                 _ = wait => {}
             }
         };
+        if let Some(k) = failsafe_keeper {
+            k.abort();
+        }
         self.shutdown(result.is_err()).await;
         result
     }
@@ -147,20 +167,7 @@ impl Agent {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .last_loop = Some(Instant::now());
-        let view = match self.read_view_or_failsafe().await {
-            (Ok(v), _) => v,
-            (Err(e), round_ran) => {
-                self.shared
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .failsafe
-                    .store_failed();
-                if !round_ran {
-                    self.store_unreachable().await;
-                }
-                return Err(e);
-            }
-        };
+        let view = self.read_or_failsafe().await?;
         self.report_unreadable(&view);
         self.refuse_slot_collision(&view)?;
         {
@@ -189,10 +196,11 @@ impl Agent {
             PlanEnd::Failed(StepError::StoreUnreachable(_)) => self.store_unreachable().await,
             PlanEnd::Failed(StepError::Failed(_)) => {}
         }
-        // Publish what is true now, after the actions.
-        let view = self
-            .bounded("read the cluster from the store", self.cluster_view())
-            .await?;
+        // Publish what is true now, after the actions. This read too runs a failsafe round
+        // when the store is slow: a freeze right after a renewal left the next round too
+        // little of the fence's budget when this read and the publish after it each waited
+        // out their bound first (CI, `a_frozen_etcd_does_not_demote_a_healthy_primary`).
+        let view = self.read_or_failsafe().await?;
         let data = datadir::inspect(&self.bins, &self.cfg.data_dir)?;
         let pg = self.observe_pg(&view).await;
         let local = self.local_view(&view, data, pg);
@@ -275,6 +283,26 @@ impl Agent {
     }
 
     /// Publish what a glance at the node shows (no SQL), with the status that implies.
+    /// The loop's read of the store (see `read_view_or_failsafe`). When it fails, the
+    /// member is marked as not reaching the store (the API's failsafe answers need it) and a
+    /// primary runs its failsafe round, unless it ran one beside the read already.
+    async fn read_or_failsafe(&mut self) -> Result<ClusterView> {
+        match self.read_view_or_failsafe().await {
+            (Ok(v), _) => Ok(v),
+            (Err(e), round_ran) => {
+                self.shared
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .failsafe
+                    .store_failed();
+                if !round_ran {
+                    self.store_unreachable().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
     async fn publish_glance(&self, progress: Option<Progress>) {
         let status = self.status_of(&self.publisher.glance());
         self.publish_status(status, progress).await;

@@ -81,7 +81,6 @@ impl Agent {
         else {
             return;
         };
-        let me = self.cfg.name.clone();
         // A member whose record cannot be read cannot be asked (its address is in the
         // record), and an unasked member may take the lease: no confirmation then.
         let unreadable: Vec<&str> = view.unreadable.iter().filter_map(|u| u.member()).collect();
@@ -99,51 +98,10 @@ impl Agent {
             return;
         }
         let t0 = Instant::now();
-        let mut asks = tokio::task::JoinSet::new();
-        for m in view.members.iter().filter(|m| m.name != me) {
-            let mut req = self
-                .http
-                .post(format!("{}/failsafe", m.api_url.trim_end_matches('/')))
-                .json(&serde_json::json!({ "leader": me }));
-            if let Some(t) = &self.auth.token {
-                req = req.bearer_auth(t);
-            } else if let Some((u, p)) = &self.auth.basic {
-                req = req.basic_auth(u, Some(p));
-            }
-            let name = m.name.clone();
-            let ca = self.cfg.api.tls.as_ref().map(|t| t.ca_file.clone());
-            asks.spawn(async move {
-                let r = req.send().await;
-                let ok = r.as_ref().is_ok_and(|r| r.status().is_success());
-                let why = match r {
-                    Ok(r) => format!("answered {}", r.status()),
-                    Err(e) => {
-                        let text = format!("{:#}", anyhow::Error::from(e));
-                        format!(
-                            "unreachable ({text}){}",
-                            api::tls::ca_hint(&text, ca.as_deref(), "api.tls.ca_file")
-                        )
-                    }
-                };
-                (name, ok, why)
-            });
-        }
-        let mut refused = vec![];
-        let mut n = 0;
-        while let Some(r) = asks.join_next().await {
-            n += 1;
-            match r {
-                Ok((_, true, _)) => {}
-                Ok((name, false, why)) => refused.push(format!("{name} {why}")),
-                Err(e) => refused.push(format!("a check failed: {e}")),
-            }
-        }
+        let http = self.http.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (n, refused) = ask_members(&self.cfg, &view, &http, &self.auth).await;
         let confirmed = refused.is_empty();
-        {
-            let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
-            sh.failsafe_rounds += 1;
-            sh.failsafe_confirmed += confirmed as u64;
-        }
+        count_round(&self.shared, confirmed);
         if confirmed {
             match pgbaton_exec::Host::arm(&mut self.exec.host, t0) {
                 Ok(()) => {
@@ -176,5 +134,271 @@ impl Agent {
             self.last_failsafe = Some(msg.clone());
             self.exec.message = Some(msg);
         }
+    }
+}
+
+/// Count a round (metrics).
+fn count_round(shared: &api::SharedState, confirmed: bool) {
+    let mut sh = shared.write().unwrap_or_else(|e| e.into_inner());
+    sh.failsafe_rounds += 1;
+    sh.failsafe_confirmed += confirmed as u64;
+}
+
+/// Ask every other member of `view` to confirm this member as the live primary: how many
+/// were asked, and why each that did not confirm did not.
+async fn ask_members(
+    cfg: &NodeConfig,
+    view: &ClusterView,
+    http: &reqwest::Client,
+    auth: &api::Auth,
+) -> (usize, Vec<String>) {
+    let me = cfg.name.clone();
+    let mut asks = tokio::task::JoinSet::new();
+    for m in view.members.iter().filter(|m| m.name != me) {
+        let mut req = http
+            .post(format!("{}/failsafe", m.api_url.trim_end_matches('/')))
+            .json(&serde_json::json!({ "leader": me }));
+        if let Some(t) = &auth.token {
+            req = req.bearer_auth(t);
+        } else if let Some((u, p)) = &auth.basic {
+            req = req.basic_auth(u, Some(p));
+        }
+        let name = m.name.clone();
+        let ca = cfg.api.tls.as_ref().map(|t| t.ca_file.clone());
+        asks.spawn(async move {
+            let r = req.send().await;
+            let ok = r.as_ref().is_ok_and(|r| r.status().is_success());
+            let why = match r {
+                Ok(r) => format!("answered {}", r.status()),
+                Err(e) => {
+                    let text = format!("{:#}", anyhow::Error::from(e));
+                    format!(
+                        "unreachable ({text}){}",
+                        api::tls::ca_hint(&text, ca.as_deref(), "api.tls.ca_file")
+                    )
+                }
+            };
+            (name, ok, why)
+        });
+    }
+    let mut refused = vec![];
+    let mut n = 0;
+    while let Some(r) = asks.join_next().await {
+        n += 1;
+        match r {
+            Ok((_, true, _)) => {}
+            Ok((name, false, why)) => refused.push(format!("{name} {why}")),
+            Err(e) => refused.push(format!("a check failed: {e}")),
+        }
+    }
+    (n, refused)
+}
+
+/// What the failsafe keeper needs, shared with the loop.
+pub(crate) struct Keeper {
+    pub cfg: Arc<NodeConfig>,
+    pub shared: api::SharedState,
+    pub http: Arc<RwLock<reqwest::Client>>,
+    pub auth: api::Auth,
+    /// Arms the fence watchdog for a deadline (the agent's: `host::SharedWatchdog::arm`).
+    pub arm: Arc<dyn Fn(Instant) -> Result<()> + Send + Sync>,
+}
+
+impl Keeper {
+    /// The failsafe by the fence's clock, beside the loop: when half the time between a
+    /// renewal and the fence has passed without a new renewal, a leading primary asks the
+    /// members itself, whatever the loop is waiting for. The loop's own rounds start only
+    /// after one of its store calls is slow, and a renewal that hung left the round less
+    /// than a quarter of a second before the fence on a loaded host (CI fenced a healthy
+    /// primary during an etcd freeze, twice). A round extends the fence only while the loop
+    /// still has it armed and leads (checked under the shared lock the loop's disarm takes).
+    pub(crate) async fn run(self) {
+        let window = Duration::from_millis(
+            self.cfg
+                .timing
+                .ttl_ms
+                .saturating_sub(self.cfg.timing.fence_margin_ms),
+        );
+        let tick = Duration::from_millis((self.cfg.timing.loop_interval_ms / 5).clamp(20, 200));
+        let mut told = false;
+        loop {
+            tokio::time::sleep(tick).await;
+            let view = {
+                let sh = self.shared.read().unwrap_or_else(|e| e.into_inner());
+                let due = sh
+                    .fence_deadline
+                    .is_some_and(|d| d.saturating_duration_since(Instant::now()) < window / 2);
+                match (&sh.view, due && sh.failsafe.leading()) {
+                    (Some(v), true) if v.unreadable.is_empty() => v.clone(),
+                    _ => {
+                        told = false;
+                        continue;
+                    }
+                }
+            };
+            if fence::postmaster_of(&self.cfg.data_dir).is_none() {
+                continue;
+            }
+            let t0 = Instant::now();
+            let http = self.http.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let (n, refused) = ask_members(&self.cfg, &view, &http, &self.auth).await;
+            count_round(&self.shared, refused.is_empty());
+            if !refused.is_empty() {
+                info!(
+                    "failsafe: the lease has not been renewed for {} ms and not every member \
+                     confirms this primary ({})",
+                    (window / 2).as_millis(),
+                    refused.join("; ")
+                );
+                continue;
+            }
+            if self.extend(t0 + window) && !told {
+                warn!(
+                    "failsafe: the lease has not been renewed for {} ms; all {n} other members \
+                     confirm this primary, so it keeps serving",
+                    (window / 2).as_millis()
+                );
+                told = true;
+            }
+        }
+    }
+
+    /// Arm the fence for `deadline` if the loop still has it armed, leads, and had it set
+    /// earlier; under the shared lock, so a disarm cannot slip in between.
+    fn extend(&self, deadline: Instant) -> bool {
+        let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
+        let armed = sh.fence_deadline.is_some_and(|d| d < deadline);
+        if !armed || !sh.failsafe.leading() {
+            return false;
+        }
+        if let Err(e) = (self.arm)(deadline) {
+            error!("failsafe: arming the fence watchdog: {e:#}");
+            return false;
+        }
+        sh.fence_deadline = Some(deadline);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watchdog::tests::fake_instance;
+    use pgbaton_core::model::{MemberState, MemberStatus, Role};
+    use std::sync::atomic::{AtomicU16, Ordering};
+
+    /// A member's API that answers /failsafe with the status in `code` (200 confirms).
+    async fn member_api(code: Arc<AtomicU16>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/failsafe",
+            axum::routing::post(move || {
+                let code = code.clone();
+                async move {
+                    axum::http::StatusCode::from_u16(code.load(Ordering::SeqCst)).unwrap()
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    /// The keeper extends an armed fence when every member confirms, and only then: not
+    /// when one refuses, not when this member does not lead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_keeper_extends_the_fence_only_when_confirmed_and_leading() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (data, pg) = fake_instance(scratch.path());
+        let cfg = Arc::new(
+            NodeConfig::from_toml_str(
+                &format!(
+                    "cluster = \"c\"\nname = \"n1\"\ndata_dir = \"{}\"\n[store]\nkind = \"local\"\npath = \"/x/s.db\"\n",
+                    data.display()
+                ),
+                std::path::Path::new("n1.toml"),
+            )
+            .unwrap(),
+        );
+        let code = Arc::new(AtomicU16::new(200));
+        let mut members = vec![];
+        for name in ["n1", "n2", "n3"] {
+            let mut m = MemberState::sample(name, Role::Standby, MemberStatus::Streaming, 0);
+            m.api_url = member_api(code.clone()).await;
+            members.push(m);
+        }
+        let shared: api::SharedState = Arc::default();
+        // The fake postmaster ends with the test, also when it fails.
+        struct Cleanup(std::process::Child);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _cleanup = Cleanup(pg);
+        // The watchdog as the keeper sees it: what it was last armed with.
+        let armed_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+        let recorder = armed_at.clone();
+        let arm_fn: Arc<dyn Fn(Instant) -> Result<()> + Send + Sync> = Arc::new(move |d| {
+            *recorder.lock().unwrap() = Some(d);
+            Ok(())
+        });
+        let arm = |ms: u64| {
+            let d = Instant::now() + Duration::from_millis(ms);
+            arm_fn(d).unwrap();
+            shared.write().unwrap().fence_deadline = Some(d);
+            d
+        };
+        {
+            let mut sh = shared.write().unwrap();
+            sh.view = Some(ClusterView {
+                members,
+                ..Default::default()
+            });
+            sh.failsafe.set_leading(true);
+        }
+        let first = arm(300);
+        let keeper = tokio::spawn(
+            Keeper {
+                cfg: cfg.clone(),
+                shared: shared.clone(),
+                http: Arc::new(RwLock::new(reqwest::Client::new())),
+                auth: api::Auth::default(),
+                arm: arm_fn.clone(),
+            }
+            .run(),
+        );
+        let armed = || *armed_at.lock().unwrap();
+        let until = |what: &str, f: &dyn Fn() -> bool| {
+            let t = Instant::now();
+            while !f() {
+                assert!(t.elapsed() < Duration::from_secs(10), "never: {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        until("the fence extended", &|| armed().is_some_and(|d| d > first));
+        assert_eq!(shared.read().unwrap().fence_deadline, armed());
+        // One member refuses: nothing is extended any more.
+        code.store(409, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        let held = arm(300);
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(
+            armed(),
+            Some(held),
+            "extended without every member's confirmation"
+        );
+        // All confirm again, but this member no longer leads: nothing is extended.
+        shared.write().unwrap().failsafe.set_leading(false);
+        code.store(200, Ordering::SeqCst);
+        let held = arm(300);
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(
+            armed(),
+            Some(held),
+            "extended for a member that does not lead"
+        );
+        keeper.abort();
     }
 }

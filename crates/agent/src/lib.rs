@@ -62,7 +62,8 @@ pub struct Agent {
     /// The unreadable store records last logged (logged again only when they change).
     last_unreadable: String,
     tls: tls_watch::TlsWatch,
-    http: reqwest::Client,
+    /// The client for the other members' APIs (replaced when the API's TLS files change).
+    http: Arc<RwLock<reqwest::Client>>,
     /// The API's TLS (`[api.tls]`), read at start and again when its files change.
     api_tls: Option<api::serve::SharedAcceptor>,
     api_tls_watch: tls_watch::TlsWatch,
@@ -135,10 +136,10 @@ impl Agent {
             );
         }
         // No redirects; with [api.tls], https only, the other members checked against the CA.
-        let http = api::tls::client(
+        let http = Arc::new(RwLock::new(api::tls::client(
             cfg.api.tls.as_ref(),
             Duration::from_millis(cfg.timing.loop_interval_ms.clamp(100, 1000)),
-        )?;
+        )?));
         let api_tls = cfg
             .api
             .tls

@@ -5,28 +5,6 @@ use super::*;
 use pgbaton_core::memory::{Probed, ViewSettings};
 
 impl Agent {
-    /// Several store calls as one step (each is bounded by the store itself), bounded as a
-    /// whole by [`store_timeout`] and named.
-    pub(crate) async fn bounded<T>(
-        &self,
-        what: &str,
-        fut: impl Future<Output = Result<T>>,
-    ) -> Result<T> {
-        let limit = store_timeout(&self.cfg);
-        match tokio::time::timeout(limit, fut).await {
-            Ok(r) => r.with_context(|| what.to_string()),
-            Err(_) => bail!(
-                "{what}: the store ({}) did not answer within {} ms",
-                self.store.describe(),
-                limit.as_millis()
-            ),
-        }
-    }
-
-    pub(crate) async fn cluster_view(&self) -> Result<ClusterView> {
-        pgbaton_store::read_view(&*self.store).await
-    }
-
     /// The local view for the decision, from what the last probe saw, folded with the
     /// agent's memory (`Memory::fold`, shared with the simulator).
     pub(crate) fn local_view(&mut self, view: &ClusterView, data: DataDir, pg: PgRun) -> LocalView {

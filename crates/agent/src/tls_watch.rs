@@ -94,7 +94,7 @@ impl Agent {
                 if let Some(shared) = &self.api_tls {
                     *shared.write().unwrap_or_else(|e| e.into_inner()) = acceptor;
                 }
-                self.http = http;
+                *self.http.write().unwrap_or_else(|e| e.into_inner()) = http;
                 info!(
                     "API TLS files changed: the API serves them, the failsafe client presents them"
                 );

@@ -395,7 +395,7 @@ fn close_inherited_fds() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -408,7 +408,7 @@ mod tests {
     }
 
     /// A stand-in "postmaster": a copy of sleep named postgres, working in the data directory.
-    fn fake_instance(scratch: &Path) -> (PathBuf, Child) {
+    pub(crate) fn fake_instance(scratch: &Path) -> (PathBuf, Child) {
         let data = scratch.join("data");
         std::fs::create_dir_all(&data).unwrap();
         let bin = scratch.join("postgres");

@@ -312,8 +312,16 @@ fn a_frozen_etcd_does_not_demote_a_healthy_primary() {
         let start = std::time::Instant::now();
         let mut writes = 0;
         while start.elapsed() < Duration::from_secs(8) {
-            c.sql_direct("n1", "INSERT INTO w DEFAULT VALUES")
-                .expect("the primary refused a write while etcd was frozen");
+            if let Err(e) = c.sql_direct("n1", "INSERT INTO w DEFAULT VALUES") {
+                // The agent's log says why (a CI failure left nothing else to read).
+                let log = std::fs::read_to_string(c.dir.join("n1/agent.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "the primary refused a write while etcd was frozen ({:?} in): {e}\n{}",
+                    start.elapsed(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             writes += 1;
             std::thread::sleep(Duration::from_millis(50));
         }
