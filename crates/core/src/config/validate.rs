@@ -344,33 +344,6 @@ impl ApiConfig {
     }
 }
 
-impl StoreConfig {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        match self {
-            StoreConfig::Local { path } => check_abs_path("store.path", path),
-            StoreConfig::Etcd { endpoints, access } => {
-                if endpoints.is_empty() {
-                    return Err(ConfigError::new(
-                        "store.endpoints",
-                        "[]",
-                        "at least one etcd endpoint, like \"http://10.0.0.1:2379\"",
-                    ));
-                }
-                for ep in endpoints {
-                    if !is_http_endpoint(ep) {
-                        return Err(ConfigError::new(
-                            "store.endpoints",
-                            lit(ep),
-                            "an etcd endpoint \"http://host:port\" or \"https://host:port\"",
-                        ));
-                    }
-                }
-                access.validate(endpoints)
-            }
-        }
-    }
-}
-
 impl ClientApi {
     /// Absolute paths; a client certificate with its key, and either only with the CA
     /// (review finding: they were silently ignored).
@@ -403,94 +376,6 @@ impl ClientApi {
                 "the CA the members' API certificates are checked against (a client \
                  certificate is for APIs served over TLS)",
             ));
-        }
-        Ok(())
-    }
-}
-
-impl EtcdAccess {
-    /// One scheme for every endpoint; `https://` with a CA (and TLS files only with it); a
-    /// client certificate with its key; a user with a password file.
-    fn validate(&self, endpoints: &[String]) -> Result<(), ConfigError> {
-        let https = endpoints
-            .iter()
-            .filter(|e| e.starts_with("https://"))
-            .count();
-        if https != 0 && https != endpoints.len() {
-            return Err(ConfigError::new(
-                "store.endpoints",
-                format!("{endpoints:?}"),
-                "endpoints of one scheme: all \"https://\" (TLS) or all \"http://\"",
-            ));
-        }
-        let paths = [
-            ("store.ca_file", &self.ca_file),
-            ("store.cert_file", &self.cert_file),
-            ("store.key_file", &self.key_file),
-            ("store.password_file", &self.password_file),
-        ];
-        for (key, p) in paths {
-            if let Some(p) = p {
-                check_abs_path(key, p)?;
-            }
-        }
-        if https == 0 && self.tls() {
-            return Err(ConfigError::new(
-                "store.endpoints",
-                format!("{endpoints:?}"),
-                "\"https://\" endpoints: store.ca_file, cert_file or key_file is set, and TLS \
-                 files with \"http://\" would silently go unused",
-            ));
-        }
-        if https > 0 && self.ca_file.is_none() {
-            return Err(ConfigError::new(
-                "store.ca_file",
-                "(not set)",
-                "the CA certificate (PEM) that signed the etcd servers' certificates: \
-                 \"https://\" endpoints are verified against it",
-            ));
-        }
-        if self.cert_file.is_some() != self.key_file.is_some() {
-            let (key, missing) = if self.cert_file.is_some() {
-                ("store.key_file", "the client certificate's private key")
-            } else {
-                (
-                    "store.cert_file",
-                    "the client certificate for store.key_file",
-                )
-            };
-            return Err(ConfigError::new(key, "(not set)", missing));
-        }
-        if self.username.is_some() != self.password_file.is_some() {
-            let (key, missing) = if self.username.is_some() {
-                (
-                    "store.password_file",
-                    "a file holding store.username's password (0600)",
-                )
-            } else {
-                (
-                    "store.username",
-                    "the etcd user store.password_file is the password of",
-                )
-            };
-            return Err(ConfigError::new(key, "(not set)", missing));
-        }
-        if self.username.is_some() && https == 0 {
-            return Err(ConfigError::new(
-                "store.endpoints",
-                format!("{endpoints:?}"),
-                "\"https://\" endpoints: store.username is set, and etcd's authentication \
-                 would send its password in the clear",
-            ));
-        }
-        if let Some(u) = &self.username {
-            if u.is_empty() || u.chars().any(|c| c.is_control()) {
-                return Err(ConfigError::new(
-                    "store.username",
-                    lit(u),
-                    "an etcd user name (not empty, no control characters)",
-                ));
-            }
         }
         Ok(())
     }
