@@ -104,7 +104,7 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
     let major = bins.major_version()?;
     let password = load_password(cfg)?;
     crate::tls_watch::check_tls_files(cfg)?;
-    let store = pgbaton_store::open(&cfg.store, &cfg.cluster)
+    let store = pgbaton_store::open_watching(&cfg.store, &cfg.cluster)
         .with_context(|| format!("open the store for cluster {}", cfg.cluster))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

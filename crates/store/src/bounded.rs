@@ -157,6 +157,11 @@ impl Store for Bounded {
         self.within("write the synchronous set", self.limit, call)
             .await
     }
+
+    async fn view(&self) -> Result<pgbaton_core::decide::ClusterView> {
+        let call = self.inner.view();
+        self.within("read the cluster", self.limit, call).await
+    }
 }
 
 #[cfg(test)]

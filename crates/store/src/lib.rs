@@ -113,28 +113,50 @@ pub trait Store: Send + Sync {
     async fn paused(&self) -> Result<bool>;
     /// Pause or resume the cluster.
     async fn set_paused(&self, paused: bool) -> Result<()>;
+
+    // ---- the whole cluster ---------------------------------------------------------------
+    /// The cluster as one view (see [`read_view`]). By default read key by key; etcd reads
+    /// it in one request, or answers from the watch it keeps when opened for an agent
+    /// ([`open_watching`]).
+    async fn view(&self) -> Result<ClusterView> {
+        read_view_keys(self).await
+    }
 }
 
-/// The cluster as the store holds it, read key by key: the identity (parsed from the
-/// `initialize` key's text), the leader lease, the members, the operation, the pause flag.
-/// The agents decide on it; the CLI and the API show and check it.
+/// The cluster as the store holds it: the identity (parsed from the `initialize` key's
+/// text), the leader lease, the members, the operation, the pause flag. The agents decide
+/// on it; the CLI and the API show and check it.
 pub async fn read_view(store: &dyn Store) -> Result<ClusterView> {
-    let sync_text = store.sync_get().await?;
-    let mut members = store.members_read().await?;
-    let op = match store.op_get().await {
-        Ok(op) => op,
+    store.view().await
+}
+
+/// The operation as read, or none with the record reported as unreadable when the store
+/// answered with text pgbaton cannot decode (one bad record must not stop every agent).
+pub(crate) fn op_or_unreadable(
+    op: Result<Option<Operation>>,
+    unreadable: &mut Vec<UnreadableRecord>,
+) -> Result<Option<Operation>> {
+    match op {
+        Ok(op) => Ok(op),
         Err(e) if is_decode_error(&e) => {
-            members.unreadable.push(UnreadableRecord {
+            unreadable.push(UnreadableRecord {
                 key: "op".into(),
                 why: format!(
                     "{e:#}: the operation record is left out (no new operation can be posted \
                      until it is rewritten or removed)"
                 ),
             });
-            None
+            Ok(None)
         }
-        Err(e) => return Err(e),
-    };
+        Err(e) => Err(e),
+    }
+}
+
+/// [`read_view`] key by key, with one request per key.
+pub async fn read_view_keys<S: Store + ?Sized>(store: &S) -> Result<ClusterView> {
+    let sync_text = store.sync_get().await?;
+    let mut members = store.members_read().await?;
+    let op = op_or_unreadable(store.op_get().await, &mut members.unreadable)?;
     Ok(ClusterView {
         sync: sync_text.as_deref().map(parse_sync_record),
         sync_text,
@@ -232,6 +254,17 @@ pub fn open(cfg: &StoreConfig, cluster: &str) -> Result<Arc<dyn Store>> {
         StoreConfig::Etcd { endpoints, access } => Ok(Arc::new(etcd::EtcdStore::with_access(
             endpoints, cluster, access,
         )?)),
+    }
+}
+
+/// Open the store for an agent, which reads the whole cluster every loop: etcd then keeps
+/// the view from a watch on the cluster's keys (no request per loop) instead of reading it.
+pub fn open_watching(cfg: &StoreConfig, cluster: &str) -> Result<Arc<dyn Store>> {
+    match cfg {
+        StoreConfig::Local { .. } => open(cfg, cluster),
+        StoreConfig::Etcd { endpoints, access } => Ok(Arc::new(
+            etcd::EtcdStore::with_access(endpoints, cluster, access)?.watching(),
+        )),
     }
 }
 

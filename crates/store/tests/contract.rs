@@ -8,8 +8,9 @@
 //! Every wait in here is bounded, and nothing asserts how fast anything is.
 
 use pgbaton_core::config::EtcdAccess;
+use pgbaton_core::decide::ClusterView;
 use pgbaton_core::model::{
-    HistoryEntry, MemberState, MemberStatus, OpKind, OpPhase, Operation, Role,
+    HistoryEntry, Identity, MemberState, MemberStatus, OpKind, OpPhase, Operation, Role,
 };
 use pgbaton_store::local::LocalStore;
 use pgbaton_store::{Store, HISTORY_KEEP};
@@ -1666,4 +1667,183 @@ async fn local_a_locked_file_blocks_no_runtime_thread() {
         .await
         .unwrap()
         .unwrap();
+}
+
+// ---- etcd: the view an agent keeps from a watch ------------------------------------------
+
+/// Wait (bounded) until `ok` holds.
+async fn until(what: &str, ok: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait (bounded) until the view shows what `ok` asks for.
+async fn view_until(s: &dyn Store, what: &str, ok: impl Fn(&ClusterView) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = pgbaton_store::read_view(s).await.unwrap();
+        if ok(&v) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 20 s; the view: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_a_kept_view_follows_other_clients_without_reading_again() {
+    let e = Etcd::new();
+    let w = Arc::new(e.store("c").watching());
+    let other = e.connect("c");
+    assert!(w.view().await.unwrap().members.is_empty());
+    until("the kept view is current", || w.view_current()).await;
+    assert!(other.initialize_claim("claimed:n1").await.unwrap());
+    other.member_put(&member("n1", 5432)).await.unwrap();
+    assert!(other.leader_acquire("n1", e.ttl()).await.unwrap());
+    assert!(other.op_post(&switchover("op1")).await.unwrap());
+    other.set_paused(true).await.unwrap();
+    other.history_append(&entry(1)).await.unwrap();
+    view_until(&*w, "every change of the other client", |v| {
+        v.members.len() == 1
+            && v.leader.as_ref().is_some_and(|l| l.member == "n1")
+            && v.op.is_some()
+            && v.paused
+            && v.initialize == Some(Identity::claim("n1"))
+    })
+    .await;
+    assert_eq!(
+        w.view_counts(),
+        (1, 0),
+        "the watch kept the view: read once"
+    );
+    // The view is the same as the one a client without a watch reads in one request.
+    let kept = w.view().await.unwrap();
+    let once = pgbaton_store::read_view(&*other).await.unwrap();
+    assert_eq!(kept.members, once.members);
+    assert_eq!((kept.op, kept.paused), (once.op, once.paused));
+    // A released lease wakes a waiter at once.
+    let waiter = {
+        let w = w.clone();
+        tokio::spawn(async move { w.wait_leader_gone(Duration::from_secs(15)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(other.leader_release("n1").await.unwrap());
+    assert!(
+        waiter.await.unwrap().unwrap(),
+        "the kept view saw no release"
+    );
+    assert_eq!(w.view().await.unwrap().leader, None);
+    // The holder renews from its kept view with one keep-alive, and its view of its own
+    // lease moves on.
+    let holder = e.store("c").watching();
+    assert!(holder.leader_acquire("n2", e.ttl()).await.unwrap());
+    let first = holder.leader_get().await.unwrap().unwrap().expires_ms;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(holder.leader_renew("n2", e.ttl()).await.unwrap());
+    assert!(holder.view().await.unwrap().leader.unwrap().expires_ms > first);
+    assert!(!holder.leader_renew("n1", e.ttl()).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_a_kept_view_resumes_after_missed_revisions_and_reads_again_after_a_compaction() {
+    let e = Etcd::new();
+    let w = e.store("c").watching();
+    let other = e.connect("c");
+    w.view().await.unwrap();
+    until("the kept view is current", || w.view_current()).await;
+
+    // Missed revisions etcd still has: the watch resumes from the last one it applied and
+    // etcd replays the rest; nothing is read again.
+    w.hold_watch(true);
+    until("the kept view is no longer current", || !w.view_current()).await;
+    other.member_put(&member("n1", 5432)).await.unwrap();
+    // Meanwhile the view is read from etcd itself.
+    assert_eq!(w.view().await.unwrap().members.len(), 1);
+    w.hold_watch(false);
+    until("the watch resumed", || w.view_current()).await;
+    view_until(&w, "n1, replayed", |v| v.members.len() == 1).await;
+    assert_eq!(w.view_counts(), (1, 0));
+
+    // Missed revisions etcd compacted away: the watch cannot resume, the keys are read
+    // afresh.
+    w.hold_watch(true);
+    until("the kept view is no longer current", || !w.view_current()).await;
+    other.member_put(&member("n2", 5433)).await.unwrap();
+    assert!(other.member_delete("n1").await.unwrap());
+    let mut raw = etcd_client::Client::connect([e.endpoint.as_str()], e.raw.clone())
+        .await
+        .unwrap();
+    let rev = raw
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    raw.compact(rev, None).await.unwrap();
+    w.hold_watch(false);
+    until("the keys were read afresh", || w.view_counts() == (2, 1)).await;
+    until("the kept view is current", || w.view_current()).await;
+    let names: Vec<String> = w
+        .view()
+        .await
+        .unwrap()
+        .members
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["n2"]);
+    // And it follows from there.
+    other.member_put(&member("n3", 5434)).await.unwrap();
+    view_until(&w, "n3", |v| v.members.len() == 2).await;
+    assert_eq!(w.view_counts(), (2, 1));
+}
+
+/// A frozen etcd (SIGSTOP) answers nothing but keeps its connections: the kept view must
+/// stop counting as current (the connection's pings go unanswered), so an agent's loop
+/// reads etcd, gets no answer, and sees the outage; after the freeze the watch resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_a_kept_view_is_not_current_while_etcd_is_frozen() {
+    let e = Etcd::new();
+    let w = e.store("c").watching();
+    w.view().await.unwrap();
+    until("the kept view is current", || w.view_current()).await;
+    let pid = e.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let frozen = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(15), async {
+        while w.view_current() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    signal("-CONT");
+    assert!(
+        outcome.is_ok(),
+        "the kept view still counted as current 15 s into the freeze"
+    );
+    eprintln!(
+        "the kept view stopped counting as current {:?} into the freeze",
+        frozen.elapsed()
+    );
+    until("the watch resumed after the freeze", || w.view_current()).await;
+    let other = e.connect("c");
+    other.member_put(&member("n1", 5432)).await.unwrap();
+    view_until(&w, "n1 after the freeze", |v| v.members.len() == 1).await;
 }

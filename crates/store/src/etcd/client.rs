@@ -1,9 +1,9 @@
-//! Talking to etcd: the client made on first use and made again once after a failure, one
-//! request with its bounds, and the helpers every key's code shares (read one key, run a
-//! transaction, read a value as text or JSON, the error of a compare-and-set that keeps
-//! losing).
+//! Talking to etcd: the connection ([`Conn`], shared by the store and its watch task), made
+//! on first use and made again once after a failure, one request with its bounds, and the
+//! helpers every key's code shares (read one key, run a transaction, read a value as text
+//! or JSON, the error of a compare-and-set that keeps losing).
 
-use super::{EtcdStore, CAS_ATTEMPTS};
+use super::{access, EtcdStore, CAS_ATTEMPTS};
 use crate::{Result, Store};
 use anyhow::{anyhow, Context};
 use etcd_client::{Client, ConnectOptions, KeyValue, Txn};
@@ -13,9 +13,40 @@ use std::time::Duration;
 /// How long connecting to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl EtcdStore {
+/// How often the connection pings etcd, and how long it waits for the answer: a frozen or
+/// lost etcd then breaks the watch within seconds, even when no request is in flight (the
+/// cached view is then read afresh, and a read that gets no answer is a store outage). Not
+/// more often: etcd's `--grpc-keepalive-min-time` (5 s) sends pings faster than that away.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The connection to etcd: the endpoints, TLS and user, and the client once made.
+pub(super) struct Conn {
+    pub(super) endpoints: Vec<String>,
+    pub(super) secured: access::Secured,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl Conn {
+    pub(super) fn new(endpoints: &[String], secured: access::Secured) -> Conn {
+        Conn {
+            endpoints: endpoints.to_vec(),
+            secured,
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub(super) fn endpoints_text(&self) -> String {
+        self.endpoints.join(",")
+    }
+
+    /// Drop the client: the next call connects afresh.
+    pub(super) async fn reset(&self) {
+        *self.client.lock().await = None;
+    }
+
     /// The current client, connecting if there is none.
     pub(super) async fn client(&self) -> std::result::Result<Client, String> {
         let mut guard = self.client.lock().await;
@@ -25,7 +56,8 @@ impl EtcdStore {
         let options = self.secured.apply(
             ConnectOptions::new()
                 .with_connect_timeout(CONNECT_TIMEOUT)
-                .with_timeout(REQUEST_TIMEOUT),
+                .with_timeout(REQUEST_TIMEOUT)
+                .with_keep_alive(PING_INTERVAL, PING_TIMEOUT),
         );
         let client = match tokio::time::timeout(
             CONNECT_TIMEOUT + Duration::from_secs(1),
@@ -67,7 +99,7 @@ impl EtcdStore {
                 Err(e) => e,
             };
             last = outcome;
-            *self.client.lock().await = None;
+            self.reset().await;
         }
         let hint = self
             .secured
@@ -77,6 +109,21 @@ impl EtcdStore {
             "{action} in etcd at {}: {last}{hint}",
             self.endpoints_text()
         ))
+    }
+}
+
+impl EtcdStore {
+    /// One request (see [`Conn::call`]).
+    pub(super) async fn call<T, F, Fut>(&self, action: &str, f: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.conn.call(action, f).await
+    }
+
+    pub(super) async fn client(&self) -> std::result::Result<Client, String> {
+        self.conn.client().await
     }
 
     pub(super) async fn get_one(&self, action: &str, suffix: &str) -> Result<Option<KeyValue>> {

@@ -1,13 +1,17 @@
 //! The leader lease: the `leader` key attached to an etcd lease, which etcd alone expires.
-//! Taking, renewing and releasing it are compare-and-sets on the key's revisions; a new
-//! etcd lease is granted for each put, and the one it replaces is revoked.
+//! Taking and releasing it are compare-and-sets on the key's revisions; taking it grants a
+//! new etcd lease (and revokes the one it replaces). Renewing it is one message on the
+//! lease's KeepAlive stream: no write, no new revision. The key can go only with its lease
+//! (etcd expired it) or by its holder's release, so a lease that is still alive proves the
+//! key is still the holder's.
 
 use super::client::backoff;
 use super::{EtcdStore, CAS_ATTEMPTS};
 use crate::{Result, Store};
 use anyhow::{anyhow, Context};
 use etcd_client::{
-    Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
+    Compare, CompareOp, KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+    WatchFilterType, WatchOptions,
 };
 use pgbaton_core::model::Leader;
 use std::time::Duration;
@@ -16,9 +20,24 @@ use std::time::Duration;
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LeaderValue {
     member: String,
-    /// The writer's wall-clock estimate of the expiry: informational only.
+    /// The writer's wall-clock estimate of the first expiry: informational only.
     expires_ms: u64,
+    /// The lease's TTL: a reader that sees the key knows the lease lasts at most that long
+    /// from now. Absent in keys written before 0.8 (read as 0).
+    #[serde(default)]
+    ttl_ms: u64,
 }
+
+/// The KeepAlive stream of the leader lease this client holds.
+pub(super) struct KeepAlive {
+    lease: i64,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+/// How long a reader assumes a lease seen in a key written before `ttl_ms` was (0.8) may
+/// still last: a cap on what a view reports, not what keeps the lease (etcd does).
+const UNKNOWN_TTL_MS: u64 = 10_000;
 
 /// The etcd lease TTL (whole seconds, at least 1) for a lease of `ttl_ms`.
 pub(super) fn lease_secs(ttl_ms: u64) -> i64 {
@@ -83,7 +102,33 @@ impl EtcdStore {
         Ok(serde_json::to_string(&LeaderValue {
             member: member.to_string(),
             expires_ms: crate::now_ms().saturating_add(ttl_ms),
+            ttl_ms,
         })?)
+    }
+
+    /// The leader as a key shows it at wall-clock `now_ms`. The key exists while etcd keeps
+    /// its lease. The expiry: as this client worked it out for a lease it keeps alive;
+    /// for another's lease, at most one TTL from now (the holder may have just renewed it).
+    pub(super) fn leader_of(&self, kv: &KeyValue, now_ms: u64) -> Result<Leader> {
+        let value: LeaderValue = self.parse(kv, "a leader lease")?;
+        let lease = kv.lease();
+        if lease == 0 {
+            return Err(anyhow!(
+                "{}: the leader key has no etcd lease (it was not written by pgbaton)",
+                self.describe()
+            ));
+        }
+        let ttl_ms = match value.ttl_ms {
+            0 => UNKNOWN_TTL_MS,
+            t => t,
+        };
+        let expires_ms = self
+            .known_expiry(lease)
+            .unwrap_or_else(|| now_ms.saturating_add(ttl_ms));
+        Ok(Leader {
+            member: value.member,
+            expires_ms,
+        })
     }
 
     /// Put the leader key for `member` with a new lease if it is unchanged since `seen`
@@ -126,44 +171,10 @@ impl EtcdStore {
     }
 
     pub(super) async fn read_leader(&self) -> Result<Option<Leader>> {
-        const ACTION: &str = "read the leader key";
-        let Some(kv) = self.get_one(ACTION, "leader").await? else {
-            return Ok(None);
-        };
-        let value: LeaderValue = self.parse(&kv, "a leader lease")?;
-        let lease = kv.lease();
-        if lease == 0 {
-            return Err(anyhow!(
-                "{}: the leader key has no etcd lease (it was not written by pgbaton)",
-                self.describe()
-            ));
-        }
-        let ttl = self
-            .call(
-                "read the leader lease's remaining time",
-                |mut c| async move { c.lease_time_to_live(lease, None).await },
-            )
-            .await?;
-        // -1: etcd no longer knows the lease (it expired between the two reads).
-        if ttl.ttl() < 0 {
-            return Ok(None);
-        }
-        // The lease is held (etcd has not revoked it). Its expiry: as worked out when this
-        // client granted it or first saw it; otherwise from the remaining time etcd reports
-        // (whole seconds, rounded down: the lease lasts at least that long).
-        let expires_ms = match self.known_expiry(lease) {
-            Some(e) => e,
-            None => {
-                let secs = u64::try_from(ttl.ttl()).unwrap_or(0);
-                let e = crate::now_ms() + (secs * 1000).max(1);
-                self.remember_expiry(lease, e);
-                e
-            }
-        };
-        Ok(Some(Leader {
-            member: value.member,
-            expires_ms,
-        }))
+        self.get_one("read the leader key", "leader")
+            .await?
+            .map(|kv| self.leader_of(&kv, crate::now_ms()))
+            .transpose()
     }
 
     pub(super) async fn acquire_leader(&self, member: &str, ttl_ms: u64) -> Result<bool> {
@@ -188,18 +199,100 @@ impl EtcdStore {
         Err(self.conflict(ACTION))
     }
 
-    pub(super) async fn renew_leader(&self, member: &str, ttl_ms: u64) -> Result<bool> {
+    /// One keep-alive of the lease the leader key is attached to, when `member` holds it.
+    /// The key is taken from the kept view when there is one (no request); when that does
+    /// not confirm the lease (the view may not show this client's own acquisition yet, or
+    /// show a lease it replaced), the key is read from etcd before the answer is no.
+    pub(super) async fn renew_leader(&self, member: &str, _ttl_ms: u64) -> Result<bool> {
         const ACTION: &str = "renew the leader key";
-        for attempt in 0..CAS_ATTEMPTS {
-            let Some(kv) = self.held_by(ACTION, member).await? else {
-                return Ok(false);
-            };
-            if self.leader_put(ACTION, member, ttl_ms, Some(&kv)).await? {
+        let cached = self
+            .watched()
+            .and_then(super::watch::Watched::keys)
+            .and_then(|keys| keys.get("leader").cloned());
+        if let Some(kv) = cached {
+            if self.keep_alive_if_held(&kv, member).await? {
                 return Ok(true);
             }
-            backoff(attempt).await;
         }
-        Err(self.conflict(ACTION))
+        match self.get_one(ACTION, "leader").await? {
+            Some(kv) => self.keep_alive_if_held(&kv, member).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Keep the key's lease alive when the key names `member`. `true` = etcd still keeps
+    /// it (and the expiry this client reports moves on).
+    async fn keep_alive_if_held(&self, kv: &KeyValue, member: &str) -> Result<bool> {
+        let value: LeaderValue = self.parse(kv, "a leader lease")?;
+        if value.member != member {
+            return Ok(false);
+        }
+        // etcd extends the lease when it handles the message, after this instant.
+        let before = crate::now_ms();
+        let ttl = self.keep_alive(kv.lease()).await?;
+        if ttl <= 0 {
+            // etcd no longer knows the lease: it expired (the key went with it).
+            return Ok(false);
+        }
+        let granted = u64::try_from(ttl).unwrap_or(0);
+        self.remember_expiry(kv.lease(), before.saturating_add(granted * 1000));
+        Ok(true)
+    }
+
+    /// Send one keep-alive for `lease` and return the TTL etcd answers (0 or less: the
+    /// lease is gone). The stream is opened on first use and again after a failure.
+    async fn keep_alive(&self, lease: i64) -> Result<i64> {
+        let mut guard = self.keeper.lock().await;
+        let mut last = String::new();
+        for _ in 0..2 {
+            if guard.as_ref().is_none_or(|k| k.lease != lease) {
+                *guard = None;
+                match self.open_keep_alive(lease).await {
+                    Ok(k) => *guard = Some(k),
+                    Err(e) => {
+                        last = format!("{e:#}");
+                        continue;
+                    }
+                }
+            }
+            let Some(k) = guard.as_mut() else { continue };
+            let answer = tokio::time::timeout(super::client::REQUEST_TIMEOUT, async {
+                k.keeper.keep_alive().await?;
+                k.stream.message().await
+            })
+            .await;
+            match answer {
+                Ok(Ok(Some(resp))) => return Ok(resp.ttl()),
+                Ok(Ok(None)) => last = "etcd closed the keep-alive stream".into(),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => {
+                    last = format!(
+                        "no answer within {} s",
+                        super::client::REQUEST_TIMEOUT.as_secs()
+                    )
+                }
+            }
+            *guard = None;
+            self.conn.reset().await;
+        }
+        Err(anyhow!(
+            "keep the leader lease alive in etcd at {}: {last}",
+            self.endpoints_text()
+        ))
+    }
+
+    async fn open_keep_alive(&self, lease: i64) -> Result<KeepAlive> {
+        let (keeper, stream) = self
+            .call(
+                "open the leader lease's keep-alive stream",
+                |mut c| async move { c.lease_keep_alive(lease).await },
+            )
+            .await?;
+        Ok(KeepAlive {
+            lease,
+            keeper,
+            stream,
+        })
     }
 
     /// A watch on the leader key for deletions (a lease that etcd expired, or a release):
@@ -249,6 +342,7 @@ impl EtcdStore {
                 )])
                 .and_then([TxnOp::delete(key.clone(), None)]);
             if self.txn(ACTION, txn).await?.succeeded() {
+                *self.keeper.lock().await = None;
                 self.revoke(kv.lease()).await;
                 return Ok(true);
             }

@@ -18,23 +18,30 @@
 //!
 //! The leader lease is an etcd lease: the `leader` key is attached to it and disappears when
 //! etcd expires it. Expiry is decided by the etcd server alone, never by this client's
-//! clock (agents on different machines have different clocks). The `expires_ms` written in
-//! the value is informational; [`Store::leader_get`] reports the expiry from the lease's
-//! remaining time as etcd tells it (whole seconds, rounded down).
+//! clock (agents on different machines have different clocks). The lease is granted once
+//! when the lease is taken and then kept alive on one KeepAlive stream (a renewal is one
+//! message, no write). [`Store::leader_get`] reports the expiry this client worked out
+//! for a lease it keeps alive itself; for another's, the key's presence is what counts
+//! (etcd deletes it at expiry) and the expiry reported is at most one TTL away.
+//!
+//! An agent's store keeps the view from a watch on the cluster's keys (`watch`): its loop
+//! reads no key. Without a watch (the CLI), the view is one transaction (`view`).
 //!
 //! `EtcdStore::new` does not connect: the client is created by the first call that needs it,
 //! and dropped and recreated once when a call fails (a client made inside one tokio runtime
 //! fails at the transport when used from another; a fresh one works).
 //!
 //! Its modules: `client` (connecting, one bounded request, reading values), `lease`, `ops`
-//! and `history` (their compare-and-sets); the initialize key, members and the pause flag
-//! are single requests, kept here.
+//! and `history` (their compare-and-sets), `view` (the cluster in one request) and `watch`
+//! (the view kept current); the initialize key, members and the pause flag are single
+//! requests, kept here.
 
 use crate::{Result, Store};
 use anyhow::Context;
 use async_trait::async_trait;
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use pgbaton_core::model::{HistoryEntry, Leader, MemberState, OpPhase, Operation};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod access;
@@ -43,27 +50,32 @@ mod history;
 mod lease;
 mod ops;
 mod sync;
+mod view;
+mod watch;
 
 /// How many times a compare-and-set that lost to a concurrent writer is tried again.
 const CAS_ATTEMPTS: usize = 200;
 
 /// A [`Store`] in an etcd v3 cluster, for one cluster of pgbaton.
 pub struct EtcdStore {
-    endpoints: Vec<String>,
     cluster: String,
     prefix: String,
-    client: tokio::sync::Mutex<Option<Client>>,
-    /// TLS and the user, when `[store]` sets them.
-    secured: access::Secured,
-    /// The expiry (this machine's wall-clock ms) last worked out for a lease id: a lease's
-    /// expiry is one instant, so every read of the same lease reports the same value.
+    /// The connection (endpoints, TLS and user, the client), shared with the watch task.
+    conn: Arc<client::Conn>,
+    /// The expiry (this machine's wall-clock ms) last worked out for a lease this client
+    /// granted or kept alive.
     expiry: std::sync::Mutex<Option<(i64, u64)>>,
+    /// Set by [`EtcdStore::watching`]: the view kept from a watch, started by the first
+    /// [`Store::view`].
+    watch: Option<std::sync::OnceLock<watch::Watched>>,
+    /// The keep-alive stream of the leader lease this client holds.
+    keeper: tokio::sync::Mutex<Option<lease::KeepAlive>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdStore")
-            .field("endpoints", &self.endpoints)
+            .field("endpoints", &self.conn.endpoints)
             .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
@@ -73,13 +85,17 @@ impl EtcdStore {
     /// A store for `cluster` in the etcd cluster at `endpoints`, in the clear and without
     /// a user. Does not connect.
     pub fn new(endpoints: &[String], cluster: &str) -> EtcdStore {
+        EtcdStore::connecting(endpoints, cluster, access::Secured::default())
+    }
+
+    fn connecting(endpoints: &[String], cluster: &str, secured: access::Secured) -> EtcdStore {
         EtcdStore {
-            endpoints: endpoints.to_vec(),
             cluster: cluster.to_string(),
             prefix: format!("/pgbaton/{cluster}/"),
-            client: tokio::sync::Mutex::new(None),
-            secured: access::Secured::default(),
+            conn: Arc::new(client::Conn::new(endpoints, secured)),
             expiry: std::sync::Mutex::new(None),
+            watch: None,
+            keeper: Default::default(),
         }
     }
 
@@ -91,10 +107,49 @@ impl EtcdStore {
         access: &pgbaton_core::config::EtcdAccess,
     ) -> Result<EtcdStore> {
         let secured = access::Secured::load(access)?;
-        Ok(EtcdStore {
-            secured,
-            ..EtcdStore::new(endpoints, cluster)
-        })
+        Ok(EtcdStore::connecting(endpoints, cluster, secured))
+    }
+
+    /// Keep the view from a watch on the cluster's keys (see `watch`): for an agent, which
+    /// reads the whole cluster every loop.
+    pub fn watching(mut self) -> EtcdStore {
+        self.watch = Some(std::sync::OnceLock::new());
+        self
+    }
+
+    /// The kept view, started on first use; `None` for a store that keeps none.
+    fn watched(&self) -> Option<&watch::Watched> {
+        self.watch
+            .as_ref()
+            .map(|cell| cell.get_or_init(|| watch::Watched::start(self)))
+    }
+
+    /// How many times the kept view was read afresh, and how many times its watch could
+    /// not resume because etcd had compacted the revisions it missed ((0, 0) for a store
+    /// that keeps no view).
+    pub fn view_counts(&self) -> (u64, u64) {
+        self.watch
+            .as_ref()
+            .and_then(|c| c.get())
+            .map_or((0, 0), watch::Watched::counts)
+    }
+
+    /// Whether the kept view is current (its watch runs); `false` for a store that keeps
+    /// none. When it is not, [`Store::view`] reads etcd.
+    pub fn view_current(&self) -> bool {
+        self.watch
+            .as_ref()
+            .and_then(|c| c.get())
+            .is_some_and(|w| w.keys().is_some())
+    }
+
+    /// Hold the kept view's watch off etcd (`true`) or let it resume from the revision it
+    /// reached: tests make it miss revisions this way.
+    #[doc(hidden)]
+    pub fn hold_watch(&self, held: bool) {
+        if let Some(w) = self.watched() {
+            w.hold(held);
+        }
     }
 
     /// The cluster this store's keys belong to.
@@ -107,7 +162,7 @@ impl EtcdStore {
     }
 
     fn endpoints_text(&self) -> String {
-        self.endpoints.join(",")
+        self.conn.endpoints_text()
     }
 }
 
@@ -170,7 +225,10 @@ impl Store for EtcdStore {
     /// A watch on the leader key for deletions (a lease that etcd expired, or a release):
     /// standbys wake at once instead of at their next loop.
     async fn wait_leader_gone(&self, timeout: Duration) -> Result<bool> {
-        self.watch_leader_gone(timeout).await
+        match self.watched() {
+            Some(w) => Ok(w.wait_leader_gone(timeout).await),
+            None => self.watch_leader_gone(timeout).await,
+        }
     }
 
     async fn leader_release(&self, member: &str) -> Result<bool> {
@@ -265,6 +323,14 @@ impl Store for EtcdStore {
             .get_one("read the pause flag", "paused")
             .await?
             .is_some_and(|kv| kv.value() == b"true"))
+    }
+
+    /// From the kept view when it is current, else in one request.
+    async fn view(&self) -> Result<pgbaton_core::decide::ClusterView> {
+        if let Some(keys) = self.watched().and_then(watch::Watched::keys) {
+            return self.view_of(&keys, crate::now_ms());
+        }
+        self.read_view_once().await
     }
 
     async fn set_paused(&self, paused: bool) -> Result<()> {

@@ -1,0 +1,295 @@
+//! The view an agent keeps: the cluster's keys read once, then kept current by a watch on
+//! the cluster's prefix, so the agent's loop reads the store without a request.
+//!
+//! A task follows the watch and applies its events to a copy of the keys. The copy counts
+//! as current (*synced*) from the read that filled it until the watch fails: a broken
+//! connection (etcd pings it every few seconds, see `client`), a closed or cancelled watch.
+//! Meanwhile the store's `view` reads etcd itself, so a view is never older than the watch
+//! says. The task then watches again from the last revision it applied (no read): etcd
+//! replays what it missed. When etcd compacted those revisions away, the task reads the
+//! keys afresh and watches from there. As a safety net against a watch that went quiet
+//! without failing, the task also reads afresh every [`REFRESH`].
+
+use super::client::Conn;
+use super::view::{in_view, Keys};
+use super::EtcdStore;
+use crate::Result;
+use anyhow::{anyhow, bail, Context};
+use etcd_client::{EventType, WatchOptions};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the task reads the keys afresh and starts a new watch.
+const REFRESH: Duration = Duration::from_secs(30);
+/// How long the task waits for etcd to answer the read or to create the watch.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The kept view: the keys, whether they are current, and the task that keeps them.
+pub(super) struct Watched {
+    shared: Arc<Shared>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Bumped at every change of the keys or of `synced`: what waiters wake on.
+    changed: watch::Sender<u64>,
+    /// Tests hold the task off etcd (`EtcdStore::hold_watch`).
+    held: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct State {
+    keys: Keys,
+    synced: bool,
+    /// Times the task read the keys afresh, and times etcd said the revision it wanted to
+    /// watch from was compacted (for tests and the benchmark).
+    reads: u64,
+    compacted: u64,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Watched {
+    /// Start keeping `store`'s keys (spawns the task on the current runtime).
+    pub(super) fn start(store: &EtcdStore) -> Watched {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: watch::channel(0).0,
+            held: watch::channel(false).0,
+        });
+        let follower = Follower {
+            conn: store.conn.clone(),
+            store: EtcdStore {
+                conn: store.conn.clone(),
+                cluster: store.cluster.clone(),
+                prefix: store.prefix.clone(),
+                expiry: Default::default(),
+                watch: None,
+                keeper: Default::default(),
+            },
+            shared: shared.clone(),
+        };
+        let task = tokio::spawn(follower.run()).abort_handle();
+        Watched { shared, task }
+    }
+
+    /// The keys, when they are current.
+    pub(super) fn keys(&self) -> Option<Keys> {
+        self.shared.read(|s| s.synced.then(|| s.keys.clone()))
+    }
+
+    /// Whether the keys are current and hold a leader key (`None`: not current).
+    fn leader_present(&self) -> Option<bool> {
+        self.shared
+            .read(|s| s.synced.then(|| s.keys.contains_key("leader")))
+    }
+
+    /// How many times the keys were read afresh, and how many times a watch could not
+    /// resume because etcd had compacted its revision.
+    pub(super) fn counts(&self) -> (u64, u64) {
+        self.shared.read(|s| (s.reads, s.compacted))
+    }
+
+    /// Hold the task off etcd (its watch dropped, the keys not current) or let it resume
+    /// from where it was: for tests of a watch that missed revisions.
+    pub(super) fn hold(&self, held: bool) {
+        self.shared.held.send_replace(held);
+    }
+
+    /// Wait up to `timeout` for a leader key seen during the wait to go. `true` = it went.
+    /// While the keys are not current, this just waits (the loop then reads the store).
+    pub(super) async fn wait_leader_gone(&self, timeout: Duration) -> bool {
+        let mut changes = self.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = self.leader_present() == Some(true);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return false,
+                r = changes.changed() => if r.is_err() {
+                    tokio::time::sleep_until(deadline).await;
+                    return false;
+                },
+            }
+            match self.leader_present() {
+                Some(true) => seen = true,
+                Some(false) if seen => return true,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The task: read, watch, apply; watch again after a failure, read again after a
+/// compaction or every [`REFRESH`].
+struct Follower {
+    conn: Arc<Conn>,
+    /// The same cluster's keys, for reading and parsing them (no watch of its own).
+    store: EtcdStore,
+    shared: Arc<Shared>,
+}
+
+/// How a round of following ended.
+enum End {
+    /// Time to read afresh (the refresh, or a compaction).
+    Read,
+    /// The watch failed: watch again from the revision reached (after a pause).
+    Failed(anyhow::Error),
+}
+
+impl Follower {
+    async fn run(self) {
+        let mut failures: u32 = 0;
+        // The revision the keys are current at; `None`: read them first.
+        let mut revision: Option<i64> = None;
+        loop {
+            self.wait_unheld().await;
+            let end = self.follow(&mut revision).await;
+            self.shared.update(|s| s.synced = false);
+            match end {
+                End::Read => {
+                    revision = None;
+                    failures = 0;
+                }
+                End::Failed(e) => {
+                    tracing::debug!("the watch on the cluster's keys ended: {e:#}");
+                    failures = failures.saturating_add(1);
+                    // Quick after one failure (a restarted member of etcd), slower while
+                    // etcd stays away.
+                    let pause = 50u64.saturating_mul(1 << failures.min(5)).min(1_000);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
+        }
+    }
+
+    async fn wait_unheld(&self) {
+        let mut held = self.shared.held.subscribe();
+        let _ = held.wait_for(|h| !h).await;
+    }
+
+    /// One round: read the keys when `revision` is unknown, watch from the next revision,
+    /// apply until the watch fails or it is time to read afresh.
+    async fn follow(&self, revision: &mut Option<i64>) -> End {
+        let fresh = match *revision {
+            Some(_) => None,
+            None => match tokio::time::timeout(STEP_TIMEOUT, self.store.read_keys()).await {
+                Ok(Ok((keys, rev))) => {
+                    *revision = Some(rev);
+                    Some(keys)
+                }
+                Ok(Err(e)) => return End::Failed(e),
+                Err(_) => return End::Failed(anyhow!("reading the cluster's keys got no answer")),
+            },
+        };
+        let from = revision.unwrap_or(0) + 1;
+        let mut stream = match self.open(from).await {
+            Ok(s) => s,
+            Err(e) => return End::Failed(e),
+        };
+        // Current from here: the watch replays every change after `revision`.
+        self.shared.update(|s| {
+            if let Some(keys) = fresh {
+                s.keys = keys;
+                s.reads += 1;
+            }
+            s.synced = true;
+        });
+        let refresh = tokio::time::Instant::now() + REFRESH;
+        let mut held = self.shared.held.subscribe();
+        loop {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = tokio::time::sleep_until(refresh) => return End::Read,
+                _ = held.wait_for(|h| *h) => return End::Failed(anyhow!("held off by a test")),
+            };
+            let resp = match message {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return End::Failed(anyhow!("etcd closed the watch")),
+                Err(e) => return End::Failed(anyhow!(e).context("the watch failed")),
+            };
+            if resp.compact_revision() > 0 {
+                tracing::debug!(
+                    "etcd compacted revision {from} away (it keeps them from {} on): reading \
+                     the cluster's keys afresh",
+                    resp.compact_revision()
+                );
+                self.shared.update(|s| s.compacted += 1);
+                return End::Read;
+            }
+            if resp.canceled() {
+                return End::Failed(anyhow!(
+                    "etcd cancelled the watch: {}",
+                    resp.cancel_reason()
+                ));
+            }
+            self.apply(&resp, revision);
+        }
+    }
+
+    /// Create the watch on the cluster's prefix from revision `from`.
+    async fn open(&self, from: i64) -> Result<etcd_client::WatchStream> {
+        let mut client = self.conn.client().await.map_err(|e| anyhow!(e))?;
+        let options = WatchOptions::new().with_prefix().with_start_revision(from);
+        match tokio::time::timeout(
+            STEP_TIMEOUT,
+            client.watch(self.store.prefix.clone(), Some(options)),
+        )
+        .await
+        {
+            Ok(r) => r.context("watch the cluster's keys"),
+            Err(_) => {
+                self.conn.reset().await;
+                bail!("creating the watch got no answer")
+            }
+        }
+    }
+
+    /// Apply a response's events; the keys are then current at its last event's revision
+    /// (a watch resumed after a failure starts after it).
+    fn apply(&self, resp: &etcd_client::WatchResponse, revision: &mut Option<i64>) {
+        for kv in resp.events().iter().filter_map(|ev| ev.kv()) {
+            *revision = Some(revision.unwrap_or(0).max(kv.mod_revision()));
+        }
+        let changes: Vec<_> = resp
+            .events()
+            .iter()
+            .filter_map(|ev| {
+                let kv = ev.kv()?;
+                let suffix = self.store.suffix(kv).filter(|s| in_view(s))?;
+                Some((suffix, ev.event_type(), kv.clone()))
+            })
+            .collect();
+        if changes.is_empty() {
+            return;
+        }
+        self.shared.update(|s| {
+            for (suffix, kind, kv) in changes {
+                match kind {
+                    EventType::Put => {
+                        s.keys.insert(suffix, kv);
+                    }
+                    EventType::Delete => {
+                        s.keys.remove(&suffix);
+                    }
+                }
+            }
+        });
+    }
+}
