@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 mod chaos;
 mod cost;
+mod idle;
 
 struct Cluster {
     bin: String,
@@ -274,8 +275,17 @@ async fn writer(dsn: String, acks: Acks, stop: Arc<AtomicBool>) {
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).cloned().unwrap_or_default();
-    if !["switchover", "host-loss", "pg-crash", "chaos", "cost"].contains(&mode.as_str()) {
-        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash|chaos [--rounds N] [--synchronous off|on|quorum] [--pgbaton PATH] [--port-base P] [--etcd URL [--etcd-pid PID]] [--seed N]\n       pgbaton-bench cost [--seconds S] [--pgbaton PATH] [--port-base P]");
+    if ![
+        "switchover",
+        "host-loss",
+        "pg-crash",
+        "chaos",
+        "cost",
+        "idle",
+    ]
+    .contains(&mode.as_str())
+    {
+        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash|chaos [--rounds N] [--synchronous off|on|quorum] [--pgbaton PATH] [--port-base P] [--etcd URL [--etcd-pid PID]] [--seed N]\n       pgbaton-bench cost [--seconds S] [--pgbaton PATH] [--port-base P]\n       pgbaton-bench idle --etcd URL [--seconds S] [--pgbaton PATH] [--port-base P]");
     }
     let flag = |name: &str| {
         args.iter()
@@ -311,6 +321,19 @@ async fn main() -> Result<()> {
         keep: true,
     };
     c.up(port_base)?;
+    if mode == "idle" {
+        let etcd = c
+            .etcd
+            .clone()
+            .context("idle measures an etcd: give --etcd URL")?;
+        let seconds = flag("--seconds")
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(60);
+        let r = idle::run(&c, &etcd, seconds).await;
+        c.keep = r.is_err() || std::env::var_os("PGBATON_BENCH_KEEP").is_some();
+        return r;
+    }
     if mode == "chaos" {
         let opts = chaos::Options {
             rounds,
