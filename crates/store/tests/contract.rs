@@ -1754,29 +1754,30 @@ async fn etcd_a_kept_view_follows_other_clients_without_reading_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn etcd_a_kept_view_resumes_after_missed_revisions_and_reads_again_after_a_compaction() {
+async fn etcd_a_kept_view_reads_afresh_after_a_failed_watch_and_after_a_compaction() {
     let e = Etcd::new();
     let w = e.store("c").watching();
     let other = e.connect("c");
     w.view().await.unwrap();
     until("the kept view is current", || w.view_current()).await;
+    assert_eq!(w.view_counts(), (1, 0));
 
-    // Missed revisions etcd still has: the watch resumes from the last one it applied and
-    // etcd replays the rest; nothing is read again.
+    // The watch fails (held off by the test): the keys are read afresh and not current
+    // until the new watch runs; a change between that read and the watch is replayed.
     w.hold_watch(true);
-    until("the kept view is no longer current", || !w.view_current()).await;
+    until("the keys were read again", || w.view_counts() == (2, 0)).await;
+    assert!(!w.view_current(), "not current before its watch runs");
     other.member_put(&member("n1", 5432)).await.unwrap();
     // Meanwhile the view is read from etcd itself.
     assert_eq!(w.view().await.unwrap().members.len(), 1);
     w.hold_watch(false);
-    until("the watch resumed", || w.view_current()).await;
+    until("the watch runs again", || w.view_current()).await;
     view_until(&w, "n1, replayed", |v| v.members.len() == 1).await;
-    assert_eq!(w.view_counts(), (1, 0));
+    assert_eq!(w.view_counts(), (2, 0));
 
-    // Missed revisions etcd compacted away: the watch cannot resume, the keys are read
-    // afresh.
+    // etcd compacts the revision the new watch would start from: it reads again.
     w.hold_watch(true);
-    until("the kept view is no longer current", || !w.view_current()).await;
+    until("the keys were read again", || w.view_counts() == (3, 0)).await;
     other.member_put(&member("n2", 5433)).await.unwrap();
     assert!(other.member_delete("n1").await.unwrap());
     let mut raw = etcd_client::Client::connect([e.endpoint.as_str()], e.raw.clone())
@@ -1791,7 +1792,10 @@ async fn etcd_a_kept_view_resumes_after_missed_revisions_and_reads_again_after_a
         .revision();
     raw.compact(rev, None).await.unwrap();
     w.hold_watch(false);
-    until("the keys were read afresh", || w.view_counts() == (2, 1)).await;
+    until("the compaction was seen and the keys read again", || {
+        w.view_counts() == (4, 1)
+    })
+    .await;
     until("the kept view is current", || w.view_current()).await;
     let names: Vec<String> = w
         .view()
@@ -1805,7 +1809,7 @@ async fn etcd_a_kept_view_resumes_after_missed_revisions_and_reads_again_after_a
     // And it follows from there.
     other.member_put(&member("n3", 5434)).await.unwrap();
     view_until(&w, "n3", |v| v.members.len() == 2).await;
-    assert_eq!(w.view_counts(), (2, 1));
+    assert_eq!(w.view_counts(), (4, 1));
 }
 
 /// A frozen etcd (SIGSTOP) answers nothing but keeps its connections: the kept view must
@@ -1846,4 +1850,38 @@ async fn etcd_a_kept_view_is_not_current_while_etcd_is_frozen() {
     let other = e.connect("c");
     other.member_put(&member("n1", 5432)).await.unwrap();
     view_until(&w, "n1 after the freeze", |v| v.members.len() == 1).await;
+}
+
+/// The fence counts on the TTL the renewal asks for: a lease granted for less (the TTL was
+/// raised and the agent restarted) is replaced by one as long, not kept alive as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_a_renewal_asking_a_longer_ttl_replaces_a_shorter_lease() {
+    let e = Etcd::new();
+    let s = e.store("c").watching();
+    assert!(s.leader_acquire("n1", 2_000).await.unwrap());
+    let mut raw = etcd_client::Client::connect([e.endpoint.as_str()], e.raw.clone())
+        .await
+        .unwrap();
+    let granted = |raw: &mut etcd_client::Client| {
+        let mut raw = raw.clone();
+        async move {
+            let kv = raw.get("/pgbaton/c/leader", None).await.unwrap().kvs()[0].clone();
+            let ttl = raw.lease_time_to_live(kv.lease(), None).await.unwrap();
+            ttl.granted_ttl()
+        }
+    };
+    assert_eq!(granted(&mut raw).await, 2);
+    assert!(s.leader_renew("n1", 2_000).await.unwrap());
+    assert_eq!(granted(&mut raw).await, 2, "kept alive as it was");
+    assert!(s.leader_renew("n1", 4_000).await.unwrap());
+    assert_eq!(
+        granted(&mut raw).await,
+        4,
+        "replaced by a lease as long as asked"
+    );
+    assert!(s.leader_renew("n1", 4_000).await.unwrap());
+    assert_eq!(
+        holder(&(Arc::new(s) as Arc<dyn Store>)).await.as_deref(),
+        Some("n1")
+    );
 }

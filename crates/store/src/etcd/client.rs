@@ -57,7 +57,10 @@ impl Conn {
             ConnectOptions::new()
                 .with_connect_timeout(CONNECT_TIMEOUT)
                 .with_timeout(REQUEST_TIMEOUT)
-                .with_keep_alive(PING_INTERVAL, PING_TIMEOUT),
+                .with_keep_alive(PING_INTERVAL, PING_TIMEOUT)
+                // A member cut off from etcd's quorum answers nothing rather than old data,
+                // and a watch through it ends (review finding).
+                .with_require_leader(true),
         );
         let client = match tokio::time::timeout(
             CONNECT_TIMEOUT + Duration::from_secs(1),

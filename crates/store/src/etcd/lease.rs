@@ -33,6 +33,10 @@ pub(super) struct KeepAlive {
     lease: i64,
     keeper: LeaseKeeper,
     stream: LeaseKeepAliveStream,
+    /// A message was sent whose answer was not read (its caller gave up): the next answer
+    /// on this stream would be that one, from before the next caller's instant, so the
+    /// stream is not used again (review finding: a stale answer armed the fence too late).
+    pending: bool,
 }
 
 /// How long a reader assumes a lease seen in a key written before `ttl_ms` was (0.8) may
@@ -154,7 +158,8 @@ impl EtcdStore {
         )]);
         match self.txn(action, txn).await {
             Ok(r) if r.succeeded() => {
-                if let Some(old) = seen {
+                *self.own_lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+                if let Some(old) = seen.filter(|old| old.lease() != lease) {
                     self.revoke(old.lease()).await;
                 }
                 Ok(true)
@@ -200,29 +205,36 @@ impl EtcdStore {
     }
 
     /// One keep-alive of the lease the leader key is attached to, when `member` holds it.
-    /// The key is taken from the kept view when there is one (no request); when that does
-    /// not confirm the lease (the view may not show this client's own acquisition yet, or
-    /// show a lease it replaced), the key is read from etcd before the answer is no.
-    pub(super) async fn renew_leader(&self, member: &str, _ttl_ms: u64) -> Result<bool> {
+    /// The key is taken from the kept view (no request) only when it is attached to the
+    /// lease this client put last: a lease this client replaced may outlive its key (its
+    /// revoke can fail). Otherwise, and when the kept view does not confirm the lease (it may
+    /// not show this client's own acquisition yet), the key is read from etcd first.
+    pub(super) async fn renew_leader(&self, member: &str, ttl_ms: u64) -> Result<bool> {
         const ACTION: &str = "renew the leader key";
+        let own = *self.own_lease.lock().unwrap_or_else(|e| e.into_inner());
         let cached = self
             .watched()
             .and_then(super::watch::Watched::keys)
-            .and_then(|keys| keys.get("leader").cloned());
+            .and_then(|keys| keys.get("leader").cloned())
+            .filter(|kv| Some(kv.lease()) == own);
         if let Some(kv) = cached {
-            if self.keep_alive_if_held(&kv, member).await? {
+            if self.keep_alive_if_held(&kv, member, ttl_ms).await? {
                 return Ok(true);
             }
         }
         match self.get_one(ACTION, "leader").await? {
-            Some(kv) => self.keep_alive_if_held(&kv, member).await,
+            Some(kv) => self.keep_alive_if_held(&kv, member, ttl_ms).await,
             None => Ok(false),
         }
     }
 
     /// Keep the key's lease alive when the key names `member`. `true` = etcd still keeps
-    /// it (and the expiry this client reports moves on).
-    async fn keep_alive_if_held(&self, kv: &KeyValue, member: &str) -> Result<bool> {
+    /// it, for at least `ttl_ms` from before the call (and the expiry this client reports
+    /// moves on). A lease granted for less (`timing.ttl_ms` raised since, and the agent
+    /// restarted) is replaced by one of `ttl_ms` through the compare-and-set: the caller's
+    /// fence counts on `ttl_ms` (review finding).
+    async fn keep_alive_if_held(&self, kv: &KeyValue, member: &str, ttl_ms: u64) -> Result<bool> {
+        const ACTION: &str = "renew the leader key";
         let value: LeaderValue = self.parse(kv, "a leader lease")?;
         if value.member != member {
             return Ok(false);
@@ -234,21 +246,27 @@ impl EtcdStore {
             // etcd no longer knows the lease: it expired (the key went with it).
             return Ok(false);
         }
+        if ttl < lease_secs(ttl_ms) {
+            return self.leader_put(ACTION, member, ttl_ms, Some(kv)).await;
+        }
         let granted = u64::try_from(ttl).unwrap_or(0);
         self.remember_expiry(kv.lease(), before.saturating_add(granted * 1000));
+        *self.own_lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(kv.lease());
         Ok(true)
     }
 
-    /// Send one keep-alive for `lease` and return the TTL etcd answers (0 or less: the
-    /// lease is gone). The stream is opened on first use and again after a failure.
+    /// Send one keep-alive for `lease` and return the TTL etcd answers (0: the lease is
+    /// gone). The stream is opened on first use and again after a failure, or after a
+    /// caller gave up waiting for an answer.
     async fn keep_alive(&self, lease: i64) -> Result<i64> {
         let mut guard = self.keeper.lock().await;
         let mut last = String::new();
         for _ in 0..2 {
-            if guard.as_ref().is_none_or(|k| k.lease != lease) {
+            if guard.as_ref().is_none_or(|k| k.lease != lease || k.pending) {
                 *guard = None;
                 match self.open_keep_alive(lease).await {
-                    Ok(k) => *guard = Some(k),
+                    Ok(Some(k)) => *guard = Some(k),
+                    Ok(None) => return Ok(0),
                     Err(e) => {
                         last = format!("{e:#}");
                         continue;
@@ -256,13 +274,17 @@ impl EtcdStore {
                 }
             }
             let Some(k) = guard.as_mut() else { continue };
+            k.pending = true;
             let answer = tokio::time::timeout(super::client::REQUEST_TIMEOUT, async {
                 k.keeper.keep_alive().await?;
                 k.stream.message().await
             })
             .await;
             match answer {
-                Ok(Ok(Some(resp))) => return Ok(resp.ttl()),
+                Ok(Ok(Some(resp))) => {
+                    k.pending = false;
+                    return Ok(resp.ttl().max(0));
+                }
                 Ok(Ok(None)) => last = "etcd closed the keep-alive stream".into(),
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => {
@@ -281,18 +303,31 @@ impl EtcdStore {
         ))
     }
 
-    async fn open_keep_alive(&self, lease: i64) -> Result<KeepAlive> {
-        let (keeper, stream) = self
+    /// Open the lease's keep-alive stream (which renews it once); `None`: etcd no longer
+    /// knows the lease.
+    async fn open_keep_alive(&self, lease: i64) -> Result<Option<KeepAlive>> {
+        let opened = self
             .call(
                 "open the leader lease's keep-alive stream",
-                |mut c| async move { c.lease_keep_alive(lease).await },
+                |mut c| async move {
+                    match c.lease_keep_alive(lease).await {
+                        // etcd-client reads the first answer and calls a TTL of 0 this.
+                        Err(etcd_client::Error::LeaseKeepAliveError(e))
+                            if e == "lease not found" =>
+                        {
+                            Ok(None)
+                        }
+                        r => r.map(Some),
+                    }
+                },
             )
             .await?;
-        Ok(KeepAlive {
+        Ok(opened.map(|(keeper, stream)| KeepAlive {
             lease,
             keeper,
             stream,
-        })
+            pending: false,
+        }))
     }
 
     /// A watch on the leader key for deletions (a lease that etcd expired, or a release):
@@ -343,6 +378,7 @@ impl EtcdStore {
                 .and_then([TxnOp::delete(key.clone(), None)]);
             if self.txn(ACTION, txn).await?.succeeded() {
                 *self.keeper.lock().await = None;
+                *self.own_lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.revoke(kv.lease()).await;
                 return Ok(true);
             }

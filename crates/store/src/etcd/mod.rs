@@ -70,6 +70,8 @@ pub struct EtcdStore {
     watch: Option<std::sync::OnceLock<watch::Watched>>,
     /// The keep-alive stream of the leader lease this client holds.
     keeper: tokio::sync::Mutex<Option<lease::KeepAlive>>,
+    /// The lease this client last attached the leader key to (until it releases it).
+    own_lease: std::sync::Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -96,6 +98,7 @@ impl EtcdStore {
             expiry: std::sync::Mutex::new(None),
             watch: None,
             keeper: Default::default(),
+            own_lease: Default::default(),
         }
     }
 

@@ -5,16 +5,17 @@
 //! as current (*synced*) from the read that filled it until the watch fails: a broken
 //! connection (etcd pings it every few seconds, see `client`), a closed or cancelled watch.
 //! Meanwhile the store's `view` reads etcd itself, so a view is never older than the watch
-//! says. The task then watches again from the last revision it applied (no read): etcd
-//! replays what it missed. When etcd compacted those revisions away, the task reads the
-//! keys afresh and watches from there. As a safety net against a watch that went quiet
-//! without failing, the task also reads afresh every [`REFRESH`].
+//! says. The task then reads the keys afresh and watches from the revision after that
+//! read. (Resuming the old watch without a read would count the keys as current before
+//! etcd had replayed what they missed: review finding.) When etcd compacted that revision
+//! away before the watch started, the task reads again. As a safety net against a watch
+//! that went quiet without failing, the task also reads afresh every [`REFRESH`].
 
 use super::client::Conn;
 use super::view::{in_view, Keys};
 use super::EtcdStore;
 use crate::Result;
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use etcd_client::{EventType, WatchOptions};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,6 +84,7 @@ impl Watched {
                 expiry: Default::default(),
                 watch: None,
                 keeper: Default::default(),
+                own_lease: Default::default(),
             },
             shared: shared.clone(),
         };
@@ -145,33 +147,28 @@ struct Follower {
     shared: Arc<Shared>,
 }
 
-/// How a round of following ended.
-enum End {
-    /// Time to read afresh (the refresh, or a compaction).
-    Read,
-    /// The watch failed: watch again from the revision reached (after a pause).
-    Failed(anyhow::Error),
-}
-
 impl Follower {
     async fn run(self) {
+        // However the task ends (aborted with its store, or its runtime gone), the keys no
+        // longer count as current (review finding).
+        struct NotCurrent(Arc<Shared>);
+        impl Drop for NotCurrent {
+            fn drop(&mut self) {
+                self.0.update(|s| s.synced = false);
+            }
+        }
+        let _not_current = NotCurrent(self.shared.clone());
         let mut failures: u32 = 0;
-        // The revision the keys are current at; `None`: read them first.
-        let mut revision: Option<i64> = None;
         loop {
-            self.wait_unheld().await;
-            let end = self.follow(&mut revision).await;
+            let outcome = self.follow().await;
             self.shared.update(|s| s.synced = false);
-            match end {
-                End::Read => {
-                    revision = None;
-                    failures = 0;
-                }
-                End::Failed(e) => {
+            match outcome {
+                Ok(()) => failures = 0,
+                Err(e) => {
                     tracing::debug!("the watch on the cluster's keys ended: {e:#}");
                     failures = failures.saturating_add(1);
-                    // Quick after one failure (a restarted member of etcd), slower while
-                    // etcd stays away.
+                    // Quick after one failure (a compaction, a restarted member of etcd),
+                    // slower while etcd stays away.
                     let pause = 50u64.saturating_mul(1 << failures.min(5)).min(1_000);
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
@@ -184,31 +181,20 @@ impl Follower {
         let _ = held.wait_for(|h| !h).await;
     }
 
-    /// One round: read the keys when `revision` is unknown, watch from the next revision,
-    /// apply until the watch fails or it is time to read afresh.
-    async fn follow(&self, revision: &mut Option<i64>) -> End {
-        let fresh = match *revision {
-            Some(_) => None,
-            None => match tokio::time::timeout(STEP_TIMEOUT, self.store.read_keys()).await {
-                Ok(Ok((keys, rev))) => {
-                    *revision = Some(rev);
-                    Some(keys)
-                }
-                Ok(Err(e)) => return End::Failed(e),
-                Err(_) => return End::Failed(anyhow!("reading the cluster's keys got no answer")),
-            },
-        };
-        let from = revision.unwrap_or(0) + 1;
-        let mut stream = match self.open(from).await {
-            Ok(s) => s,
-            Err(e) => return End::Failed(e),
-        };
-        // Current from here: the watch replays every change after `revision`.
+    /// One round: read the keys, watch from the revision after the read, apply until the
+    /// watch fails (an error) or it is time to read afresh (`Ok`).
+    async fn follow(&self) -> Result<()> {
+        let (keys, revision) = tokio::time::timeout(STEP_TIMEOUT, self.store.read_keys())
+            .await
+            .map_err(|_| anyhow!("reading the cluster's keys got no answer"))??;
+        self.shared.update(|s| s.reads += 1);
+        // A test may hold the task here, between its read and its watch, to make etcd
+        // compact the revision the watch starts from.
+        self.wait_unheld().await;
+        let mut stream = self.open(revision + 1).await?;
+        // Current from here: the watch replays every change after the read.
         self.shared.update(|s| {
-            if let Some(keys) = fresh {
-                s.keys = keys;
-                s.reads += 1;
-            }
+            s.keys = keys;
             s.synced = true;
         });
         let refresh = tokio::time::Instant::now() + REFRESH;
@@ -216,30 +202,27 @@ impl Follower {
         loop {
             let message = tokio::select! {
                 m = stream.message() => m,
-                _ = tokio::time::sleep_until(refresh) => return End::Read,
-                _ = held.wait_for(|h| *h) => return End::Failed(anyhow!("held off by a test")),
+                _ = tokio::time::sleep_until(refresh) => return Ok(()),
+                _ = held.wait_for(|h| *h) => bail!("held off by a test"),
             };
             let resp = match message {
                 Ok(Some(resp)) => resp,
-                Ok(None) => return End::Failed(anyhow!("etcd closed the watch")),
-                Err(e) => return End::Failed(anyhow!(e).context("the watch failed")),
+                Ok(None) => bail!("etcd closed the watch"),
+                Err(e) => return Err(anyhow!(e).context("the watch failed")),
             };
             if resp.compact_revision() > 0 {
-                tracing::debug!(
-                    "etcd compacted revision {from} away (it keeps them from {} on): reading \
-                     the cluster's keys afresh",
+                self.shared.update(|s| s.compacted += 1);
+                bail!(
+                    "etcd compacted revision {} away (it keeps them from {} on): reading the \
+                     cluster's keys afresh",
+                    revision + 1,
                     resp.compact_revision()
                 );
-                self.shared.update(|s| s.compacted += 1);
-                return End::Read;
             }
             if resp.canceled() {
-                return End::Failed(anyhow!(
-                    "etcd cancelled the watch: {}",
-                    resp.cancel_reason()
-                ));
+                bail!("etcd cancelled the watch: {}", resp.cancel_reason());
             }
-            self.apply(&resp, revision);
+            self.apply(&resp);
         }
     }
 
@@ -253,7 +236,11 @@ impl Follower {
         )
         .await
         {
-            Ok(r) => r.context("watch the cluster's keys"),
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => {
+                self.conn.reset().await;
+                Err(anyhow!(e).context("watch the cluster's keys"))
+            }
             Err(_) => {
                 self.conn.reset().await;
                 bail!("creating the watch got no answer")
@@ -261,12 +248,8 @@ impl Follower {
         }
     }
 
-    /// Apply a response's events; the keys are then current at its last event's revision
-    /// (a watch resumed after a failure starts after it).
-    fn apply(&self, resp: &etcd_client::WatchResponse, revision: &mut Option<i64>) {
-        for kv in resp.events().iter().filter_map(|ev| ev.kv()) {
-            *revision = Some(revision.unwrap_or(0).max(kv.mod_revision()));
-        }
+    /// Apply a response's events.
+    fn apply(&self, resp: &etcd_client::WatchResponse) {
         let changes: Vec<_> = resp
             .events()
             .iter()
