@@ -167,7 +167,8 @@ impl Agent {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .last_loop = Some(Instant::now());
-        let view = self.read_or_failsafe().await?;
+        let mut view = self.read_or_failsafe().await?;
+        self.publisher.mark_self(&mut view);
         self.report_unreadable(&view);
         self.refuse_slot_collision(&view)?;
         {
@@ -213,7 +214,7 @@ impl Agent {
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
             sh.replay_lag_ms = self.exec.pg.probe.as_ref().and_then(|p| p.replay_lag_ms);
-            sh.view = Some(view);
+            sh.view = Some(view.clone());
             if let Some(t) = sh.last_loop {
                 sh.last_loop_duration = t.elapsed();
             }
@@ -227,7 +228,10 @@ impl Agent {
             handed_over: self.handed_over(),
             archive: self.archive.status.clone(),
         };
-        let published = self.publisher.publish(report).await;
+        let published = match self.publisher.keep_alive(self.exec.mem.held_lease).await {
+            Ok(()) => self.publisher.publish_if_due(report, &view).await,
+            Err(e) => Err(e),
+        };
         if published.is_err() {
             // A store that reads but does not write is out of reach too (failsafe).
             self.shared

@@ -154,6 +154,8 @@ impl Agent {
             store: store.clone(),
             shared: shared.clone(),
             os_user: ident.user.clone(),
+            checked_ms: Default::default(),
+            alive_ms: Default::default(),
         };
         let pg = local_pg::LocalPg {
             cfg: cfg.clone(),

@@ -2,6 +2,7 @@
 
 use super::*;
 use pgbaton_core::model::{ArchiveStatus, SyncReport};
+use std::sync::atomic::Ordering;
 
 /// What the agent needs to publish its member's state, also during a long step (a clone's
 /// progress, a start).
@@ -12,6 +13,11 @@ pub(crate) struct Publisher {
     pub store: Arc<dyn Store>,
     pub shared: api::SharedState,
     pub os_user: String,
+    /// When the member's report in the store was last known to say what is true (written,
+    /// or found unchanged): this member's own `seen_ms` in the views it decides on.
+    pub checked_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// When the store was last told this member is alive.
+    pub alive_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One report of the member's state.
@@ -79,7 +85,66 @@ impl Publisher {
             .map_or((None, None), |m| (m.timeline, m.lsn))
     }
 
+    /// Write the report.
     pub(crate) async fn publish(&self, r: Report<'_>) -> Result<()> {
+        let state = self.state(r);
+        self.write(state).await
+    }
+
+    /// Write the report when it is due (`pgbaton_core::publish::due`: it says something
+    /// new, the cluster is in motion, or the heartbeat); otherwise only the API shows it.
+    pub(crate) async fn publish_if_due(&self, r: Report<'_>, view: &ClusterView) -> Result<()> {
+        let state = self.state(r);
+        if pgbaton_core::publish::due(view, &state, now_ms()) {
+            return self.write(state).await;
+        }
+        self.shared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .member = Some(state);
+        self.checked_ms.store(now_ms(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Say this member is alive, every half liveness TTL (not while it holds the leader
+    /// lease: the lease says so).
+    pub(crate) async fn keep_alive(&self, leading: bool) -> Result<()> {
+        let ttl = pgbaton_core::publish::alive_ttl_ms(self.cfg.timing.ttl_ms);
+        let now = now_ms();
+        if leading || now.saturating_sub(self.alive_ms.load(Ordering::Relaxed)) < ttl / 2 {
+            return Ok(());
+        }
+        self.store
+            .member_alive(&self.cfg.name, ttl)
+            .await
+            .context("say the member is alive in the store")?;
+        self.alive_ms.store(now, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// This member's own record in `view` as last known current (`checked_ms`): a view
+    /// read before a stall is stale by the stall (see `decide::primary::stale_view`).
+    pub(crate) fn mark_self(&self, view: &mut ClusterView) {
+        let checked = self.checked_ms.load(Ordering::Relaxed);
+        if let Some(m) = view.members.iter_mut().find(|m| m.name == self.cfg.name) {
+            m.seen_ms = checked;
+        }
+    }
+
+    async fn write(&self, state: MemberState) -> Result<()> {
+        self.shared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .member = Some(state.clone());
+        self.store
+            .member_put(&state)
+            .await
+            .context("publish the member's state to the store")?;
+        self.checked_ms.store(state.updated_ms, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn state(&self, r: Report<'_>) -> MemberState {
         let p = r.probe.filter(|_| r.local.pg.running());
         let system_id = p.map(|p| p.system_id.clone()).or(match &r.local.data {
             DataDir::Initialized { system_id, .. } => Some(system_id.clone()),
@@ -95,7 +160,7 @@ impl Publisher {
             None => self.last_position(),
         };
         let cfg = &self.cfg;
-        let state = MemberState {
+        MemberState {
             name: cfg.name.clone(),
             role: role_of(r.local),
             state: r.status,
@@ -130,14 +195,7 @@ impl Publisher {
             failover_priority: cfg.tags.failover_priority,
             handed_over: r.handed_over,
             archive: r.archive,
-        };
-        self.shared
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .member = Some(state.clone());
-        self.store
-            .member_put(&state)
-            .await
-            .context("publish the member's state to the store")
+            seen_ms: 0,
+        }
     }
 }

@@ -329,11 +329,12 @@ pub fn eligible(
     })
 }
 
-/// Is this member report a running standby that reported within `fresh_ms` of `now_ms`?
+/// Is this member report a running standby that was seen alive (`MemberState::seen`)
+/// within `fresh_ms` of `now_ms`?
 pub fn live_standby(m: &MemberState, now_ms: u64, fresh_ms: u64) -> bool {
     m.role == Role::Standby
         && matches!(m.state, MemberStatus::Streaming | MemberStatus::Replaying)
-        && now_ms.saturating_sub(m.updated_ms) <= fresh_ms
+        && now_ms.saturating_sub(m.seen()) <= fresh_ms
 }
 
 /// Eligible candidates among the other members' reports (not `except`), best first.

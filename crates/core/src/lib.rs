@@ -12,6 +12,7 @@ pub mod health;
 pub mod memory;
 pub mod model;
 pub mod ops;
+pub mod publish;
 pub mod render;
 pub mod report;
 pub mod sync;

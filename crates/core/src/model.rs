@@ -138,7 +138,7 @@ pub struct SlotInfo {
     pub retained_bytes: Option<u64>,
 }
 
-/// What a member's agent publishes to the store every loop.
+/// What a member's agent publishes to the store (see `updated_ms`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemberState {
     pub name: String,
@@ -177,8 +177,16 @@ pub struct MemberState {
     pub progress: Option<Progress>,
     /// PID of the agent process.
     pub agent_pid: u32,
-    /// Wall-clock time of this report, ms since the Unix epoch.
+    /// Wall-clock time of this report, ms since the Unix epoch. An agent writes its report
+    /// when it changes (every loop while the cluster has no leader or runs an operation),
+    /// and at least every `report::HEARTBEAT_MS`.
     pub updated_ms: u64,
+    /// When this member was last known alive, ms since the Unix epoch: filled in when the
+    /// view is read, never stored in the record (the store keeps liveness without writes:
+    /// an etcd lease kept alive, a row; the lease holder is alive by its lease; the agent
+    /// reading the view knows about itself). 0 = not known. See [`MemberState::seen`].
+    #[serde(skip)]
+    pub seen_ms: u64,
     /// The member's `tags.nofailover`: never promoted automatically.
     #[serde(default)]
     pub nofailover: bool,
@@ -322,12 +330,36 @@ impl MemberState {
             progress: None,
             agent_pid: 1,
             updated_ms,
+            seen_ms: 0,
             nofailover: false,
             failover_priority: 1,
             nosync: false,
             handed_over: false,
             synchronous: None,
             archive: None,
+        }
+    }
+
+    /// When this member last showed it is alive: its last report, or later when the store
+    /// knows its agent is alive. An agent writes its report when it changes, so a live
+    /// agent's last report is its state (the positions up to a loop behind: rules about
+    /// positions after an instant read `updated_ms`).
+    pub fn seen(&self) -> u64 {
+        self.updated_ms.max(self.seen_ms)
+    }
+
+    /// The report with what changes without a change of state blanked out (its time, the
+    /// archive's ages): two reports that compare equal this way say the same thing.
+    pub fn content(&self) -> MemberState {
+        MemberState {
+            updated_ms: 0,
+            seen_ms: 0,
+            archive: self.archive.clone().map(|a| ArchiveStatus {
+                oldest_waiting_s: None,
+                last_failed_age_s: None,
+                ..a
+            }),
+            ..self.clone()
         }
     }
 }

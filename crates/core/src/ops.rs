@@ -68,7 +68,7 @@ impl<'a> Snapshot<'a> {
     }
 
     fn fresh(&self, m: &MemberState) -> bool {
-        self.now_ms.saturating_sub(m.updated_ms) <= STALE_MS
+        self.now_ms.saturating_sub(m.seen()) <= STALE_MS
     }
 
     /// The lease holder, when its lease is unexpired at `now_ms`.

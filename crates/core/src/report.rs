@@ -153,7 +153,7 @@ pub fn report(
                 name: m.name.clone(),
                 role: m.role,
                 // An agent that stopped reporting: its last word is not the truth any more.
-                state: if now.saturating_sub(m.updated_ms) > crate::ops::STALE_MS
+                state: if now.saturating_sub(m.seen()) > crate::ops::STALE_MS
                     && !matches!(m.state, MemberStatus::Stopped | MemberStatus::Failed)
                 {
                     MemberStatus::Unreachable
@@ -172,7 +172,7 @@ pub fn report(
                 slot_retained_bytes: slot.and_then(|s| s.retained_bytes),
                 system_id: m.system_id.clone(),
                 api_url: m.api_url.clone(),
-                last_seen_s: now.saturating_sub(m.updated_ms) / 1000,
+                last_seen_s: now.saturating_sub(m.seen()) / 1000,
                 message: m.message.clone(),
                 archive: m.archive.clone(),
                 sync: None,

@@ -409,7 +409,7 @@ pub fn eligible_standbys(i: &SyncInputs) -> Vec<String> {
                     crate::model::MemberStatus::Streaming | crate::model::MemberStatus::Replaying
                 )
                 && m.upstream.as_deref() == Some(i.me)
-                && i.now_ms.saturating_sub(m.updated_ms) <= i.fresh_ms
+                && i.now_ms.saturating_sub(m.seen()) <= i.fresh_ms
         })
         .map(|m| (m.name.as_str(), m.receive_lsn.max(m.lsn)));
     let mut out: Vec<(&str, Option<Lsn>, bool)> = streaming

@@ -64,13 +64,24 @@ impl Sim {
                 }
                 self.loop_end(n);
             }
-            Step::Published => self.loop_end(n),
+            Step::Published => {
+                let a = &mut self.nodes[n].agent;
+                if let Some(t) = a.writing.take() {
+                    a.checked_ms = a.checked_ms.max(t);
+                }
+                self.loop_end(n);
+            }
         }
     }
 
     /// Observe, decide, and start carrying out the plan (as `Agent::iteration` does).
-    fn decide_and_act(&mut self, n: usize, view: ClusterView) {
+    fn decide_and_act(&mut self, n: usize, mut view: ClusterView) {
         let name = self.nodes[n].name.clone();
+        // As the agent does (`Publisher::mark_self`): its own record as last known current.
+        let checked = self.nodes[n].agent.checked_ms;
+        if let Some(m) = view.members.iter_mut().find(|m| m.name == name) {
+            m.seen_ms = checked;
+        }
         // The API's shared state, as the agent sets it from each view.
         let leader = view.leader.as_ref().filter(|l| l.expires_ms > self.now);
         let mut io = self.nodes[n].io();
@@ -370,12 +381,34 @@ impl Sim {
             self.local_view(n, &view, pgrun.clone());
         }
         let ms = self.member_state(n, &pgrun);
-        self.store_send(
-            n,
-            StoreOp::Put {
-                ms: Box::new(ms),
-                reply: None,
-            },
-        );
+        // As the agent does (`Publisher::publish_if_due`): written when due, else the
+        // member only says it is alive (not while it holds the lease).
+        let a = &self.nodes[n].agent;
+        let leading = a.exec.as_ref().is_some_and(|e| e.mem.held_lease);
+        let due = a
+            .last_view
+            .as_ref()
+            .is_none_or(|v| pgbaton_core::publish::due(v, &ms, self.now));
+        if due {
+            self.stats.reports_written += 1;
+            self.nodes[n].agent.writing = Some(ms.updated_ms);
+            self.store_send(
+                n,
+                StoreOp::Put {
+                    ms: Box::new(ms),
+                    reply: None,
+                },
+            );
+        } else {
+            self.stats.reports_skipped += 1;
+            self.nodes[n].agent.checked_ms = self.now;
+            self.store_send(
+                n,
+                StoreOp::Alive {
+                    member: ms.name.clone(),
+                    alive: !leading,
+                },
+            );
+        }
     }
 }

@@ -106,6 +106,9 @@ pub enum FaultKind {
     StoreCut,
     /// The node cannot reach its peers (agent API and replication).
     PeerCut,
+    /// The node's view of the cluster arrives late (its watch lags behind the store): each
+    /// view it reads is up to a TTL old when its loop gets it.
+    LateView,
     /// The agent is SIGSTOPped.
     Freeze,
     /// The store is down for everyone.

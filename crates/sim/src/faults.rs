@@ -39,6 +39,7 @@ impl Sim {
             (FaultKind::Reload, 1, 0, 0),
         ];
         let mut kinds = kinds[..if self.cfg.pg_faults { 10 } else { 8 }].to_vec();
+        kinds.push((FaultKind::LateView, 2, 500, 10_000));
         if self.cfg.operations {
             kinds.extend(operations);
         }
@@ -100,6 +101,7 @@ impl Sim {
             }
             FaultKind::PgCrash => self.pg_stop(n),
             FaultKind::StoreCut => self.nodes[n].store_cut += 1,
+            FaultKind::LateView => self.nodes[n].view_late += 1,
             FaultKind::PeerCut => self.nodes[n].peer_cut += 1,
             FaultKind::Freeze => self.nodes[n].frozen += 1,
             FaultKind::StoreOutage => self.store.down += 1,
@@ -236,6 +238,7 @@ impl Sim {
             | FaultKind::Rejoin
             | FaultKind::Reload => {}
             FaultKind::StoreCut => self.nodes[n].store_cut -= 1,
+            FaultKind::LateView => self.nodes[n].view_late -= 1,
             FaultKind::PeerCut => self.nodes[n].peer_cut -= 1,
             FaultKind::Freeze => {
                 self.nodes[n].frozen -= 1;

@@ -244,6 +244,10 @@ struct Agent {
     loop_started: u64,
     parked: Option<Step>,
     fs: Option<FsRound>,
+    /// When this member's report in the store was last known current (the agent's
+    /// `Publisher::checked_ms`), and the write in flight that will make it so.
+    checked_ms: u64,
+    writing: Option<u64>,
 }
 
 struct Node {
@@ -262,6 +266,7 @@ struct Node {
     frozen: u32,
     store_cut: u32,
     peer_cut: u32,
+    view_late: u32,
     lag: u64,
     /// PostgreSQL is frozen (SIGSTOP of every process): how many freezes, and the instance
     /// (PostgreSQL epoch) they froze; a new instance after a stop is not frozen.
@@ -320,6 +325,12 @@ enum StoreOp {
     Put {
         ms: Box<MemberState>,
         reply: Option<u64>,
+    },
+    /// The loop's report was not due (unchanged while the cluster rests): the member only
+    /// says it is alive (`alive`: unless it holds the lease, as the agent does).
+    Alive {
+        member: String,
+        alive: bool,
     },
 }
 
@@ -423,6 +434,8 @@ struct Store {
     down: u32,
     /// The synchronous set's record, as stored (JSON text).
     sync: Option<String>,
+    /// When each member last said it is alive (`Store::member_alive`).
+    alive: BTreeMap<String, u64>,
 }
 
 struct Sim {

@@ -31,6 +31,10 @@ pub struct Stats {
     pub fences: u32,
     pub failsafe_rounds: u32,
     pub failsafe_confirmed: u32,
+    /// Loop reports written, and not written because nothing changed while the cluster
+    /// rested (`pgbaton_core::publish::due`).
+    pub reports_written: u64,
+    pub reports_skipped: u64,
     pub rewinds: u32,
     pub rejoin_failures: u32,
     pub lost_bytes: u64,

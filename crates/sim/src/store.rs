@@ -39,8 +39,37 @@ impl Sim {
                 rep: unreachable(),
                 via_store: true,
             },
-            StoreOp::Put { reply: None, .. } => Step::Published,
+            StoreOp::Put { reply: None, .. } | StoreOp::Alive { .. } => Step::Published,
         }
+    }
+
+    /// The members as a view shows them: seen now while alive (within the liveness TTL
+    /// since they last said so, as an etcd lease would keep them) or holding the lease.
+    fn members_seen(&self) -> Vec<MemberState> {
+        let now = self.now;
+        let alive_ttl = pgbaton_core::publish::alive_ttl_ms(self.cfg.ttl_ms);
+        let holder = self
+            .store
+            .lease
+            .as_ref()
+            .filter(|l| l.expires_ms > now)
+            .map(|l| l.member.clone());
+        self.store
+            .members
+            .values()
+            .map(|m| {
+                let alive = self
+                    .store
+                    .alive
+                    .get(&m.name)
+                    .is_some_and(|t| now < t + alive_ttl);
+                let seen = alive || holder.as_deref() == Some(m.name.as_str());
+                MemberState {
+                    seen_ms: if seen { now } else { 0 },
+                    ..m.clone()
+                }
+            })
+            .collect()
     }
 
     pub(crate) fn store_apply(&mut self, n: usize, epoch: u64, op: StoreOp, _t0: u64) {
@@ -60,11 +89,16 @@ impl Sim {
             return;
         }
         let now = self.now;
+        // A lagging watch: the view is taken now and reaches the loop up to a TTL later.
+        let late = match op {
+            StoreOp::Read if self.nodes[n].view_late > 0 => self.rng.range(100, self.cfg.ttl_ms),
+            _ => 0,
+        };
         let step = match op {
             StoreOp::Read => Step::ViewReply(Some(Box::new(ClusterView {
                 initialize: Some(SYSTEM_ID.into()),
                 leader: self.store.lease.clone().filter(|l| l.expires_ms > now),
-                members: self.store.members.values().cloned().collect(),
+                members: self.members_seen(),
                 op: self.store.op.clone(),
                 paused: self.store.paused > 0,
                 sync: self
@@ -83,7 +117,22 @@ impl Sim {
                     via_store: true,
                 }
             }
+            StoreOp::Alive { member, alive } => {
+                if alive {
+                    self.store.alive.insert(member, now);
+                }
+                Step::Published
+            }
             StoreOp::Put { ms, reply } => {
+                if reply.is_none()
+                    && !self.nodes[n]
+                        .agent
+                        .exec
+                        .as_ref()
+                        .is_some_and(|e| e.mem.held_lease)
+                {
+                    self.store.alive.insert(ms.name.clone(), now);
+                }
                 if ms.state == MemberStatus::Running {
                     self.last_published_primary_lsn = ms.lsn.map(|l| l.0);
                 }
@@ -101,7 +150,7 @@ impl Sim {
                 }
             }
         };
-        let at = self.now + self.lat();
+        let at = self.now + self.lat() + late;
         self.push_at(
             at,
             Ev::Step {

@@ -14,6 +14,8 @@ pub struct Summary {
     pub fences: u64,
     pub failsafe_rounds: u64,
     pub failsafe_confirmed: u64,
+    pub reports_written: u64,
+    pub reports_skipped: u64,
     pub rewinds: u64,
     pub rejoin_failures: u64,
     pub waiting_rejoin_failed: u64,
@@ -44,6 +46,8 @@ impl Summary {
         self.fences += s.fences as u64;
         self.failsafe_rounds += s.failsafe_rounds as u64;
         self.failsafe_confirmed += s.failsafe_confirmed as u64;
+        self.reports_written += s.reports_written;
+        self.reports_skipped += s.reports_skipped;
         self.rewinds += s.rewinds as u64;
         self.rejoin_failures += s.rejoin_failures as u64;
         self.waiting_rejoin_failed += s.waiting_rejoin_failed as u64;
@@ -71,6 +75,8 @@ impl Summary {
         self.fences += o.fences;
         self.failsafe_rounds += o.failsafe_rounds;
         self.failsafe_confirmed += o.failsafe_confirmed;
+        self.reports_written += o.reports_written;
+        self.reports_skipped += o.reports_skipped;
         self.rewinds += o.rewinds;
         self.rejoin_failures += o.rejoin_failures;
         self.waiting_rejoin_failed += o.waiting_rejoin_failed;
@@ -98,11 +104,13 @@ impl std::fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "promotions {}, watchdog fences {}, failsafe rounds {} ({} confirmed by all), rewinds {}, rewind failures {} (nodes left waiting for reinit at the end: {}); standbys left diverged at the end (liveness gap): {}; runs ending with an operation within its deadline: {}",
+            "promotions {}, watchdog fences {}, failsafe rounds {} ({} confirmed by all), loop reports written {} (not due: {}), rewinds {}, rewind failures {} (nodes left waiting for reinit at the end: {}); standbys left diverged at the end (liveness gap): {}; runs ending with an operation within its deadline: {}",
             self.promotions,
             self.fences,
             self.failsafe_rounds,
             self.failsafe_confirmed,
+            self.reports_written,
+            self.reports_skipped,
             self.rewinds,
             self.rejoin_failures,
             self.waiting_rejoin_failed,

@@ -43,6 +43,7 @@ impl Sim {
                 agent_down: 0,
                 frozen: 0,
                 store_cut: 0,
+                view_late: 0,
                 peer_cut: 0,
                 lag,
                 pg_frozen: 0,

@@ -158,6 +158,12 @@ impl Store for Bounded {
             .await
     }
 
+    async fn member_alive(&self, member: &str, ttl_ms: u64) -> Result<()> {
+        let call = self.inner.member_alive(member, ttl_ms);
+        self.within("say the member is alive", self.limit, call)
+            .await
+    }
+
     async fn view(&self) -> Result<pgbaton_core::decide::ClusterView> {
         let call = self.inner.view();
         self.within("read the cluster", self.limit, call).await

@@ -88,8 +88,16 @@ pub trait Store: Send + Sync {
     async fn members(&self) -> Result<Vec<MemberState>> {
         Ok(self.members_read().await?.members)
     }
-    /// Deregister a member. `true` = it existed.
+    /// Deregister a member (and forget its liveness). `true` = it existed.
     async fn member_delete(&self, name: &str) -> Result<bool>;
+    /// Say this member's agent is alive, for `ttl_ms` from now, without writing its report
+    /// (etcd: a lease kept alive with `alive/<member>` attached; SQLite: a row). Reading
+    /// the members fills in `MemberState::seen_ms` from it. An agent calls it every half
+    /// TTL while its loop runs. The default keeps nothing (the member is seen by its
+    /// reports alone).
+    async fn member_alive(&self, _member: &str, _ttl_ms: u64) -> Result<()> {
+        Ok(())
+    }
 
     // ---- operations: at most one in flight per cluster ---------------------------------
     /// The cluster's current operation (in flight, or the last finished one), if any.
@@ -157,6 +165,8 @@ pub async fn read_view_keys<S: Store + ?Sized>(store: &S) -> Result<ClusterView>
     let sync_text = store.sync_get().await?;
     let mut members = store.members_read().await?;
     let op = op_or_unreadable(store.op_get().await, &mut members.unreadable)?;
+    let leader = store.leader_get().await?;
+    mark_leader_seen(&mut members.members, leader.as_ref(), now_ms());
     Ok(ClusterView {
         sync: sync_text.as_deref().map(parse_sync_record),
         sync_text,
@@ -165,12 +175,21 @@ pub async fn read_view_keys<S: Store + ?Sized>(store: &S) -> Result<ClusterView>
             .await?
             .as_deref()
             .map(Identity::parse),
-        leader: store.leader_get().await?,
+        leader,
         members: members.members,
         unreadable: members.unreadable,
         op,
         paused: store.paused().await?,
     })
+}
+
+/// The lease holder is alive by its lease: seen now, at `now_ms`, when it has not expired.
+pub(crate) fn mark_leader_seen(members: &mut [MemberState], leader: Option<&Leader>, now_ms: u64) {
+    if let Some(l) = leader.filter(|l| l.expires_ms > now_ms) {
+        if let Some(m) = members.iter_mut().find(|m| m.name == l.member) {
+            m.seen_ms = m.seen_ms.max(now_ms);
+        }
+    }
 }
 
 /// The store answered, with text pgbaton cannot decode (as opposed to not answering).

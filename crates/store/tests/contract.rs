@@ -436,6 +436,7 @@ fn member(name: &str, port: u16) -> MemberState {
         progress: None,
         agent_pid: 4242,
         updated_ms: 1_700_000_000_000,
+        seen_ms: 0,
         nofailover: false,
         failover_priority: 1,
         nosync: false,
@@ -771,6 +772,46 @@ async fn members_put_get_list_delete<B: Backend>(b: B) {
     assert!(!s.member_delete("nobody").await.unwrap());
     assert_eq!(s.member_get("n2").await.unwrap(), None);
     assert_eq!(s.members().await.unwrap(), vec![n1, n3]);
+}
+
+/// A member's liveness is kept apart from its report: a member said alive is seen in the
+/// view until its TTL runs out, the lease holder is seen by its lease, and neither writes
+/// the report.
+async fn members_alive_are_seen<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    s.member_put(&member("n1", 5432)).await.unwrap();
+    s.member_put(&member("n2", 5433)).await.unwrap();
+    let seen = |v: &ClusterView, name: &str| v.member(name).unwrap().seen_ms;
+    let v = pgbaton_store::read_view(&*s).await.unwrap();
+    assert_eq!((seen(&v, "n1"), seen(&v, "n2")), (0, 0), "nobody said so");
+    s.member_alive("n1", b.ttl()).await.unwrap();
+    let v = pgbaton_store::read_view(&*s).await.unwrap();
+    assert!(seen(&v, "n1") > 0 && seen(&v, "n2") == 0, "{v:?}");
+    assert_eq!(
+        v.member("n1").unwrap().updated_ms,
+        member("n1", 5432).updated_ms,
+        "the report is not written"
+    );
+    // Said again (the same lease kept alive, or a new one).
+    s.member_alive("n1", b.ttl()).await.unwrap();
+    assert!(is_seen(&*s, "n1").await);
+    // Its TTL runs out.
+    b.advance(b.ttl() + 1).await;
+    assert!(!is_seen(&*s, "n1").await, "no longer alive");
+    // The lease holder is seen by its lease.
+    assert!(s.leader_acquire("n2", b.ttl()).await.unwrap());
+    assert!(is_seen(&*s, "n2").await);
+    // Alive again after it ran out; deregistering forgets it.
+    s.member_alive("n1", b.ttl()).await.unwrap();
+    assert!(is_seen(&*s, "n1").await);
+    assert!(s.member_delete("n1").await.unwrap());
+    s.member_put(&member("n1", 5432)).await.unwrap();
+    assert!(!is_seen(&*s, "n1").await, "forgotten with the member");
+}
+
+async fn is_seen(s: &dyn Store, name: &str) -> bool {
+    let v = pgbaton_store::read_view(s).await.unwrap();
+    v.member(name).unwrap().seen_ms > 0
 }
 
 async fn members_are_not_other_keys<B: Backend>(b: B) {
@@ -1414,6 +1455,7 @@ macro_rules! contract_suite {
                 leader_release_of_expired_lease,
                 leader_wait_gone,
                 members_put_get_list_delete,
+                members_alive_are_seen,
                 members_are_not_other_keys,
                 unreadable_member_records_are_left_out_and_reported,
                 clusters_are_isolated,

@@ -162,15 +162,15 @@ pub(super) fn former_primary_hold(
     None
 }
 
-/// A free lease is taken only on a fresh view: this member's own last report (published at
-/// the end of its previous loop, before this view was read) must be younger than the lease
-/// TTL. An agent stalled between reading the view and deciding (SIGSTOP, a long pause)
+/// A free lease is taken only on a fresh view: this member's own last report (published,
+/// or found unchanged, at the end of its previous loop, before this view was read: `seen`,
+/// which the agent sets for itself) must be younger than the lease TTL. An agent stalled between reading the view and deciding (SIGSTOP, a long pause)
 /// would otherwise act on members' timelines and positions from before the stall, and take
 /// the lease back on an old timeline (pinned simulator test
 /// `stale_view_retakes_the_lease_on_an_old_timeline`).
 pub(super) fn stale_view(view: &ClusterView, local: &LocalView, now_ms: u64) -> Option<String> {
     let mine = view.member(&local.name)?;
-    let age = now_ms.saturating_sub(mine.updated_ms);
+    let age = now_ms.saturating_sub(mine.seen());
     (age > local.policy.ttl_ms).then(|| {
         format!(
             "this view of the cluster is stale (this member's own report in it is {age} ms old): \

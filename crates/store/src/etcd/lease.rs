@@ -259,7 +259,16 @@ impl EtcdStore {
     /// gone). The stream is opened on first use and again after a failure, or after a
     /// caller gave up waiting for an answer.
     async fn keep_alive(&self, lease: i64) -> Result<i64> {
-        let mut guard = self.keeper.lock().await;
+        self.keep_alive_in(&self.keeper, lease).await
+    }
+
+    /// [`Self::keep_alive`] on the stream kept in `slot`.
+    pub(super) async fn keep_alive_in(
+        &self,
+        slot: &tokio::sync::Mutex<Option<KeepAlive>>,
+        lease: i64,
+    ) -> Result<i64> {
+        let mut guard = slot.lock().await;
         let mut last = String::new();
         for _ in 0..2 {
             if guard.as_ref().is_none_or(|k| k.lease != lease || k.pending) {
@@ -298,7 +307,7 @@ impl EtcdStore {
             self.conn.reset().await;
         }
         Err(anyhow!(
-            "keep the leader lease alive in etcd at {}: {last}",
+            "keep a lease alive in etcd at {}: {last}",
             self.endpoints_text()
         ))
     }

@@ -11,6 +11,7 @@
 //! | `history/<seq>`  | JSON of `HistoryEntry`                  | none                   |
 //! | `history_seq`    | the last history sequence number        | none                   |
 //! | `paused`         | `true` (absent = not paused)            | none                   |
+//! | `alive/<name>`   | empty: the member's agent is alive      | the member's own lease |
 //!
 //! Every compare-and-set is one etcd transaction: `create_revision == 0` for "absent",
 //! `mod_revision == <seen>` for "unchanged since read", `value == <expected>` for the
@@ -45,6 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod access;
+mod alive;
 mod client;
 mod history;
 mod lease;
@@ -72,6 +74,9 @@ pub struct EtcdStore {
     keeper: tokio::sync::Mutex<Option<lease::KeepAlive>>,
     /// The lease this client last attached the leader key to (until it releases it).
     own_lease: std::sync::Mutex<Option<i64>>,
+    /// The member's liveness lease (`alive/<member>`) and its keep-alive stream.
+    alive_lease: std::sync::Mutex<Option<i64>>,
+    alive_keeper: tokio::sync::Mutex<Option<lease::KeepAlive>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -91,14 +96,21 @@ impl EtcdStore {
     }
 
     fn connecting(endpoints: &[String], cluster: &str, secured: access::Secured) -> EtcdStore {
+        EtcdStore::on(Arc::new(client::Conn::new(endpoints, secured)), cluster)
+    }
+
+    /// A store for `cluster` on the connection `conn` (shared).
+    fn on(conn: Arc<client::Conn>, cluster: &str) -> EtcdStore {
         EtcdStore {
             cluster: cluster.to_string(),
             prefix: format!("/pgbaton/{cluster}/"),
-            conn: Arc::new(client::Conn::new(endpoints, secured)),
+            conn,
             expiry: std::sync::Mutex::new(None),
             watch: None,
             keeper: Default::default(),
             own_lease: Default::default(),
+            alive_lease: Default::default(),
+            alive_keeper: Default::default(),
         }
     }
 
@@ -279,13 +291,17 @@ impl Store for EtcdStore {
 
     async fn member_delete(&self, name: &str) -> Result<bool> {
         let key = self.key(&format!("members/{name}"));
-        let resp = self
-            .call("delete a member", |mut c| {
-                let key = key.clone();
-                async move { c.delete(key, None).await }
-            })
-            .await?;
-        Ok(resp.deleted() > 0)
+        let alive = self.key(&format!("alive/{name}"));
+        let txn = Txn::new().and_then([TxnOp::delete(key, None), TxnOp::delete(alive, None)]);
+        let resp = self.txn("delete a member", txn).await?;
+        Ok(resp
+            .op_responses()
+            .first()
+            .is_some_and(|r| matches!(r, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0)))
+    }
+
+    async fn member_alive(&self, member: &str, ttl_ms: u64) -> Result<()> {
+        self.keep_member_alive(member, ttl_ms).await
     }
 
     async fn op_get(&self) -> Result<Option<Operation>> {

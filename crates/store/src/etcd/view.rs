@@ -79,20 +79,28 @@ impl EtcdStore {
             })
             .collect();
         let mut members = MembersRead::from_records(records, &crate::Store::describe(self));
+        // A member whose liveness key exists was alive within its lease's TTL: seen now.
+        for m in &mut members.members {
+            if keys.contains_key(&format!("alive/{}", m.name)) {
+                m.seen_ms = now_ms;
+            }
+        }
         let op: Result<Option<Operation>> = keys
             .get("op")
             .map(|kv| self.parse(kv, "an operation"))
             .transpose();
         let op = crate::op_or_unreadable(op, &mut members.unreadable)?;
         let sync_text = text("sync")?;
+        let leader = keys
+            .get("leader")
+            .map(|kv| self.leader_of(kv, now_ms))
+            .transpose()?;
+        crate::mark_leader_seen(&mut members.members, leader.as_ref(), now_ms);
         Ok(ClusterView {
             sync: sync_text.as_deref().map(crate::parse_sync_record),
             sync_text,
             initialize: text("initialize")?.as_deref().map(Identity::parse),
-            leader: keys
-                .get("leader")
-                .map(|kv| self.leader_of(kv, now_ms))
-                .transpose()?,
+            leader,
             members: members.members,
             unreadable: members.unreadable,
             op,

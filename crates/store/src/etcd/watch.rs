@@ -77,15 +77,7 @@ impl Watched {
         });
         let follower = Follower {
             conn: store.conn.clone(),
-            store: EtcdStore {
-                conn: store.conn.clone(),
-                cluster: store.cluster.clone(),
-                prefix: store.prefix.clone(),
-                expiry: Default::default(),
-                watch: None,
-                keeper: Default::default(),
-                own_lease: Default::default(),
-            },
+            store: EtcdStore::on(store.conn.clone(), &store.cluster),
             shared: shared.clone(),
         };
         let task = tokio::spawn(follower.run()).abort_handle();

@@ -38,6 +38,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+mod alive;
 mod history;
 mod lease;
 mod open;
@@ -340,11 +341,17 @@ impl Db {
             .into_iter()
             .map(|(key, json)| (key[MEMBER_PREFIX.len()..].to_string(), json))
             .collect();
-        Ok(crate::MembersRead::from_records(records, &self.describe()))
+        let mut read = crate::MembersRead::from_records(records, &self.describe());
+        let alive = self.alive()?;
+        for m in &mut read.members {
+            m.seen_ms = alive.get(&m.name).copied().unwrap_or(0);
+        }
+        Ok(read)
     }
 
     fn member_delete(&self, name: &str) -> Result<bool> {
         let key = member_key(name);
+        self.forget_alive(name)?;
         self.in_tx("deleting a member", |tx| {
             let n = tx.execute(
                 "DELETE FROM kv WHERE cluster = ?1 AND key = ?2",
@@ -492,6 +499,12 @@ impl Store for LocalStore {
     async fn member_delete(&self, name: &str) -> Result<bool> {
         let name = name.to_string();
         self.blocking(move |db| db.member_delete(&name)).await
+    }
+
+    async fn member_alive(&self, member: &str, ttl_ms: u64) -> Result<()> {
+        let member = member.to_string();
+        self.blocking(move |db| db.member_alive(&member, ttl_ms))
+            .await
     }
 
     async fn op_get(&self) -> Result<Option<Operation>> {

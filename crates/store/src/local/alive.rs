@@ -1,0 +1,61 @@
+//! Members' liveness: a row `alive/<member>` holding when the member's agent last said it
+//! is alive, expiring a TTL after that. Reading the members fills in `seen_ms` from it.
+
+use super::{to_i64, Db};
+use crate::Result;
+use rusqlite::params;
+use std::collections::BTreeMap;
+
+const ALIVE_PREFIX: &str = "alive/";
+
+impl Db {
+    pub(super) fn member_alive(&self, member: &str, ttl_ms: u64) -> Result<()> {
+        let now = self.now();
+        self.with_conn("recording that a member is alive", |conn| {
+            conn.execute(
+                "INSERT INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (cluster, key) DO UPDATE
+                 SET value = excluded.value, expires_ms = excluded.expires_ms",
+                params![
+                    self.cluster,
+                    format!("{ALIVE_PREFIX}{member}"),
+                    now.to_string(),
+                    now.saturating_add(to_i64(ttl_ms))
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The members alive now, and when each last said so.
+    pub(super) fn alive(&self) -> Result<BTreeMap<String, u64>> {
+        let now = self.now();
+        self.with_conn("reading which members are alive", |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT key, value FROM kv
+                 WHERE cluster = ?1 AND substr(key, 1, length(?2)) = ?2 AND expires_ms > ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![self.cluster, ALIVE_PREFIX, now], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(key, seen)| {
+                    Some((key[ALIVE_PREFIX.len()..].to_string(), seen.parse().ok()?))
+                })
+                .collect())
+        })
+    }
+
+    pub(super) fn forget_alive(&self, member: &str) -> Result<()> {
+        self.with_conn("forgetting a member's liveness", |conn| {
+            conn.execute(
+                "DELETE FROM kv WHERE cluster = ?1 AND key = ?2",
+                params![self.cluster, format!("{ALIVE_PREFIX}{member}")],
+            )?;
+            Ok(())
+        })
+    }
+}
