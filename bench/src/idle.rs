@@ -1,4 +1,4 @@
-//! `pgbaton-bench idle --etcd URL [--seconds S]`: what an idle, healthy 3-member cluster
+//! `pgbaton-bench idle --etcd URL [--seconds S] [--settle S]`: what an idle, healthy 3-member cluster
 //! costs its etcd, read from etcd's own counters (`/metrics` on the client URL) before and
 //! after S seconds with nothing else running against that etcd:
 //! - requests per second by gRPC method (`grpc_server_msg_received_total`: a unary call is
@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// etcd's counters at one instant: metric name with labels -> value.
-struct Scrape(BTreeMap<String, f64>);
+pub(crate) struct Scrape(BTreeMap<String, f64>);
 
 impl Scrape {
-    async fn take(url: &str) -> Result<Scrape> {
+    pub(crate) async fn take(url: &str) -> Result<Scrape> {
         let text = reqwest::get(format!("{url}/metrics"))
             .await
             .with_context(|| format!("read {url}/metrics"))?
@@ -34,7 +34,7 @@ impl Scrape {
     }
 
     /// The sum of every series of `metric` whose labels contain `label` (all when empty).
-    fn sum(&self, metric: &str, label: &str) -> f64 {
+    pub(crate) fn sum(&self, metric: &str, label: &str) -> f64 {
         self.0
             .iter()
             .filter(|(k, _)| {
@@ -42,6 +42,11 @@ impl Scrape {
             })
             .map(|(_, v)| v)
             .sum()
+    }
+
+    /// Messages received, every method.
+    pub(crate) fn requests(&self) -> f64 {
+        self.methods().values().sum()
     }
 
     /// The gRPC methods that received messages, by name.
@@ -80,10 +85,12 @@ fn cpu_and_rss(pid: i32) -> Option<(u64, u64)> {
     Some((ticks, rss))
 }
 
-pub async fn run(c: &Cluster, etcd: &str, seconds: u64) -> Result<()> {
+/// `settle`: how long to wait once healthy before measuring. PostgreSQL itself writes WAL
+/// for a while after a start (a checkpoint, standby snapshots), which members report as it
+/// moves: past `checkpoint_timeout` (5 min) an idle cluster is idle.
+pub async fn run(c: &Cluster, etcd: &str, seconds: u64, settle: u64) -> Result<()> {
     c.wait_healthy(Duration::from_secs(120)).await?;
-    // Let the start settle (the standbys' first reports, slot creation).
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let leader = c.leader()?;
     let agents: Vec<(String, i32)> = ["n1", "n2", "n3"]
         .iter()
@@ -98,7 +105,9 @@ pub async fn run(c: &Cluster, etcd: &str, seconds: u64) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let rate = |m: &str, l: &str| (after.sum(m, l) - before.sum(m, l)) / secs;
 
-    println!("Idle 3-member cluster on etcd {etcd}, {secs:.0} s, leader {leader}\n");
+    println!(
+        "Idle 3-member cluster on etcd {etcd}, {secs:.0} s from {settle} s after healthy, leader {leader}\n"
+    );
     let (m0, m1) = (before.methods(), after.methods());
     let mut total = 0.0;
     let mut by_method = vec![];

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 mod chaos;
 mod cost;
 mod idle;
+mod store_load;
 
 struct Cluster {
     bin: String,
@@ -285,7 +286,7 @@ async fn main() -> Result<()> {
     ]
     .contains(&mode.as_str())
     {
-        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash|chaos [--rounds N] [--synchronous off|on|quorum] [--pgbaton PATH] [--port-base P] [--etcd URL [--etcd-pid PID]] [--seed N]\n       pgbaton-bench cost [--seconds S] [--pgbaton PATH] [--port-base P]\n       pgbaton-bench idle --etcd URL [--seconds S] [--pgbaton PATH] [--port-base P]");
+        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash|chaos [--rounds N] [--synchronous off|on|quorum] [--pgbaton PATH] [--port-base P] [--etcd URL [--etcd-pid PID]] [--seed N]\n       pgbaton-bench cost [--seconds S] [--pgbaton PATH] [--port-base P]\n       pgbaton-bench idle --etcd URL [--seconds S] [--settle S] [--pgbaton PATH] [--port-base P]\n       pgbaton-bench store-load --clusters N --etcd URL [--etcd-pid PID] [--seconds S]");
     }
     let flag = |name: &str| {
         args.iter()
@@ -303,6 +304,19 @@ async fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(26432);
 
+    if mode == "store-load" {
+        let etcd = flag("--etcd").context("store-load measures an etcd: give --etcd URL")?;
+        let clusters = flag("--clusters")
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(10);
+        let seconds = flag("--seconds")
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(60);
+        let pid = flag("--etcd-pid").map(|s| s.parse()).transpose()?;
+        return store_load::run(&etcd, clusters, seconds, pid).await;
+    }
     if mode == "cost" {
         let seconds = flag("--seconds")
             .map(|s| s.parse())
@@ -330,7 +344,11 @@ async fn main() -> Result<()> {
             .map(|s| s.parse())
             .transpose()?
             .unwrap_or(60);
-        let r = idle::run(&c, &etcd, seconds).await;
+        let settle = flag("--settle")
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(5);
+        let r = idle::run(&c, &etcd, seconds, settle).await;
         c.keep = r.is_err() || std::env::var_os("PGBATON_BENCH_KEEP").is_some();
         return r;
     }

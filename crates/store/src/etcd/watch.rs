@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// How often the task reads the keys afresh and starts a new watch.
-const REFRESH: Duration = Duration::from_secs(30);
+const REFRESH: Duration = Duration::from_secs(120);
 /// How long the task waits for etcd to answer the read or to create the watch.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
