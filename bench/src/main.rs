@@ -283,6 +283,7 @@ async fn main() -> Result<()> {
         "chaos",
         "cost",
         "idle",
+        "store-load",
     ]
     .contains(&mode.as_str())
     {
