@@ -88,6 +88,40 @@ fn cpu_and_rss(pid: i32) -> Option<(u64, u64)> {
 /// `settle`: how long to wait once healthy before measuring. PostgreSQL itself writes WAL
 /// for a while after a start (a checkpoint, standby snapshots), which members report as it
 /// moves: past `checkpoint_timeout` (5 min) an idle cluster is idle.
+/// The etcd figures alone, for whatever runs against it (`pgbaton-bench etcd-rate`: how
+/// Patroni was measured side by side).
+pub async fn etcd_rate(etcd: &str, seconds: u64) -> Result<()> {
+    let before = Scrape::take(etcd).await?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let after = Scrape::take(etcd).await?;
+    print_rates(etcd, &before, &after, t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn print_rates(etcd: &str, before: &Scrape, after: &Scrape, secs: f64) {
+    let rate = |m: &str| (after.sum(m, "") - before.sum(m, "")) / secs;
+    let (m0, m1) = (before.methods(), after.methods());
+    let mut total = 0.0;
+    let mut by_method = vec![];
+    for (m, v) in &m1 {
+        let r = (v - m0.get(m).copied().unwrap_or(0.0)) / secs;
+        if r > 0.0005 {
+            total += r;
+            by_method.push(format!("{m} {r:.2}"));
+        }
+    }
+    println!("etcd {etcd}, {secs:.0} s\n");
+    println!("| etcd requests/s | of which | revisions/s | db growth (bytes/s) |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| {total:.2} | {} | {:.2} | {:.0} |",
+        by_method.join(", "),
+        rate("etcd_debugging_mvcc_current_revision"),
+        rate("etcd_mvcc_db_total_size_in_bytes")
+    );
+}
+
 pub async fn run(c: &Cluster, etcd: &str, seconds: u64, settle: u64) -> Result<()> {
     c.wait_healthy(Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(settle)).await;
@@ -103,29 +137,8 @@ pub async fn run(c: &Cluster, etcd: &str, seconds: u64, settle: u64) -> Result<(
     let after = Scrape::take(etcd).await?;
     let cpu1: Vec<_> = agents.iter().map(|(_, p)| cpu_and_rss(*p)).collect();
     let secs = t0.elapsed().as_secs_f64();
-    let rate = |m: &str, l: &str| (after.sum(m, l) - before.sum(m, l)) / secs;
-
-    println!(
-        "Idle 3-member cluster on etcd {etcd}, {secs:.0} s from {settle} s after healthy, leader {leader}\n"
-    );
-    let (m0, m1) = (before.methods(), after.methods());
-    let mut total = 0.0;
-    let mut by_method = vec![];
-    for (m, v) in &m1 {
-        let r = (v - m0.get(m).copied().unwrap_or(0.0)) / secs;
-        if r > 0.0005 {
-            total += r;
-            by_method.push(format!("{m} {r:.2}"));
-        }
-    }
-    let revisions = rate("etcd_debugging_mvcc_current_revision", "");
-    let growth = rate("etcd_mvcc_db_total_size_in_bytes", "");
-    println!("| etcd requests/s (3 members) | of which | revisions/s | db growth (bytes/s) |");
-    println!("| --- | --- | --- | --- |");
-    println!(
-        "| {total:.2} | {} | {revisions:.2} | {growth:.0} |",
-        by_method.join(", ")
-    );
+    println!("Idle 3-member cluster, from {settle} s after healthy, leader {leader}");
+    print_rates(etcd, &before, &after, secs);
     let hz = 100.0; // USER_HZ on Linux
     println!("\n| agent | CPU (% of a core) | RSS (MB) |");
     println!("| --- | --- | --- |");

@@ -284,10 +284,11 @@ async fn main() -> Result<()> {
         "cost",
         "idle",
         "store-load",
+        "etcd-rate",
     ]
     .contains(&mode.as_str())
     {
-        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash|chaos [--rounds N] [--synchronous off|on|quorum] [--pgbaton PATH] [--port-base P] [--etcd URL [--etcd-pid PID]] [--seed N]\n       pgbaton-bench cost [--seconds S] [--pgbaton PATH] [--port-base P]\n       pgbaton-bench idle --etcd URL [--seconds S] [--settle S] [--pgbaton PATH] [--port-base P]\n       pgbaton-bench store-load --clusters N --etcd URL [--etcd-pid PID] [--seconds S]");
+        bail!("usage: pgbaton-bench switchover|host-loss|pg-crash|chaos [--rounds N] [--synchronous off|on|quorum] [--pgbaton PATH] [--port-base P] [--etcd URL [--etcd-pid PID]] [--seed N]\n       pgbaton-bench cost [--seconds S] [--pgbaton PATH] [--port-base P]\n       pgbaton-bench idle --etcd URL [--seconds S] [--settle S] [--pgbaton PATH] [--port-base P]\n       pgbaton-bench store-load --clusters N --etcd URL [--etcd-pid PID] [--seconds S]\n       pgbaton-bench etcd-rate --etcd URL [--seconds S]");
     }
     let flag = |name: &str| {
         args.iter()
@@ -305,6 +306,14 @@ async fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(26432);
 
+    if mode == "etcd-rate" {
+        let etcd = flag("--etcd").context("etcd-rate measures an etcd: give --etcd URL")?;
+        let seconds = flag("--seconds")
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(60);
+        return idle::etcd_rate(&etcd, seconds).await;
+    }
     if mode == "store-load" {
         let etcd = flag("--etcd").context("store-load measures an etcd: give --etcd URL")?;
         let clusters = flag("--clusters")

@@ -228,10 +228,14 @@ impl Agent {
             handed_over: self.handed_over(),
             archive: self.archive.status.clone(),
         };
-        let published = match self.publisher.keep_alive(self.exec.mem.held_lease).await {
-            Ok(()) => self.publisher.publish_if_due(report, &view).await,
-            Err(e) => Err(e),
-        };
+        // Both, whatever the other did: a liveness that fails must not keep the report
+        // from being written (review finding).
+        let alive = self.publisher.keep_alive(self.exec.mem.held_lease).await;
+        let published = self
+            .publisher
+            .publish_if_due(report, &view)
+            .await
+            .and(alive);
         if published.is_err() {
             // A store that reads but does not write is out of reach too (failsafe).
             self.shared

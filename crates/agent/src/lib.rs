@@ -156,6 +156,7 @@ impl Agent {
             os_user: ident.user.clone(),
             checked_ms: Default::default(),
             alive_ms: Default::default(),
+            written_ms: Default::default(),
         };
         let pg = local_pg::LocalPg {
             cfg: cfg.clone(),

@@ -18,6 +18,8 @@ pub(crate) struct Publisher {
     pub checked_ms: Arc<std::sync::atomic::AtomicU64>,
     /// When the store was last told this member is alive.
     pub alive_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// The time (`updated_ms`) of the last report this agent wrote.
+    pub written_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One report of the member's state.
@@ -122,12 +124,16 @@ impl Publisher {
         Ok(())
     }
 
-    /// This member's own record in `view` as last known current (`checked_ms`): a view
-    /// read before a stall is stale by the stall (see `decide::primary::stale_view`).
+    /// This member's own record in `view` as last known current (`checked_ms`), when the
+    /// view holds the last report this agent wrote: a view read before a stall is stale by
+    /// the stall (see `decide::primary::stale_view`). A view without that report is behind
+    /// the store (a watch that lags): its own record keeps only its report's time, which
+    /// ages while the agent writes every loop (review finding).
     pub(crate) fn mark_self(&self, view: &mut ClusterView) {
         let checked = self.checked_ms.load(Ordering::Relaxed);
+        let written = self.written_ms.load(Ordering::Relaxed);
         if let Some(m) = view.members.iter_mut().find(|m| m.name == self.cfg.name) {
-            m.seen_ms = checked;
+            m.seen_ms = if m.updated_ms >= written { checked } else { 0 };
         }
     }
 
@@ -141,6 +147,7 @@ impl Publisher {
             .await
             .context("publish the member's state to the store")?;
         self.checked_ms.store(state.updated_ms, Ordering::Relaxed);
+        self.written_ms.store(state.updated_ms, Ordering::Relaxed);
         Ok(())
     }
 

@@ -143,9 +143,7 @@ async fn settle(store: &dyn Store, o: &OpOptions) -> Result<()> {
                 && view
                     .members
                     .iter()
-                    .filter(|m| {
-                        m.name != l.name && now_ms().saturating_sub(m.updated_ms) <= STALE_MS
-                    })
+                    .filter(|m| m.name != l.name && now_ms().saturating_sub(m.seen()) <= STALE_MS)
                     .all(|m| {
                         m.state == MemberStatus::Streaming
                             && l.slots.iter().any(|s| s.name == m.slot_name && s.active)
@@ -329,7 +327,10 @@ async fn remove_without_agent(
     let Some(m) = view.member(member) else {
         return Ok(());
     };
-    let alive = now_ms().saturating_sub(m.updated_ms) <= STALE_MS
+    // Seen, not reported: an idle member writes its report once a minute and keeps its
+    // liveness in between (review finding: its report's age called a live agent dead, and
+    // its PostgreSQL was stopped and its data deleted under it).
+    let alive = now_ms().saturating_sub(m.seen()) <= STALE_MS
         && m.state != pgbaton_core::model::MemberStatus::Stopped;
     if alive {
         return Ok(());

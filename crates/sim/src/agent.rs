@@ -68,6 +68,7 @@ impl Sim {
                 let a = &mut self.nodes[n].agent;
                 if let Some(t) = a.writing.take() {
                     a.checked_ms = a.checked_ms.max(t);
+                    a.written_ms = a.written_ms.max(t);
                 }
                 self.loop_end(n);
             }
@@ -77,10 +78,14 @@ impl Sim {
     /// Observe, decide, and start carrying out the plan (as `Agent::iteration` does).
     fn decide_and_act(&mut self, n: usize, mut view: ClusterView) {
         let name = self.nodes[n].name.clone();
-        // As the agent does (`Publisher::mark_self`): its own record as last known current.
-        let checked = self.nodes[n].agent.checked_ms;
+        // As the agent does (`Publisher::mark_self`): its own record as last known current,
+        // when the view holds its last write.
+        let (checked, written) = {
+            let a = &self.nodes[n].agent;
+            (a.checked_ms, a.written_ms)
+        };
         if let Some(m) = view.members.iter_mut().find(|m| m.name == name) {
-            m.seen_ms = checked;
+            m.seen_ms = if m.updated_ms >= written { checked } else { 0 };
         }
         // The API's shared state, as the agent sets it from each view.
         let leader = view.leader.as_ref().filter(|l| l.expires_ms > self.now);
@@ -381,14 +386,20 @@ impl Sim {
             self.local_view(n, &view, pgrun.clone());
         }
         let ms = self.member_state(n, &pgrun);
-        // As the agent does (`Publisher::publish_if_due`): written when due, else the
-        // member only says it is alive (not while it holds the lease).
+        // As the agent does (`Publisher::keep_alive`, `publish_if_due`): it says it is alive
+        // every half liveness TTL unless it leads, and writes its report when due.
+        let now = self.now;
         let a = &self.nodes[n].agent;
         let leading = a.exec.as_ref().is_some_and(|e| e.mem.held_lease);
+        let alive_ttl = pgbaton_core::publish::alive_ttl_ms(self.cfg.ttl_ms);
+        let alive = !leading && now.saturating_sub(a.alive_ms) >= alive_ttl / 2;
         let due = a
             .last_view
             .as_ref()
-            .is_none_or(|v| pgbaton_core::publish::due(v, &ms, self.now));
+            .is_none_or(|v| pgbaton_core::publish::due(v, &ms, now));
+        if alive {
+            self.nodes[n].agent.alive_ms = now;
+        }
         if due {
             self.stats.reports_written += 1;
             self.nodes[n].agent.writing = Some(ms.updated_ms);
@@ -397,16 +408,17 @@ impl Sim {
                 StoreOp::Put {
                     ms: Box::new(ms),
                     reply: None,
+                    alive,
                 },
             );
         } else {
             self.stats.reports_skipped += 1;
-            self.nodes[n].agent.checked_ms = self.now;
+            self.nodes[n].agent.checked_ms = now;
             self.store_send(
                 n,
                 StoreOp::Alive {
                     member: ms.name.clone(),
-                    alive: !leading,
+                    alive,
                 },
             );
         }

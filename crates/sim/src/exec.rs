@@ -146,6 +146,7 @@ impl Sim {
                     StoreOp::Put {
                         ms: Box::new(ms),
                         reply: Some(id),
+                        alive: false,
                     },
                 );
                 false
@@ -485,7 +486,10 @@ impl Sim {
             StoreReq::MemberGet(m) => {
                 Val::Member(self.store.members.get(&m).cloned().map(Box::new))
             }
-            StoreReq::MemberDelete(m) => Val::Bool(self.store.members.remove(&m).is_some()),
+            StoreReq::MemberDelete(m) => {
+                self.store.alive.remove(&m);
+                Val::Bool(self.store.members.remove(&m).is_some())
+            }
             StoreReq::OpUpdate { id, phase, new } => {
                 let current = self
                     .store

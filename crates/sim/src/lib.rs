@@ -248,6 +248,9 @@ struct Agent {
     /// `Publisher::checked_ms`), and the write in flight that will make it so.
     checked_ms: u64,
     writing: Option<u64>,
+    /// The time of the last report written, and when the member last said it is alive.
+    written_ms: u64,
+    alive_ms: u64,
 }
 
 struct Node {
@@ -325,6 +328,8 @@ enum StoreOp {
     Put {
         ms: Box<MemberState>,
         reply: Option<u64>,
+        /// The member also says it is alive (`Store::member_alive` before the write).
+        alive: bool,
     },
     /// The loop's report was not due (unchanged while the cluster rests): the member only
     /// says it is alive (`alive`: unless it holds the lease, as the agent does).

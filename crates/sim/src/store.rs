@@ -91,7 +91,10 @@ impl Sim {
         let now = self.now;
         // A lagging watch: the view is taken now and reaches the loop up to a TTL later.
         let late = match op {
-            StoreOp::Read if self.nodes[n].view_late > 0 => self.rng.range(100, self.cfg.ttl_ms),
+            // Up to three TTLs: past one, the agent's own report in it is stale.
+            StoreOp::Read if self.nodes[n].view_late > 0 => {
+                self.rng.range(100, 3 * self.cfg.ttl_ms)
+            }
             _ => 0,
         };
         let step = match op {
@@ -123,14 +126,8 @@ impl Sim {
                 }
                 Step::Published
             }
-            StoreOp::Put { ms, reply } => {
-                if reply.is_none()
-                    && !self.nodes[n]
-                        .agent
-                        .exec
-                        .as_ref()
-                        .is_some_and(|e| e.mem.held_lease)
-                {
+            StoreOp::Put { ms, reply, alive } => {
+                if alive {
                     self.store.alive.insert(ms.name.clone(), now);
                 }
                 if ms.state == MemberStatus::Running {

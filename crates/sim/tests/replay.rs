@@ -28,7 +28,8 @@ fn assert_ok(o: &Outcome) {
 /// to a failsafe promise for ttl.
 #[test]
 fn agent_restart_forgets_its_failsafe_promise() {
-    let seed = 1843;
+    // (1843 until reports were written only on change, which moved every run's course.)
+    let seed = 2569;
     // The fault mix it was found with (before frozen PostgreSQL, killed watchdogs and
     // operator requests).
     let before = SimConfig {
@@ -69,15 +70,17 @@ fn stopped_primary_publishes_no_lsn() {
         publish_stopped_position: false,
         ..before.clone()
     };
-    let o = run(1, &buggy);
+    // (Seed 1 until reports were written only on change, which moved every run's course.)
+    let seed = 309;
+    let o = run(seed, &buggy);
     assert!(
         kinds(&o).contains(&"promoted-too-far-behind"),
-        "the buggy run no longer breaks at seed 1 (a decision change moved its course?): \
+        "the buggy run no longer breaks at seed {seed} (a decision change moved its course?): \
          find one with `cargo run --release -p pgbaton-sim -- --sweep 0 20000 --no-pg-faults --no-operations --no-stopped-position`; {:?}",
         o.violations
     );
-    assert_ok(&run(1, &before));
-    assert_ok(&run(1, &SimConfig::default()));
+    assert_ok(&run(seed, &before));
+    assert_ok(&run(seed, &SimConfig::default()));
 }
 
 /// Seed 13610: a primary's agent froze right after reading the store; its watchdog fenced it
@@ -488,4 +491,23 @@ fn acknowledged_commits_survive_in_synchronous_modes_only() {
     );
     assert_eq!(lost(SyncMode::On), 0);
     assert_eq!(lost(SyncMode::Quorum), 0);
+}
+
+/// Found 2026-12-02 by `pgbaton-sim --sweep 0 30000 --no-pg-faults --no-operations`, not
+/// fixed yet (a liveness gap, no safety violation): a standby takes the lease and is promoted
+/// on a new timeline just as the store goes down for everyone; unable to renew, it is fenced
+/// before it could publish its new timeline. When the store is back, the former primary (its
+/// own report fresh, the promoted member's record still on the old timeline) takes the lease
+/// back on the old timeline; later the standbys end up on the new timeline more than
+/// `failover.max_lag_bytes` behind the last primary's position and the former primary waits
+/// for a leader on the newer timeline: nobody can lead without `pgbaton promote --force`.
+#[test]
+#[ignore = "a liveness gap found by the sweep, not fixed yet (see the comment)"]
+fn store_outage_right_after_a_promotion_leaves_no_leader() {
+    let cfg = SimConfig {
+        pg_faults: false,
+        operations: false,
+        ..SimConfig::default()
+    };
+    assert_ok(&run(2356, &cfg));
 }

@@ -31,7 +31,7 @@ fn healthy(view: &ClusterView, configs: &[NodeConfig]) -> bool {
         })
 }
 
-/// Healthy, except members that reported (since `since_ms`) that they wait for an operator.
+/// Healthy, except members that say (seen alive since `since_ms`) they wait for an operator.
 pub(super) fn settled_or_waiting(
     view: &ClusterView,
     configs: &[NodeConfig],
@@ -41,7 +41,7 @@ pub(super) fn settled_or_waiting(
         .members
         .iter()
         .filter(|m| {
-            m.updated_ms >= since_ms
+            m.seen() >= since_ms
                 && m.message
                     .as_deref()
                     .is_some_and(|msg| msg.contains("`pgbaton "))

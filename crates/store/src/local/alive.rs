@@ -1,5 +1,8 @@
 //! Members' liveness: a row `alive/<member>` holding when the member's agent last said it
-//! is alive, expiring a TTL after that. Reading the members fills in `seen_ms` from it.
+//! is alive, expiring a TTL after that. Reading the members fills in `seen_ms` from it: now
+//! while the row has not expired, as etcd's lease does (review finding: the time of the last
+//! confirmation aged past the windows that ask whether a member is alive between two
+//! confirmations).
 
 use super::{to_i64, Db};
 use crate::Result;
@@ -27,7 +30,7 @@ impl Db {
         })
     }
 
-    /// The members alive now, and when each last said so.
+    /// The members alive now (seen now).
     pub(super) fn alive(&self) -> Result<BTreeMap<String, u64>> {
         let now = self.now();
         self.with_conn("reading which members are alive", |conn| {
@@ -40,11 +43,10 @@ impl Db {
                     Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            let seen = u64::try_from(now).unwrap_or(0);
             Ok(rows
                 .into_iter()
-                .filter_map(|(key, seen)| {
-                    Some((key[ALIVE_PREFIX.len()..].to_string(), seen.parse().ok()?))
-                })
+                .map(|(key, _)| (key[ALIVE_PREFIX.len()..].to_string(), seen))
                 .collect())
         })
     }
