@@ -133,7 +133,7 @@ impl Publisher {
         let checked = self.checked_ms.load(Ordering::Relaxed);
         let written = self.written_ms.load(Ordering::Relaxed);
         if let Some(m) = view.members.iter_mut().find(|m| m.name == self.cfg.name) {
-            m.seen_ms = if m.updated_ms >= written { checked } else { 0 };
+            m.seen_ms = pgbaton_core::publish::own_seen_ms(m.updated_ms, written, checked);
         }
     }
 

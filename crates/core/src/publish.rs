@@ -25,6 +25,20 @@ pub fn in_motion(view: &ClusterView, now_ms: u64) -> bool {
         || view.op.as_ref().is_some_and(|o| !o.phase.finished())
 }
 
+/// The `seen_ms` an agent gives its own record in a view it decides on: `checked_ms`, when
+/// it last knew its report current, but only when the view holds the last report it wrote
+/// (`written_ms`; the record's `updated_ms` is at least that). A view without it is behind
+/// the store (a watch that lags, a stall): the record then counts by its report's age
+/// alone (0), which ages while the cluster is in motion and every loop writes, so
+/// `stale_view` refuses the free lease on it.
+pub fn own_seen_ms(record_updated_ms: u64, written_ms: u64, checked_ms: u64) -> u64 {
+    if record_updated_ms >= written_ms {
+        checked_ms
+    } else {
+        0
+    }
+}
+
 /// Whether `new` must be written, given the view (which holds the report the store has).
 pub fn due(view: &ClusterView, new: &MemberState, now_ms: u64) -> bool {
     let Some(stored) = view.member(&new.name) else {
@@ -98,6 +112,17 @@ mod tests {
             ..same.clone()
         };
         assert!(due(&v, &other_state, NOW), "a new state is written");
+    }
+
+    #[test]
+    fn an_agents_own_record_counts_as_current_only_when_the_view_holds_its_last_write() {
+        // The view holds the last write (or a later one): known current when last checked.
+        assert_eq!(own_seen_ms(5_000, 5_000, 9_000), 9_000);
+        assert_eq!(own_seen_ms(6_000, 5_000, 9_000), 9_000);
+        // The view is behind the last write: only the record's own time counts.
+        assert_eq!(own_seen_ms(4_000, 5_000, 9_000), 0);
+        // Nothing written yet by this agent (a restart): as last checked (0 = unknown).
+        assert_eq!(own_seen_ms(4_000, 0, 0), 0);
     }
 
     #[test]

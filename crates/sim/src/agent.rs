@@ -85,7 +85,7 @@ impl Sim {
             (a.checked_ms, a.written_ms)
         };
         if let Some(m) = view.members.iter_mut().find(|m| m.name == name) {
-            m.seen_ms = if m.updated_ms >= written { checked } else { 0 };
+            m.seen_ms = pgbaton_core::publish::own_seen_ms(m.updated_ms, written, checked);
         }
         // The API's shared state, as the agent sets it from each view.
         let leader = view.leader.as_ref().filter(|l| l.expires_ms > self.now);
