@@ -53,13 +53,13 @@ async fn agent(endpoint: String, cluster: String, name: String, samples: Samples
                 .await
                 .unwrap_or(false),
         };
-        if !leading && now.saturating_sub(alive_at) >= alive_ttl / 2 {
-            if timed(&samples, store.member_alive(&name, alive_ttl))
+        if !leading
+            && now.saturating_sub(alive_at) >= alive_ttl / 2
+            && timed(&samples, store.member_alive(&name, alive_ttl))
                 .await
                 .is_ok()
-            {
-                alive_at = now;
-            }
+        {
+            alive_at = now;
         }
         let (role, state) = if leading {
             (Role::Primary, MemberStatus::Running)
