@@ -95,9 +95,15 @@ impl Publisher {
 
     /// Write the report when it is due (`pgbaton_core::publish::due`: it says something
     /// new, the cluster is in motion, or the heartbeat); otherwise only the API shows it.
+    /// A view that does not hold this agent's last write yet (a lagging watch) cannot say
+    /// the store's report is unchanged: the report is written then.
     pub(crate) async fn publish_if_due(&self, r: Report<'_>, view: &ClusterView) -> Result<()> {
         let state = self.state(r);
-        if pgbaton_core::publish::due(view, &state, now_ms()) {
+        let written = self.written_ms.load(Ordering::Relaxed);
+        let behind = view
+            .member(&self.cfg.name)
+            .is_none_or(|m| m.updated_ms < written);
+        if behind || pgbaton_core::publish::due(view, &state, now_ms()) {
             return self.write(state).await;
         }
         self.shared

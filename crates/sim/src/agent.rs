@@ -393,10 +393,12 @@ impl Sim {
         let leading = a.exec.as_ref().is_some_and(|e| e.mem.held_lease);
         let alive_ttl = pgbaton_core::publish::alive_ttl_ms(self.cfg.ttl_ms);
         let alive = !leading && now.saturating_sub(a.alive_ms) >= alive_ttl / 2;
-        let due = a
-            .last_view
-            .as_ref()
-            .is_none_or(|v| pgbaton_core::publish::due(v, &ms, now));
+        // (A view without its last write cannot say the store's report is unchanged.)
+        let due = a.last_view.as_ref().is_none_or(|v| {
+            v.member(&ms.name)
+                .is_none_or(|m| m.updated_ms < a.written_ms)
+                || pgbaton_core::publish::due(v, &ms, now)
+        });
         if alive {
             self.nodes[n].agent.alive_ms = now;
         }
