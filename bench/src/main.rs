@@ -272,6 +272,24 @@ async fn writer(dsn: String, acks: Acks, stop: Arc<AtomicBool>) {
     }
 }
 
+/// A number given as `name VALUE`, or `default`; a value that is no number names its flag.
+fn number<T>(args: &[String], name: &str, default: T) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match args
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+    {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .with_context(|| format!("{name} {v}: expected a whole number")),
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -296,42 +314,24 @@ async fn main() -> Result<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let rounds: usize = flag("--rounds")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(6);
+    let rounds: usize = number(&args, "--rounds", 6)?;
     let bin = flag("--pgbaton").unwrap_or_else(|| "target/release/pgbaton".into());
-    let port_base: u16 = flag("--port-base")
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(26432);
+    let port_base: u16 = number(&args, "--port-base", 26432)?;
 
     if mode == "etcd-rate" {
         let etcd = flag("--etcd").context("etcd-rate measures an etcd: give --etcd URL")?;
-        let seconds = flag("--seconds")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(60);
+        let seconds = number(&args, "--seconds", 60)?;
         return idle::etcd_rate(&etcd, seconds).await;
     }
     if mode == "store-load" {
         let etcd = flag("--etcd").context("store-load measures an etcd: give --etcd URL")?;
-        let clusters = flag("--clusters")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(10);
-        let seconds = flag("--seconds")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(60);
+        let clusters = number(&args, "--clusters", 10)?;
+        let seconds = number(&args, "--seconds", 60)?;
         let pid = flag("--etcd-pid").map(|s| s.parse()).transpose()?;
         return store_load::run(&etcd, clusters, seconds, pid).await;
     }
     if mode == "cost" {
-        let seconds = flag("--seconds")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(20);
+        let seconds = number(&args, "--seconds", 20)?;
         return cost::run(&bin, port_base, seconds).await;
     }
     let root = std::env::temp_dir().join(format!("pgbaton-bench-{}", std::process::id()));
@@ -350,14 +350,8 @@ async fn main() -> Result<()> {
             .etcd
             .clone()
             .context("idle measures an etcd: give --etcd URL")?;
-        let seconds = flag("--seconds")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(60);
-        let settle = flag("--settle")
-            .map(|s| s.parse())
-            .transpose()?
-            .unwrap_or(5);
+        let seconds = number(&args, "--seconds", 60)?;
+        let settle = number(&args, "--settle", 5)?;
         let r = idle::run(&c, &etcd, seconds, settle).await;
         c.keep = r.is_err() || std::env::var_os("PGBATON_BENCH_KEEP").is_some();
         return r;
@@ -367,7 +361,7 @@ async fn main() -> Result<()> {
             rounds,
             port_base,
             etcd_pid: flag("--etcd-pid").map(|s| s.parse()).transpose()?,
-            seed: flag("--seed").map(|s| s.parse()).transpose()?.unwrap_or(1),
+            seed: number(&args, "--seed", 1)?,
         };
         let r = chaos::run(&c, &opts).await;
         // A failed campaign, or a round not healthy again: the logs are kept for a look.
