@@ -209,7 +209,7 @@ impl Agent {
         self.reload_on_tls_change().await;
         let leading_primary = self.exec.mem.held_lease && status == MemberStatus::Running;
         self.archive
-            .refresh(&self.cfg, self.exec.pg.client.as_ref(), leading_primary)
+            .refresh(&self.cfg, self.exec.pg.client.as_deref(), leading_primary)
             .await;
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());

@@ -220,9 +220,27 @@ impl Keeper {
                 .saturating_sub(self.cfg.timing.fence_margin_ms),
         );
         let tick = Duration::from_millis((self.cfg.timing.loop_interval_ms / 5).clamp(20, 200));
+        // Asleep until a round could be due, not on every tick: an idle primary renews long
+        // before then, and each wake-up costs a healthy agent CPU. Never longer than a
+        // quarter of the window, so a deadline armed while asleep is looked at in time.
+        let longest = Duration::from_millis(self.cfg.timing.loop_interval_ms)
+            .min(window / 4)
+            .max(tick);
+        let mut pause = tick;
         let mut told = false;
         loop {
-            tokio::time::sleep(tick).await;
+            tokio::time::sleep(pause).await;
+            pause = {
+                let sh = self.shared.read().unwrap_or_else(|e| e.into_inner());
+                sh.fence_deadline
+                    .map(|d| {
+                        d.checked_sub(window / 2).map_or(Duration::ZERO, |due| {
+                            due.saturating_duration_since(Instant::now())
+                        })
+                    })
+                    .unwrap_or(longest)
+                    .clamp(tick, longest)
+            };
             let view = {
                 let sh = self.shared.read().unwrap_or_else(|e| e.into_inner());
                 let due = sh

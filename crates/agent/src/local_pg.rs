@@ -13,7 +13,7 @@ pub(crate) struct LocalPg {
     pub os_user: String,
     pub password: String,
     /// The connection the probe and the SQL steps use (dropped when PostgreSQL stops).
-    pub client: Option<tokio_postgres::Client>,
+    pub client: Option<sql::Session>,
     /// The last probe that succeeded.
     pub probe: Option<Probe>,
     /// For a clone's progress.
@@ -27,7 +27,7 @@ impl LocalPg {
         Duration::from_millis(self.cfg.timing.start_timeout_ms)
     }
 
-    fn client(&self) -> Result<&tokio_postgres::Client> {
+    fn client(&self) -> Result<&sql::Session> {
         self.client
             .as_ref()
             .context("no connection to the local PostgreSQL")
@@ -272,10 +272,20 @@ impl pgbaton_exec::Postgres for LocalPg {
         for db in sql::ensure_databases(&client, &self.cfg.postgresql.databases).await? {
             info!("created database {db}");
         }
-        Ok(sql::probe(&client).await?.system_id)
+        Ok(sql::probe(&sql::Session::new(client)).await?.system_id)
     }
 
     async fn ensure_slot(&mut self, name: &str) -> Result<SlotEnsured> {
+        // This loop's probe already shows it holding WAL: no query. An invalidated slot has
+        // no restart_lsn and is looked at (and made again) below.
+        let held = self.probe.as_ref().is_some_and(|p| {
+            p.slots
+                .iter()
+                .any(|s| s.name == name && s.restart_lsn.is_some())
+        });
+        if held {
+            return Ok(SlotEnsured::Existed);
+        }
         sql::ensure_physical_slot(self.client()?, name).await
     }
 

@@ -41,7 +41,10 @@ impl Agent {
             return PgRun::Stopped;
         }
         if pg.client.as_ref().is_none_or(|c| c.is_closed()) {
-            pg.client = sql::connect(&self.cfg, "postgres").await.ok();
+            pg.client = sql::connect(&self.cfg, "postgres")
+                .await
+                .ok()
+                .map(sql::Session::new);
         }
         let Some(client) = &pg.client else {
             return PgRun::NotAnswering;

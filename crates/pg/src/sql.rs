@@ -5,8 +5,60 @@ use pgbaton_core::config::NodeConfig;
 use pgbaton_core::model::{Lsn, SlotInfo};
 use pgbaton_core::render::{quote_ident, quote_literal};
 use pgbaton_core::sync::{SyncNames, WalSender};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+/// A connection that prepares the probe's statements once: a prepared statement runs in one
+/// round trip, an unprepared one in two (parse, then bind and execute). The probe runs every
+/// loop, so this halves its round trips, and the wake-ups of an idle agent with them.
+/// Everything else uses the [`Client`] it dereferences to.
+pub struct Session {
+    client: Client,
+    prepared: Mutex<HashMap<&'static str, Statement>>,
+}
+
+impl Session {
+    pub fn new(client: Client) -> Session {
+        Session {
+            client,
+            prepared: Mutex::default(),
+        }
+    }
+
+    async fn statement(&self, sql: &'static str) -> Result<Statement> {
+        if let Some(s) = self.lock().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        self.lock().insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Statement>> {
+        self.prepared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `sql`, prepared on first use, expecting exactly one row.
+    pub async fn one(&self, sql: &'static str) -> Result<Row> {
+        let st = self.statement(sql).await?;
+        Ok(self.client.query_one(&st, &[]).await?)
+    }
+
+    /// `sql`, prepared on first use.
+    pub async fn rows(&self, sql: &'static str) -> Result<Vec<Row>> {
+        let st = self.statement(sql).await?;
+        Ok(self.client.query(&st, &[]).await?)
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
 
 /// Connect to the local PostgreSQL as the superuser through the Unix socket.
 pub async fn connect(cfg: &NodeConfig, dbname: &str) -> Result<Client> {
@@ -60,19 +112,27 @@ fn lsn(s: Option<String>) -> Option<Lsn> {
     s.and_then(|s| s.parse().ok())
 }
 
+/// The physical slots and how much WAL each holds back, from the replayed (standby) or the
+/// written (primary) position: the same text but for that function, prepared once each.
+const SLOTS_ON_STANDBY: &str = "SELECT slot_name::text, active, restart_lsn::text, \
+     pg_wal_lsn_diff(pg_last_wal_replay_lsn(), restart_lsn)::bigint \
+     FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name";
+const SLOTS_ON_PRIMARY: &str = "SELECT slot_name::text, active, restart_lsn::text, \
+     pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+     FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name";
+
 /// One round of status queries.
-pub async fn probe(client: &Client) -> Result<Probe> {
+pub async fn probe(client: &Session) -> Result<Probe> {
     let at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let row = client
-        .query_one(
+        .one(
             "SELECT pg_is_in_recovery(), current_setting('server_version'), \
                     (SELECT system_identifier::text FROM pg_control_system()), \
                     (SELECT timeline_id FROM pg_control_checkpoint()), \
                     current_setting('primary_conninfo')",
-            &[],
         )
         .await
         .context("probe PostgreSQL status")?;
@@ -87,14 +147,13 @@ pub async fn probe(client: &Client) -> Result<Probe> {
     };
     if p.in_recovery {
         let row = client
-            .query_one(
+            .one(
                 "SELECT pg_last_wal_replay_lsn()::text, pg_last_wal_receive_lsn()::text, \
                         r.status, r.sender_host, r.sender_port, r.received_tli, \
                         CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
                              ELSE (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint END, \
                         current_setting('synchronous_standby_names') \
                  FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver r ON true",
-                &[],
             )
             .await
             .context("probe the standby's WAL receiver")?;
@@ -109,10 +168,7 @@ pub async fn probe(client: &Client) -> Result<Probe> {
         // timeline's history file even while its WAL receiver is down; the restartpoint's
         // stays on the old timeline until the next restartpoint).
         let history: Option<String> = client
-            .query_one(
-                "SELECT max(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}\\.history$'",
-                &[],
-            )
+            .one("SELECT max(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}\\.history$'")
             .await
             .context("list the standby's timeline history files")?
             .get(0);
@@ -131,12 +187,12 @@ pub async fn probe(client: &Client) -> Result<Probe> {
         // (pg_control_checkpoint() still shows the old one until the next checkpoint after
         // a promotion).
         let row = client
-            .query_one(
+            .one(
                 "SELECT pg_current_wal_lsn()::text, substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), \
                         current_setting('synchronous_standby_names')",
-                &[],
             )
-            .await?;
+            .await
+            .context("probe the primary's WAL position")?;
         p.lsn = lsn(row.get(0));
         p.sync_names = SyncNames::parse(&row.get::<_, String>(2));
         p.senders = crate::syncrep::senders(client).await?;
@@ -147,20 +203,12 @@ pub async fn probe(client: &Client) -> Result<Probe> {
             p.timeline = Some(tli);
         }
     }
-    let cur = if p.in_recovery {
-        "pg_last_wal_replay_lsn()"
-    } else {
-        "pg_current_wal_lsn()"
-    };
     let rows = client
-        .query(
-            &format!(
-                "SELECT slot_name::text, active, restart_lsn::text, \
-                        pg_wal_lsn_diff({cur}, restart_lsn)::bigint \
-                 FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name"
-            ),
-            &[],
-        )
+        .rows(if p.in_recovery {
+            SLOTS_ON_STANDBY
+        } else {
+            SLOTS_ON_PRIMARY
+        })
         .await
         .context("list replication slots")?;
     p.slots = rows

@@ -2,6 +2,7 @@
 //! `synchronous_standby_names` so that every process really applies it, and the barrier
 //! that proves every commit acknowledged so far is on the listed standbys.
 
+use crate::sql::Session;
 use anyhow::{bail, Context, Result};
 use pgbaton_core::config::NodeConfig;
 use pgbaton_core::model::Lsn;
@@ -15,13 +16,12 @@ const WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 
 /// The primary's WAL senders (`pg_stat_replication`), walsenders of base backups left out.
-pub async fn senders(client: &Client) -> Result<Vec<WalSender>> {
+pub async fn senders(client: &Session) -> Result<Vec<WalSender>> {
     let rows = client
-        .query(
+        .rows(
             "SELECT application_name, state, flush_lsn::text, sync_priority \
              FROM pg_stat_replication WHERE state IN ('streaming', 'catchup', 'startup') \
              ORDER BY application_name",
-            &[],
         )
         .await
         .context("read pg_stat_replication")?;
@@ -50,7 +50,7 @@ pub async fn senders(client: &Client) -> Result<Vec<WalSender>> {
 ///    that already flushed everything replies only at its next status interval
 ///    (`wal_receiver_status_interval`, 10 s by default). Measured before this: commits
 ///    waited 4.2 s after the list moved from a lost standby to one that was streaming.
-pub async fn set_names(client: &Client, cfg: &NodeConfig, names: &SyncNames) -> Result<()> {
+pub async fn set_names(client: &Session, cfg: &NodeConfig, names: &SyncNames) -> Result<()> {
     let before = current(client).await?;
     let text = names.to_string();
     client
@@ -113,7 +113,7 @@ pub async fn current(client: &Client) -> Result<SyncNames> {
 /// Return once `names.acks()` of the listed standbys have flushed everything this
 /// primary flushed when called: every commit acknowledged until then (a commit is
 /// acknowledged only after its local flush) is then on that many listed standbys.
-pub async fn barrier(client: &Client, names: &SyncNames) -> Result<Lsn> {
+pub async fn barrier(client: &Session, names: &SyncNames) -> Result<Lsn> {
     let target: Lsn = client
         .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
         .await

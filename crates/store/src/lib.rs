@@ -162,24 +162,40 @@ pub(crate) fn op_or_unreadable(
 
 /// [`read_view`] key by key, with one request per key.
 pub async fn read_view_keys<S: Store + ?Sized>(store: &S) -> Result<ClusterView> {
-    let sync_text = store.sync_get().await?;
-    let mut members = store.members_read().await?;
-    let op = op_or_unreadable(store.op_get().await, &mut members.unreadable)?;
-    let leader = store.leader_get().await?;
-    mark_leader_seen(&mut members.members, leader.as_ref(), now_ms());
+    view_of_parts(ViewParts {
+        sync_text: store.sync_get().await?,
+        members: store.members_read().await?,
+        op: store.op_get().await,
+        leader: store.leader_get().await?,
+        initialize: store.initialize_get().await?,
+        paused: store.paused().await?,
+    })
+}
+
+/// The keys of a view as read, before they are decoded into one.
+pub(crate) struct ViewParts {
+    pub sync_text: Option<String>,
+    pub members: MembersRead,
+    pub op: Result<Option<Operation>>,
+    pub leader: Option<Leader>,
+    pub initialize: Option<String>,
+    pub paused: bool,
+}
+
+/// One view from its keys: a malformed operation is reported, the lease holder seen now.
+pub(crate) fn view_of_parts(p: ViewParts) -> Result<ClusterView> {
+    let mut members = p.members;
+    let op = op_or_unreadable(p.op, &mut members.unreadable)?;
+    mark_leader_seen(&mut members.members, p.leader.as_ref(), now_ms());
     Ok(ClusterView {
-        sync: sync_text.as_deref().map(parse_sync_record),
-        sync_text,
-        initialize: store
-            .initialize_get()
-            .await?
-            .as_deref()
-            .map(Identity::parse),
-        leader,
+        sync: p.sync_text.as_deref().map(parse_sync_record),
+        sync_text: p.sync_text,
+        initialize: p.initialize.as_deref().map(Identity::parse),
+        leader: p.leader,
         members: members.members,
         unreadable: members.unreadable,
         op,
-        paused: store.paused().await?,
+        paused: p.paused,
     })
 }
 

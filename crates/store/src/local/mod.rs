@@ -535,6 +535,21 @@ impl Store for LocalStore {
         self.blocking(|db| db.paused()).await
     }
 
+    /// The keys read on one blocking thread: one hand-off per loop, not six.
+    async fn view(&self) -> Result<pgbaton_core::decide::ClusterView> {
+        self.blocking(|db| {
+            crate::view_of_parts(crate::ViewParts {
+                sync_text: db.sync_get()?,
+                members: db.members_read()?,
+                op: db.op_get(),
+                leader: db.leader_get()?,
+                initialize: db.initialize_get()?,
+                paused: db.paused()?,
+            })
+        })
+        .await
+    }
+
     async fn set_paused(&self, paused: bool) -> Result<()> {
         self.blocking(move |db| db.set_paused(paused)).await
     }
