@@ -287,6 +287,15 @@ impl Etcd {
     }
 }
 
+/// `kill SIG PID` (SIGSTOP and SIGCONT of a test's etcd), which must succeed.
+fn kill(sig: &str, pid: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
 /// Write a secret file 0600 (the stores refuse anything else).
 fn write_secret(path: &std::path::Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
@@ -364,7 +373,14 @@ fn answers(endpoint: &str, access: &EtcdAccess) -> bool {
             .expect("runtime");
         let store = pgbaton_store::etcd::EtcdStore::with_access(&[endpoint], "probe", &access)
             .expect("open the etcd store");
-        rt.block_on(store.paused()).is_ok()
+        // Bounded, and the runtime does not wait for what the client left running: an etcd
+        // that had just started once kept a contract test waiting here for 18 minutes.
+        let answered = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(3), store.paused()).await })
+            .is_ok_and(|r| r.is_ok());
+        drop(store);
+        rt.shutdown_background();
+        answered
     })
     .join()
     .unwrap_or(false)
@@ -1743,122 +1759,130 @@ async fn view_until(s: &dyn Store, what: &str, ok: impl Fn(&ClusterView) -> bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_a_kept_view_follows_other_clients_without_reading_again() {
-    let e = Etcd::new();
-    let w = Arc::new(e.store("c").watching());
-    let other = e.connect("c");
-    assert!(w.view().await.unwrap().members.is_empty());
-    until("the kept view is current", || w.view_current()).await;
-    assert!(other.initialize_claim("claimed:n1").await.unwrap());
-    other.member_put(&member("n1", 5432)).await.unwrap();
-    assert!(other.leader_acquire("n1", e.ttl()).await.unwrap());
-    assert!(other.op_post(&switchover("op1")).await.unwrap());
-    other.set_paused(true).await.unwrap();
-    other.history_append(&entry(1)).await.unwrap();
-    view_until(&*w, "every change of the other client", |v| {
-        v.members.len() == 1
-            && v.leader.as_ref().is_some_and(|l| l.member == "n1")
-            && v.op.is_some()
-            && v.paused
-            && v.initialize == Some(Identity::claim("n1"))
+    tokio::time::timeout(BOUND, async {
+        let e = Etcd::new();
+        let w = Arc::new(e.store("c").watching());
+        let other = e.connect("c");
+        assert!(w.view().await.unwrap().members.is_empty());
+        until("the kept view is current", || w.view_current()).await;
+        assert!(other.initialize_claim("claimed:n1").await.unwrap());
+        other.member_put(&member("n1", 5432)).await.unwrap();
+        assert!(other.leader_acquire("n1", e.ttl()).await.unwrap());
+        assert!(other.op_post(&switchover("op1")).await.unwrap());
+        other.set_paused(true).await.unwrap();
+        other.history_append(&entry(1)).await.unwrap();
+        view_until(&*w, "every change of the other client", |v| {
+            v.members.len() == 1
+                && v.leader.as_ref().is_some_and(|l| l.member == "n1")
+                && v.op.is_some()
+                && v.paused
+                && v.initialize == Some(Identity::claim("n1"))
+        })
+        .await;
+        assert_eq!(
+            w.view_counts(),
+            (1, 0),
+            "the watch kept the view: read once"
+        );
+        // The view is the same as the one a client without a watch reads in one request.
+        let kept = w.view().await.unwrap();
+        let once = pgbaton_store::read_view(&*other).await.unwrap();
+        // (Their times of being seen are each view's own now.)
+        let content = |v: &ClusterView| {
+            v.members
+                .iter()
+                .map(MemberState::content)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(content(&kept), content(&once));
+        assert_eq!((kept.op, kept.paused), (once.op, once.paused));
+        // A released lease wakes a waiter at once.
+        let waiter = {
+            let w = w.clone();
+            tokio::spawn(async move { w.wait_leader_gone(Duration::from_secs(15)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(other.leader_release("n1").await.unwrap());
+        assert!(
+            waiter.await.unwrap().unwrap(),
+            "the kept view saw no release"
+        );
+        assert_eq!(w.view().await.unwrap().leader, None);
+        // The holder renews from its kept view with one keep-alive, and its view of its own
+        // lease moves on.
+        let holder = e.store("c").watching();
+        assert!(holder.leader_acquire("n2", e.ttl()).await.unwrap());
+        let first = holder.leader_get().await.unwrap().unwrap().expires_ms;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(holder.leader_renew("n2", e.ttl()).await.unwrap());
+        assert!(holder.view().await.unwrap().leader.unwrap().expires_ms > first);
+        assert!(!holder.leader_renew("n1", e.ttl()).await.unwrap());
     })
-    .await;
-    assert_eq!(
-        w.view_counts(),
-        (1, 0),
-        "the watch kept the view: read once"
-    );
-    // The view is the same as the one a client without a watch reads in one request.
-    let kept = w.view().await.unwrap();
-    let once = pgbaton_store::read_view(&*other).await.unwrap();
-    // (Their times of being seen are each view's own now.)
-    let content = |v: &ClusterView| {
-        v.members
-            .iter()
-            .map(MemberState::content)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(content(&kept), content(&once));
-    assert_eq!((kept.op, kept.paused), (once.op, once.paused));
-    // A released lease wakes a waiter at once.
-    let waiter = {
-        let w = w.clone();
-        tokio::spawn(async move { w.wait_leader_gone(Duration::from_secs(15)).await })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(other.leader_release("n1").await.unwrap());
-    assert!(
-        waiter.await.unwrap().unwrap(),
-        "the kept view saw no release"
-    );
-    assert_eq!(w.view().await.unwrap().leader, None);
-    // The holder renews from its kept view with one keep-alive, and its view of its own
-    // lease moves on.
-    let holder = e.store("c").watching();
-    assert!(holder.leader_acquire("n2", e.ttl()).await.unwrap());
-    let first = holder.leader_get().await.unwrap().unwrap().expires_ms;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert!(holder.leader_renew("n2", e.ttl()).await.unwrap());
-    assert!(holder.view().await.unwrap().leader.unwrap().expires_ms > first);
-    assert!(!holder.leader_renew("n1", e.ttl()).await.unwrap());
+    .await
+    .expect("etcd_a_kept_view_follows_other_clients_without_reading_again finished in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_a_kept_view_reads_afresh_after_a_failed_watch_and_after_a_compaction() {
-    let e = Etcd::new();
-    let w = e.store("c").watching();
-    let other = e.connect("c");
-    w.view().await.unwrap();
-    until("the kept view is current", || w.view_current()).await;
-    assert_eq!(w.view_counts(), (1, 0));
+    tokio::time::timeout(BOUND, async {
+        let e = Etcd::new();
+        let w = e.store("c").watching();
+        let other = e.connect("c");
+        w.view().await.unwrap();
+        until("the kept view is current", || w.view_current()).await;
+        assert_eq!(w.view_counts(), (1, 0));
 
-    // The watch fails (held off by the test): the keys are read afresh and not current
-    // until the new watch runs; a change between that read and the watch is replayed.
-    w.hold_watch(true);
-    until("the keys were read again", || w.view_counts() == (2, 0)).await;
-    assert!(!w.view_current(), "not current before its watch runs");
-    other.member_put(&member("n1", 5432)).await.unwrap();
-    // Meanwhile the view is read from etcd itself.
-    assert_eq!(w.view().await.unwrap().members.len(), 1);
-    w.hold_watch(false);
-    until("the watch runs again", || w.view_current()).await;
-    view_until(&w, "n1, replayed", |v| v.members.len() == 1).await;
-    assert_eq!(w.view_counts(), (2, 0));
+        // The watch fails (held off by the test): the keys are read afresh and not current
+        // until the new watch runs; a change between that read and the watch is replayed.
+        w.hold_watch(true);
+        until("the keys were read again", || w.view_counts() == (2, 0)).await;
+        assert!(!w.view_current(), "not current before its watch runs");
+        other.member_put(&member("n1", 5432)).await.unwrap();
+        // Meanwhile the view is read from etcd itself.
+        assert_eq!(w.view().await.unwrap().members.len(), 1);
+        w.hold_watch(false);
+        until("the watch runs again", || w.view_current()).await;
+        view_until(&w, "n1, replayed", |v| v.members.len() == 1).await;
+        assert_eq!(w.view_counts(), (2, 0));
 
-    // etcd compacts the revision the new watch would start from: it reads again.
-    w.hold_watch(true);
-    until("the keys were read again", || w.view_counts() == (3, 0)).await;
-    other.member_put(&member("n2", 5433)).await.unwrap();
-    assert!(other.member_delete("n1").await.unwrap());
-    let mut raw = etcd_client::Client::connect([e.endpoint.as_str()], e.raw.clone())
-        .await
-        .unwrap();
-    let rev = raw
-        .get("x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    raw.compact(rev, None).await.unwrap();
-    w.hold_watch(false);
-    until("the compaction was seen and the keys read again", || {
-        w.view_counts() == (4, 1)
+        // etcd compacts the revision the new watch would start from: it reads again.
+        w.hold_watch(true);
+        until("the keys were read again", || w.view_counts() == (3, 0)).await;
+        other.member_put(&member("n2", 5433)).await.unwrap();
+        assert!(other.member_delete("n1").await.unwrap());
+        let mut raw = etcd_client::Client::connect([e.endpoint.as_str()], e.raw.clone())
+            .await
+            .unwrap();
+        let rev = raw
+            .get("x", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        raw.compact(rev, None).await.unwrap();
+        w.hold_watch(false);
+        until("the compaction was seen and the keys read again", || {
+            w.view_counts() == (4, 1)
+        })
+        .await;
+        until("the kept view is current", || w.view_current()).await;
+        let names: Vec<String> = w
+            .view()
+            .await
+            .unwrap()
+            .members
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["n2"]);
+        // And it follows from there.
+        other.member_put(&member("n3", 5434)).await.unwrap();
+        view_until(&w, "n3", |v| v.members.len() == 2).await;
+        assert_eq!(w.view_counts(), (4, 1));
     })
-    .await;
-    until("the kept view is current", || w.view_current()).await;
-    let names: Vec<String> = w
-        .view()
-        .await
-        .unwrap()
-        .members
-        .into_iter()
-        .map(|m| m.name)
-        .collect();
-    assert_eq!(names, ["n2"]);
-    // And it follows from there.
-    other.member_put(&member("n3", 5434)).await.unwrap();
-    view_until(&w, "n3", |v| v.members.len() == 2).await;
-    assert_eq!(w.view_counts(), (4, 1));
+    .await
+    .expect("etcd_a_kept_view_reads_afresh_after_a_failed_watch_and_after_a_compaction finished in time");
 }
 
 /// A frozen etcd (SIGSTOP) answers nothing but keeps its connections: the kept view must
@@ -1866,71 +1890,111 @@ async fn etcd_a_kept_view_reads_afresh_after_a_failed_watch_and_after_a_compacti
 /// reads etcd, gets no answer, and sees the outage; after the freeze the watch resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_a_kept_view_is_not_current_while_etcd_is_frozen() {
-    let e = Etcd::new();
-    let w = e.store("c").watching();
-    w.view().await.unwrap();
-    until("the kept view is current", || w.view_current()).await;
-    let pid = e.child.id().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP");
-    let frozen = std::time::Instant::now();
-    let outcome = tokio::time::timeout(Duration::from_secs(15), async {
-        while w.view_current() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    tokio::time::timeout(BOUND, async {
+        let e = Etcd::new();
+        let w = e.store("c").watching();
+        w.view().await.unwrap();
+        until("the kept view is current", || w.view_current()).await;
+        let pid = e.child.id().to_string();
+        let signal = |sig: &str| kill(sig, &pid);
+        signal("-STOP");
+        let frozen = std::time::Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(15), async {
+            while w.view_current() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        signal("-CONT");
+        assert!(
+            outcome.is_ok(),
+            "the kept view still counted as current 15 s into the freeze"
+        );
+        eprintln!(
+            "the kept view stopped counting as current {:?} into the freeze",
+            frozen.elapsed()
+        );
+        until("the watch resumed after the freeze", || w.view_current()).await;
+        let other = e.connect("c");
+        other.member_put(&member("n1", 5432)).await.unwrap();
+        view_until(&w, "n1 after the freeze", |v| v.members.len() == 1).await;
     })
-    .await;
-    signal("-CONT");
-    assert!(
-        outcome.is_ok(),
-        "the kept view still counted as current 15 s into the freeze"
-    );
-    eprintln!(
-        "the kept view stopped counting as current {:?} into the freeze",
-        frozen.elapsed()
-    );
-    until("the watch resumed after the freeze", || w.view_current()).await;
-    let other = e.connect("c");
-    other.member_put(&member("n1", 5432)).await.unwrap();
-    view_until(&w, "n1 after the freeze", |v| v.members.len() == 1).await;
+    .await
+    .expect("etcd_a_kept_view_is_not_current_while_etcd_is_frozen finished in time");
 }
 
 /// The fence counts on the TTL the renewal asks for: a lease granted for less (the TTL was
 /// raised and the agent restarted) is replaced by one as long, not kept alive as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_a_renewal_asking_a_longer_ttl_replaces_a_shorter_lease() {
-    let e = Etcd::new();
-    let s = e.store("c").watching();
-    assert!(s.leader_acquire("n1", 2_000).await.unwrap());
-    let mut raw = etcd_client::Client::connect([e.endpoint.as_str()], e.raw.clone())
-        .await
-        .unwrap();
-    let granted = |raw: &mut etcd_client::Client| {
-        let mut raw = raw.clone();
-        async move {
-            let kv = raw.get("/pgbaton/c/leader", None).await.unwrap().kvs()[0].clone();
-            let ttl = raw.lease_time_to_live(kv.lease(), None).await.unwrap();
-            ttl.granted_ttl()
-        }
-    };
-    assert_eq!(granted(&mut raw).await, 2);
-    assert!(s.leader_renew("n1", 2_000).await.unwrap());
-    assert_eq!(granted(&mut raw).await, 2, "kept alive as it was");
-    assert!(s.leader_renew("n1", 4_000).await.unwrap());
-    assert_eq!(
-        granted(&mut raw).await,
-        4,
-        "replaced by a lease as long as asked"
-    );
-    assert!(s.leader_renew("n1", 4_000).await.unwrap());
-    assert_eq!(
-        holder(&(Arc::new(s) as Arc<dyn Store>)).await.as_deref(),
-        Some("n1")
-    );
+    tokio::time::timeout(BOUND, async {
+        let e = Etcd::new();
+        let s = e.store("c").watching();
+        assert!(s.leader_acquire("n1", 2_000).await.unwrap());
+        let mut raw = etcd_client::Client::connect([e.endpoint.as_str()], e.raw.clone())
+            .await
+            .unwrap();
+        let granted = |raw: &mut etcd_client::Client| {
+            let mut raw = raw.clone();
+            async move {
+                let kv = raw.get("/pgbaton/c/leader", None).await.unwrap().kvs()[0].clone();
+                let ttl = raw.lease_time_to_live(kv.lease(), None).await.unwrap();
+                ttl.granted_ttl()
+            }
+        };
+        assert_eq!(granted(&mut raw).await, 2);
+        assert!(s.leader_renew("n1", 2_000).await.unwrap());
+        assert_eq!(granted(&mut raw).await, 2, "kept alive as it was");
+        assert!(s.leader_renew("n1", 4_000).await.unwrap());
+        assert_eq!(
+            granted(&mut raw).await,
+            4,
+            "replaced by a lease as long as asked"
+        );
+        assert!(s.leader_renew("n1", 4_000).await.unwrap());
+        assert_eq!(
+            holder(&(Arc::new(s) as Arc<dyn Store>)).await.as_deref(),
+            Some("n1")
+        );
+    })
+    .await
+    .expect("etcd_a_renewal_asking_a_longer_ttl_replaces_a_shorter_lease finished in time");
+}
+
+/// A store with several endpoints uses one at a time and moves on when a request to it is
+/// given up on: the first endpoint here is frozen (SIGSTOP: connections accepted, nothing
+/// answered, as a member whose host just vanished), so a call bounded as the agent bounds
+/// its calls times out once, and the next goes to the live endpoint and succeeds. Pinned:
+/// a client balanced over every endpoint kept sending requests to a lost host's member in
+/// the three-hosts test, and the new primary fenced itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_a_request_given_up_on_moves_to_the_next_endpoint() {
+    tokio::time::timeout(BOUND, async {
+        let (frozen, live) = (Etcd::new(), Etcd::new());
+        let store: Arc<dyn Store> = Arc::new(
+            pgbaton_store::etcd::EtcdStore::with_access(
+                &[frozen.endpoint.clone(), live.endpoint.clone()],
+                "c",
+                &EtcdAccess::default(),
+            )
+            .expect("open the etcd store"),
+        );
+        let bounded = pgbaton_store::Bounded::wrap(store, Duration::from_millis(500));
+        // Connected to the first endpoint while it still answers.
+        assert!(!bounded.paused().await.unwrap());
+        let pid = frozen.child.id().to_string();
+        let signal = |sig: &str| kill(sig, &pid);
+        signal("-STOP");
+        let first = bounded.set_paused(true).await;
+        let second = bounded.set_paused(true).await;
+        signal("-CONT");
+        let e = first.expect_err("the frozen endpoint answered");
+        assert!(format!("{e:#}").contains("did not answer"), "{e:#}");
+        second.expect("the next call went to the live endpoint");
+        // It did: the flag is on the live etcd. (Not asserted of the frozen one: the request
+        // it was sent waits in its socket and may still be applied once it runs again.)
+        assert!(live.store("c").paused().await.unwrap());
+    })
+    .await
+    .expect("etcd_a_request_given_up_on_moves_to_the_next_endpoint finished in time");
 }

@@ -19,14 +19,42 @@ pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// lost etcd then breaks the watch within seconds, even when no request is in flight (the
 /// cached view is then read afresh, and a read that gets no answer is a store outage). Not
 /// more often: etcd's `--grpc-keepalive-min-time` (5 s) sends pings faster than that away.
+/// How long a request refused for want of a leader is asked again: etcd elects one within
+/// its election timeout (1 s by default) and a little more.
+const ELECTION_WAIT: Duration = Duration::from_secs(3);
+
 const PING_INTERVAL: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connection to etcd: the endpoints, TLS and user, and the client once made.
+///
+/// The client talks to one endpoint at a time, `generation % endpoints`, and moves to the
+/// next when a request to it fails or is given up on (a caller's bound dropped it). A client
+/// balanced over every endpoint kept sending some requests to a member whose host was gone
+/// (its connection still looked ready): with one host of three lost, the new primary's lease
+/// renewals timed out and it fenced itself (found by the three-hosts test).
 pub(super) struct Conn {
     pub(super) endpoints: Vec<String>,
     pub(super) secured: access::Secured,
-    client: tokio::sync::Mutex<Option<Client>>,
+    client: tokio::sync::Mutex<Option<(u64, Client)>>,
+    /// Which endpoint is used; the watch task follows its changes.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+/// One request on the connection: unless it is marked done, dropping it (a failure, or the
+/// caller's timeout) moves the connection to the next endpoint.
+pub(super) struct Attempt<'a> {
+    conn: &'a Conn,
+    generation: u64,
+    pub(super) done: bool,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.rotate(self.generation);
+        }
+    }
 }
 
 impl Conn {
@@ -35,6 +63,7 @@ impl Conn {
             endpoints: endpoints.to_vec(),
             secured,
             client: tokio::sync::Mutex::new(None),
+            generation: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -42,17 +71,53 @@ impl Conn {
         self.endpoints.join(",")
     }
 
-    /// Drop the client: the next call connects afresh.
-    pub(super) async fn reset(&self) {
-        *self.client.lock().await = None;
+    /// The endpoint in use now, as a generation (see [`Conn::rotate`]).
+    pub(super) fn generation(&self) -> u64 {
+        *self.generation.borrow()
     }
 
-    /// The current client, connecting if there is none.
-    pub(super) async fn client(&self) -> std::result::Result<Client, String> {
-        let mut guard = self.client.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
+    /// Changes of the endpoint in use, for the watch task (its watch is on the old one).
+    pub(super) fn rotations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Move to the next endpoint (a fresh connection), unless another caller already did
+    /// since `seen`: several requests failing together move it once.
+    pub(super) fn rotate(&self, seen: u64) {
+        self.generation.send_if_modified(|g| {
+            let moved = *g == seen;
+            if moved {
+                *g += 1;
+            }
+            moved
+        });
+    }
+
+    /// A request starting now (see [`Attempt`]).
+    pub(super) fn attempt(&self) -> Attempt<'_> {
+        Attempt {
+            conn: self,
+            generation: self.generation(),
+            done: false,
         }
+    }
+
+    /// Drop the client: the next call connects afresh, to the next endpoint.
+    pub(super) async fn reset(&self) {
+        self.rotate(self.generation());
+    }
+
+    /// The current client, connecting to the current endpoint if there is none.
+    pub(super) async fn client(&self) -> std::result::Result<Client, String> {
+        let generation = self.generation();
+        let mut guard = self.client.lock().await;
+        if let Some((g, c)) = guard.as_ref() {
+            if *g == generation {
+                return Ok(c.clone());
+            }
+        }
+        *guard = None;
+        let endpoint = &self.endpoints[(generation % self.endpoints.len() as u64) as usize];
         let options = self.secured.apply(
             ConnectOptions::new()
                 .with_connect_timeout(CONNECT_TIMEOUT)
@@ -64,37 +129,61 @@ impl Conn {
         );
         let client = match tokio::time::timeout(
             CONNECT_TIMEOUT + Duration::from_secs(1),
-            Client::connect(&self.endpoints, Some(options)),
+            Client::connect([endpoint], Some(options)),
         )
         .await
         {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(format!("cannot connect: {}", error_text(&e))),
+            Ok(Err(e)) => return Err(format!("cannot connect to {endpoint}: {}", error_text(&e))),
             Err(_) => {
                 return Err(format!(
-                    "cannot connect: no answer within {} s",
+                    "cannot connect to {endpoint}: no answer within {} s",
                     CONNECT_TIMEOUT.as_secs() + 1
                 ))
             }
         };
-        *guard = Some(client.clone());
+        *guard = Some((generation, client.clone()));
         Ok(client)
     }
 
-    /// Run one request with the client; on failure drop the client and try once more with
-    /// a fresh connection. Errors name the action and the endpoints.
+    /// Run one request; on failure try the next endpoint (each once, and a fresh connection
+    /// at least once). An etcd that answers "no leader" (its members are electing one,
+    /// about a second after the leader's host went) is asked again for up to
+    /// [`ELECTION_WAIT`]: the request was refused before it was processed, and `list` during
+    /// an election should answer, not fail. Callers bound it further (the agent's calls by a
+    /// fraction of the lease). Errors name the action and the endpoints.
     pub(super) async fn call<T, F, Fut>(&self, action: &str, f: F) -> Result<T>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let mut last = String::new();
-        for _ in 0..2 {
+        let electing_until = std::time::Instant::now() + ELECTION_WAIT;
+        // Each endpoint once, and a fresh connection at least once.
+        let tries = self.endpoints.len().max(2);
+        let mut failed = 0;
+        while failed < tries {
+            // Dropped undone (a failure below, or the caller's bound): the next endpoint.
+            let mut attempt = self.attempt();
             let outcome = match self.client().await {
                 Ok(c) => {
                     match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), f(c)).await
                     {
-                        Ok(Ok(v)) => return Ok(v),
+                        Ok(Ok(v)) => {
+                            attempt.done = true;
+                            return Ok(v);
+                        }
+                        Ok(Err(e))
+                            if no_leader(&e) && std::time::Instant::now() < electing_until =>
+                        {
+                            // Electing: another member may have a leader already; the only
+                            // one is asked again on the same connection.
+                            attempt.done = self.endpoints.len() == 1;
+                            last = error_text(&e);
+                            drop(attempt);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
                         Ok(Err(e)) => error_text(&e),
                         Err(_) => format!("no answer within {} s", REQUEST_TIMEOUT.as_secs() + 1),
                     }
@@ -102,7 +191,7 @@ impl Conn {
                 Err(e) => e,
             };
             last = outcome;
-            self.reset().await;
+            failed += 1;
         }
         let hint = self
             .secured
@@ -179,6 +268,13 @@ impl EtcdStore {
             self.endpoints_text()
         )
     }
+}
+
+/// etcd refused the request because its member has no leader (`require_leader`, or an
+/// election in progress): nothing was done.
+fn no_leader(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.message().contains("etcdserver: no leader"))
 }
 
 /// An etcd error with what caused it: a transport error's own text is only "transport

@@ -269,6 +269,11 @@ impl EtcdStore {
         lease: i64,
     ) -> Result<i64> {
         let mut guard = slot.lock().await;
+        // The last keep-alive was given up on (the caller's bound): its endpoint may be gone
+        // with its host, so the stream is opened on the next one.
+        if guard.as_ref().is_some_and(|k| k.pending) {
+            self.conn.reset().await;
+        }
         let mut last = String::new();
         for _ in 0..2 {
             if guard.as_ref().is_none_or(|k| k.lease != lease || k.pending) {

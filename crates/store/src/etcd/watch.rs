@@ -183,7 +183,9 @@ impl Follower {
         // A test may hold the task here, between its read and its watch, to make etcd
         // compact the revision the watch starts from.
         self.wait_unheld().await;
+        let mut rotations = self.conn.rotations();
         let mut stream = self.open(revision + 1).await?;
+        rotations.mark_unchanged();
         // Current from here: the watch replays every change after the read.
         self.shared.update(|s| {
             s.keys = keys;
@@ -196,6 +198,10 @@ impl Follower {
                 m = stream.message() => m,
                 _ = tokio::time::sleep_until(refresh) => return Ok(()),
                 _ = held.wait_for(|h| *h) => bail!("held off by a test"),
+                // A request on the connection failed or went unanswered: the watch is on
+                // an endpoint that may be gone (and could stay silent until the pings
+                // notice), so it is made again on the next one.
+                _ = rotations.changed() => bail!("the connection moved to another etcd endpoint"),
             };
             let resp = match message {
                 Ok(Some(resp)) => resp,
