@@ -5,6 +5,7 @@
 mod archive;
 mod certs;
 mod cluster;
+mod init_node;
 mod local;
 mod members;
 mod operate;
@@ -143,6 +144,10 @@ enum Cmd {
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
     },
+    /// Write a validated node config for one host of a cluster on several hosts (etcd as
+    /// the store), and the secrets it names when they are missing.
+    #[command(name = "init-node")]
+    InitNode(init_node::InitNode),
     /// Stop a local cluster made by `up`.
     Down {
         #[arg(long)]
@@ -347,8 +352,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("start the async runtime")
 }
 
+/// `-c`, else `./pgbaton.toml`, else the deployed host's `/etc/pgbaton/node.toml` (what
+/// `init-node` writes): on a member's host, `pgbaton list` needs no flag.
 fn config_path(cli_config: Option<PathBuf>) -> PathBuf {
-    cli_config.unwrap_or_else(|| PathBuf::from("pgbaton.toml"))
+    cli_config.unwrap_or_else(|| {
+        let here = PathBuf::from("pgbaton.toml");
+        let host = PathBuf::from(init_node::CONFIG_DIR).join("node.toml");
+        if !here.exists() && host.exists() {
+            host
+        } else {
+            here
+        }
+    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -378,10 +393,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &cfg.data_dir,
             )?;
             let rt = runtime()?;
+            // The agent runs as a task on the runtime's workers, not on this thread: its
+            // replies from PostgreSQL and the store then wake the thread that polls them,
+            // where a future on this thread takes a hand-off between threads per reply.
             rt.block_on(async move {
-                let (agent, listener) =
-                    pgbaton_agent::Agent::new(cfg, ident, checked, Some(watchdog)).await?;
-                agent.run(listener, shutdown_signal()).await
+                tokio::spawn(async move {
+                    let (agent, listener) =
+                        pgbaton_agent::Agent::new(cfg, ident, checked, Some(watchdog)).await?;
+                    agent.run(listener, shutdown_signal()).await
+                })
+                .await
+                .context("the agent's task ended abnormally")?
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -437,6 +459,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             hosts,
         } => {
             certs::certs(&dir, &cluster, &member, &hosts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::InitNode(o) => {
+            init_node::run(&o)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Down { dir, purge } => {

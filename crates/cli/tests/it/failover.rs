@@ -422,14 +422,7 @@ fn a_primary_cut_off_from_the_network_is_fenced_and_replaced() {
     );
     // The network comes back: the old primary rejoins the new one.
     net.set_link(old_i, true);
-    wait_for(
-        "the old primary to rejoin as a standby",
-        Duration::from_secs(90),
-        || {
-            let m = c.member(&old);
-            m["state"] == "streaming" && m["upstream"] == new.as_str()
-        },
-    );
+    wait_rejoined(&c, &old, &new);
     drop(c);
     drop(etcd);
 }

@@ -866,6 +866,41 @@ impl Net {
             );
             let cfg_path = node_dir.join("node.toml");
             std::fs::write(&cfg_path, cfg).unwrap();
+        }
+        self.start_agents(&c);
+        c
+    }
+
+    /// A cluster whose node i's config is `DIR/ni/node.toml`, written by `write_config(i,
+    /// DIR)` (DIR made here, owned so that the agents' OS user reaches it); the client
+    /// config `DIR/pgbaton.toml` is node 1's. Agents started in their namespaces.
+    pub fn cluster_from(&self, write_config: impl Fn(u16, &Path)) -> Cluster {
+        let scratch = scratch();
+        let dir = scratch.path.join("cluster");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let c = Cluster {
+            scratch,
+            dir: dir.clone(),
+            nodes: self.nodes,
+            port_base: 5432,
+            extra: vec![],
+        };
+        for i in 1..=self.nodes {
+            write_config(i, &dir);
+        }
+        std::fs::copy(dir.join("n1/node.toml"), dir.join("pgbaton.toml")).unwrap();
+        self.start_agents(&c);
+        c
+    }
+
+    /// `pgbaton agent` for each node in its namespace (config `DIR/ni/node.toml`); returns
+    /// when the cluster is healthy, or panics with the agents' last log lines.
+    fn start_agents(&self, c: &Cluster) {
+        let dir = &c.dir;
+        for i in 1..=self.nodes {
+            let node_dir = dir.join(format!("n{i}"));
+            let cfg_path = node_dir.join("node.toml");
             let log = std::fs::File::create(node_dir.join("agent.log")).unwrap();
             let child = Command::new("ip")
                 .args(["netns", "exec", &self.ns(i)])
@@ -897,7 +932,108 @@ impl Net {
             }
             std::panic::resume_unwind(e);
         }
-        c
+    }
+
+    /// A 3-member etcd cluster, member i in namespace i on the node's address (ports 2379
+    /// and 2380), as on three hosts that each run etcd beside PostgreSQL.
+    pub fn etcd_cluster(&self) -> EtcdCluster {
+        let scratch = scratch();
+        let peers: Vec<String> = (1..=self.nodes)
+            .map(|i| format!("e{i}=http://{}:2380", self.node_ip(i)))
+            .collect();
+        let mut children = Vec::new();
+        for i in 1..=self.nodes {
+            let ip = self.node_ip(i);
+            let log = std::fs::File::create(scratch.path.join(format!("etcd{i}.log"))).unwrap();
+            let child = Command::new("ip")
+                .args(["netns", "exec", &self.ns(i), ETCD_BIN])
+                .args(["--name", &format!("e{i}"), "--data-dir"])
+                .arg(scratch.path.join(format!("e{i}")))
+                .args(["--listen-client-urls", &format!("http://{ip}:2379")])
+                .args(["--advertise-client-urls", &format!("http://{ip}:2379")])
+                .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://{ip}:2380"),
+                ])
+                .args(["--initial-cluster", &peers.join(",")])
+                .args(["--initial-cluster-state", "new"])
+                // As the guide configures it (etcd 3.5's default): a member whose host comes
+                // back does not force an election with the term it raised while cut off.
+                .arg("--pre-vote")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start an etcd member in its namespace");
+            children.push(child);
+        }
+        let cluster = EtcdCluster {
+            children,
+            endpoints: (1..=self.nodes)
+                .map(|i| format!("http://{}:2379", self.node_ip(i)))
+                .collect(),
+            _dir: scratch,
+        };
+        // Healthy when every member says so (a leader elected, the member part of it).
+        wait_for(
+            "the etcd cluster to be healthy",
+            Duration::from_secs(30),
+            || {
+                cluster.endpoints.iter().all(|e| {
+                    let hostport = e.trim_start_matches("http://");
+                    etcd_health(hostport)
+                })
+            },
+        );
+        cluster
+    }
+}
+
+/// Wait until `old` streams from `new` as a standby (it rejoined after losing the lease).
+pub fn wait_rejoined(c: &Cluster, old: &str, new: &str) {
+    wait_for(
+        "the old primary to rejoin as a standby",
+        Duration::from_secs(90),
+        || {
+            let m = c.member(old);
+            m["state"] == "streaming" && m["upstream"] == new
+        },
+    );
+}
+
+/// `GET /health` of an etcd member answers `"health":"true"`.
+fn etcd_health(hostport: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(addr) = hostport.parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET /health HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.contains("\"health\":\"true\"")
+}
+
+/// etcd members started by [`Net::etcd_cluster`]; killed when dropped.
+pub struct EtcdCluster {
+    children: Vec<std::process::Child>,
+    pub endpoints: Vec<String>,
+    _dir: Scratch,
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod archive;
 mod bad_input;
 mod browser;
 mod cluster;
+mod deploy;
 mod failover;
 mod haproxy;
 mod harness;

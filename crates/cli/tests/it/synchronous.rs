@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Wait until the store's record proves a standby (the leader set its list up); returns
 /// the record's members.
-fn wait_synchronous(c: &Cluster) -> Vec<String> {
+pub(crate) fn wait_synchronous(c: &Cluster) -> Vec<String> {
     let mut members = vec![];
     wait_for(
         "a synchronous standby recorded",
