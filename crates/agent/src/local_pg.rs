@@ -276,12 +276,15 @@ impl pgbaton_exec::Postgres for LocalPg {
     }
 
     async fn ensure_slot(&mut self, name: &str) -> Result<SlotEnsured> {
-        // This loop's probe already shows it holding WAL: no query. An invalidated slot has
-        // no restart_lsn and is looked at (and made again) below.
+        // This loop's probe already shows it holding WAL: no query. A slot invalidated for
+        // removed WAL has no restart_lsn and is looked at (and made again) below. Not from
+        // PostgreSQL 18 on, whose idle_replication_slot_timeout invalidates a slot and
+        // keeps its restart_lsn (review finding).
         let held = self.probe.as_ref().is_some_and(|p| {
-            p.slots
-                .iter()
-                .any(|s| s.name == name && s.restart_lsn.is_some())
+            major_version(&p.version).is_some_and(|v| v < 18)
+                && p.slots
+                    .iter()
+                    .any(|s| s.name == name && s.restart_lsn.is_some())
         });
         if held {
             return Ok(SlotEnsured::Existed);
@@ -334,5 +337,23 @@ impl pgbaton_exec::Postgres for LocalPg {
         let at = syncrep::barrier(self.client()?, names).await?;
         tracing::debug!("synchronous barrier: the listed standbys flushed {at}");
         Ok(())
+    }
+}
+
+/// The major version in `server_version` ("15.18 (Debian 15.18-0+deb12u1)" is 15).
+fn major_version(version: &str) -> Option<u32> {
+    version.split(['.', ' ']).next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod version_tests {
+    #[test]
+    fn the_major_version_is_read_from_server_version() {
+        assert_eq!(
+            super::major_version("15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(super::major_version("18beta1"), None);
+        assert_eq!(super::major_version("18.1"), Some(18));
     }
 }

@@ -93,23 +93,28 @@ impl Conn {
         });
     }
 
-    /// A request starting now (see [`Attempt`]).
-    pub(super) fn attempt(&self) -> Attempt<'_> {
+    /// A request on the client of `generation` (see [`Attempt`]).
+    fn attempt(&self, generation: u64) -> Attempt<'_> {
         Attempt {
             conn: self,
-            generation: self.generation(),
+            generation,
             done: false,
         }
     }
 
-    /// Drop the client: the next call connects afresh, to the next endpoint.
-    pub(super) async fn reset(&self) {
-        self.rotate(self.generation());
-    }
-
     /// The current client, connecting to the current endpoint if there is none.
     pub(super) async fn client(&self) -> std::result::Result<Client, String> {
+        self.client_at().await.1
+    }
+
+    /// [`Conn::client`] with the generation it is for: a failure on it moves the connection
+    /// on from that endpoint ([`Conn::rotate`]), never from one it has moved to since.
+    pub(super) async fn client_at(&self) -> (u64, std::result::Result<Client, String>) {
         let generation = self.generation();
+        (generation, self.connect(generation).await)
+    }
+
+    async fn connect(&self, generation: u64) -> std::result::Result<Client, String> {
         let mut guard = self.client.lock().await;
         if let Some((g, c)) = guard.as_ref() {
             if *g == generation {
@@ -163,9 +168,10 @@ impl Conn {
         let tries = self.endpoints.len().max(2);
         let mut failed = 0;
         while failed < tries {
+            let (generation, client) = self.client_at().await;
             // Dropped undone (a failure below, or the caller's bound): the next endpoint.
-            let mut attempt = self.attempt();
-            let outcome = match self.client().await {
+            let mut attempt = self.attempt(generation);
+            let outcome = match client {
                 Ok(c) => {
                     match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), f(c)).await
                     {

@@ -37,6 +37,9 @@ pub(super) struct KeepAlive {
     /// on this stream would be that one, from before the next caller's instant, so the
     /// stream is not used again (review finding: a stale answer armed the fence too late).
     pending: bool,
+    /// The connection's generation when the stream was opened: a failure moves the
+    /// connection on from that endpoint, and a connection that moved reopens the stream.
+    generation: u64,
 }
 
 /// How long a reader assumes a lease seen in a key written before `ttl_ms` was (0.8) may
@@ -271,12 +274,16 @@ impl EtcdStore {
         let mut guard = slot.lock().await;
         // The last keep-alive was given up on (the caller's bound): its endpoint may be gone
         // with its host, so the stream is opened on the next one.
-        if guard.as_ref().is_some_and(|k| k.pending) {
-            self.conn.reset().await;
+        if let Some(k) = guard.as_ref().filter(|k| k.pending) {
+            self.conn.rotate(k.generation);
         }
         let mut last = String::new();
         for _ in 0..2 {
-            if guard.as_ref().is_none_or(|k| k.lease != lease || k.pending) {
+            let moved = |k: &KeepAlive| k.generation != self.conn.generation();
+            if guard
+                .as_ref()
+                .is_none_or(|k| k.lease != lease || k.pending || moved(k))
+            {
                 *guard = None;
                 match self.open_keep_alive(lease).await {
                     Ok(Some(k)) => *guard = Some(k),
@@ -308,8 +315,9 @@ impl EtcdStore {
                     )
                 }
             }
-            *guard = None;
-            self.conn.reset().await;
+            if let Some(k) = guard.take() {
+                self.conn.rotate(k.generation);
+            }
         }
         Err(anyhow!(
             "keep a lease alive in etcd at {}: {last}",
@@ -320,6 +328,9 @@ impl EtcdStore {
     /// Open the lease's keep-alive stream (which renews it once); `None`: etcd no longer
     /// knows the lease.
     async fn open_keep_alive(&self, lease: i64) -> Result<Option<KeepAlive>> {
+        // The generation before the call: when the call moved on (a failure, then the next
+        // endpoint), the stream counts as on the old one and is reopened next time.
+        let generation = self.conn.generation();
         let opened = self
             .call(
                 "open the leader lease's keep-alive stream",
@@ -337,6 +348,7 @@ impl EtcdStore {
             )
             .await?;
         Ok(opened.map(|(keeper, stream)| KeepAlive {
+            generation,
             lease,
             keeper,
             stream,

@@ -183,9 +183,12 @@ impl Follower {
         // A test may hold the task here, between its read and its watch, to make etcd
         // compact the revision the watch starts from.
         self.wait_unheld().await;
+        let (generation, mut stream) = self.open(revision + 1).await?;
         let mut rotations = self.conn.rotations();
-        let mut stream = self.open(revision + 1).await?;
-        rotations.mark_unchanged();
+        // Moved while the watch was being made: it is on an endpoint given up on.
+        if *rotations.borrow_and_update() != generation {
+            bail!("the connection moved to another etcd endpoint");
+        }
         // Current from here: the watch replays every change after the read.
         self.shared.update(|s| {
             s.keys = keys;
@@ -224,9 +227,14 @@ impl Follower {
         }
     }
 
-    /// Create the watch on the cluster's prefix from revision `from`.
-    async fn open(&self, from: i64) -> Result<etcd_client::WatchStream> {
-        let mut client = self.conn.client().await.map_err(|e| anyhow!(e))?;
+    /// Create the watch on the cluster's prefix from revision `from`, with the generation
+    /// of the connection it is on.
+    async fn open(&self, from: i64) -> Result<(u64, etcd_client::WatchStream)> {
+        let (generation, client) = self.conn.client_at().await;
+        let mut client = client.map_err(|e| {
+            self.conn.rotate(generation);
+            anyhow!(e)
+        })?;
         let options = WatchOptions::new().with_prefix().with_start_revision(from);
         match tokio::time::timeout(
             STEP_TIMEOUT,
@@ -234,13 +242,13 @@ impl Follower {
         )
         .await
         {
-            Ok(Ok(stream)) => Ok(stream),
+            Ok(Ok(stream)) => Ok((generation, stream)),
             Ok(Err(e)) => {
-                self.conn.reset().await;
+                self.conn.rotate(generation);
                 Err(anyhow!(e).context("watch the cluster's keys"))
             }
             Err(_) => {
-                self.conn.reset().await;
+                self.conn.rotate(generation);
                 bail!("creating the watch got no answer")
             }
         }
