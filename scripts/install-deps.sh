@@ -18,12 +18,28 @@ command -v etcd >/dev/null || missing+=(etcd-server)   # the store contract suit
 command -v protoc >/dev/null || missing+=(protobuf-compiler libprotobuf-dev) # etcd-client builds its protocol
 command -v ip >/dev/null || missing+=(iproute2)      # network namespaces for the partition test
 command -v openssl >/dev/null || missing+=(openssl)  # the TLS test reads the certificate a server presents
+# The docker-compose test: its own dockerd (started by the test, without iptables changes),
+# Debian's compose, and debootstrap for the base image (no registry is reachable).
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v objcopy >/dev/null || missing+=(binutils)  # strips the binary put in the image
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # No service starts while installing: docker.io's own dockerd would change iptables
+  # (FORWARD policy DROP) and break the network-namespace tests. The test starts its own.
+  norc=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    norc=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$norc" >/dev/null
+    $SUDO chmod 0755 "$norc"
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" \
+    || { [ -z "$norc" ] || $SUDO rm -f "$norc"; exit 1; }
+  [ -z "$norc" ] || $SUDO rm -f "$norc"
 else
-  echo "install-deps: PostgreSQL 15 and a C compiler are present"
+  echo "install-deps: everything the build and the tests need is present"
 fi
 id postgres >/dev/null 2>&1 || { echo "install-deps: no postgres OS user after installing PostgreSQL" >&2; exit 1; }
 command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] || {

@@ -25,10 +25,14 @@ pub struct InitNode {
     /// This member's name, unique in the cluster.
     #[arg(long)]
     pub name: String,
-    /// This host's address: PostgreSQL and the agent's API listen on it, and the other
-    /// members connect to it.
+    /// This host's address, which the other members and the clients connect to: an IP
+    /// address, or a DNS name (a container's service name, say).
     #[arg(long)]
     pub address: String,
+    /// The IP address PostgreSQL and the agent's API listen on [default: --address when it
+    /// is an IP address, all addresses (0.0.0.0) when it is a name].
+    #[arg(long, value_name = "IP")]
+    pub listen: Option<std::net::IpAddr>,
     /// etcd client URL (repeat for each etcd member, or separate with commas).
     #[arg(long = "etcd", value_name = "URL", value_delimiter = ',')]
     pub etcd: Vec<String>,
@@ -67,6 +71,31 @@ pub struct InitNode {
     pub force: bool,
 }
 
+/// `pgbaton init-secrets`: only the secrets every member shares, made when missing: for the
+/// one host or container that makes them before the members start (docker-compose's
+/// `secrets` service).
+#[derive(clap::Args)]
+pub struct InitSecrets {
+    /// Where to make the replication password and the API token.
+    #[arg(long, default_value = CONFIG_DIR)]
+    pub secrets_dir: PathBuf,
+    /// The OS user PostgreSQL runs as (owns them, when run as root).
+    #[arg(long, default_value = "postgres")]
+    pub os_user: String,
+}
+
+/// Make the shared secrets that are missing; say which.
+pub fn run_secrets(o: &InitSecrets) -> Result<()> {
+    let made = secrets(&o.secrets_dir, os_user(&o.os_user)?.as_ref())?;
+    for f in &made {
+        println!("generated {} (0600)", f.display());
+    }
+    if made.is_empty() {
+        println!("the secrets in {} are there: kept", o.secrets_dir.display());
+    }
+    Ok(())
+}
+
 impl InitNode {
     /// The node config the flags describe (not yet checked).
     fn config(&self) -> NodeConfig {
@@ -74,13 +103,23 @@ impl InitNode {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/var/lib/pgbaton/{}/data", self.cluster)));
+        // A name is advertised as it is (the others resolve it), and the member listens on
+        // an IP address: the agent's API binds a socket address, not a name.
+        let named = self.address.parse::<std::net::IpAddr>().is_err();
+        let listen = match self.listen {
+            Some(ip) => ip.to_string(),
+            None if named => "0.0.0.0".to_string(),
+            None => self.address.clone(),
+        };
+        let advertised = (listen != self.address).then(|| self.address.clone());
         NodeConfig {
             cluster: self.cluster.clone(),
             name: self.name.clone(),
             data_dir,
             os_user: Some(self.os_user.clone()),
             postgresql: PostgresqlConfig {
-                listen_host: self.address.clone(),
+                listen_host: listen.clone(),
+                connect_host: advertised.clone(),
                 port: self.port,
                 allowed_networks: self.networks.clone(),
                 databases: self.databases.clone(),
@@ -92,7 +131,10 @@ impl InitNode {
                 ..Default::default()
             },
             api: ApiConfig {
-                listen: join_host_port(&self.address, self.api_port),
+                listen: join_host_port(&listen, self.api_port),
+                connect_url: advertised
+                    .as_ref()
+                    .map(|a| format!("http://{}", join_host_port(a, self.api_port))),
                 auth_token_file: Some(self.secrets_dir.join("api.token")),
                 ..Default::default()
             },
@@ -271,6 +313,7 @@ mod tests {
             synchronous: SyncMode::On,
             out: dir.join("etc/node.toml"),
             force: false,
+            listen: None,
         }
     }
 
@@ -346,6 +389,51 @@ mod tests {
             assert!(!f.out.exists(), "nothing written for {says:?}");
             assert!(!f.secrets_dir.exists(), "no secret made for {says:?}");
         }
+    }
+
+    #[test]
+    fn a_name_as_address_is_advertised_and_the_member_listens_on_all_addresses() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = flags(d.path());
+        f.address = "pg1".into();
+        run(&f).unwrap();
+        let cfg =
+            NodeConfig::from_toml_str(&std::fs::read_to_string(&f.out).unwrap(), &f.out).unwrap();
+        assert_eq!(cfg.postgresql.listen_host, "0.0.0.0");
+        assert_eq!(cfg.postgresql.connect_host.as_deref(), Some("pg1"));
+        assert_eq!(cfg.api.listen, "0.0.0.0:8008");
+        assert_eq!(cfg.api_url(), "http://pg1:8008");
+        // --listen narrows it to one address.
+        f.listen = Some("10.0.0.11".parse().unwrap());
+        f.force = true;
+        run(&f).unwrap();
+        let cfg =
+            NodeConfig::from_toml_str(&std::fs::read_to_string(&f.out).unwrap(), &f.out).unwrap();
+        assert_eq!(cfg.api.listen, "10.0.0.11:8008");
+        assert_eq!(cfg.postgresql.connect_host.as_deref(), Some("pg1"));
+    }
+
+    #[test]
+    fn init_secrets_makes_the_missing_ones_and_keeps_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("s");
+        let o = InitSecrets {
+            secrets_dir: dir.clone(),
+            os_user: "postgres".into(),
+        };
+        run_secrets(&o).unwrap();
+        let token = std::fs::read_to_string(dir.join("api.token")).unwrap();
+        std::fs::remove_file(dir.join("replication.password")).unwrap();
+        run_secrets(&o).unwrap();
+        assert_eq!(
+            token,
+            std::fs::read_to_string(dir.join("api.token")).unwrap()
+        );
+        let mode = std::fs::metadata(dir.join("replication.password"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -148,6 +148,10 @@ enum Cmd {
     /// the store), and the secrets it names when they are missing.
     #[command(name = "init-node")]
     InitNode(init_node::InitNode),
+    /// Make the secrets every member shares (replication password, API token) when missing,
+    /// and nothing else (for the host or container that makes them first).
+    #[command(name = "init-secrets")]
+    InitSecrets(init_node::InitSecrets),
     /// Stop a local cluster made by `up`.
     Down {
         #[arg(long)]
@@ -463,6 +467,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::InitNode(o) => {
             init_node::run(&o)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::InitSecrets(o) => {
+            init_node::run_secrets(&o)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Down { dir, purge } => {

@@ -102,18 +102,6 @@ fn three_hosts_from_init_node_configs_fail_over_on_an_etcd_cluster() {
     drop(etcd);
 }
 
-/// `f`, and when it panics, the agents' last log lines first.
-fn with_logs_on_panic<T>(c: &Cluster, f: impl FnOnce() -> T) -> T {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|e| {
-        for m in c.member_names() {
-            let log = std::fs::read_to_string(c.dir.join(&m).join("agent.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(25).collect();
-            eprintln!("--- {m}'s agent log (newest first):\n{}", tail.join("\n"));
-        }
-        std::panic::resume_unwind(e)
-    })
-}
-
 /// The shipped units pass `systemd-analyze verify` (with the binary where the unit
 /// expects it: a copy of this build in a scratch root).
 #[test]

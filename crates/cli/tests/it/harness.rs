@@ -135,6 +135,18 @@ pub fn pgbaton(args: &[&str], timeout: Duration) -> Output {
     )
 }
 
+/// psql's flags for one statement in database `app`, unadorned output, stopping at an error.
+pub const PSQL_APP: [&str; 6] = ["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", "app"];
+
+/// Ok(stdout, trimmed) when the command succeeded, else Err(all it printed).
+pub fn stdout_or_err(o: &Output) -> Result<String, String> {
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err(text(o))
+    }
+}
+
 pub fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -292,23 +304,10 @@ impl Cluster {
         if let Some(m) = member {
             args.push(m);
         }
-        args.extend_from_slice(&[
-            "--",
-            "-X",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            "app",
-            "-c",
-            sql,
-        ]);
-        let o = self.cmd(&args);
-        if o.status.success() {
-            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-        } else {
-            Err(text(&o))
-        }
+        args.push("--");
+        args.extend_from_slice(&PSQL_APP);
+        args.extend_from_slice(&["-c", sql]);
+        stdout_or_err(&self.cmd(&args))
     }
 
     pub fn password(&self) -> String {
@@ -391,6 +390,21 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// `f`, and when it panics, the last lines of every member's agent log and PostgreSQL log
+/// first (a failure in CI leaves no directory behind to read).
+pub fn with_logs_on_panic<T>(c: &Cluster, f: impl FnOnce() -> T) -> T {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|e| {
+        for m in c.member_names() {
+            for (file, lines) in [("agent.log", 30), ("postgres.log", 15)] {
+                let log = std::fs::read_to_string(c.dir.join(&m).join(file)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+                eprintln!("--- {m}'s {file} (newest first):\n{}", tail.join("\n"));
+            }
+        }
+        std::panic::resume_unwind(e)
+    })
 }
 
 pub fn kill9(pid: i32) {
@@ -493,11 +507,7 @@ impl Cluster {
             ),
             Duration::from_secs(30),
         );
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(text(&out))
-        }
+        stdout_or_err(&out)
     }
 
     /// Start and stop `member`'s PostgreSQL by hand, outside pgbaton, running `sql` on it

@@ -7,6 +7,7 @@ mod bad_input;
 mod browser;
 mod cluster;
 mod deploy;
+mod docker;
 mod failover;
 mod haproxy;
 mod harness;

@@ -128,9 +128,11 @@ fn host_loss_loses_nothing(c: &Cluster) {
     // The new leader sets its own synchronous standby up, and the old member rejoins.
     let again = wait_synchronous(c);
     assert!(!again.contains(&new), "{again:?}");
-    let o = c.up_again();
-    assert!(o.status.success(), "{}", text(&o));
-    c.wait_healthy(Duration::from_secs(90));
+    with_logs_on_panic(c, || {
+        let o = c.up_again();
+        assert!(o.status.success(), "{}", text(&o));
+        c.wait_healthy(Duration::from_secs(90));
+    });
     let h = text(&c.cmd(&["history"]));
     assert!(h.contains("synchronous standbys"), "{h}");
 }
