@@ -5,14 +5,33 @@ use crate::harness::*;
 use std::path::Path;
 use std::time::Duration;
 
-/// SQL on every member until it answers `want`.
+/// SQL on every member until it answers `want`; when it does not in time, what each
+/// member's archiver says, and the end of the agents' and PostgreSQL's logs.
 fn on_every_member(c: &Cluster, what: &str, sql: &str, want: &str) {
     let members = c.member_names();
-    wait_for(what, Duration::from_secs(60), || {
+    let archivers = || {
         members
             .iter()
-            .all(|m| c.sql_direct(m, sql).is_ok_and(|o| o == want))
-    });
+            .map(|m| {
+                let row = c.sql_direct(m, "SELECT archived_count, last_archived_wal, failed_count, last_failed_wal, last_failed_time FROM pg_stat_archiver");
+                format!("{m}: {row:?}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        with_logs_on_panic(c, || {
+            wait_for(what, Duration::from_secs(60), || {
+                members
+                    .iter()
+                    .all(|m| c.sql_direct(m, sql).is_ok_and(|o| o == want))
+            })
+        })
+    }));
+    if let Err(e) = r {
+        eprintln!("--- pg_stat_archiver on each member:\n{}", archivers());
+        std::panic::resume_unwind(e);
+    }
 }
 
 /// Files waiting for the archiver in a member's pg_wal.

@@ -137,7 +137,14 @@ fn past_switch_point(src: &Path, dest: &Path, name: &str) -> Result<Option<Strin
     let Some((tli, segno)) = super::check::parse_segment(name, seg_size) else {
         return Ok(None);
     };
-    let Some(history) = newest_history(dir)? else {
+    // The pushing member's own pg_wal counts too: a former primary rewound onto the new
+    // timeline has its history file there (pg_rewind copied it) and may push its old
+    // segment before the new primary's archiver has archived that history.
+    let own = src
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Some(history) = newest_history(&[dir, own])? else {
         return Ok(None);
     };
     let Some(&(_, switch)) = history.iter().find(|(t, _)| *t == tli) else {
@@ -160,16 +167,23 @@ fn past_switch_point(src: &Path, dest: &Path, name: &str) -> Result<Option<Strin
     )))
 }
 
-/// The history in the archive's newest `.history` file (it lists every ancestor).
-fn newest_history(dir: &Path) -> Result<Option<Vec<(u32, u64)>>> {
-    let newest = std::fs::read_dir(dir)?
-        .flatten()
-        .filter_map(|e| {
+/// The history in the newest `.history` file found in `dirs` (it lists every ancestor).
+fn newest_history(dirs: &[&Path]) -> Result<Option<Vec<(u32, u64)>>> {
+    let mut newest: Option<(u32, std::path::PathBuf)> = None;
+    for dir in dirs {
+        for e in std::fs::read_dir(dir)?.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            let t = u32::from_str_radix(n.strip_suffix(".history")?, 16).ok()?;
-            Some((t, e.path()))
-        })
-        .max_by_key(|(t, _)| *t);
+            let Some(t) = n
+                .strip_suffix(".history")
+                .and_then(|t| u32::from_str_radix(t, 16).ok())
+            else {
+                continue;
+            };
+            if newest.as_ref().is_none_or(|(best, _)| t > *best) {
+                newest = Some((t, e.path()));
+            }
+        }
+    }
     let Some((_, path)) = newest else {
         return Ok(None);
     };
@@ -378,6 +392,35 @@ mod tests {
         // The kept file is no WAL name: recovery and the check never take it for a segment.
         let c = super::super::check(&archive, Some(seg_size as u64)).unwrap();
         assert_eq!(c.present, 1);
+    }
+
+    /// A former primary rewound onto timeline 2 pushes its old segment before the new
+    /// primary archived 00000002.history: its own pg_wal has that history (pg_rewind copied
+    /// it), so the push keeps its segment aside instead of failing (a failed push stops the
+    /// archiver for a while and counts in pg_stat_archiver for good).
+    #[test]
+    fn the_history_in_the_pushers_own_pg_wal_is_enough() {
+        let t = tempfile::tempdir().unwrap();
+        let (archive, pg_wal) = (t.path().join("archive"), t.path().join("pg_wal"));
+        std::fs::create_dir(&archive).unwrap();
+        std::fs::create_dir(&pg_wal).unwrap();
+        let seg_size = 1 << 20;
+        let six = "000000010000000000000006";
+        std::fs::write(archive.join(six), vec![1u8; seg_size]).unwrap();
+        let mut mine = vec![1u8; seg_size];
+        mine[0x50060..].fill(2);
+        std::fs::write(pg_wal.join(six), &mine).unwrap();
+        // Without a history anywhere: a conflict, refused.
+        assert!(push(&archive, &pg_wal.join(six), six).is_err());
+        std::fs::write(pg_wal.join("00000002.history"), "1\t0/650060\tx\n").unwrap();
+        match push(&archive, &pg_wal.join(six), six).unwrap() {
+            Pushed::KeptAside(p) => assert_eq!(std::fs::read(p).unwrap(), mine),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(archive.join(six)).unwrap(),
+            vec![1u8; seg_size]
+        );
     }
 
     #[test]
