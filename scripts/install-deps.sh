@@ -29,15 +29,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -q
   # No service starts while installing: docker.io's own dockerd would change iptables
   # (FORWARD policy DROP) and break the network-namespace tests. The test starts its own.
-  norc=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
-    norc=/usr/sbin/policy-rc.d
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$norc" >/dev/null
-    $SUDO chmod 0755 "$norc"
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 0755 /usr/sbin/policy-rc.d
   fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" \
-    || { [ -z "$norc" ] || $SUDO rm -f "$norc"; exit 1; }
-  [ -z "$norc" ] || $SUDO rm -f "$norc"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Nor at the next boot: Debian enables docker.io's units.
+  if [[ " ${missing[*]} " == *" docker.io "* ]] && command -v systemctl >/dev/null; then
+    $SUDO systemctl disable docker.service docker.socket containerd.service >/dev/null 2>&1 || true
+  fi
 else
   echo "install-deps: everything the build and the tests need is present"
 fi

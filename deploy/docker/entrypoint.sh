@@ -24,11 +24,16 @@ secrets_dir="${PGBATON_SECRETS_DIR:-/etc/pgbaton/secrets}"
 
 die() { echo "pgbaton-entrypoint: $*" >&2; exit 2; }
 
-# Repeat a flag for every item of a comma-separated list.
+# Repeat a flag for every item of a comma-separated list (blanks around items dropped,
+# empty items skipped).
 flags() {
   local flag=$1 list=$2 item
   IFS=',' read -ra items <<<"$list"
-  for item in "${items[@]}"; do [ -n "$item" ] && printf '%s\n%s\n' "$flag" "$item"; done
+  for item in "${items[@]}"; do
+    item="${item#"${item%%[![:space:]]*}"}"
+    item="${item%"${item##*[![:space:]]}"}"
+    if [ -n "$item" ]; then printf '%s\n%s\n' "$flag" "$item"; fi
+  done
 }
 
 write_config() {

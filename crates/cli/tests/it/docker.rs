@@ -1,9 +1,9 @@
 //! The container image and `docker-compose.yml`, on a real Docker engine (Debian's docker.io
 //! and docker-compose): the image built by `scripts/docker-image.sh` with no registry, the
-//! compose file as shipped. The test starts its own dockerd that leaves iptables alone
-//! (`--iptables=false --ip-masq=false --bridge=none`: the network-namespace tests on this
-//! machine keep working), on a network whose subnet it picks, and takes everything down
-//! again, volumes included, also when it fails.
+//! compose file as shipped. The test starts its own dockerd that leaves iptables and
+//! forwarding alone (`--iptables=false --ip-masq=false --ip-forward=false --bridge=none`:
+//! the network-namespace tests on this machine keep working), on a network whose subnet it
+//! picks, and takes everything down again, volumes included, also when it fails.
 
 use crate::harness::*;
 use std::path::{Path, PathBuf};
@@ -17,11 +17,17 @@ struct Dockerd {
     child: Child,
     dir: Scratch,
     forward_policy: String,
+    ip_forward: String,
     /// dockerd writes its trust key there when there is none: removed again if so.
     key_file_made: bool,
 }
 
 const KEY_FILE: &str = "/etc/docker/key.json";
+
+/// IPv4 forwarding as the kernel has it.
+fn ip_forward() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default()
+}
 
 /// The policy of iptables' FORWARD chain ("" when iptables is not there).
 fn forward_policy() -> String {
@@ -44,9 +50,19 @@ impl Dockerd {
         let p = &dir.path;
         let log = std::fs::File::create(p.join("dockerd.log")).unwrap();
         let forward_policy = forward_policy();
+        let ip_forward = ip_forward();
         let key_file_made = !Path::new(KEY_FILE).exists();
+        // An empty config file: a host's /etc/docker/daemon.json cannot clash with the flags.
+        std::fs::write(p.join("daemon.json"), "{}").unwrap();
         let child = Command::new("dockerd")
-            .args(["--iptables=false", "--ip-masq=false", "--bridge=none"])
+            .args([
+                "--iptables=false",
+                "--ip-masq=false",
+                "--ip-forward=false",
+                "--bridge=none",
+            ])
+            .arg("--config-file")
+            .arg(p.join("daemon.json"))
             .arg("--data-root")
             .arg(p.join("root"))
             .arg("--exec-root")
@@ -64,6 +80,7 @@ impl Dockerd {
             child,
             dir,
             forward_policy,
+            ip_forward,
             key_file_made,
         };
         wait_for("dockerd to answer", Duration::from_secs(60), || {
@@ -90,7 +107,8 @@ impl Drop for Dockerd {
     fn drop(&mut self) {
         // SIGTERM: dockerd stops its containers, its containerd and unmounts what it mounted.
         signal(self.child.id() as i32, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Containers still up get their stop_grace_period (60 s) first.
+        let deadline = Instant::now() + Duration::from_secs(100);
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {
                 break;
@@ -289,6 +307,11 @@ fn docker_compose_up_fails_over_and_keeps_its_data_across_down_and_up() {
         d.forward_policy,
         "dockerd changed iptables' FORWARD chain"
     );
+    assert_eq!(
+        ip_forward(),
+        d.ip_forward,
+        "dockerd changed net.ipv4.ip_forward"
+    );
 }
 
 fn exercise(c: &Compose) {
@@ -357,12 +380,14 @@ fn exercise(c: &Compose) {
         "{second} took over {:?} after docker kill of {first}",
         t0.elapsed()
     );
+    // Found by the write port first, then written once: a retried INSERT whose first try
+    // committed after psql gave up would count twice.
     wait_for("the write port to follow", Duration::from_secs(30), || {
-        client.via(
-            c.write_port,
-            "INSERT INTO kept VALUES ('after') RETURNING v",
-        ) == Ok("after".into())
+        client.via(c.write_port, "SELECT pg_is_in_recovery()") == Ok("f".into())
     });
+    client
+        .via(c.write_port, "INSERT INTO kept VALUES ('after')")
+        .unwrap();
     eprintln!(
         "the write port reached {second} {:?} after docker kill",
         t0.elapsed()
@@ -420,6 +445,11 @@ fn exercise(c: &Compose) {
     wait_for(
         "the rows through the write port",
         Duration::from_secs(30),
-        || client.via(c.write_port, "SELECT count(*) FROM kept") == Ok("2".into()),
+        || {
+            client.via(
+                c.write_port,
+                "SELECT string_agg(v, ',' ORDER BY v) FROM kept",
+            ) == Ok("after,before".into())
+        },
     );
 }
