@@ -5,7 +5,8 @@
 //! the leader lease, says it is alive when it does not lead, and writes its (unchanging)
 //! report when due. After a warm-up, etcd's counters before and after S seconds give the
 //! requests, revisions and database growth; /proc gives etcd's CPU; the agents time their
-//! own store calls (p50, p99).
+//! own store calls (p50, p99 over all; by kind of call also p99.9 and the maximum) and
+//! their own CPU (when it nears its cores, their latencies are their own queueing).
 
 use super::idle::Scrape;
 use anyhow::{Context, Result};
@@ -18,14 +19,22 @@ const LOOP: Duration = Duration::from_millis(500);
 const TTL_MS: u64 = 2_000;
 const WARM_UP: Duration = Duration::from_secs(20);
 
-/// Latencies of the agents' store calls (µs), while measuring.
-type Samples = Arc<Mutex<Option<Vec<u32>>>>;
+/// Latencies of the agents' store calls (µs) by kind, while measuring.
+type Samples = Arc<Mutex<Option<[Vec<u32>; KINDS.len()]>>>;
 
-async fn timed<T>(samples: &Samples, call: impl std::future::Future<Output = T>) -> T {
+/// The kinds of store call an idle agent makes.
+const KINDS: [&str; 4] = [
+    "leader keep-alive",
+    "leader acquire",
+    "alive keep-alive",
+    "report put",
+];
+
+async fn timed<T>(samples: &Samples, kind: usize, call: impl std::future::Future<Output = T>) -> T {
     let t = Instant::now();
     let r = call.await;
     if let Some(v) = samples.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-        v.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        v[kind].push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
     }
     r
 }
@@ -45,17 +54,17 @@ async fn agent(endpoint: String, cluster: String, name: String, samples: Samples
         let now = pgbaton_store::now_ms();
         let holder = view.leader.as_ref().map(|l| l.member.clone());
         let leading = match holder.as_deref() {
-            Some(h) if h == name => timed(&samples, store.leader_renew(&name, TTL_MS))
+            Some(h) if h == name => timed(&samples, 0, store.leader_renew(&name, TTL_MS))
                 .await
                 .unwrap_or(false),
             Some(_) => false,
-            None => timed(&samples, store.leader_acquire(&name, TTL_MS))
+            None => timed(&samples, 1, store.leader_acquire(&name, TTL_MS))
                 .await
                 .unwrap_or(false),
         };
         if !leading
             && now.saturating_sub(alive_at) >= alive_ttl / 2
-            && timed(&samples, store.member_alive(&name, alive_ttl))
+            && timed(&samples, 2, store.member_alive(&name, alive_ttl))
                 .await
                 .is_ok()
         {
@@ -73,7 +82,7 @@ async fn agent(endpoint: String, cluster: String, name: String, samples: Samples
             ..MemberState::sample(&name, role, state, now)
         };
         if pgbaton_core::publish::due(&view, &report, now) {
-            let _ = timed(&samples, store.member_put(&report)).await;
+            let _ = timed(&samples, 3, store.member_put(&report)).await;
         }
     }
 }
@@ -113,16 +122,33 @@ pub async fn run(etcd: &str, clusters: usize, seconds: u64, etcd_pid: Option<i32
     tokio::time::sleep(WARM_UP).await;
     let before = Scrape::take(etcd).await.context("read etcd's counters")?;
     let cpu0 = etcd_pid.and_then(cpu_ticks);
-    *samples.lock().unwrap_or_else(|e| e.into_inner()) = Some(vec![]);
+    let me = std::process::id() as i32;
+    let own0 = cpu_ticks(me);
+    *samples.lock().unwrap_or_else(|e| e.into_inner()) = Some(Default::default());
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let mut lat = samples
+    let by_kind = samples
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take()
         .unwrap_or_default();
+    for (kind, v) in KINDS.iter().zip(&by_kind) {
+        let mut v = v.clone();
+        if !v.is_empty() {
+            eprintln!(
+                "{kind}: {} calls, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+                v.len(),
+                percentile(&mut v, 0.5),
+                percentile(&mut v, 0.99),
+                percentile(&mut v, 0.999),
+                percentile(&mut v, 1.0)
+            );
+        }
+    }
+    let mut lat: Vec<u32> = by_kind.concat();
     let after = Scrape::take(etcd).await?;
     let cpu1 = etcd_pid.and_then(cpu_ticks);
+    let own1 = cpu_ticks(me);
     let secs = t0.elapsed().as_secs_f64();
     for t in tasks {
         t.abort();
@@ -136,6 +162,14 @@ pub async fn run(etcd: &str, clusters: usize, seconds: u64, etcd_pid: Option<i32
         (Some(a), Some(b)) => format!("{:.1} %", (b - a) as f64 / 100.0 / secs * 100.0),
         _ => "(give --etcd-pid)".into(),
     };
+    // The agents' side: when it nears the cores it runs on, their latencies are its queueing.
+    if let (Some(a), Some(b)) = (own0, own1) {
+        eprintln!(
+            "the {} fake agents used {:.1} % of a core",
+            clusters * 3,
+            (b - a) as f64 / 100.0 / secs * 100.0
+        );
+    }
     println!(
         "| {clusters} clusters ({} agents), {secs:.0} s | {:.0} | {:.2} | {:.0} kB | {cpu} | {:.1} ms | {:.1} ms |",
         clusters * 3,

@@ -4,7 +4,7 @@
 //! confirmation aged past the windows that ask whether a member is alive between two
 //! confirmations).
 
-use super::{to_i64, Db};
+use super::{to_i64, Cached, Db};
 use crate::Result;
 use rusqlite::params;
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ impl Db {
     pub(super) fn member_alive(&self, member: &str, ttl_ms: u64) -> Result<()> {
         let now = self.now();
         self.with_conn("recording that a member is alive", |conn| {
-            conn.execute(
+            conn.exec_c(
                 "INSERT INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (cluster, key) DO UPDATE
                  SET value = excluded.value, expires_ms = excluded.expires_ms",
@@ -34,7 +34,7 @@ impl Db {
     pub(super) fn alive(&self) -> Result<BTreeMap<String, u64>> {
         let now = self.now();
         self.with_conn("reading which members are alive", |conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT key, value FROM kv
                  WHERE cluster = ?1 AND substr(key, 1, length(?2)) = ?2 AND expires_ms > ?3",
             )?;
@@ -53,7 +53,7 @@ impl Db {
 
     pub(super) fn forget_alive(&self, member: &str) -> Result<()> {
         self.with_conn("forgetting a member's liveness", |conn| {
-            conn.execute(
+            conn.exec_c(
                 "DELETE FROM kv WHERE cluster = ?1 AND key = ?2",
                 params![self.cluster, format!("{ALIVE_PREFIX}{member}")],
             )?;

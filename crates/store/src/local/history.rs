@@ -1,7 +1,7 @@
 //! The history: one row per entry, keyed `history/<20-digit sequence number>` so that key
 //! order is append order, trimmed to the last [`HISTORY_KEEP`] entries as it grows.
 
-use super::{put_row, Db, HISTORY_END, HISTORY_PREFIX};
+use super::{put_row, Cached, Db, HISTORY_END, HISTORY_PREFIX};
 use crate::{Result, HISTORY_KEEP};
 use anyhow::{anyhow, Context};
 use pgbaton_core::model::HistoryEntry;
@@ -12,7 +12,7 @@ impl Db {
         let json = serde_json::to_string(entry).context("serializing a history entry")?;
         self.in_tx_any("appending to the history", |tx| {
             // Zero-padded numbers order as their keys do: the largest key is the last entry.
-            let last: Option<String> = tx.query_row(
+            let last: Option<String> = tx.row_c(
                 "SELECT max(key) FROM kv WHERE cluster = ?1 AND key >= ?2 AND key < ?3",
                 params![self.cluster, HISTORY_PREFIX, HISTORY_END],
                 |r| r.get(0),
@@ -29,7 +29,7 @@ impl Db {
             put_row(tx, &self.cluster, &history_key(seq), &json)?;
             // Keep the entries seq - HISTORY_KEEP + 1 ..= seq.
             if let Some(oldest_dropped) = seq.checked_sub(HISTORY_KEEP as u64) {
-                tx.execute(
+                tx.exec_c(
                     "DELETE FROM kv WHERE cluster = ?1 AND key >= ?2 AND key <= ?3",
                     params![self.cluster, HISTORY_PREFIX, history_key(oldest_dropped)],
                 )?;
@@ -41,7 +41,7 @@ impl Db {
     pub(super) fn read_history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut rows: Vec<(String, String)> = self.with_conn("reading the history", |conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT key, value FROM kv WHERE cluster = ?1 AND key >= ?2 AND key < ?3
                  ORDER BY key DESC LIMIT ?4",
             )?;

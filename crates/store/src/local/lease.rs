@@ -1,7 +1,7 @@
 //! The leader lease: a row whose `expires_ms` is the lease's expiry in wall-clock ms. Every
 //! change is a `BEGIN IMMEDIATE` transaction that reads "now" once it holds the write lock.
 
-use super::{get_row, to_i64, Db, KEY_LEADER, KEY_SYNC};
+use super::{get_row, to_i64, Cached, Db, KEY_LEADER, KEY_SYNC};
 use crate::Result;
 use pgbaton_core::model::Leader;
 use rusqlite::params;
@@ -30,7 +30,7 @@ impl Db {
                 Some((holder, exp)) => holder == member || !unexpired(exp, now),
             };
             if free {
-                tx.execute(
+                tx.exec_c(
                     "INSERT INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (cluster, key) DO UPDATE
                      SET value = excluded.value, expires_ms = excluded.expires_ms",
@@ -49,7 +49,7 @@ impl Db {
     pub(super) fn renew_leader(&self, member: &str, ttl_ms: u64) -> Result<bool> {
         self.in_tx("renewing the leader lease", |tx| {
             let now = self.now();
-            let n = tx.execute(
+            let n = tx.exec_c(
                 "UPDATE kv SET expires_ms = ?4
                  WHERE cluster = ?1 AND key = ?2 AND value = ?3
                    AND expires_ms IS NOT NULL AND expires_ms > ?5",
@@ -71,7 +71,7 @@ impl Db {
             match get_row(tx, &self.cluster, KEY_LEADER)? {
                 Some((holder, exp)) if holder == member => {
                     // An expired lease of ours is deleted too, but was not "held".
-                    tx.execute(
+                    tx.exec_c(
                         "DELETE FROM kv WHERE cluster = ?1 AND key = ?2",
                         params![self.cluster, KEY_LEADER],
                     )?;
@@ -103,12 +103,12 @@ impl Db {
                 return Ok(false);
             }
             match new {
-                Some(v) => tx.execute(
+                Some(v) => tx.exec_c(
                     "INSERT INTO kv (cluster, key, value) VALUES (?1, ?2, ?3)
                      ON CONFLICT (cluster, key) DO UPDATE SET value = excluded.value",
                     params![self.cluster, KEY_SYNC, v],
                 )?,
-                None => tx.execute(
+                None => tx.exec_c(
                     "DELETE FROM kv WHERE cluster = ?1 AND key = ?2",
                     params![self.cluster, KEY_SYNC],
                 )?,

@@ -39,11 +39,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 mod alive;
+mod cached;
 mod history;
 mod lease;
 mod open;
 mod ops;
 
+use cached::Cached;
 use open::{check_location, init_connection, open_error};
 
 const KEY_INITIALIZE: &str = "initialize";
@@ -94,6 +96,7 @@ impl LocalStore {
         check_location(path)?;
         let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
         let mode = init_connection(&conn).map_err(|e| open_error(path, e))?;
+        conn.set_prepared_statement_cache_capacity(cached::CACHE_CAPACITY);
         if !mode.eq_ignore_ascii_case("wal") {
             bail!(
                 "store file {}: could not switch its journal to WAL mode (it stays {mode:?}); \
@@ -207,7 +210,7 @@ impl Db {
 
 /// Insert or replace a key that does not expire.
 fn put_row(conn: &Connection, cluster: &str, key: &str, value: &str) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.exec_c(
         "INSERT INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, ?3, NULL)
          ON CONFLICT (cluster, key) DO UPDATE
          SET value = excluded.value, expires_ms = NULL",
@@ -222,7 +225,7 @@ fn get_row(
     cluster: &str,
     key: &str,
 ) -> rusqlite::Result<Option<(String, Option<i64>)>> {
-    conn.query_row(
+    conn.row_c(
         "SELECT value, expires_ms FROM kv WHERE cluster = ?1 AND key = ?2",
         params![cluster, key],
         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -248,7 +251,7 @@ impl Db {
 
     fn initialize_claim(&self, value: &str) -> Result<bool> {
         self.in_tx("claiming the initialize key", |tx| {
-            let n = tx.execute(
+            let n = tx.exec_c(
                 "INSERT OR IGNORE INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, ?3, NULL)",
                 params![self.cluster, KEY_INITIALIZE, value],
             )?;
@@ -258,7 +261,7 @@ impl Db {
 
     fn initialize_replace(&self, expected: &str, value: &str) -> Result<bool> {
         self.in_tx("replacing the initialize key", |tx| {
-            let n = tx.execute(
+            let n = tx.exec_c(
                 "UPDATE kv SET value = ?4 WHERE cluster = ?1 AND key = ?2 AND value = ?3",
                 params![self.cluster, KEY_INITIALIZE, expected, value],
             )?;
@@ -268,7 +271,7 @@ impl Db {
 
     fn initialize_abandon(&self, expected: &str) -> Result<bool> {
         self.in_tx("abandoning the initialize key", |tx| {
-            let n = tx.execute(
+            let n = tx.exec_c(
                 "DELETE FROM kv WHERE cluster = ?1 AND key = ?2 AND value = ?3",
                 params![self.cluster, KEY_INITIALIZE, expected],
             )?;
@@ -296,7 +299,7 @@ impl Db {
         let json = serde_json::to_string(state)
             .with_context(|| format!("serializing the state of member {}", state.name))?;
         self.with_conn("publishing a member's state", |conn| {
-            conn.execute(
+            conn.exec_c(
                 "INSERT INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, ?3, NULL)
                  ON CONFLICT (cluster, key) DO UPDATE
                  SET value = excluded.value, expires_ms = NULL",
@@ -325,7 +328,7 @@ impl Db {
     fn members_read(&self) -> Result<crate::MembersRead> {
         let rows: Vec<(String, String)> = self.with_conn("listing members", |conn| {
             // Keys are compared with substr rather than LIKE: member names may hold % or _.
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT key, value FROM kv
                  WHERE cluster = ?1 AND substr(key, 1, length(?2)) = ?2
                  ORDER BY key",
@@ -353,7 +356,7 @@ impl Db {
         let key = member_key(name);
         self.forget_alive(name)?;
         self.in_tx("deleting a member", |tx| {
-            let n = tx.execute(
+            let n = tx.exec_c(
                 "DELETE FROM kv WHERE cluster = ?1 AND key = ?2",
                 params![self.cluster, key],
             )?;
@@ -401,13 +404,13 @@ impl Db {
     fn set_paused(&self, paused: bool) -> Result<()> {
         self.with_conn("setting the pause flag", |conn| {
             if paused {
-                conn.execute(
+                conn.exec_c(
                     "INSERT INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, 'true', NULL)
                      ON CONFLICT (cluster, key) DO UPDATE SET value = 'true', expires_ms = NULL",
                     params![self.cluster, KEY_PAUSED],
                 )?;
             } else {
-                conn.execute(
+                conn.exec_c(
                     "DELETE FROM kv WHERE cluster = ?1 AND key = ?2",
                     params![self.cluster, KEY_PAUSED],
                 )?;
