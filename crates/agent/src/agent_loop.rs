@@ -1,6 +1,7 @@
 //! The agent's loop and its pacing: observe, decide, act, publish; and its shutdown.
 
 use super::*;
+use pgbaton_core::decide::Quiet;
 use pgbaton_exec::{PlanEnd, StepError};
 
 impl Agent {
@@ -187,14 +188,25 @@ impl Agent {
         }
         self.exec.pg.handed_over = self.handed_over();
         let plan = decide(&view, &local, now_ms());
-        let quiet = quiet_plan(&plan, &local);
+        let shortcut = self
+            .exec
+            .pg
+            .probe
+            .as_ref()
+            .is_some_and(local_pg::slots_shortcut);
+        let quiet = pgbaton_core::decide::quiet_plan(&plan, &local, shortcut);
         let ran = self.exec.run_plan(plan, &view, &local).await;
         let kept_lease = self.exec.mem.held_lease;
         match ran {
-            // Nothing was done to PostgreSQL, its data or the store's records: what was just
-            // observed and read is still what is true (half of an idle agent's work was a
-            // second probe and read). A lease that was not kept takes the long way.
-            PlanEnd::Ran if quiet == Some(Quiet::Nothing) || (quiet.is_some() && kept_lease) => {
+            // Nothing was done to PostgreSQL or its data: what was just observed is still
+            // what is true (half of an idle agent's work was a second probe). A renewed
+            // lease is read back for its new expiry (the API's /primary reads it); a lease
+            // that was not kept takes the long way.
+            PlanEnd::Ran if quiet == Some(Quiet::Nothing) => {
+                return self.publish_loop(view, local).await;
+            }
+            PlanEnd::Ran if quiet == Some(Quiet::Renewed) && kept_lease => {
+                let view = self.read_or_failsafe().await?;
                 return self.publish_loop(view, local).await;
             }
             PlanEnd::Ran => {}
@@ -366,82 +378,3 @@ impl std::fmt::Display for StoreDown {
 }
 
 impl std::error::Error for StoreDown {}
-
-/// A plan that changes nothing but the store's lease: see [`quiet_plan`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Quiet {
-    /// Nothing done at all (or only waited).
-    Nothing,
-    /// The leader lease renewed: the view read before still holds the old expiry, which
-    /// nothing after this point reads (the loop's pace follows other members' leases).
-    Renewed,
-}
-
-/// Whether a plan leaves PostgreSQL and its data directory as they were observed, so that
-/// the loop can publish that observation instead of probing again. Making sure of slots that
-/// the observation shows (every loop on the leader and its failover candidates) changes
-/// nothing.
-fn quiet_plan(plan: &[Action], local: &LocalView) -> Option<Quiet> {
-    let mut quiet = Quiet::Nothing;
-    for a in plan {
-        match a {
-            Action::Wait { .. } => {}
-            Action::RenewLease => quiet = Quiet::Renewed,
-            Action::EnsureSlots { names }
-                if names.iter().all(|n| {
-                    local
-                        .slots
-                        .iter()
-                        .any(|s| &s.name == n && s.restart_lsn.is_some())
-                }) => {}
-            _ => return None,
-        }
-    }
-    Some(quiet)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_waiting_renewing_and_slots_that_exist_are_quiet() {
-        let mut local = LocalView::new("n1", DataDir::Empty, PgRun::Primary);
-        local.slots = vec![pgbaton_core::model::SlotInfo {
-            name: "pgbaton_n2".into(),
-            active: true,
-            restart_lsn: Some(pgbaton_core::model::Lsn(1)),
-            retained_bytes: Some(0),
-        }];
-        let wait = Action::Wait { reason: "x".into() };
-        let ensure = |n: &str| Action::EnsureSlots {
-            names: vec![n.to_string()],
-        };
-        assert_eq!(quiet_plan(&[], &local), Some(Quiet::Nothing));
-        assert_eq!(
-            quiet_plan(std::slice::from_ref(&wait), &local),
-            Some(Quiet::Nothing)
-        );
-        assert_eq!(
-            quiet_plan(&[Action::RenewLease, ensure("pgbaton_n2")], &local),
-            Some(Quiet::Renewed)
-        );
-        for loud in [
-            ensure("pgbaton_n3"),
-            Action::Reload,
-            Action::Promote,
-            Action::AcquireLease,
-            Action::Stop { reason: "x".into() },
-            Action::AdvanceSlots { targets: vec![] },
-        ] {
-            assert_eq!(
-                quiet_plan(&[Action::RenewLease, loud.clone()], &local),
-                None,
-                "{loud:?}"
-            );
-        }
-        // A slot without a restart position (invalidated) is made again: not quiet.
-        local.slots[0].restart_lsn = None;
-        assert_eq!(quiet_plan(&[ensure("pgbaton_n2")], &local), None);
-    }
-}

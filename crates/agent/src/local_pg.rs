@@ -281,7 +281,7 @@ impl pgbaton_exec::Postgres for LocalPg {
         // PostgreSQL 18 on, whose idle_replication_slot_timeout invalidates a slot and
         // keeps its restart_lsn (review finding).
         let held = self.probe.as_ref().is_some_and(|p| {
-            major_version(&p.version).is_some_and(|v| v < 18)
+            slots_shortcut(p)
                 && p.slots
                     .iter()
                     .any(|s| s.name == name && s.restart_lsn.is_some())
@@ -341,6 +341,11 @@ impl pgbaton_exec::Postgres for LocalPg {
 }
 
 /// The major version in `server_version` ("15.18 (Debian 15.18-0+deb12u1)" is 15).
+/// A slot the probe shows with a restart position is taken as it is (before PostgreSQL 18).
+pub(crate) fn slots_shortcut(p: &sql::Probe) -> bool {
+    major_version(&p.version).is_some_and(|v| v < 18)
+}
+
 fn major_version(version: &str) -> Option<u32> {
     version.split(['.', ' ']).next()?.parse().ok()
 }

@@ -32,8 +32,10 @@ use crate::sync::{SyncNames, SyncRecord, SyncStep, WalSender};
 use std::collections::BTreeMap;
 
 mod display;
+pub use quiet::{quiet_plan, Quiet};
 mod operation;
 mod primary;
+mod quiet;
 mod slots;
 mod standby;
 mod synchronous;

@@ -3,6 +3,7 @@
 //! real executor (`exec.rs`), publish; and failsafe rounds.
 
 use super::*;
+use pgbaton_core::decide::Quiet;
 
 impl Sim {
     pub(crate) fn agent_step(&mut self, n: usize, step: Step) {
@@ -95,8 +96,10 @@ impl Sim {
         io.failsafe.store_read(leader.map(|l| l.member.as_str()));
         drop(io);
         let pgrun = self.observe(n);
-        let local = self.local_view(n, &view, pgrun);
+        let local = self.local_view(n, &view, pgrun.clone());
         let actions = decide(&view, &local, self.now);
+        self.nodes[n].agent.quiet =
+            pgbaton_core::decide::quiet_plan(&actions, &local, true).map(|q| (q, pgrun));
         // (Debug builds assert this inside decide; release sweeps count it.)
         if let Err(why) = pgbaton_core::decide::check_plan(&actions) {
             self.violate("bad-plan", format!("{name}: {why}: {actions:?}"));
@@ -378,13 +381,23 @@ impl Sim {
     }
 
     pub(crate) fn publish(&mut self, n: usize) {
-        let pgrun = self.observe(n);
         // As the agent does after its plan: the observation folded into its memory again
-        // (since when a primary has been down, a standby not streaming), then published.
-        let view = self.nodes[n].agent.last_view.clone();
-        if let Some(view) = view.filter(|_| self.nodes[n].agent.exec.is_some()) {
-            self.local_view(n, &view, pgrun.clone());
-        }
+        // (since when a primary has been down, a standby not streaming), then published;
+        // after a plan that changed nothing, the observation it was decided on, unless the
+        // lease it renewed was lost.
+        let held = (self.nodes[n].agent.exec.as_ref()).is_some_and(|e| e.mem.held_lease);
+        let pgrun = match self.nodes[n].agent.quiet.take() {
+            Some((Quiet::Nothing, pgrun)) => pgrun,
+            Some((Quiet::Renewed, pgrun)) if held => pgrun,
+            _ => {
+                let pgrun = self.observe(n);
+                let view = self.nodes[n].agent.last_view.clone();
+                if let Some(view) = view.filter(|_| self.nodes[n].agent.exec.is_some()) {
+                    self.local_view(n, &view, pgrun.clone());
+                }
+                pgrun
+            }
+        };
         let ms = self.member_state(n, &pgrun);
         // As the agent does (`Publisher::keep_alive`, `publish_if_due`): it says it is alive
         // every half liveness TTL unless it leads, and writes its report when due.

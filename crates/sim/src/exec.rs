@@ -87,6 +87,10 @@ impl Sim {
 
     fn plan_ended(&mut self, n: usize, end: PlanEnd) {
         let name = self.nodes[n].name.clone();
+        // As the agent does: a plan that did not run to its end is observed again.
+        if !matches!(end, PlanEnd::Ran) {
+            self.nodes[n].agent.quiet = None;
+        }
         match end {
             PlanEnd::Ran => {}
             PlanEnd::Removed => {

@@ -241,6 +241,9 @@ struct Agent {
     mem: Memory,
     /// The view the last plan was decided on (shared with the plan's task).
     last_view: Option<std::rc::Rc<ClusterView>>,
+    /// The last plan changed nothing (`decide::quiet_plan`): what it was decided on, to
+    /// publish without observing again, as the agent does.
+    quiet: Option<(pgbaton_core::decide::Quiet, PgRun)>,
     loop_started: u64,
     parked: Option<Step>,
     fs: Option<FsRound>,

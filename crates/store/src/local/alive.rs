@@ -9,7 +9,7 @@ use crate::Result;
 use rusqlite::params;
 use std::collections::BTreeMap;
 
-const ALIVE_PREFIX: &str = "alive/";
+pub(super) const ALIVE_PREFIX: &str = "alive/";
 
 impl Db {
     pub(super) fn member_alive(&self, member: &str, ttl_ms: u64) -> Result<()> {

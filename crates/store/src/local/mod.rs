@@ -44,6 +44,7 @@ mod history;
 mod lease;
 mod open;
 mod ops;
+mod view;
 
 use cached::Cached;
 use open::{check_location, init_connection, open_error};
@@ -538,19 +539,9 @@ impl Store for LocalStore {
         self.blocking(|db| db.paused()).await
     }
 
-    /// The keys read on one blocking thread: one hand-off per loop, not six.
+    /// The keys read in one statement on one blocking thread: one snapshot, one hand-off.
     async fn view(&self) -> Result<pgbaton_core::decide::ClusterView> {
-        self.blocking(|db| {
-            crate::view_of_parts(crate::ViewParts {
-                sync_text: db.sync_get()?,
-                members: db.members_read()?,
-                op: db.op_get(),
-                leader: db.leader_get()?,
-                initialize: db.initialize_get()?,
-                paused: db.paused()?,
-            })
-        })
-        .await
+        self.blocking(|db| db.read_view()).await
     }
 
     async fn set_paused(&self, paused: bool) -> Result<()> {

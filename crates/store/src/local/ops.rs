@@ -11,15 +11,17 @@ impl Db {
         let row = self.with_conn("reading the current operation", |conn| {
             get_row(conn, &self.cluster, KEY_OP)
         })?;
-        row.map(|(json, _)| {
-            serde_json::from_str(&json).with_context(|| {
-                format!(
-                    "{}: the value of key {KEY_OP} is not valid JSON of an operation",
-                    self.describe()
-                )
-            })
+        row.map(|(json, _)| self.parse_op(&json)).transpose()
+    }
+
+    /// The operation stored as `json`, or an error that names the store and the key.
+    pub(super) fn parse_op(&self, json: &str) -> Result<Operation> {
+        serde_json::from_str(json).with_context(|| {
+            format!(
+                "{}: the value of key {KEY_OP} is not valid JSON of an operation",
+                self.describe()
+            )
         })
-        .transpose()
     }
 
     pub(super) fn post_op(&self, op: &Operation) -> Result<bool> {
