@@ -118,6 +118,6 @@ impl Db {
     }
 }
 
-fn unexpired(expires_ms: Option<i64>, now: i64) -> bool {
+pub(super) fn unexpired(expires_ms: Option<i64>, now: i64) -> bool {
     expires_ms.is_some_and(|e| e > now)
 }

@@ -3,6 +3,7 @@
 //! agent reads it every loop.
 
 use super::alive::ALIVE_PREFIX;
+use super::lease::unexpired;
 use super::{
     Db, HISTORY_END, HISTORY_PREFIX, KEY_INITIALIZE, KEY_LEADER, KEY_OP, KEY_PAUSED, KEY_SYNC,
     MEMBER_PREFIX,
@@ -29,7 +30,6 @@ impl Db {
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 Ok(rows)
             })?;
-        let unexpired = |exp: Option<i64>| exp.is_some_and(|e| e > now);
         let mut parts = ViewParts {
             sync_text: None,
             members: MembersRead::default(),
@@ -44,12 +44,12 @@ impl Db {
             if let Some(member) = key.strip_prefix(MEMBER_PREFIX) {
                 records.push((member.to_string(), value));
             } else if let Some(member) = key.strip_prefix(ALIVE_PREFIX) {
-                if unexpired(exp) {
+                if unexpired(exp, now) {
                     alive.insert(member.to_string());
                 }
             } else {
                 match key.as_str() {
-                    KEY_LEADER if unexpired(exp) => {
+                    KEY_LEADER if unexpired(exp, now) => {
                         parts.leader = Some(Leader {
                             member: value,
                             expires_ms: exp.map_or(0, |e| u64::try_from(e).unwrap_or(0)),
