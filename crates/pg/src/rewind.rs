@@ -75,8 +75,16 @@ pub async fn ensure_clean_shutdown(bins: &Binaries, data_dir: &Path) -> Result<(
     if cd.state == "shut down" || cd.state == "shut down in recovery" {
         return Ok(());
     }
+    // wal_keep_size: the end-of-recovery checkpoint must not remove a segment. The last
+    // checkpoint before the divergence may have its redo point in an older segment than its
+    // record; pg_rewind finds the record and the rewound standby then replays from the redo
+    // point, which only this directory still has once the new primary has checkpointed. A
+    // removed segment left it "starting" for good, asking the new primary for WAL it no
+    // longer had (CI, `synchronous::quorum_on_etcd_loses_no_acknowledged_commit_...`).
+    // Patroni keeps them the same way (archive_command=false). About 1 TB, in MB.
     let mut cmd = Command::new(bins.path("postgres"));
-    cmd.args(["--single", "-F", "-c", "archive_mode=off", "-D"])
+    cmd.args(["--single", "-F", "-c", "archive_mode=off"])
+        .args(["-c", "wal_keep_size=1000000", "-D"])
         .arg(data_dir)
         .arg("template1")
         .stdin(std::process::Stdio::null())
