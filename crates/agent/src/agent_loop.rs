@@ -16,6 +16,7 @@ impl Agent {
             store: self.store.clone(),
             cfg: self.cfg.clone(),
             auth: self.auth.clone(),
+            backups: Default::default(),
         });
         tokio::spawn(api::serve::serve(listener, app, self.api_tls.clone()));
         // The failsafe by the fence's clock, beside the loop (see `failsafe::Keeper`).

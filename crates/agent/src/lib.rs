@@ -12,6 +12,7 @@
 mod agent_loop;
 pub mod api;
 mod archive_watch;
+pub mod backup;
 mod failsafe;
 pub mod fence;
 mod host;
@@ -20,6 +21,7 @@ mod observe;
 mod preflight;
 pub mod process;
 mod publish;
+mod restore;
 mod tls_watch;
 pub mod watchdog;
 

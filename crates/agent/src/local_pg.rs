@@ -4,6 +4,7 @@
 use super::*;
 use pgbaton_core::model::{Lsn, Rewind, SlotEnsured};
 use pgbaton_core::sync::SyncNames;
+use pgbaton_pg::backrest::BackRest;
 use pgbaton_pg::syncrep;
 use publish::Publisher;
 
@@ -60,6 +61,7 @@ impl LocalPg {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("create the WAL archive directory {}", dir.display()))?;
         }
+        BackRest::write_conf(&self.cfg)?;
         self.write_pgpass()
     }
 
@@ -229,7 +231,7 @@ impl pgbaton_exec::Postgres for LocalPg {
                 ("connect_timeout", "10"),
             ],
         );
-        let from_archive = self.cfg.postgresql.archive_dir.is_some();
+        let from_archive = self.cfg.postgresql.archive_dir.is_some() || self.cfg.backup.is_some();
         pgbaton_pg::rewind::rewind_if_diverged(
             &self.bins,
             &self.cfg.data_dir,
@@ -246,12 +248,22 @@ impl pgbaton_exec::Postgres for LocalPg {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("create {}", parent.display()))?;
         }
+        if self.cfg.backup.as_ref().is_some_and(|b| b.restore_replicas) {
+            match self.restore_from_repo(replace).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => warn!("restore from the pgBackRest repository failed, copying the primary with pg_basebackup instead: {e:#}"),
+            }
+        }
         self.base_backup(from, replace).await
     }
 
     async fn initdb_if_empty(&mut self, data: &DataDir) -> Result<()> {
         if *data != DataDir::Empty {
             return Ok(());
+        }
+        if self.cfg.bootstrap.is_some() {
+            return self.restore_for_bootstrap().await;
         }
         files::ensure_dir(&self.cfg.data_dir, 0o700)?;
         info!(
@@ -268,9 +280,22 @@ impl pgbaton_exec::Postgres for LocalPg {
 
     async fn init_cluster(&mut self) -> Result<String> {
         let client = sql::connect(&self.cfg, "postgres").await?;
+        if self.cfg.bootstrap.is_some() {
+            self.finish_recovery(&client).await?;
+        }
         sql::ensure_replication_role(&client, &self.cfg.replication.user, &self.password).await?;
         for db in sql::ensure_databases(&client, &self.cfg.postgresql.databases).await? {
             info!("created database {db}");
+        }
+        if let Some(br) = BackRest::of(&self.cfg) {
+            br.stanza_create()
+                .await
+                .context("create the pgBackRest stanza")?;
+            info!(
+                "pgBackRest stanza {} ready in {}",
+                br.stanza,
+                br.repo.display()
+            );
         }
         Ok(sql::probe(&sql::Session::new(client)).await?.system_id)
     }

@@ -150,6 +150,12 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
         }
     }
     check_archive(cfg)?;
+    let known_id = match (&view.initialize, &local.data) {
+        (Some(pgbaton_core::model::Identity::SystemId(id)), _) => Some(id.clone()),
+        (_, DataDir::Initialized { system_id, .. }) => Some(system_id.clone()),
+        _ => None,
+    };
+    rt.block_on(crate::backup::preflight(cfg, known_id.as_deref()))?;
     let auth = load_api_auth(cfg)?;
     Ok(Checked {
         bins,
@@ -209,23 +215,18 @@ pub fn resolve_pgbaton_bin(cfg: &mut NodeConfig) -> Result<()> {
     Ok(())
 }
 
-/// With an archive: the OS user (whose identity the preflight runs under) can run the
-/// pgbaton executable and write into the archive directory. Creates nothing.
-pub(crate) fn check_archive(cfg: &NodeConfig) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let Some(dir) = &cfg.postgresql.archive_dir else {
-        return Ok(());
-    };
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+/// The name of the OS user this process runs as (the preflight runs as the OS user).
+pub(crate) fn os_user_name() -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::effective())
         .ok()
         .flatten()
         .map(|u| u.name)
-        .unwrap_or_else(|| "(this user)".into());
-    let bin = cfg
-        .postgresql
-        .pgbaton_bin
-        .as_deref()
-        .context("postgresql.pgbaton_bin is not resolved")?;
+        .unwrap_or_else(|| "(this user)".into())
+}
+
+/// `bin` is an executable file this OS user can run; else an error naming the key.
+pub(crate) fn check_runnable(bin: &std::path::Path, key: &str, what: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let runnable = std::fs::metadata(bin)
         .map_err(|e| e.to_string())
         .and_then(|m| {
@@ -235,11 +236,28 @@ pub(crate) fn check_archive(cfg: &NodeConfig) -> Result<()> {
         });
     if let Err(why) = runnable {
         bail!(
-            "PostgreSQL archives WAL by running {} as OS user {user}, who cannot run it ({why}): \
-             install pgbaton where that user can (e.g. /usr/local/bin) or set postgresql.pgbaton_bin",
-            bin.display()
+            "PostgreSQL archives WAL by running {} ({what}) as OS user {}, who cannot run it ({why}): \
+             install it where that user can or set {key}",
+            bin.display(),
+            os_user_name()
         );
     }
+    Ok(())
+}
+
+/// With an archive: the OS user (whose identity the preflight runs under) can run the
+/// pgbaton executable and write into the archive directory. Creates nothing.
+pub(crate) fn check_archive(cfg: &NodeConfig) -> Result<()> {
+    let Some(dir) = &cfg.postgresql.archive_dir else {
+        return Ok(());
+    };
+    let user = os_user_name();
+    let bin = cfg
+        .postgresql
+        .pgbaton_bin
+        .as_deref()
+        .context("postgresql.pgbaton_bin is not resolved")?;
+    check_runnable(bin, "postgresql.pgbaton_bin", "pgbaton")?;
     if dir.exists() {
         let probe = dir.join(format!(".pgbaton-write-check.{}", std::process::id()));
         let wrote = std::fs::OpenOptions::new()

@@ -53,6 +53,7 @@ fn state(dir: &Path) -> ApiState {
     ApiState {
         shared,
         store,
+        backups: Default::default(),
         cfg: Arc::new(cfg),
         auth: Auth {
             token: Some("secret".into()),

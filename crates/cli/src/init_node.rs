@@ -148,6 +148,8 @@ impl InitNode {
             timing: Default::default(),
             tags: Default::default(),
             failover: Default::default(),
+            backup: None,
+            bootstrap: None,
         }
     }
 }

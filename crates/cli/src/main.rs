@@ -3,6 +3,7 @@
 //! into a message on stderr and a non-zero exit code.
 
 mod archive;
+mod backup;
 mod certs;
 mod cluster;
 mod init_node;
@@ -83,8 +84,12 @@ enum Cmd {
         #[arg(long = "database")]
         databases: Vec<String>,
         /// Archive WAL into DIR/archive (archive_mode on).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "backup")]
         archive: bool,
+        /// pgBackRest backups and WAL archive in the repository DIR/backup (Debian's
+        /// `pgbackrest` package): the stanza is made at bootstrap, `pgbaton backup` takes one.
+        #[arg(long)]
+        backup: bool,
         /// Synchronous replication: off (the default, as on a lab machine a lost commit
         /// costs nothing), on (FIRST n: each commit waits for n named standbys) or quorum
         /// (ANY n of the standbys). Production clusters want on or quorum.
@@ -235,6 +240,60 @@ enum Cmd {
         token_file: Option<PathBuf>,
         #[command(flatten)]
         common: OpArgs,
+    },
+    /// Point-in-time recovery: a new local cluster in DIR whose first member restores a
+    /// pgBackRest backup and replays the archive up to just before TIME or LSN (the other
+    /// members clone from it). The cluster it comes from is never touched: its repository
+    /// is only read, and the new cluster does not archive into it.
+    Restore {
+        /// Where the backup comes from: a local cluster made with `up --backup` (its
+        /// DIR/backup repository and stanza) ...
+        #[arg(long, value_name = "DIR", required_unless_present = "repo", conflicts_with_all = ["repo", "stanza"])]
+        from: Option<PathBuf>,
+        /// ... or a pgBackRest repository (with --stanza).
+        #[arg(long, value_name = "PATH", requires = "stanza")]
+        repo: Option<PathBuf>,
+        #[arg(long)]
+        stanza: Option<String>,
+        /// Stop just before this time (`2026-12-03 10:00:00+00`) or LSN (`0/3000060`).
+        #[arg(long, value_name = "TIME|LSN")]
+        to: String,
+        /// Directory for the new cluster. Created; must not hold a cluster.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        nodes: u16,
+        #[arg(long, default_value_t = 15432)]
+        port_base: u16,
+        /// The new cluster's name.
+        #[arg(long, default_value = "restored")]
+        cluster: String,
+        /// Backups and WAL archive of its own for the new cluster, in DIR/backup.
+        #[arg(long)]
+        backup: bool,
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Take a pgBackRest backup ([backup] in the members' configs): on a streaming standby
+    /// whose host has the primary's files (a local cluster), else on the primary.
+    Backup {
+        /// full, diff or incr (pgBackRest's default: incr, and full when there is none yet).
+        #[arg(long = "type", default_value = "incr", value_parser = ["full", "diff", "incr"])]
+        kind: String,
+        /// The member to take it on (default: a streaming standby, else the primary).
+        #[arg(long)]
+        member: Option<String>,
+        /// File holding the API token (default: api.token beside a local cluster's store).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Return once the backup started instead of following it to its end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The backups in the pgBackRest repository, with sizes and WAL ranges.
+    Backups {
+        #[arg(long)]
+        json: bool,
     },
     /// Pause the cluster: the agents take no automatic action (operations still run).
     Pause,
@@ -418,6 +477,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cluster,
             databases,
             archive,
+            backup,
             synchronous,
             synchronous_node_count,
             timeout,
@@ -438,6 +498,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cluster,
                 databases,
                 archive,
+                backup,
+                restore: None,
                 synchronous,
                 synchronous_node_count,
                 timeout_s: timeout,
@@ -475,6 +537,60 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Down { dir, purge } => {
             runtime()?.block_on(local::down(&dir, purge))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restore {
+            from,
+            repo,
+            stanza,
+            to,
+            dir,
+            nodes,
+            port_base,
+            cluster,
+            backup,
+            timeout,
+        } => {
+            let source = backup::restore_source(from.as_deref(), repo, stanza, &to)?;
+            let opts = local::UpOptions {
+                dir,
+                nodes,
+                port_base,
+                cluster,
+                databases: vec![],
+                archive: false,
+                backup,
+                restore: Some(source),
+                synchronous: SyncMode::Off,
+                synchronous_node_count: 1,
+                timeout_s: timeout,
+                orphan_slot_grace_s: 300,
+                etcd: vec![],
+                etcd_access: Default::default(),
+                tls: true,
+            };
+            runtime()?.block_on(local::up(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Backup {
+            kind,
+            member,
+            token_file,
+            no_wait,
+        } => {
+            let cfg = cluster::load_client_config(&config_path(cli.config))?;
+            runtime()?.block_on(backup::backup(
+                &cfg,
+                &kind,
+                member.as_deref(),
+                token_file.as_deref(),
+                !no_wait,
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Backups { json } => {
+            let cfg = cluster::load_client_config(&config_path(cli.config))?;
+            runtime()?.block_on(backup::backups(&cfg, json))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::List { json } => {

@@ -165,7 +165,7 @@ async fn settle(store: &dyn Store, o: &OpOptions) -> Result<()> {
 /// The client for a member's API at `url`: no redirects (a redirect would carry the token
 /// to wherever it points: audit finding); with the client config's `[api] ca_file`, https
 /// only and the member checked against that CA (and a client certificate when given).
-fn api_client(cfg: &ClientConfig, url: &str) -> Result<reqwest::Client> {
+pub(crate) fn api_client(cfg: &ClientConfig, url: &str) -> Result<reqwest::Client> {
     let b = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none());
@@ -187,6 +187,25 @@ fn api_client(cfg: &ClientConfig, url: &str) -> Result<reqwest::Client> {
     Ok(b.build()?)
 }
 
+/// The token the agents' API asks of mutating requests: from `token_file`, or from the
+/// local cluster directory's api.token.
+pub(crate) fn api_token(
+    cfg: &ClientConfig,
+    token_file: Option<&std::path::Path>,
+) -> Result<String> {
+    let token_path = match token_file {
+        Some(p) => p.to_path_buf(),
+        None => match &cfg.store {
+            pgbaton_core::config::StoreConfig::Local { path } => path.with_file_name("api.token"),
+            _ => bail!("--token-file is needed: the agent's API asks for a token"),
+        },
+    };
+    Ok(std::fs::read_to_string(&token_path)
+        .with_context(|| format!("read the API token {}", token_path.display()))?
+        .trim()
+        .to_string())
+}
+
 /// Ask `member`'s agent, through its API, to act (restart, reload); then follow the
 /// operation it posts like any other. The token comes from `token_file`, or from the local
 /// cluster directory's api.token.
@@ -202,17 +221,7 @@ pub async fn via_agent(
         .member_get(member)
         .await?
         .with_context(|| format!("no member named {member}"))?;
-    let token_path = match token_file {
-        Some(p) => p.to_path_buf(),
-        None => match &cfg.store {
-            pgbaton_core::config::StoreConfig::Local { path } => path.with_file_name("api.token"),
-            _ => bail!("--token-file is needed: the agent's API asks for a token"),
-        },
-    };
-    let token = std::fs::read_to_string(&token_path)
-        .with_context(|| format!("read the API token {}", token_path.display()))?
-        .trim()
-        .to_string();
+    let token = api_token(cfg, token_file)?;
     let url = format!("{}/{action}", m.api_url.trim_end_matches('/'));
     let resp = api_client(cfg, &url)?
         .post(&url)

@@ -25,12 +25,16 @@ use std::path::{Path, PathBuf};
 
 use crate::sync::{SyncMode, SyncSettings};
 
+mod backup;
 mod error;
 mod parse;
 mod store;
 mod toml_errors;
 mod validate;
 
+pub use backup::{
+    is_lsn, is_timestamp, BackupConfig, BackupEngine, BootstrapConfig, BootstrapMethod,
+};
 pub use error::*;
 pub use store::{EtcdAccess, StoreConfig};
 
@@ -74,6 +78,12 @@ pub struct NodeConfig {
     /// The `[failover]` table: when a standby may be promoted automatically.
     #[serde(default)]
     pub failover: FailoverConfig,
+    /// The `[backup]` table: pgBackRest backups and WAL archive. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupConfig>,
+    /// The `[bootstrap]` table: the first member restores a backup instead of initdb.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapConfig>,
 }
 
 /// The `[failover]` table.

@@ -1,7 +1,7 @@
 //! Text that PostgreSQL and libpq read, rendered from the config: the `pgbaton.conf`
 //! include, `pg_hba.conf`, `pg_ident.conf`, connection strings, passfile lines.
 
-use crate::config::NodeConfig;
+use crate::config::{BackupConfig, NodeConfig};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -132,6 +132,66 @@ pub fn restore_command(cfg: &NodeConfig, dir: &Path) -> String {
     )
 }
 
+/// `pgbackrest --config=F --stanza=S <args>`, for PostgreSQL's archive and restore
+/// commands. Paths are validated to hold no quote.
+pub fn backrest_command(cfg: &NodeConfig, b: &BackupConfig, args: &str) -> String {
+    format!(
+        "'{}' '--config={}' '--stanza={}' {args}",
+        b.bin.to_string_lossy(),
+        cfg.pgbackrest_conf().to_string_lossy(),
+        b.stanza_or(&cfg.cluster)
+    )
+}
+
+/// The pgBackRest config file pgbaton writes for a member (`<base_dir>/pgbackrest.conf`):
+/// the repository, this member's PostgreSQL as pg1, logs and locks beside it.
+pub fn pgbackrest_conf(cfg: &NodeConfig, b: &BackupConfig) -> String {
+    pgbackrest_conf_for(
+        cfg,
+        &b.repo_path,
+        b.stanza_or(&cfg.cluster),
+        b.retention_full,
+    )
+}
+
+/// The same for any repository and stanza (`[bootstrap]` restores from another cluster's).
+pub fn pgbackrest_conf_for(
+    cfg: &NodeConfig,
+    repo: &Path,
+    stanza: &str,
+    retention_full: u32,
+) -> String {
+    let base = cfg.pgbackrest_dir();
+    let mut s = String::from(
+        "# Written by pgbaton before each start: edit [backup] in node.toml instead.\n[global]\n",
+    );
+    let mut set = |k: &str, v: &str| {
+        let _ = writeln!(s, "{k}={v}");
+    };
+    set("repo1-path", &repo.to_string_lossy());
+    set("repo1-retention-full", &retention_full.to_string());
+    set("log-path", &base.join("log").to_string_lossy());
+    set("lock-path", &base.join("lock").to_string_lossy());
+    set("spool-path", &base.join("spool").to_string_lossy());
+    // Every member archives (archive_mode = always): pgBackRest refuses that unless told.
+    // A segment pushed twice is checked by its checksum, so a standby never overwrites
+    // what the primary archived (see `pgbaton_conf`).
+    set("archive-mode-check", "n");
+    set("start-fast", "y");
+    set("compress-type", "lz4");
+    set("log-level-console", "warn");
+    set("log-level-file", "info");
+    let _ = writeln!(s, "\n[{stanza}]");
+    let mut set = |k: &str, v: &str| {
+        let _ = writeln!(s, "{k}={v}");
+    };
+    set("pg1-path", &cfg.data_dir.to_string_lossy());
+    set("pg1-port", &cfg.postgresql.port.to_string());
+    set("pg1-socket-path", &cfg.socket_dir().to_string_lossy());
+    set("pg1-user", &cfg.postgresql.superuser);
+    s
+}
+
 /// `pgbaton.conf`: every setting pgbaton owns, rewritten before each start.
 /// `upstream` is `Some` for a standby (primary_conninfo and slot), `None` for a primary.
 pub fn pgbaton_conf(cfg: &NodeConfig, upstream: Option<&Upstream>) -> String {
@@ -176,15 +236,30 @@ pub fn pgbaton_conf(cfg: &NodeConfig, upstream: Option<&Upstream>) -> String {
     // with synchronous replication, commits wait for it to reconnect after a primary's
     // restart in place (measured with `pgbaton-bench chaos`: 3-7 s write gaps at 5 s).
     set("wal_retrieve_retry_interval", conf_quote("1s"));
-    match &pg.archive_dir {
-        Some(dir) => {
+    match (&pg.archive_dir, &cfg.backup) {
+        (Some(dir), _) => {
             // Every member archives what it has: a segment the primary completed but had
             // not archived when it died is archived by the standbys that received it.
             set("archive_mode", "always".into());
             set("archive_command", conf_quote(&archive_command(cfg, dir)));
             set("restore_command", conf_quote(&restore_command(cfg, dir)));
         }
-        None => set("archive_mode", "off".into()),
+        (None, Some(b)) => {
+            // The same with pgBackRest: it takes a segment already in the repository with
+            // the same checksum as a success and refuses a different one (never
+            // overwrites), as wal-push does; `archive-mode-check=n` in its config allows
+            // `always` (see `pgbackrest_conf`).
+            set("archive_mode", "always".into());
+            set(
+                "archive_command",
+                conf_quote(&backrest_command(cfg, b, "archive-push '%p'")),
+            );
+            set(
+                "restore_command",
+                conf_quote(&backrest_command(cfg, b, "archive-get '%f' '%p'")),
+            );
+        }
+        (None, None) => set("archive_mode", "off".into()),
     }
     match upstream {
         Some(up) => {
@@ -287,6 +362,42 @@ path = "/srv/pg/store.db"
             Path::new("t.toml"),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn pgbackrest_archives_and_restores() {
+        let mut c = cfg();
+        c.postgresql.archive_dir = None;
+        c.backup = Some(
+            NodeConfig::from_toml_str(
+                "cluster = \"demo\"\nname = \"n2\"\ndata_dir = \"/srv/pg/n2/data\"\n[store]\nkind = \"local\"\npath = \"/s.db\"\n[backup]\nengine = \"pgbackrest\"\nrepo_path = \"/srv/repo\"\nretention_full = 3\n",
+                Path::new("b.toml"),
+            )
+            .unwrap()
+            .backup
+            .unwrap(),
+        );
+        let conf = pgbaton_conf(&c, None);
+        assert!(conf.contains("archive_mode = always"), "{conf}");
+        assert!(
+            conf.contains("archive_command = '''/usr/bin/pgbackrest'' ''--config=/srv/pg/n2/pgbackrest.conf'' ''--stanza=demo'' archive-push ''%p'''"),
+            "{conf}"
+        );
+        assert!(conf.contains("archive-get ''%f'' ''%p'''"), "{conf}");
+        let br = pgbackrest_conf(&c, c.backup.as_ref().unwrap());
+        for line in [
+            "[global]",
+            "repo1-path=/srv/repo",
+            "repo1-retention-full=3",
+            "archive-mode-check=n",
+            "lock-path=/srv/pg/n2/pgbackrest/lock",
+            "[demo]",
+            "pg1-path=/srv/pg/n2/data",
+            "pg1-port=6000",
+            "pg1-socket-path=/srv/pg/n2/run",
+        ] {
+            assert!(br.lines().any(|l| l == line), "{line} not in\n{br}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! Nothing here ever deletes a data directory.
 
 pub mod archive;
+pub mod backrest;
 pub mod bins;
 pub mod clone;
 pub mod datadir;

@@ -67,10 +67,45 @@ pub async fn start(
         .map(|_| ())
         .with_context(|| {
             format!(
-                "PostgreSQL did not start: see its log {}",
+                "PostgreSQL did not start{}: see its log {}",
+                last_fatal(log_file)
+                    .map(|l| format!(" ({l})"))
+                    .unwrap_or_default(),
                 log_file.display()
             )
         })
+}
+
+/// The last `FATAL:` line in the end of PostgreSQL's log: why it did not start (a recovery
+/// target past the archive's end, a bad setting), for the error and `list`.
+pub fn last_fatal(log_file: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(log_file).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)))
+        .ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    // Only this start's lines: an older failure is not this one's reason.
+    let this_start = text
+        .rfind("starting PostgreSQL")
+        .map_or(&text[..], |i| &text[i..]);
+    this_start.lines().rev().find_map(|l| {
+        l.split_once("FATAL:")
+            .or_else(|| l.split_once("PANIC:"))
+            .map(|(_, m)| {
+                format!(
+                    "{}: {}",
+                    if l.contains("PANIC:") {
+                        "PANIC"
+                    } else {
+                        "FATAL"
+                    },
+                    m.trim()
+                )
+            })
+    })
 }
 
 /// Stop PostgreSQL in fast mode (clients disconnected, shutdown checkpoint) and wait.
@@ -107,4 +142,27 @@ pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     let exe = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     let exe = String::from_utf8_lossy(exe);
     (exe.ends_with("postgres") || exe.ends_with("postmaster")).then_some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_fatal_line_is_found() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("postgres.log");
+        std::fs::write(&log, "LOG: x\n2026 UTC [1] FATAL:  first\nLOG: y\n2026 UTC [2] FATAL:  recovery ended before configured recovery target was reached\nLOG: shut down\n").unwrap();
+        assert_eq!(
+            last_fatal(&log).as_deref(),
+            Some("FATAL: recovery ended before configured recovery target was reached")
+        );
+        std::fs::write(
+            &log,
+            "FATAL:  old\nLOG:  starting PostgreSQL 15\nLOG: fine\n",
+        )
+        .unwrap();
+        assert_eq!(last_fatal(&log), None);
+        assert_eq!(last_fatal(&d.path().join("missing")), None);
+    }
 }

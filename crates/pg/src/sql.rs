@@ -79,6 +79,41 @@ pub async fn connect(cfg: &NodeConfig, dbname: &str) -> Result<Client> {
     Ok(client)
 }
 
+/// Another PostgreSQL on this host, reached through its Unix socket as `user`: its data
+/// directory, whether it is in recovery, and its system identifier. For a backup taken
+/// from a standby, which needs the primary's files at hand.
+pub async fn local_instance(
+    socket_dir: &std::path::Path,
+    port: u16,
+    user: &str,
+) -> Result<(std::path::PathBuf, bool, String)> {
+    let mut c = tokio_postgres::Config::new();
+    c.host_path(socket_dir)
+        .port(port)
+        .user(user)
+        .dbname("postgres")
+        .application_name("pgbaton")
+        .connect_timeout(Duration::from_secs(3));
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), c.connect(NoTls))
+        .await
+        .context("timed out")??;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let row = client
+        .query_one(
+            "SELECT current_setting('data_directory'), pg_is_in_recovery(), \
+             (SELECT system_identifier::text FROM pg_control_system())",
+            &[],
+        )
+        .await?;
+    Ok((
+        std::path::PathBuf::from(row.get::<_, String>(0)),
+        row.get(1),
+        row.get(2),
+    ))
+}
+
 /// What one probe of a running PostgreSQL sees.
 #[derive(Clone, Debug, Default)]
 pub struct Probe {

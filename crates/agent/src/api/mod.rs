@@ -14,6 +14,7 @@
 //! endpoints answer from the loop's last snapshot, so a slow PostgreSQL cannot make the API
 //! hang (a stale snapshot fails `/liveness`).
 
+mod backup;
 pub mod metrics;
 pub mod page;
 pub mod serve;
@@ -78,6 +79,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub cfg: Arc<NodeConfig>,
     pub auth: Auth,
+    /// The backups this agent runs (`[backup]`).
+    pub backups: crate::backup::Jobs,
 }
 
 /// Paths of the health endpoints (each answers GET, HEAD and OPTIONS).
@@ -116,7 +119,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/reload", post(reload))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
-        .route("/failsafe", post(failsafe));
+        .route("/failsafe", post(failsafe))
+        .route("/backup", get(backup::status).post(backup::start))
+        .route("/backups", get(backup::list));
     for p in HEALTH_PATHS {
         // With and without a trailing slash: load balancer configs in the wild have both.
         r = r
@@ -136,7 +141,7 @@ fn loop_alive(s: &Shared) -> bool {
         .is_some_and(|t| t.elapsed() <= s.loop_interval * 3 + Duration::from_secs(60))
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
 }
 

@@ -9,8 +9,9 @@ use crate::members::{report, table};
 use anyhow::{bail, Context, Result};
 use pgbaton_agent::process::{blocked_for, create_owned_dir, resolve_user};
 use pgbaton_core::config::{
-    ApiConfig, ApiTlsConfig, ClientApi, ClientConfig, EtcdAccess, NodeConfig, PgTlsConfig,
-    PostgresqlConfig, ReplicationConfig, StoreConfig, TimingConfig,
+    ApiConfig, ApiTlsConfig, BackupConfig, BackupEngine, BootstrapConfig, ClientApi, ClientConfig,
+    EtcdAccess, NodeConfig, PgTlsConfig, PostgresqlConfig, ReplicationConfig, StoreConfig,
+    TimingConfig,
 };
 use pgbaton_core::model::MemberStatus;
 use pgbaton_core::sync::SyncMode;
@@ -25,6 +26,10 @@ pub struct UpOptions {
     pub cluster: String,
     pub databases: Vec<String>,
     pub archive: bool,
+    /// pgBackRest backups and WAL archive in DIR/backup.
+    pub backup: bool,
+    /// `pgbaton restore`: the first member restores this backup instead of initdb.
+    pub restore: Option<BootstrapConfig>,
     pub synchronous: SyncMode,
     pub synchronous_node_count: u32,
     pub timeout_s: u64,
@@ -103,6 +108,17 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
         },
         tags: Default::default(),
         failover: Default::default(),
+        backup: o.backup.then(|| BackupConfig {
+            engine: BackupEngine::PgBackRest,
+            repo_path: l.dir.join("backup"),
+            stanza: None,
+            bin: PathBuf::from("/usr/bin/pgbackrest"),
+            retention_full: 2,
+            full_every_hours: 0,
+            incr_every_hours: 0,
+            restore_replicas: true,
+        }),
+        bootstrap: o.restore.clone(),
     }
 }
 
@@ -242,6 +258,14 @@ pub async fn up(o: UpOptions) -> Result<()> {
         );
     }
     let bins = pgbaton_pg::Binaries::find(None)?;
+    if let Some(b) = configs.first().and_then(|c| c.backup.as_ref()) {
+        if !b.bin.is_file() {
+            bail!(
+                "--backup needs pgBackRest, and {} is missing: install Debian's package (apt-get install pgbackrest)",
+                b.bin.display()
+            );
+        }
+    }
     for c in &configs {
         let api_port: u16 = c
             .api
@@ -304,6 +328,9 @@ pub async fn up(o: UpOptions) -> Result<()> {
     )?;
     if o.archive {
         create_owned_dir(&user, &l.dir.join("archive"))?;
+    }
+    if o.backup {
+        create_owned_dir(&user, &l.dir.join("backup"))?;
     }
     if o.tls {
         make_certs(&user, &l, &o.cluster, &configs)?;

@@ -50,6 +50,12 @@ impl NodeConfig {
         self.replication.validate(&self.postgresql)?;
         self.api.validate()?;
         self.store.validate()?;
+        if let Some(b) = &self.backup {
+            b.validate(&self.postgresql)?;
+        }
+        if let Some(b) = &self.bootstrap {
+            b.validate(self.backup.as_ref(), &self.cluster)?;
+        }
         self.timing.validate()
     }
 
@@ -85,6 +91,16 @@ impl NodeConfig {
             .pgpass
             .clone()
             .unwrap_or_else(|| self.base_dir().join("pgpass"))
+    }
+
+    /// The pgBackRest config file pgbaton writes (with `[backup]`): `<base_dir>/pgbackrest.conf`.
+    pub fn pgbackrest_conf(&self) -> PathBuf {
+        self.base_dir().join("pgbackrest.conf")
+    }
+
+    /// pgBackRest's logs, locks and spool: `<base_dir>/pgbackrest/`.
+    pub fn pgbackrest_dir(&self) -> PathBuf {
+        self.base_dir().join("pgbackrest")
     }
 
     /// `postgresql.log_file`, default `<base_dir>/postgres.log`.

@@ -95,14 +95,14 @@ pub fn segment_name(tli: u32, segno: u64, seg_size: u64) -> String {
     format!("{tli:08X}{:08X}{:08X}", segno / per, segno % per)
 }
 
-fn parse_lsn(s: &str) -> Option<u64> {
+pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
 /// The history of timeline `tli` from its `.history` text: (timeline, switch point) for each
 /// ancestor, oldest first.
-pub(super) fn parse_history(text: &str) -> Result<Vec<(u32, u64)>> {
+pub fn parse_history(text: &str) -> Result<Vec<(u32, u64)>> {
     let mut v = vec![];
     for line in text.lines() {
         let line = line.trim();

@@ -12,7 +12,7 @@
 mod check;
 mod push;
 
-pub use check::{check, segment_size_of, ArchiveCheck, Hole};
+pub use check::{check, parse_history, parse_lsn, segment_size_of, ArchiveCheck, Hole};
 pub use push::{fetch, push, Fetched, Pushed};
 
 /// WAL files waiting for the archiver in `data_dir` (`.ready` status files) and the age in

@@ -1,0 +1,340 @@
+//! Backups with pgBackRest (`[backup]`): the checks at start, the stanza at bootstrap, and
+//! the backup job the API starts (one at a time on each agent), from a standby when the
+//! primary's data directory is on the same host (pgBackRest reads a few of the primary's
+//! files and runs pg_backup_start there), else from the primary.
+
+use anyhow::{bail, Context, Result};
+use pgbaton_core::config::NodeConfig;
+use pgbaton_core::decide::ClusterView;
+use pgbaton_core::model::{MemberState, MemberStatus, Role};
+use pgbaton_pg::backrest::{BackRest, BackupType, OtherPg};
+use pgbaton_store::now_ms;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tracing::{info, warn};
+
+/// With `[backup]`: pgBackRest can be run, the repository exists and the OS user can write
+/// into it, and it does not hold the stanza of another database. `known_id`: the cluster's
+/// system identifier (store or data directory); `None` for a cluster not made yet, which
+/// must not find the stanza holding anything. Creates nothing.
+pub(crate) async fn preflight(cfg: &NodeConfig, known_id: Option<&str>) -> Result<()> {
+    if known_id.is_none() {
+        check_bootstrap_source(cfg).await?;
+    }
+    let Some(br) = BackRest::of(cfg) else {
+        return Ok(());
+    };
+    check_bin(&br.bin, "backup.bin")?;
+    check_repo(&br.repo)?;
+    // pgBackRest reads its own config: the real one is written before PostgreSQL starts,
+    // so ask with a scratch copy (nothing in the node's directories is created yet).
+    let (_scratch, probe) = scratch_reader(cfg, &br)?;
+    let info = probe.info().await.with_context(|| {
+        format!(
+            "read the pgBackRest repository {} (backup.repo_path)",
+            br.repo.display()
+        )
+    })?;
+    let theirs = info.system_ids.join(", ");
+    match known_id {
+        _ if info.system_ids.is_empty() => Ok(()),
+        Some(id) if info.system_ids.iter().any(|s| s == id) => Ok(()),
+        Some(id) => bail!(
+            "the pgBackRest repository {} holds stanza {} of another database (system identifier {theirs}; \
+             this cluster's is {id}): choose another backup.repo_path or backup.stanza",
+            br.repo.display(),
+            br.stanza
+        ),
+        None => bail!(
+            "the pgBackRest repository {} already holds stanza {} (database system identifier {theirs}), \
+             and this cluster is not made yet: a new cluster needs a stanza of its own. Choose another \
+             backup.stanza or backup.repo_path",
+            br.repo.display(),
+            br.stanza
+        ),
+    }
+}
+
+/// `[bootstrap]`, for a cluster not made yet: pgBackRest can be run and the repository
+/// holds a backup of that stanza. Reads only.
+async fn check_bootstrap_source(cfg: &NodeConfig) -> Result<()> {
+    let Some(b) = &cfg.bootstrap else {
+        return Ok(());
+    };
+    check_bin(&b.bin, "bootstrap.bin")?;
+    if !b.repo_path.is_dir() {
+        bail!(
+            "bootstrap.repo_path {} does not exist: name the repository holding stanza {}'s backups",
+            b.repo_path.display(),
+            b.stanza
+        );
+    }
+    let source = BackRest {
+        bin: b.bin.clone(),
+        conf: Default::default(),
+        stanza: b.stanza.clone(),
+        repo: b.repo_path.clone(),
+    };
+    let (_scratch, br) = scratch_reader(cfg, &source)?;
+    let info = br.info().await.with_context(|| {
+        format!(
+            "read the pgBackRest repository {} (bootstrap.repo_path)",
+            b.repo_path.display()
+        )
+    })?;
+    if !info.backups.iter().any(|x| !x.error) {
+        bail!(
+            "the pgBackRest repository {} holds no backup of stanza {} ({}): nothing to restore",
+            b.repo_path.display(),
+            b.stanza,
+            info.status
+        );
+    }
+    Ok(())
+}
+
+fn check_repo(repo: &Path) -> Result<()> {
+    let user = crate::preflight::os_user_name();
+    if !repo.is_dir() {
+        bail!(
+            "the pgBackRest repository {} (backup.repo_path) does not exist: make it (owned by OS user \
+             {user}), or mount the shared repository there",
+            repo.display()
+        );
+    }
+    let probe = repo.join(format!(".pgbaton-write-check.{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => bail!(
+            "OS user {user} cannot write into the pgBackRest repository {} (backup.repo_path): {e}. \
+             Give that user the directory (chown) or choose another",
+            repo.display()
+        ),
+    }
+}
+
+fn check_bin(bin: &Path, key: &str) -> Result<()> {
+    crate::preflight::check_runnable(bin, key, "pgBackRest (Debian's `pgbackrest` package)")
+}
+
+/// `br` reading its repository with a config in a temporary directory (logs and locks
+/// there too): for a read before anything of the node's is made. Only the repository and
+/// the stanza matter for `info`; the data directory named there is never read.
+fn scratch_reader(cfg: &NodeConfig, br: &BackRest) -> Result<(ScratchConf, BackRest)> {
+    let dir = std::env::temp_dir().join(format!("pgbaton-pgbackrest.{}", std::process::id()));
+    pgbaton_pg::files::ensure_dir(&dir, 0o700)?;
+    let scratch = ScratchConf {
+        path: dir.join("pgbackrest.conf"),
+        dir,
+    };
+    let mut c = cfg.clone();
+    c.data_dir = scratch.dir.join("data");
+    let text = pgbaton_core::render::pgbackrest_conf_for(&c, &br.repo, &br.stanza, 1);
+    pgbaton_pg::files::write_if_changed(&scratch.path, &text, 0o600)?;
+    let reader = BackRest {
+        conf: scratch.path.clone(),
+        ..br.clone()
+    };
+    Ok((scratch, reader))
+}
+
+struct ScratchConf {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl Drop for ScratchConf {
+    fn drop(&mut self) {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a scratch directory this process made for one pgbackrest info"
+        )]
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The backups this agent ran, for the API.
+#[derive(Clone, Default)]
+pub struct Jobs(Arc<Mutex<JobState>>);
+
+#[derive(Clone, Default, Serialize)]
+pub struct JobState {
+    pub running: Option<Job>,
+    pub last: Option<Finished>,
+}
+
+#[derive(Clone, Serialize)]
+pub struct Job {
+    pub member: String,
+    #[serde(rename = "type")]
+    pub kind: BackupType,
+    /// `standby` or `primary`: where the files are copied from.
+    pub from: &'static str,
+    pub started_ms: u64,
+}
+
+#[derive(Clone, Serialize)]
+pub struct Finished {
+    #[serde(flatten)]
+    pub job: Job,
+    pub finished_ms: u64,
+    pub ok: bool,
+    /// The new backup's label, or what went wrong.
+    pub message: String,
+}
+
+/// Why a backup cannot start here.
+pub enum Refused {
+    /// Nothing configured, or this member cannot take it: the CLI says so.
+    NotHere(String),
+    /// One runs already.
+    Busy(Job),
+}
+
+impl Jobs {
+    pub fn state(&self) -> JobState {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Start a backup of this member (in the background); the job as it started.
+    pub async fn start(
+        &self,
+        cfg: &NodeConfig,
+        me: Option<&MemberState>,
+        view: Option<&ClusterView>,
+        kind: BackupType,
+    ) -> Result<Job, Refused> {
+        let br = BackRest::of(cfg).ok_or_else(|| {
+            Refused::NotHere(format!("{} has no [backup] in its config", cfg.name))
+        })?;
+        if let Some(j) = self.state().running {
+            return Err(Refused::Busy(j));
+        }
+        let me = me.ok_or_else(|| {
+            Refused::NotHere("this agent has not looked at its PostgreSQL yet".into())
+        })?;
+        if !matches!(me.state, MemberStatus::Running | MemberStatus::Streaming) {
+            return Err(Refused::NotHere(format!(
+                "{} is {}: a backup is taken from a running primary or a streaming standby",
+                me.name, me.state
+            )));
+        }
+        let primary = match me.role {
+            Role::Primary => None,
+            Role::Standby => Some(
+                primary_here(me, view)
+                    .await
+                    .map_err(|e| Refused::NotHere(format!("{e:#}")))?,
+            ),
+            Role::Unknown => {
+                return Err(Refused::NotHere(format!(
+                    "{}'s role is not known yet",
+                    me.name
+                )))
+            }
+        };
+        let job = Job {
+            member: me.name.clone(),
+            kind,
+            from: if primary.is_some() {
+                "standby"
+            } else {
+                "primary"
+            },
+            started_ms: now_ms(),
+        };
+        {
+            let Ok(mut s) = self.0.lock() else {
+                return Err(Refused::NotHere("the backup state is poisoned".into()));
+            };
+            if let Some(j) = &s.running {
+                return Err(Refused::Busy(j.clone()));
+            }
+            s.running = Some(job.clone());
+        }
+        let jobs = self.clone();
+        let j = job.clone();
+        tokio::spawn(async move {
+            info!("{} backup started (from the {})", kind.as_str(), j.from);
+            let r = br.backup(kind, primary.as_ref()).await;
+            let message = match &r {
+                Ok(_) => newest_label(&br).await.unwrap_or_else(|| "done".into()),
+                Err(e) => format!("{e:#}"),
+            };
+            match &r {
+                Ok(_) => info!("{} backup done: {message}", kind.as_str()),
+                Err(_) => warn!("{} backup failed: {message}", kind.as_str()),
+            }
+            if let Ok(mut s) = jobs.0.lock() {
+                s.running = None;
+                s.last = Some(Finished {
+                    job: j,
+                    finished_ms: now_ms(),
+                    ok: r.is_ok(),
+                    message,
+                });
+            }
+        });
+        Ok(job)
+    }
+}
+
+async fn newest_label(br: &BackRest) -> Option<String> {
+    br.info()
+        .await
+        .ok()?
+        .backups
+        .last()
+        .map(|b| b.label.clone())
+}
+
+/// The primary's files, for a backup from this standby: its socket (from its report) must
+/// be on this host and lead to a primary of the same database.
+async fn primary_here(me: &MemberState, view: Option<&ClusterView>) -> Result<OtherPg> {
+    let view = view.context("no view of the cluster yet")?;
+    let leader = view
+        .leader
+        .as_ref()
+        .context("the cluster has no primary now")?;
+    let p = view
+        .members
+        .iter()
+        .find(|m| m.name == leader.member)
+        .with_context(|| format!("no report from the primary {}", leader.member))?;
+    let socket = Path::new(&p.socket_dir);
+    let not_here = |why: String| {
+        anyhow::anyhow!(
+            "the primary {}'s data directory is not at hand on {}'s host ({why}): pgBackRest backs up \
+             a standby only with the primary's files on the same host. Take the backup on the primary",
+            p.name,
+            me.name
+        )
+    };
+    if !socket.join(format!(".s.PGSQL.{}", p.port)).exists() {
+        return Err(not_here(format!(
+            "no socket {}/.s.PGSQL.{}",
+            p.socket_dir, p.port
+        )));
+    }
+    let (data_dir, in_recovery, id) = pgbaton_pg::sql::local_instance(socket, p.port, &p.superuser)
+        .await
+        .map_err(|e| not_here(format!("{e:#}")))?;
+    if in_recovery || Some(&id) != me.system_id.as_ref() {
+        return Err(not_here(
+            "the PostgreSQL at that socket is not this cluster's primary".into(),
+        ));
+    }
+    Ok(OtherPg {
+        data_dir,
+        port: p.port,
+        socket_dir: socket.to_path_buf(),
+    })
+}

@@ -1,0 +1,558 @@
+//! pgBackRest: the config file pgbaton writes for it and the commands the agent runs
+//! (stanza-create, info, backup, restore). PostgreSQL itself runs `archive-push` and
+//! `archive-get` (`render::pgbaton_conf`).
+
+use crate::files;
+use anyhow::{bail, Context, Result};
+use pgbaton_core::config::{BackupConfig, NodeConfig};
+use pgbaton_core::render;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::Command;
+
+/// How long a backup or a restore may run before it is stopped.
+pub const LONG_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// pgBackRest as one member runs it.
+#[derive(Debug, Clone)]
+pub struct BackRest {
+    pub bin: PathBuf,
+    pub conf: PathBuf,
+    pub stanza: String,
+    pub repo: PathBuf,
+}
+
+/// The kind of backup (`--type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    Full,
+    Diff,
+    Incr,
+}
+
+impl BackupType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Diff => "diff",
+            BackupType::Incr => "incr",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BackupType> {
+        match s {
+            "full" => Some(BackupType::Full),
+            "diff" => Some(BackupType::Diff),
+            "incr" => Some(BackupType::Incr),
+            _ => None,
+        }
+    }
+}
+
+/// Another member's PostgreSQL on this host, for a backup taken from a standby (pgBackRest
+/// reads the primary's control files and calls pg_backup_start there).
+#[derive(Debug, Clone)]
+pub struct OtherPg {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+}
+
+/// Where a restore stops (`--type` and `--target`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Replay nothing itself: pgbaton configures the member afterwards (a standby that
+    /// reads the archive and then streams).
+    None,
+    /// A time PostgreSQL understands (`2026-12-03 10:00:00+00`).
+    Time(String),
+    /// An LSN (`0/3000060`).
+    Lsn(String),
+}
+
+/// One backup in the repository, as `pgbaton backups` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    pub label: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Start and stop, seconds since the Unix epoch.
+    pub start: u64,
+    pub stop: u64,
+    /// Database size and what the repository holds for it (compressed), in bytes.
+    pub size: u64,
+    pub repo_size: u64,
+    /// The WAL the backup needs to be consistent: first and last segment.
+    pub wal_start: String,
+    pub wal_stop: String,
+    pub lsn_start: String,
+    pub lsn_stop: String,
+    /// The backup it builds on (diff and incr).
+    pub prior: Option<String>,
+    pub error: bool,
+}
+
+/// What `pgbackrest info` says of the stanza.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RepoInfo {
+    pub stanza: String,
+    /// 0 ok; 1 missing stanza path; 2 no valid backups; 3 missing stanza data, ...
+    pub status_code: i64,
+    pub status: String,
+    /// The database system identifiers the stanza was made for.
+    pub system_ids: Vec<String>,
+    pub backups: Vec<Backup>,
+    /// The oldest and newest WAL segment archived.
+    pub archive_min: Option<String>,
+    pub archive_max: Option<String>,
+    /// A backup running now: bytes done and to do, when pgBackRest says.
+    pub running: Option<(u64, u64)>,
+}
+
+impl BackRest {
+    /// pgBackRest for this member, when `[backup]` is set.
+    pub fn of(cfg: &NodeConfig) -> Option<BackRest> {
+        let b: &BackupConfig = cfg.backup.as_ref()?;
+        Some(BackRest {
+            bin: b.bin.clone(),
+            conf: cfg.pgbackrest_conf(),
+            stanza: b.stanza_or(&cfg.cluster).to_string(),
+            repo: b.repo_path.clone(),
+        })
+    }
+
+    /// Write its config file (0600) and make its log, lock and spool directories (0700).
+    pub fn write_conf(cfg: &NodeConfig) -> Result<()> {
+        let Some(b) = &cfg.backup else {
+            return Ok(());
+        };
+        write_conf_file(
+            cfg,
+            &cfg.pgbackrest_conf(),
+            &render::pgbackrest_conf(cfg, b),
+        )
+    }
+
+    /// pgBackRest reading the repository `[bootstrap]` restores from (another cluster's:
+    /// only read), with a config file of its own beside the member's.
+    pub fn bootstrap_source(cfg: &NodeConfig) -> Result<Option<BackRest>> {
+        let Some(b) = &cfg.bootstrap else {
+            return Ok(None);
+        };
+        let conf = cfg.base_dir().join("pgbackrest-bootstrap.conf");
+        write_conf_file(
+            cfg,
+            &conf,
+            &render::pgbackrest_conf_for(cfg, &b.repo_path, &b.stanza, 1),
+        )?;
+        Ok(Some(BackRest {
+            bin: b.bin.clone(),
+            conf,
+            stanza: b.stanza.clone(),
+            repo: b.repo_path.clone(),
+        }))
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg(format!("--config={}", self.conf.display()))
+            .arg(format!("--stanza={}", self.stanza))
+            .env("LC_ALL", "C")
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    async fn run(&self, args: &[String], timeout: Duration) -> Result<String> {
+        let what = format!("pgbackrest {}", args.last().map_or("", |s| s.as_str()));
+        let mut cmd = self.command();
+        cmd.args(args);
+        let out = tokio::time::timeout(timeout, cmd.output())
+            .await
+            .with_context(|| format!("{what}: no answer within {} s", timeout.as_secs()))?
+            .with_context(|| format!("{what}: could not run {}", self.bin.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+            // pgBackRest's message is on its `ERROR: [nnn]:` line(s).
+            let msg: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            bail!("{what} failed ({}): {}", out.status, msg.join(" "));
+        }
+        Ok(stdout)
+    }
+
+    /// Create the stanza (idempotent: an existing stanza of the same database is fine; one
+    /// of another database is an error naming both).
+    pub async fn stanza_create(&self) -> Result<()> {
+        self.run(&["stanza-create".into()], Duration::from_secs(300))
+            .await
+            .map(|_| ())
+    }
+
+    /// `pgbackrest info --output=json`, parsed.
+    pub async fn info(&self) -> Result<RepoInfo> {
+        let out = self
+            .run(
+                &["--output=json".into(), "info".into()],
+                Duration::from_secs(60),
+            )
+            .await?;
+        parse_info(&out)
+    }
+
+    /// Take a backup of this member's PostgreSQL; from a standby, `primary` names the
+    /// primary's files on this host.
+    pub async fn backup(&self, kind: BackupType, primary: Option<&OtherPg>) -> Result<String> {
+        let mut args = vec![format!("--type={}", kind.as_str())];
+        if let Some(p) = primary {
+            args.push("--backup-standby".into());
+            args.push(format!("--pg2-path={}", p.data_dir.display()));
+            args.push(format!("--pg2-port={}", p.port));
+            args.push(format!("--pg2-socket-path={}", p.socket_dir.display()));
+        }
+        args.push("backup".into());
+        self.run(&args, LONG_TIMEOUT).await
+    }
+
+    /// Restore backup `set` (default: the latest, or the one that reaches `target`) into `dir`. `delta`:
+    /// `dir` holds an earlier copy of this database, and only what differs is copied.
+    pub async fn restore(
+        &self,
+        dir: &Path,
+        delta: bool,
+        target: &Target,
+        set: Option<&str>,
+    ) -> Result<()> {
+        let mut args = vec![format!("--pg1-path={}", dir.display())];
+        if let Some(label) = set {
+            args.push(format!("--set={label}"));
+        }
+        if delta {
+            args.push("--delta".into());
+        }
+        match target {
+            Target::None => args.push("--type=none".into()),
+            Target::Time(t) => {
+                args.push("--type=time".into());
+                args.push(format!("--target={t}"));
+            }
+            Target::Lsn(l) => {
+                args.push("--type=lsn".into());
+                args.push(format!("--target={l}"));
+            }
+        }
+        if *target != Target::None {
+            // Stop just before the target (a DELETE at that time is not replayed), and
+            // wait there: the agent promotes it once it holds the leader lease.
+            args.push("--target-exclusive".into());
+            args.push("--target-action=pause".into());
+        }
+        args.push("restore".into());
+        self.run(&args, LONG_TIMEOUT).await.map(|_| ())
+    }
+}
+
+fn write_conf_file(cfg: &NodeConfig, path: &Path, text: &str) -> Result<()> {
+    let dir = cfg.pgbackrest_dir();
+    for sub in ["", "log", "lock", "spool"] {
+        files::ensure_dir(&dir.join(sub), 0o700)?;
+    }
+    files::write_if_changed(path, text, 0o600)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// The timeline of a WAL file name (its first 8 hex digits).
+fn timeline_of(wal: &str) -> Option<u32> {
+    u32::from_str_radix(wal.get(..8)?, 16).ok()
+}
+
+/// The newest backup a standby of timeline `tli` can start from: one whose data lies on
+/// that timeline's history (`history`: each ancestor and its switch point, from the
+/// `.history` file). A backup taken on an ancestor past its switch point (a former primary
+/// that went on writing) holds changes the new timeline never had: PostgreSQL would refuse
+/// to follow it.
+pub fn usable_backup<'a>(
+    backups: &'a [Backup],
+    tli: u32,
+    history: &[(u32, u64)],
+) -> Option<&'a Backup> {
+    backups.iter().rev().filter(|b| !b.error).find(|b| {
+        let (Some(t), Some(stop)) = (
+            timeline_of(&b.wal_start),
+            crate::archive::parse_lsn(&b.lsn_stop),
+        ) else {
+            return false;
+        };
+        t == tli
+            || history
+                .iter()
+                .any(|&(anc, switch)| anc == t && stop <= switch)
+    })
+}
+
+impl BackRest {
+    /// Fetch one file from the archive; `Ok(false)` when the archive does not have it.
+    pub async fn archive_get(&self, name: &str, dest: &Path) -> Result<bool> {
+        let mut cmd = self.command();
+        cmd.arg("archive-get").arg(name).arg(dest);
+        let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .context("pgbackrest archive-get: no answer within 60 s")??;
+        match out.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => bail!(
+                "pgbackrest archive-get {name} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim()
+            ),
+        }
+    }
+
+    /// The newest timeline the archive knows, and its history: from the newest segment
+    /// archived, then each next `.history` file there is (a promotion archives that first).
+    pub async fn newest_timeline(
+        &self,
+        info: &RepoInfo,
+        scratch: &Path,
+    ) -> Result<(u32, Vec<(u32, u64)>)> {
+        let mut tli = info
+            .archive_max
+            .as_deref()
+            .and_then(timeline_of)
+            .unwrap_or(1);
+        let mut history = vec![];
+        for _ in 0..1000 {
+            let file = scratch.join("next.history");
+            if !self
+                .archive_get(&format!("{:08X}.history", tli + 1), &file)
+                .await?
+            {
+                break;
+            }
+            tli += 1;
+            history = crate::archive::parse_history(&std::fs::read_to_string(&file)?)?;
+            let _ = std::fs::remove_file(&file);
+        }
+        if history.is_empty() && tli > 1 {
+            let file = scratch.join("this.history");
+            if self
+                .archive_get(&format!("{tli:08X}.history"), &file)
+                .await?
+            {
+                history = crate::archive::parse_history(&std::fs::read_to_string(&file)?)?;
+                let _ = std::fs::remove_file(&file);
+            }
+        }
+        Ok((tli, history))
+    }
+}
+
+impl BackRest {
+    /// Set the restore_command in `data_dir`'s postgresql.auto.conf to this pgBackRest's
+    /// `archive-get`. The one pgBackRest's restore writes names the directory it restored
+    /// into (a scratch directory, renamed since), and pgBackRest leaves quotes in paths
+    /// unescaped there.
+    pub fn set_restore_command(&self, data_dir: &Path) -> Result<()> {
+        let path = data_dir.join("postgresql.auto.conf");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.split('=').next().unwrap_or("").trim() != "restore_command")
+            .map(String::from)
+            .collect();
+        let cmd = format!(
+            "'{}' '--config={}' '--stanza={}' archive-get '%f' '%p'",
+            self.bin.display(),
+            self.conf.display(),
+            self.stanza
+        );
+        lines.push(format!("restore_command = {}", render::conf_quote(&cmd)));
+        let mut new = lines.join("\n");
+        new.push('\n');
+        files::write_if_changed(&path, &new, 0o600)?;
+        Ok(())
+    }
+}
+
+/// The settings pgBackRest's restore wrote into postgresql.auto.conf (restore_command and
+/// the recovery target), removed once recovery is over: left there, a recovery target
+/// would apply again the next time this data directory is a standby.
+pub fn forget_recovery_settings(data_dir: &Path) -> Result<bool> {
+    let path = data_dir.join("postgresql.auto.conf");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(false);
+    };
+    let keep: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            !(key == "restore_command" || key.starts_with("recovery_target"))
+        })
+        .collect();
+    let mut new = keep.join("\n");
+    new.push('\n');
+    files::write_if_changed(&path, &new, 0o600)
+}
+
+fn parse_info(out: &str) -> Result<RepoInfo> {
+    let v: serde_json::Value =
+        serde_json::from_str(out).context("pgbackrest info: not the JSON expected")?;
+    let s = v
+        .as_array()
+        .and_then(|a| a.first())
+        .context("pgbackrest info: no stanza in its answer")?;
+    let str_at =
+        |v: &serde_json::Value, p: &str| v.pointer(p).and_then(|x| x.as_str()).map(String::from);
+    let u64_at =
+        |v: &serde_json::Value, p: &str| v.pointer(p).and_then(|x| x.as_u64()).unwrap_or(0);
+    let backups = s["backup"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| Backup {
+                    label: str_at(b, "/label").unwrap_or_default(),
+                    kind: str_at(b, "/type").unwrap_or_default(),
+                    start: u64_at(b, "/timestamp/start"),
+                    stop: u64_at(b, "/timestamp/stop"),
+                    size: u64_at(b, "/info/size"),
+                    repo_size: u64_at(b, "/info/repository/delta"),
+                    wal_start: str_at(b, "/archive/start").unwrap_or_default(),
+                    wal_stop: str_at(b, "/archive/stop").unwrap_or_default(),
+                    lsn_start: str_at(b, "/lsn/start").unwrap_or_default(),
+                    lsn_stop: str_at(b, "/lsn/stop").unwrap_or_default(),
+                    prior: str_at(b, "/prior"),
+                    error: b["error"].as_bool().unwrap_or(false),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let archive = s["archive"].as_array().and_then(|a| a.last());
+    let lock = s.pointer("/status/lock/backup");
+    let running = lock
+        .filter(|l| l["held"].as_bool() == Some(true))
+        .map(|l| (u64_at(l, "/size-cplt"), u64_at(l, "/size")));
+    Ok(RepoInfo {
+        stanza: str_at(s, "/name").unwrap_or_default(),
+        status_code: s
+            .pointer("/status/code")
+            .and_then(|c| c.as_i64())
+            .unwrap_or(-1),
+        status: str_at(s, "/status/message").unwrap_or_default(),
+        system_ids: s["db"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d["system-id"].as_u64().map(|i| i.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        backups,
+        archive_min: archive.and_then(|a| str_at(a, "/min")),
+        archive_max: archive.and_then(|a| str_at(a, "/max")),
+        running,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_is_parsed() {
+        // Trimmed from pgBackRest 2.45's own output.
+        let out = r#"[{"archive":[{"database":{"id":1,"repo-key":1},"id":"15-1","max":"000000010000000000000005","min":"000000010000000000000001"}],
+        "backup":[{"archive":{"start":"000000010000000000000004","stop":"000000010000000000000004"},"error":false,
+        "info":{"delta":23011958,"repository":{"delta":4531011,"size":4531011},"size":23011958},
+        "label":"20261203-100503F","lsn":{"start":"0/4000028","stop":"0/4000100"},"prior":null,"reference":null,
+        "timestamp":{"start":1796292303,"stop":1796292306},"type":"full"}],
+        "cipher":"none","db":[{"id":1,"repo-key":1,"system-id":7715016618780015272,"version":"15"}],"name":"pgbaton",
+        "status":{"code":0,"lock":{"backup":{"held":true,"size":100,"size-cplt":40}},"message":"ok"}}]"#;
+        let i = parse_info(out).unwrap();
+        assert_eq!(i.stanza, "pgbaton");
+        assert_eq!(i.system_ids, vec!["7715016618780015272".to_string()]);
+        assert_eq!(i.backups.len(), 1);
+        let b = &i.backups[0];
+        assert_eq!(
+            (b.kind.as_str(), b.size, b.repo_size),
+            ("full", 23011958, 4531011)
+        );
+        assert_eq!(b.wal_start, "000000010000000000000004");
+        assert_eq!(b.prior, None);
+        assert_eq!(i.archive_max.as_deref(), Some("000000010000000000000005"));
+        assert_eq!(i.running, Some((40, 100)));
+        assert!(parse_info("not json").is_err());
+        assert!(parse_info("[]").is_err());
+    }
+
+    fn backup(label: &str, wal_start: &str, lsn_stop: &str) -> Backup {
+        Backup {
+            label: label.into(),
+            kind: "full".into(),
+            start: 0,
+            stop: 0,
+            size: 0,
+            repo_size: 0,
+            wal_start: wal_start.into(),
+            wal_stop: wal_start.into(),
+            lsn_start: "0/0".into(),
+            lsn_stop: lsn_stop.into(),
+            prior: None,
+            error: false,
+        }
+    }
+
+    #[test]
+    fn a_backup_past_the_switch_point_is_not_used() {
+        let b1 = backup("b1", "000000010000000000000003", "0/3000100");
+        // Taken on timeline 1 after timeline 2 branched off at 0/5000000.
+        let b2 = backup("b2", "000000010000000000000006", "0/6000100");
+        let history = vec![(1, 0x500_0000)];
+        let all = [b1.clone(), b2.clone()];
+        assert_eq!(
+            usable_backup(&all, 2, &history).map(|b| b.label.as_str()),
+            Some("b1")
+        );
+        // On timeline 1 itself, the newest one.
+        assert_eq!(
+            usable_backup(&all, 1, &[]).map(|b| b.label.as_str()),
+            Some("b2")
+        );
+        let b3 = backup("b3", "000000020000000000000007", "0/7000100");
+        let all = [b1, b2, b3];
+        assert_eq!(
+            usable_backup(&all, 2, &history).map(|b| b.label.as_str()),
+            Some("b3")
+        );
+        let mut bad = all[2].clone();
+        bad.error = true;
+        assert_eq!(usable_backup(&[bad], 2, &history), None);
+    }
+
+    #[test]
+    fn recovery_settings_are_forgotten() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("postgresql.auto.conf"),
+            "# Do not edit\nwork_mem = '8MB'\n# Recovery settings generated by pgBackRest\nrestore_command = 'pgbackrest archive-get %f \"%p\"'\nrecovery_target_time = '2026-12-03'\nrecovery_target_action = 'promote'\n",
+        )
+        .unwrap();
+        assert!(forget_recovery_settings(d.path()).unwrap());
+        let t = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
+        assert!(
+            t.contains("work_mem")
+                && !t.contains("restore_command")
+                && !t.contains("recovery_target"),
+            "{t}"
+        );
+        assert!(!forget_recovery_settings(d.path()).unwrap());
+    }
+}
