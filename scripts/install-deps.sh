@@ -18,6 +18,7 @@ command -v etcd >/dev/null || missing+=(etcd-server)   # the store contract suit
 command -v protoc >/dev/null || missing+=(protobuf-compiler libprotobuf-dev) # etcd-client builds its protocol
 command -v ip >/dev/null || missing+=(iproute2)      # network namespaces for the partition test
 command -v openssl >/dev/null || missing+=(openssl)  # the TLS test reads the certificate a server presents
+command -v pgbackrest >/dev/null || missing+=(pgbackrest) # backups, archive and point-in-time recovery (issue 11)
 # The docker-compose test: its own dockerd (started by the test, without iptables changes),
 # Debian's compose, and debootstrap for the base image (no registry is reachable).
 command -v dockerd >/dev/null || missing+=(docker.io)

@@ -16,7 +16,7 @@ impl Agent {
             store: self.store.clone(),
             cfg: self.cfg.clone(),
             auth: self.auth.clone(),
-            backups: Default::default(),
+            backups: self.backups.clone(),
         });
         tokio::spawn(api::serve::serve(listener, app, self.api_tls.clone()));
         // The failsafe by the fence's clock, beside the loop (see `failsafe::Keeper`).
@@ -239,6 +239,12 @@ impl Agent {
         self.archive
             .refresh(&self.cfg, self.exec.pg.client.as_deref(), leading_primary)
             .await;
+        if leading_primary {
+            let me = self.shared.read().ok().and_then(|s| s.member.clone());
+            self.schedule
+                .tick(&self.cfg, &self.backups, me.as_ref(), &view)
+                .await;
+        }
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
             sh.replay_lag_ms = self.exec.pg.probe.as_ref().and_then(|p| p.replay_lag_ms);

@@ -26,23 +26,29 @@ impl ArchiveWatch {
         client: Option<&tokio_postgres::Client>,
         leading_primary: bool,
     ) {
-        let Some(dir) = cfg.postgresql.archive_dir.clone() else {
+        // With pgBackRest the archiver's backlog and failures are reported the same way;
+        // the hole check reads an archive directory (pgBackRest's repository is its own).
+        let dir = cfg.postgresql.archive_dir.clone();
+        if dir.is_none() && cfg.backup.is_none() {
             self.status = None;
             return;
-        };
+        }
         let (waiting, oldest_waiting_s) = pgbaton_pg::archive::waiting(&cfg.data_dir);
         let stats = match client {
             Some(c) => sql::archiver_stats(c).await.ok(),
             None => None,
         };
-        if !leading_primary {
-            self.last_check = None;
-        } else if self
-            .last_check
-            .as_ref()
-            .is_none_or(|(at, _, _)| at.elapsed() >= CHECK_EVERY)
-        {
-            self.last_check = Some(check(dir).await);
+        match dir {
+            Some(dir) if leading_primary => {
+                let due = self
+                    .last_check
+                    .as_ref()
+                    .is_none_or(|(at, _, _)| at.elapsed() >= CHECK_EVERY);
+                if due {
+                    self.last_check = Some(check(dir).await);
+                }
+            }
+            _ => self.last_check = None,
         }
         let (failed_count, last_failed_wal, last_failed_age_s) = stats.unwrap_or_default();
         let (missing_segments, missing_history) = match &self.last_check {

@@ -338,3 +338,128 @@ async fn primary_here(me: &MemberState, view: Option<&ClusterView>) -> Result<Ot
         socket_dir: socket.to_path_buf(),
     })
 }
+
+/// How often the leader looks whether a scheduled backup is due.
+const SCHEDULE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// A due backup that could not start looks again after this long.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Scheduled backups (`backup.full_every_hours`, `backup.incr_every_hours`), taken by the
+/// leader's agent from the primary: a standby's agent could take them only with the
+/// primary's files on its host, and the leader cannot know that of another host. Expiry
+/// is pgBackRest's, after each backup (`repo1-retention-full`).
+#[derive(Default)]
+pub struct Schedule {
+    last_look: Option<std::time::Instant>,
+}
+
+impl Schedule {
+    pub async fn tick(
+        &mut self,
+        cfg: &NodeConfig,
+        jobs: &Jobs,
+        me: Option<&MemberState>,
+        view: &ClusterView,
+    ) {
+        let Some(b) = &cfg.backup else { return };
+        if b.full_every_hours == 0 && b.incr_every_hours == 0 {
+            return;
+        }
+        if self.last_look.is_some_and(|t| t.elapsed() < SCHEDULE_EVERY)
+            || jobs.state().running.is_some()
+        {
+            return;
+        }
+        self.last_look = Some(std::time::Instant::now());
+        let Some(br) = BackRest::of(cfg) else { return };
+        let info = match br.info().await {
+            Ok(i) => i,
+            Err(e) => {
+                warn!("scheduled backups: cannot read the repository: {e:#}");
+                return;
+            }
+        };
+        let Some(kind) = due(
+            &info.backups,
+            b.full_every_hours,
+            b.incr_every_hours,
+            now_ms() / 1000,
+        ) else {
+            return;
+        };
+        info!("a scheduled {} backup is due", kind.as_str());
+        match jobs.start(cfg, me, Some(view), kind).await {
+            Ok(_) => {}
+            Err(Refused::Busy(_)) => {}
+            Err(Refused::NotHere(why)) => {
+                // Look again soon: what this agent last published may be a loop old
+                // (a primary that just started).
+                warn!("scheduled backup not started yet: {why}");
+                self.last_look =
+                    std::time::Instant::now().checked_sub(SCHEDULE_EVERY - RETRY_AFTER);
+            }
+        }
+    }
+}
+
+/// The backup the schedule asks for now, if any: a full one when there is none or the
+/// newest full one is `full_h` hours old; else an incremental one when the newest backup
+/// of any kind is `incr_h` hours old (0: never).
+pub fn due(
+    backups: &[pgbaton_pg::backrest::Backup],
+    full_h: u32,
+    incr_h: u32,
+    now_s: u64,
+) -> Option<BackupType> {
+    let ok = || backups.iter().filter(|b| !b.error);
+    let age = |stop: Option<u64>| stop.map(|s| now_s.saturating_sub(s));
+    let full_age = age(ok().filter(|b| b.kind == "full").map(|b| b.stop).max());
+    let any_age = age(ok().map(|b| b.stop).max());
+    let older = |a: Option<u64>, h: u32| h > 0 && a.is_none_or(|a| a >= u64::from(h) * 3600);
+    if older(full_age, full_h) {
+        Some(BackupType::Full)
+    } else if older(any_age, incr_h) {
+        // pgBackRest takes a full one when there is none yet.
+        Some(BackupType::Incr)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgbaton_pg::backrest::Backup;
+
+    fn b(kind: &str, stop: u64) -> Backup {
+        Backup {
+            label: String::new(),
+            kind: kind.into(),
+            start: stop,
+            stop,
+            size: 0,
+            repo_size: 0,
+            wal_start: String::new(),
+            wal_stop: String::new(),
+            lsn_start: String::new(),
+            lsn_stop: String::new(),
+            prior: None,
+            error: false,
+        }
+    }
+
+    #[test]
+    fn what_the_schedule_asks_for() {
+        let h = 3600;
+        assert_eq!(due(&[], 24, 0, 100 * h), Some(BackupType::Full));
+        assert_eq!(due(&[], 0, 1, 100 * h), Some(BackupType::Incr));
+        assert_eq!(due(&[], 0, 0, 100 * h), None);
+        let list = [b("full", 90 * h), b("incr", 99 * h)];
+        assert_eq!(due(&list, 24, 1, 100 * h), Some(BackupType::Incr));
+        assert_eq!(due(&list, 10, 1, 100 * h), Some(BackupType::Full));
+        assert_eq!(due(&list, 24, 2, 100 * h), None);
+        let mut failed = b("full", 99 * h);
+        failed.error = true;
+        assert_eq!(due(&[failed], 24, 0, 100 * h), Some(BackupType::Full));
+    }
+}

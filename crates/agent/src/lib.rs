@@ -70,6 +70,9 @@ pub struct Agent {
     api_tls: Option<api::serve::SharedAcceptor>,
     api_tls_watch: tls_watch::TlsWatch,
     archive: archive_watch::ArchiveWatch,
+    /// The backups this agent runs (API and schedule) and when the schedule last looked.
+    backups: backup::Jobs,
+    schedule: backup::Schedule,
 }
 
 impl Agent {
@@ -199,6 +202,8 @@ impl Agent {
                 api_tls,
                 api_tls_watch: Default::default(),
                 archive: Default::default(),
+                backups: Default::default(),
+                schedule: Default::default(),
             },
             listener,
         ))

@@ -208,7 +208,8 @@ pub fn resolve_data_dir(cfg: &mut NodeConfig) -> Result<()> {
 /// PostgreSQL archives and restores WAL by running pgbaton (`wal-push`, `wal-fetch`): this
 /// very executable unless `postgresql.pgbaton_bin` says otherwise.
 pub fn resolve_pgbaton_bin(cfg: &mut NodeConfig) -> Result<()> {
-    if cfg.postgresql.archive_dir.is_some() && cfg.postgresql.pgbaton_bin.is_none() {
+    let archives = cfg.postgresql.archive_dir.is_some() || cfg.backup.is_some();
+    if archives && cfg.postgresql.pgbaton_bin.is_none() {
         let exe = std::env::current_exe().context("find pgbaton's own executable")?;
         cfg.postgresql.pgbaton_bin = Some(exe);
     }
@@ -248,16 +249,19 @@ pub(crate) fn check_runnable(bin: &std::path::Path, key: &str, what: &str) -> Re
 /// With an archive: the OS user (whose identity the preflight runs under) can run the
 /// pgbaton executable and write into the archive directory. Creates nothing.
 pub(crate) fn check_archive(cfg: &NodeConfig) -> Result<()> {
-    let Some(dir) = &cfg.postgresql.archive_dir else {
+    if cfg.postgresql.archive_dir.is_none() && cfg.backup.is_none() {
         return Ok(());
-    };
-    let user = os_user_name();
+    }
     let bin = cfg
         .postgresql
         .pgbaton_bin
         .as_deref()
         .context("postgresql.pgbaton_bin is not resolved")?;
     check_runnable(bin, "postgresql.pgbaton_bin", "pgbaton")?;
+    let Some(dir) = &cfg.postgresql.archive_dir else {
+        return Ok(());
+    };
+    let user = os_user_name();
     if dir.exists() {
         let probe = dir.join(format!(".pgbaton-write-check.{}", std::process::id()));
         let wrote = std::fs::OpenOptions::new()

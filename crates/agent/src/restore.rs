@@ -21,9 +21,7 @@ impl local_pg::LocalPg {
             info!("the pgBackRest repository has no backup yet: copying the primary with pg_basebackup");
             return Ok(false);
         }
-        let (tli, history) = br
-            .newest_timeline(&info, &self.cfg.pgbackrest_dir())
-            .await?;
+        let (tli, history) = br.newest_timeline(&info).await?;
         let Some(latest) = backrest::usable_backup(&info.backups, tli, &history) else {
             info!(
                 "no backup in the pgBackRest repository lies on timeline {tli}'s history: copying the \

@@ -18,6 +18,17 @@ pub fn wal_push(dir: &Path, path: &Path, name: &str) -> ExitCode {
     }
 }
 
+/// archive_command with pgBackRest: pgBackRest's own exit code.
+pub fn backrest_push(bin: &Path, conf: &Path, stanza: &str, lock: &Path, wal: &Path) -> ExitCode {
+    match pgbaton_pg::backrest::push_locked(bin, conf, stanza, lock, wal) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("pgbaton backrest-push: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// restore_command: 0 when copied; 1 when the archive does not have it or it cannot be read
 /// (PostgreSQL then tries streaming; a code above 125 would abort its recovery).
 pub fn wal_fetch(dir: &Path, name: &str, path: &Path) -> ExitCode {

@@ -50,6 +50,21 @@ enum Cmd {
         /// Its name in the archive (%f).
         name: String,
     },
+    /// Archive one WAL file with pgBackRest (PostgreSQL's archive_command with [backup]):
+    /// `archive-push` under a lock in the repository, so that members never push at once.
+    #[command(hide = true, name = "backrest-push")]
+    BackrestPush {
+        #[arg(long)]
+        bin: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        stanza: String,
+        #[arg(long)]
+        lock: PathBuf,
+        /// The file to archive (%p).
+        path: PathBuf,
+    },
     /// Restore one WAL file (restore_command: `pgbaton wal-fetch --dir DIR %f %p`); exits 1
     /// when the archive does not have it.
     WalFetch {
@@ -432,6 +447,13 @@ fn config_path(cli_config: Option<PathBuf>) -> PathBuf {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::WalPush { dir, path, name } => Ok(archive::wal_push(&dir, &path, &name)),
+        Cmd::BackrestPush {
+            bin,
+            config,
+            stanza,
+            lock,
+            path,
+        } => Ok(archive::backrest_push(&bin, &config, &stanza, &lock, &path)),
         Cmd::WalFetch { dir, name, path } => Ok(archive::wal_fetch(&dir, &name, &path)),
         Cmd::Archive {
             cmd: ArchiveCmd::Check { dir, json },

@@ -174,6 +174,7 @@ pub struct PostgresqlConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive_dir: Option<PathBuf>,
     /// The pgbaton executable PostgreSQL runs to archive and restore WAL (`wal-push`,
+    /// `backrest-push` with `[backup]`,
     /// `wal-fetch`). Default: the agent's own executable. The OS user must be able to run it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pgbaton_bin: Option<PathBuf>,

@@ -143,6 +143,21 @@ pub fn backrest_command(cfg: &NodeConfig, b: &BackupConfig, args: &str) -> Strin
     )
 }
 
+/// The archive_command with pgBackRest: `pgbaton backrest-push`, which runs `archive-push`
+/// under a lock in the repository (see `pgbaton_pg::backrest::push_locked`).
+pub fn backrest_push_command(cfg: &NodeConfig, b: &BackupConfig) -> String {
+    format!(
+        "'{}' backrest-push --bin '{}' --config '{}' --stanza '{}' --lock '{}' '%p'",
+        pgbaton_bin(cfg),
+        b.bin.to_string_lossy(),
+        cfg.pgbackrest_conf().to_string_lossy(),
+        b.stanza_or(&cfg.cluster),
+        b.repo_path
+            .join(".pgbaton-archive-push.lock")
+            .to_string_lossy()
+    )
+}
+
 /// The pgBackRest config file pgbaton writes for a member (`<base_dir>/pgbackrest.conf`):
 /// the repository, this member's PostgreSQL as pg1, logs and locks beside it.
 pub fn pgbackrest_conf(cfg: &NodeConfig, b: &BackupConfig) -> String {
@@ -248,11 +263,12 @@ pub fn pgbaton_conf(cfg: &NodeConfig, upstream: Option<&Upstream>) -> String {
             // The same with pgBackRest: it takes a segment already in the repository with
             // the same checksum as a success and refuses a different one (never
             // overwrites), as wal-push does; `archive-mode-check=n` in its config allows
-            // `always` (see `pgbackrest_conf`).
+            // `always` (see `pgbackrest_conf`), and pushes take turns under a lock in the
+            // repository (`backrest_push_command`).
             set("archive_mode", "always".into());
             set(
                 "archive_command",
-                conf_quote(&backrest_command(cfg, b, "archive-push '%p'")),
+                conf_quote(&backrest_push_command(cfg, b)),
             );
             set(
                 "restore_command",
@@ -380,7 +396,7 @@ path = "/srv/pg/store.db"
         let conf = pgbaton_conf(&c, None);
         assert!(conf.contains("archive_mode = always"), "{conf}");
         assert!(
-            conf.contains("archive_command = '''/usr/bin/pgbackrest'' ''--config=/srv/pg/n2/pgbackrest.conf'' ''--stanza=demo'' archive-push ''%p'''"),
+            conf.contains("archive_command = '''pgbaton'' backrest-push --bin ''/usr/bin/pgbackrest'' --config ''/srv/pg/n2/pgbackrest.conf'' --stanza ''demo'' --lock ''/srv/repo/.pgbaton-archive-push.lock'' ''%p'''"),
             "{conf}"
         );
         assert!(conf.contains("archive-get ''%f'' ''%p'''"), "{conf}");

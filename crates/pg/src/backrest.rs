@@ -104,6 +104,8 @@ pub struct RepoInfo {
     /// The database system identifiers the stanza was made for.
     pub system_ids: Vec<String>,
     pub backups: Vec<Backup>,
+    /// The archive's id in the repository (`15-1`: PostgreSQL version and database number).
+    pub archive_id: Option<String>,
     /// The oldest and newest WAL segment archived.
     pub archive_min: Option<String>,
     pub archive_max: Option<String>,
@@ -166,7 +168,12 @@ impl BackRest {
     }
 
     async fn run(&self, args: &[String], timeout: Duration) -> Result<String> {
-        let what = format!("pgbackrest {}", args.last().map_or("", |s| s.as_str()));
+        let what = format!(
+            "pgbackrest {}",
+            args.iter()
+                .find(|a| !a.starts_with("--"))
+                .map_or("", |s| s.as_str())
+        );
         let mut cmd = self.command();
         cmd.args(args);
         let out = tokio::time::timeout(timeout, cmd.output())
@@ -298,60 +305,42 @@ pub fn usable_backup<'a>(
 }
 
 impl BackRest {
-    /// Fetch one file from the archive; `Ok(false)` when the archive does not have it.
-    pub async fn archive_get(&self, name: &str, dest: &Path) -> Result<bool> {
-        let mut cmd = self.command();
-        cmd.arg("archive-get").arg(name).arg(dest);
-        let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-            .await
-            .context("pgbackrest archive-get: no answer within 60 s")??;
-        match out.status.code() {
-            Some(0) => Ok(true),
-            Some(1) => Ok(false),
-            _ => bail!(
-                "pgbackrest archive-get {name} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout).trim()
-            ),
-        }
-    }
-
-    /// The newest timeline the archive knows, and its history: from the newest segment
-    /// archived, then each next `.history` file there is (a promotion archives that first).
-    pub async fn newest_timeline(
-        &self,
-        info: &RepoInfo,
-        scratch: &Path,
-    ) -> Result<(u32, Vec<(u32, u64)>)> {
-        let mut tli = info
+    /// The newest timeline the archive knows and its history: the `.history` files in the
+    /// repository (stored as they are), read with `repo-ls` and `repo-get`, which need no
+    /// data directory (archive-get reads pg_control, and a new member has none).
+    pub async fn newest_timeline(&self, info: &RepoInfo) -> Result<(u32, Vec<(u32, u64)>)> {
+        let seg_tli = info
             .archive_max
             .as_deref()
             .and_then(timeline_of)
             .unwrap_or(1);
-        let mut history = vec![];
-        for _ in 0..1000 {
-            let file = scratch.join("next.history");
-            if !self
-                .archive_get(&format!("{:08X}.history", tli + 1), &file)
-                .await?
-            {
-                break;
+        let Some(id) = &info.archive_id else {
+            return Ok((seg_tli, vec![]));
+        };
+        let dir = format!("archive/{}/{id}", self.stanza);
+        let listing = self
+            .run(
+                &["--filter=\\.history$".into(), "repo-ls".into(), dir.clone()],
+                Duration::from_secs(60),
+            )
+            .await?;
+        let newest = listing
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix(".history"))
+            .filter_map(|t| u32::from_str_radix(t, 16).ok())
+            .max();
+        match newest {
+            Some(t) if t >= seg_tli => {
+                let text = self
+                    .run(
+                        &["repo-get".into(), format!("{dir}/{t:08X}.history")],
+                        Duration::from_secs(60),
+                    )
+                    .await?;
+                Ok((t, crate::archive::parse_history(&text)?))
             }
-            tli += 1;
-            history = crate::archive::parse_history(&std::fs::read_to_string(&file)?)?;
-            let _ = std::fs::remove_file(&file);
+            _ => Ok((seg_tli, vec![])),
         }
-        if history.is_empty() && tli > 1 {
-            let file = scratch.join("this.history");
-            if self
-                .archive_get(&format!("{tli:08X}.history"), &file)
-                .await?
-            {
-                history = crate::archive::parse_history(&std::fs::read_to_string(&file)?)?;
-                let _ = std::fs::remove_file(&file);
-            }
-        }
-        Ok((tli, history))
     }
 }
 
@@ -381,6 +370,41 @@ impl BackRest {
         files::write_if_changed(&path, &new, 0o600)?;
         Ok(())
     }
+}
+
+// The lock every member's archiver takes, in the repository, around pgBackRest's
+// `archive-push` (its path: `render::backrest_push_command`). Every member archives
+// (archive_mode = always), and two pushes of the same segment at once collide in
+// pgBackRest's temporary file (the second one's rename fails: "unable to move ...
+// .pgbackrest.tmp", a failed archive command, seen in the integration test); pgBackRest
+// counts on a single archiver. A lock on a file in the repository serializes the pushes of
+// every member that shares it (fcntl locks work over NFS too); the second push then finds
+// the segment there with the same checksum, a success.
+
+/// archive_command with pgBackRest: `archive-push` under the repository's push lock. The
+/// exit code is pgBackRest's; its output goes to PostgreSQL's log.
+pub fn push_locked(bin: &Path, conf: &Path, stanza: &str, lock: &Path, wal: &Path) -> Result<i32> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(lock)
+        .with_context(|| format!("open the archive lock {}", lock.display()))?;
+    let _held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("lock {}", lock.display()))?;
+    let status = std::process::Command::new(bin)
+        .arg(format!("--config={}", conf.display()))
+        .arg(format!("--stanza={stanza}"))
+        .arg("archive-push")
+        .arg(wal)
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("run {}", bin.display()))?;
+    Ok(status.code().unwrap_or(1))
 }
 
 /// The settings pgBackRest's restore wrote into postgresql.auto.conf (restore_command and
@@ -456,6 +480,7 @@ fn parse_info(out: &str) -> Result<RepoInfo> {
             })
             .unwrap_or_default(),
         backups,
+        archive_id: archive.and_then(|a| str_at(a, "/id")),
         archive_min: archive.and_then(|a| str_at(a, "/min")),
         archive_max: archive.and_then(|a| str_at(a, "/max")),
         running,

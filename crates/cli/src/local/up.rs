@@ -305,7 +305,7 @@ pub async fn up(o: UpOptions) -> Result<()> {
         "made by `pgbaton up`: `pgbaton down --purge` deletes what up made here, and only that\n",
         0o644,
     )?;
-    if o.archive {
+    if o.archive || o.backup {
         let bin = archive_bin(&user, &l)?;
         for c in &mut configs {
             c.postgresql.pgbaton_bin = Some(bin.clone());

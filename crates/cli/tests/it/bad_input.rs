@@ -413,3 +413,56 @@ fn an_archive_the_os_user_cannot_write_or_a_pgbaton_it_cannot_run_is_refused() {
     );
     assert!(!s.path.join("n1").exists(), "something was created");
 }
+
+/// `[backup]` refused at start with nothing created: a pgBackRest that is not there, a
+/// repository the OS user cannot write, and a repository holding another database's stanza.
+#[test]
+fn a_missing_pgbackrest_an_unwritable_repository_or_another_clusters_stanza_is_refused() {
+    let s = scratch_for_pg();
+    let with_backup = |repo: &Path, extra: &str| {
+        let cfg = node_toml(&s.path, free_port_base(1), "", "");
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str(&format!(
+            "\n[backup]\nengine = \"pgbackrest\"\nrepo_path = \"{}\"\n{extra}",
+            repo.display()
+        ));
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let mine = s.path.join("repo");
+    std::fs::create_dir(&mine).unwrap();
+    let u = pg_user();
+    nix::unistd::chown(&mine, Some(u.uid), Some(u.gid)).unwrap();
+    let cfg = with_backup(&mine, "bin = \"/nonexistent/pgbackrest\"\n");
+    assert_refused(&agent(&cfg), &["/nonexistent/pgbackrest", "backup.bin"]);
+    assert!(!s.path.join("n1").exists(), "something was created");
+
+    // Made by root, 0755: the postgres user cannot write into it.
+    let roots = s.path.join("roots");
+    std::fs::create_dir(&roots).unwrap();
+    std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = with_backup(&roots, "");
+    assert_refused(
+        &agent(&cfg),
+        &[
+            "cannot write",
+            &roots.display().to_string(),
+            "backup.repo_path",
+        ],
+    );
+    assert!(listing(&roots).is_empty(), "something was left in it");
+    let cfg = with_backup(&s.path.join("missing"), "");
+    assert_refused(&agent(&cfg), &["does not exist", "backup.repo_path"]);
+
+    // Another cluster's repository, under the stanza this one would use.
+    let other = Cluster::up_with(1, &["--backup"]);
+    let theirs = other.dir.join("backup");
+    let before = listing(&theirs.join("backup/pgbaton"));
+    let cfg = with_backup(&theirs, "stanza = \"pgbaton\"\n");
+    assert_refused(
+        &agent(&cfg),
+        &["already holds stanza pgbaton", "backup.stanza"],
+    );
+    assert!(!s.path.join("n1").exists(), "something was created");
+    assert_eq!(listing(&theirs.join("backup/pgbaton")), before);
+}

@@ -3,6 +3,7 @@
 
 mod api;
 mod archive;
+mod backup;
 mod bad_input;
 mod browser;
 mod cluster;

@@ -1,0 +1,227 @@
+//! Backups with real pgBackRest (issue 11, items 3 and 4): the stanza made at bootstrap,
+//! every member archiving through it, a backup taken from a standby, members re-created
+//! from the repository, and a DELETE undone by restoring a new cluster to a time before it.
+
+use crate::harness::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn log(c: &Cluster, member: &str) -> String {
+    std::fs::read_to_string(c.dir.join(member).join("agent.log")).unwrap_or_default()
+}
+
+fn count(c: &Cluster, member: &str) -> String {
+    c.sql_direct(member, "SELECT count(*) FROM t")
+        .unwrap_or_else(|e| e)
+}
+
+/// Every member's archiver has archived something and never failed.
+fn archivers_fine(c: &Cluster) {
+    for m in c.member_names() {
+        wait_for(&format!("{m}'s archiver"), Duration::from_secs(60), || {
+            c.sql_direct(
+                &m,
+                "SELECT archived_count > 0 AND failed_count = 0 FROM pg_stat_archiver",
+            )
+            .is_ok_and(|s| s == "t")
+        });
+    }
+}
+
+fn backups(c: &Cluster) -> serde_json::Value {
+    let o = c.cmd(&["backups", "--json"]);
+    assert!(o.status.success(), "backups --json failed:\n{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", text(&o)))
+}
+
+/// The primary's archiver has archived the segment holding everything written so far.
+fn archived_up_to_now(c: &Cluster, primary: &str) {
+    let seg = c
+        .sql_direct(primary, "SELECT pg_walfile_name(pg_switch_wal())")
+        .unwrap();
+    wait_for(&format!("{seg} archived"), Duration::from_secs(60), || {
+        c.sql_direct(
+            primary,
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        )
+        .is_ok_and(|w| w.as_str() >= seg.as_str())
+    });
+}
+
+#[test]
+fn backups_from_a_standby_members_from_the_repository_and_a_delete_undone() {
+    let c = Cluster::up_with(3, &["--backup"]);
+    with_logs_on_panic(&c, || {
+        assert!(
+            log(&c, "n1").contains("pgBackRest stanza pgbaton ready"),
+            "no stanza at bootstrap:\n{}",
+            log(&c, "n1")
+        );
+        c.sql_direct(
+            "n1",
+            "CREATE TABLE t(i int); INSERT INTO t SELECT generate_series(1, 1000)",
+        )
+        .unwrap();
+        archivers_fine(&c);
+
+        // A full backup, taken from a standby (the primary's files are on this host).
+        let o = c.op(&["backup", "--type", "full"]);
+        let out = text(&o);
+        assert!(o.status.success(), "backup failed:\n{out}");
+        assert!(out.contains("files from the standby"), "{out}");
+        let info = backups(&c);
+        let list = info["backups"].as_array().unwrap();
+        assert_eq!(list.len(), 1, "{info}");
+        let b = &list[0];
+        assert_eq!(b["type"], "full", "{info}");
+        assert!(b["size"].as_u64().unwrap() > 1 << 20, "{info}");
+        assert!(b["repo_size"].as_u64().unwrap() > 0, "{info}");
+        assert!(b["wal_start"].as_str().unwrap().len() == 24, "{info}");
+        let table = text(&c.cmd(&["backups"]));
+        assert!(table.contains(b["label"].as_str().unwrap()), "{table}");
+
+        // reinit: a delta restore over the old copy, then the archive and streaming.
+        let o = c.op(&["reinit", "n3"]);
+        assert!(o.status.success(), "reinit failed:\n{}", text(&o));
+        assert!(
+            log(&c, "n3").contains("(delta restore over the old copy)"),
+            "{}",
+            log(&c, "n3")
+        );
+        c.sql_direct("n1", "INSERT INTO t VALUES (1001)").unwrap();
+        wait_for("n3 has the new row", Duration::from_secs(60), || {
+            count(&c, "n3") == "1001"
+        });
+
+        // A switchover: timeline 2. The backup (timeline 1, before the switch point) stays
+        // on the new timeline's history, so members still come from it.
+        let o = c.op(&["switchover", "--to", "n3"]);
+        assert!(o.status.success(), "switchover failed:\n{}", text(&o));
+        wait_for("n3 leads", Duration::from_secs(60), || {
+            c.sql_direct("n3", "SELECT pg_is_in_recovery()")
+                .is_ok_and(|s| s == "f")
+        });
+
+        // A member that lost its disk comes back from the repository.
+        let seen = log(&c, "n2").len();
+        lose_host(&c, "n2");
+        #[expect(clippy::disallowed_methods, reason = "the test's own lost disk")]
+        std::fs::remove_dir_all(c.data_dir("n2")).unwrap();
+        let o = c.up_again();
+        assert!(o.status.success(), "up again failed:\n{}", text(&o));
+        wait_for("n2 streams with every row", Duration::from_secs(90), || {
+            count(&c, "n2") == "1001" && c.member("n2")["state"] == "streaming"
+        });
+        let n2 = log(&c, "n2")[seen..].to_string();
+        assert!(
+            n2.contains("from the pgBackRest repository") && !n2.contains("pg_basebackup, slot"),
+            "n2 was not restored from the repository:\n{n2}"
+        );
+
+        // A DELETE undone: a new cluster restored to a time just before it.
+        let before = c
+            .sql_direct(
+                "n3",
+                "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        c.sql_direct("n3", "DELETE FROM t").unwrap();
+        archived_up_to_now(&c, "n3");
+        let r = Cluster {
+            scratch: scratch(),
+            dir: c.scratch.path.join("restored"),
+            nodes: 2,
+            port_base: free_port_base(2),
+            extra: vec![],
+        };
+        let (ports, from) = (r.port_base.to_string(), c.dir.display().to_string());
+        let o = pgbaton(
+            &[
+                "restore",
+                "--from",
+                &from,
+                "--to",
+                &before,
+                "--dir",
+                r.dir.to_str().unwrap(),
+                "--nodes",
+                "2",
+                "--port-base",
+                &ports,
+                "--timeout",
+                "150",
+            ],
+            Duration::from_secs(180),
+        );
+        with_logs_on_panic(&r, || {
+            assert!(o.status.success(), "restore failed:\n{}", text(&o));
+            assert_eq!(count(&r, "n1"), "1001", "the restored cluster");
+            wait_for(
+                "the restored cluster's standby",
+                Duration::from_secs(60),
+                || count(&r, "n2") == "1001",
+            );
+            let auto =
+                std::fs::read_to_string(r.data_dir("n1").join("postgresql.auto.conf")).unwrap();
+            assert!(!auto.contains("recovery_target"), "{auto}");
+            assert!(
+                log(&r, "n1").contains("reached its target"),
+                "{}",
+                log(&r, "n1")
+            );
+        });
+        // The original is untouched: its rows stay deleted, and its archive never got the
+        // restored cluster's new timeline (3: it branched off timeline 2).
+        assert_eq!(count(&c, "n3"), "0");
+        let archive = c.dir.join("backup/archive/pgbaton");
+        let histories: Vec<String> = walk(&archive)
+            .into_iter()
+            .filter(|n| n.ends_with(".history"))
+            .collect();
+        assert_eq!(histories, vec!["00000002.history".to_string()]);
+        archivers_fine(&c);
+    });
+}
+
+/// File names under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+/// A scheduled backup is taken by the leader with no CLI running: the first one as soon as
+/// the schedule finds none.
+#[test]
+fn the_schedule_takes_a_full_backup_on_its_own() {
+    let c = Cluster::up_with(1, &["--backup"]);
+    with_logs_on_panic(&c, || {
+        assert!(backups(&c)["backups"].as_array().unwrap().is_empty());
+        let o = c.down(false);
+        assert!(o.status.success(), "down failed:\n{}", text(&o));
+        let node = c.dir.join("n1/node.toml");
+        let toml = std::fs::read_to_string(&node).unwrap();
+        assert!(toml.contains("full_every_hours = 0"), "{toml}");
+        std::fs::write(
+            &node,
+            toml.replace("full_every_hours = 0", "full_every_hours = 24"),
+        )
+        .unwrap();
+        let o = c.up_again();
+        assert!(o.status.success(), "up again failed:\n{}", text(&o));
+        wait_for("a scheduled full backup", Duration::from_secs(120), || {
+            backups(&c)["backups"]
+                .as_array()
+                .is_some_and(|l| l.len() == 1 && l[0]["type"] == "full")
+        });
+        assert!(log(&c, "n1").contains("a scheduled full backup is due"));
+    });
+}
