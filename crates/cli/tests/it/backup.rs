@@ -125,6 +125,7 @@ fn backups_from_a_standby_members_from_the_repository_and_a_delete_undone() {
                 "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
             )
             .unwrap();
+        let lsn = c.sql_direct("n3", "SELECT pg_current_wal_lsn()").unwrap();
         std::thread::sleep(Duration::from_millis(1100));
         c.sql_direct("n3", "DELETE FROM t").unwrap();
         archived_up_to_now(&c, "n3");
@@ -171,6 +172,39 @@ fn backups_from_a_standby_members_from_the_repository_and_a_delete_undone() {
                 log(&r, "n1")
             );
         });
+        // The same to an LSN, with one member.
+        let r = Cluster {
+            scratch: scratch(),
+            dir: c.scratch.path.join("restored-lsn"),
+            nodes: 1,
+            port_base: free_port_base(1),
+            extra: vec![],
+        };
+        let ports = r.port_base.to_string();
+        let o = pgbaton(
+            &[
+                "restore",
+                "--from",
+                &from,
+                "--to",
+                &lsn,
+                "--dir",
+                r.dir.to_str().unwrap(),
+                "--nodes",
+                "1",
+                "--port-base",
+                &ports,
+                "--timeout",
+                "150",
+            ],
+            Duration::from_secs(180),
+        );
+        with_logs_on_panic(&r, || {
+            assert!(o.status.success(), "restore to {lsn} failed:\n{}", text(&o));
+            assert_eq!(count(&r, "n1"), "1001", "restored to {lsn}");
+        });
+        drop(r);
+
         // The original is untouched: its rows stay deleted, and its archive never got the
         // restored cluster's new timeline (3: it branched off timeline 2).
         assert_eq!(count(&c, "n3"), "0");
@@ -223,5 +257,14 @@ fn the_schedule_takes_a_full_backup_on_its_own() {
                 .is_some_and(|l| l.len() == 1 && l[0]["type"] == "full")
         });
         assert!(log(&c, "n1").contains("a scheduled full backup is due"));
+        // Retention (retention_full = 2 for `up --backup`): the oldest goes after the third.
+        let first = backups(&c)["backups"][0]["label"].clone();
+        for _ in 0..2 {
+            let o = c.op(&["backup", "--type", "full"]);
+            assert!(o.status.success(), "backup failed:\n{}", text(&o));
+        }
+        let list = backups(&c)["backups"].as_array().unwrap().clone();
+        assert_eq!(list.len(), 2, "{list:?}");
+        assert!(list.iter().all(|b| b["label"] != first), "{list:?}");
     });
 }
