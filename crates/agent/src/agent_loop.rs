@@ -241,9 +241,7 @@ impl Agent {
             .await;
         if leading_primary {
             let me = self.shared.read().ok().and_then(|s| s.member.clone());
-            self.schedule
-                .tick(&self.cfg, &self.backups, me.as_ref(), &view)
-                .await;
+            self.schedule.tick(&self.cfg, &self.backups, me, &view);
         }
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());

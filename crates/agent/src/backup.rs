@@ -12,6 +12,7 @@ use pgbaton_store::now_ms;
 use serde::Serialize;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tracing::{info, warn};
 
 /// With `[backup]`: pgBackRest can be run, the repository exists and the OS user can write
@@ -241,6 +242,9 @@ impl Jobs {
                 )))
             }
         };
+        // pgBackRest's own backup lock is in each member's lock-path: one in the repository
+        // keeps two members from backing up the same stanza at once.
+        let repo_lock = repo_backup_lock(&br).map_err(Refused::NotHere)?;
         let job = Job {
             member: me.name.clone(),
             kind,
@@ -265,6 +269,7 @@ impl Jobs {
         tokio::spawn(async move {
             info!("{} backup started (from the {})", kind.as_str(), j.from);
             let r = br.backup(kind, primary.as_ref()).await;
+            drop(repo_lock);
             let message = match &r {
                 Ok(_) => newest_label(&br).await.unwrap_or_else(|| "done".into()),
                 Err(e) => format!("{e:#}"),
@@ -285,6 +290,29 @@ impl Jobs {
         });
         Ok(job)
     }
+}
+
+/// The repository's backup lock, taken without waiting; held until dropped.
+fn repo_backup_lock(br: &BackRest) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = br.repo.join(format!(".pgbaton-backup-{}.lock", br.stanza));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("open the backup lock {}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, e)| match e {
+            nix::errno::Errno::EWOULDBLOCK => format!(
+                "another member backs up stanza {} now (it holds {})",
+                br.stanza,
+                path.display()
+            ),
+            e => format!("lock {}: {e}", path.display()),
+        },
+    )
 }
 
 async fn newest_label(br: &BackRest) -> Option<String> {
@@ -336,68 +364,117 @@ async fn primary_here(me: &MemberState, view: Option<&ClusterView>) -> Result<Ot
         data_dir,
         port: p.port,
         socket_dir: socket.to_path_buf(),
+        user: p.superuser.clone(),
     })
 }
 
-/// How often the leader looks whether a scheduled backup is due.
-const SCHEDULE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often the leader looks at the repository (stanza there, a scheduled backup due).
+const LOOK_EVERY: Duration = Duration::from_secs(60);
 /// A due backup that could not start looks again after this long.
-const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// After a failed backup, the schedule waits this long before it tries again (each try
+/// forces a checkpoint and a WAL switch).
+const BACKOFF: Duration = Duration::from_secs(3600);
 
-/// Scheduled backups (`backup.full_every_hours`, `backup.incr_every_hours`), taken by the
-/// leader's agent from the primary: a standby's agent could take them only with the
-/// primary's files on its host, and the leader cannot know that of another host. Expiry
-/// is pgBackRest's, after each backup (`repo1-retention-full`).
+/// The leader's look at the repository, once a minute, in a task of its own (a slow
+/// repository must never hold up the loop that renews the lease): the stanza is made when
+/// it is missing (`[backup]` added to a running cluster), and a scheduled backup
+/// (`backup.full_every_hours`, `backup.incr_every_hours`) is started when due. Scheduled
+/// backups are taken by the leader's agent from the primary: a standby's agent could take
+/// them only with the primary's files on its host, and the leader cannot know that of
+/// another host. Expiry is pgBackRest's, after each backup (`repo1-retention-full`).
 #[derive(Default)]
 pub struct Schedule {
-    last_look: Option<std::time::Instant>,
+    /// When the next look is due; `None`: now.
+    next: Arc<Mutex<Option<std::time::Instant>>>,
+    looking: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Schedule {
-    pub async fn tick(
-        &mut self,
-        cfg: &NodeConfig,
+    pub fn tick(
+        &self,
+        cfg: &Arc<NodeConfig>,
         jobs: &Jobs,
-        me: Option<&MemberState>,
+        me: Option<MemberState>,
         view: &ClusterView,
     ) {
-        let Some(b) = &cfg.backup else { return };
-        if b.full_every_hours == 0 && b.incr_every_hours == 0 {
+        use std::sync::atomic::Ordering;
+        if cfg.backup.is_none() || jobs.state().running.is_some() {
             return;
         }
-        if self.last_look.is_some_and(|t| t.elapsed() < SCHEDULE_EVERY)
-            || jobs.state().running.is_some()
+        let now = std::time::Instant::now();
+        if self
+            .next
+            .lock()
+            .ok()
+            .and_then(|n| *n)
+            .is_some_and(|t| now < t)
+            || self.looking.swap(true, Ordering::AcqRel)
         {
             return;
         }
-        self.last_look = Some(std::time::Instant::now());
-        let Some(br) = BackRest::of(cfg) else { return };
-        let info = match br.info().await {
-            Ok(i) => i,
-            Err(e) => {
-                warn!("scheduled backups: cannot read the repository: {e:#}");
-                return;
+        let (cfg, jobs, view) = (cfg.clone(), jobs.clone(), view.clone());
+        let (next, looking) = (self.next.clone(), self.looking.clone());
+        tokio::spawn(async move {
+            let again = look(&cfg, &jobs, me.as_ref(), &view).await;
+            if let Ok(mut n) = next.lock() {
+                *n = Some(std::time::Instant::now() + again);
             }
-        };
-        let Some(kind) = due(
-            &info.backups,
-            b.full_every_hours,
-            b.incr_every_hours,
-            now_ms() / 1000,
-        ) else {
-            return;
-        };
-        info!("a scheduled {} backup is due", kind.as_str());
-        match jobs.start(cfg, me, Some(view), kind).await {
-            Ok(_) => {}
-            Err(Refused::Busy(_)) => {}
-            Err(Refused::NotHere(why)) => {
-                // Look again soon: what this agent last published may be a loop old
-                // (a primary that just started).
-                warn!("scheduled backup not started yet: {why}");
-                self.last_look =
-                    std::time::Instant::now().checked_sub(SCHEDULE_EVERY - RETRY_AFTER);
-            }
+            looking.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// One look; when the next is due.
+async fn look(
+    cfg: &NodeConfig,
+    jobs: &Jobs,
+    me: Option<&MemberState>,
+    view: &ClusterView,
+) -> Duration {
+    let (Some(br), Some(b)) = (BackRest::of(cfg), &cfg.backup) else {
+        return LOOK_EVERY;
+    };
+    let info = match br.info().await {
+        Ok(i) => i,
+        Err(e) => {
+            warn!("cannot read the pgBackRest repository: {e:#}");
+            return LOOK_EVERY;
+        }
+    };
+    // 1: missing stanza path, 3: missing stanza data (pgBackRest's info codes).
+    if matches!(info.status_code, 1 | 3) {
+        match br.stanza_create().await {
+            Ok(()) => info!(
+                "pgBackRest stanza {} made in {}",
+                br.stanza,
+                br.repo.display()
+            ),
+            Err(e) => warn!("cannot make the pgBackRest stanza: {e:#}"),
+        }
+        return RETRY_AFTER;
+    }
+    if let Some(f) = jobs.state().last.filter(|f| !f.ok) {
+        if now_ms().saturating_sub(f.finished_ms) < BACKOFF.as_millis() as u64 {
+            return LOOK_EVERY;
+        }
+    }
+    let Some(kind) = due(
+        &info.backups,
+        b.full_every_hours,
+        b.incr_every_hours,
+        now_ms() / 1000,
+    ) else {
+        return LOOK_EVERY;
+    };
+    info!("a scheduled {} backup is due", kind.as_str());
+    match jobs.start(cfg, me, Some(view), kind).await {
+        Ok(_) | Err(Refused::Busy(_)) => LOOK_EVERY,
+        Err(Refused::NotHere(why)) => {
+            // What this agent last published may be a loop old (a primary that just
+            // started): look again soon.
+            warn!("scheduled backup not started yet: {why}");
+            RETRY_AFTER
         }
     }
 }

@@ -18,9 +18,17 @@ pub fn wal_push(dir: &Path, path: &Path, name: &str) -> ExitCode {
     }
 }
 
-/// archive_command with pgBackRest: pgBackRest's own exit code.
+/// archive_command with pgBackRest: pgBackRest's own exit code (0 too for a former
+/// primary's diverged segment, kept aside).
 pub fn backrest_push(bin: &Path, conf: &Path, stanza: &str, lock: &Path, wal: &Path) -> ExitCode {
-    match pgbaton_pg::backrest::push_locked(bin, conf, stanza, lock, wal) {
+    let spec = pgbaton_pg::backrest_push::PushSpec {
+        bin,
+        conf,
+        stanza,
+        lock,
+        wal,
+    };
+    match pgbaton_pg::backrest_push::push_locked(&spec) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("pgbaton backrest-push: {e:#}");

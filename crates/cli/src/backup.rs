@@ -164,12 +164,21 @@ async fn follow(cfg: &ClientConfig, name: &str, base: &str, started: u64) -> Res
     let client = api_client(cfg, &url)?;
     let t0 = Instant::now();
     let mut last_pct = None;
+    let (mut unanswered, mut unknown) = (0, 0);
     while t0.elapsed() < FOLLOW_LIMIT {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let Ok(resp) = client.get(&url).send().await else {
+        let got = match client.get(&url).send().await {
+            Ok(r) => r.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        let Some(v) = got else {
+            unanswered += 1;
+            if unanswered >= 60 {
+                bail!("{name}'s agent has not answered for a minute: the backup's outcome is unknown; see `pgbaton backups` and its log");
+            }
             continue;
         };
-        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        unanswered = 0;
         let r = &v["running"];
         if r["started_ms"].as_u64() == Some(started) {
             if let (Some(d), Some(t @ 1..)) = (r["bytes_done"].as_u64(), r["bytes_total"].as_u64())
@@ -184,6 +193,11 @@ async fn follow(cfg: &ClientConfig, name: &str, base: &str, started: u64) -> Res
         }
         let l = &v["last"];
         if l["started_ms"].as_u64() != Some(started) {
+            // Neither running nor finished: the agent restarted and forgot it.
+            unknown += 1;
+            if unknown >= 5 {
+                bail!("{name}'s agent no longer knows the backup it started (it restarted?): see `pgbaton backups` and its log");
+            }
             continue;
         }
         let msg = l["message"].as_str().unwrap_or("");

@@ -58,6 +58,8 @@ pub struct OtherPg {
     pub data_dir: PathBuf,
     pub port: u16,
     pub socket_dir: PathBuf,
+    /// The superuser pgBackRest connects as (its pg_ident maps this OS user to it).
+    pub user: String,
 }
 
 /// Where a restore stops (`--type` and `--target`).
@@ -222,6 +224,7 @@ impl BackRest {
             args.push(format!("--pg2-path={}", p.data_dir.display()));
             args.push(format!("--pg2-port={}", p.port));
             args.push(format!("--pg2-socket-path={}", p.socket_dir.display()));
+            args.push(format!("--pg2-user={}", p.user));
         }
         args.push("backup".into());
         self.run(&args, LONG_TIMEOUT).await
@@ -370,41 +373,6 @@ impl BackRest {
         files::write_if_changed(&path, &new, 0o600)?;
         Ok(())
     }
-}
-
-// The lock every member's archiver takes, in the repository, around pgBackRest's
-// `archive-push` (its path: `render::backrest_push_command`). Every member archives
-// (archive_mode = always), and two pushes of the same segment at once collide in
-// pgBackRest's temporary file (the second one's rename fails: "unable to move ...
-// .pgbackrest.tmp", a failed archive command, seen in the integration test); pgBackRest
-// counts on a single archiver. A lock on a file in the repository serializes the pushes of
-// every member that shares it (fcntl locks work over NFS too); the second push then finds
-// the segment there with the same checksum, a success.
-
-/// archive_command with pgBackRest: `archive-push` under the repository's push lock. The
-/// exit code is pgBackRest's; its output goes to PostgreSQL's log.
-pub fn push_locked(bin: &Path, conf: &Path, stanza: &str, lock: &Path, wal: &Path) -> Result<i32> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(lock)
-        .with_context(|| format!("open the archive lock {}", lock.display()))?;
-    let _held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .with_context(|| format!("lock {}", lock.display()))?;
-    let status = std::process::Command::new(bin)
-        .arg(format!("--config={}", conf.display()))
-        .arg(format!("--stanza={stanza}"))
-        .arg("archive-push")
-        .arg(wal)
-        .env("LC_ALL", "C")
-        .stdin(std::process::Stdio::null())
-        .status()
-        .with_context(|| format!("run {}", bin.display()))?;
-    Ok(status.code().unwrap_or(1))
 }
 
 /// The settings pgBackRest's restore wrote into postgresql.auto.conf (restore_command and

@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod backrest;
+pub mod backrest_push;
 pub mod bins;
 pub mod clone;
 pub mod datadir;

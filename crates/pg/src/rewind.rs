@@ -130,7 +130,14 @@ pub async fn rewind_if_diverged(
     if dry.contains("no rewind required") {
         return Ok(Rewind::NotNeeded);
     }
+    let kept = match diverged_at(&dry).and_then(|l| crate::archive::parse_lsn(&l)) {
+        Some(fork) => Some(KeptWal::before(data_dir, fork)?),
+        None => None,
+    };
     let real = pg_rewind(bins, data_dir, source, false, restore_target_wal).await?;
+    if let Some(k) = kept {
+        k.put_back()?;
+    }
     Ok(Rewind::Rewound {
         diverged_at: diverged_at(&real)
             .or_else(|| diverged_at(&dry))
@@ -138,9 +145,139 @@ pub async fn rewind_if_diverged(
     })
 }
 
+/// The target's WAL segments from before the fork, kept across pg_rewind. pg_rewind removes
+/// every file of the target the source does not have, WAL segments too; the source (a new
+/// primary that checkpointed since) may no longer have the segments from the last common
+/// checkpoint's redo point on, and the rewound standby replays from that point first: it
+/// then asked the new primary for a segment it had removed, "starting" for good (pinned:
+/// `a_former_primary_whose_last_checkpoint_spans_two_segments_rejoins`). Segments before
+/// the fork are the same on both sides, so the target's own copies are put back.
+struct KeptWal {
+    pg_wal: std::path::PathBuf,
+    aside: std::path::PathBuf,
+    names: Vec<String>,
+}
+
+impl KeptWal {
+    /// Link (or copy) every segment of `data_dir` that ends before `fork` into a directory
+    /// beside it.
+    fn before(data_dir: &Path, fork: u64) -> Result<KeptWal> {
+        let pg_wal = data_dir.join("pg_wal");
+        let mut aside = data_dir.as_os_str().to_owned();
+        aside.push(".pgbaton-wal-kept");
+        let aside = std::path::PathBuf::from(aside);
+        if aside.exists() {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "copies of WAL segments an earlier rejoin set aside (the originals stay in pg_wal)"
+            )]
+            std::fs::remove_dir_all(&aside)
+                .with_context(|| format!("remove {}", aside.display()))?;
+        }
+        crate::files::ensure_dir(&aside, 0o700)?;
+        let seg_size = crate::archive::segment_size_of(&pg_wal)?.unwrap_or(16 << 20);
+        let fork_seg = fork / seg_size;
+        let mut names = vec![];
+        for e in std::fs::read_dir(&pg_wal).with_context(|| format!("read {}", pg_wal.display()))? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            let Some(seg) = segment_number(&name, seg_size) else {
+                continue;
+            };
+            if seg >= fork_seg {
+                continue;
+            }
+            let (from, to) = (pg_wal.join(&name), aside.join(&name));
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to)
+                    .with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
+            }
+            names.push(name);
+        }
+        Ok(KeptWal {
+            pg_wal,
+            aside,
+            names,
+        })
+    }
+
+    /// Put back what pg_rewind removed (never over a file it left or brought), then drop
+    /// the directory aside.
+    fn put_back(self) -> Result<()> {
+        for name in &self.names {
+            let to = self.pg_wal.join(name);
+            if !to.exists() {
+                std::fs::rename(self.aside.join(name), &to)
+                    .or_else(|_| std::fs::copy(self.aside.join(name), &to).map(|_| ()))
+                    .with_context(|| format!("put {name} back into {}", self.pg_wal.display()))?;
+            }
+        }
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the links or copies set aside above, once put back"
+        )]
+        std::fs::remove_dir_all(&self.aside)
+            .with_context(|| format!("remove {}", self.aside.display()))?;
+        Ok(())
+    }
+}
+
+/// The segment number of a WAL segment file name (`TTTTTTTTXXXXXXXXYYYYYYYY`).
+fn segment_number(name: &str, seg_size: u64) -> Option<u64> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    Some(log * (0x1_0000_0000 / seg_size) + seg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wal_before_the_fork_is_put_back_after_pg_rewind_removed_it() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        let wal = data.join("pg_wal");
+        std::fs::create_dir_all(&wal).unwrap();
+        let seg = 16u64 << 20;
+        for n in [
+            "000000010000000000000010",
+            "000000010000000000000011",
+            "000000010000000000000012",
+        ] {
+            std::fs::File::create(wal.join(n))
+                .unwrap()
+                .set_len(seg)
+                .unwrap();
+        }
+        std::fs::write(wal.join("00000002.history"), "1\t0/120000D8\n").unwrap();
+        let kept = KeptWal::before(&data, 0x1200_00D8).unwrap();
+        assert_eq!(kept.names.len(), 2);
+        // pg_rewind: removes what the source lacks, replaces the fork's segment.
+        std::fs::remove_file(wal.join("000000010000000000000010")).unwrap();
+        std::fs::remove_file(wal.join("000000010000000000000011")).unwrap();
+        std::fs::write(wal.join("000000010000000000000012"), "the source's").unwrap();
+        kept.put_back().unwrap();
+        assert!(wal.join("000000010000000000000010").exists());
+        assert_eq!(
+            std::fs::metadata(wal.join("000000010000000000000011"))
+                .unwrap()
+                .len(),
+            seg
+        );
+        assert_eq!(
+            std::fs::read(wal.join("000000010000000000000012")).unwrap(),
+            b"the source's"
+        );
+        assert!(!d.path().join("data.pgbaton-wal-kept").exists());
+        assert_eq!(
+            segment_number("0000000100000001000000FF", seg),
+            Some(256 + 255)
+        );
+        assert_eq!(segment_number("00000002.history", seg), None);
+    }
 
     #[test]
     fn finds_the_divergence_point() {

@@ -118,7 +118,9 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
             incr_every_hours: 0,
             restore_replicas: true,
         }),
-        bootstrap: o.restore.clone(),
+        // Only the first member restores: the others clone from it, and a member that
+        // lost its disk later must never restore the old point in time again.
+        bootstrap: o.restore.clone().filter(|_| i == 1),
     }
 }
 

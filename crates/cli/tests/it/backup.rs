@@ -232,15 +232,21 @@ fn walk(dir: &Path) -> Vec<String> {
     out
 }
 
-/// A scheduled backup is taken by the leader with no CLI running: the first one as soon as
-/// the schedule finds none.
+/// The leader makes a missing stanza (`[backup]` added to a running cluster), and a
+/// scheduled backup is taken with no CLI running: the first one as soon as the schedule
+/// finds none; retention keeps two.
 #[test]
-fn the_schedule_takes_a_full_backup_on_its_own() {
+fn the_leader_makes_a_missing_stanza_and_the_schedule_takes_backups() {
     let c = Cluster::up_with(1, &["--backup"]);
     with_logs_on_panic(&c, || {
         assert!(backups(&c)["backups"].as_array().unwrap().is_empty());
         let o = c.down(false);
         assert!(o.status.success(), "down failed:\n{}", text(&o));
+        // As if [backup] were added to a running cluster: no stanza in the repository.
+        for sub in ["archive", "backup"] {
+            #[expect(clippy::disallowed_methods, reason = "the test's own repository")]
+            std::fs::remove_dir_all(c.dir.join("backup").join(sub)).unwrap();
+        }
         let node = c.dir.join("n1/node.toml");
         let toml = std::fs::read_to_string(&node).unwrap();
         assert!(toml.contains("full_every_hours = 0"), "{toml}");
@@ -256,7 +262,10 @@ fn the_schedule_takes_a_full_backup_on_its_own() {
                 .as_array()
                 .is_some_and(|l| l.len() == 1 && l[0]["type"] == "full")
         });
-        assert!(log(&c, "n1").contains("a scheduled full backup is due"));
+        let n1 = log(&c, "n1");
+        assert!(n1.contains("pgBackRest stanza pgbaton made"), "{n1}");
+        assert!(n1.contains("a scheduled full backup is due"), "{n1}");
+        archivers_fine(&c);
         // Retention (retention_full = 2 for `up --backup`): the oldest goes after the third.
         let first = backups(&c)["backups"][0]["label"].clone();
         for _ in 0..2 {

@@ -655,3 +655,119 @@ fn a_killed_fence_watchdog_never_leaves_an_unfenced_primary() {
         },
     );
 }
+
+/// The segment that holds `member`'s last checkpoint's redo point, and the one that holds
+/// its record (pg_controldata).
+fn checkpoint_segments(c: &Cluster, member: &str) -> (String, String) {
+    let o = run_with_timeout(
+        std::process::Command::new(format!("{PG_BIN}/pg_controldata"))
+            .arg(c.data_dir(member))
+            .env("LC_ALL", "C"),
+        Duration::from_secs(10),
+    );
+    let out = text(&o);
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {k} in:\n{out}"))
+    };
+    let redo_file = field("Latest checkpoint's REDO WAL file:");
+    let record = field("Latest checkpoint location:");
+    // 0/11000060 on timeline 1 lies in segment 000000010000000000000011 (16 MB segments).
+    let (hi, lo) = record.split_once('/').unwrap();
+    let lo = u64::from_str_radix(lo, 16).unwrap();
+    let record_file = format!(
+        "{}{:08X}{:08X}",
+        &redo_file[..8],
+        u64::from_str_radix(hi, 16).unwrap(),
+        lo >> 24
+    );
+    (redo_file, record_file)
+}
+
+/// Pinned (25acb7d): a former primary whose last checkpoint has its redo point in the
+/// segment before its record's, crashed, rejoins. The crash recovery before pg_rewind
+/// (`postgres --single`) ended with a checkpoint that removed the redo point's segment;
+/// pg_rewind still found the checkpoint record, and the rewound standby asked the new
+/// primary, which had checkpointed past it, for that segment: "requested WAL segment ...
+/// has already been removed", "starting" for good (seen in CI).
+#[test]
+fn a_former_primary_whose_last_checkpoint_spans_two_segments_rejoins() {
+    let c = Cluster::up(2);
+    with_logs_on_panic(&c, || {
+        c.sql_direct("n1", "CREATE TABLE big(i int, x int); INSERT INTO big SELECT g, 0 FROM generate_series(1, 1000000) g; CHECKPOINT")
+            .unwrap();
+        // A checkpoint that is still writing buffers when the segment is switched: its redo
+        // point stays in the old segment, its record lands in the new one.
+        let mut spans = None;
+        for _ in 0..10 {
+            // Every page dirty (a checkpoint that takes a while), a modest amount of WAL.
+            c.sql_direct("n1", "UPDATE big SET x = x + 1 WHERE i % 4 = 0")
+                .unwrap();
+            let bg = {
+                let (dir, port) = (c.dir.clone(), c.port_base);
+                std::thread::spawn(move || {
+                    run_with_timeout(
+                        as_pg(std::process::Command::new(format!("{PG_BIN}/psql")).args([
+                            "-h",
+                            dir.join("n1/run").to_str().unwrap(),
+                            "-p",
+                            &port.to_string(),
+                            "-d",
+                            "app",
+                            "-c",
+                            "CHECKPOINT",
+                        ])),
+                        Duration::from_secs(60),
+                    )
+                })
+            };
+            std::thread::sleep(Duration::from_millis(50));
+            c.sql_direct("n1", "SELECT pg_switch_wal()").unwrap();
+            assert!(bg.join().unwrap().status.success());
+            let (redo, record) = checkpoint_segments(&c, "n1");
+            if redo != record {
+                spans = Some((redo, record));
+                break;
+            }
+        }
+        let (redo_seg, record_seg) =
+            spans.expect("no checkpoint spanning two segments in 10 tries");
+        // n2 keeps a slot for n1 at n1's last reported position: let that pass the redo
+        // point's segment, as an idle cluster's would, so that n2 may recycle it.
+        let past = u64::from_str_radix(&record_seg[16..], 16).unwrap() << 24;
+        wait_for(
+            "n1's report past the checkpoint",
+            Duration::from_secs(30),
+            || {
+                c.member("n1")["lsn"]
+                    .as_str()
+                    .and_then(|l| l.split_once('/'))
+                    .and_then(|(h, l)| {
+                        Some(
+                            (u64::from_str_radix(h, 16).ok()? << 32)
+                                | u64::from_str_radix(l, 16).ok()?,
+                        )
+                    })
+                    .is_some_and(|l| l >= past)
+            },
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        lose_host(&c, "n1");
+        let new = c.failed_over_from("n1");
+        assert_eq!(new, "n2");
+        // The new primary checkpoints past that segment and recycles it.
+        wait_for(
+            &format!("n2 to recycle {redo_seg}"),
+            Duration::from_secs(60),
+            || {
+                let _ = c.sql_direct("n2", "SELECT pg_switch_wal(); CHECKPOINT");
+                !c.data_dir("n2").join("pg_wal").join(&redo_seg).exists()
+            },
+        );
+        let o = c.up_again();
+        assert!(o.status.success(), "up again failed:\n{}", text(&o));
+        wait_rejoined(&c, "n1", "n2");
+    });
+}

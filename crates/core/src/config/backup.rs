@@ -210,6 +210,9 @@ pub fn is_lsn(s: &str) -> bool {
 /// for `recovery_target_time` that a script would write. Checked here so that a typo is
 /// refused before anything is restored.
 pub fn is_timestamp(s: &str) -> bool {
+    if !s.is_ascii() {
+        return false;
+    }
     let b = s.as_bytes();
     let digits =
         |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));

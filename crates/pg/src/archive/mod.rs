@@ -13,6 +13,7 @@ mod check;
 mod push;
 
 pub use check::{check, parse_history, parse_lsn, segment_size_of, ArchiveCheck, Hole};
+pub(crate) use push::past_switch_point;
 pub use push::{fetch, push, Fetched, Pushed};
 
 /// WAL files waiting for the archiver in `data_dir` (`.ready` status files) and the age in

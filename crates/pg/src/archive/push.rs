@@ -128,7 +128,7 @@ fn already_there(src: &Path, dest: &Path) -> Result<Pushed> {
 /// files' first page header matches) and, for the segment holding the switch point, only
 /// when both agree up to it: WAL before a switch point is shared by every timeline after it,
 /// so a difference there is a real conflict.
-fn past_switch_point(src: &Path, dest: &Path, name: &str) -> Result<Option<String>> {
+pub(crate) fn past_switch_point(src: &Path, dest: &Path, name: &str) -> Result<Option<String>> {
     let seg_size = std::fs::metadata(src)?.len();
     if !seg_size.is_power_of_two() || std::fs::metadata(dest)?.len() != seg_size {
         return Ok(None);
