@@ -28,6 +28,18 @@ pub(crate) async fn preflight(cfg: &NodeConfig, known_id: Option<&str>) -> Resul
     };
     check_bin(&br.bin, "backup.bin")?;
     check_repo(&br.repo)?;
+    if let Some(owner) =
+        pgbaton_pg::backrest::stanza_owner(&br.repo, &br.stanza).filter(|o| *o != cfg.cluster)
+    {
+        bail!(
+            "stanza {} in the pgBackRest repository {} belongs to cluster {owner}, and this is cluster {}: \
+             a cluster restored from another keeps its system identifier, so only this tells them apart. \
+             Choose another backup.stanza or backup.repo_path",
+            br.stanza,
+            br.repo.display(),
+            cfg.cluster
+        );
+    }
     // pgBackRest reads its own config: the real one is written before PostgreSQL starts,
     // so ask with a scratch copy (nothing in the node's directories is created yet).
     let (_scratch, probe) = scratch_reader(cfg, &br)?;
@@ -129,37 +141,22 @@ fn check_bin(bin: &Path, key: &str) -> Result<()> {
 /// `br` reading its repository with a config in a temporary directory (logs and locks
 /// there too): for a read before anything of the node's is made. Only the repository and
 /// the stanza matter for `info`; the data directory named there is never read.
-fn scratch_reader(cfg: &NodeConfig, br: &BackRest) -> Result<(ScratchConf, BackRest)> {
-    let dir = std::env::temp_dir().join(format!("pgbaton-pgbackrest.{}", std::process::id()));
-    pgbaton_pg::files::ensure_dir(&dir, 0o700)?;
-    let scratch = ScratchConf {
-        path: dir.join("pgbackrest.conf"),
-        dir,
-    };
+fn scratch_reader(cfg: &NodeConfig, br: &BackRest) -> Result<(tempfile::TempDir, BackRest)> {
+    // A fresh directory of this user's (0700), whatever else is in /tmp.
+    let dir = tempfile::Builder::new()
+        .prefix("pgbaton-pgbackrest.")
+        .tempdir()
+        .context("make a scratch directory for pgbackrest info")?;
+    let path = dir.path().join("pgbackrest.conf");
     let mut c = cfg.clone();
-    c.data_dir = scratch.dir.join("data");
+    c.data_dir = dir.path().join("data");
     let text = pgbaton_core::render::pgbackrest_conf_for(&c, &br.repo, &br.stanza, 1);
-    pgbaton_pg::files::write_if_changed(&scratch.path, &text, 0o600)?;
+    pgbaton_pg::files::write_if_changed(&path, &text, 0o600)?;
     let reader = BackRest {
-        conf: scratch.path.clone(),
+        conf: path,
         ..br.clone()
     };
-    Ok((scratch, reader))
-}
-
-struct ScratchConf {
-    dir: std::path::PathBuf,
-    path: std::path::PathBuf,
-}
-
-impl Drop for ScratchConf {
-    fn drop(&mut self) {
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "a scratch directory this process made for one pgbackrest info"
-        )]
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    Ok((dir, reader))
 }
 
 /// The backups this agent ran, for the API.
@@ -444,7 +441,7 @@ async fn look(
     };
     // 1: missing stanza path, 3: missing stanza data (pgBackRest's info codes).
     if matches!(info.status_code, 1 | 3) {
-        match br.stanza_create().await {
+        match br.stanza_create(&cfg.cluster).await {
             Ok(()) => info!(
                 "pgBackRest stanza {} made in {}",
                 br.stanza,

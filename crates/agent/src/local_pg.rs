@@ -288,7 +288,7 @@ impl pgbaton_exec::Postgres for LocalPg {
             info!("created database {db}");
         }
         if let Some(br) = BackRest::of(&self.cfg) {
-            br.stanza_create()
+            br.stanza_create(&self.cfg.cluster)
                 .await
                 .context("create the pgBackRest stanza")?;
             info!(

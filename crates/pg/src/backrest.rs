@@ -197,11 +197,11 @@ impl BackRest {
     }
 
     /// Create the stanza (idempotent: an existing stanza of the same database is fine; one
-    /// of another database is an error naming both).
-    pub async fn stanza_create(&self) -> Result<()> {
+    /// of another database is an error naming both) and record `cluster` as its owner.
+    pub async fn stanza_create(&self, cluster: &str) -> Result<()> {
         self.run(&["stanza-create".into()], Duration::from_secs(300))
-            .await
-            .map(|_| ())
+            .await?;
+        claim_stanza(&self.repo, &self.stanza, cluster)
     }
 
     /// `pgbackrest info --output=json`, parsed.
@@ -373,6 +373,36 @@ impl BackRest {
         files::write_if_changed(&path, &new, 0o600)?;
         Ok(())
     }
+}
+
+/// Which pgbaton cluster a stanza belongs to: `<repo>/.pgbaton-stanza-<stanza>`, written
+/// when pgbaton makes the stanza. A point-in-time restore keeps the system identifier, so
+/// pgBackRest alone would let a restored cluster (say, with node.toml files copied from the
+/// original) archive into the original's stanza; the cluster's name tells them apart.
+fn owner_file(repo: &Path, stanza: &str) -> PathBuf {
+    repo.join(format!(".pgbaton-stanza-{stanza}"))
+}
+
+/// The cluster the stanza belongs to, when pgbaton made it.
+pub fn stanza_owner(repo: &Path, stanza: &str) -> Option<String> {
+    let text = std::fs::read_to_string(owner_file(repo, stanza)).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("cluster = "))
+        .map(|c| c.trim().to_string())
+}
+
+/// Record `cluster` as the stanza's owner, unless one is recorded already.
+pub fn claim_stanza(repo: &Path, stanza: &str, cluster: &str) -> Result<()> {
+    let path = owner_file(repo, stanza);
+    if path.exists() {
+        return Ok(());
+    }
+    files::write_if_changed(
+        &path,
+        &format!("# pgbaton: the cluster stanza {stanza} belongs to\ncluster = {cluster}\n"),
+        0o644,
+    )
+    .map(|_| ())
 }
 
 /// The settings pgBackRest's restore wrote into postgresql.auto.conf (restore_command and

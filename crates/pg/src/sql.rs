@@ -100,13 +100,16 @@ pub async fn local_instance(
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let row = client
-        .query_one(
+    let row = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.query_one(
             "SELECT current_setting('data_directory'), pg_is_in_recovery(), \
              (SELECT system_identifier::text FROM pg_control_system())",
             &[],
-        )
-        .await?;
+        ),
+    )
+    .await
+    .context("no answer within 10 s")??;
     Ok((
         std::path::PathBuf::from(row.get::<_, String>(0)),
         row.get(1),

@@ -461,8 +461,21 @@ fn a_missing_pgbackrest_an_unwritable_repository_or_another_clusters_stanza_is_r
     let cfg = with_backup(&theirs, "stanza = \"pgbaton\"\n");
     assert_refused(
         &agent(&cfg),
+        &[
+            "belongs to cluster pgbaton",
+            "this is cluster lonely",
+            "backup.stanza",
+        ],
+    );
+    // Without pgbaton's record of the owner (a stanza made by hand), by the database.
+    let owner = theirs.join(".pgbaton-stanza-pgbaton");
+    let record = std::fs::read(&owner).unwrap();
+    std::fs::remove_file(&owner).unwrap();
+    assert_refused(
+        &agent(&cfg),
         &["already holds stanza pgbaton", "backup.stanza"],
     );
+    std::fs::write(&owner, record).unwrap();
     assert!(!s.path.join("n1").exists(), "something was created");
     assert_eq!(listing(&theirs.join("backup/pgbaton")), before);
 }

@@ -65,7 +65,14 @@ impl BackupConfig {
         self.stanza.as_deref().unwrap_or(cluster)
     }
 
-    pub(super) fn validate(&self, pg: &PostgresqlConfig) -> Result<(), ConfigError> {
+    pub(super) fn validate(
+        &self,
+        pg: &PostgresqlConfig,
+        data_dir: &Path,
+    ) -> Result<(), ConfigError> {
+        // The member's pgbackrest.conf lies beside the data directory and is named in the
+        // archive and restore commands.
+        check_command_path("data_dir", data_dir)?;
         if pg.archive_dir.is_some() {
             return Err(ConfigError::new(
                 "postgresql.archive_dir",

@@ -51,7 +51,7 @@ impl NodeConfig {
         self.api.validate()?;
         self.store.validate()?;
         if let Some(b) = &self.backup {
-            b.validate(&self.postgresql)?;
+            b.validate(&self.postgresql, &self.data_dir)?;
         }
         if let Some(b) = &self.bootstrap {
             b.validate(self.backup.as_ref(), &self.cluster)?;
