@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use pgbaton_core::config::NodeConfig;
 use pgbaton_core::decide::ClusterView;
 use pgbaton_core::model::{MemberState, MemberStatus, Role};
-use pgbaton_pg::backrest::{BackRest, BackupType, OtherPg};
+use pgbaton_pg::backrest::{BackRest, BackupType, OtherPg, RepoInfo};
 use pgbaton_store::now_ms;
 use serde::Serialize;
 use std::path::Path;
@@ -161,7 +161,14 @@ fn scratch_reader(cfg: &NodeConfig, br: &BackRest) -> Result<(tempfile::TempDir,
 
 /// The backups this agent ran, for the API.
 #[derive(Clone, Default)]
-pub struct Jobs(Arc<Mutex<JobState>>);
+pub struct Jobs(
+    Arc<Mutex<JobState>>,
+    Arc<tokio::sync::Mutex<Option<(std::time::Instant, RepoInfo)>>>,
+);
+
+/// How long the API serves one `pgbackrest info` (a GET is not authenticated: it must not
+/// start a process per request).
+const INFO_FRESH: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Default, Serialize)]
 pub struct JobState {
@@ -200,6 +207,20 @@ pub enum Refused {
 impl Jobs {
     pub fn state(&self) -> JobState {
         self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// `pgbackrest info`, at most one run every `INFO_FRESH` for every caller together
+    /// (callers meanwhile wait for the run in flight and share its answer).
+    pub async fn info(&self, br: &BackRest) -> Result<RepoInfo> {
+        let mut cached = self.1.lock().await;
+        if let Some((at, info)) = cached.as_ref() {
+            if at.elapsed() < INFO_FRESH {
+                return Ok(info.clone());
+            }
+        }
+        let info = br.info().await?;
+        *cached = Some((std::time::Instant::now(), info.clone()));
+        Ok(info)
     }
 
     /// Start a backup of this member (in the background); the job as it started.
@@ -267,6 +288,8 @@ impl Jobs {
             info!("{} backup started (from the {})", kind.as_str(), j.from);
             let r = br.backup(kind, primary.as_ref()).await;
             drop(repo_lock);
+            // The repository changed: the next GET reads it afresh.
+            *jobs.1.lock().await = None;
             let message = match &r {
                 Ok(_) => newest_label(&br).await.unwrap_or_else(|| "done".into()),
                 Err(e) => format!("{e:#}"),

@@ -61,7 +61,7 @@ pub(super) async fn status(State(st): State<ApiState>) -> Response {
     // The running backup's progress, as pgBackRest's lock file reports it.
     if v["running"].is_object() {
         if let Some(br) = BackRest::of(&st.cfg) {
-            if let Ok(Some((done, total))) = br.info().await.map(|i| i.running) {
+            if let Ok(Some((done, total))) = st.backups.info(&br).await.map(|i| i.running) {
                 v["running"]["bytes_done"] = json!(done);
                 v["running"]["bytes_total"] = json!(total);
             }
@@ -77,7 +77,7 @@ pub(super) async fn list(State(st): State<ApiState>) -> Response {
             format!("{} has no [backup] in its config", st.cfg.name),
         );
     };
-    match br.info().await {
+    match st.backups.info(&br).await {
         Ok(i) => Json(i).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
     }
