@@ -153,7 +153,26 @@ impl local_pg::LocalPg {
                 .context("promote the restored PostgreSQL")?
                 .get(0);
             if !done {
-                bail!("the restored PostgreSQL did not finish its promotion within 60 s");
+                // PostgreSQL also pauses, and refuses promotion, when a setting is lower
+                // than on the cluster the backup came from; its log says which.
+                let why = pgbaton_pg::server::log_lines_matching(
+                    &self.cfg.log_file(),
+                    &[
+                        "insufficient parameter settings",
+                        "is a lower setting than on the primary",
+                    ],
+                );
+                bail!(
+                    "the restored PostgreSQL did not finish its promotion within 60 s{}",
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ": {}. Set those parameters in [postgresql.parameters] at least as high as on the cluster the backup came from",
+                            why.join("; ")
+                        )
+                    }
+                );
             }
         }
         if backrest::forget_recovery_settings(&self.cfg.data_dir)? {

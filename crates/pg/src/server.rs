@@ -76,9 +76,24 @@ pub async fn start(
         })
 }
 
-/// The last `FATAL:` line in the end of PostgreSQL's log: why it did not start (a recovery
-/// target past the archive's end, a bad setting), for the error and `list`.
-pub fn last_fatal(log_file: &Path) -> Option<String> {
+/// The lines of this start's part of PostgreSQL's log (its last 16 kB) that contain one
+/// of `needles`, without their prefix.
+pub fn log_lines_matching(log_file: &Path, needles: &[&str]) -> Vec<String> {
+    let Some(text) = this_start(log_file) else {
+        return vec![];
+    };
+    let mut out: Vec<String> = text
+        .lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+        .map(|l| l.split_once(']').map_or(l, |(_, r)| r).trim().to_string())
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The end of PostgreSQL's log (16 kB) from the last start on: an older failure is not
+/// this start's reason.
+fn this_start(log_file: &Path) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(log_file).ok()?;
     let len = f.metadata().ok()?.len();
@@ -86,12 +101,18 @@ pub fn last_fatal(log_file: &Path) -> Option<String> {
         .ok()?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    // Only this start's lines: an older failure is not this one's reason.
-    let this_start = text
-        .rfind("starting PostgreSQL")
-        .map_or(&text[..], |i| &text[i..]);
-    this_start.lines().rev().find_map(|l| {
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    Some(match text.rfind("starting PostgreSQL") {
+        Some(i) => text[i..].to_string(),
+        None => text,
+    })
+}
+
+/// The last `FATAL:` (or `PANIC:`) line of this start in PostgreSQL's log: why it did not
+/// start (a recovery target past the archive's end, a bad setting), for the error and
+/// `list`.
+pub fn last_fatal(log_file: &Path) -> Option<String> {
+    this_start(log_file)?.lines().rev().find_map(|l| {
         l.split_once("FATAL:")
             .or_else(|| l.split_once("PANIC:"))
             .map(|(_, m)| {
