@@ -3,8 +3,64 @@
 
 use anyhow::Result;
 use pgbaton_pg::archive::{self, ArchiveCheck, Fetched, Pushed};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// PostgreSQL's archive and restore commands (flattened into the top-level commands).
+#[derive(clap::Subcommand)]
+pub enum WalCmd {
+    /// Archive one WAL file (PostgreSQL's archive_command: `pgbaton wal-push --dir DIR %p %f`):
+    /// fsynced, never overwriting; an identical file already archived is a success.
+    WalPush {
+        /// The archive directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The file to archive (%p).
+        path: PathBuf,
+        /// Its name in the archive (%f).
+        name: String,
+    },
+    /// Archive one WAL file with pgBackRest (PostgreSQL's archive_command with [backup]):
+    /// `archive-push` under a lock in the repository, so that members never push at once.
+    #[command(hide = true, name = "backrest-push")]
+    BackrestPush {
+        #[arg(long)]
+        bin: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        stanza: String,
+        #[arg(long)]
+        lock: PathBuf,
+        /// The file to archive (%p).
+        path: PathBuf,
+    },
+    /// Restore one WAL file (restore_command: `pgbaton wal-fetch --dir DIR %f %p`); exits 1
+    /// when the archive does not have it.
+    WalFetch {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The file's name in the archive (%f).
+        name: String,
+        /// Where PostgreSQL wants it (%p).
+        path: PathBuf,
+    },
+}
+
+/// Run one: its exit code is what PostgreSQL sees.
+pub fn run(cmd: WalCmd) -> ExitCode {
+    match cmd {
+        WalCmd::WalPush { dir, path, name } => wal_push(&dir, &path, &name),
+        WalCmd::BackrestPush {
+            bin,
+            config,
+            stanza,
+            lock,
+            path,
+        } => backrest_push(&bin, &config, &stanza, &lock, &path),
+        WalCmd::WalFetch { dir, name, path } => wal_fetch(&dir, &name, &path),
+    }
+}
 
 /// archive_command: 0 when the file is in the archive (copied now or already there).
 pub fn wal_push(dir: &Path, path: &Path, name: &str) -> ExitCode {

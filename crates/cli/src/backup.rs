@@ -8,9 +8,11 @@ use pgbaton_core::config::{
     is_lsn, is_timestamp, BootstrapConfig, BootstrapMethod, ClientConfig, NodeConfig,
 };
 use pgbaton_core::model::{MemberState, MemberStatus};
+use pgbaton_core::sync::SyncMode;
 use pgbaton_pg::backrest::RepoInfo;
 use pgbaton_store::read_view;
 use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// `restore`'s source as a `[bootstrap]` table: `--from DIR` (a local cluster made with
@@ -69,6 +71,125 @@ pub fn restore_source(
         target_lsn,
         bin,
     })
+}
+
+/// `backup`, `backups` and `restore` (flattened into the top-level commands).
+#[derive(clap::Subcommand)]
+pub enum BackupCmd {
+    /// Point-in-time recovery: a new local cluster in DIR whose first member restores a
+    /// pgBackRest backup and replays the archive up to just before TIME or LSN (the other
+    /// members clone from it). The cluster it comes from is never touched: its repository
+    /// is only read, and the new cluster does not archive into it.
+    Restore {
+        /// Where the backup comes from: a local cluster made with `up --backup` (its
+        /// DIR/backup repository and stanza) ...
+        #[arg(long, value_name = "DIR", required_unless_present = "repo", conflicts_with_all = ["repo", "stanza"])]
+        from: Option<PathBuf>,
+        /// ... or a pgBackRest repository (with --stanza).
+        #[arg(long, value_name = "PATH", requires = "stanza")]
+        repo: Option<PathBuf>,
+        #[arg(long)]
+        stanza: Option<String>,
+        /// Stop just before this time (`2026-12-03 10:00:00+00`) or LSN (`0/3000060`).
+        #[arg(long, value_name = "TIME|LSN")]
+        to: String,
+        /// Directory for the new cluster. Created; must not hold a cluster.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        nodes: u16,
+        #[arg(long, default_value_t = 15432)]
+        port_base: u16,
+        /// The new cluster's name.
+        #[arg(long, default_value = "restored")]
+        cluster: String,
+        /// Backups and WAL archive of its own for the new cluster, in DIR/backup.
+        #[arg(long)]
+        backup: bool,
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Take a pgBackRest backup ([backup] in the members' configs): on a streaming standby
+    /// whose host has the primary's files (a local cluster), else on the primary.
+    Backup {
+        /// full, diff or incr (pgBackRest's default: incr, and full when there is none yet).
+        #[arg(long = "type", default_value = "incr", value_parser = ["full", "diff", "incr"])]
+        kind: String,
+        /// The member to take it on (default: a streaming standby, else the primary).
+        #[arg(long)]
+        member: Option<String>,
+        /// File holding the API token (default: api.token beside a local cluster's store).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Return once the backup started instead of following it to its end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The backups in the pgBackRest repository, with sizes and WAL ranges.
+    Backups {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run one of them; `client_config` reads the cluster's client config when needed.
+pub fn run(cmd: BackupCmd, client_config: impl FnOnce() -> Result<ClientConfig>) -> Result<()> {
+    match cmd {
+        BackupCmd::Restore {
+            from,
+            repo,
+            stanza,
+            to,
+            dir,
+            nodes,
+            port_base,
+            cluster,
+            backup,
+            timeout,
+        } => {
+            let source = restore_source(from.as_deref(), repo, stanza, &to)?;
+            let opts = crate::local::UpOptions {
+                dir,
+                nodes,
+                port_base,
+                cluster,
+                databases: vec![],
+                archive: false,
+                backup,
+                restore: Some(source),
+                synchronous: SyncMode::Off,
+                synchronous_node_count: 1,
+                timeout_s: timeout,
+                orphan_slot_grace_s: 300,
+                etcd: vec![],
+                etcd_access: Default::default(),
+                tls: true,
+            };
+            crate::runtime()?.block_on(crate::local::up(opts))?;
+            Ok(())
+        }
+        BackupCmd::Backup {
+            kind,
+            member,
+            token_file,
+            no_wait,
+        } => {
+            let cfg = client_config()?;
+            crate::runtime()?.block_on(backup(
+                &cfg,
+                &kind,
+                member.as_deref(),
+                token_file.as_deref(),
+                !no_wait,
+            ))?;
+            Ok(())
+        }
+        BackupCmd::Backups { json } => {
+            let cfg = client_config()?;
+            crate::runtime()?.block_on(backups(&cfg, json))?;
+            Ok(())
+        }
+    }
 }
 
 /// How long `backup` follows a backup before it stops waiting (the backup goes on).

@@ -39,42 +39,8 @@ enum Cmd {
     /// The agent's fence watchdog process (started by the agent itself; commands on stdin).
     #[command(hide = true, name = "fence-watchdog")]
     FenceWatchdog { data_dir: std::path::PathBuf },
-    /// Archive one WAL file (PostgreSQL's archive_command: `pgbaton wal-push --dir DIR %p %f`):
-    /// fsynced, never overwriting; an identical file already archived is a success.
-    WalPush {
-        /// The archive directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// The file to archive (%p).
-        path: PathBuf,
-        /// Its name in the archive (%f).
-        name: String,
-    },
-    /// Archive one WAL file with pgBackRest (PostgreSQL's archive_command with [backup]):
-    /// `archive-push` under a lock in the repository, so that members never push at once.
-    #[command(hide = true, name = "backrest-push")]
-    BackrestPush {
-        #[arg(long)]
-        bin: PathBuf,
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long)]
-        stanza: String,
-        #[arg(long)]
-        lock: PathBuf,
-        /// The file to archive (%p).
-        path: PathBuf,
-    },
-    /// Restore one WAL file (restore_command: `pgbaton wal-fetch --dir DIR %f %p`); exits 1
-    /// when the archive does not have it.
-    WalFetch {
-        #[arg(long)]
-        dir: PathBuf,
-        /// The file's name in the archive (%f).
-        name: String,
-        /// Where PostgreSQL wants it (%p).
-        path: PathBuf,
-    },
+    #[command(flatten)]
+    Wal(archive::WalCmd),
     /// The WAL archive: `archive check --dir DIR` finds holes across timelines.
     Archive {
         #[command(subcommand)]
@@ -256,60 +222,8 @@ enum Cmd {
         #[command(flatten)]
         common: OpArgs,
     },
-    /// Point-in-time recovery: a new local cluster in DIR whose first member restores a
-    /// pgBackRest backup and replays the archive up to just before TIME or LSN (the other
-    /// members clone from it). The cluster it comes from is never touched: its repository
-    /// is only read, and the new cluster does not archive into it.
-    Restore {
-        /// Where the backup comes from: a local cluster made with `up --backup` (its
-        /// DIR/backup repository and stanza) ...
-        #[arg(long, value_name = "DIR", required_unless_present = "repo", conflicts_with_all = ["repo", "stanza"])]
-        from: Option<PathBuf>,
-        /// ... or a pgBackRest repository (with --stanza).
-        #[arg(long, value_name = "PATH", requires = "stanza")]
-        repo: Option<PathBuf>,
-        #[arg(long)]
-        stanza: Option<String>,
-        /// Stop just before this time (`2026-12-03 10:00:00+00`) or LSN (`0/3000060`).
-        #[arg(long, value_name = "TIME|LSN")]
-        to: String,
-        /// Directory for the new cluster. Created; must not hold a cluster.
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long, default_value_t = 1)]
-        nodes: u16,
-        #[arg(long, default_value_t = 15432)]
-        port_base: u16,
-        /// The new cluster's name.
-        #[arg(long, default_value = "restored")]
-        cluster: String,
-        /// Backups and WAL archive of its own for the new cluster, in DIR/backup.
-        #[arg(long)]
-        backup: bool,
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
-    },
-    /// Take a pgBackRest backup ([backup] in the members' configs): on a streaming standby
-    /// whose host has the primary's files (a local cluster), else on the primary.
-    Backup {
-        /// full, diff or incr (pgBackRest's default: incr, and full when there is none yet).
-        #[arg(long = "type", default_value = "incr", value_parser = ["full", "diff", "incr"])]
-        kind: String,
-        /// The member to take it on (default: a streaming standby, else the primary).
-        #[arg(long)]
-        member: Option<String>,
-        /// File holding the API token (default: api.token beside a local cluster's store).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-        /// Return once the backup started instead of following it to its end.
-        #[arg(long)]
-        no_wait: bool,
-    },
-    /// The backups in the pgBackRest repository, with sizes and WAL ranges.
-    Backups {
-        #[arg(long)]
-        json: bool,
-    },
+    #[command(flatten)]
+    Backup(backup::BackupCmd),
     /// Pause the cluster: the agents take no automatic action (operations still run).
     Pause,
     /// End a pause.
@@ -422,7 +336,7 @@ fn init_tracing() {
         .init();
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -446,15 +360,7 @@ fn config_path(cli_config: Option<PathBuf>) -> PathBuf {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::WalPush { dir, path, name } => Ok(archive::wal_push(&dir, &path, &name)),
-        Cmd::BackrestPush {
-            bin,
-            config,
-            stanza,
-            lock,
-            path,
-        } => Ok(archive::backrest_push(&bin, &config, &stanza, &lock, &path)),
-        Cmd::WalFetch { dir, name, path } => Ok(archive::wal_fetch(&dir, &name, &path)),
+        Cmd::Wal(c) => Ok(archive::run(c)),
         Cmd::Archive {
             cmd: ArchiveCmd::Check { dir, json },
         } => archive::check(&dir, json),
@@ -561,58 +467,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(local::down(&dir, purge))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Restore {
-            from,
-            repo,
-            stanza,
-            to,
-            dir,
-            nodes,
-            port_base,
-            cluster,
-            backup,
-            timeout,
-        } => {
-            let source = backup::restore_source(from.as_deref(), repo, stanza, &to)?;
-            let opts = local::UpOptions {
-                dir,
-                nodes,
-                port_base,
-                cluster,
-                databases: vec![],
-                archive: false,
-                backup,
-                restore: Some(source),
-                synchronous: SyncMode::Off,
-                synchronous_node_count: 1,
-                timeout_s: timeout,
-                orphan_slot_grace_s: 300,
-                etcd: vec![],
-                etcd_access: Default::default(),
-                tls: true,
-            };
-            runtime()?.block_on(local::up(opts))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Backup {
-            kind,
-            member,
-            token_file,
-            no_wait,
-        } => {
-            let cfg = cluster::load_client_config(&config_path(cli.config))?;
-            runtime()?.block_on(backup::backup(
-                &cfg,
-                &kind,
-                member.as_deref(),
-                token_file.as_deref(),
-                !no_wait,
-            ))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Backups { json } => {
-            let cfg = cluster::load_client_config(&config_path(cli.config))?;
-            runtime()?.block_on(backup::backups(&cfg, json))?;
+        Cmd::Backup(c) => {
+            backup::run(c, || cluster::load_client_config(&config_path(cli.config)))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::List { json } => {
