@@ -127,25 +127,17 @@ impl local_pg::LocalPg {
                     );
                 }
                 if said.elapsed() > Duration::from_secs(10) {
-                    let lsn: Option<String> = client
-                        .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-                        .await?
-                        .get(0);
                     info!(
                         "point-in-time recovery: replayed up to {}",
-                        lsn.unwrap_or_default()
+                        replayed(client).await?
                     );
                     said = Instant::now();
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            let at: Option<String> = client
-                .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-                .await?
-                .get(0);
             info!(
                 "point-in-time recovery reached its target at {}: promoting",
-                at.unwrap_or_default()
+                replayed(client).await?
             );
             let done: bool = client
                 .query_one("SELECT pg_promote(true, 60)", &[])
@@ -180,6 +172,15 @@ impl local_pg::LocalPg {
         }
         Ok(())
     }
+}
+
+/// How far recovery has replayed (`pg_last_wal_replay_lsn`), for the log.
+async fn replayed(client: &tokio_postgres::Client) -> Result<String> {
+    let lsn: Option<String> = client
+        .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+        .await?
+        .get(0);
+    Ok(lsn.unwrap_or_default())
 }
 
 /// Restore into a scratch directory beside `data`, moved into place only when complete, so

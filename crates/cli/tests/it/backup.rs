@@ -136,25 +136,8 @@ fn backups_from_a_standby_members_from_the_repository_and_a_delete_undone() {
             port_base: free_port_base(2),
             extra: vec![],
         };
-        let (ports, from) = (r.port_base.to_string(), c.dir.display().to_string());
-        let o = pgbaton(
-            &[
-                "restore",
-                "--from",
-                &from,
-                "--to",
-                &before,
-                "--dir",
-                r.dir.to_str().unwrap(),
-                "--nodes",
-                "2",
-                "--port-base",
-                &ports,
-                "--timeout",
-                "150",
-            ],
-            Duration::from_secs(180),
-        );
+        let from = c.dir.display().to_string();
+        let o = restore(&r, &from, &before);
         with_logs_on_panic(&r, || {
             assert!(o.status.success(), "restore failed:\n{}", text(&o));
             assert_eq!(count(&r, "n1"), "1001", "the restored cluster");
@@ -180,25 +163,7 @@ fn backups_from_a_standby_members_from_the_repository_and_a_delete_undone() {
             port_base: free_port_base(1),
             extra: vec![],
         };
-        let ports = r.port_base.to_string();
-        let o = pgbaton(
-            &[
-                "restore",
-                "--from",
-                &from,
-                "--to",
-                &lsn,
-                "--dir",
-                r.dir.to_str().unwrap(),
-                "--nodes",
-                "1",
-                "--port-base",
-                &ports,
-                "--timeout",
-                "150",
-            ],
-            Duration::from_secs(180),
-        );
+        let o = restore(&r, &from, &lsn);
         with_logs_on_panic(&r, || {
             assert!(o.status.success(), "restore to {lsn} failed:\n{}", text(&o));
             assert_eq!(count(&r, "n1"), "1001", "restored to {lsn}");
@@ -216,6 +181,29 @@ fn backups_from_a_standby_members_from_the_repository_and_a_delete_undone() {
         assert_eq!(histories, vec!["00000002.history".to_string()]);
         archivers_fine(&c);
     });
+}
+
+/// `pgbaton restore --from FROM --to TO` into `r`'s directory, with `r`'s members and ports.
+fn restore(r: &Cluster, from: &str, to: &str) -> std::process::Output {
+    let (nodes, ports) = (r.nodes.to_string(), r.port_base.to_string());
+    pgbaton(
+        &[
+            "restore",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--dir",
+            r.dir.to_str().unwrap(),
+            "--nodes",
+            &nodes,
+            "--port-base",
+            &ports,
+            "--timeout",
+            "150",
+        ],
+        Duration::from_secs(180),
+    )
 }
 
 /// File names under `dir`, recursively.
