@@ -243,6 +243,7 @@ impl Agent {
             let me = self.shared.read().ok().and_then(|s| s.member.clone());
             self.schedule.tick(&self.cfg, &self.backups, me, &view);
         }
+        self.backup_server.tick(&self.cfg, &view);
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
             sh.replay_lag_ms = self.exec.pg.probe.as_ref().and_then(|p| p.replay_lag_ms);

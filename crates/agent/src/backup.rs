@@ -1,13 +1,14 @@
 //! Backups with pgBackRest (`[backup]`): the checks at start, the stanza at bootstrap, and
 //! the backup job the API starts (one at a time on each agent), from a standby when the
-//! primary's data directory is on the same host (pgBackRest reads a few of the primary's
-//! files and runs pg_backup_start there), else from the primary.
+//! primary's files are at hand, else from the primary. pgBackRest reads a few of the
+//! primary's files and runs pg_backup_start there: on this host, or through the primary's
+//! pgBackRest TLS server (`[backup.server]`, `backup_server.rs`) on another.
 
 use anyhow::{bail, Context, Result};
 use pgbaton_core::config::NodeConfig;
 use pgbaton_core::decide::ClusterView;
-use pgbaton_core::model::{MemberState, MemberStatus, Role};
-use pgbaton_pg::backrest::{BackRest, BackupType, OtherPg, RepoInfo};
+use pgbaton_core::model::{BackupServerInfo, MemberState, MemberStatus, Role};
+use pgbaton_pg::backrest::{self, BackRest, BackupType, OtherPg, RepoInfo, TlsServer};
 use pgbaton_store::now_ms;
 use serde::Serialize;
 use std::path::Path;
@@ -88,6 +89,7 @@ async fn check_bootstrap_source(cfg: &NodeConfig) -> Result<()> {
         conf: Default::default(),
         stanza: b.stanza.clone(),
         repo: b.repo_path.clone(),
+        timeout: backrest::long_timeout(cfg),
     };
     let (_scratch, br) = scratch_reader(cfg, &source)?;
     let info = br.info().await.with_context(|| {
@@ -249,7 +251,7 @@ impl Jobs {
         let primary = match me.role {
             Role::Primary => None,
             Role::Standby => Some(
-                primary_here(me, view)
+                primary_for(cfg, me, view)
                     .await
                     .map_err(|e| Refused::NotHere(format!("{e:#}")))?,
             ),
@@ -284,8 +286,17 @@ impl Jobs {
         }
         let jobs = self.clone();
         let j = job.clone();
+        let through = primary
+            .as_ref()
+            .and_then(|p| p.via.as_ref())
+            .map(|t| format!(", the primary's files through {}:{}", t.host, t.port))
+            .unwrap_or_default();
         tokio::spawn(async move {
-            info!("{} backup started (from the {})", kind.as_str(), j.from);
+            info!(
+                "{} backup started (from the {}{through})",
+                kind.as_str(),
+                j.from
+            );
             let r = br.backup(kind, primary.as_ref()).await;
             drop(repo_lock);
             // The repository changed: the next GET reads it afresh.
@@ -344,9 +355,13 @@ async fn newest_label(br: &BackRest) -> Option<String> {
         .map(|b| b.label.clone())
 }
 
-/// The primary's files, for a backup from this standby: its socket (from its report) must
-/// be on this host and lead to a primary of the same database.
-async fn primary_here(me: &MemberState, view: Option<&ClusterView>) -> Result<OtherPg> {
+/// The primary's files, for a backup from this standby: through the primary's pgBackRest
+/// TLS server when it runs one (`[backup.server]`), else on this host.
+async fn primary_for(
+    cfg: &NodeConfig,
+    me: &MemberState,
+    view: Option<&ClusterView>,
+) -> Result<OtherPg> {
     let view = view.context("no view of the cluster yet")?;
     let leader = view
         .leader
@@ -357,11 +372,62 @@ async fn primary_here(me: &MemberState, view: Option<&ClusterView>) -> Result<Ot
         .iter()
         .find(|m| m.name == leader.member)
         .with_context(|| format!("no report from the primary {}", leader.member))?;
+    match &p.backup_server {
+        Some(s) => primary_via_server(cfg, p, s).await,
+        None => primary_here(me, p).await,
+    }
+}
+
+/// The primary `p` through its pgBackRest TLS server `s`, with this member's certificate.
+async fn primary_via_server(
+    cfg: &NodeConfig,
+    p: &MemberState,
+    s: &BackupServerInfo,
+) -> Result<OtherPg> {
+    let tls = cfg.postgresql.tls.as_ref().with_context(|| {
+        format!(
+            "{} has no [postgresql.tls]: its certificate is what {}'s pgBackRest TLS server lets in",
+            cfg.name, p.name
+        )
+    })?;
+    // pgBackRest tries a server that does not answer for two minutes: say so at once.
+    let addr = format!("{}:{}", s.host, s.port);
+    match tokio::time::timeout(SERVER_CHECK, tokio::net::TcpStream::connect(&addr)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => bail!("{}'s pgBackRest TLS server at {addr}: {e}", p.name),
+        Err(_) => bail!(
+            "{}'s pgBackRest TLS server at {addr}: no answer within {} s",
+            p.name,
+            SERVER_CHECK.as_secs()
+        ),
+    }
+    Ok(OtherPg {
+        data_dir: s.data_dir.clone().into(),
+        port: p.port,
+        socket_dir: p.socket_dir.clone().into(),
+        user: p.superuser.clone(),
+        via: Some(TlsServer {
+            host: s.host.clone(),
+            port: s.port,
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+            ca_file: tls.ca_file.clone(),
+        }),
+    })
+}
+
+/// How long the primary's pgBackRest TLS server has to accept a connection.
+const SERVER_CHECK: Duration = Duration::from_secs(3);
+
+/// The primary `p`'s files on this host: its socket (from its report) must be here and
+/// lead to a primary of the same database.
+async fn primary_here(me: &MemberState, p: &MemberState) -> Result<OtherPg> {
     let socket = Path::new(&p.socket_dir);
     let not_here = |why: String| {
         anyhow::anyhow!(
             "the primary {}'s data directory is not at hand on {}'s host ({why}): pgBackRest backs up \
-             a standby only with the primary's files on the same host. Take the backup on the primary",
+             a standby only with the primary's files on the same host or through the primary's \
+             pgBackRest TLS server ([backup.server]). Take the backup on the primary",
             p.name,
             me.name
         )
@@ -385,6 +451,7 @@ async fn primary_here(me: &MemberState, view: Option<&ClusterView>) -> Result<Ot
         port: p.port,
         socket_dir: socket.to_path_buf(),
         user: p.superuser.clone(),
+        via: None,
     })
 }
 
@@ -400,9 +467,8 @@ const BACKOFF: Duration = Duration::from_secs(3600);
 /// repository must never hold up the loop that renews the lease): the stanza is made when
 /// it is missing (`[backup]` added to a running cluster), and a scheduled backup
 /// (`backup.full_every_hours`, `backup.incr_every_hours`) is started when due. Scheduled
-/// backups are taken by the leader's agent from the primary: a standby's agent could take
-/// them only with the primary's files on its host, and the leader cannot know that of
-/// another host. Expiry is pgBackRest's, after each backup (`repo1-retention-full`).
+/// backups are taken by the leader's agent from the primary: whether a standby's agent can
+/// reach the primary's files is known only to that agent. Expiry is pgBackRest's, after each backup (`repo1-retention-full`).
 #[derive(Default)]
 pub struct Schedule {
     /// When the next look is due; `None`: now.

@@ -13,6 +13,7 @@ mod agent_loop;
 pub mod api;
 mod archive_watch;
 pub mod backup;
+mod backup_server;
 mod failsafe;
 pub mod fence;
 mod host;
@@ -36,6 +37,7 @@ use pgbaton_pg::sql::Probe;
 use pgbaton_pg::{datadir, server, sql, Binaries};
 use pgbaton_store::{now_ms, Store};
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
@@ -73,6 +75,8 @@ pub struct Agent {
     /// The backups this agent runs (API and schedule) and when the schedule last looked.
     backups: backup::Jobs,
     schedule: backup::Schedule,
+    /// pgBackRest's TLS server (`[backup.server]`), the agent's child.
+    backup_server: backup_server::BackupServer,
 }
 
 impl Agent {
@@ -204,6 +208,7 @@ impl Agent {
                 archive: Default::default(),
                 backups: Default::default(),
                 schedule: Default::default(),
+                backup_server: Default::default(),
             },
             listener,
         ))

@@ -208,7 +208,19 @@ impl Publisher {
             failover_priority: cfg.tags.failover_priority,
             handed_over: r.handed_over,
             archive: r.archive,
+            backup_server: backup_server_info(cfg),
             seen_ms: 0,
         }
     }
+}
+
+/// Its pgBackRest TLS server, as the other members reach it (`[backup.server]`).
+fn backup_server_info(cfg: &NodeConfig) -> Option<pgbaton_core::model::BackupServerInfo> {
+    let s = cfg.backup.as_ref()?.server.as_ref()?;
+    cfg.postgresql.tls.as_ref()?;
+    Some(pgbaton_core::model::BackupServerInfo {
+        host: s.host_or(&cfg.postgresql),
+        port: s.port,
+        data_dir: cfg.data_dir.to_string_lossy().into_owned(),
+    })
 }

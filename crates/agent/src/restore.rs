@@ -120,10 +120,12 @@ impl local_pg::LocalPg {
                 if state == "paused" {
                     break;
                 }
-                if t0.elapsed() > backrest::LONG_TIMEOUT {
+                let limit = backrest::long_timeout(&self.cfg);
+                if t0.elapsed() > limit {
                     bail!(
-                        "the point-in-time recovery did not reach its target in {} h",
-                        backrest::LONG_TIMEOUT.as_secs() / 3600
+                        "the point-in-time recovery did not reach its target in {} h \
+                         (backup.timeout_hours)",
+                        limit.as_secs() / 3600
                     );
                 }
                 if said.elapsed() > Duration::from_secs(10) {

@@ -33,7 +33,8 @@ mod toml_errors;
 mod validate;
 
 pub use backup::{
-    is_lsn, is_timestamp, BackupConfig, BackupEngine, BootstrapConfig, BootstrapMethod,
+    is_lsn, is_timestamp, BackupConfig, BackupEngine, BackupServerConfig, BootstrapConfig,
+    BootstrapMethod,
 };
 pub use error::*;
 pub use store::{EtcdAccess, StoreConfig};

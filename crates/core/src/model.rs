@@ -208,6 +208,21 @@ pub struct MemberState {
     /// The WAL archive as this member sees it (only when it archives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveStatus>,
+    /// Its pgBackRest TLS server (`[backup.server]`), when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_server: Option<BackupServerInfo>,
+}
+
+/// Where a member's pgBackRest TLS server is: a standby on another host backs up through
+/// it while that member is the primary (pgBackRest reads the primary's control files and
+/// calls pg_backup_start there).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupServerInfo {
+    /// A DNS name its certificate lists.
+    pub host: String,
+    pub port: u16,
+    /// The member's data directory, as pgBackRest on that host reads it.
+    pub data_dir: String,
 }
 
 /// What a primary publishes of its synchronous replication.
@@ -337,6 +352,7 @@ impl MemberState {
             handed_over: false,
             synchronous: None,
             archive: None,
+            backup_server: None,
         }
     }
 

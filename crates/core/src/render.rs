@@ -207,6 +207,36 @@ pub fn pgbackrest_conf_for(
     s
 }
 
+/// The config of pgBackRest's TLS server (`[backup.server]`, with `[postgresql.tls]`): it
+/// serves the member's certificate, and lets in a client only with a certificate of the
+/// member's CA whose common name is one of `clients` (the cluster's members), for the
+/// stanza only. `None` without both tables.
+pub fn pgbackrest_server_conf(cfg: &NodeConfig, clients: &[&str]) -> Option<String> {
+    let (b, tls) = (cfg.backup.as_ref()?, cfg.postgresql.tls.as_ref()?);
+    let server = b.server.as_ref()?;
+    let base = cfg.pgbackrest_dir();
+    let mut s = String::from(
+        "# Written by pgbaton: edit [backup.server] in node.toml instead.\n[global]\n",
+    );
+    let mut set = |k: &str, v: &str| {
+        let _ = writeln!(s, "{k}={v}");
+    };
+    set("tls-server-address", &server.listen_or(&cfg.postgresql));
+    set("tls-server-port", &server.port.to_string());
+    set("tls-server-cert-file", &tls.cert_file.to_string_lossy());
+    set("tls-server-key-file", &tls.key_file.to_string_lossy());
+    set("tls-server-ca-file", &tls.ca_file.to_string_lossy());
+    let stanza = b.stanza_or(&cfg.cluster);
+    for c in clients {
+        set("tls-server-auth", &format!("{c}={stanza}"));
+    }
+    set("log-path", &base.join("log").to_string_lossy());
+    set("lock-path", &base.join("lock").to_string_lossy());
+    set("log-level-console", "warn");
+    set("log-level-file", "info");
+    Some(s)
+}
+
 /// `pgbaton.conf`: every setting pgbaton owns, rewritten before each start.
 /// `upstream` is `Some` for a standby (primary_conninfo and slot), `None` for a primary.
 pub fn pgbaton_conf(cfg: &NodeConfig, upstream: Option<&Upstream>) -> String {
@@ -414,6 +444,32 @@ path = "/srv/pg/store.db"
         ] {
             assert!(br.lines().any(|l| l == line), "{line} not in\n{br}");
         }
+    }
+
+    #[test]
+    fn the_backup_server_lets_in_the_members_for_the_stanza() {
+        let c = NodeConfig::from_toml_str(
+            "cluster = \"demo\"\nname = \"n2\"\ndata_dir = \"/srv/pg/n2/data\"\n[store]\nkind = \"local\"\npath = \"/s.db\"\n\
+             [postgresql]\nlisten_host = \"10.0.0.2\"\n[postgresql.tls]\ncert_file = \"/t/n2.crt\"\nkey_file = \"/t/n2.key\"\nca_file = \"/t/ca.crt\"\n\
+             [backup]\nengine = \"pgbackrest\"\nrepo_path = \"/srv/repo\"\n[backup.server]\nhost = \"db2.example.com\"\nport = 8500\n",
+            Path::new("b.toml"),
+        )
+        .unwrap();
+        let conf = pgbackrest_server_conf(&c, &["n1", "n3"]).unwrap();
+        for line in [
+            "tls-server-address=10.0.0.2",
+            "tls-server-port=8500",
+            "tls-server-cert-file=/t/n2.crt",
+            "tls-server-key-file=/t/n2.key",
+            "tls-server-ca-file=/t/ca.crt",
+            "tls-server-auth=n1=demo",
+            "tls-server-auth=n3=demo",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "{line} not in\n{conf}");
+        }
+        let mut no_server = c.clone();
+        no_server.backup.as_mut().unwrap().server = None;
+        assert_eq!(pgbackrest_server_conf(&no_server, &["n1"]), None);
     }
 
     #[test]

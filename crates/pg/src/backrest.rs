@@ -11,8 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::process::Command;
 
-/// How long a backup or a restore may run before it is stopped.
-pub const LONG_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// How long a backup or a restore may run before it is stopped, without `[backup]` (a
+/// `[bootstrap]` restore): `backup.timeout_hours`' default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// How long a backup or a restore may run on this member (`backup.timeout_hours`).
+pub fn long_timeout(cfg: &NodeConfig) -> Duration {
+    cfg.backup.as_ref().map_or(DEFAULT_TIMEOUT, |b| b.timeout())
+}
 
 /// pgBackRest as one member runs it.
 #[derive(Debug, Clone)]
@@ -21,6 +27,8 @@ pub struct BackRest {
     pub conf: PathBuf,
     pub stanza: String,
     pub repo: PathBuf,
+    /// How long a backup or a restore may run.
+    pub timeout: Duration,
 }
 
 /// The kind of backup (`--type`).
@@ -51,15 +59,29 @@ impl BackupType {
     }
 }
 
-/// Another member's PostgreSQL on this host, for a backup taken from a standby (pgBackRest
-/// reads the primary's control files and calls pg_backup_start there).
+/// The primary's PostgreSQL, for a backup taken from a standby (pgBackRest reads the
+/// primary's control files and calls pg_backup_start there): on this host, or on its own
+/// through its pgBackRest TLS server (`via`).
 #[derive(Debug, Clone)]
 pub struct OtherPg {
+    /// Paths as on the primary's host.
     pub data_dir: PathBuf,
     pub port: u16,
     pub socket_dir: PathBuf,
     /// The superuser pgBackRest connects as (its pg_ident maps this OS user to it).
     pub user: String,
+    pub via: Option<TlsServer>,
+}
+
+/// Another host's pgBackRest TLS server, and this member's certificate to show it.
+#[derive(Debug, Clone)]
+pub struct TlsServer {
+    /// A DNS name in the server's certificate.
+    pub host: String,
+    pub port: u16,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 /// Where a restore stops (`--type` and `--target`).
@@ -124,6 +146,7 @@ impl BackRest {
             conf: cfg.pgbackrest_conf(),
             stanza: b.stanza_or(&cfg.cluster).to_string(),
             repo: b.repo_path.clone(),
+            timeout: b.timeout(),
         })
     }
 
@@ -156,6 +179,7 @@ impl BackRest {
             conf,
             stanza: b.stanza.clone(),
             repo: b.repo_path.clone(),
+            timeout: long_timeout(cfg),
         }))
     }
 
@@ -225,9 +249,17 @@ impl BackRest {
             args.push(format!("--pg2-port={}", p.port));
             args.push(format!("--pg2-socket-path={}", p.socket_dir.display()));
             args.push(format!("--pg2-user={}", p.user));
+            if let Some(t) = &p.via {
+                args.push(format!("--pg2-host={}", t.host));
+                args.push("--pg2-host-type=tls".into());
+                args.push(format!("--pg2-host-port={}", t.port));
+                args.push(format!("--pg2-host-cert-file={}", t.cert_file.display()));
+                args.push(format!("--pg2-host-key-file={}", t.key_file.display()));
+                args.push(format!("--pg2-host-ca-file={}", t.ca_file.display()));
+            }
         }
         args.push("backup".into());
-        self.run(&args, LONG_TIMEOUT).await
+        self.run(&args, self.timeout).await
     }
 
     /// Restore backup `set` (default: the latest, or the one that reaches `target`) into `dir`. `delta`:
@@ -264,7 +296,7 @@ impl BackRest {
             args.push("--target-action=pause".into());
         }
         args.push("restore".into());
-        self.run(&args, LONG_TIMEOUT).await.map(|_| ())
+        self.run(&args, self.timeout).await.map(|_| ())
     }
 }
 

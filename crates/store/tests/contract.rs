@@ -459,6 +459,7 @@ fn member(name: &str, port: u16) -> MemberState {
         synchronous: None,
         handed_over: false,
         archive: None,
+        backup_server: None,
     }
 }
 

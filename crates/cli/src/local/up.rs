@@ -117,6 +117,9 @@ fn node_config(o: &UpOptions, l: &Layout, i: u16) -> NodeConfig {
             full_every_hours: 0,
             incr_every_hours: 0,
             restore_replicas: true,
+            timeout_hours: 6,
+            // One host: a standby backs up with the primary's files at hand.
+            server: None,
         }),
         // Only the first member restores: the others clone from it, and a member that
         // lost its disk later must never restore the old point in time again.

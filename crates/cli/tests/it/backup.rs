@@ -4,6 +4,7 @@
 
 use crate::harness::*;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 fn log(c: &Cluster, member: &str) -> String {
@@ -264,4 +265,129 @@ fn the_leader_makes_a_missing_stanza_and_the_schedule_takes_backups() {
         assert_eq!(list.len(), 2, "{list:?}");
         assert!(list.iter().all(|b| b["label"] != first), "{list:?}");
     });
+}
+
+/// `pgbaton certs` for a member in `tls` (the CA made when missing), its key the OS user's.
+fn member_cert(tls: &Path, member: &str, hosts: &[&str]) {
+    let mut args = vec!["certs", "--dir", tls.to_str().unwrap(), "--member", member];
+    for h in hosts {
+        args.extend(["--host", h]);
+    }
+    let o = pgbaton(&args, Duration::from_secs(30));
+    assert!(o.status.success(), "certs for {member}: {}", text(&o));
+    let pg = pg_user();
+    nix::unistd::chown(
+        &tls.join(format!("{member}.key")),
+        Some(pg.uid),
+        Some(pg.gid),
+    )
+    .unwrap();
+}
+
+/// Across hosts (network namespaces, the store in etcd): each agent runs pgBackRest's TLS
+/// server with its member certificate (`[backup.server]`). A backup asked of the standby
+/// reads the primary's files through the primary's server; a certificate of the same CA
+/// whose name is not a member's is refused by that server.
+#[test]
+fn a_standby_on_another_host_backs_up_through_the_primarys_tls_server() {
+    let net = Net::new(2);
+    net.name_hosts();
+    let etcd = Etcd::on(&net.host_ip());
+    let pg = pg_user();
+    let c = net.cluster_with(&etcd, |i, dir| {
+        let (tls, repo) = (dir.join("tls"), dir.join("backup"));
+        let name = format!("n{i}");
+        member_cert(&tls, &name, &[&net.node_ip(i), &net.host_name(i)]);
+        std::fs::create_dir_all(&repo).unwrap();
+        nix::unistd::chown(&repo, Some(pg.uid), Some(pg.gid)).unwrap();
+        format!(
+            "[postgresql.tls]\ncert_file = \"{t}/{name}.crt\"\nkey_file = \"{t}/{name}.key\"\n\
+             ca_file = \"{t}/ca.crt\"\n\n[backup]\nengine = \"pgbackrest\"\nrepo_path = \"{r}\"\n\n\
+             [backup.server]\nhost = \"{h}\"\n",
+            t = tls.display(),
+            r = repo.display(),
+            h = net.host_name(i),
+        )
+    });
+    with_logs_on_panic(&c, || {
+        let leader = c.list()["leader"].as_str().unwrap().to_string();
+        let standby = if leader == "n1" { "n2" } else { "n1" };
+        let li: u16 = leader[1..].parse().unwrap();
+        wait_for("both TLS servers", Duration::from_secs(30), || {
+            c.member_names()
+                .iter()
+                .all(|m| log(&c, m).contains("pgBackRest TLS server started"))
+        });
+        c.sql_direct(
+            &leader,
+            "CREATE TABLE t(i int); INSERT INTO t SELECT generate_series(1, 1000)",
+        )
+        .unwrap();
+        let token = c.dir.join("api.token");
+        let o = c.op(&[
+            "backup",
+            "--type",
+            "full",
+            "--member",
+            standby,
+            "--token-file",
+            token.to_str().unwrap(),
+        ]);
+        let out = text(&o);
+        assert!(o.status.success(), "backup failed:\n{out}");
+        assert!(out.contains("files from the standby"), "{out}");
+        // pgBackRest reached the primary through its TLS server, by its DNS name.
+        let br_log =
+            std::fs::read_to_string(c.dir.join(standby).join("pgbackrest/log/netns-backup.log"))
+                .unwrap();
+        assert!(
+            br_log.contains("--pg2-host-type=tls")
+                && br_log.contains(&format!("--pg2-host={}", net.host_name(li))),
+            "{br_log}"
+        );
+        let info = backups(&c);
+        assert_eq!(info["backups"].as_array().unwrap().len(), 1, "{info}");
+
+        // A certificate of the cluster's CA for a name that is no member's: refused.
+        let tls = c.dir.join("tls");
+        member_cert(&tls, "intruder", &[&net.node_ip(1)]);
+        let o = run_with_timeout(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &net.ns(li),
+                    "runuser",
+                    "-u",
+                    &pg.name,
+                    "--",
+                ])
+                .arg("/usr/bin/pgbackrest")
+                .arg(format!(
+                    "--config={}",
+                    c.dir.join(standby).join("pgbackrest.conf").display()
+                ))
+                .args(["--stanza=netns", "--pg1-host", &net.host_name(li)])
+                .args(["--pg1-host-type=tls", "--pg1-host-port=8432"])
+                .arg(format!(
+                    "--pg1-host-cert-file={}/intruder.crt",
+                    tls.display()
+                ))
+                .arg(format!(
+                    "--pg1-host-key-file={}/intruder.key",
+                    tls.display()
+                ))
+                .arg(format!("--pg1-host-ca-file={}/ca.crt", tls.display()))
+                .arg("check")
+                .current_dir("/"),
+            Duration::from_secs(60),
+        );
+        let said = text(&o);
+        assert!(
+            !o.status.success() && said.contains("access denied"),
+            "{said}"
+        );
+    });
+    drop(c);
+    drop(etcd);
 }

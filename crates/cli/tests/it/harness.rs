@@ -807,8 +807,31 @@ impl Net {
         ]);
     }
 
+    /// Node i's DNS name, as every namespace resolves it once [`Net::name_hosts`] ran.
+    pub fn host_name(&self, i: u16) -> String {
+        format!("n{i}.pgbt{}.test", self.id)
+    }
+
+    /// Give every node a DNS name ([`Net::host_name`]): an /etc/hosts for each namespace
+    /// (`ip netns exec` mounts `/etc/netns/NS/hosts` over /etc/hosts), removed on drop.
+    pub fn name_hosts(&self) {
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        for i in 1..=self.nodes {
+            hosts.push_str(&format!("{} {}\n", self.node_ip(i), self.host_name(i)));
+        }
+        for i in 1..=self.nodes {
+            let dir = Path::new("/etc/netns").join(self.ns(i));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("hosts"), &hosts).unwrap();
+        }
+    }
+
     fn teardown(&self) {
         for i in 1..=self.nodes {
+            // The hosts file `name_hosts` wrote, and its directory.
+            let etc = Path::new("/etc/netns").join(self.ns(i));
+            let _ = std::fs::remove_file(etc.join("hosts"));
+            let _ = std::fs::remove_dir(etc);
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(i)])
                 .output();
@@ -819,11 +842,18 @@ impl Net {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge()])
             .output();
+        // Made by `name_hosts` when there was none (fails when other files are in it).
+        let _ = std::fs::remove_dir("/etc/netns");
     }
 
     /// A cluster whose node i runs `pgbaton agent` inside namespace i, PostgreSQL listening on
     /// the namespace's address, the state in `etcd`. Stopped by `pgbaton down` when dropped.
     pub fn cluster(&self, etcd: &Etcd) -> Cluster {
+        self.cluster_with(etcd, |_, _| String::new())
+    }
+
+    /// The same, node i's config ending with `extra(i, DIR)` (more tables).
+    pub fn cluster_with(&self, etcd: &Etcd, extra: impl Fn(u16, &Path) -> String) -> Cluster {
         let scratch = scratch();
         let dir = scratch.path.join("cluster");
         let port_base = free_port_base(self.nodes);
@@ -868,11 +898,12 @@ impl Net {
                  [postgresql]\nlisten_host = \"{ip}\"\nport = {port}\n\
                  allowed_networks = [\"10.231.{id}.0/24\"]\ndatabases = [\"app\"]\n\n\
                  [replication]\npassword_file = \"{dir}/replication.password\"\n\n\
-                 [api]\nlisten = \"{ip}:8008\"\nauth_token_file = \"{dir}/api.token\"\n\n{store}",
+                 [api]\nlisten = \"{ip}:8008\"\nauth_token_file = \"{dir}/api.token\"\n\n{store}\n{more}",
                 data = node_dir.join("data").display(),
                 port = port_base + i - 1,
                 id = self.id,
                 dir = dir.display(),
+                more = extra(i, &dir),
             );
             let cfg_path = node_dir.join("node.toml");
             std::fs::write(&cfg_path, cfg).unwrap();

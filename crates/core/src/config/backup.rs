@@ -5,7 +5,8 @@ use super::*;
 /// The `[backup]` table. With it, every member archives WAL into a pgBackRest repository
 /// (`archive-push`, `archive_mode = always`) and restores from it (`archive-get`); the
 /// stanza is created at bootstrap; `pgbaton backup` and the schedule take backups, from a
-/// standby when one streams and the primary's data directory is on the same host.
+/// standby when one streams and the primary's files are at hand (same host, or the
+/// primary's pgBackRest TLS server, `[backup.server]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupConfig {
@@ -38,6 +39,40 @@ pub struct BackupConfig {
     /// fails). Default true.
     #[serde(default = "yes")]
     pub restore_replicas: bool,
+    /// How long one backup or restore may run before it is stopped, in hours. Default 6.
+    #[serde(default = "six")]
+    pub timeout_hours: u32,
+    /// `[backup.server]`: this member runs pgBackRest's TLS server, through which a standby
+    /// on another host backs up while this member is the primary. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<BackupServerConfig>,
+}
+
+/// `[backup.server]`: pgBackRest's TLS server (`pgbackrest server`), run by the agent with
+/// the member's `[postgresql.tls]` certificate; it lets in the cluster's members only (the
+/// CA's certificates whose common name is a member's name), for this stanza only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupServerConfig {
+    /// TCP port. Default 8432 (pgBackRest's).
+    #[serde(default = "default_server_port")]
+    pub port: u16,
+    /// The name other members reach it by. pgBackRest (2.45) checks the server's
+    /// certificate against DNS names only, never IP addresses: a DNS name that this
+    /// member's certificate lists. Default `postgresql.connect_host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The address it listens on. Default `postgresql.listen_host` (`0.0.0.0` for `*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+fn default_server_port() -> u16 {
+    8432
+}
+
+fn six() -> u32 {
+    6
 }
 
 fn default_pgbackrest_bin() -> PathBuf {
@@ -60,6 +95,11 @@ pub enum BackupEngine {
 }
 
 impl BackupConfig {
+    /// The longest a backup or a restore may run.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.timeout_hours) * 3600)
+    }
+
     /// The stanza: `backup.stanza`, default the cluster name.
     pub fn stanza_or<'a>(&'a self, cluster: &'a str) -> &'a str {
         self.stanza.as_deref().unwrap_or(cluster)
@@ -108,6 +148,87 @@ impl BackupConfig {
                     "hours from 0 (off) to 8784 (a year)",
                 ));
             }
+        }
+        if self.timeout_hours == 0 || self.timeout_hours > 24 * 7 {
+            return Err(ConfigError::new(
+                "backup.timeout_hours",
+                self.timeout_hours.to_string(),
+                "hours from 1 to 168 (a week)",
+            ));
+        }
+        if let Some(s) = &self.server {
+            s.validate(pg)?;
+        }
+        Ok(())
+    }
+}
+
+impl BackupServerConfig {
+    /// The name the other members reach the server by.
+    pub fn host_or(&self, pg: &PostgresqlConfig) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            pg.connect_host
+                .clone()
+                .unwrap_or_else(|| pg.listen_host.clone())
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn listen_or(&self, pg: &PostgresqlConfig) -> String {
+        match &self.listen {
+            Some(l) => l.clone(),
+            None if pg.listen_host.trim() == "*" => "0.0.0.0".into(),
+            None => pg.listen_host.trim().to_string(),
+        }
+    }
+
+    fn validate(&self, pg: &PostgresqlConfig) -> Result<(), ConfigError> {
+        if pg.tls.is_none() {
+            return Err(ConfigError::new(
+                "backup.server",
+                "(set)",
+                "needs [postgresql.tls]: the server and the members that connect to it \
+                 authenticate with the member's certificate",
+            ));
+        }
+        if self.port == 0 || self.port == pg.port {
+            return Err(ConfigError::new(
+                "backup.server.port",
+                self.port.to_string(),
+                "a TCP port from 1 to 65535 other than postgresql.port",
+            ));
+        }
+        let host = self.host_or(pg);
+        let key = if self.host.is_some() {
+            "backup.server.host"
+        } else {
+            "backup.server.host (not set: postgresql.connect_host or listen_host)"
+        };
+        let dns = |h: &str| {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.parse::<std::net::IpAddr>().is_err()
+                && h.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        };
+        if !dns(&host) {
+            return Err(ConfigError::new(
+                key,
+                lit(&host),
+                "a DNS name that this member's certificate lists: pgBackRest checks its TLS \
+                 server's certificate against DNS names only, never IP addresses",
+            ));
+        }
+        let listen = self.listen_or(pg);
+        if listen.is_empty() || listen.contains([',', ' ', '=', '\'']) {
+            return Err(ConfigError::new(
+                "backup.server.listen",
+                lit(&listen),
+                "one address to listen on (postgresql.listen_host is a list: name one here)",
+            ));
         }
         Ok(())
     }
@@ -270,6 +391,8 @@ mod tests {
         assert_eq!(b.retention_full, 2);
         assert!(b.restore_replicas);
         assert_eq!((b.full_every_hours, b.incr_every_hours), (0, 0));
+        assert_eq!(b.timeout_hours, 6);
+        assert!(b.server.is_none());
         let back = NodeConfig::from_toml_str(&c.to_toml_string(), Path::new("x")).unwrap();
         assert_eq!(back, c);
     }
@@ -289,6 +412,52 @@ mod tests {
             ),
         ] {
             let e = cfg(extra).unwrap_err().to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
+
+    const TLS: &str = "[postgresql.tls]\ncert_file = \"/t/n1.crt\"\nkey_file = \"/t/n1.key\"\nca_file = \"/t/ca.crt\"\n";
+
+    #[test]
+    fn the_backup_server() {
+        let c = cfg(&format!(
+            "[postgresql]\nlisten_host = \"*\"\nconnect_host = \"db1.example.com\"\n{TLS}\
+             [backup]\nengine = \"pgbackrest\"\nrepo_path = \"/r\"\n[backup.server]\n"
+        ))
+        .unwrap();
+        let s = c.backup.as_ref().unwrap().server.as_ref().unwrap();
+        assert_eq!(s.port, 8432);
+        assert_eq!(s.host_or(&c.postgresql), "db1.example.com");
+        assert_eq!(s.listen_or(&c.postgresql), "0.0.0.0");
+        let back = NodeConfig::from_toml_str(&c.to_toml_string(), Path::new("x")).unwrap();
+        assert_eq!(back, c);
+        let base = "[backup]\nengine = \"pgbackrest\"\nrepo_path = \"/r\"\n";
+        for (extra, key) in [
+            // No certificate to serve and authenticate with.
+            (format!("{base}[backup.server]\n"), "[postgresql.tls]"),
+            // The default host is listen_host's IP address: pgBackRest cannot check it.
+            (
+                format!("{TLS}{base}[backup.server]\n"),
+                "backup.server.host (not set",
+            ),
+            (
+                format!("{TLS}{base}[backup.server]\nhost = \"10.0.0.1\"\n"),
+                "backup.server.host",
+            ),
+            (
+                format!("{TLS}{base}[backup.server]\nhost = \"db 1\"\n"),
+                "backup.server.host",
+            ),
+            (
+                format!("{TLS}{base}[backup.server]\nhost = \"db1\"\nport = 5432\n"),
+                "backup.server.port",
+            ),
+            (
+                format!("{TLS}{base}timeout_hours = 0\n"),
+                "backup.timeout_hours",
+            ),
+        ] {
+            let e = cfg(&extra).unwrap_err().to_string();
             assert!(e.contains(key), "{extra}: {e}");
         }
     }
