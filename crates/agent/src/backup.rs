@@ -60,6 +60,11 @@ pub(crate) async fn preflight(cfg: &NodeConfig, known_id: Option<&str>) -> Resul
             br.repo.display(),
             br.stanza
         ),
+        None if pgbaton_pg::backrest::stanza_owner(&br.repo, &br.stanza).as_deref()
+            == Some(cfg.cluster.as_str()) =>
+        {
+            Err(made_already(cfg))
+        }
         None => bail!(
             "the pgBackRest repository {} already holds stanza {} (database system identifier {theirs}), \
              and this cluster is not made yet: a new cluster needs a stanza of its own. Choose another \
@@ -68,6 +73,25 @@ pub(crate) async fn preflight(cfg: &NodeConfig, known_id: Option<&str>) -> Resul
             br.stanza
         ),
     }
+}
+
+/// This cluster's own stanza says it was made, yet the store has no identity for it and
+/// this member has no data: a store that lost its keys. Making the cluster again here
+/// (initdb, or `[bootstrap]`'s old point in time under the same system identifier) would
+/// compete with the members that have the data.
+pub(crate) fn made_already(cfg: &NodeConfig) -> anyhow::Error {
+    let (repo, stanza) = cfg.backup.as_ref().map_or((Path::new(""), ""), |b| {
+        (b.repo_path.as_path(), b.stanza_or(&cfg.cluster))
+    });
+    anyhow::anyhow!(
+        "cluster {} was made already ({} records it as stanza {stanza}'s owner), but the store \
+         has no identity for it and this member's data directory is empty: the store lost its \
+         keys. This member makes nothing (no initdb, no [bootstrap] restore of an old point in \
+         time). Start the members that have their data first, the former primary's first: they \
+         re-establish the cluster, and this member then clones",
+        cfg.cluster,
+        repo.display()
+    )
 }
 
 /// `[bootstrap]`, for a cluster not made yet: pgBackRest can be run and the repository

@@ -85,6 +85,7 @@ impl local_pg::LocalPg {
             (None, Some(l)) => Target::Lsn(l.clone()),
             (None, None) => bail!("[bootstrap] names no target_time or target_lsn"),
         };
+        refuse_a_second_bootstrap(&self.cfg)?;
         let what = match &target {
             Target::Time(t) => format!("time {t}"),
             Target::Lsn(l) => format!("LSN {l}"),
@@ -235,4 +236,22 @@ fn scratch_dir(data: &std::path::Path) -> std::path::PathBuf {
     let mut s = data.as_os_str().to_owned();
     s.push(".pgbaton-restore");
     std::path::PathBuf::from(s)
+}
+
+/// `[bootstrap]` is read only when a cluster is made: a cluster whose own stanza records it
+/// as owner was made already (pgbaton records it after the promotion). Restoring the old
+/// point in time again would make a cluster with the same system identifier as the one
+/// running, which its members would then be rewound to. The check at start refuses the
+/// same (`backup::made_already`); this one stands for a stanza pgBackRest lists no
+/// database in. Without `[backup]` nothing durable records it: the decision's rule that an
+/// empty member waits for a live member with data is the only guard.
+fn refuse_a_second_bootstrap(cfg: &pgbaton_core::config::NodeConfig) -> Result<()> {
+    let Some(b) = &cfg.backup else {
+        return Ok(());
+    };
+    let stanza = b.stanza_or(&cfg.cluster);
+    if backrest::stanza_owner(&b.repo_path, stanza).as_deref() == Some(cfg.cluster.as_str()) {
+        return Err(crate::backup::made_already(cfg));
+    }
+    Ok(())
 }

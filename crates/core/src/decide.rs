@@ -503,12 +503,24 @@ fn decide_automatic(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<A
     match &local.data {
         DataDir::Foreign(_) => unreachable!("handled above"),
         DataDir::Empty => match &view.initialize {
-            None => vec![
-                Action::ClaimInitialize {
-                    value: claim_value(me),
-                },
-                Action::Bootstrap,
-            ],
+            None => match member_with_data(view, me, now_ms) {
+                // A store that lost its keys: the members with data re-establish the
+                // cluster. Bootstrapping here would make a new one (initdb), or, with
+                // `[bootstrap]`, restore an old point in time under the same system
+                // identifier, which the members with data would then be rewound to.
+                Some(other) => vec![Action::Wait {
+                    reason: format!(
+                        "the store has no cluster identity and member {other} has data: \
+                         waiting for it to re-establish the cluster"
+                    ),
+                }],
+                None => vec![
+                    Action::ClaimInitialize {
+                        value: claim_value(me),
+                    },
+                    Action::Bootstrap,
+                ],
+            },
             Some(_) if claimed_by_me => vec![Action::Bootstrap],
             Some(Identity::Claimed { by }) => vec![Action::Wait {
                 reason: format!("member {by} is bootstrapping the cluster"),
@@ -546,6 +558,18 @@ fn decide_automatic(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<A
             }
         }
     }
+}
+
+/// Another member, alive by the store, whose report names a system identifier (it has data).
+fn member_with_data<'a>(view: &'a ClusterView, me: &str, now_ms: u64) -> Option<&'a str> {
+    view.members
+        .iter()
+        .find(|m| {
+            m.name != me
+                && m.system_id.is_some()
+                && now_ms.saturating_sub(m.seen()) <= crate::ops::STALE_MS
+        })
+        .map(|m| m.name.as_str())
 }
 
 /// A standby that has not streamed for this many lease TTLs while a leader runs is

@@ -164,10 +164,11 @@ fn backups_from_a_standby_members_from_the_repository_and_a_delete_undone() {
             port_base: free_port_base(1),
             extra: vec![],
         };
-        let o = restore(&r, &from, &lsn);
+        let o = restore_with(&r, &from, &lsn, &["--backup"]);
         with_logs_on_panic(&r, || {
             assert!(o.status.success(), "restore to {lsn} failed:\n{}", text(&o));
             assert_eq!(count(&r, "n1"), "1001", "restored to {lsn}");
+            never_bootstrapped_twice(&r);
         });
         drop(r);
 
@@ -186,25 +187,73 @@ fn backups_from_a_standby_members_from_the_repository_and_a_delete_undone() {
 
 /// `pgbaton restore --from FROM --to TO` into `r`'s directory, with `r`'s members and ports.
 fn restore(r: &Cluster, from: &str, to: &str) -> std::process::Output {
+    restore_with(r, from, to, &[])
+}
+
+fn restore_with(r: &Cluster, from: &str, to: &str, extra: &[&str]) -> std::process::Output {
     let (nodes, ports) = (r.nodes.to_string(), r.port_base.to_string());
-    pgbaton(
-        &[
-            "restore",
-            "--from",
-            from,
-            "--to",
-            to,
-            "--dir",
-            r.dir.to_str().unwrap(),
-            "--nodes",
-            &nodes,
-            "--port-base",
-            &ports,
-            "--timeout",
-            "150",
-        ],
-        Duration::from_secs(180),
-    )
+    let mut args = vec![
+        "restore",
+        "--from",
+        from,
+        "--to",
+        to,
+        "--dir",
+        r.dir.to_str().unwrap(),
+        "--nodes",
+        &nodes,
+        "--port-base",
+        &ports,
+        "--timeout",
+        "150",
+    ];
+    args.extend_from_slice(extra);
+    pgbaton(&args, Duration::from_secs(180))
+}
+
+/// A restored one-member cluster (`[bootstrap]` in n1's config, a repository of its own)
+/// whose store lost its keys and whose member lost its disk: the agent does not restore the
+/// old point in time again (its stanza records that the cluster was made), says why, and
+/// gives its initialize claim up.
+fn never_bootstrapped_twice(r: &Cluster) {
+    assert!(r.down(false).status.success());
+    for f in ["store.db", "store.db-wal", "store.db-shm"] {
+        let _ = std::fs::remove_file(r.dir.join(f));
+    }
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the test's own copy: a lost disk"
+    )]
+    std::fs::remove_dir_all(r.data_dir("n1")).unwrap();
+    let log_path = r.dir.join("n1/agent.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_pgbaton"))
+        .arg("agent")
+        .arg("-c")
+        .arg(r.dir.join("n1/node.toml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let said = std::panic::catch_unwind(|| {
+        wait_for(
+            "n1 to refuse a second bootstrap",
+            Duration::from_secs(60),
+            || {
+                std::fs::read_to_string(&log_path)
+                    .is_ok_and(|l| l.contains("cluster restored was made already"))
+            },
+        )
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(said.is_ok(), "{log}");
+    assert!(
+        std::fs::read_dir(r.data_dir("n1")).map_or(true, |mut d| d.next().is_none()),
+        "n1's data directory got files:\n{log}"
+    );
 }
 
 /// File names under `dir`, recursively.

@@ -548,6 +548,33 @@ fn empty_store_empty_dir_claims_and_bootstraps() {
     );
 }
 
+/// A store that lost its keys while a member with data is alive: a member with an empty
+/// data directory waits for it instead of bootstrapping a cluster of its own (with
+/// `[bootstrap]`, an old point in time under the same system identifier). A member whose
+/// report is stale does not count.
+#[test]
+fn an_empty_member_never_bootstraps_while_a_member_with_data_is_alive() {
+    let mut n2 = MemberState::sample("n2", Role::Unknown, MemberStatus::Stopped, NOW);
+    n2.system_id = Some("42".into());
+    let a = decide(
+        &view(None, None, vec![n2.clone()]),
+        &local("n1", DataDir::Empty, PgRun::Stopped),
+        NOW,
+    );
+    assert!(
+        matches!(&a[..], [Action::Wait { reason }] if reason.contains("member n2 has data")),
+        "{a:?}"
+    );
+    n2.updated_ms = NOW - crate::ops::STALE_MS - 1;
+    let a = decide(
+        &view(None, None, vec![n2]),
+        &local("n1", DataDir::Empty, PgRun::Stopped),
+        NOW,
+    );
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert!(matches!(a[1], Action::Bootstrap), "{a:?}");
+}
+
 #[test]
 fn interrupted_bootstrap_resumes() {
     let v = view(Some("claimed:n1"), None, vec![]);
