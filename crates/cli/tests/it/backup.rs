@@ -440,3 +440,94 @@ fn a_standby_on_another_host_backs_up_through_the_primarys_tls_server() {
     drop(c);
     drop(etcd);
 }
+
+/// The archive command with pgBackRest (`pgbaton backrest-push`, as PostgreSQL runs it)
+/// given a former primary's copy of an archived segment: the same WAL up to the point where
+/// its timeline ended (a rewind leaves the new timeline's history in pg_wal), its own after
+/// it. pgBackRest refuses it as a different copy (exit 45); pgbaton keeps it aside in the
+/// member's `pgbackrest/diverged` and succeeds, and the repository keeps its own copy. A
+/// copy that differs before the switch point is a real conflict: refused.
+///
+/// The copy is made from the archived segment (a failover that leaves exactly this behind
+/// is not reproducible at will); pgBackRest and the repository are real.
+#[test]
+fn a_former_primarys_diverged_segment_is_kept_aside_by_the_pgbackrest_push() {
+    let c = Cluster::up_with(1, &["--backup"]);
+    with_logs_on_panic(&c, || {
+        c.sql_direct("n1", "CREATE TABLE t(i int); INSERT INTO t VALUES (1)")
+            .unwrap();
+        archived_up_to_now(&c, "n1");
+        let seg = c
+            .sql_direct("n1", "SELECT last_archived_wal FROM pg_stat_archiver")
+            .unwrap();
+        assert_eq!(seg.len(), 24, "{seg}");
+        let pg = pg_user();
+        let node = c.dir.join("n1");
+        let conf = node.join("pgbackrest.conf");
+        let forged = node.join("forged");
+        std::fs::create_dir_all(&forged).unwrap();
+        nix::unistd::chown(&forged, Some(pg.uid), Some(pg.gid)).unwrap();
+        let get = |dest: &Path| {
+            let o = run_with_timeout(
+                as_pg(&mut Command::new("/usr/bin/pgbackrest"))
+                    .arg(format!("--config={}", conf.display()))
+                    .args(["--stanza=pgbaton", "archive-get", &seg])
+                    .arg(dest),
+                Duration::from_secs(60),
+            );
+            assert!(o.status.success(), "archive-get {seg}: {}", text(&o));
+            std::fs::read(dest).unwrap()
+        };
+        let archived = get(&forged.join("archived"));
+        // Timeline 1 ends 1 MB into the segment (00000002.history, as pg_rewind copies it).
+        let tli: u32 = u32::from_str_radix(&seg[..8], 16).unwrap();
+        let segno = u64::from_str_radix(&seg[8..16], 16).unwrap() * 0x100
+            + u64::from_str_radix(&seg[16..], 16).unwrap();
+        let switch = segno * (16 << 20) + (1 << 20);
+        std::fs::write(
+            forged.join(format!("{:08X}.history", tli + 1)),
+            format!(
+                "{tli}\t{:X}/{:X}\tno recovery target specified\n",
+                switch >> 32,
+                switch & 0xFFFF_FFFF
+            ),
+        )
+        .unwrap();
+        let push = |bytes: &[u8]| {
+            let p = forged.join(&seg);
+            std::fs::write(&p, bytes).unwrap();
+            nix::unistd::chown(&p, Some(pg.uid), Some(pg.gid)).unwrap();
+            run_with_timeout(
+                as_pg(&mut Command::new(env!("CARGO_BIN_EXE_pgbaton")))
+                    .args(["backrest-push", "--bin", "/usr/bin/pgbackrest", "--config"])
+                    .arg(&conf)
+                    .args(["--stanza", "pgbaton", "--lock"])
+                    .arg(c.dir.join("backup/.pgbaton-archive-push.lock"))
+                    .arg(&p),
+                Duration::from_secs(120),
+            )
+        };
+        // Differs before the switch point: refused (pgBackRest's duplicate, exit 45).
+        let mut early = archived.clone();
+        early[(1 << 20) - 100] ^= 0xff;
+        let o = push(&early);
+        assert_eq!(o.status.code(), Some(45), "{}", text(&o));
+        // The former primary's own WAL after it: kept aside, a success.
+        let mut mine = archived.clone();
+        for b in &mut mine[(1 << 20)..] {
+            *b ^= 0x5a;
+        }
+        let o = push(&mine);
+        let said = text(&o);
+        assert!(o.status.success(), "{said}");
+        assert!(said.contains("kept as"), "{said}");
+        let aside: Vec<_> = std::fs::read_dir(node.join("pgbackrest/diverged"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(aside[0].path()).unwrap(), mine);
+        // The repository keeps its own copy.
+        assert_eq!(get(&forged.join("again")), archived);
+    });
+}
