@@ -241,7 +241,12 @@ impl Agent {
             .await;
         if leading_primary {
             let me = self.shared.read().ok().and_then(|s| s.member.clone());
-            self.schedule.tick(&self.cfg, &self.backups, me, &view);
+            let peers = backup_schedule::Peers {
+                http: self.http.read().unwrap_or_else(|e| e.into_inner()).clone(),
+                auth: self.auth.clone(),
+            };
+            self.schedule
+                .tick(&self.cfg, &self.backups, me, &view, peers);
         }
         self.backup_server.tick(&self.cfg, &view);
         {

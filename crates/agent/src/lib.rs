@@ -13,6 +13,7 @@ mod agent_loop;
 pub mod api;
 mod archive_watch;
 pub mod backup;
+mod backup_schedule;
 mod backup_server;
 mod failsafe;
 pub mod fence;
@@ -74,7 +75,7 @@ pub struct Agent {
     archive: archive_watch::ArchiveWatch,
     /// The backups this agent runs (API and schedule) and when the schedule last looked.
     backups: backup::Jobs,
-    schedule: backup::Schedule,
+    schedule: backup_schedule::Schedule,
     /// pgBackRest's TLS server (`[backup.server]`), the agent's child.
     backup_server: backup_server::BackupServer,
 }

@@ -334,8 +334,9 @@ fn member_cert(tls: &Path, member: &str, hosts: &[&str]) {
 }
 
 /// Across hosts (network namespaces, the store in etcd): each agent runs pgBackRest's TLS
-/// server with its member certificate (`[backup.server]`). A backup asked of the standby
-/// reads the primary's files through the primary's server; a certificate of the same CA
+/// server with its member certificate (`[backup.server]`). The schedule's backup is asked
+/// of the standby, and it and one asked by hand read the primary's files through the
+/// primary's server; a certificate of the same CA
 /// whose name is not a member's is refused by that server.
 #[test]
 fn a_standby_on_another_host_backs_up_through_the_primarys_tls_server() {
@@ -351,7 +352,8 @@ fn a_standby_on_another_host_backs_up_through_the_primarys_tls_server() {
         nix::unistd::chown(&repo, Some(pg.uid), Some(pg.gid)).unwrap();
         format!(
             "[postgresql.tls]\ncert_file = \"{t}/{name}.crt\"\nkey_file = \"{t}/{name}.key\"\n\
-             ca_file = \"{t}/ca.crt\"\n\n[backup]\nengine = \"pgbackrest\"\nrepo_path = \"{r}\"\n\n\
+             ca_file = \"{t}/ca.crt\"\n\n[backup]\nengine = \"pgbackrest\"\nrepo_path = \"{r}\"\n\
+             full_every_hours = 24\n\n\
              [backup.server]\nhost = \"{h}\"\n",
             t = tls.display(),
             r = repo.display(),
@@ -372,11 +374,33 @@ fn a_standby_on_another_host_backs_up_through_the_primarys_tls_server() {
             "CREATE TABLE t(i int); INSERT INTO t SELECT generate_series(1, 1000)",
         )
         .unwrap();
+        // The schedule's first full backup, asked of the standby (which was still cloning when
+        // it fell due) and taken there through the primary's TLS server.
+        wait_for("a scheduled full backup", Duration::from_secs(120), || {
+            backups(&c)["backups"]
+                .as_array()
+                .is_some_and(|l| l.len() == 1 && l[0]["type"] == "full")
+        });
+        let (ll, sl) = (log(&c, &leader), log(&c, standby));
+        assert!(
+            ll.contains(&format!(
+                "scheduled full backup started on the standby {standby}"
+            )),
+            "{ll}"
+        );
+        assert!(
+            sl.contains(&format!(
+                "full backup started (from the standby, the primary's files through {}:8432)",
+                net.host_name(li)
+            )),
+            "{sl}"
+        );
+        // And one asked by hand.
         let token = c.dir.join("api.token");
         let o = c.op(&[
             "backup",
             "--type",
-            "full",
+            "incr",
             "--member",
             standby,
             "--token-file",
@@ -395,7 +419,7 @@ fn a_standby_on_another_host_backs_up_through_the_primarys_tls_server() {
             "{br_log}"
         );
         let info = backups(&c);
-        assert_eq!(info["backups"].as_array().unwrap().len(), 1, "{info}");
+        assert_eq!(info["backups"].as_array().unwrap().len(), 2, "{info}");
 
         // A certificate of the cluster's CA for a name that is no member's: refused.
         let tls = c.dir.join("tls");
