@@ -121,6 +121,46 @@ pub fn check(dir: &Path, json: bool) -> Result<ExitCode> {
     })
 }
 
+/// `archive check --repo R --stanza S`: the same over a pgBackRest repository (read only,
+/// with a config of its own in a scratch directory). Segments of 16 MiB, the default.
+pub fn check_repo(bin: &Path, repo: &Path, stanza: &str, json: bool) -> Result<ExitCode> {
+    if !repo.is_dir() {
+        anyhow::bail!(
+            "{} is not a directory: name the pgBackRest repository (backup.repo_path)",
+            repo.display()
+        );
+    }
+    let scratch = tempfile::tempdir()?;
+    let conf = scratch.path().join("pgbackrest.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nrepo1-path={}\nlog-level-file=off\nlog-level-console=warn\nlock-path={}\n",
+            repo.display(),
+            scratch.path().display()
+        ),
+    )?;
+    let br = pgbaton_pg::backrest::BackRest {
+        bin: bin.to_path_buf(),
+        conf,
+        stanza: stanza.to_string(),
+        repo: repo.to_path_buf(),
+        timeout: pgbaton_pg::backrest::DEFAULT_TIMEOUT,
+    };
+    let c = crate::runtime()?.block_on(br.archive_check(16 << 20))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        let place = format!("stanza {stanza} in {}", repo.display());
+        print!("{}", describe(Path::new(&place), &c));
+    }
+    Ok(if c.whole() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn describe(dir: &Path, c: &ArchiveCheck) -> String {
     let mut s = String::new();
     let (Some(first), Some(last)) = (&c.first, &c.last) else {

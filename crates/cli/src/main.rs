@@ -41,7 +41,8 @@ enum Cmd {
     FenceWatchdog { data_dir: std::path::PathBuf },
     #[command(flatten)]
     Wal(archive::WalCmd),
-    /// The WAL archive: `archive check --dir DIR` finds holes across timelines.
+    /// The WAL archive: `archive check --dir DIR` (or `--repo R --stanza S`, pgBackRest's)
+    /// finds holes across timelines.
     Archive {
         #[command(subcommand)]
         cmd: ArchiveCmd,
@@ -241,10 +242,20 @@ enum Cmd {
 #[derive(Subcommand)]
 enum ArchiveCmd {
     /// Check that the archive has every segment recovery needs, from its first to its newest
-    /// timeline's last (exit 1 when not, naming what is missing).
+    /// timeline's last (exit 1 when not, naming what is missing): an archive directory
+    /// (`--dir`), or a pgBackRest repository's stanza (`--repo --stanza`).
     Check {
+        #[arg(long, required_unless_present = "repo", conflicts_with = "repo")]
+        dir: Option<PathBuf>,
+        /// A pgBackRest repository (backup.repo_path).
+        #[arg(long, requires = "stanza")]
+        repo: Option<PathBuf>,
+        /// Its stanza (backup.stanza; default there: the cluster's name).
         #[arg(long)]
-        dir: PathBuf,
+        stanza: Option<String>,
+        /// The pgBackRest executable.
+        #[arg(long, default_value = "/usr/bin/pgbackrest")]
+        bin: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -362,8 +373,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Wal(c) => Ok(archive::run(c)),
         Cmd::Archive {
-            cmd: ArchiveCmd::Check { dir, json },
-        } => archive::check(&dir, json),
+            cmd:
+                ArchiveCmd::Check {
+                    dir,
+                    repo,
+                    stanza,
+                    bin,
+                    json,
+                },
+        } => match (dir, repo, stanza) {
+            (Some(dir), _, _) => archive::check(&dir, json),
+            (None, Some(repo), Some(stanza)) => archive::check_repo(&bin, &repo, &stanza, json),
+            _ => anyhow::bail!("archive check needs --dir DIR, or --repo REPO --stanza STANZA"),
+        },
         Cmd::FenceWatchdog { data_dir } => {
             pgbaton_agent::watchdog::watchdog_main(&data_dir)?;
             Ok(ExitCode::SUCCESS)

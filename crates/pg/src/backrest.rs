@@ -380,6 +380,81 @@ impl BackRest {
 }
 
 impl BackRest {
+    /// `archive check` over the repository: the stanza's WAL segments and history files
+    /// (`repo-ls`, the newest history through `repo-get`), checked for holes across
+    /// timelines as an archive directory is. Sizes are not checked: pgBackRest stores
+    /// segments compressed, under their checksum, and pushes only what PostgreSQL hands it.
+    pub async fn archive_check(&self, seg_size: u64) -> Result<crate::archive::ArchiveCheck> {
+        let info = self.info().await?;
+        // 1: missing stanza path, 3: missing stanza data (pgBackRest's info codes).
+        if matches!(info.status_code, 1 | 3) {
+            bail!(
+                "the pgBackRest repository {} has no stanza {} ({})",
+                self.repo.display(),
+                self.stanza,
+                info.status
+            );
+        }
+        let Some(id) = &info.archive_id else {
+            return crate::archive::check_listing(&[], seg_size, &mut |n| {
+                bail!("no {n} in an empty archive")
+            });
+        };
+        let dir = format!("archive/{}/{id}", self.stanza);
+        let listing = self
+            .run(
+                &["--recurse".into(), "repo-ls".into(), dir.clone()],
+                Duration::from_secs(60),
+            )
+            .await?;
+        let files: Vec<(String, Option<u64>)> = repo_wal_names(&listing)
+            .into_iter()
+            .map(|n| (n, None))
+            .collect();
+        let newest = files
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.ends_with(".history"))
+            .max()
+            .cloned();
+        let text = match &newest {
+            Some(n) => Some(
+                self.run(
+                    &["repo-get".into(), format!("{dir}/{n}")],
+                    Duration::from_secs(60),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        crate::archive::check_listing(&files, seg_size, &mut |name| match (&newest, &text) {
+            (Some(n), Some(t)) if n == name => Ok(t.clone()),
+            _ => bail!("{name} is not in the repository's listing"),
+        })
+    }
+}
+
+/// The WAL file names in a `repo-ls --recurse` of a stanza's archive: history files as they
+/// are, segments without the checksum and compression suffix pgBackRest adds
+/// (`0000000100000000/000000010000000000000001-<sha1>.lz4`). Partial and backup-label
+/// files are not segments recovery reads.
+fn repo_wal_names(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let base = l.trim().rsplit('/').next()?;
+            if base.ends_with(".history") && crate::archive::valid_wal_name(base) {
+                return Some(base.to_string());
+            }
+            let (name, sum) = base.split_once('-')?;
+            let sum = sum.split('.').next().unwrap_or("");
+            (name.len() == 24 && crate::archive::valid_wal_name(name) && sum.len() == 40)
+                .then(|| name.to_string())
+        })
+        .collect()
+}
+
+impl BackRest {
     /// Set the restore_command in `data_dir`'s postgresql.auto.conf to this pgBackRest's
     /// `archive-get`. The one pgBackRest's restore writes names the directory it restored
     /// into (a scratch directory, renamed since), and pgBackRest leaves quotes in paths
@@ -563,6 +638,24 @@ mod tests {
             prior: None,
             error: false,
         }
+    }
+
+    #[test]
+    fn the_repositorys_wal_names() {
+        let listing = "15-1\n00000002.history\n15-1/0000000100000000\n\
+            15-1/0000000100000000/000000010000000000000001-5b580d5aeac8d7306a37732d3aee1c1c1dbc0b1b.lz4\n\
+            15-1/0000000100000000/000000010000000000000002-bd2be8bd66a2be6c2856be30c9f7a97d2edafee8\n\
+            15-1/0000000100000000/000000010000000000000003.partial-bd2be8bd66a2be6c2856be30c9f7a97d2edafee8.lz4\n\
+            15-1/0000000100000000/000000010000000000000002.00000028.backup\n\
+            archive.info\n";
+        assert_eq!(
+            repo_wal_names(listing),
+            vec![
+                "00000002.history",
+                "000000010000000000000001",
+                "000000010000000000000002"
+            ]
+        );
     }
 
     #[test]

@@ -182,7 +182,75 @@ fn backups_from_a_standby_members_from_the_repository_and_a_delete_undone() {
             .collect();
         assert_eq!(histories, vec!["00000002.history".to_string()]);
         archivers_fine(&c);
+        repository_checked_for_holes(&c, "n3");
     });
+}
+
+/// `archive check --repo --stanza` over the repository: whole across timelines 1 and 2,
+/// as the leader's periodic check publishes it too; then a segment taken out of the
+/// repository is a hole the check names (exit 1).
+fn repository_checked_for_holes(c: &Cluster, leader: &str) {
+    let repo = c.dir.join("backup");
+    let check = || {
+        pgbaton(
+            &[
+                "archive",
+                "check",
+                "--repo",
+                repo.to_str().unwrap(),
+                "--stanza",
+                "pgbaton",
+            ],
+            Duration::from_secs(60),
+        )
+    };
+    archived_up_to_now(c, leader);
+    let o = check();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("timelines 1 -> 2") && out.contains("0 missing"),
+        "{out}"
+    );
+    wait_for(
+        "the leader's archive check",
+        Duration::from_secs(30),
+        || c.member(leader)["archive"]["missing_segments"] == 0,
+    );
+    // Take out a segment of timeline 1 that recovery needs (the second one archived).
+    let mut segs: Vec<std::path::PathBuf> = walk_paths(&repo.join("archive/pgbaton"))
+        .into_iter()
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("00000001") && n.len() > 65 && !n.contains(".partial")
+            })
+        })
+        .collect();
+    segs.sort();
+    let gone = segs[1].clone();
+    std::fs::remove_file(&gone).unwrap();
+    let name = &gone.file_name().unwrap().to_str().unwrap()[..24];
+    let o = check();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!("missing on timeline 1: {name}")),
+        "{out}"
+    );
+}
+
+/// File paths under `dir`, recursively.
+fn walk_paths(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_paths(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// `pgbaton restore --from FROM --to TO` into `r`'s directory, with `r`'s members and ports.

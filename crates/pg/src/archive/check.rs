@@ -129,21 +129,39 @@ pub fn check(dir: &Path, seg_size: Option<u64>) -> Result<ArchiveCheck> {
         Some(s) => s,
         None => segment_size_of(dir)?.unwrap_or(16 << 20),
     };
-    if !seg_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&seg_size) {
-        bail!("{seg_size} bytes is not a WAL segment size (a power of two, 1 MB to 1 GB)");
-    }
-    let all = names(dir)?;
-    let mut segments: BTreeSet<(u32, u64)> = BTreeSet::new();
-    let mut wrong_size = vec![];
-    for n in &all {
-        let Some(s) = parse_segment(n, seg_size) else {
-            continue;
-        };
-        let path = dir.join(n);
+    let mut files = vec![];
+    for n in names(dir)? {
+        let path = dir.join(&n);
         let len = std::fs::metadata(&path)
             .with_context(|| format!("read the size of {}", path.display()))?
             .len();
-        if len == seg_size {
+        files.push((n, Some(len)));
+    }
+    check_listing(&files, seg_size, &mut |name| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+    })
+}
+
+/// The same check over an archive's listing: WAL file names with their sizes (`None`: the
+/// archive vouches for the file, as pgBackRest's repository does with its checksums), and
+/// how to read a `.history` file by name.
+pub fn check_listing(
+    files: &[(String, Option<u64>)],
+    seg_size: u64,
+    read_history: &mut dyn FnMut(&str) -> Result<String>,
+) -> Result<ArchiveCheck> {
+    if !seg_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&seg_size) {
+        bail!("{seg_size} bytes is not a WAL segment size (a power of two, 1 MB to 1 GB)");
+    }
+    let all: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+    let mut segments: BTreeSet<(u32, u64)> = BTreeSet::new();
+    let mut wrong_size = vec![];
+    for (n, len) in files {
+        let Some(s) = parse_segment(n, seg_size) else {
+            continue;
+        };
+        if len.is_none_or(|l| l == seg_size) {
             segments.insert(s);
         } else {
             wrong_size.push(n.clone());
@@ -175,10 +193,9 @@ pub fn check(dir: &Path, seg_size: Option<u64>) -> Result<ArchiveCheck> {
     let mut begins: BTreeMap<u32, u64> = BTreeMap::new();
     let mut missing_history = vec![];
     if histories.contains(&newest) {
-        let path = dir.join(format!("{newest:08X}.history"));
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-        let history = parse_history(&text).with_context(|| format!("in {}", path.display()))?;
+        let name = format!("{newest:08X}.history");
+        let text = read_history(&name)?;
+        let history = parse_history(&text).with_context(|| format!("in {name}"))?;
         let mut begin = 0;
         for (t, switch) in &history {
             begins.insert(*t, begin);

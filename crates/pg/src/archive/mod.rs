@@ -12,7 +12,9 @@
 mod check;
 mod push;
 
-pub use check::{check, parse_history, parse_lsn, segment_size_of, ArchiveCheck, Hole};
+pub use check::{
+    check, check_listing, parse_history, parse_lsn, segment_size_of, ArchiveCheck, Hole,
+};
 pub(crate) use push::past_switch_point;
 pub use push::{fetch, push, Fetched, Pushed};
 
