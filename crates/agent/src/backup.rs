@@ -228,6 +228,8 @@ pub enum Refused {
     NotHere(String),
     /// One runs already.
     Busy(Job),
+    /// Another member backs up the stanza now (the repository's lock).
+    Locked(String),
 }
 
 impl Jobs {
@@ -288,7 +290,7 @@ impl Jobs {
         };
         // pgBackRest's own backup lock is in each member's lock-path: one in the repository
         // keeps two members from backing up the same stanza at once.
-        let repo_lock = repo_backup_lock(&br).map_err(Refused::NotHere)?;
+        let repo_lock = repo_backup_lock(&br)?;
         let job = Job {
             member: me.name.clone(),
             kind,
@@ -348,7 +350,7 @@ impl Jobs {
 }
 
 /// The repository's backup lock, taken without waiting; held until dropped.
-fn repo_backup_lock(br: &BackRest) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+fn repo_backup_lock(br: &BackRest) -> Result<nix::fcntl::Flock<std::fs::File>, Refused> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = br.repo.join(format!(".pgbaton-backup-{}.lock", br.stanza));
     let f = std::fs::OpenOptions::new()
@@ -357,15 +359,15 @@ fn repo_backup_lock(br: &BackRest) -> Result<nix::fcntl::Flock<std::fs::File>, S
         .write(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| format!("open the backup lock {}: {e}", path.display()))?;
+        .map_err(|e| Refused::NotHere(format!("open the backup lock {}: {e}", path.display())))?;
     nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
         |(_, e)| match e {
-            nix::errno::Errno::EWOULDBLOCK => format!(
+            nix::errno::Errno::EWOULDBLOCK => Refused::Locked(format!(
                 "another member backs up stanza {} now (it holds {})",
                 br.stanza,
                 path.display()
-            ),
-            e => format!("lock {}: {e}", path.display()),
+            )),
+            e => Refused::NotHere(format!("lock {}: {e}", path.display())),
         },
     )
 }

@@ -26,10 +26,10 @@ const BACKOFF: Duration = Duration::from_secs(3600);
 /// (`backup.full_every_hours`, `backup.incr_every_hours`) is started when due. A scheduled
 /// backup is asked of a streaming standby's agent first (`POST /backup`: only that agent
 /// knows whether it reaches the primary's files), as CloudNativePG's `prefer-standby`; the
-/// leader's agent takes it from the primary when none can. After a backup asked of a
-/// standby, the schedule waits `BACKOFF` before asking again whatever came of it (it does not
-/// see the outcome; a success is in the repository, which makes it not due). Expiry is
-/// pgBackRest's, after each backup (`repo1-retention-full`).
+/// leader's agent takes it from the primary when none can. A backup asked of a standby is
+/// followed through that agent's `GET /backup`: while it runs the schedule waits; when it
+/// ended and the backup is still due (it failed, or the standby is gone), the primary takes
+/// it. Expiry is pgBackRest's, after each backup (`repo1-retention-full`).
 #[derive(Default)]
 pub struct Schedule {
     /// When the next look is due; `None`: now.
@@ -38,11 +38,11 @@ pub struct Schedule {
     asked: Arc<Mutex<Asked>>,
 }
 
-/// What the schedule remembers of its asking standbys.
+/// What the schedule remembers of its asking standbys (forgotten once nothing is due).
 #[derive(Default)]
 struct Asked {
-    /// When a scheduled backup was last asked of a standby.
-    at: Option<std::time::Instant>,
+    /// The standby that accepted the due backup: its name and API URL.
+    standby: Option<(String, String)>,
     /// Since when the due backup waits for a standby on its way to streaming.
     waiting_since: Option<std::time::Instant>,
 }
@@ -137,7 +137,7 @@ async fn look(
         now_ms() / 1000,
     ) else {
         if let Ok(mut a) = asked.lock() {
-            a.waiting_since = None;
+            *a = Asked::default();
         }
         return LOOK_EVERY;
     };
@@ -152,7 +152,7 @@ async fn look(
         return again;
     }
     match jobs.start(cfg, me, Some(view), kind).await {
-        Ok(_) | Err(Refused::Busy(_)) => LOOK_EVERY,
+        Ok(_) | Err(Refused::Busy(_) | Refused::Locked(_)) => LOOK_EVERY,
         Err(Refused::NotHere(why)) => {
             // What this agent last published may be a loop old (a primary that just
             // started): look again soon.
@@ -163,8 +163,8 @@ async fn look(
 }
 
 /// A due backup on a standby: `Some(when to look again)` when one started it, or when the
-/// schedule waits (asked one within `BACKOFF`; a standby on its way to streaming, for at
-/// most `WAIT_FOR_STANDBY`); `None`: the primary takes it.
+/// schedule waits (the standby asked still runs it, another backup runs, a standby is on
+/// its way to streaming: for at most `WAIT_FOR_STANDBY`); `None`: the primary takes it.
 async fn prefer_a_standby(
     cfg: &NodeConfig,
     view: &ClusterView,
@@ -172,22 +172,37 @@ async fn prefer_a_standby(
     kind: BackupType,
     memory: &mut Asked,
 ) -> Option<Duration> {
-    if memory.at.is_some_and(|t| t.elapsed() < BACKOFF) {
-        return Some(LOOK_EVERY);
+    if let Some((name, url)) = memory.standby.take() {
+        if runs_a_backup(peers, &url).await {
+            memory.standby = Some((name, url));
+            return Some(LOOK_EVERY);
+        }
+        // It ended, and the backup is still due: it failed there (its agent's log and
+        // `GET /backup` say why), or the standby is gone.
+        warn!(
+            "the scheduled {} backup asked of the standby {name} did not make it: taking it \
+             from the primary",
+            kind.as_str()
+        );
+        return None;
     }
     if memory.waiting_since.is_none() {
         info!("a scheduled {} backup is due", kind.as_str());
     }
-    if let Some(standby) = ask_a_standby(cfg, view, peers, kind).await {
-        info!(
-            "scheduled {} backup started on the standby {standby}",
-            kind.as_str()
-        );
-        *memory = Asked {
-            at: Some(std::time::Instant::now()),
-            waiting_since: None,
-        };
-        return Some(LOOK_EVERY);
+    match ask_a_standby(cfg, view, peers, kind).await {
+        Outcome::Started(name, url) => {
+            info!(
+                "scheduled {} backup started on the standby {name}",
+                kind.as_str()
+            );
+            *memory = Asked {
+                standby: Some((name, url)),
+                waiting_since: None,
+            };
+            return Some(LOOK_EVERY);
+        }
+        Outcome::Busy => return Some(LOOK_EVERY),
+        Outcome::Nobody => {}
     }
     let now = now_ms();
     let coming = view.members.iter().find(|m| {
@@ -221,15 +236,42 @@ async fn prefer_a_standby(
     }
 }
 
-/// Ask the streaming standbys' agents, one after the other, to take a backup; the one
-/// that started it. A refusal (its host cannot reach the primary's files, a backup runs) or
-/// no answer moves on to the next.
+/// What asking the standbys came to.
+enum Outcome {
+    /// This one started it (name, API URL).
+    Started(String, String),
+    /// A backup of the stanza runs already (409).
+    Busy,
+    Nobody,
+}
+
+/// Whether the agent at `url` runs a backup now (`GET /backup`); `false` when it does not
+/// answer.
+async fn runs_a_backup(peers: &Peers, url: &str) -> bool {
+    let r = peers
+        .http
+        .get(format!("{url}/backup"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    match r {
+        Ok(r) if r.status().is_success() => r
+            .json::<serde_json::Value>()
+            .await
+            .is_ok_and(|v| v["running"].is_object()),
+        _ => false,
+    }
+}
+
+/// Ask the streaming standbys' agents, one after the other, to take a backup. A refusal
+/// (its host cannot reach the primary's files) or no answer moves on to the next; an
+/// answer that a backup runs already ends the asking.
 async fn ask_a_standby(
     cfg: &NodeConfig,
     view: &ClusterView,
     peers: &Peers,
     kind: BackupType,
-) -> Option<String> {
+) -> Outcome {
     let now = now_ms();
     let standbys = view.members.iter().filter(|m| {
         m.name != cfg.name
@@ -238,9 +280,10 @@ async fn ask_a_standby(
             && now.saturating_sub(m.seen()) <= pgbaton_core::ops::STALE_MS
     });
     for m in standbys {
+        let url = m.api_url.trim_end_matches('/').to_string();
         let mut req = peers
             .http
-            .post(format!("{}/backup", m.api_url.trim_end_matches('/')))
+            .post(format!("{url}/backup"))
             .timeout(Duration::from_secs(10))
             .json(&serde_json::json!({ "type": kind.as_str() }));
         if let Some(t) = &peers.auth.token {
@@ -249,7 +292,13 @@ async fn ask_a_standby(
             req = req.basic_auth(u, Some(p));
         }
         match req.send().await {
-            Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => return Some(m.name.clone()),
+            Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+                return Outcome::Started(m.name.clone(), url)
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => {
+                info!("scheduled backup: a backup runs already ({} says)", m.name);
+                return Outcome::Busy;
+            }
             Ok(r) => {
                 let status = r.status();
                 let why = r.text().await.unwrap_or_default();
@@ -258,7 +307,7 @@ async fn ask_a_standby(
             Err(e) => info!("scheduled backup: not on {}: {e}", m.name),
         }
     }
-    None
+    Outcome::Nobody
 }
 
 /// The backup the schedule asks for now, if any: a full one when there is none or the

@@ -3,7 +3,7 @@
 //! (pgBackRest reads the primary's control files and calls pg_backup_start through it).
 //!
 //! The config lets in the cluster's members only (`render::pgbackrest_server_conf`): when
-//! the members change, it is rewritten and the server reads it again (SIGHUP). The server
+//! the members change, or the certificate files do, the server reads it again (SIGHUP). The server
 //! dies with the agent (`setpriv --pdeathsig`, util-linux: the workspace forbids the unsafe
 //! `pre_exec` a prctl would need): an agent killed with -9 leaves no server holding the
 //! port for the next one. A server that exits is started again after a pause,
@@ -25,6 +25,8 @@ pub(crate) struct BackupServer {
     written: Option<String>,
     /// No start before this (after an exit or a failed start).
     not_before: Option<Instant>,
+    /// The certificate, key and CA: a renewal is read by a reload too.
+    tls: crate::tls_watch::TlsWatch,
 }
 
 impl BackupServer {
@@ -44,6 +46,12 @@ impl BackupServer {
                 return;
             }
             if self.written.replace(text).is_some() {
+                self.reload();
+            }
+        }
+        if let Some(t) = &cfg.postgresql.tls {
+            if self.tls.changed(&[&t.cert_file, &t.key_file, &t.ca_file]) {
+                info!("TLS files changed: the pgBackRest TLS server reads them again");
                 self.reload();
             }
         }

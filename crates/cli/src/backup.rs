@@ -332,7 +332,8 @@ async fn follow(cfg: &ClientConfig, name: &str, base: &str, started: u64) -> Res
         bail!("the backup on {name} failed: {msg}");
     }
     bail!(
-        "the backup on {name} still runs after {} h: see `pgbaton backups`",
+        "the backup on {name} still runs after {} h; this command stops following it, the \
+         agent carries on (up to backup.timeout_hours): see `pgbaton backups`",
         FOLLOW_LIMIT.as_secs() / 3600
     )
 }

@@ -511,7 +511,8 @@ fn decide_automatic(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<A
                 Some(other) => vec![Action::Wait {
                     reason: format!(
                         "the store has no cluster identity and member {other} has data: \
-                         waiting for it to re-establish the cluster"
+                         waiting for it to re-establish the cluster (the former primary does; \
+                         when it is lost, promote one standby by hand: pg_ctl promote)"
                     ),
                 }],
                 None => vec![

@@ -18,18 +18,7 @@ impl<P: Postgres, H: Host> Executor<P, H> {
                 &self.mem,
             )
             .await;
-        if let Err(e) = self.pg.initdb_if_empty(data).await {
-            if *data == DataDir::Empty {
-                // Nothing was made (initdb and restores fill the directory only when they
-                // succeed): the claim is given up, so that another member can make the
-                // cluster, or re-establish it from its data after the store lost its keys
-                // (a `[bootstrap]` refused to restore a second time).
-                if let Err(a) = self.store.initialize_abandon(&claim_value(&me)).await {
-                    warn!("giving up the initialize claim: {a:#}");
-                }
-            }
-            return Err(e.into());
-        }
+        self.pg.initdb_if_empty(data).await?;
         // Only the lease holder may run a writable primary: take the lease first.
         let t0 = self.host.instant();
         if !self.store.leader_acquire(&me, self.settings.ttl_ms).await? {

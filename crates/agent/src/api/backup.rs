@@ -52,6 +52,7 @@ pub(super) async fn start(State(st): State<ApiState>, headers: HeaderMap, body: 
             Json(json!({ "error": format!("a {} backup runs on {} already", job.kind.as_str(), job.member), "running": job })),
         )
             .into_response(),
+        Err(Refused::Locked(why)) => error(StatusCode::CONFLICT, why),
         Err(Refused::NotHere(why)) => error(StatusCode::PRECONDITION_FAILED, why),
     }
 }

@@ -281,8 +281,8 @@ fn restore_with(r: &Cluster, from: &str, to: &str, extra: &[&str]) -> std::proce
 
 /// A restored one-member cluster (`[bootstrap]` in n1's config, a repository of its own)
 /// whose store lost its keys and whose member lost its disk: the agent does not restore the
-/// old point in time again (its stanza records that the cluster was made), says why, and
-/// gives its initialize claim up.
+/// old point in time again: its start check finds the stanza recording that the cluster was
+/// made, says why, and creates nothing.
 fn never_bootstrapped_twice(r: &Cluster) {
     assert!(r.down(false).status.success());
     for f in ["store.db", "store.db-wal", "store.db-shm"] {

@@ -738,6 +738,8 @@ impl Drop for Etcd {
 pub struct Net {
     pub id: u8,
     pub nodes: u16,
+    /// `name_hosts` made /etc/netns (it was not there): teardown removes it when empty.
+    made_etc_netns: std::cell::Cell<bool>,
 }
 
 static NET_IDS: AtomicU16 = AtomicU16::new(0);
@@ -751,7 +753,11 @@ impl Net {
     pub fn new(nodes: u16) -> Net {
         let n = NET_IDS.fetch_add(1, Ordering::SeqCst) as u32;
         let id = ((std::process::id() * 7 + n * 31) % 200 + 20) as u8;
-        let net = Net { id, nodes };
+        let net = Net {
+            id,
+            nodes,
+            made_etc_netns: std::cell::Cell::new(false),
+        };
         // Leftovers of an earlier run that died with this id.
         net.teardown();
         let br = net.bridge();
@@ -819,8 +825,12 @@ impl Net {
         for i in 1..=self.nodes {
             hosts.push_str(&format!("{} {}\n", self.node_ip(i), self.host_name(i)));
         }
+        let etc = Path::new("/etc/netns");
+        if std::fs::create_dir(etc).is_ok() {
+            self.made_etc_netns.set(true);
+        }
         for i in 1..=self.nodes {
-            let dir = Path::new("/etc/netns").join(self.ns(i));
+            let dir = etc.join(self.ns(i));
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("hosts"), &hosts).unwrap();
         }
@@ -842,8 +852,11 @@ impl Net {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge()])
             .output();
-        // Made by `name_hosts` when there was none (fails when other files are in it).
-        let _ = std::fs::remove_dir("/etc/netns");
+        // Made by `name_hosts` when there was none (fails while another test's files are
+        // in it; only one test names hosts today).
+        if self.made_etc_netns.get() {
+            let _ = std::fs::remove_dir("/etc/netns");
+        }
     }
 
     /// A cluster whose node i runs `pgbaton agent` inside namespace i, PostgreSQL listening on
