@@ -257,12 +257,13 @@ impl Agent {
                 sh.last_loop_duration = t.elapsed();
             }
         }
+        let message = self.message_with_log_hint(&local);
         let report = publish::Report {
             local: &local,
             status,
             progress: None,
             probe: self.exec.pg.probe.as_ref(),
-            message: self.exec.message.as_deref(),
+            message: message.as_deref(),
             handed_over: self.handed_over(),
             archive: self.archive.status.clone(),
         };
@@ -283,6 +284,26 @@ impl Agent {
                 .store_failed();
         }
         published
+    }
+
+    /// The message to publish: a PostgreSQL that runs but refuses connections (a standby not
+    /// yet consistent), or a standby that does not stream, shows why from its log, else
+    /// `list` would say only "starting or busy" for good (a standby whose upstream recycled
+    /// the WAL it needs).
+    fn message_with_log_hint(&self, local: &LocalView) -> Option<String> {
+        let stuck = match local.pg {
+            PgRun::NotAnswering => true,
+            PgRun::Standby { .. } => local.not_streaming_since_ms.is_some(),
+            _ => false,
+        };
+        let hint = stuck
+            .then(|| server::why_not_ready(&self.cfg.log_file(), &self.cfg.name))
+            .flatten();
+        match (self.exec.message.as_deref(), hint) {
+            (Some(m), Some(h)) => Some(format!("{m}: {h}")),
+            (m, None) => m.map(str::to_string),
+            (None, Some(h)) => Some(h),
+        }
     }
 
     /// Unreadable member records: logged when the set changes, not every loop; a member

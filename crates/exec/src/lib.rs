@@ -69,6 +69,11 @@ pub trait Postgres: Send {
     async fn reload(&mut self) -> Result<()>;
     /// pg_rewind from `upstream` when the data diverged (the instance is stopped).
     async fn rewind(&mut self, upstream: &Upstream) -> Result<Rewind>;
+    /// Why the last start of this standby could not stream, when it is that its upstream
+    /// had removed the WAL it asked for (and no archive gave it): rewinding cannot help.
+    fn upstream_wal_gone(&self) -> Option<String> {
+        None
+    }
     /// pg_basebackup from `from` (into a scratch directory swapped in when `replace`).
     async fn clone_from(&mut self, from: &Upstream, replace: bool) -> Result<()>;
     /// initdb when the data directory is empty.

@@ -146,7 +146,22 @@ impl<P: Postgres, H: Host> Executor<P, H> {
             upstream.member
         );
         match self.pg.rewind(upstream).await {
-            Ok(Rewind::NotNeeded) => info!("no rewind needed: the data had not diverged"),
+            Ok(Rewind::NotNeeded) => {
+                info!("no rewind needed: the data had not diverged");
+                if let Some(why) = self.pg.upstream_wal_gone() {
+                    // Starting it again would only fail the same way, every few seconds.
+                    self.mem.rejoin_failed = Some(format!(
+                        "its upstream no longer has the WAL it needs: {why}"
+                    ));
+                    fail!(
+                        "{} cannot stream: its upstream {} no longer has the WAL it needs and no \
+                         archive gave it ({why}); `pgbaton reinit {}` makes a fresh copy",
+                        self.settings.name,
+                        upstream.member,
+                        self.settings.name
+                    )
+                }
+            }
             Ok(Rewind::Rewound { diverged_at }) => info!(
                 "rewound: the data had diverged from {} at {diverged_at}",
                 upstream.member
@@ -175,6 +190,8 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         self.message = Some(format!("cloning from {}", from.member));
         self.pg.clone_from(from, replace).await?;
         self.message = None;
+        // A fresh copy: what made an earlier rejoin fail is gone with the old data.
+        self.mem.rejoin_failed = None;
         self.start(true, Some(from)).await?;
         Ok(Flow::Continue)
     }

@@ -129,6 +129,35 @@ pub fn last_fatal(log_file: &Path) -> Option<String> {
     })
 }
 
+/// Why a running PostgreSQL that refuses connections (a standby not yet consistent) is
+/// stuck, from this start's log: its last FATAL or PANIC line other than the refusals
+/// its own clients get while it starts. A WAL receiver whose upstream recycled the WAL it
+/// needs never gets further by itself: that case names `reinit`.
+pub fn why_not_ready(log_file: &Path, member: &str) -> Option<String> {
+    let text = this_start(log_file)?;
+    let line = text.lines().rev().find(|l| {
+        (l.contains("FATAL:") || l.contains("PANIC:"))
+            && !l.contains("the database system is starting up")
+            && !l.contains("the database system is not yet accepting connections")
+            && !l.contains("the database system is shutting down")
+    })?;
+    let said = line
+        .split_once("FATAL:")
+        .or_else(|| line.split_once("PANIC:"))
+        .map_or(line, |(_, m)| m)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(if said.contains("has already been removed") {
+        format!(
+            "{said}: its upstream no longer has WAL this member needs, and no archive gave it; \
+             `pgbaton reinit {member}` makes a fresh copy"
+        )
+    } else {
+        said
+    })
+}
+
 /// Stop PostgreSQL in fast mode (clients disconnected, shutdown checkpoint) and wait.
 pub async fn stop(bins: &Binaries, data_dir: &Path, timeout: Duration) -> Result<()> {
     if postmaster_pid(data_dir).is_none() {
@@ -185,5 +214,30 @@ mod tests {
         .unwrap();
         assert_eq!(last_fatal(&log), None);
         assert_eq!(last_fatal(&d.path().join("missing")), None);
+    }
+
+    #[test]
+    fn why_a_standby_is_not_ready() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("postgres.log");
+        std::fs::write(
+            &log,
+            "LOG:  starting PostgreSQL 15\n\
+             2026 UTC [7] FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment 000000010000000000000010 has already been removed\n\
+             2026 UTC [8] FATAL:  the database system is not yet accepting connections\n",
+        )
+        .unwrap();
+        let why = why_not_ready(&log, "n1").unwrap();
+        assert!(
+            why.starts_with("could not receive data from WAL stream: ERROR: requested WAL segment 000000010000000000000010")
+                && why.ends_with("`pgbaton reinit n1` makes a fresh copy"),
+            "{why}"
+        );
+        std::fs::write(
+            &log,
+            "LOG:  starting PostgreSQL 15\n2026 UTC [8] FATAL:  the database system is starting up\n",
+        )
+        .unwrap();
+        assert_eq!(why_not_ready(&log, "n1"), None);
     }
 }

@@ -771,3 +771,93 @@ fn a_former_primary_whose_last_checkpoint_spans_two_segments_rejoins() {
         wait_rejoined(&c, "n1", "n2");
     });
 }
+
+/// A standby stopped while the primary (no archive, a small `max_slot_wal_keep_size`)
+/// recycles the WAL it needs: its slot is lost, and starting it again cannot help. Its agent
+/// says so once, naming `pgbaton reinit`, instead of stopping and starting it every few
+/// seconds; `reinit` heals it.
+#[test]
+fn a_standby_whose_upstream_recycled_its_wal_says_reinit_and_waits() {
+    let c = Cluster::up(2);
+    with_logs_on_panic(&c, || {
+        assert!(c.down(false).status.success());
+        for m in c.member_names() {
+            let p = c.dir.join(&m).join("node.toml");
+            let cfg = std::fs::read_to_string(&p).unwrap();
+            assert!(cfg.contains("max_slot_wal_keep_size = \"1GB\""), "{cfg}");
+            std::fs::write(
+                &p,
+                cfg.replace(
+                    "max_slot_wal_keep_size = \"1GB\"",
+                    "max_slot_wal_keep_size = \"32MB\"",
+                ),
+            )
+            .unwrap();
+        }
+        assert!(c.up_again().status.success());
+        c.wait_healthy(Duration::from_secs(60));
+        let leader = c.list()["leader"].as_str().unwrap().to_string();
+        let standby = if leader == "n1" { "n2" } else { "n1" };
+        // The standby's agent and PostgreSQL stop (a host down for a while).
+        kill9(c.agent_pid(standby).unwrap());
+        let pg = c.postmaster_pid(standby).unwrap();
+        signal(pg, nix::sys::signal::Signal::SIGINT);
+        wait_for("the standby stopped", Duration::from_secs(30), || {
+            c.postmaster_pid(standby).is_none()
+        });
+        c.sql_direct(&leader, "CREATE TABLE big(x text)").unwrap();
+        for _ in 0..5 {
+            for sql in [
+                "INSERT INTO big SELECT repeat('x', 1000) FROM generate_series(1, 20000)",
+                "SELECT pg_switch_wal()",
+                "CHECKPOINT",
+            ] {
+                c.sql_direct(&leader, sql).unwrap();
+            }
+        }
+        assert_eq!(
+            c.sql_direct(
+                &leader,
+                &format!(
+                    "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'pgbaton_{standby}'"
+                )
+            )
+            .unwrap(),
+            "lost"
+        );
+        // `up` returns once the member waits for the operator, and says what for (while it
+        // runs and does not stream, its log's reason; once a rejoin found nothing to rewind,
+        // that no rejoin can help).
+        let o = c.up_again();
+        assert!(o.status.success(), "up again failed:\n{}", text(&o));
+        assert!(text(&o).contains("needs the operator"), "{}", text(&o));
+        wait_for(
+            &format!("{standby} to say it needs reinit"),
+            Duration::from_secs(60),
+            || {
+                let m = c.message(standby);
+                m.contains(&format!("pgbaton reinit {standby}")) && m.contains("failed")
+            },
+        );
+        let msg = c.message(standby);
+        assert!(msg.contains("has already been removed"), "{msg}");
+        // It waits: no more stop-and-start rounds.
+        let rejoins = |c: &Cluster| {
+            std::fs::read_to_string(c.dir.join(standby).join("agent.log"))
+                .unwrap_or_default()
+                .matches("rejoining as a standby")
+                .count()
+        };
+        let seen = rejoins(&c);
+        std::thread::sleep(Duration::from_secs(10));
+        assert_eq!(rejoins(&c), seen, "{}", msg);
+        let o = c.op(&["reinit", standby]);
+        assert!(o.status.success(), "reinit failed:\n{}", text(&o));
+        wait_for(
+            &format!("{standby} streams"),
+            Duration::from_secs(60),
+            || c.member(standby)["state"] == "streaming",
+        );
+        assert_eq!(count(&c, standby, "SELECT count(*) FROM big"), 100_000);
+    });
+}
