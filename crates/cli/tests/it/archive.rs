@@ -254,19 +254,10 @@ fn a_standby_past_its_slot_catches_up_from_the_archive_without_a_reclone() {
     // A small slot limit: stop, edit each member's config, start again.
     let o = c.down(false);
     assert!(o.status.success(), "{}", text(&o));
-    for m in c.member_names() {
-        let p = c.dir.join(&m).join("node.toml");
-        let t = std::fs::read_to_string(&p).unwrap();
-        assert!(t.contains("max_slot_wal_keep_size = \"1GB\""), "{t}");
-        std::fs::write(
-            &p,
-            t.replace(
-                "max_slot_wal_keep_size = \"1GB\"",
-                "max_slot_wal_keep_size = \"32MB\"",
-            ),
-        )
-        .unwrap();
-    }
+    c.edit_node_configs(
+        "max_slot_wal_keep_size = \"1GB\"",
+        "max_slot_wal_keep_size = \"32MB\"",
+    );
     let o = c.up_again();
     assert!(o.status.success(), "{}", text(&o));
     c.wait_healthy(Duration::from_secs(60));

@@ -245,6 +245,17 @@ impl Cluster {
         pgbaton(&args, Duration::from_secs(180))
     }
 
+    /// Replace `from` (which must be there) by `to` in every member's node.toml (with the
+    /// cluster down: an agent reads it at start).
+    pub fn edit_node_configs(&self, from: &str, to: &str) {
+        for m in self.member_names() {
+            let p = self.dir.join(&m).join("node.toml");
+            let cfg = std::fs::read_to_string(&p).unwrap();
+            assert!(cfg.contains(from), "{m}'s node.toml has no {from}:\n{cfg}");
+            std::fs::write(&p, cfg.replace(from, to)).unwrap();
+        }
+    }
+
     pub fn down(&self, purge: bool) -> Output {
         let mut args = vec!["down", "--dir", self.dir.to_str().unwrap()];
         if purge {
