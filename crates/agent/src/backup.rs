@@ -438,6 +438,7 @@ async fn primary_via_server(
             cert_file: tls.cert_file.clone(),
             key_file: tls.key_file.clone(),
             ca_file: tls.ca_file.clone(),
+            config: s.config.clone().map(Into::into),
         }),
     })
 }

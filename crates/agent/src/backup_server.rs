@@ -143,7 +143,8 @@ impl BackupServer {
     }
 }
 
-fn conf_path(cfg: &NodeConfig) -> PathBuf {
+/// The server's config file.
+pub(crate) fn conf_path(cfg: &NodeConfig) -> PathBuf {
     cfg.base_dir().join("pgbackrest-server.conf")
 }
 

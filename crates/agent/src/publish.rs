@@ -222,5 +222,10 @@ fn backup_server_info(cfg: &NodeConfig) -> Option<pgbaton_core::model::BackupSer
         host: s.host_or(&cfg.postgresql),
         port: s.port,
         data_dir: cfg.data_dir.to_string_lossy().into_owned(),
+        config: Some(
+            crate::backup_server::conf_path(cfg)
+                .to_string_lossy()
+                .into_owned(),
+        ),
     })
 }

@@ -223,6 +223,10 @@ pub struct BackupServerInfo {
     pub port: u16,
     /// The member's data directory, as pgBackRest on that host reads it.
     pub data_dir: String,
+    /// The server's config file on that host: the pgBackRest it runs for a client reads it
+    /// (its lock and log directories), not the packaged default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 /// What a primary publishes of its synchronous replication.

@@ -82,6 +82,9 @@ pub struct TlsServer {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub ca_file: PathBuf,
+    /// The server's config file on its host (`--pg2-host-config`): else the pgBackRest it
+    /// runs reads the packaged default, and puts its lock files in /tmp/pgbackrest.
+    pub config: Option<PathBuf>,
 }
 
 /// Where a restore stops (`--type` and `--target`).
@@ -256,6 +259,9 @@ impl BackRest {
                 args.push(format!("--pg2-host-cert-file={}", t.cert_file.display()));
                 args.push(format!("--pg2-host-key-file={}", t.key_file.display()));
                 args.push(format!("--pg2-host-ca-file={}", t.ca_file.display()));
+                if let Some(c) = &t.config {
+                    args.push(format!("--pg2-host-config={}", c.display()));
+                }
             }
         }
         args.push("backup".into());
