@@ -29,6 +29,7 @@ pub(crate) async fn preflight(cfg: &NodeConfig, known_id: Option<&str>) -> Resul
     };
     check_bin(&br.bin, "backup.bin")?;
     check_repo(&br.repo)?;
+    check_server(cfg).await?;
     if let Some(owner) =
         pgbaton_pg::backrest::stanza_owner(&br.repo, &br.stanza).filter(|o| *o != cfg.cluster)
     {
@@ -158,6 +159,37 @@ fn check_repo(repo: &Path) -> Result<()> {
             repo.display()
         ),
     }
+}
+
+/// With `[backup.server]`: what runs pgBackRest's TLS server is there (`setpriv`), and its
+/// port is free. A server of this agent's previous run dies with it: its port is waited for
+/// a few seconds.
+async fn check_server(cfg: &NodeConfig) -> Result<()> {
+    let Some(s) = cfg.backup.as_ref().and_then(|b| b.server.as_ref()) else {
+        return Ok(());
+    };
+    let setpriv = Path::new(crate::backup_server::SETPRIV);
+    if !setpriv.is_file() {
+        bail!(
+            "[backup.server]: {} (util-linux) is missing: the agent runs pgBackRest's TLS server \
+             under it, so that the server dies with the agent. Install util-linux or remove \
+             [backup.server]",
+            setpriv.display()
+        );
+    }
+    let listen = s.listen_or(&cfg.postgresql);
+    for _ in 0..50 {
+        if !crate::port_taken(&listen, s.port) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "backup.server.port {}: {listen}:{} is taken by another process; pgBackRest's TLS server \
+         needs it. Stop that process or choose another port",
+        s.port,
+        s.port
+    )
 }
 
 fn check_bin(bin: &Path, key: &str) -> Result<()> {

@@ -13,7 +13,7 @@ use super::*;
 use std::time::Instant;
 
 /// Runs the server with a parent-death signal (it execs pgBackRest in place).
-const SETPRIV: &str = "/usr/bin/setpriv";
+pub(crate) const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// A server that exited is started again after this long.
 const RESTART_AFTER: Duration = Duration::from_secs(10);

@@ -478,4 +478,37 @@ fn a_missing_pgbackrest_an_unwritable_repository_or_another_clusters_stanza_is_r
     std::fs::write(&owner, record).unwrap();
     assert!(!s.path.join("n1").exists(), "something was created");
     assert_eq!(listing(&theirs.join("backup/pgbaton")), before);
+
+    // pgBackRest's TLS server ([backup.server]) on a port another process holds.
+    let tls = s.path.join("tls");
+    let o = pgbaton(
+        &[
+            "certs",
+            "--dir",
+            tls.to_str().unwrap(),
+            "--member",
+            "n1",
+            "--host",
+            "localhost",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    nix::unistd::chown(&tls.join("n1.key"), Some(u.uid), Some(u.gid)).unwrap();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().port();
+    let cfg = with_backup(
+        &mine,
+        &format!(
+            "[backup.server]\nhost = \"localhost\"\nport = {taken}\n\
+             [postgresql.tls]\ncert_file = \"{t}/n1.crt\"\nkey_file = \"{t}/n1.key\"\nca_file = \"{t}/ca.crt\"\n",
+            t = tls.display()
+        ),
+    );
+    assert_refused(
+        &agent(&cfg),
+        &[&format!("127.0.0.1:{taken} is taken"), "backup.server.port"],
+    );
+    assert!(!s.path.join("n1").exists(), "something was created");
+    drop(holder);
 }
