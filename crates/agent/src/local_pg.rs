@@ -243,21 +243,7 @@ impl pgbaton_exec::Postgres for LocalPg {
     }
 
     fn upstream_wal_gone(&self) -> Option<String> {
-        // The WAL receiver's own words (the upstream's walsender logs the same error, without
-        // the first part, on the upstream's side).
-        server::log_lines_matching(
-            &self.cfg.log_file(),
-            &["could not receive data from WAL stream"],
-        )
-        .into_iter()
-        .rfind(|l| l.contains("has already been removed"))
-        .map(|l| {
-            l.split_once("FATAL:")
-                .map_or(l.as_str(), |(_, m)| m)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+        server::upstream_wal_gone(&self.cfg.log_file())
     }
 
     async fn clone_from(&mut self, from: &Upstream, replace: bool) -> Result<()> {

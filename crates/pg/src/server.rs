@@ -129,25 +129,51 @@ pub fn last_fatal(log_file: &Path) -> Option<String> {
     })
 }
 
-/// Why a running PostgreSQL that refuses connections (a standby not yet consistent) is
-/// stuck, from this start's log: its last FATAL or PANIC line other than the refusals
-/// its own clients get while it starts. A WAL receiver whose upstream recycled the WAL it
-/// needs never gets further by itself: that case names `reinit`.
-pub fn why_not_ready(log_file: &Path, member: &str) -> Option<String> {
+/// What the WAL receiver and the startup process last came to in this start, from
+/// PostgreSQL's log: the text of their last FATAL line, or `None` when their last word was
+/// progress (streaming started, a segment restored from the archive, a new timeline, a
+/// promotion) or there is none. Other processes' FATAL lines (a client's failed login, too
+/// many clients, the refusals clients get while it starts) are not its reason.
+pub fn receiver_outcome(log_file: &Path) -> Option<String> {
+    const PROGRESS: [&str; 4] = [
+        "started streaming WAL",
+        "restored log file",
+        "selected new timeline ID",
+        "database system is ready to accept connections",
+    ];
+    const RECEIVER: [&str; 5] = [
+        "WAL stream",
+        "primary server",
+        "replication slot",
+        "timeline",
+        "requested WAL segment",
+    ];
     let text = this_start(log_file)?;
-    let line = text.lines().rev().find(|l| {
-        (l.contains("FATAL:") || l.contains("PANIC:"))
-            && !l.contains("the database system is starting up")
-            && !l.contains("the database system is not yet accepting connections")
-            && !l.contains("the database system is shutting down")
+    let last = text.lines().rev().find(|l| {
+        PROGRESS.iter().any(|p| l.contains(p))
+            || ((l.contains("FATAL:") || l.contains("PANIC:"))
+                && RECEIVER.iter().any(|r| l.contains(r)))
     })?;
-    let said = line
+    if PROGRESS.iter().any(|p| last.contains(p)) {
+        return None;
+    }
+    let said = last
         .split_once("FATAL:")
-        .or_else(|| line.split_once("PANIC:"))
-        .map_or(line, |(_, m)| m)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+        .or_else(|| last.split_once("PANIC:"))
+        .map_or(last, |(_, m)| m);
+    Some(said.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// Whether the receiver's last word is that its upstream removed the WAL it asked for (and
+/// no archive gave it since): starting it again cannot help.
+pub fn upstream_wal_gone(log_file: &Path) -> Option<String> {
+    receiver_outcome(log_file).filter(|s| s.contains("has already been removed"))
+}
+
+/// Why a standby that refuses connections or does not stream is stuck, for its message:
+/// the receiver's last outcome; the removed-WAL case names `reinit`.
+pub fn why_not_ready(log_file: &Path, member: &str) -> Option<String> {
+    let said = receiver_outcome(log_file)?;
     Some(if said.contains("has already been removed") {
         format!(
             "{said}: its upstream no longer has WAL this member needs, and no archive gave it; \
@@ -235,9 +261,27 @@ mod tests {
         );
         std::fs::write(
             &log,
-            "LOG:  starting PostgreSQL 15\n2026 UTC [8] FATAL:  the database system is starting up\n",
+            "LOG:  starting PostgreSQL 15\n2026 UTC [8] FATAL:  the database system is starting up\n\
+             2026 UTC [9] FATAL:  password authentication failed for user \"app\"\n",
         )
         .unwrap();
         assert_eq!(why_not_ready(&log, "n1"), None);
+        // Gone, then restored from the archive (or streaming again): not its outcome.
+        for progress in [
+            "LOG:  restored log file \"000000010000000000000010\" from archive",
+            "LOG:  started streaming WAL from primary at 0/11000000 on timeline 1",
+        ] {
+            std::fs::write(
+                &log,
+                format!(
+                    "LOG:  starting PostgreSQL 15\n\
+                     2026 UTC [7] FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment 000000010000000000000010 has already been removed\n\
+                     2026 UTC [9] {progress}\n"
+                ),
+            )
+            .unwrap();
+            assert_eq!(upstream_wal_gone(&log), None, "{progress}");
+            assert_eq!(why_not_ready(&log, "n1"), None, "{progress}");
+        }
     }
 }
