@@ -172,6 +172,10 @@ impl Agent {
         let mut view = self.read_or_failsafe().await?;
         self.publisher.mark_self(&mut view);
         self.report_unreadable(&view);
+        self.exec
+            .pg
+            .apply_cluster_conf(view.config_text.as_deref())
+            .await;
         self.refuse_slot_collision(&view)?;
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
@@ -252,6 +256,7 @@ impl Agent {
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
             sh.replay_lag_ms = self.exec.pg.probe.as_ref().and_then(|p| p.replay_lag_ms);
+            sh.catalogue = self.exec.pg.cluster_conf.catalogue.clone();
             sh.view = Some(view.clone());
             if let Some(t) = sh.last_loop {
                 sh.last_loop_duration = t.elapsed();
@@ -266,6 +271,7 @@ impl Agent {
             message: message.as_deref(),
             handed_over: self.handed_over(),
             archive: self.archive.status.clone(),
+            pending_restart: &self.exec.pg.cluster_conf.pending_restart,
         };
         // Both, whatever the other did: a liveness that fails must not keep the report
         // from being written (review finding).

@@ -15,6 +15,7 @@ mod archive_watch;
 pub mod backup;
 mod backup_schedule;
 mod backup_server;
+mod cluster_conf;
 mod failsafe;
 pub mod fence;
 mod host;
@@ -177,6 +178,7 @@ impl Agent {
             probe: None,
             publisher: publisher.clone(),
             handed_over: false,
+            cluster_conf: Default::default(),
         };
         let host = host::AgentHost {
             cfg: cfg.clone(),

@@ -2,6 +2,7 @@
 //! over pg_ctl, SQL, pg_rewind and pg_basebackup.
 
 use super::*;
+use crate::cluster_conf::ClusterConf;
 use pgbaton_core::model::{Lsn, Rewind, SlotEnsured};
 use pgbaton_core::sync::SyncNames;
 use pgbaton_pg::backrest::BackRest;
@@ -21,9 +22,35 @@ pub(crate) struct LocalPg {
     pub publisher: Publisher,
     /// What the progress reports say of a hand-over (set from the agent's memory each loop).
     pub handed_over: bool,
+    /// The cluster's parameters from the store, and the restarts they wait for.
+    pub cluster_conf: ClusterConf,
 }
 
 impl LocalPg {
+    /// The cluster's parameters as the store's view holds them: the file written and
+    /// PostgreSQL reloaded when they changed, and its pending restarts read when due.
+    pub(crate) async fn apply_cluster_conf(&mut self, text: Option<&str>) {
+        let now = now_ms();
+        self.cluster_conf.update(text);
+        match self.cluster_conf.write(&self.cfg, now) {
+            Ok(true) => {
+                if let Some(c) = &self.client {
+                    if let Err(e) = sql::reload_conf(c).await {
+                        warn!("reload after the cluster's parameters changed: {e:#}");
+                    }
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!(
+                "write {}: {e:#}",
+                pgbaton_core::cluster_config::CLUSTER_FILE
+            ),
+        }
+        if let Some(c) = &self.client {
+            self.cluster_conf.check(c, now).await;
+        }
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.cfg.timing.start_timeout_ms)
     }
@@ -161,15 +188,20 @@ impl pgbaton_exec::Postgres for LocalPg {
 
     async fn start(&mut self, standby: bool, upstream: Option<&Upstream>) -> Result<()> {
         files::write_pg_config(&self.cfg, &self.os_user, standby, upstream)?;
+        // The data directory may be new (a clone, a restore): the cluster's file again.
+        self.cluster_conf.forget_written();
+        self.cluster_conf.write(&self.cfg, now_ms())?;
         let log = self.cfg.log_file();
         server::start(&self.bins, &self.cfg.data_dir, &log, self.timeout()).await?;
         self.client = None;
+        self.cluster_conf.forget_server(now_ms());
         Ok(())
     }
 
     async fn stop(&mut self) -> Result<()> {
         self.client = None;
         self.probe = None;
+        self.cluster_conf.forget_server(now_ms());
         server::stop(&self.bins, &self.cfg.data_dir, self.timeout()).await
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct Report<'a> {
     pub message: Option<&'a str>,
     pub handed_over: bool,
     pub archive: Option<ArchiveStatus>,
+    /// The parameters waiting for a restart (`ClusterConf`).
+    pub pending_restart: &'a [String],
 }
 
 impl Publisher {
@@ -64,6 +66,7 @@ impl Publisher {
             message,
             handed_over,
             archive,
+            pending_restart: &[],
         })
         .await
     }
@@ -209,6 +212,7 @@ impl Publisher {
             handed_over: r.handed_over,
             archive: r.archive,
             backup_server: backup_server_info(cfg),
+            pending_restart: r.pending_restart.to_vec(),
             seen_ms: 0,
         }
     }

@@ -78,6 +78,7 @@ const PATHS: &[&str] = &[
     "/member",
     "/history",
     "/config",
+    "/cluster-config",
     "/metrics",
     "/switchover",
     "/failover",
@@ -132,6 +133,9 @@ proptest! {
             }
         }
         if ["/switchover", "/failover", "/restart", "/reinit", "/reload", "/pause", "/resume"].contains(&path) && method == "POST" && !with_token {
+            prop_assert_eq!(code, StatusCode::UNAUTHORIZED, "{} {} without the token", method, uri);
+        }
+        if path == "/cluster-config" && method == "PUT" && !with_token {
             prop_assert_eq!(code, StatusCode::UNAUTHORIZED, "{} {} without the token", method, uri);
         }
     }

@@ -40,6 +40,8 @@ pub use error::*;
 pub use store::{EtcdAccess, StoreConfig};
 
 use toml_errors::*;
+pub use validate::check_parameter;
+pub(crate) use validate::lit;
 use validate::*;
 
 // ---------------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ impl ParamValue {
     }
 
     /// The value as a TOML literal, for error messages.
-    fn toml_literal(&self) -> String {
+    pub(crate) fn toml_literal(&self) -> String {
         match self {
             ParamValue::Bool(b) => b.to_string(),
             ParamValue::Int(i) => i.to_string(),

@@ -64,6 +64,8 @@ pub struct ClusterView {
     pub sync: Option<SyncRecord>,
     /// The record's text as stored (the compare-and-set's expected value).
     pub sync_text: Option<String>,
+    /// The cluster's config record as stored (`pgbaton_core::cluster_config`), if any.
+    pub config_text: Option<String>,
     /// Member records that could not be read: not in `members`.
     pub unreadable: Vec<UnreadableRecord>,
 }

@@ -5,6 +5,7 @@
 //! environment: time is an argument, and everything outside is described by plain data.
 //! So nothing here can fail for outside reasons, and all of it is tested without PostgreSQL.
 
+pub mod cluster_config;
 pub mod config;
 pub mod decide;
 pub mod failover;

@@ -211,6 +211,10 @@ pub struct MemberState {
     /// Its pgBackRest TLS server (`[backup.server]`), when it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_server: Option<BackupServerInfo>,
+    /// Parameters whose new value PostgreSQL applies only at a restart
+    /// (`pg_settings.pending_restart`): `pgbaton restart --pending` restarts such members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
 }
 
 /// Where a member's pgBackRest TLS server is: a standby on another host backs up through
@@ -357,6 +361,7 @@ impl MemberState {
             synchronous: None,
             archive: None,
             backup_server: None,
+            pending_restart: vec![],
         }
     }
 

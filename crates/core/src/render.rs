@@ -245,6 +245,13 @@ pub fn pgbaton_conf(cfg: &NodeConfig, upstream: Option<&Upstream>) -> String {
     let mut set = |k: &str, v: String| {
         let _ = writeln!(s, "{k} = {v}");
     };
+    // The cluster's parameters first (`pgbaton edit-config`): every line after them wins,
+    // so neither a record written past the checks can change what pgbaton owns, and the
+    // node's own parameters (last) override the cluster's.
+    set(
+        "include_if_exists",
+        conf_quote(crate::cluster_config::CLUSTER_FILE),
+    );
     set("listen_addresses", conf_quote(&pg.listen_host));
     set("port", pg.port.to_string());
     set(

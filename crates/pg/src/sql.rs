@@ -413,3 +413,58 @@ pub async fn promote(client: &Client, timeout: Duration) -> Result<()> {
     }
     Ok(())
 }
+
+/// The parameters whose new value in the config files waits for a restart (PostgreSQL's
+/// `pg_settings.pending_restart`, as this backend saw the files at its last reload).
+pub async fn pending_restart(client: &Client) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name",
+            &[],
+        )
+        .await
+        .context("read pg_settings.pending_restart")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Make PostgreSQL read its config files again (`pg_reload_conf()`: the postmaster and then
+/// every backend, asynchronously).
+pub async fn reload_conf(client: &Client) -> Result<()> {
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .context("pg_reload_conf()")
+}
+
+/// The server's catalogue of parameters, to check values against before they are stored.
+pub async fn catalogue(client: &Client) -> Result<pgbaton_core::cluster_config::Catalogue> {
+    use pgbaton_core::cluster_config::{Catalogue, Setting, VarType};
+    let rows = client
+        .query(
+            "SELECT name, vartype, context, unit, min_val, max_val, enumvals, \
+             current_setting('server_version') FROM pg_settings",
+            &[],
+        )
+        .await
+        .context("read pg_settings")?;
+    let mut settings = Vec::with_capacity(rows.len());
+    let mut version = String::new();
+    for r in &rows {
+        let vartype: String = r.get(1);
+        let Some(vartype) = VarType::parse(&vartype) else {
+            continue;
+        };
+        let bound = |i: usize| r.get::<_, Option<String>>(i).and_then(|v| v.parse().ok());
+        settings.push(Setting {
+            name: r.get(0),
+            vartype,
+            context: r.get(2),
+            unit: r.get(3),
+            min: bound(4),
+            max: bound(5),
+            enumvals: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
+        });
+        version = r.get(7);
+    }
+    Ok(Catalogue::new(settings, &version))
+}

@@ -110,6 +110,7 @@ impl Sim {
                     .as_deref()
                     .map(pgbaton_store::parse_sync_record),
                 sync_text: self.store.sync.clone(),
+                config_text: None,
                 unreadable: vec![],
             }))),
             StoreOp::Exec { id, req } => {

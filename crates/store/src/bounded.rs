@@ -141,6 +141,16 @@ impl Store for Bounded {
         let call = self.inner.set_paused(paused);
         self.within("set the pause flag", self.limit, call).await
     }
+    async fn config_get(&self) -> Result<Option<String>> {
+        let call = self.inner.config_get();
+        self.within("read the cluster's config", self.limit, call)
+            .await
+    }
+    async fn config_cas(&self, expected: Option<&str>, new: &str) -> Result<bool> {
+        let call = self.inner.config_cas(expected, new);
+        self.within("write the cluster's config", self.limit, call)
+            .await
+    }
 
     async fn sync_get(&self) -> Result<Option<String>> {
         let call = self.inner.sync_get();

@@ -77,6 +77,18 @@ pub trait Store: Send + Sync {
         new: Option<&str>,
     ) -> Result<bool>;
 
+    // ---- the cluster's configuration -----------------------------------------------------
+    /// The cluster's config record as stored (JSON text; see
+    /// `pgbaton_core::cluster_config`).
+    async fn config_get(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// Replace the record with `new` if it currently holds `expected` (`None` = absent).
+    /// `true` = replaced; `false` = someone changed it since it was read.
+    async fn config_cas(&self, _expected: Option<&str>, _new: &str) -> Result<bool> {
+        anyhow::bail!("{} keeps no cluster config", self.describe())
+    }
+
     // ---- members -----------------------------------------------------------------------
     /// Publish (insert or replace) a member's state. Registration persists until deleted.
     async fn member_put(&self, state: &MemberState) -> Result<()>;
@@ -164,6 +176,7 @@ pub(crate) fn op_or_unreadable(
 pub async fn read_view_keys<S: Store + ?Sized>(store: &S) -> Result<ClusterView> {
     view_of_parts(ViewParts {
         sync_text: store.sync_get().await?,
+        config_text: store.config_get().await?,
         members: store.members_read().await?,
         op: store.op_get().await,
         leader: store.leader_get().await?,
@@ -175,6 +188,7 @@ pub async fn read_view_keys<S: Store + ?Sized>(store: &S) -> Result<ClusterView>
 /// The keys of a view as read, before they are decoded into one.
 pub(crate) struct ViewParts {
     pub sync_text: Option<String>,
+    pub config_text: Option<String>,
     pub members: MembersRead,
     pub op: Result<Option<Operation>>,
     pub leader: Option<Leader>,
@@ -190,6 +204,7 @@ pub(crate) fn view_of_parts(p: ViewParts) -> Result<ClusterView> {
     Ok(ClusterView {
         sync: p.sync_text.as_deref().map(parse_sync_record),
         sync_text: p.sync_text,
+        config_text: p.config_text,
         initialize: p.initialize.as_deref().map(Identity::parse),
         leader: p.leader,
         members: members.members,

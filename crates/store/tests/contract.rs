@@ -460,6 +460,7 @@ fn member(name: &str, port: u16) -> MemberState {
         handed_over: false,
         archive: None,
         backup_server: None,
+        pending_restart: vec![],
     }
 }
 
@@ -1411,6 +1412,44 @@ async fn pause_flag<B: Backend>(b: B) {
     assert!(!a.paused().await.unwrap());
 }
 
+async fn config_is_replaced_only_by_compare_and_set<B: Backend>(b: B) {
+    let s = b.connect("c1");
+    assert_eq!(s.config_get().await.unwrap(), None);
+    assert_eq!(s.view().await.unwrap().config_text, None);
+    assert!(
+        !s.config_cas(Some("v0"), "v1").await.unwrap(),
+        "expected present, but absent"
+    );
+    assert!(s.config_cas(None, "v1").await.unwrap());
+    assert!(
+        !s.config_cas(None, "v2").await.unwrap(),
+        "expected absent, but present"
+    );
+    assert!(
+        !s.config_cas(Some("v0"), "v2").await.unwrap(),
+        "another value"
+    );
+    assert!(s.config_cas(Some("v1"), "v2").await.unwrap());
+    let other = b.connect("c1");
+    assert_eq!(other.config_get().await.unwrap().as_deref(), Some("v2"));
+    assert_eq!(
+        other.view().await.unwrap().config_text.as_deref(),
+        Some("v2"),
+        "the view holds it"
+    );
+    assert_eq!(
+        b.connect("c2").config_get().await.unwrap(),
+        None,
+        "per cluster"
+    );
+    // Two editors who read the same record: one wins.
+    let won = race(&b, "c1", 6, |i, s| async move {
+        s.config_cas(Some("v2"), &format!("w{i}")).await.unwrap()
+    })
+    .await;
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+}
+
 async fn sync_set_is_written_only_by_the_lease_holder<B: Backend>(b: B) {
     let s = b.connect("c1");
     assert_eq!(s.sync_get().await.unwrap(), None);
@@ -1489,6 +1528,7 @@ macro_rules! contract_suite {
                 history_concurrent_appends_all_land,
                 history_is_per_cluster,
                 pause_flag,
+                config_is_replaced_only_by_compare_and_set,
                 sync_set_is_written_only_by_the_lease_holder,
             );
         }

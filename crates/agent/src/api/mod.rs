@@ -4,7 +4,9 @@
 //!   HEAD and OPTIONS): `/primary` (`/read-write`, `/leader`), `/replica`, `/read-only`,
 //!   `/sync`, `/async`, `/health`, `/liveness`, `/readiness`. The decision is
 //!   `pgbaton_core::health`, pure; the handlers only gather what the loop last saw.
-//! - JSON: `/cluster` (the model of `pgbaton list --json`), `/member`, `/history`, `/config`.
+//! - JSON: `/cluster` (the model of `pgbaton list --json`), `/member`, `/history`, `/config`
+//!   (this node's config file, resolved), `/cluster-config` (the cluster's parameters in the
+//!   store; PUT, authenticated, changes them: `cluster_config`).
 //! - Operations (POST, authenticated): `/switchover`, `/failover`, `/restart`, `/reinit`,
 //!   `/reload`. They post the same requests the CLI posts; 202 when accepted, 412 when refused,
 //!   400 for a malformed body, 401 without valid credentials.
@@ -15,6 +17,7 @@
 //! hang (a stale snapshot fails `/liveness`).
 
 mod backup;
+mod cluster_config;
 pub mod metrics;
 pub mod page;
 pub mod serve;
@@ -62,6 +65,9 @@ pub struct Shared {
     /// other member confirmed.
     pub failsafe_rounds: u64,
     pub failsafe_confirmed: u64,
+    /// The running PostgreSQL's `pg_settings`, for `PUT /cluster-config` (none while it
+    /// does not answer).
+    pub catalogue: Option<Arc<pgbaton_core::cluster_config::Catalogue>>,
 }
 
 pub type SharedState = Arc<RwLock<Shared>>;
@@ -110,6 +116,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/patroni", get(member))
         .route("/history", get(history))
         .route("/config", get(config))
+        .route(
+            "/cluster-config",
+            get(cluster_config::get_config).put(cluster_config::put_config),
+        )
         .route("/metrics", get(metrics::metrics))
         .route("/switchover", post(switchover))
         .route("/failover", post(failover))

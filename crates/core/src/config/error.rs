@@ -34,7 +34,7 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    pub(super) fn new(
+    pub(crate) fn new(
         key: impl Into<String>,
         value: impl Into<String>,
         expected: impl Into<String>,

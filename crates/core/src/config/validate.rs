@@ -188,7 +188,7 @@ impl PostgresqlConfig {
 }
 
 /// One entry of `postgresql.parameters`.
-pub(super) fn check_parameter(name: &str, value: &ParamValue) -> Result<(), ConfigError> {
+pub fn check_parameter(name: &str, value: &ParamValue) -> Result<(), ConfigError> {
     let key = format!("postgresql.parameters.{name}");
     let mut chars = name.chars();
     let valid_name = chars
@@ -450,7 +450,7 @@ impl TimingConfig {
 }
 
 /// A string as a TOML-ish quoted literal, for error messages.
-pub(super) fn lit(s: &str) -> String {
+pub(crate) fn lit(s: &str) -> String {
     format!("{s:?}")
 }
 

@@ -48,6 +48,7 @@ use std::time::Duration;
 mod access;
 mod alive;
 mod client;
+mod config;
 mod history;
 mod lease;
 mod ops;
@@ -335,6 +336,14 @@ impl Store for EtcdStore {
         new: Option<&str>,
     ) -> Result<bool> {
         self.sync_replace(leader, expected, new).await
+    }
+
+    async fn config_get(&self) -> Result<Option<String>> {
+        self.config_text().await
+    }
+
+    async fn config_cas(&self, expected: Option<&str>, new: &str) -> Result<bool> {
+        self.config_replace(expected, new).await
     }
 
     async fn paused(&self) -> Result<bool> {

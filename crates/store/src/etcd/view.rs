@@ -99,6 +99,7 @@ impl EtcdStore {
         Ok(ClusterView {
             sync: sync_text.as_deref().map(crate::parse_sync_record),
             sync_text,
+            config_text: text("config")?,
             initialize: text("initialize")?.as_deref().map(Identity::parse),
             leader,
             members: members.members,

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 
 mod alive;
 mod cached;
+mod config;
 mod history;
 mod lease;
 mod open;
@@ -55,6 +56,7 @@ const MEMBER_PREFIX: &str = "members/";
 const KEY_OP: &str = "op";
 const KEY_PAUSED: &str = "paused";
 const KEY_SYNC: &str = "sync";
+const KEY_CONFIG: &str = "config";
 const HISTORY_PREFIX: &str = "history/";
 /// The first key after every `history/...` key (`'0'` follows `'/'`): history keys are the
 /// range `HISTORY_PREFIX <= key < HISTORY_END`, which the primary key index serves.
@@ -537,6 +539,16 @@ impl Store for LocalStore {
 
     async fn paused(&self) -> Result<bool> {
         self.blocking(|db| db.paused()).await
+    }
+
+    async fn config_get(&self) -> Result<Option<String>> {
+        self.blocking(|db| db.config_get()).await
+    }
+
+    async fn config_cas(&self, expected: Option<&str>, new: &str) -> Result<bool> {
+        let (expected, new) = (expected.map(str::to_string), new.to_string());
+        self.blocking(move |db| db.config_cas(expected.as_deref(), &new))
+            .await
     }
 
     /// The keys read in one statement on one blocking thread: one snapshot, one hand-off.

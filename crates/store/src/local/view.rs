@@ -5,8 +5,8 @@
 use super::alive::ALIVE_PREFIX;
 use super::lease::unexpired;
 use super::{
-    Db, HISTORY_END, HISTORY_PREFIX, KEY_INITIALIZE, KEY_LEADER, KEY_OP, KEY_PAUSED, KEY_SYNC,
-    MEMBER_PREFIX,
+    Db, HISTORY_END, HISTORY_PREFIX, KEY_CONFIG, KEY_INITIALIZE, KEY_LEADER, KEY_OP, KEY_PAUSED,
+    KEY_SYNC, MEMBER_PREFIX,
 };
 use crate::{MembersRead, Result, ViewParts};
 use pgbaton_core::decide::ClusterView;
@@ -32,6 +32,7 @@ impl Db {
             })?;
         let mut parts = ViewParts {
             sync_text: None,
+            config_text: None,
             members: MembersRead::default(),
             op: Ok(None),
             leader: None,
@@ -56,6 +57,7 @@ impl Db {
                         })
                     }
                     KEY_SYNC => parts.sync_text = Some(value),
+                    KEY_CONFIG => parts.config_text = Some(value),
                     KEY_OP => parts.op = self.parse_op(&value).map(Some),
                     KEY_INITIALIZE => parts.initialize = Some(value),
                     KEY_PAUSED => parts.paused = value == "true",

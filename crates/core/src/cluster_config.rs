@@ -1,0 +1,292 @@
+//! The cluster's configuration, kept in the store under `config`: the PostgreSQL parameters
+//! every member applies (`pgbaton edit-config`, the API's `PUT /config`). A change replaces
+//! the record by compare-and-set on its text and raises its version, so of two concurrent
+//! edits one loses and says so.
+//!
+//! Precedence: a member's own `[postgresql.parameters]` (node.toml) override the cluster's,
+//! and the settings pgbaton owns cannot be set in either. PostgreSQL itself applies the
+//! order: `pgbaton.conf` includes the cluster's file ([`CLUSTER_FILE`]) before the node's
+//! lines, and the last line for a parameter wins.
+
+mod settings;
+#[cfg(test)]
+mod tests;
+
+pub use settings::{Applies, Catalogue, Setting, VarType};
+
+use crate::config::{check_parameter, ConfigError, ParamValue};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The file in the data directory holding the cluster's parameters, written by the agent.
+pub const CLUSTER_FILE: &str = "pgbaton.cluster.conf";
+
+/// The store's `config` record.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// 0 for a cluster never configured (no record); each change adds one.
+    pub version: u64,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParamValue>,
+    /// When the last change was made (wall-clock ms) and by whom (`user@host` or the API).
+    #[serde(default)]
+    pub updated_ms: u64,
+    #[serde(default)]
+    pub by: String,
+}
+
+impl ClusterConfig {
+    /// The record as stored. A record pgbaton cannot read is an error naming the way out:
+    /// the agents keep the parameters they last applied.
+    pub fn parse(text: &str) -> Result<ClusterConfig, String> {
+        serde_json::from_str(text).map_err(|e| {
+            format!(
+                "the cluster's config record in the store cannot be read ({e}); \
+                 replace it with `pgbaton edit-config --force --file FILE`"
+            )
+        })
+    }
+
+    /// The record's text for the store (JSON, one line).
+    pub fn text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The record that replaces this one with `parameters`.
+    pub fn next(&self, parameters: BTreeMap<String, ParamValue>, now_ms: u64, by: &str) -> Self {
+        ClusterConfig {
+            version: self.version + 1,
+            parameters,
+            updated_ms: now_ms,
+            by: by.to_string(),
+        }
+    }
+}
+
+/// `pgbaton.cluster.conf`: the cluster's parameters as PostgreSQL reads them.
+pub fn render_file(cfg: Option<&ClusterConfig>) -> String {
+    let mut s = String::from(
+        "# Managed by pgbaton: the cluster's parameters (`pgbaton edit-config`).\n\
+         # A member's own [postgresql.parameters] override them.\n",
+    );
+    if let Some(c) = cfg {
+        s.push_str(&format!("# version {}\n", c.version));
+        for (k, v) in &c.parameters {
+            s.push_str(&format!("{k} = {}\n", v.render()));
+        }
+    }
+    s
+}
+
+/// Where a member's value of a parameter comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The store's record (`edit-config`).
+    Cluster,
+    /// The member's node.toml `[postgresql.parameters]`.
+    Node,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Cluster => "cluster (edit-config)",
+            Source::Node => "node.toml",
+        })
+    }
+}
+
+/// One parameter as a member runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Effective {
+    pub name: String,
+    pub value: ParamValue,
+    pub source: Source,
+    /// The cluster's value the node's hides, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<ParamValue>,
+}
+
+/// The parameters a member runs with: the cluster's, then its own over them.
+pub fn effective(
+    cluster: &BTreeMap<String, ParamValue>,
+    node: &BTreeMap<String, ParamValue>,
+) -> Vec<Effective> {
+    let mut out: BTreeMap<&str, Effective> = BTreeMap::new();
+    for (k, v) in cluster {
+        out.insert(
+            k,
+            Effective {
+                name: k.clone(),
+                value: v.clone(),
+                source: Source::Cluster,
+                overrides: None,
+            },
+        );
+    }
+    for (k, v) in node {
+        let overrides = cluster.get(k).cloned();
+        out.insert(
+            k,
+            Effective {
+                name: k.clone(),
+                value: v.clone(),
+                source: Source::Node,
+                overrides,
+            },
+        );
+    }
+    out.into_values().collect()
+}
+
+/// One parameter's change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub name: String,
+    pub old: Option<ParamValue>,
+    pub new: Option<ParamValue>,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.old, &self.new) {
+            (None, Some(n)) => write!(f, "+ {} = {}", self.name, n.render()),
+            (Some(o), None) => write!(f, "- {} = {}", self.name, o.render()),
+            (Some(o), Some(n)) => {
+                write!(f, "~ {} = {} (was {})", self.name, n.render(), o.render())
+            }
+            (None, None) => write!(f, "  {}", self.name),
+        }
+    }
+}
+
+/// What changes from `old` to `new`, by name.
+pub fn diff(old: &BTreeMap<String, ParamValue>, new: &BTreeMap<String, ParamValue>) -> Vec<Change> {
+    let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|n| old.get(*n) != new.get(*n))
+        .map(|n| Change {
+            name: n.clone(),
+            old: old.get(n).cloned(),
+            new: new.get(n).cloned(),
+        })
+        .collect()
+}
+
+/// The prefix a key given as `postgresql.parameters.NAME` may carry.
+const PARAMETERS_PREFIX: &str = "postgresql.parameters.";
+
+/// `--set NAME=VALUE` (or `postgresql.parameters.NAME=VALUE`): the value is a string, as
+/// PostgreSQL reads every value (`'64MB'`, `'on'`, `'100'`).
+pub fn parse_set(arg: &str) -> Result<(String, ParamValue), ConfigError> {
+    let Some((key, value)) = arg.split_once('=') else {
+        return Err(ConfigError::new(
+            "--set",
+            crate::config::lit(arg),
+            "NAME=VALUE, like work_mem=64MB",
+        ));
+    };
+    let name = parameter_name(key.trim())?;
+    Ok((name, ParamValue::Str(value.trim().to_string())))
+}
+
+/// A key as the operator wrote it: a parameter name, with or without
+/// `postgresql.parameters.`. Any other dotted key of pgbaton's own is refused (pgbaton's
+/// settings stay in node.toml), while `ext.name` is an extension's parameter.
+pub fn parameter_name(key: &str) -> Result<String, ConfigError> {
+    let name = key.strip_prefix(PARAMETERS_PREFIX).unwrap_or(key);
+    let own = [
+        "postgresql.",
+        "replication.",
+        "timing.",
+        "failover.",
+        "tags.",
+        "api.",
+        "store.",
+        "backup.",
+    ];
+    if own.iter().any(|p| name.starts_with(p)) {
+        return Err(ConfigError::new(
+            key,
+            "(a pgbaton setting)",
+            "a PostgreSQL parameter: pgbaton's own settings are not in the cluster's config yet; set them in each member's node.toml",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// The document `edit-config` opens in the editor: TOML, as node.toml's table.
+pub fn to_document(c: &ClusterConfig) -> String {
+    let mut s = format!(
+        "# The cluster's configuration (version {}). Save and quit to apply; an empty\n\
+         # [postgresql.parameters] table removes them all. A member's own node.toml\n\
+         # [postgresql.parameters] override these.\n\n[postgresql.parameters]\n",
+        c.version
+    );
+    for (k, v) in &c.parameters {
+        s.push_str(&format!("{k} = {}\n", toml_value(v)));
+    }
+    s
+}
+
+fn toml_value(v: &ParamValue) -> String {
+    match v {
+        ParamValue::Str(s) => toml::Value::String(s.clone()).to_string(),
+        other => other.toml_literal(),
+    }
+}
+
+/// The editor's document read back: only `[postgresql.parameters]`, each name checked.
+pub fn from_document(text: &str) -> Result<BTreeMap<String, ParamValue>, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        #[serde(default)]
+        postgresql: Pg,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Pg {
+        #[serde(default)]
+        parameters: BTreeMap<String, ParamValue>,
+    }
+    let doc: Doc = toml::from_str(text).map_err(|e| {
+        ConfigError::new(
+            "(document)",
+            "(not readable)",
+            format!(
+                "a TOML document with one [postgresql.parameters] table: {}",
+                e.message()
+            ),
+        )
+    })?;
+    for (k, v) in &doc.postgresql.parameters {
+        check_parameter(k, v)?;
+    }
+    Ok(doc.postgresql.parameters)
+}
+
+/// Check a whole new set of parameters against the running PostgreSQL's catalogue before
+/// anything is stored. Returns, for the parameters that change, which need a restart.
+pub fn check_all(
+    catalogue: &Catalogue,
+    old: &BTreeMap<String, ParamValue>,
+    new: &BTreeMap<String, ParamValue>,
+) -> Result<Vec<(Change, Applies)>, ConfigError> {
+    for (k, v) in new {
+        check_parameter(k, v)?;
+        catalogue.check(k, v)?;
+    }
+    Ok(diff(old, new)
+        .into_iter()
+        .map(|c| {
+            let applies = catalogue.applies(&c.name);
+            (c, applies)
+        })
+        .collect())
+}

@@ -1,0 +1,248 @@
+use super::*;
+
+fn row(
+    name: &str,
+    vartype: VarType,
+    context: &str,
+    unit: Option<&str>,
+    range: Option<(f64, f64)>,
+) -> Setting {
+    Setting {
+        name: name.into(),
+        vartype,
+        context: context.into(),
+        unit: unit.map(str::to_string),
+        min: range.map(|r| r.0),
+        max: range.map(|r| r.1),
+        enumvals: vec![],
+    }
+}
+
+/// Rows as PostgreSQL 15's `pg_settings` has them.
+fn catalogue() -> Catalogue {
+    let mut sync = row("synchronous_commit", VarType::Enum, "user", None, None);
+    sync.enumvals = ["local", "remote_write", "remote_apply", "on", "off"]
+        .map(String::from)
+        .to_vec();
+    Catalogue::new(
+        vec![
+            row(
+                "shared_buffers",
+                VarType::Integer,
+                "postmaster",
+                Some("8kB"),
+                Some((16.0, 1073741823.0)),
+            ),
+            row(
+                "work_mem",
+                VarType::Integer,
+                "user",
+                Some("kB"),
+                Some((64.0, 2147483647.0)),
+            ),
+            row(
+                "statement_timeout",
+                VarType::Integer,
+                "user",
+                Some("ms"),
+                Some((0.0, 2147483647.0)),
+            ),
+            row(
+                "random_page_cost",
+                VarType::Real,
+                "user",
+                None,
+                Some((0.0, 1.79769e308)),
+            ),
+            row("autovacuum", VarType::Bool, "sighup", None, None),
+            row("search_path", VarType::String, "user", None, None),
+            row(
+                "block_size",
+                VarType::Integer,
+                "internal",
+                None,
+                Some((8192.0, 8192.0)),
+            ),
+            row(
+                "max_connections",
+                VarType::Integer,
+                "postmaster",
+                None,
+                Some((1.0, 262143.0)),
+            ),
+            sync,
+        ],
+        "15.18",
+    )
+}
+
+fn s(v: &str) -> ParamValue {
+    ParamValue::Str(v.into())
+}
+
+#[test]
+fn values_postgresql_takes_pass() {
+    let c = catalogue();
+    for (k, v) in [
+        ("work_mem", s("64MB")),
+        ("work_mem", s("65536")),
+        ("work_mem", ParamValue::Int(4096)),
+        ("shared_buffers", s("256MB")),
+        ("shared_buffers", s("1GB")),
+        ("shared_buffers", s("128kB")),
+        ("statement_timeout", s("30s")),
+        ("statement_timeout", s("5 min")),
+        ("statement_timeout", s("0")),
+        ("random_page_cost", s("1.1")),
+        ("random_page_cost", ParamValue::Float(1.5)),
+        ("autovacuum", s("off")),
+        ("autovacuum", s("TRUE")),
+        ("autovacuum", ParamValue::Bool(true)),
+        ("synchronous_commit", s("remote_apply")),
+        ("synchronous_commit", s("OFF")),
+        ("search_path", s("\"$user\", public")),
+        ("pg_stat_statements.track", s("all")),
+    ] {
+        assert_eq!(c.check(k, &v), Ok(()), "{k} = {v:?}");
+    }
+}
+
+#[test]
+fn bad_values_are_refused_naming_the_key_the_value_and_what_is_taken() {
+    let c = catalogue();
+    let e = c.check("shared_buffers", &s("banana")).unwrap_err();
+    assert_eq!(e.key, "postgresql.parameters.shared_buffers");
+    assert_eq!(e.value, "\"banana\"");
+    assert!(
+        e.expected
+            .contains("an integer with an optional unit (B, kB, MB, GB, TB)"),
+        "{e}"
+    );
+    assert!(e.expected.contains("from 16 to 1073741823 (in 8kB)"), "{e}");
+    // Below the minimum once converted: 64 kB is 8 buffers.
+    assert!(c.check("shared_buffers", &s("64kB")).is_err());
+    assert!(c.check("work_mem", &s("10TB")).is_err());
+    assert!(c.check("work_mem", &s("64 furlongs")).is_err());
+    assert!(
+        c.check("work_mem", &s("1.5")).is_err(),
+        "an integer without a unit"
+    );
+    assert!(
+        c.check("statement_timeout", &s("5MB")).is_err(),
+        "a memory unit on a time"
+    );
+    assert!(c
+        .check("max_connections", &s("10MB"))
+        .unwrap_err()
+        .expected
+        .contains("takes no unit"));
+    assert!(c.check("autovacuum", &s("maybe")).is_err());
+    assert!(
+        c.check("autovacuum", &s("o")).is_err(),
+        "o is a prefix of on and off"
+    );
+    let e = c.check("synchronous_commit", &s("sometimes")).unwrap_err();
+    assert!(
+        e.expected
+            .contains("one of local, remote_write, remote_apply, on, off"),
+        "{e}"
+    );
+    let e = c.check("work_mam", &s("1MB")).unwrap_err();
+    assert!(
+        e.expected
+            .contains("PostgreSQL 15.18 knows (it has none named work_mam)"),
+        "{e}"
+    );
+    let e = c.check("block_size", &s("8192")).unwrap_err();
+    assert!(e.expected.contains("fixed"), "{e}");
+}
+
+#[test]
+fn settings_pgbaton_owns_are_refused_with_the_key_to_use() {
+    let c = catalogue();
+    let new = BTreeMap::from([("port".to_string(), s("5433"))]);
+    let e = check_all(&c, &BTreeMap::new(), &new).unwrap_err();
+    assert!(e.expected.contains("postgresql.port"), "{e}");
+    let new = BTreeMap::from([("synchronous_standby_names".to_string(), s("*"))]);
+    let e = check_all(&c, &BTreeMap::new(), &new).unwrap_err();
+    assert!(e.expected.contains("replication.synchronous"), "{e}");
+}
+
+#[test]
+fn a_change_says_whether_it_needs_a_restart_removals_too() {
+    let c = catalogue();
+    let old = BTreeMap::from([("shared_buffers".to_string(), s("256MB"))]);
+    let new = BTreeMap::from([("work_mem".to_string(), s("64MB"))]);
+    let changes = check_all(&c, &old, &new).unwrap();
+    let got: Vec<(String, Applies)> = changes.iter().map(|(c, a)| (c.name.clone(), *a)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("shared_buffers".to_string(), Applies::Restart),
+            ("work_mem".to_string(), Applies::Reload)
+        ]
+    );
+    assert_eq!(changes[0].0.to_string(), "- shared_buffers = '256MB'");
+    assert_eq!(changes[1].0.to_string(), "+ work_mem = '64MB'");
+}
+
+#[test]
+fn a_nodes_own_value_overrides_the_clusters_and_says_so() {
+    let cluster = BTreeMap::from([
+        ("work_mem".to_string(), s("64MB")),
+        ("shared_buffers".to_string(), s("256MB")),
+    ]);
+    let node = BTreeMap::from([("work_mem".to_string(), s("8MB"))]);
+    let e = effective(&cluster, &node);
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0].name, "shared_buffers");
+    assert_eq!(e[0].source, Source::Cluster);
+    assert_eq!(e[1].name, "work_mem");
+    assert_eq!(e[1].source, Source::Node);
+    assert_eq!(e[1].value, s("8MB"));
+    assert_eq!(e[1].overrides, Some(s("64MB")));
+}
+
+#[test]
+fn the_record_and_the_editors_document_round_trip() {
+    let c = ClusterConfig::default().next(
+        BTreeMap::from([
+            ("work_mem".to_string(), s("64MB")),
+            ("autovacuum".to_string(), ParamValue::Bool(false)),
+            ("random_page_cost".to_string(), ParamValue::Float(1.1)),
+            ("search_path".to_string(), s("'it''s', public")),
+        ]),
+        1000,
+        "me@host",
+    );
+    assert_eq!(c.version, 1);
+    assert_eq!(ClusterConfig::parse(&c.text()).unwrap(), c);
+    assert_eq!(from_document(&to_document(&c)).unwrap(), c.parameters);
+    let file = render_file(Some(&c));
+    assert!(file.contains("work_mem = '64MB'\n"), "{file}");
+    assert!(file.contains("autovacuum = off\n"), "{file}");
+    assert!(ClusterConfig::parse("{not json")
+        .unwrap_err()
+        .contains("edit-config --force --file"));
+}
+
+#[test]
+fn set_arguments_and_documents_refuse_what_is_not_a_postgresql_parameter() {
+    assert_eq!(
+        parse_set("work_mem=64MB").unwrap(),
+        ("work_mem".into(), s("64MB"))
+    );
+    assert_eq!(
+        parse_set("postgresql.parameters.work_mem = 64MB").unwrap(),
+        ("work_mem".into(), s("64MB"))
+    );
+    assert!(parse_set("work_mem").is_err());
+    assert!(parse_set("timing.ttl_ms=3000")
+        .unwrap_err()
+        .expected
+        .contains("node.toml"));
+    assert!(from_document("[postgresql.parameters]\nport = 5433\n").is_err());
+    assert!(from_document("[postgresql]\nport = 5433\n").is_err());
+    assert!(from_document("not = [toml").is_err());
+    assert_eq!(from_document("").unwrap(), BTreeMap::new());
+}
