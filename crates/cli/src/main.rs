@@ -6,10 +6,13 @@ mod archive;
 mod backup;
 mod certs;
 mod cluster;
+mod config_cmd;
 mod init_node;
 mod local;
 mod members;
 mod operate;
+mod rolling;
+mod schedule;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -203,12 +206,30 @@ enum Cmd {
         /// The new primary (default: the most advanced streaming standby).
         #[arg(long)]
         to: Option<String>,
+        /// Schedule it: `+10m`, `YYYY-MM-DD HH:MM` (UTC) or RFC 3339. The agents carry it
+        /// out then, checked again against the cluster as it is; `pgbaton cancel` withdraws it.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
         #[command(flatten)]
         common: OpArgs,
     },
-    /// Restart a member's PostgreSQL, through its agent's API.
+    /// Restart a member's PostgreSQL through its agent's API; or, with --pending or
+    /// --rolling, several members one at a time, standbys first, each streaming again before
+    /// the next goes down.
     Restart {
-        member: String,
+        #[arg(required_unless_present_any = ["pending", "rolling"], conflicts_with_all = ["pending", "rolling"])]
+        member: Option<String>,
+        /// The members whose changed parameters wait for a restart (`pending restart` in
+        /// `list`); the primary last, in place (with --rolling: through a switchover).
+        #[arg(long)]
+        pending: bool,
+        /// Every member (with --pending, those waiting): standbys first, then a switchover
+        /// to a caught-up standby, which restarts the former primary as a standby.
+        #[arg(long)]
+        rolling: bool,
+        /// Schedule the member's restart: `+10m`, `YYYY-MM-DD HH:MM` (UTC) or RFC 3339.
+        #[arg(long, value_name = "TIME", requires = "member")]
+        at: Option<String>,
         /// File holding the API token (default: api.token beside a local cluster's store).
         #[arg(long)]
         token_file: Option<PathBuf>,
@@ -225,6 +246,10 @@ enum Cmd {
     },
     #[command(flatten)]
     Backup(backup::BackupCmd),
+    #[command(flatten)]
+    Config(config_cmd::ConfigCmd),
+    /// Withdraw the operation scheduled with --at, before its time.
+    Cancel,
     /// Pause the cluster: the agents take no automatic action (operations still run).
     Pause,
     /// End a pause.
@@ -310,6 +335,17 @@ fn operate(
         wait,
     };
     runtime()?.block_on(operate::run(&cfg, kind, &o))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn scheduled(
+    cfg: &pgbaton_core::config::ClientConfig,
+    kind: pgbaton_core::model::OpKind,
+    at: &str,
+    json: bool,
+) -> Result<ExitCode> {
+    let at_ms = schedule::parse_at(at, pgbaton_store::now_ms())?;
+    runtime()?.block_on(schedule::post(cfg, kind, at_ms, json))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -493,6 +529,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             backup::run(c, || cluster::load_client_config(&config_path(cli.config)))?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Config(c) => {
+            config_cmd::run(c, || cluster::load_client_config(&config_path(cli.config)))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::List { json } => {
             let cfg = cluster::load_client_config(&config_path(cli.config))?;
             runtime()?.block_on(members::list(&cfg, json))?;
@@ -541,16 +581,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
             false,
             false,
         ),
-        Cmd::Switchover { to, common } => {
+        Cmd::Switchover { to, at, common } => {
             let cfg = cluster::load_client_config(&config_path(cli.config.clone()))?;
-            let kind = runtime()?.block_on(operate::switchover_kind(&cfg, to))?;
-            operate(cli.config, kind, common, false, false)
+            let rt = runtime()?;
+            let kind = rt.block_on(operate::switchover_kind(&cfg, to))?;
+            match at {
+                Some(at) => scheduled(&cfg, kind, &at, common.json),
+                None => operate(cli.config, kind, common, false, false),
+            }
         }
         Cmd::Restart {
-            member,
+            member: Some(member),
+            at: Some(at),
+            common,
+            ..
+        } => {
+            let cfg = cluster::load_client_config(&config_path(cli.config))?;
+            scheduled(
+                &cfg,
+                pgbaton_core::model::OpKind::Restart { member },
+                &at,
+                common.json,
+            )
+        }
+        Cmd::Restart {
+            member: Some(member),
             token_file,
             common,
+            ..
         } => via_agent(cli.config, "restart", member, token_file, common),
+        Cmd::Cancel => {
+            let cfg = cluster::load_client_config(&config_path(cli.config))?;
+            runtime()?.block_on(schedule::cancel(&cfg, &config_cmd::who()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restart {
+            member: None,
+            pending,
+            rolling,
+            common,
+            ..
+        } => {
+            let cfg = cluster::load_client_config(&config_path(cli.config))?;
+            let o = operate::OpOptions {
+                json: common.json,
+                timeout_s: common.timeout,
+                force: false,
+                wait: false,
+            };
+            runtime()?.block_on(rolling::run(&cfg, pending, rolling, &o))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Reload {
             member,
             token_file,

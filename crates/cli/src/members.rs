@@ -61,6 +61,14 @@ pub fn table(r: &ClusterReport) -> Table {
                 format!("{note}; {a}")
             };
         }
+        if !m.pending_restart.is_empty() {
+            let p = format!("pending restart ({})", m.pending_restart.join(", "));
+            note = if note.is_empty() {
+                p
+            } else {
+                format!("{note}; {p}")
+            };
+        }
         if m.state == MemberStatus::Unreachable {
             note = format!("no report for {} s {note}", m.last_seen_s);
         }
@@ -99,6 +107,15 @@ pub async fn list(cfg: &ClientConfig, json: bool) -> Result<()> {
         }
         if let Some(s) = &r.synchronous {
             println!("{}", s.line());
+        }
+        if let Some(op) = &r.scheduled {
+            println!(
+                "Scheduled: {} {} at {} UTC ({}; `pgbaton cancel` withdraws it).",
+                op.kind.name(),
+                op.kind.members().join(" -> "),
+                pgbaton_core::report::utc(op.not_before_ms.unwrap_or(0)),
+                op.id
+            );
         }
         if r.paused {
             println!("The cluster is PAUSED: agents take no automatic action (`pgbaton resume` ends it).");

@@ -77,22 +77,7 @@ async fn checked_view(store: &dyn Store, kind: &OpKind, o: &OpOptions) -> Result
 
 pub async fn run(cfg: &ClientConfig, kind: OpKind, o: &OpOptions) -> Result<()> {
     let store = open_store(cfg)?;
-    let view = checked_view(store.as_ref(), &kind, o).await?;
-    let op = Operation::new(new_id(&kind), kind.clone(), now_ms());
-    if !store.op_post(&op).await? {
-        bail!(
-            "{} refused: another operation was posted just now; try again once it finishes",
-            kind.name()
-        );
-    }
-    if !o.json {
-        eprintln!(
-            "{} {}: requested ({})",
-            kind.name(),
-            kind.members().join(" -> "),
-            op.id
-        );
-    }
+    let (view, op) = post(store.as_ref(), &kind, o).await?;
     if let OpKind::Remove { member, purge } = &kind {
         remove_without_agent(cfg, store.as_ref(), &view, &op, member, *purge).await?;
     }
@@ -134,8 +119,23 @@ pub async fn run(cfg: &ClientConfig, kind: OpKind, o: &OpOptions) -> Result<()> 
 /// After an operation: wait (bounded) until the primary runs and every other member
 /// streams, so that what is shown last is the cluster as it settled.
 async fn settle(store: &dyn Store, o: &OpOptions) -> Result<()> {
+    let limit = Duration::from_secs(60.min(o.timeout_s));
+    if !settled_within(store, limit, false).await? && !o.json {
+        eprintln!("  (not every member streams yet: see the table)");
+    }
+    Ok(())
+}
+
+/// Wait up to `limit` until the primary runs and every other member streams through its
+/// slot. `all_members`: count members whose agent stopped reporting too (a rolling restart
+/// must not take a second member down while one is).
+pub(crate) async fn settled_within(
+    store: &dyn Store,
+    limit: Duration,
+    all_members: bool,
+) -> Result<bool> {
     use pgbaton_core::model::MemberStatus;
-    let deadline = Instant::now() + Duration::from_secs(60.min(o.timeout_s));
+    let deadline = Instant::now() + limit;
     loop {
         let view = read_view(store).await?;
         let settled = view.leader_member().is_some_and(|l| {
@@ -143,23 +143,58 @@ async fn settle(store: &dyn Store, o: &OpOptions) -> Result<()> {
                 && view
                     .members
                     .iter()
-                    .filter(|m| m.name != l.name && now_ms().saturating_sub(m.seen()) <= STALE_MS)
+                    .filter(|m| {
+                        m.name != l.name
+                            && (all_members || now_ms().saturating_sub(m.seen()) <= STALE_MS)
+                    })
                     .all(|m| {
                         m.state == MemberStatus::Streaming
+                            && now_ms().saturating_sub(m.seen()) <= STALE_MS
                             && l.slots.iter().any(|s| s.name == m.slot_name && s.active)
                     })
         });
-        if settled {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            if !o.json {
-                eprintln!("  (not every member streams yet: see the table)");
-            }
-            return Ok(());
+        if settled || Instant::now() >= deadline {
+            return Ok(settled);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Check `kind` against the cluster and post it: the view it was checked on, and the
+/// operation as posted.
+async fn post(store: &dyn Store, kind: &OpKind, o: &OpOptions) -> Result<(ClusterView, Operation)> {
+    let view = checked_view(store, kind, o).await?;
+    let op = Operation::new(new_id(kind), kind.clone(), now_ms());
+    if !store.op_post(&op).await? {
+        bail!(
+            "{} refused: another operation was posted just now; try again once it finishes",
+            kind.name()
+        );
+    }
+    if !o.json {
+        eprintln!(
+            "{} {}: requested ({})",
+            kind.name(),
+            kind.members().join(" -> "),
+            op.id
+        );
+    }
+    Ok((view, op))
+}
+
+/// Check, post and follow one operation to its end, without printing the cluster: a step
+/// of a longer command (`restart --rolling`). Err unless it is done.
+pub(crate) async fn step(store: &dyn Store, kind: OpKind, o: &OpOptions) -> Result<Operation> {
+    let (_, op) = post(store, &kind, o).await?;
+    let last = follow(store, &op, o).await?;
+    if last.phase != OpPhase::Done {
+        bail!(
+            "{} failed: {}",
+            kind.name(),
+            last.message.unwrap_or_else(|| "no reason given".into())
+        );
+    }
+    Ok(last)
 }
 
 /// The client for a member's API at `url`: no redirects (a redirect would carry the token
@@ -483,34 +518,4 @@ pub async fn history(cfg: &ClientConfig, json: bool, limit: usize) -> Result<()>
     Ok(())
 }
 
-/// `2026-11-22 02:15:30` from ms since the epoch (UTC, no time-zone database needed).
-pub fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_formats_known_instants() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
-        assert_eq!(super::utc(1_795_313_730_000), "2026-11-22 02:15:30");
-        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
-    }
-}
+pub use pgbaton_core::report::utc;

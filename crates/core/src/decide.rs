@@ -338,9 +338,9 @@ pub fn orphan_slots(wanted: &[String], slots: &[SlotInfo]) -> (Vec<String>, Vec<
     (ours, foreign)
 }
 
-/// The operation in flight, if any.
-fn in_flight(view: &ClusterView) -> Option<&Operation> {
-    view.op.as_ref().filter(|o| !o.phase.finished())
+/// The operation in flight at `now_ms`, if any (a scheduled one only from its time on).
+fn in_flight(view: &ClusterView, now_ms: u64) -> Option<&Operation> {
+    view.op.as_ref().filter(|o| o.in_flight(now_ms))
 }
 
 /// The decision for one loop. `now_ms` is wall-clock ms (lease expiry is compared with it).
@@ -439,7 +439,7 @@ fn decide_unchecked(view: &ClusterView, local: &LocalView, now_ms: u64) -> Vec<A
         }
         _ => {}
     }
-    if let Some(op) = in_flight(view) {
+    if let Some(op) = in_flight(view, now_ms) {
         if let Some(actions) = decide_op(op, view, local, now_ms) {
             return actions;
         }

@@ -86,7 +86,7 @@ pub fn loop_pace_ms(
     loop_ms: u64,
     ttl_ms: u64,
 ) -> u64 {
-    let op_in_flight = view.op.as_ref().is_some_and(|op| !op.phase.finished());
+    let op_in_flight = view.op.as_ref().is_some_and(|op| op.in_flight(now_ms));
     let lease_just_went = mem
         .leaderless_since_ms
         .is_some_and(|t| now_ms.saturating_sub(t) < 2 * ttl_ms);

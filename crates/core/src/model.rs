@@ -679,6 +679,10 @@ pub struct Operation {
     pub checkpoint_lsn: Option<Lsn>,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// A scheduled operation (`--at`): nobody acts on it before this wall-clock ms. Until
+    /// then it holds the cluster's one operation slot (`pgbaton cancel` frees it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
 }
 
 impl Operation {
@@ -691,7 +695,24 @@ impl Operation {
             checkpoint_lsn: None,
             created_ms: now_ms,
             updated_ms: now_ms,
+            not_before_ms: None,
         }
+    }
+
+    /// Posted, not finished, and due at `now_ms`: the agents act on it. A scheduled one
+    /// waits for its time.
+    pub fn in_flight(&self, now_ms: u64) -> bool {
+        !self.phase.finished() && !self.scheduled(now_ms)
+    }
+
+    /// Scheduled for later than `now_ms`, and not acted on yet.
+    pub fn scheduled(&self, now_ms: u64) -> bool {
+        self.phase == OpPhase::Requested && self.not_before_ms.is_some_and(|t| t > now_ms)
+    }
+
+    /// When its current phase began: its last update, or its scheduled time when later.
+    pub fn since_ms(&self) -> u64 {
+        self.updated_ms.max(self.not_before_ms.unwrap_or(0))
     }
 
     /// This operation, moved to `phase` with `message` at `now_ms`.

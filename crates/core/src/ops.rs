@@ -131,6 +131,15 @@ fn most_advanced_copy(s: &Snapshot, m: &MemberState) -> Result<(), String> {
 /// `force` lets promote pick a member that is not the most advanced, and `remove --purge`
 /// delete the most advanced copy.
 pub fn check(kind: &OpKind, s: &Snapshot, force: bool) -> Result<(), String> {
+    if let Some(op) = s.op.filter(|o| o.scheduled(s.now_ms)) {
+        return Err(format!(
+            "operation {} ({} of {}) is scheduled for {}: cancel it first (pgbaton cancel)",
+            op.id,
+            op.kind.name(),
+            op.kind.members().join(", "),
+            crate::report::utc(op.not_before_ms.unwrap_or(0))
+        ));
+    }
     if let Some(op) = s.op.filter(|o| !o.phase.finished()) {
         return Err(format!(
             "operation {} ({} of {}) is still in progress: wait for it to finish",

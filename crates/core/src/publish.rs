@@ -22,7 +22,7 @@ pub fn alive_ttl_ms(lease_ttl_ms: u64) -> u64 {
 /// every member reports every loop.
 pub fn in_motion(view: &ClusterView, now_ms: u64) -> bool {
     view.leader.as_ref().is_none_or(|l| l.expires_ms <= now_ms)
-        || view.op.as_ref().is_some_and(|o| !o.phase.finished())
+        || view.op.as_ref().is_some_and(|o| o.in_flight(now_ms))
 }
 
 /// The `seen_ms` an agent gives its own record in a view it decides on: `checked_ms`, when

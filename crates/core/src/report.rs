@@ -37,6 +37,9 @@ pub struct MemberRow {
     /// it (so it may take over without loss); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncRole>,
+    /// Parameters whose new value waits for a restart of this member's PostgreSQL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
 }
 
 /// Synchronous replication as the cluster runs it.
@@ -101,6 +104,11 @@ pub struct ClusterReport {
     /// Member records in the store this version cannot read.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<crate::model::UnreadableRecord>,
+    /// An operation scheduled for later (`--at`), not acted on yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<crate::model::Operation>,
+    /// The version of the cluster's config record (0: none).
+    pub config_version: u64,
 }
 
 /// The report of a cluster from the store's view, at wall-clock `now` (ms).
@@ -108,6 +116,12 @@ pub fn of_view(cluster: &str, view: &ClusterView, now: u64) -> ClusterReport {
     let mut r = report(cluster, view.leader.as_ref(), &view.members, now);
     r.paused = view.paused;
     r.unreadable = view.unreadable.clone();
+    r.scheduled = view.op.clone().filter(|o| o.scheduled(now));
+    r.config_version = view
+        .config_text
+        .as_deref()
+        .and_then(|t| crate::cluster_config::ClusterConfig::parse(t).ok())
+        .map_or(0, |c| c.version);
     // An unreadable member's slot is kept: not an orphan.
     let kept = view.member_slot_names();
     r.orphan_slots.retain(|s| !kept.contains(&s.name));
@@ -175,6 +189,7 @@ pub fn report(
                 last_seen_s: now.saturating_sub(m.seen()) / 1000,
                 message: m.message.clone(),
                 archive: m.archive.clone(),
+                pending_restart: m.pending_restart.clone(),
                 sync: None,
             }
         })
@@ -203,9 +218,43 @@ pub fn report(
         paused: false,
         synchronous: None,
         unreadable: vec![],
+        scheduled: None,
+        config_version: 0,
         orphan_slots,
         cluster: cluster.to_string(),
         leader: leader.map(|l| l.member.clone()),
         members: rows,
+    }
+}
+
+/// `2026-11-22 02:15:30` from ms since the epoch (UTC, no time-zone database needed).
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod utc_tests {
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(1_795_313_730_000), "2026-11-22 02:15:30");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
     }
 }

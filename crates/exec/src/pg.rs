@@ -89,7 +89,8 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         let _keeper = self.keeper();
         self.pg.promote().await?;
         info!("promoted: PostgreSQL accepts writes (checkpointed on the new timeline)");
-        let by_op = view.op.as_ref().is_some_and(|o| !o.phase.finished());
+        let now = self.host.now_ms();
+        let by_op = view.op.as_ref().is_some_and(|o| o.in_flight(now));
         if !by_op {
             self.record_failover(view).await;
         }

@@ -196,6 +196,14 @@ pub fn render(st: &ApiState) -> String {
     if let Some(ms) = s.replay_lag_ms {
         fgauge(&mut reg, "replication_lag_seconds", "Time since the last replayed transaction was committed on the primary (0 when caught up)", ms as f64 / 1000.0);
     }
+    if let Some(m) = me {
+        gauge(
+            &mut reg,
+            "pending_restart",
+            "1 when parameters changed in the config wait for a restart of PostgreSQL (`pgbaton restart --pending`)",
+            i64::from(!m.pending_restart.is_empty()),
+        );
+    }
     if let Some(a) = me.and_then(|m| m.archive.as_ref()) {
         archive_metrics(&mut reg, a);
     }

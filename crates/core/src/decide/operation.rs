@@ -26,6 +26,11 @@ pub(super) fn decide_op(
     };
     let running_standby = matches!(local.pg, PgRun::Standby { .. });
     let running_primary = matches!(local.pg, PgRun::Primary);
+    if i_lead {
+        if let Some(why) = refused_at_its_time(op, view, now_ms) {
+            return Some(vec![finish(false, format!("at its scheduled time: {why}"))]);
+        }
+    }
     match (&op.kind, op.phase) {
         (OpKind::Promote { member, force }, OpPhase::Requested) if member == me => {
             Some(if running_primary && i_lead {
@@ -331,16 +336,30 @@ fn behind_the_failover_bar(view: &ClusterView, local: &LocalView) -> Option<Stri
     .err()
 }
 
+/// A scheduled operation not acted on yet is checked again once due, against the cluster
+/// as it is then: it was checked when posted, maybe hours before (its candidate may have
+/// fallen behind, its member may be gone). The leader ends one now refused.
+fn refused_at_its_time(op: &Operation, view: &ClusterView, now_ms: u64) -> Option<String> {
+    if op.phase != OpPhase::Requested || op.not_before_ms.is_none() {
+        return None;
+    }
+    let without = ClusterView {
+        op: None,
+        ..view.clone()
+    };
+    crate::ops::check(&op.kind, &crate::ops::Snapshot::at(&without, now_ms), false).err()
+}
+
 /// A promote or switchover in flight, recently updated: it decides who leads next, so no
 /// member takes the lease on its own meanwhile. One stuck for longer is ignored.
 pub(super) fn holding_op(view: &ClusterView, now_ms: u64) -> Option<&Operation> {
     // A switchover whose target promoted no longer decides who leads (what is left is the
     // old primary's rejoin): a new primary lost right after it is replaced as usual
     // (pinned simulator test `a_switchover_target_lost_after_promoting_is_replaced`).
-    in_flight(view).filter(|op| {
+    in_flight(view, now_ms).filter(|op| {
         matches!(op.kind, OpKind::Promote { .. } | OpKind::Switchover { .. })
             && op.phase != OpPhase::Promoted
-            && now_ms.saturating_sub(op.updated_ms) <= SWITCHOVER_TIMEOUT_MS + 10_000
+            && now_ms.saturating_sub(op.since_ms()) <= SWITCHOVER_TIMEOUT_MS + 10_000
     })
 }
 

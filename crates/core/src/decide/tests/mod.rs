@@ -386,6 +386,65 @@ fn a_paused_cluster_takes_no_automatic_action_but_keeps_its_lease_and_operations
 }
 
 #[test]
+fn a_scheduled_switchover_waits_for_its_time_and_is_checked_again_then() {
+    let so = OpKind::Switchover {
+        from: "n1".into(),
+        to: "n2".into(),
+    };
+    let mut n1 = ms("n1", &["pgbaton_n2"]);
+    (n1.role, n1.lsn, n1.seen_ms) = (Role::Primary, Some(Lsn(1000)), NOW);
+    let mut n2 = ms("n2", &[]);
+    (n2.role, n2.state, n2.lsn, n2.seen_ms) =
+        (Role::Standby, MemberStatus::Streaming, Some(Lsn(1000)), NOW);
+    let mut v = with_op(
+        view(Some("42"), Some("n1"), vec![n1, n2]),
+        so,
+        OpPhase::Requested,
+    );
+    let at = NOW + 60_000;
+    v.op.as_mut().unwrap().not_before_ms = Some(at);
+    let primary = local("n1", init(false), PRIMARY_RUNNING);
+    // Before its time nobody acts on it: the primary goes on as usual.
+    let a = decide(&v, &primary, NOW);
+    assert!(
+        !a.iter().any(|x| matches!(
+            x,
+            Action::StopForSwitchover { .. } | Action::FinishOp { .. }
+        )),
+        "{a:?}"
+    );
+    assert!(
+        !crate::publish::in_motion(&v, NOW),
+        "a scheduled operation is not motion"
+    );
+    // At its time, the cluster as it is then: n2 streams, so the primary stops for it.
+    let mut then = v.clone();
+    then.leader.as_mut().unwrap().expires_ms = at + 10_000;
+    for m in &mut then.members {
+        (m.seen_ms, m.updated_ms) = (at, at);
+    }
+    let a = decide(&then, &primary, at);
+    assert!(
+        matches!(&a[..], [Action::StopForSwitchover { .. }]),
+        "{a:?}"
+    );
+    // n2 stopped streaming meanwhile: the leader ends it, saying why.
+    then.members[1].state = MemberStatus::Stopped;
+    let a = decide(&then, &primary, at);
+    match &a[..] {
+        [Action::FinishOp {
+            ok: false, message, ..
+        }] => {
+            assert!(
+                message.starts_with("at its scheduled time: n2 is not a streaming standby"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn switchover_runs_its_phases() {
     let so = OpKind::Switchover {
         from: "n1".into(),
