@@ -7,6 +7,7 @@ mod backup;
 mod bad_input;
 mod browser;
 mod cluster;
+mod config;
 mod deploy;
 mod docker;
 mod failover;

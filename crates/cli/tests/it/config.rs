@@ -1,0 +1,258 @@
+//! The cluster's configuration in the store: `edit-config` through an agent, every value
+//! checked against the running PostgreSQL; a reload or a pending restart; `restart
+//! --rolling` one member at a time under a continuous writer; scheduled operations.
+
+use crate::harness::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+fn ok(o: &std::process::Output) -> String {
+    let t = text(o);
+    assert!(o.status.success(), "the command failed:\n{t}");
+    t
+}
+
+fn failed(o: &std::process::Output, needles: &[&str]) {
+    let t = text(o);
+    assert!(!o.status.success(), "expected a refusal:\n{t}");
+    for n in needles {
+        assert!(t.contains(n), "the refusal should say {n:?}:\n{t}");
+    }
+}
+
+fn show(c: &Cluster, member: &str, parameter: &str) -> String {
+    c.sql(Some(member), &format!("SHOW {parameter}"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn pending(c: &Cluster, member: &str) -> Vec<String> {
+    serde_json::from_value(c.member(member)["pending_restart"].clone()).unwrap_or_default()
+}
+
+fn config_version(c: &Cluster) -> u64 {
+    let out = stdout_or_err(&c.cmd(&["show-config", "--json"])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["version"].as_u64().unwrap()
+}
+
+/// Stops the threads however the scope is left.
+struct StopOnDrop<'a>(&'a AtomicBool);
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn edit_config_reloads_or_waits_for_a_rolling_restart_that_takes_one_member_at_a_time() {
+    let c = Cluster::up(3);
+    c.wait_healthy(Duration::from_secs(60));
+    let members = ["n1", "n2", "n3"];
+    let pids: Vec<Option<i32>> = members.iter().map(|m| c.postmaster_pid(m)).collect();
+
+    // A parameter a reload applies: every member, no restart.
+    let t = ok(&c.op(&["edit-config", "--set", "work_mem=64MB", "--force"]));
+    assert!(
+        t.contains("+ work_mem = '64MB'") && t.contains("Stored as version 1"),
+        "{t}"
+    );
+    wait_for(
+        "work_mem = 64MB on every member",
+        Duration::from_secs(30),
+        || members.iter().all(|m| show(&c, m, "work_mem") == "64MB"),
+    );
+    let now: Vec<Option<i32>> = members.iter().map(|m| c.postmaster_pid(m)).collect();
+    assert_eq!(pids, now, "a reloadable parameter restarted a member");
+    assert!(members.iter().all(|m| pending(&c, m).is_empty()));
+
+    // Refused before anything is stored, naming the key, the value and why.
+    for (set, says) in [
+        ("shared_buffers=banana", "an integer with an optional unit"),
+        ("work_mam=1MB", "it has none named work_mam"),
+        ("port=5433", "set `postgresql.port` instead"),
+        ("synchronous_commit=sometimes", "one of local, remote_write"),
+    ] {
+        let key = set.split('=').next().unwrap();
+        failed(
+            &c.op(&["edit-config", "--set", set, "--force"]),
+            &[key, says, "nothing was applied"],
+        );
+    }
+    // A script that does not say --force is not asked on a terminal it lacks.
+    failed(
+        &c.op(&["edit-config", "--set", "work_mem=32MB"]),
+        &["--force"],
+    );
+    assert_eq!(config_version(&c), 1, "a refused change was stored");
+
+    // An editor who read version 0 loses to the change made since, and says so.
+    let token = std::fs::read_to_string(c.dir.join("api.token")).unwrap();
+    let bearer = format!("Bearer {}", token.trim());
+    let (s, body) = http(
+        "PUT",
+        api_port(&c, "n2"),
+        "/cluster-config",
+        &[
+            ("Authorization", &bearer),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"version": 0, "parameters": {"work_mem": "8MB"}}"#,
+    );
+    assert_eq!(s, 409, "{body}");
+    assert!(body.contains("changed since it was read"), "{body}");
+    assert_eq!(config_version(&c), 1);
+    assert_eq!(show(&c, "n2", "work_mem"), "64MB");
+
+    // A parameter only a restart applies: every member says so, in list, /member and metrics.
+    let t = ok(&c.op(&["edit-config", "--set", "shared_buffers=256MB", "--force"]));
+    assert!(t.contains("Needs a restart: shared_buffers"), "{t}");
+    wait_for(
+        "every member to show pending restart",
+        Duration::from_secs(30),
+        || members.iter().all(|m| pending(&c, m) == ["shared_buffers"]),
+    );
+    assert_eq!(show(&c, "n1", "shared_buffers"), "128MB");
+    assert!(ok(&c.cmd(&["list"])).contains("pending restart (shared_buffers)"));
+    let (_, metrics) = http("GET", api_port(&c, "n1"), "/metrics", &[], "");
+    assert!(metrics.contains("pgbaton_pending_restart 1"), "{metrics}");
+    let t = ok(&c.cmd(&["show-config", "--member", "n2"]));
+    assert!(
+        t.contains("shared_buffers")
+            && t.contains("cluster (edit-config)")
+            && t.contains("Pending restart: shared_buffers"),
+        "{t}"
+    );
+
+    // The rolling restart under a continuous writer, watched: never two members down.
+    c.sql(None, "CREATE TABLE w (id int primary key)").unwrap();
+    let stop = AtomicBool::new(false);
+    let writes = Mutex::new(Vec::<(u32, bool)>::new());
+    let most_down = Mutex::new((0usize, String::new()));
+    let down_states = [
+        "stopped",
+        "stopping",
+        "starting",
+        "crashed",
+        "unreachable",
+        "failed",
+    ];
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| {
+            let (mut i, deadline) = (0u32, Instant::now() + Duration::from_secs(240));
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                i += 1;
+                let ok = c.sql(None, &format!("INSERT INTO w VALUES ({i})")).is_ok();
+                writes.lock().unwrap().push((i, ok));
+            }
+        });
+        s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let l = c.list();
+                let down: Vec<String> = l["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| down_states.contains(&m["state"].as_str().unwrap_or("")))
+                    .map(|m| format!("{} {}", m["name"], m["state"]))
+                    .collect();
+                let mut worst = most_down.lock().unwrap();
+                if down.len() > worst.0 {
+                    *worst = (down.len(), down.join(", "));
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let t = ok(&c.op(&["restart", "--rolling"]));
+        assert!(
+            t.contains("restart plan: n2, then n3, then switchover from n1"),
+            "{t}"
+        );
+        assert!(t.contains("Restarted, one at a time"), "{t}");
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let (worst, which) = most_down.into_inner().unwrap();
+    assert!(worst <= 1, "two members down at once: {which}");
+    assert!(worst == 1, "the watcher never saw a member restart");
+    assert_ne!(
+        c.list()["leader"],
+        "n1",
+        "the primary was not switched over"
+    );
+    for m in members {
+        assert_eq!(show(&c, m, "shared_buffers"), "256MB", "{m}");
+        assert_eq!(show(&c, m, "work_mem"), "64MB", "{m}");
+        assert!(pending(&c, m).is_empty(), "{m} still pending");
+    }
+    // Writes stopped once, for the switchover: the standbys' restarts cost none.
+    let writes = writes.into_inner().unwrap();
+    let acked: Vec<u32> = writes.iter().filter(|w| w.1).map(|w| w.0).collect();
+    let gaps = writes.windows(2).filter(|p| p[0].1 && !p[1].1).count();
+    assert!(acked.len() > 10, "the writer hardly wrote: {}", acked.len());
+    assert!(
+        gaps <= 1,
+        "writes failed in {gaps} separate spells: {writes:?}"
+    );
+    let present: std::collections::HashSet<u32> = c
+        .sql(None, "SELECT id FROM w")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let lost: Vec<&u32> = acked.iter().filter(|i| !present.contains(i)).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+
+    let h = ok(&c.cmd(&["history"]));
+    assert!(
+        h.contains("version 2 by") && h.contains("shared_buffers = '256MB' [restart]"),
+        "{h}"
+    );
+}
+
+#[test]
+fn a_scheduled_switchover_happens_at_its_time_with_no_cli_and_a_cancelled_one_never() {
+    let c = Cluster::up(2);
+    c.wait_healthy(Duration::from_secs(60));
+
+    let t = ok(&c.op(&["switchover", "--at", "+4s"]));
+    assert!(t.contains("Scheduled: switchover n1 -> n2 at"), "{t}");
+    assert!(ok(&c.cmd(&["list"])).contains("Scheduled: switchover n1 -> n2"));
+    failed(
+        &c.op(&["restart", "n2", "--at", "+1m"]),
+        &["is scheduled for", "pgbaton cancel"],
+    );
+    assert!(ok(&c.cmd(&["cancel"])).contains("Cancelled: switchover n1 -> n2"));
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(c.list()["leader"], "n1", "a cancelled switchover happened");
+    assert!(ok(&c.cmd(&["history"])).contains("cancelled"));
+
+    let t = ok(&c.op(&["switchover", "--at", "+3s"]));
+    assert!(t.contains("Scheduled"), "{t}");
+    let at = c.list()["scheduled"]["not_before_ms"].as_u64().unwrap();
+    let done = || -> Option<serde_json::Value> {
+        let h: serde_json::Value =
+            serde_json::from_str(&stdout_or_err(&c.cmd(&["history", "--json"])).ok()?).ok()?;
+        h.as_array()?
+            .iter()
+            .rev()
+            .find(|e| e["operation"] == "switchover" && e["result"] == "done")
+            .cloned()
+    };
+    wait_for(
+        "the scheduled switchover to be done",
+        Duration::from_secs(40),
+        || done().is_some(),
+    );
+    assert_eq!(c.list()["leader"], "n2");
+    let done = done().unwrap();
+    assert!(
+        done["time_ms"].as_u64().unwrap() >= at,
+        "it ran before its time: {done}"
+    );
+    wait_rejoined(&c, "n1", "n2");
+}
