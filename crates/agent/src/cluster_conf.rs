@@ -11,7 +11,9 @@
 
 use pgbaton_core::cluster_config::{self, Catalogue, ClusterConfig, CLUSTER_FILE};
 use pgbaton_core::config::NodeConfig;
+use pgbaton_core::config::ParamValue;
 use pgbaton_pg::{files, sql};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -34,14 +36,21 @@ pub(crate) struct ClusterConf {
     /// The running server's `pg_settings` (read once per start: a restart may load
     /// extensions and their parameters).
     pub(crate) catalogue: Option<Arc<Catalogue>>,
+    /// pgbaton's own settings the record holds (they win over node.toml's).
+    pub(crate) settings: BTreeMap<String, ParamValue>,
 }
 
 impl ClusterConf {
-    /// The record as the store's view holds it now.
+    /// The record as the store's view holds it now (parsed once per change: the loop asks
+    /// for its settings every time).
     pub(crate) fn update(&mut self, text: Option<&str>) {
         if self.text.as_deref() != text {
             self.text = text.map(str::to_string);
             self.written = false;
+            self.settings = text
+                .and_then(|t| ClusterConfig::parse(t).ok())
+                .map(|r| r.settings)
+                .unwrap_or_default();
         }
     }
 

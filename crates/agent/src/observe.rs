@@ -15,7 +15,12 @@ impl Agent {
             .unwrap_or_else(|e| e.into_inner())
             .failsafe
             .promise_to_other(&self.cfg.name);
-        let settings = ViewSettings::from_config(&self.cfg);
+        let mut settings = ViewSettings::from_config(&self.cfg);
+        // The cluster's config holds pgbaton's cluster-wide settings over node.toml's.
+        pgbaton_core::cluster_config::own::overlay(
+            &self.exec.pg.cluster_conf.settings,
+            &mut settings.policy,
+        );
         self.exec.mem.fold(
             &self.cfg.name,
             view,

@@ -204,9 +204,9 @@ impl Publisher {
             nofailover: cfg.tags.nofailover,
             nosync: cfg.tags.nosync,
             synchronous: p.filter(|p| !p.in_recovery).map(|p| SyncReport {
-                mode: cfg.replication.synchronous,
+                mode: r.local.policy.sync.mode,
                 standby_names: p.sync_names.to_string(),
-                strict: cfg.replication.synchronous_strict,
+                strict: r.local.policy.sync.strict,
             }),
             failover_priority: cfg.tags.failover_priority,
             handed_over: r.handed_over,

@@ -9,12 +9,11 @@ use crate::cluster::open_store;
 use crate::operate::{api_client, api_token, utc};
 use anyhow::{bail, Context, Result};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Table};
-use pgbaton_core::cluster_config::{self, ClusterConfig, Effective};
+use pgbaton_core::cluster_config::{self, ClusterConfig, Contents, Effective};
 use pgbaton_core::config::{ClientConfig, ParamValue};
 use pgbaton_core::model::{MemberState, MemberStatus};
 use pgbaton_store::read_view;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -95,6 +94,9 @@ async fn show(cfg: &ClientConfig, member: Option<&str>, json: bool) -> Result<()
         let eff: Vec<Effective> = serde_json::from_value(v["effective"].clone())
             .context("the agent's answer holds no parameters")?;
         print_effective(name, &eff);
+        let settings: Vec<Effective> =
+            serde_json::from_value(v["settings"].clone()).unwrap_or_default();
+        print_effective(name, &settings);
         let pending: Vec<String> =
             serde_json::from_value(v["pending_restart"].clone()).unwrap_or_default();
         if !pending.is_empty() {
@@ -127,7 +129,7 @@ fn print_effective(member: &str, eff: &[Effective]) {
     }
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(["Parameter", "Value", "From", "Hides"]);
+    t.set_header(["Setting", "Value", "From", "Hides"]);
     for e in eff {
         t.add_row([
             Cell::new(&e.name),
@@ -165,9 +167,17 @@ async fn edit(cfg: &ClientConfig, how: Edit, token_file: Option<PathBuf>) -> Res
     if let Some(why) = v["unreadable"].as_str() {
         eprintln!("warning: {why}");
     }
-    let new = new_parameters(&record, &how)?;
+    let new = new_contents(&record, &how)?;
     let token = api_token(cfg, token_file.as_deref())?;
-    let body = |dry_run: bool| json!({ "version": record.version, "parameters": new, "by": who(), "dry_run": dry_run });
+    let body = |dry_run: bool| {
+        json!({
+            "version": record.version,
+            "parameters": new.parameters,
+            "settings": new.settings,
+            "by": who(),
+            "dry_run": dry_run,
+        })
+    };
     let checked = put(cfg, m, &token, &body(true)).await?;
     let changes = checked["changes"].as_array().cloned().unwrap_or_default();
     if changes.is_empty() {
@@ -227,8 +237,9 @@ fn checker<'a>(members: &'a [MemberState], leader: Option<&str>) -> Result<&'a M
         )
 }
 
-/// The parameters after the edit: from --file, from --set/--unset, or from the editor.
-fn new_parameters(record: &ClusterConfig, how: &Edit) -> Result<BTreeMap<String, ParamValue>> {
+/// The parameters and settings after the edit: from --file, from --set/--unset, or from
+/// the editor.
+fn new_contents(record: &ClusterConfig, how: &Edit) -> Result<Contents> {
     if let Some(f) = &how.file {
         let text = if f.as_os_str() == "-" {
             std::io::read_to_string(std::io::stdin()).context("read the new config from stdin")?
@@ -240,22 +251,20 @@ fn new_parameters(record: &ClusterConfig, how: &Edit) -> Result<BTreeMap<String,
     if how.set.is_empty() && how.unset.is_empty() {
         return from_editor(record);
     }
-    let mut p = record.parameters.clone();
+    let mut c = record.contents();
     for s in &how.set {
-        let (k, v) = cluster_config::parse_set(s)?;
-        p.insert(k, v);
+        c.set(s)?;
     }
     for u in &how.unset {
-        let k = cluster_config::parameter_name(u)?;
-        if p.remove(&k).is_none() {
-            bail!("--unset {u}: the cluster's config does not set {k}");
+        if !c.unset(u)? {
+            bail!("--unset {u}: the cluster's config does not set it");
         }
     }
-    Ok(p)
+    Ok(c)
 }
 
 /// $VISUAL or $EDITOR (else vi) on the record as TOML; read back and checked.
-fn from_editor(record: &ClusterConfig) -> Result<BTreeMap<String, ParamValue>> {
+fn from_editor(record: &ClusterConfig) -> Result<Contents> {
     if !std::io::stdin().is_terminal() {
         bail!("no terminal for an editor: give the change with --set NAME=VALUE or --file FILE");
     }

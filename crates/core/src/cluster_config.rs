@@ -8,6 +8,7 @@
 //! order: `pgbaton.conf` includes the cluster's file ([`CLUSTER_FILE`]) before the node's
 //! lines, and the last line for a parameter wins.
 
+pub mod own;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,9 @@ pub struct ClusterConfig {
     pub version: u64,
     #[serde(default)]
     pub parameters: BTreeMap<String, ParamValue>,
+    /// pgbaton's own cluster-wide settings (`own::KEYS`), by their node.toml key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, ParamValue>,
     /// When the last change was made (wall-clock ms) and by whom (`user@host` or the API).
     #[serde(default)]
     pub updated_ms: u64,
@@ -53,14 +57,51 @@ impl ClusterConfig {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// The record that replaces this one with `parameters`.
-    pub fn next(&self, parameters: BTreeMap<String, ParamValue>, now_ms: u64, by: &str) -> Self {
+    /// The record that replaces this one with `new`'s parameters and settings.
+    pub fn next(&self, new: Contents, now_ms: u64, by: &str) -> Self {
         ClusterConfig {
             version: self.version + 1,
-            parameters,
+            parameters: new.parameters,
+            settings: new.settings,
             updated_ms: now_ms,
             by: by.to_string(),
         }
+    }
+
+    /// What an edit changes: its parameters and settings.
+    pub fn contents(&self) -> Contents {
+        Contents {
+            parameters: self.parameters.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+/// What an editor gives: PostgreSQL parameters, and pgbaton's settings by their key.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Contents {
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParamValue>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, ParamValue>,
+}
+
+impl Contents {
+    /// `--set KEY=VALUE` applied: a setting of pgbaton's, or a parameter.
+    pub fn set(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let (key, value) = parse_set(arg)?;
+        if own::is_own(&key) {
+            self.settings.insert(key.clone(), own::check(&key, &value)?);
+        } else {
+            self.parameters.insert(key, value);
+        }
+        Ok(())
+    }
+
+    /// `--unset KEY`: `Ok(false)` when it was not set.
+    pub fn unset(&mut self, key: &str) -> Result<bool, ConfigError> {
+        let k = parameter_name(key)?;
+        Ok(self.settings.remove(&k).is_some() || self.parameters.remove(&k).is_some())
     }
 }
 
@@ -107,6 +148,30 @@ pub struct Effective {
     /// The cluster's value the node's hides, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrides: Option<ParamValue>,
+}
+
+/// pgbaton's settings a member decides with: the store's, else its node.toml's.
+pub fn effective_settings(
+    cluster: &BTreeMap<String, ParamValue>,
+    node: &crate::config::NodeConfig,
+) -> Vec<Effective> {
+    own::node_values(node)
+        .into_iter()
+        .map(|(k, node_value)| match cluster.get(&k) {
+            Some(v) => Effective {
+                name: k,
+                value: v.clone(),
+                source: Source::Cluster,
+                overrides: Some(node_value),
+            },
+            None => Effective {
+                name: k,
+                value: node_value,
+                source: Source::Node,
+                overrides: None,
+            },
+        })
+        .collect()
 }
 
 /// The parameters a member runs with: the cluster's, then its own over them.
@@ -196,11 +261,15 @@ pub fn parse_set(arg: &str) -> Result<(String, ParamValue), ConfigError> {
 }
 
 /// A key as the operator wrote it: a parameter name, with or without
-/// `postgresql.parameters.`. Any other dotted key of pgbaton's own is refused (pgbaton's
-/// settings stay in node.toml), while `ext.name` is an extension's parameter.
+/// `postgresql.parameters.`, or one of pgbaton's settings the store holds (`own::KEYS`).
+/// Another of pgbaton's keys is refused (it stays in node.toml); `ext.name` is an
+/// extension's parameter.
 pub fn parameter_name(key: &str) -> Result<String, ConfigError> {
     let name = key.strip_prefix(PARAMETERS_PREFIX).unwrap_or(key);
-    let own = [
+    if own::is_own(name) {
+        return Ok(name.to_string());
+    }
+    let pgbaton = [
         "postgresql.",
         "replication.",
         "timing.",
@@ -210,26 +279,46 @@ pub fn parameter_name(key: &str) -> Result<String, ConfigError> {
         "store.",
         "backup.",
     ];
-    if own.iter().any(|p| name.starts_with(p)) {
+    if pgbaton.iter().any(|p| name.starts_with(p)) {
         return Err(ConfigError::new(
             key,
             "(a pgbaton setting)",
-            "a PostgreSQL parameter: pgbaton's own settings are not in the cluster's config yet; set them in each member's node.toml",
+            format!(
+                "a PostgreSQL parameter or one of {}: pgbaton's other settings stay in each member's node.toml",
+                own::KEYS.join(", ")
+            ),
         ));
     }
     Ok(name.to_string())
 }
 
-/// The document `edit-config` opens in the editor: TOML, as node.toml's table.
+/// The document `edit-config` opens in the editor: TOML, as node.toml's tables.
 pub fn to_document(c: &ClusterConfig) -> String {
     let mut s = format!(
-        "# The cluster's configuration (version {}). Save and quit to apply; an empty\n\
-         # [postgresql.parameters] table removes them all. A member's own node.toml\n\
-         # [postgresql.parameters] override these.\n\n[postgresql.parameters]\n",
+        "# The cluster's configuration (version {}). Save and quit to apply.\n\
+         # [postgresql.parameters]: every member's PostgreSQL; a member's own node.toml\n\
+         # [postgresql.parameters] override these.\n\
+         # [replication] synchronous, synchronous_node_count, synchronous_strict and\n\
+         # [failover] max_lag_bytes: pgbaton's cluster-wide settings; set here, they win\n\
+         # over every node.toml.\n\n[postgresql.parameters]\n",
         c.version
     );
     for (k, v) in &c.parameters {
         s.push_str(&format!("{k} = {}\n", toml_value(v)));
+    }
+    for table in ["replication", "failover"] {
+        let prefix = format!("{table}.");
+        let keys: Vec<(&String, &ParamValue)> = c
+            .settings
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .collect();
+        if !keys.is_empty() {
+            s.push_str(&format!("\n[{table}]\n"));
+            for (k, v) in keys {
+                s.push_str(&format!("{} = {}\n", &k[prefix.len()..], toml_value(v)));
+            }
+        }
     }
     s
 }
@@ -241,13 +330,18 @@ fn toml_value(v: &ParamValue) -> String {
     }
 }
 
-/// The editor's document read back: only `[postgresql.parameters]`, each name checked.
-pub fn from_document(text: &str) -> Result<BTreeMap<String, ParamValue>, ConfigError> {
+/// The editor's document read back: `[postgresql.parameters]`, and pgbaton's settings in
+/// `[replication]` and `[failover]`, each checked.
+pub fn from_document(text: &str) -> Result<Contents, ConfigError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Doc {
         #[serde(default)]
         postgresql: Pg,
+        #[serde(default)]
+        replication: BTreeMap<String, ParamValue>,
+        #[serde(default)]
+        failover: BTreeMap<String, ParamValue>,
     }
     #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields)]
@@ -260,7 +354,7 @@ pub fn from_document(text: &str) -> Result<BTreeMap<String, ParamValue>, ConfigE
             "(document)",
             "(not readable)",
             format!(
-                "a TOML document with one [postgresql.parameters] table: {}",
+                "a TOML document with [postgresql.parameters], [replication] and [failover] tables: {}",
                 e.message()
             ),
         )
@@ -268,25 +362,44 @@ pub fn from_document(text: &str) -> Result<BTreeMap<String, ParamValue>, ConfigE
     for (k, v) in &doc.postgresql.parameters {
         check_parameter(k, v)?;
     }
-    Ok(doc.postgresql.parameters)
+    let mut settings = BTreeMap::new();
+    for (table, entries) in [("replication", doc.replication), ("failover", doc.failover)] {
+        for (k, v) in entries {
+            let key = format!("{table}.{k}");
+            settings.insert(key.clone(), own::check(&key, &v)?);
+        }
+    }
+    Ok(Contents {
+        parameters: doc.postgresql.parameters,
+        settings,
+    })
 }
 
-/// Check a whole new set of parameters against the running PostgreSQL's catalogue before
-/// anything is stored. Returns, for the parameters that change, which need a restart.
+/// Check a whole new set of parameters and settings before anything is stored: the
+/// parameters against the running PostgreSQL's catalogue, the settings against the
+/// cluster (`eligible`: standbys that may be synchronous). Returns what changes, and how
+/// each change takes effect (pgbaton's settings at every member's next loop: `Reload`).
 pub fn check_all(
     catalogue: &Catalogue,
-    old: &BTreeMap<String, ParamValue>,
-    new: &BTreeMap<String, ParamValue>,
+    old: &ClusterConfig,
+    new: &Contents,
+    node: &crate::config::NodeConfig,
+    eligible: usize,
 ) -> Result<Vec<(Change, Applies)>, ConfigError> {
-    for (k, v) in new {
+    for (k, v) in &new.parameters {
         check_parameter(k, v)?;
         catalogue.check(k, v)?;
     }
-    Ok(diff(old, new)
+    for (k, v) in &new.settings {
+        own::check(k, v)?;
+    }
+    own::check_against(&new.settings, node, eligible)?;
+    let params = diff(&old.parameters, &new.parameters).into_iter().map(|c| {
+        let applies = catalogue.applies(&c.name);
+        (c, applies)
+    });
+    let settings = diff(&old.settings, &new.settings)
         .into_iter()
-        .map(|c| {
-            let applies = catalogue.applies(&c.name);
-            (c, applies)
-        })
-        .collect())
+        .map(|c| (c, Applies::Reload));
+    Ok(params.chain(settings).collect())
 }

@@ -19,7 +19,11 @@ use std::collections::BTreeMap;
 struct PutRequest {
     /// The version the editor read (0: no record yet).
     version: u64,
+    #[serde(default)]
     parameters: BTreeMap<String, ParamValue>,
+    /// pgbaton's settings (`cluster_config::own::KEYS`).
+    #[serde(default)]
+    settings: BTreeMap<String, ParamValue>,
     /// Who asks (`user@host`), for the history.
     #[serde(default)]
     by: Option<String>,
@@ -59,6 +63,7 @@ pub(super) async fn get_config(State(st): State<ApiState>) -> Response {
         "cluster": record,
         "unreadable": unreadable,
         "effective": cluster_config::effective(&record.parameters, &st.cfg.postgresql.parameters),
+        "settings": cluster_config::effective_settings(&record.settings, &st.cfg),
         "pending_restart": pending,
     }))
     .into_response()
@@ -103,7 +108,28 @@ pub(super) async fn put_config(
             ),
         );
     }
-    let changes = match cluster_config::check_all(&catalogue, &record.parameters, &req.parameters) {
+    let eligible = read(&st.shared).view.as_ref().map_or(0, |v| {
+        v.members
+            .iter()
+            .filter(|m| !m.nosync)
+            .count()
+            .saturating_sub(1)
+    });
+    // Settings in their own types (`"on"`, `2`), whatever the caller sent.
+    let settings: Result<BTreeMap<String, ParamValue>, _> = req
+        .settings
+        .into_iter()
+        .map(|(k, v)| cluster_config::own::check(&k, &v).map(|v| (k, v)))
+        .collect();
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}: nothing was applied")),
+    };
+    let new = cluster_config::Contents {
+        parameters: req.parameters,
+        settings,
+    };
+    let changes = match cluster_config::check_all(&catalogue, &record, &new, &st.cfg, eligible) {
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}: nothing was applied")),
     };
@@ -116,7 +142,7 @@ pub(super) async fn put_config(
             .into_response();
     }
     let by = req.by.unwrap_or_else(|| "the API".to_string());
-    let new = record.next(req.parameters, now_ms(), &by);
+    let new = record.next(new, now_ms(), &by);
     match st.store.config_cas(text.as_deref(), &new.text()).await {
         Ok(true) => {}
         Ok(false) => {

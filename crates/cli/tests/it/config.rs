@@ -207,6 +207,41 @@ fn edit_config_reloads_or_waits_for_a_rolling_restart_that_takes_one_member_at_a
     let lost: Vec<&u32> = acked.iter().filter(|i| !present.contains(i)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 
+    // pgbaton's own cluster-wide settings: synchronous replication on, then off again,
+    // with no restart and no node.toml edited.
+    ok(&c.op(&[
+        "edit-config",
+        "--set",
+        "replication.synchronous=on",
+        "--force",
+    ]));
+    let names = |c: &Cluster| c.sql(None, "SHOW synchronous_standby_names").unwrap();
+    wait_for(
+        "synchronous replication on",
+        Duration::from_secs(30),
+        || c.list()["synchronous"]["mode"] == "on" && names(&c).starts_with("FIRST 1"),
+    );
+    failed(
+        &c.op(&[
+            "edit-config",
+            "--set",
+            "replication.synchronous_node_count=3",
+            "--force",
+        ]),
+        &["at most the standbys that can be synchronous: 2"],
+    );
+    ok(&c.op(&[
+        "edit-config",
+        "--unset",
+        "replication.synchronous",
+        "--force",
+    ]));
+    wait_for(
+        "synchronous replication off",
+        Duration::from_secs(30),
+        || names(&c).is_empty(),
+    );
+
     let h = ok(&c.cmd(&["history"]));
     assert!(
         h.contains("version 2 by") && h.contains("shared_buffers = '256MB' [restart]"),

@@ -80,6 +80,25 @@ fn s(v: &str) -> ParamValue {
     ParamValue::Str(v.into())
 }
 
+fn node() -> crate::config::NodeConfig {
+    crate::config::NodeConfig::from_toml_str(
+        "cluster = \"c\"\nname = \"n1\"\ndata_dir = \"/tmp/d\"\n\n[store]\nkind = \"local\"\npath = \"/tmp/s.db\"\n",
+        std::path::Path::new("node.toml"),
+    )
+    .unwrap()
+}
+
+fn params(p: &[(&str, ParamValue)]) -> Contents {
+    Contents {
+        parameters: p.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        settings: BTreeMap::new(),
+    }
+}
+
+fn record(c: Contents) -> ClusterConfig {
+    ClusterConfig::default().next(c, 1000, "me@host")
+}
+
 #[test]
 fn values_postgresql_takes_pass() {
     let c = catalogue();
@@ -160,20 +179,21 @@ fn bad_values_are_refused_naming_the_key_the_value_and_what_is_taken() {
 #[test]
 fn settings_pgbaton_owns_are_refused_with_the_key_to_use() {
     let c = catalogue();
-    let new = BTreeMap::from([("port".to_string(), s("5433"))]);
-    let e = check_all(&c, &BTreeMap::new(), &new).unwrap_err();
+    let none = ClusterConfig::default();
+    let new = params(&[("port", s("5433"))]);
+    let e = check_all(&c, &none, &new, &node(), 2).unwrap_err();
     assert!(e.expected.contains("postgresql.port"), "{e}");
-    let new = BTreeMap::from([("synchronous_standby_names".to_string(), s("*"))]);
-    let e = check_all(&c, &BTreeMap::new(), &new).unwrap_err();
+    let new = params(&[("synchronous_standby_names", s("*"))]);
+    let e = check_all(&c, &none, &new, &node(), 2).unwrap_err();
     assert!(e.expected.contains("replication.synchronous"), "{e}");
 }
 
 #[test]
 fn a_change_says_whether_it_needs_a_restart_removals_too() {
     let c = catalogue();
-    let old = BTreeMap::from([("shared_buffers".to_string(), s("256MB"))]);
-    let new = BTreeMap::from([("work_mem".to_string(), s("64MB"))]);
-    let changes = check_all(&c, &old, &new).unwrap();
+    let old = record(params(&[("shared_buffers", s("256MB"))]));
+    let new = params(&[("work_mem", s("64MB"))]);
+    let changes = check_all(&c, &old, &new, &node(), 2).unwrap();
     let got: Vec<(String, Applies)> = changes.iter().map(|(c, a)| (c.name.clone(), *a)).collect();
     assert_eq!(
         got,
@@ -205,19 +225,18 @@ fn a_nodes_own_value_overrides_the_clusters_and_says_so() {
 
 #[test]
 fn the_record_and_the_editors_document_round_trip() {
-    let c = ClusterConfig::default().next(
-        BTreeMap::from([
-            ("work_mem".to_string(), s("64MB")),
-            ("autovacuum".to_string(), ParamValue::Bool(false)),
-            ("random_page_cost".to_string(), ParamValue::Float(1.1)),
-            ("search_path".to_string(), s("'it''s', public")),
-        ]),
-        1000,
-        "me@host",
-    );
+    let mut contents = params(&[
+        ("work_mem", s("64MB")),
+        ("autovacuum", ParamValue::Bool(false)),
+        ("random_page_cost", ParamValue::Float(1.1)),
+        ("search_path", s("'it''s', public")),
+    ]);
+    contents.set("replication.synchronous=quorum").unwrap();
+    contents.set("failover.max_lag_bytes=0").unwrap();
+    let c = record(contents);
     assert_eq!(c.version, 1);
     assert_eq!(ClusterConfig::parse(&c.text()).unwrap(), c);
-    assert_eq!(from_document(&to_document(&c)).unwrap(), c.parameters);
+    assert_eq!(from_document(&to_document(&c)).unwrap(), c.contents());
     let file = render_file(Some(&c));
     assert!(file.contains("work_mem = '64MB'\n"), "{file}");
     assert!(file.contains("autovacuum = off\n"), "{file}");
@@ -243,6 +262,57 @@ fn set_arguments_and_documents_refuse_what_is_not_a_postgresql_parameter() {
         .contains("node.toml"));
     assert!(from_document("[postgresql.parameters]\nport = 5433\n").is_err());
     assert!(from_document("[postgresql]\nport = 5433\n").is_err());
+    assert!(from_document("[replication]\nuser = \"x\"\n").is_err());
+    assert!(from_document("[replication]\nsynchronous = \"sometimes\"\n").is_err());
     assert!(from_document("not = [toml").is_err());
-    assert_eq!(from_document("").unwrap(), BTreeMap::new());
+    assert_eq!(from_document("").unwrap(), Contents::default());
+}
+
+#[test]
+fn pgbaton_settings_are_checked_win_over_node_toml_and_reach_the_policy() {
+    let mut c = Contents::default();
+    c.set("replication.synchronous=ON").unwrap();
+    c.set("replication.synchronous_node_count=2").unwrap();
+    c.set("replication.synchronous_strict=true").unwrap();
+    c.set("failover.max_lag_bytes=4096").unwrap();
+    assert_eq!(c.settings["replication.synchronous"], s("on"));
+    assert_eq!(
+        c.settings["replication.synchronous_node_count"],
+        ParamValue::Int(2)
+    );
+    for bad in [
+        "replication.synchronous=sometimes",
+        "replication.synchronous_node_count=0",
+        "replication.synchronous_strict=perhaps",
+        "failover.max_lag_bytes=-1",
+    ] {
+        assert!(Contents::default().set(bad).is_err(), "{bad}");
+    }
+    // More synchronous standbys than the cluster can have: refused.
+    let e = check_all(&catalogue(), &ClusterConfig::default(), &c, &node(), 1).unwrap_err();
+    assert_eq!(e.key, "replication.synchronous_node_count");
+    assert!(check_all(&catalogue(), &ClusterConfig::default(), &c, &node(), 2).is_ok());
+    // The store's value wins over the node's, and shows where it comes from.
+    let mut policy = crate::failover::Policy::from_config(&node());
+    own::overlay(&c.settings, &mut policy);
+    assert_eq!(policy.sync.mode, crate::sync::SyncMode::On);
+    assert_eq!(
+        (
+            policy.sync.node_count,
+            policy.sync.strict,
+            policy.max_lag_bytes
+        ),
+        (2, true, 4096)
+    );
+    let e = effective_settings(&c.settings, &node());
+    let sync = e
+        .iter()
+        .find(|e| e.name == "replication.synchronous")
+        .unwrap();
+    assert_eq!((sync.source, &sync.value), (Source::Cluster, &s("on")));
+    assert_eq!(sync.overrides, Some(s("off")));
+    let unset = effective_settings(&BTreeMap::new(), &node());
+    assert!(unset.iter().all(|e| e.source == Source::Node));
+    assert!(c.unset("replication.synchronous").unwrap());
+    assert!(!c.unset("replication.synchronous").unwrap());
 }

@@ -270,7 +270,7 @@ fn every_planned_step_keeps_acknowledged_commits_provable() {
         } else {
             SyncMode::Quorum
         };
-        let s = settings(mode, 1 + (seed % 3) as u32, seed % 5 == 0);
+        let mut s = settings(mode, 1 + (seed % 3) as u32, seed % 5 == 0);
         let members: Vec<MemberState> = std::iter::once(member("p", false))
             .chain(all.iter().map(|n| member(n, false)))
             .collect();
@@ -295,6 +295,12 @@ fn every_planned_step_keeps_acknowledged_commits_provable() {
                     m.commits.push(Commit { holders });
                 }
             }
+            // The operator changes the settings at any step (`edit-config`: the leader
+            // decides with the new ones at its next loop), off included.
+            if rng.below(8) == 0 {
+                let mode = [SyncMode::Off, SyncMode::On, SyncMode::Quorum][rng.below(3)];
+                s = settings(mode, 1 + rng.below(3) as u32, rng.below(4) == 0);
+            }
             let senders: Vec<WalSender> = up.iter().map(|n| sender(n, 1000)).collect();
             let step = plan(&SyncInputs {
                 me: "p",
@@ -309,10 +315,23 @@ fn every_planned_step_keeps_acknowledged_commits_provable() {
             });
             match step {
                 None => {}
-                Some(SyncStep::Clear) => unreachable!("mode is not off"),
+                Some(SyncStep::Clear) => {
+                    assert_eq!(s.mode, SyncMode::Off, "seed {seed}: cleared while on");
+                    // Nobody is proven any more: turning synchronous replication off gives
+                    // its promise up, as documented.
+                    m.record = None;
+                }
                 Some(SyncStep::Names(n)) => {
-                    let r = m.record.as_ref().expect("a record before a list");
-                    assert!(r.covers(&n), "seed {seed}: {r:?} does not cover {n}");
+                    // Turned off: the list goes last, once the record is gone.
+                    if n != SyncNames::Off || s.mode != SyncMode::Off {
+                        let r = m.record.as_ref().expect("a record before a list");
+                        assert!(r.covers(&n), "seed {seed}: {r:?} does not cover {n}");
+                    } else {
+                        assert!(
+                            m.record.is_none(),
+                            "seed {seed}: list off before the record"
+                        );
+                    }
                     m.names = n;
                 }
                 Some(SyncStep::Record { record, barrier }) => {
