@@ -47,10 +47,14 @@ impl ClusterConf {
         if self.text.as_deref() != text {
             self.text = text.map(str::to_string);
             self.written = false;
-            self.settings = text
-                .and_then(|t| ClusterConfig::parse(t).ok())
-                .map(|r| r.settings)
-                .unwrap_or_default();
+            match text.map(ClusterConfig::parse) {
+                None => self.settings.clear(),
+                Some(Ok(r)) => self.settings = r.settings,
+                // A record that cannot be read changes nothing: the last settings that
+                // could be read stay (never fall back to node.toml's synchronous mode on
+                // a bad write to the store). `write` says why.
+                Some(Err(_)) => {}
+            }
         }
     }
 
@@ -66,19 +70,22 @@ impl ClusterConf {
         if self.written || !cfg.data_dir.join("PG_VERSION").is_file() {
             return Ok(false);
         }
-        self.written = true;
         let record = match self.text.as_deref().map(ClusterConfig::parse).transpose() {
             Ok(r) => r,
             Err(why) => {
                 // Keep what was applied: never act on a record that cannot be read.
                 warn!("{why}");
+                self.written = true;
                 return Ok(false);
             }
         };
         let record = record.map(keep_checked);
         let path = cfg.data_dir.join(CLUSTER_FILE);
         let text = cluster_config::render_file(record.as_ref());
-        let changed = files::write_if_changed(&path, &text, 0o600)?;
+        let mut changed = files::write_if_changed(&path, &text, 0o600)?;
+        changed |= include_in_place(cfg)?;
+        // Only once written: a failed write is tried again next loop.
+        self.written = true;
         if changed {
             if let Some(r) = &record {
                 info!("the cluster's parameters are now version {}", r.version);
@@ -128,6 +135,21 @@ impl ClusterConf {
         };
         self.next_check_ms = now_ms + every;
     }
+}
+
+/// `pgbaton.conf` written by an agent of an earlier version (a member upgraded in place,
+/// PostgreSQL still running) lacks the include: put it first, as `render::pgbaton_conf`
+/// does, so that a reload applies the cluster's parameters without waiting for a start.
+fn include_in_place(cfg: &NodeConfig) -> anyhow::Result<bool> {
+    let path = cfg.data_dir.join(pgbaton_core::render::INCLUDE_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(false); // written at the next start, with the include
+    };
+    let line = format!("include_if_exists = '{CLUSTER_FILE}'");
+    if text.lines().any(|l| l.trim() == line) {
+        return Ok(false);
+    }
+    files::write_if_changed(&path, &format!("{line}\n{text}"), 0o600)
 }
 
 /// A record is checked before it is stored, but the store may hold one written past the

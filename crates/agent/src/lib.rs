@@ -179,6 +179,7 @@ impl Agent {
             publisher: publisher.clone(),
             handed_over: false,
             cluster_conf: Default::default(),
+            reload_owed: false,
         };
         let host = host::AgentHost {
             cfg: cfg.clone(),

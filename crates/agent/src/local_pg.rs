@@ -24,6 +24,8 @@ pub(crate) struct LocalPg {
     pub handed_over: bool,
     /// The cluster's parameters from the store, and the restarts they wait for.
     pub cluster_conf: ClusterConf,
+    /// The cluster's file changed and PostgreSQL has not been reloaded since.
+    pub reload_owed: bool,
 }
 
 impl LocalPg {
@@ -33,18 +35,19 @@ impl LocalPg {
         let now = now_ms();
         self.cluster_conf.update(text);
         match self.cluster_conf.write(&self.cfg, now) {
-            Ok(true) => {
-                if let Some(c) = &self.client {
-                    if let Err(e) = sql::reload_conf(c).await {
-                        warn!("reload after the cluster's parameters changed: {e:#}");
-                    }
-                }
-            }
-            Ok(false) => {}
+            Ok(changed) => self.reload_owed |= changed,
             Err(e) => warn!(
                 "write {}: {e:#}",
                 pgbaton_core::cluster_config::CLUSTER_FILE
             ),
+        }
+        // pg_ctl reload needs no connection (the first loop after the agent starts has
+        // none yet); owed until it succeeds, or until a start reads the file anyway.
+        if self.reload_owed && server::postmaster_pid(&self.cfg.data_dir).is_some() {
+            match server::reload(&self.bins, &self.cfg.data_dir).await {
+                Ok(()) => self.reload_owed = false,
+                Err(e) => warn!("reload after the cluster's parameters changed: {e:#}"),
+            }
         }
         if let Some(c) = &self.client {
             self.cluster_conf.check(c, now).await;
@@ -194,6 +197,7 @@ impl pgbaton_exec::Postgres for LocalPg {
         let log = self.cfg.log_file();
         server::start(&self.bins, &self.cfg.data_dir, &log, self.timeout()).await?;
         self.client = None;
+        self.reload_owed = false;
         self.cluster_conf.forget_server(now_ms());
         Ok(())
     }

@@ -213,6 +213,10 @@ impl Publisher {
             archive: r.archive,
             backup_server: backup_server_info(cfg),
             pending_restart: r.pending_restart.to_vec(),
+            capabilities: pgbaton_core::model::CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
             seen_ms: 0,
         }
     }

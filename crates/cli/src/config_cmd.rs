@@ -167,6 +167,17 @@ async fn edit(cfg: &ClientConfig, how: Edit, token_file: Option<PathBuf>) -> Res
     if let Some(why) = v["unreadable"].as_str() {
         eprintln!("warning: {why}");
     }
+    let cap = pgbaton_core::model::CAP_CLUSTER_CONFIG;
+    for old in view
+        .members
+        .iter()
+        .filter(|m| !m.capabilities.iter().any(|c| c == cap))
+    {
+        eprintln!(
+            "warning: {}'s agent is of an earlier version: it does not apply the cluster's config until it is upgraded",
+            old.name
+        );
+    }
     let new = new_contents(&record, &how)?;
     let token = api_token(cfg, token_file.as_deref())?;
     let body = |dry_run: bool| {

@@ -25,7 +25,21 @@ pub struct Plan {
     pub primary: Option<String>,
     /// The primary goes through a switchover rather than a restart in place.
     pub switchover: bool,
+    /// The primary restarts first, in place (`PRIMARY_FIRST`).
+    pub primary_first: bool,
 }
+
+/// Parameters a hot standby needs at least as high as its primary's: a standby restarted
+/// first with a lowered value refuses to start ("insufficient parameter settings"), while a
+/// standby left with a lower value than a restarted primary only pauses its replay until
+/// its own restart. So with one of these pending, the primary goes first, in place (a
+/// switchover would put a standby with the old value under a restarted one).
+const PRIMARY_FIRST: &[&str] = &[
+    "max_connections",
+    "max_worker_processes",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+];
 
 /// The plan for the cluster as `view` shows it. Refused while a member is not reporting
 /// (a restart would leave two down) or no member leads.
@@ -54,9 +68,15 @@ pub fn plan(view: &ClusterView, pending_only: bool, rolling: bool, now: u64) -> 
         .collect();
     let primary = Some(leader).filter(wanted).map(|m| m.name.clone());
     let has_standby = view.members.len() > 1;
+    let primary_first = view
+        .members
+        .iter()
+        .flat_map(|m| &m.pending_restart)
+        .any(|p| PRIMARY_FIRST.contains(&p.as_str()));
     Ok(Plan {
         standbys,
-        switchover: rolling && primary.is_some() && has_standby,
+        switchover: rolling && primary.is_some() && has_standby && !primary_first,
+        primary_first: primary_first && primary.is_some(),
         primary,
     })
 }
@@ -79,12 +99,24 @@ pub async fn run(
     }
     let limit = Duration::from_secs(o.timeout_s);
     let s = store.as_ref();
+    if let (true, Some(primary)) = (p.primary_first, &p.primary) {
+        before(s, primary, limit).await?;
+        step(
+            s,
+            OpKind::Restart {
+                member: primary.clone(),
+            },
+            o,
+        )
+        .await?;
+        after(s, primary, limit).await?;
+    }
     for m in &p.standbys {
         before(s, m, limit).await?;
         step(s, OpKind::Restart { member: m.clone() }, o).await?;
         after(s, m, limit).await?;
     }
-    if let Some(primary) = &p.primary {
+    if let Some(primary) = p.primary.as_ref().filter(|_| !p.primary_first) {
         before(s, primary, limit).await?;
         if p.switchover {
             let kind = operate::switchover_kind(cfg, None).await?;
@@ -132,7 +164,12 @@ pub async fn run(
 
 fn describe(p: &Plan) -> String {
     let mut parts: Vec<String> = p.standbys.clone();
-    if let Some(primary) = &p.primary {
+    if let (true, Some(primary)) = (p.primary_first, &p.primary) {
+        parts.insert(
+            0,
+            format!("{primary} (the primary first, in place: a hot standby needs these parameters at least as high as its primary's)"),
+        );
+    } else if let Some(primary) = &p.primary {
         parts.push(if p.switchover {
             format!("switchover from {primary} (which restarts it)")
         } else {
@@ -205,6 +242,20 @@ mod tests {
         assert!(!p.switchover);
         let none = plan(&view(&[]), true, false, now_ms()).unwrap();
         assert!(none.standbys.is_empty() && none.primary.is_none());
+    }
+
+    #[test]
+    fn max_connections_pending_restarts_the_primary_first_in_place() {
+        let mut v = view(&["n1", "n2", "n3"]);
+        v.members[2].pending_restart = vec!["max_connections".into()];
+        let p = plan(&v, true, true, now_ms()).unwrap();
+        assert!(p.primary_first && !p.switchover, "{p:?}");
+        assert_eq!(p.primary.as_deref(), Some("n2"));
+        assert!(
+            describe(&p).starts_with("n2 (the primary first"),
+            "{}",
+            describe(&p)
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ use pgbaton_core::ops;
 use pgbaton_store::{now_ms, read_view};
 
 /// How close to its time a scheduled operation can still be cancelled: an agent may be
-/// acting on it by then.
-const CANCEL_MARGIN_MS: u64 = 2_000;
+/// acting on it by then (by its own clock: the margin covers clocks a few seconds apart).
+const CANCEL_MARGIN_MS: u64 = 15_000;
 
 /// `--at`: `+30s`, `+10m`, `+2h`, `+1d` from now; `YYYY-MM-DD HH:MM[:SS]` in UTC; or an
 /// RFC 3339 time with its offset (`2026-12-24T03:00:00+01:00`). Wall-clock ms, in the future.
@@ -22,14 +22,15 @@ pub fn parse_at(s: &str, now_ms: u64) -> Result<u64> {
     let at = if let Some(rel) = s.strip_prefix('+') {
         let split = rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len());
         let n: u64 = rel[..split].parse().with_context(|| bad(s))?;
-        let unit = match &rel[split..] {
+        let unit: u64 = match &rel[split..] {
             "s" => 1_000,
             "m" | "min" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
             _ => bail!("{}", bad(s)),
         };
-        now_ms + n * unit
+        let later = n.checked_mul(unit).filter(|ms| *ms <= 366 * 86_400_000);
+        now_ms + later.with_context(|| format!("{}: at most a year ahead", bad(s)))?
     } else {
         absolute(s).map_err(|_| anyhow::anyhow!("{}", bad(s)))?
     };
@@ -79,7 +80,11 @@ fn absolute(s: &str) -> Result<u64> {
     }
     let offset = match rest {
         "" | "Z" | "z" => UtcOffset::UTC,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+        o if o.len() == 6
+            && o.is_ascii()
+            && (o.starts_with('+') || o.starts_with('-'))
+            && &o[3..4] == ":" =>
+        {
             let sign: i8 = if o.starts_with('-') { -1 } else { 1 };
             let (oh, om): (i8, i8) = (o[1..3].parse()?, o[4..6].parse()?);
             UtcOffset::from_hms(sign * oh, sign * om, 0)?
@@ -100,6 +105,18 @@ fn absolute(s: &str) -> Result<u64> {
 pub async fn post(cfg: &ClientConfig, kind: OpKind, at_ms: u64, json: bool) -> Result<()> {
     let store = open_store(cfg)?;
     let view = read_view(store.as_ref()).await?;
+    let cap = pgbaton_core::model::CAP_SCHEDULED_OPERATIONS;
+    if let Some(m) = view
+        .members
+        .iter()
+        .find(|m| !m.capabilities.iter().any(|c| c == cap))
+    {
+        bail!(
+            "{} refused: {}'s agent is of an earlier version, which would act on a scheduled operation at once: upgrade every member first",
+            kind.name(),
+            m.name
+        );
+    }
     let now = now_ms();
     ops::check(&kind, &ops::Snapshot::at(&view, now), false)
         .map_err(|why| anyhow::anyhow!("{} refused: {why}", kind.name()))?;
@@ -196,7 +213,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("in the past"));
-        for bad in ["+10", "+10y", "tomorrow", "+", "2026-13-01 00:00"] {
+        for bad in [
+            "+10",
+            "+10y",
+            "tomorrow",
+            "+",
+            "2026-13-01 00:00",
+            "2026-12-03 13:00+0é00",
+            "+99999999999999999d",
+            "+400d",
+        ] {
             assert!(parse_at(bad, now).is_err(), "{bad}");
         }
     }

@@ -304,7 +304,7 @@ pub fn to_document(c: &ClusterConfig) -> String {
         c.version
     );
     for (k, v) in &c.parameters {
-        s.push_str(&format!("{k} = {}\n", toml_value(v)));
+        s.push_str(&format!("{} = {}\n", toml_key(k), toml_value(v)));
     }
     for table in ["replication", "failover"] {
         let prefix = format!("{table}.");
@@ -326,7 +326,60 @@ pub fn to_document(c: &ClusterConfig) -> String {
 fn toml_value(v: &ParamValue) -> String {
     match v {
         ParamValue::Str(s) => toml::Value::String(s.clone()).to_string(),
+        // `1.0`, not `1`: read back as a float, not an integer (no change where none is).
+        ParamValue::Float(f) if f.fract() == 0.0 => format!("{f:.1}"),
         other => other.toml_literal(),
+    }
+}
+
+/// A parameter name as a TOML key: an extension's `ext.name` quoted, else it would read
+/// back as a table.
+fn toml_key(k: &str) -> String {
+    if k.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_string()
+    } else {
+        toml::Value::String(k.to_string()).to_string()
+    }
+}
+
+/// Parameters `pgbaton.conf` sets after the cluster's file (a cluster value would be
+/// overridden, so it is refused rather than silently ignored), with where to set them.
+const SET_AFTER_THE_CLUSTER: &[(&str, &str)] = &[
+    (
+        "hot_standby_feedback",
+        "a member's node.toml [postgresql.parameters]",
+    ),
+    (
+        "wal_retrieve_retry_interval",
+        "a member's node.toml [postgresql.parameters]",
+    ),
+    ("ssl", "[postgresql.tls] of each member's node.toml"),
+    (
+        "ssl_cert_file",
+        "[postgresql.tls] of each member's node.toml",
+    ),
+    (
+        "ssl_key_file",
+        "[postgresql.tls] of each member's node.toml",
+    ),
+    ("ssl_ca_file", "[postgresql.tls] of each member's node.toml"),
+    (
+        "ssl_min_protocol_version",
+        "a member's node.toml [postgresql.parameters]",
+    ),
+];
+
+fn check_cluster_wide(k: &str, v: &ParamValue) -> Result<(), ConfigError> {
+    check_parameter(k, v)?;
+    match SET_AFTER_THE_CLUSTER.iter().find(|(name, _)| *name == k) {
+        Some((_, instead)) => Err(ConfigError::new(
+            format!("postgresql.parameters.{k}"),
+            v.toml_literal(),
+            format!("a parameter pgbaton.conf does not set after the cluster's file (it sets {k} itself): set it in {instead}"),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -360,7 +413,7 @@ pub fn from_document(text: &str) -> Result<Contents, ConfigError> {
         )
     })?;
     for (k, v) in &doc.postgresql.parameters {
-        check_parameter(k, v)?;
+        check_cluster_wide(k, v)?;
     }
     let mut settings = BTreeMap::new();
     for (table, entries) in [("replication", doc.replication), ("failover", doc.failover)] {
@@ -387,7 +440,7 @@ pub fn check_all(
     eligible: usize,
 ) -> Result<Vec<(Change, Applies)>, ConfigError> {
     for (k, v) in &new.parameters {
-        check_parameter(k, v)?;
+        check_cluster_wide(k, v)?;
         catalogue.check(k, v)?;
     }
     for (k, v) in &new.settings {

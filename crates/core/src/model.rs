@@ -138,6 +138,12 @@ pub struct SlotInfo {
     pub retained_bytes: Option<u64>,
 }
 
+/// Agent capabilities a member's report lists (`MemberState::capabilities`).
+pub const CAP_CLUSTER_CONFIG: &str = "cluster-config";
+pub const CAP_SCHEDULED_OPERATIONS: &str = "scheduled-operations";
+/// Everything this version's agent understands.
+pub const CAPABILITIES: &[&str] = &[CAP_CLUSTER_CONFIG, CAP_SCHEDULED_OPERATIONS];
+
 /// What a member's agent publishes to the store (see `updated_ms`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemberState {
@@ -215,6 +221,11 @@ pub struct MemberState {
     /// (`pg_settings.pending_restart`): `pgbaton restart --pending` restarts such members.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_restart: Vec<String>,
+    /// What this member's agent understands that earlier versions did not
+    /// ([`CAPABILITIES`]): the CLI refuses what one member would get wrong (an older agent
+    /// acts on a scheduled operation at once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
 }
 
 /// Where a member's pgBackRest TLS server is: a standby on another host backs up through
@@ -362,6 +373,7 @@ impl MemberState {
             archive: None,
             backup_server: None,
             pending_restart: vec![],
+            capabilities: vec![],
         }
     }
 

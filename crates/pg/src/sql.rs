@@ -427,15 +427,6 @@ pub async fn pending_restart(client: &Client) -> Result<Vec<String>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Make PostgreSQL read its config files again (`pg_reload_conf()`: the postmaster and then
-/// every backend, asynchronously).
-pub async fn reload_conf(client: &Client) -> Result<()> {
-    client
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .context("pg_reload_conf()")
-}
-
 /// The server's catalogue of parameters, to check values against before they are stored.
 pub async fn catalogue(client: &Client) -> Result<pgbaton_core::cluster_config::Catalogue> {
     use pgbaton_core::cluster_config::{Catalogue, Setting, VarType};

@@ -461,6 +461,7 @@ fn member(name: &str, port: u16) -> MemberState {
         archive: None,
         backup_server: None,
         pending_restart: vec![],
+        capabilities: vec![],
     }
 }
 

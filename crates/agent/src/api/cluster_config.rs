@@ -108,12 +108,13 @@ pub(super) async fn put_config(
             ),
         );
     }
+    // Standbys that may be synchronous: not tagged nosync, the leader aside.
     let eligible = read(&st.shared).view.as_ref().map_or(0, |v| {
+        let leader = v.leader.as_ref().map(|l| l.member.as_str());
         v.members
             .iter()
-            .filter(|m| !m.nosync)
+            .filter(|m| !m.nosync && Some(m.name.as_str()) != leader)
             .count()
-            .saturating_sub(1)
     });
     // Settings in their own types (`"on"`, `2`), whatever the caller sent.
     let settings: Result<BTreeMap<String, ParamValue>, _> = req

@@ -68,6 +68,31 @@ fn edit_config_reloads_or_waits_for_a_rolling_restart_that_takes_one_member_at_a
     assert_eq!(pids, now, "a reloadable parameter restarted a member");
     assert!(members.iter().all(|m| pending(&c, m).is_empty()));
 
+    // An agent that was down when a change was made, over a pgbaton.conf an earlier version
+    // wrote (no include of the cluster's file): it adds the include and reloads at once,
+    // with no restart and no connection yet.
+    let n3_pg = c.postmaster_pid("n3");
+    kill9(c.agent_pid("n3").unwrap());
+    let conf = c.data_dir("n3").join("pgbaton.conf");
+    let old: String = std::fs::read_to_string(&conf)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("include_if_exists"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&conf, old).unwrap();
+    ok(&c.op(&["edit-config", "--set", "statement_timeout=5s", "--force"]));
+    assert!(c.up_again().status.success());
+    wait_for(
+        "n3 to apply the change made while its agent was down",
+        Duration::from_secs(30),
+        || show(&c, "n3", "statement_timeout") == "5s",
+    );
+    assert_eq!(c.postmaster_pid("n3"), n3_pg, "n3 was restarted");
+    assert!(std::fs::read_to_string(&conf)
+        .unwrap()
+        .starts_with("include_if_exists"));
+
     // Refused before anything is stored, naming the key, the value and why.
     for (set, says) in [
         ("shared_buffers=banana", "an integer with an optional unit"),
@@ -86,7 +111,7 @@ fn edit_config_reloads_or_waits_for_a_rolling_restart_that_takes_one_member_at_a
         &c.op(&["edit-config", "--set", "work_mem=32MB"]),
         &["--force"],
     );
-    assert_eq!(config_version(&c), 1, "a refused change was stored");
+    assert_eq!(config_version(&c), 2, "a refused change was stored");
 
     // An editor who read version 0 loses to the change made since, and says so.
     let token = std::fs::read_to_string(c.dir.join("api.token")).unwrap();
@@ -99,11 +124,11 @@ fn edit_config_reloads_or_waits_for_a_rolling_restart_that_takes_one_member_at_a
             ("Authorization", &bearer),
             ("Content-Type", "application/json"),
         ],
-        r#"{"version": 0, "parameters": {"work_mem": "8MB"}}"#,
+        r#"{"version": 1, "parameters": {"work_mem": "8MB"}}"#,
     );
     assert_eq!(s, 409, "{body}");
     assert!(body.contains("changed since it was read"), "{body}");
-    assert_eq!(config_version(&c), 1);
+    assert_eq!(config_version(&c), 2);
     assert_eq!(show(&c, "n2", "work_mem"), "64MB");
 
     // A parameter only a restart applies: every member says so, in list, /member and metrics.
@@ -244,7 +269,7 @@ fn edit_config_reloads_or_waits_for_a_rolling_restart_that_takes_one_member_at_a
 
     let h = ok(&c.cmd(&["history"]));
     assert!(
-        h.contains("version 2 by") && h.contains("shared_buffers = '256MB' [restart]"),
+        h.contains("version 3 by") && h.contains("shared_buffers = '256MB' [restart]"),
         "{h}"
     );
 }
@@ -254,40 +279,52 @@ fn a_scheduled_switchover_happens_at_its_time_with_no_cli_and_a_cancelled_one_ne
     let c = Cluster::up(2);
     c.wait_healthy(Duration::from_secs(60));
 
-    let t = ok(&c.op(&["switchover", "--at", "+4s"]));
+    // Scheduled, then cancelled (more than 15 s before its time, the margin for clocks).
+    let t = ok(&c.op(&["switchover", "--at", "+18s"]));
     assert!(t.contains("Scheduled: switchover n1 -> n2 at"), "{t}");
+    let cancelled_at = c.list()["scheduled"]["not_before_ms"].as_u64().unwrap();
     assert!(ok(&c.cmd(&["list"])).contains("Scheduled: switchover n1 -> n2"));
     failed(
         &c.op(&["restart", "n2", "--at", "+1m"]),
         &["is scheduled for", "pgbaton cancel"],
     );
     assert!(ok(&c.cmd(&["cancel"])).contains("Cancelled: switchover n1 -> n2"));
-    std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(c.list()["leader"], "n1", "a cancelled switchover happened");
     assert!(ok(&c.cmd(&["history"])).contains("cancelled"));
 
+    // Another, carried out at its time with no CLI running.
     let t = ok(&c.op(&["switchover", "--at", "+3s"]));
     assert!(t.contains("Scheduled"), "{t}");
     let at = c.list()["scheduled"]["not_before_ms"].as_u64().unwrap();
-    let done = || -> Option<serde_json::Value> {
-        let h: serde_json::Value =
-            serde_json::from_str(&stdout_or_err(&c.cmd(&["history", "--json"])).ok()?).ok()?;
-        h.as_array()?
-            .iter()
-            .rev()
-            .find(|e| e["operation"] == "switchover" && e["result"] == "done")
-            .cloned()
+    let done = || -> Vec<serde_json::Value> {
+        let Ok(out) = stdout_or_err(&c.cmd(&["history", "--json"])) else {
+            return vec![];
+        };
+        let h: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        h.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|e| e["operation"] == "switchover" && e["result"] == "done")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     wait_for(
         "the scheduled switchover to be done",
         Duration::from_secs(40),
-        || done().is_some(),
+        || !done().is_empty(),
     );
     assert_eq!(c.list()["leader"], "n2");
-    let done = done().unwrap();
+    let first = done()[0].clone();
     assert!(
-        done["time_ms"].as_u64().unwrap() >= at,
-        "it ran before its time: {done}"
+        first["time_ms"].as_u64().unwrap() >= at,
+        "it ran before its time: {first}"
     );
     wait_rejoined(&c, "n1", "n2");
+
+    // The cancelled one's time passes: nothing happens.
+    let wait = (cancelled_at + 2_000).saturating_sub(pgbaton_store::now_ms());
+    std::thread::sleep(Duration::from_millis(wait));
+    assert_eq!(c.list()["leader"], "n2", "a cancelled switchover happened");
+    assert_eq!(done().len(), 1, "a cancelled switchover happened");
 }

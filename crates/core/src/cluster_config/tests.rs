@@ -183,6 +183,9 @@ fn settings_pgbaton_owns_are_refused_with_the_key_to_use() {
     let new = params(&[("port", s("5433"))]);
     let e = check_all(&c, &none, &new, &node(), 2).unwrap_err();
     assert!(e.expected.contains("postgresql.port"), "{e}");
+    let new = params(&[("hot_standby_feedback", s("off"))]);
+    let e = check_all(&c, &none, &new, &node(), 2).unwrap_err();
+    assert!(e.expected.contains("node.toml"), "{e}");
     let new = params(&[("synchronous_standby_names", s("*"))]);
     let e = check_all(&c, &none, &new, &node(), 2).unwrap_err();
     assert!(e.expected.contains("replication.synchronous"), "{e}");
@@ -230,6 +233,8 @@ fn the_record_and_the_editors_document_round_trip() {
         ("autovacuum", ParamValue::Bool(false)),
         ("random_page_cost", ParamValue::Float(1.1)),
         ("search_path", s("'it''s', public")),
+        ("pg_stat_statements.max", ParamValue::Int(1000)),
+        ("seq_page_cost", ParamValue::Float(1.0)),
     ]);
     contents.set("replication.synchronous=quorum").unwrap();
     contents.set("failover.max_lag_bytes=0").unwrap();

@@ -357,7 +357,11 @@ pub(super) fn holding_op(view: &ClusterView, now_ms: u64) -> Option<&Operation> 
     // old primary's rejoin): a new primary lost right after it is replaced as usual
     // (pinned simulator test `a_switchover_target_lost_after_promoting_is_replaced`).
     in_flight(view, now_ms).filter(|op| {
+        // A scheduled request nobody has acted on yet holds nothing: its primary may have
+        // died before its time, and only a leader ends it (`refused_at_its_time`).
+        let untouched_schedule = op.phase == OpPhase::Requested && op.not_before_ms.is_some();
         matches!(op.kind, OpKind::Promote { .. } | OpKind::Switchover { .. })
+            && !untouched_schedule
             && op.phase != OpPhase::Promoted
             && now_ms.saturating_sub(op.since_ms()) <= SWITCHOVER_TIMEOUT_MS + 10_000
     })

@@ -815,6 +815,22 @@ fn standby_at(name: &str, lsn: u64) -> LocalView {
 }
 
 #[test]
+fn a_scheduled_switchover_whose_primary_died_before_its_time_holds_no_failover_back() {
+    let so = OpKind::Switchover {
+        from: "n1".into(),
+        to: "n3".into(),
+    };
+    let mut v = with_op(after_primary_loss(1000, 1000, 900), so, OpPhase::Requested);
+    v.op.as_mut().unwrap().not_before_ms = Some(NOW - 500);
+    let a = decide(&v, &standby_at("n2", 1000), NOW);
+    assert_eq!(a, [Action::AcquireLease, Action::Promote]);
+    // The same request once acted on (its primary stopped for it) holds failover back.
+    v.op.as_mut().unwrap().phase = OpPhase::Demoted;
+    let a = decide(&v, &standby_at("n2", 1000), NOW);
+    assert!(!a.contains(&Action::AcquireLease), "{a:?}");
+}
+
+#[test]
 fn the_most_advanced_standby_takes_the_expired_lease_and_promotes() {
     let v = after_primary_loss(1000, 1000, 900);
     let a = decide(&v, &standby_at("n2", 1000), NOW);
