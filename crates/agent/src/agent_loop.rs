@@ -256,7 +256,6 @@ impl Agent {
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
             sh.replay_lag_ms = self.exec.pg.probe.as_ref().and_then(|p| p.replay_lag_ms);
-            sh.catalogue = self.exec.pg.cluster_conf.catalogue.clone();
             sh.view = Some(view.clone());
             if let Some(t) = sh.last_loop {
                 sh.last_loop_duration = t.elapsed();

@@ -9,12 +9,11 @@
 //! member that starts (or joins the cluster) starts with the cluster's parameters rather
 //! than restarting for them.
 
-use pgbaton_core::cluster_config::{self, Catalogue, ClusterConfig, CLUSTER_FILE};
+use pgbaton_core::cluster_config::{self, ClusterConfig, CLUSTER_FILE};
 use pgbaton_core::config::NodeConfig;
 use pgbaton_core::config::ParamValue;
 use pgbaton_pg::{files, sql};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -33,9 +32,6 @@ pub(crate) struct ClusterConf {
     next_check_ms: u64,
     /// The parameters that wait for a restart, as PostgreSQL last said.
     pub(crate) pending_restart: Vec<String>,
-    /// The running server's `pg_settings` (read once per start: a restart may load
-    /// extensions and their parameters).
-    pub(crate) catalogue: Option<Arc<Catalogue>>,
     /// pgbaton's own settings the record holds (they win over node.toml's).
     pub(crate) settings: BTreeMap<String, ParamValue>,
 }
@@ -104,18 +100,11 @@ impl ClusterConf {
     /// PostgreSQL stopped or started: what it said of itself no longer holds.
     pub(crate) fn forget_server(&mut self, now_ms: u64) {
         self.pending_restart.clear();
-        self.catalogue = None;
         self.recheck(now_ms);
     }
 
-    /// Read `pending_restart` when a read is due, and the catalogue when missing.
+    /// Read `pending_restart` when a read is due.
     pub(crate) async fn check(&mut self, client: &tokio_postgres::Client, now_ms: u64) {
-        if self.catalogue.is_none() {
-            match sql::catalogue(client).await {
-                Ok(c) => self.catalogue = Some(Arc::new(c)),
-                Err(e) => warn!("{e:#}"),
-            }
-        }
         if now_ms < self.next_check_ms {
             return;
         }

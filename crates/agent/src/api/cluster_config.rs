@@ -5,8 +5,8 @@
 //! version the editor read: 400 names the key, the value and why, 409 says someone changed
 //! it first, and nothing is stored in either case. `"dry_run": true` checks only.
 //!
-//! The catalogue is the loop's copy of `pg_settings` (read once per connection): the
-//! handler does no PostgreSQL IO.
+//! The catalogue is read from the local PostgreSQL for each change, on a connection of its
+//! own, within 5 s.
 
 use super::*;
 use pgbaton_core::cluster_config::{self, Applies, ClusterConfig};
@@ -29,6 +29,16 @@ struct PutRequest {
     by: Option<String>,
     #[serde(default)]
     dry_run: bool,
+}
+
+/// How long a change waits for the local PostgreSQL's catalogue.
+const CATALOGUE_LIMIT: Duration = Duration::from_secs(5);
+
+/// The running server's `pg_settings`, on a connection of its own (read for each change, so
+/// an extension loaded since counts; nothing kept in memory between changes).
+async fn catalogue(cfg: &NodeConfig) -> anyhow::Result<cluster_config::Catalogue> {
+    let client = pgbaton_pg::sql::connect(cfg, "postgres").await?;
+    pgbaton_pg::sql::catalogue(&client).await
 }
 
 /// The record as stored (`None`: none), and its text for the compare-and-set. A record
@@ -86,14 +96,27 @@ pub(super) async fn put_config(
             )
         }
     };
-    let Some(catalogue) = read(&st.shared).catalogue.clone() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "{}'s PostgreSQL is not running, so the values cannot be checked against it: send the change to another member's agent (the primary's)",
-                st.cfg.name
-            ),
-        );
+    let catalogue = match tokio::time::timeout(CATALOGUE_LIMIT, catalogue(&st.cfg)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{}'s PostgreSQL cannot be asked for its parameters ({e:#}), so the values cannot be checked: send the change to another member's agent (the primary's)",
+                    st.cfg.name
+                ),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{}'s PostgreSQL did not list its parameters within {} s: send the change to another member's agent",
+                    st.cfg.name,
+                    CATALOGUE_LIMIT.as_secs()
+                ),
+            )
+        }
     };
     let (record, text) = match current(&st).await {
         Ok(c) => c,

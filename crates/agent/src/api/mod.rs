@@ -12,9 +12,10 @@
 //!   400 for a malformed body, 401 without valid credentials.
 //! - `/metrics` (Prometheus text format) and the status page at `/`.
 //!
-//! Architecture invariant: no handler does PostgreSQL IO or blocks on the loop; the health
-//! endpoints answer from the loop's last snapshot, so a slow PostgreSQL cannot make the API
-//! hang (a stale snapshot fails `/liveness`).
+//! Architecture invariant: no handler blocks on the loop, and none but `PUT
+//! /cluster-config` does PostgreSQL IO (a connection of its own to read `pg_settings`,
+//! bounded by 5 s); the health endpoints answer from the loop's last snapshot, so a slow
+//! PostgreSQL cannot make the API hang (a stale snapshot fails `/liveness`).
 
 mod backup;
 mod cluster_config;
@@ -65,9 +66,6 @@ pub struct Shared {
     /// other member confirmed.
     pub failsafe_rounds: u64,
     pub failsafe_confirmed: u64,
-    /// The running PostgreSQL's `pg_settings`, for `PUT /cluster-config` (none while it
-    /// does not answer).
-    pub catalogue: Option<Arc<pgbaton_core::cluster_config::Catalogue>>,
 }
 
 pub type SharedState = Arc<RwLock<Shared>>;
