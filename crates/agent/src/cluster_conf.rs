@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// After a change or a start, pending restarts are read every loop this long (a reload
-/// reaches the backends asynchronously); otherwise every `SLOW_CHECK`.
+/// After a change, pending restarts are read every loop this long (a reload reaches the
+/// backends asynchronously); otherwise every `SLOW_CHECK`.
 const FAST_CHECK: Duration = Duration::from_secs(10);
 const SLOW_CHECK: Duration = Duration::from_secs(30);
 
@@ -91,16 +91,18 @@ impl ClusterConf {
         Ok(changed)
     }
 
-    /// Read pending restarts every loop for a while (after a change, or a start).
+    /// Read pending restarts every loop for a while (after a change).
     pub(crate) fn recheck(&mut self, now_ms: u64) {
         self.fast_until_ms = now_ms + FAST_CHECK.as_millis() as u64;
         self.next_check_ms = 0;
     }
 
-    /// PostgreSQL stopped or started: what it said of itself no longer holds.
-    pub(crate) fn forget_server(&mut self, now_ms: u64) {
+    /// PostgreSQL stopped or started: what it said of itself no longer holds. A fresh start
+    /// has nothing pending unless the files changed during it: one read at the next loop
+    /// (not a loop-by-loop window, which costs an idle agent its CPU).
+    pub(crate) fn forget_server(&mut self) {
         self.pending_restart.clear();
-        self.recheck(now_ms);
+        self.next_check_ms = 0;
     }
 
     /// Read `pending_restart` when a read is due.

@@ -198,14 +198,14 @@ impl pgbaton_exec::Postgres for LocalPg {
         server::start(&self.bins, &self.cfg.data_dir, &log, self.timeout()).await?;
         self.client = None;
         self.reload_owed = false;
-        self.cluster_conf.forget_server(now_ms());
+        self.cluster_conf.forget_server();
         Ok(())
     }
 
     async fn stop(&mut self) -> Result<()> {
         self.client = None;
         self.probe = None;
-        self.cluster_conf.forget_server(now_ms());
+        self.cluster_conf.forget_server();
         server::stop(&self.bins, &self.cfg.data_dir, self.timeout()).await
     }
 
