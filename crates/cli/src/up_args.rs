@@ -76,50 +76,32 @@ pub struct UpArgs {
 
 impl UpArgs {
     pub fn options(self) -> Result<local::UpOptions> {
-        let UpArgs {
-            dir,
-            nodes,
-            port_base,
-            cluster,
-            databases,
-            archive,
-            backup,
-            synchronous,
-            synchronous_node_count,
-            timeout,
-            orphan_slot_grace,
-            etcd,
-            etcd_ca_file,
-            etcd_cert_file,
-            etcd_key_file,
-            etcd_user,
-            etcd_password_file,
-            tls: _,
-            no_tls,
-        } = self;
+        // --tls is the default: the flag is kept for scripts that say it.
+        let _ = self.tls;
+        // Absolute: pgbaton.toml names them, and it is read from anywhere.
+        let absolute = |p: Option<PathBuf>| p.map(std::path::absolute).transpose();
         Ok(local::UpOptions {
-            dir,
-            nodes,
-            port_base,
-            cluster,
-            databases,
-            archive,
-            backup,
-            restore: None,
-            synchronous,
-            synchronous_node_count,
-            timeout_s: timeout,
-            orphan_slot_grace_s: orphan_slot_grace,
-            etcd,
-            // Absolute: pgbaton.toml names them, and it is read from anywhere.
             etcd_access: pgbaton_core::config::EtcdAccess {
-                ca_file: etcd_ca_file.map(std::path::absolute).transpose()?,
-                cert_file: etcd_cert_file.map(std::path::absolute).transpose()?,
-                key_file: etcd_key_file.map(std::path::absolute).transpose()?,
-                username: etcd_user,
-                password_file: etcd_password_file.map(std::path::absolute).transpose()?,
+                ca_file: absolute(self.etcd_ca_file)?,
+                cert_file: absolute(self.etcd_cert_file)?,
+                key_file: absolute(self.etcd_key_file)?,
+                username: self.etcd_user,
+                password_file: absolute(self.etcd_password_file)?,
             },
-            tls: !no_tls,
+            dir: self.dir,
+            nodes: self.nodes,
+            port_base: self.port_base,
+            cluster: self.cluster,
+            databases: self.databases,
+            archive: self.archive,
+            backup: self.backup,
+            restore: None,
+            synchronous: self.synchronous,
+            synchronous_node_count: self.synchronous_node_count,
+            timeout_s: self.timeout,
+            orphan_slot_grace_s: self.orphan_slot_grace,
+            etcd: self.etcd,
+            tls: !self.no_tls,
         })
     }
 }
