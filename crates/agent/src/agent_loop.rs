@@ -37,7 +37,6 @@ impl Agent {
             _ => None,
         };
         self.exec.pg.write_pgpass()?;
-        let interval = Duration::from_millis(self.cfg.timing.loop_interval_ms);
         tokio::pin!(shutdown);
         let result = loop {
             let started = Instant::now();
@@ -74,15 +73,16 @@ impl Agent {
             // 10 Hz while an operation is in flight or the lease just went (see
             // `loop_pace_ms`): a switchover candidate notices the old primary's clean stop at
             // once, a failover candidate the reports it waits for.
+            let t = host::timing(&self.shared);
             let pace = match &self.shared.read().unwrap_or_else(|e| e.into_inner()).view {
                 Some(view) => Duration::from_millis(pgbaton_core::memory::loop_pace_ms(
                     view,
                     &self.exec.mem,
                     now_ms(),
-                    self.cfg.timing.loop_interval_ms,
-                    self.cfg.timing.ttl_ms,
+                    t.loop_interval_ms,
+                    t.ttl_ms,
                 )),
-                None => interval,
+                None => Duration::from_millis(t.loop_interval_ms),
             };
             let mut pause = pace.saturating_sub(started.elapsed());
             // Another member's lease that runs out before the next loop: wake just after it
@@ -176,6 +176,7 @@ impl Agent {
             .pg
             .apply_cluster_conf(view.config_text.as_deref())
             .await;
+        self.apply_timing();
         self.refuse_slot_collision(&view)?;
         {
             let mut sh = self.shared.write().unwrap_or_else(|e| e.into_inner());
@@ -350,7 +351,7 @@ impl Agent {
     }
 
     fn handed_over(&self) -> bool {
-        let timeout = self.cfg.timing.primary_restart_timeout_ms;
+        let timeout = host::timing(&self.shared).primary_restart_timeout_ms;
         self.exec.mem.handed_over(now_ms(), timeout)
     }
 

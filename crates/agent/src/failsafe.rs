@@ -21,7 +21,7 @@ impl Agent {
     /// to take the lease. Returns the read and whether a round ran.
     pub(crate) async fn read_view_or_failsafe(&mut self) -> (Result<ClusterView>, bool) {
         let store = self.store.clone();
-        let limit = store_timeout(&self.cfg);
+        let limit = store_timeout(host::timing(&self.shared).loop_interval_ms);
         let read = async move {
             match tokio::time::timeout(limit, pgbaton_store::read_view(&*store)).await {
                 Ok(r) => r.context(READ_WHAT),
@@ -99,11 +99,13 @@ impl Agent {
         }
         let t0 = Instant::now();
         let http = self.http.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let (n, refused) = ask_members(&self.cfg, &view, &http, &self.auth).await;
-        let confirmed = refused.is_empty();
+        let round = ask_members(&self.cfg, &view, &http, &self.auth).await;
+        let (n, confirmed) = (round.asked, round.refused.is_empty());
         count_round(&self.shared, confirmed);
+        let refused = &round.refused;
         if confirmed {
-            match pgbaton_exec::Host::arm(&mut self.exec.host, t0) {
+            let ttl_ms = round.binding_ms(host::timing(&self.shared).ttl_ms);
+            match pgbaton_exec::Host::arm(&mut self.exec.host, t0, ttl_ms) {
                 Ok(()) => {
                     let msg = format!(
                         "failsafe: {cause}; all {n} other members confirm this primary, so it keeps serving"
@@ -144,14 +146,36 @@ fn count_round(shared: &api::SharedState, confirmed: bool) {
     sh.failsafe_confirmed += confirmed as u64;
 }
 
-/// Ask every other member of `view` to confirm this member as the live primary: how many
-/// were asked, and why each that did not confirm did not.
+/// What a failsafe round's question got.
+pub(crate) struct Round {
+    /// How many members were asked.
+    pub asked: usize,
+    /// Why each member that did not confirm did not.
+    pub refused: Vec<String>,
+    /// The shortest promise a confirming member gave (`promise_ms`; absent from an agent of
+    /// an earlier version, which promised for its TTL, taken to be this member's).
+    pub shortest_promise_ms: Option<u64>,
+}
+
+impl Round {
+    /// How long from the round's start its confirmations hold the lease for this primary:
+    /// its own TTL, or less when a member promised less (TTLs differ while a change of the
+    /// cluster's timing spreads, or between node.toml files). Pinned simulator test
+    /// `a_failsafe_round_outlives_a_shorter_promise`: a fence extended by the primary's own
+    /// TTL outlived a member's promise, which then took the lease: two writers.
+    pub(crate) fn binding_ms(&self, own_ttl_ms: u64) -> u64 {
+        self.shortest_promise_ms
+            .map_or(own_ttl_ms, |p| p.min(own_ttl_ms))
+    }
+}
+
+/// Ask every other member of `view` to confirm this member as the live primary.
 async fn ask_members(
     cfg: &NodeConfig,
     view: &ClusterView,
     http: &reqwest::Client,
     auth: &api::Auth,
-) -> (usize, Vec<String>) {
+) -> Round {
     let me = cfg.name.clone();
     let mut asks = tokio::task::JoinSet::new();
     for m in view.members.iter().filter(|m| m.name != me) {
@@ -169,6 +193,7 @@ async fn ask_members(
             let r = req.send().await;
             let ok = r.as_ref().is_ok_and(|r| r.status().is_success());
             let why = match r {
+                Ok(r) if ok => return (name, Ok(promise_of(r).await)),
                 Ok(r) => format!("answered {}", r.status()),
                 Err(e) => {
                     let text = format!("{:#}", anyhow::Error::from(e));
@@ -178,20 +203,32 @@ async fn ask_members(
                     )
                 }
             };
-            (name, ok, why)
+            (name, Err(why))
         });
     }
-    let mut refused = vec![];
-    let mut n = 0;
+    let mut round = Round {
+        asked: 0,
+        refused: vec![],
+        shortest_promise_ms: None,
+    };
     while let Some(r) = asks.join_next().await {
-        n += 1;
+        round.asked += 1;
         match r {
-            Ok((_, true, _)) => {}
-            Ok((name, false, why)) => refused.push(format!("{name} {why}")),
-            Err(e) => refused.push(format!("a check failed: {e}")),
+            Ok((_, Ok(Some(p)))) => {
+                round.shortest_promise_ms = Some(round.shortest_promise_ms.map_or(p, |s| s.min(p)))
+            }
+            Ok((_, Ok(None))) => {}
+            Ok((name, Err(why))) => round.refused.push(format!("{name} {why}")),
+            Err(e) => round.refused.push(format!("a check failed: {e}")),
         }
     }
-    (n, refused)
+    round
+}
+
+/// The `promise_ms` of a confirmation (none from an agent of an earlier version).
+async fn promise_of(r: reqwest::Response) -> Option<u64> {
+    let body: serde_json::Value = r.json().await.ok()?;
+    body.get("promise_ms")?.as_u64()
 }
 
 /// What the failsafe keeper needs, shared with the loop.
@@ -213,23 +250,20 @@ impl Keeper {
     /// primary during an etcd freeze, twice). A round extends the fence only while the loop
     /// still has it armed and leads (checked under the shared lock the loop's disarm takes).
     pub(crate) async fn run(self) {
-        let window = Duration::from_millis(
-            self.cfg
-                .timing
-                .ttl_ms
-                .saturating_sub(self.cfg.timing.fence_margin_ms),
-        );
-        let tick = Duration::from_millis((self.cfg.timing.loop_interval_ms / 5).clamp(20, 200));
-        // Asleep until a round could be due, not on every tick: an idle primary renews long
-        // before then, and each wake-up costs a healthy agent CPU. Never longer than a
-        // quarter of the window, so a deadline armed while asleep is looked at in time.
-        let longest = Duration::from_millis(self.cfg.timing.loop_interval_ms)
-            .min(window / 4)
-            .max(tick);
-        let mut pause = tick;
+        let mut pause = Duration::from_millis(20);
         let mut told = false;
         loop {
             tokio::time::sleep(pause).await;
+            // The timing the agent runs with now (the cluster's config may change it).
+            let t = host::timing(&self.shared);
+            let window = Duration::from_millis(t.ttl_ms.saturating_sub(t.fence_margin_ms));
+            let tick = Duration::from_millis((t.loop_interval_ms / 5).clamp(20, 200));
+            // Asleep until a round could be due, not on every tick: an idle primary renews
+            // long before then, and each wake-up costs a healthy agent CPU. Never longer than
+            // a quarter of the window, so a deadline armed while asleep is looked at in time.
+            let longest = Duration::from_millis(t.loop_interval_ms)
+                .min(window / 4)
+                .max(tick);
             pause = {
                 let sh = self.shared.read().unwrap_or_else(|e| e.into_inner());
                 sh.fence_deadline
@@ -259,22 +293,24 @@ impl Keeper {
             }
             let t0 = Instant::now();
             let http = self.http.read().unwrap_or_else(|e| e.into_inner()).clone();
-            let (n, refused) = ask_members(&self.cfg, &view, &http, &self.auth).await;
-            count_round(&self.shared, refused.is_empty());
-            if !refused.is_empty() {
+            let round = ask_members(&self.cfg, &view, &http, &self.auth).await;
+            count_round(&self.shared, round.refused.is_empty());
+            if !round.refused.is_empty() {
                 info!(
                     "failsafe: the lease has not been renewed for {} ms and not every member \
                      confirms this primary ({})",
                     (window / 2).as_millis(),
-                    refused.join("; ")
+                    round.refused.join("; ")
                 );
                 continue;
             }
-            if self.extend(t0 + window) && !told {
+            let binding = round.binding_ms(t.ttl_ms).saturating_sub(t.fence_margin_ms);
+            if self.extend(t0 + Duration::from_millis(binding)) && !told {
                 warn!(
-                    "failsafe: the lease has not been renewed for {} ms; all {n} other members \
+                    "failsafe: the lease has not been renewed for {} ms; all {} other members \
                      confirm this primary, so it keeps serving",
-                    (window / 2).as_millis()
+                    (window / 2).as_millis(),
+                    round.asked
                 );
                 told = true;
             }
@@ -303,18 +339,25 @@ mod tests {
     use super::*;
     use crate::watchdog::tests::fake_instance;
     use pgbaton_core::model::{MemberState, MemberStatus, Role};
-    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
-    /// A member's API that answers /failsafe with the status in `code` (200 confirms).
-    async fn member_api(code: Arc<AtomicU16>) -> String {
+    /// A member's API that answers /failsafe with the status in `code` (200 confirms) and,
+    /// when `promise_ms` is not 0, the promise's length as an agent of this version does.
+    async fn member_api(code: Arc<AtomicU16>, promise_ms: Arc<AtomicU64>) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = axum::Router::new().route(
             "/failsafe",
             axum::routing::post(move || {
-                let code = code.clone();
+                let (code, promise_ms) = (code.clone(), promise_ms.clone());
                 async move {
-                    axum::http::StatusCode::from_u16(code.load(Ordering::SeqCst)).unwrap()
+                    let status =
+                        axum::http::StatusCode::from_u16(code.load(Ordering::SeqCst)).unwrap();
+                    let body = match promise_ms.load(Ordering::SeqCst) {
+                        0 => serde_json::json!({}),
+                        p => serde_json::json!({ "promise_ms": p }),
+                    };
+                    (status, axum::Json(body))
                 }
             }),
         );
@@ -323,7 +366,8 @@ mod tests {
     }
 
     /// The keeper extends an armed fence when every member confirms, and only then: not
-    /// when one refuses, not when this member does not lead.
+    /// when one refuses, not when this member does not lead. A confirmation extends it by
+    /// the shortest promise a member gave, not by this member's TTL.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_keeper_extends_the_fence_only_when_confirmed_and_leading() {
         let scratch = tempfile::tempdir().unwrap();
@@ -339,10 +383,18 @@ mod tests {
             .unwrap(),
         );
         let code = Arc::new(AtomicU16::new(200));
+        // n3 promises for 1.2 s only (another TTL in its node.toml); n2 as an earlier
+        // version does (no promise_ms: taken to be this member's TTL, 2.5 s).
+        let short = Arc::new(AtomicU64::new(1200));
         let mut members = vec![];
         for name in ["n1", "n2", "n3"] {
             let mut m = MemberState::sample(name, Role::Standby, MemberStatus::Streaming, 0);
-            m.api_url = member_api(code.clone()).await;
+            let promise = if name == "n3" {
+                short.clone()
+            } else {
+                Arc::default()
+            };
+            m.api_url = member_api(code.clone(), promise).await;
             members.push(m);
         }
         let shared: api::SharedState = Arc::default();
@@ -397,6 +449,13 @@ mod tests {
         };
         until("the fence extended", &|| armed().is_some_and(|d| d > first));
         assert_eq!(shared.read().unwrap().fence_deadline, armed());
+        // By n3's 1.2 s less the 500 ms margin from the round's start, not 2 s.
+        let extended = armed().unwrap();
+        assert!(
+            extended <= Instant::now() + Duration::from_millis(700),
+            "the fence was extended past the shortest promise: {:?} from now",
+            extended.saturating_duration_since(Instant::now())
+        );
         // One member refuses: nothing is extended any more.
         code.store(409, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(300));

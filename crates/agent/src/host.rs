@@ -27,8 +27,8 @@ impl pgbaton_exec::Host for AgentHost {
         Instant::now()
     }
 
-    fn arm(&mut self, t0: Instant) -> Result<()> {
-        arm_watchdog(self.watchdog.as_ref(), &self.shared, &self.cfg, t0)
+    fn arm(&mut self, t0: Instant, ttl_ms: u64) -> Result<()> {
+        arm_watchdog(self.watchdog.as_ref(), &self.shared, &self.cfg, t0, ttl_ms)
     }
 
     fn disarm(&mut self) {
@@ -81,7 +81,8 @@ impl pgbaton_exec::Host for AgentHost {
         message: Option<&str>,
         mem: &pgbaton_core::memory::Memory,
     ) {
-        let handed_over = mem.handed_over(now_ms(), self.cfg.timing.primary_restart_timeout_ms);
+        let timeout = timing(&self.shared).primary_restart_timeout_ms;
+        let handed_over = mem.handed_over(now_ms(), timeout);
         if let Err(e) = self
             .publisher
             .status(status, None, message, handed_over)
@@ -101,17 +102,16 @@ fn keeper(
     shared: api::SharedState,
     cfg: Arc<NodeConfig>,
 ) -> KeeperGuard {
-    let limit = store_timeout(&cfg);
     let task = tokio::spawn(async move {
-        let every = Duration::from_millis(cfg.timing.loop_interval_ms);
         loop {
-            tokio::time::sleep(every).await;
+            // The loop, which alone changes the timing, waits for this long step.
+            let t = timing(&shared);
+            let limit = store_timeout(t.loop_interval_ms);
+            tokio::time::sleep(Duration::from_millis(t.loop_interval_ms)).await;
             let t0 = Instant::now();
-            match tokio::time::timeout(limit, store.leader_renew(&cfg.name, cfg.timing.ttl_ms))
-                .await
-            {
+            match tokio::time::timeout(limit, store.leader_renew(&cfg.name, t.ttl_ms)).await {
                 Ok(Ok(true)) => {
-                    if let Err(e) = arm_watchdog(watchdog.as_ref(), &shared, &cfg, t0) {
+                    if let Err(e) = arm_watchdog(watchdog.as_ref(), &shared, &cfg, t0, t.ttl_ms) {
                         error!("{e:#}");
                         return;
                     }
@@ -139,19 +139,28 @@ impl Drop for KeeperGuard {
     }
 }
 
-/// A renewal (or acquisition, or a failsafe round) that started at `t0` succeeded: the
-/// watchdog fences at `t0 + ttl - fence_margin` unless armed again before. Without a live
-/// fence PostgreSQL is ended and the error says the agent must exit.
+/// The timing the agent runs with now (`api::Shared::timing`).
+pub(crate) fn timing(shared: &api::SharedState) -> pgbaton_core::config::TimingConfig {
+    shared.read().unwrap_or_else(|e| e.into_inner()).timing
+}
+
+/// A renewal (or acquisition, or a failsafe round) that started at `t0` and held the lease
+/// for `ttl_ms` (the TTL asked of the store, or the shortest failsafe promise) succeeded:
+/// the watchdog fences at `t0 + ttl_ms - fence_margin` unless armed again before. Without
+/// a live fence PostgreSQL is ended and the error says the agent must exit.
 pub(crate) fn arm_watchdog(
     watchdog: Option<&SharedWatchdog>,
     shared: &api::SharedState,
     cfg: &NodeConfig,
     t0: Instant,
+    ttl_ms: u64,
 ) -> Result<()> {
     let Some(w) = watchdog else { return Ok(()) };
-    let window =
-        Duration::from_millis(cfg.timing.ttl_ms.saturating_sub(cfg.timing.fence_margin_ms));
-    let deadline = t0 + window;
+    let margin = timing(shared).fence_margin_ms;
+    // The timing is held to the fence rule before it is run with (node.toml's at load,
+    // the cluster's in `own::timing`); a failsafe promise shorter than the margin (members
+    // with other node.toml TTLs) leaves no window, and fences at once: the safe way.
+    let deadline = t0 + Duration::from_millis(ttl_ms.saturating_sub(margin));
     shared
         .write()
         .unwrap_or_else(|e| e.into_inner())

@@ -25,6 +25,7 @@ mod preflight;
 pub mod process;
 mod publish;
 mod restore;
+mod timing;
 mod tls_watch;
 pub mod watchdog;
 
@@ -67,6 +68,8 @@ pub struct Agent {
     last_failsafe: Option<String>,
     /// The unreadable store records last logged (logged again only when they change).
     last_unreadable: String,
+    /// Why the cluster's timing is not run with here (logged when it changes).
+    timing_refused: Option<String>,
     tls: tls_watch::TlsWatch,
     /// The client for the other members' APIs (replaced when the API's TLS files change).
     http: Arc<RwLock<reqwest::Client>>,
@@ -135,8 +138,8 @@ impl Agent {
             Default::default()
         };
         let shared = Arc::new(RwLock::new(api::Shared {
-            loop_interval: Duration::from_millis(cfg.timing.loop_interval_ms),
-            ttl_ms: cfg.timing.ttl_ms,
+            timing: cfg.timing,
+            promise_ms: cfg.timing.ttl_ms,
             failsafe,
             ..Default::default()
         }));
@@ -205,6 +208,7 @@ impl Agent {
                 last_error: None,
                 last_failsafe: None,
                 last_unreadable: String::new(),
+                timing_refused: None,
                 tls: Default::default(),
                 http,
                 api_tls,

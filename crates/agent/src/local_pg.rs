@@ -55,7 +55,7 @@ impl LocalPg {
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_millis(self.cfg.timing.start_timeout_ms)
+        Duration::from_millis(crate::host::timing(&self.publisher.shared).start_timeout_ms)
     }
 
     fn client(&self) -> Result<&sql::Session> {

@@ -21,6 +21,9 @@ impl Agent {
             &self.exec.pg.cluster_conf.settings,
             &mut settings.policy,
         );
+        let t = host::timing(&self.shared);
+        settings.policy.set_timing(&t);
+        settings.orphan_grace_ms = t.orphan_slot_grace_ms;
         self.exec.mem.fold(
             &self.cfg.name,
             view,

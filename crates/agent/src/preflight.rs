@@ -116,8 +116,10 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
             pgbaton_store::Bounded::wrap(store.clone(), PREFLIGHT_STORE_TIMEOUT).initialize_get(),
         )
         .context("read the cluster's identity from the store")?;
-    // Every call the agent (and its API) makes from now on is bounded by construction.
-    let store = pgbaton_store::Bounded::wrap(store, store_timeout(cfg));
+    // Every call the agent (and its API) makes from now on is bounded by construction:
+    // by node.toml's loop interval, also when the cluster's config changes it later (the
+    // loop's own reads and renewals use the bound of the timing it runs with, inside this).
+    let store = pgbaton_store::Bounded::wrap(store, store_timeout(cfg.timing.loop_interval_ms));
     let data = datadir::inspect(&bins, &cfg.data_dir)?;
     let local = LocalView::new(&cfg.name, data, PgRun::Stopped);
     let view = ClusterView {
@@ -170,8 +172,8 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
 pub(crate) const PREFLIGHT_STORE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long a store call may take before the store counts as unreachable.
-pub fn store_timeout(cfg: &NodeConfig) -> Duration {
-    Duration::from_millis(cfg.timing.loop_interval_ms.clamp(500, 2000))
+pub fn store_timeout(loop_interval_ms: u64) -> Duration {
+    Duration::from_millis(loop_interval_ms.clamp(500, 2000))
 }
 
 /// `data_dir` through symlinks: `reinit` replaces the directory (it works next to it), and

@@ -120,7 +120,7 @@ impl Publisher {
     /// Say this member is alive, every half liveness TTL (not while it holds the leader
     /// lease: the lease says so).
     pub(crate) async fn keep_alive(&self, leading: bool) -> Result<()> {
-        let ttl = pgbaton_core::publish::alive_ttl_ms(self.cfg.timing.ttl_ms);
+        let ttl = pgbaton_core::publish::alive_ttl_ms(crate::host::timing(&self.shared).ttl_ms);
         let now = now_ms();
         if leading || now.saturating_sub(self.alive_ms.load(Ordering::Relaxed)) < ttl / 2 {
             return Ok(());

@@ -12,7 +12,7 @@ use pgbaton_store::local::LocalStore;
 use proptest::prelude::*;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tower::ServiceExt;
 
 fn member(name: &str, role: Role, state: MemberStatus) -> MemberState {
@@ -47,7 +47,10 @@ fn state(dir: &Path) -> ApiState {
         member: Some(me),
         view: Some(view),
         last_loop: Some(Instant::now()),
-        loop_interval: Duration::from_secs(1),
+        timing: pgbaton_core::config::TimingConfig {
+            loop_interval_ms: 1000,
+            ..Default::default()
+        },
         ..Default::default()
     }));
     ApiState {

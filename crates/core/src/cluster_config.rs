@@ -299,14 +299,16 @@ pub fn to_document(c: &ClusterConfig) -> String {
          # [postgresql.parameters]: every member's PostgreSQL; a member's own node.toml\n\
          # [postgresql.parameters] override these.\n\
          # [replication] synchronous, synchronous_node_count, synchronous_strict and\n\
-         # [failover] max_lag_bytes: pgbaton's cluster-wide settings; set here, they win\n\
-         # over every node.toml.\n\n[postgresql.parameters]\n",
+         # [failover] max_lag_bytes and [timing] loop_interval_ms, ttl_ms, fence_margin_ms,\n\
+         # primary_restart_timeout_ms, start_timeout_ms, orphan_slot_grace_ms: pgbaton's\n\
+         # cluster-wide settings; set here, they win over every node.toml.\n\n\
+         [postgresql.parameters]\n",
         c.version
     );
     for (k, v) in &c.parameters {
         s.push_str(&format!("{} = {}\n", toml_key(k), toml_value(v)));
     }
-    for table in ["replication", "failover"] {
+    for table in ["replication", "failover", "timing"] {
         let prefix = format!("{table}.");
         let keys: Vec<(&String, &ParamValue)> = c
             .settings
@@ -384,7 +386,7 @@ fn check_cluster_wide(k: &str, v: &ParamValue) -> Result<(), ConfigError> {
 }
 
 /// The editor's document read back: `[postgresql.parameters]`, and pgbaton's settings in
-/// `[replication]` and `[failover]`, each checked.
+/// `[replication]`, `[failover]` and `[timing]`, each checked.
 pub fn from_document(text: &str) -> Result<Contents, ConfigError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -395,6 +397,8 @@ pub fn from_document(text: &str) -> Result<Contents, ConfigError> {
         replication: BTreeMap<String, ParamValue>,
         #[serde(default)]
         failover: BTreeMap<String, ParamValue>,
+        #[serde(default)]
+        timing: BTreeMap<String, ParamValue>,
     }
     #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields)]
@@ -407,7 +411,7 @@ pub fn from_document(text: &str) -> Result<Contents, ConfigError> {
             "(document)",
             "(not readable)",
             format!(
-                "a TOML document with [postgresql.parameters], [replication] and [failover] tables: {}",
+                "a TOML document with [postgresql.parameters], [replication], [failover] and [timing] tables: {}",
                 e.message()
             ),
         )
@@ -416,7 +420,11 @@ pub fn from_document(text: &str) -> Result<Contents, ConfigError> {
         check_cluster_wide(k, v)?;
     }
     let mut settings = BTreeMap::new();
-    for (table, entries) in [("replication", doc.replication), ("failover", doc.failover)] {
+    for (table, entries) in [
+        ("replication", doc.replication),
+        ("failover", doc.failover),
+        ("timing", doc.timing),
+    ] {
         for (k, v) in entries {
             let key = format!("{table}.{k}");
             settings.insert(key.clone(), own::check(&key, &v)?);

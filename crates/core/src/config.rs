@@ -445,7 +445,7 @@ impl Default for ApiConfig {
 }
 
 /// The `[timing]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimingConfig {
     /// Interval of the agent's main loop. Default 500; 100..=60000.

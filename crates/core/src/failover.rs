@@ -64,6 +64,13 @@ impl Policy {
             sync: cfg.replication.sync_settings(),
         }
     }
+
+    /// The timing a member runs with now (node.toml's, or the cluster's config over it).
+    pub fn set_timing(&mut self, t: &crate::config::TimingConfig) {
+        self.ttl_ms = t.ttl_ms;
+        self.loop_interval_ms = t.loop_interval_ms;
+        self.primary_restart_timeout_ms = t.primary_restart_timeout_ms;
+    }
 }
 
 /// When the holder of a lease whose last successful renewal started at `renew_started_ms`

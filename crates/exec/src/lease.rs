@@ -16,15 +16,15 @@ impl<P: Postgres, H: Host> Executor<P, H> {
             self.message = Some(why);
             return Ok(Flow::Stop);
         }
-        let t0 = self.host.instant();
+        let (t0, ttl_ms) = (self.host.instant(), self.settings.ttl_ms);
         // On an error the outcome is unknown: the host keeps refusing failsafe
         // confirmations until a view of the store says who leads.
         let won = self
             .store
-            .leader_acquire(&self.settings.name, self.settings.ttl_ms)
+            .leader_acquire(&self.settings.name, ttl_ms)
             .await
             .map_err(|e| e.context("take the leader lease"))?;
-        self.lease_outcome(won, t0, "acquired the leader lease")?;
+        self.lease_outcome(won, t0, ttl_ms, "acquired the leader lease")?;
         if !won {
             self.message = Some("another member holds the leader lease".into());
             return Ok(Flow::Stop);
@@ -33,12 +33,8 @@ impl<P: Postgres, H: Host> Executor<P, H> {
     }
 
     pub(crate) async fn renew_lease(&mut self) -> Step {
-        let t0 = self.host.instant();
-        let kept = match self
-            .store
-            .leader_renew(&self.settings.name, self.settings.ttl_ms)
-            .await
-        {
+        let (t0, ttl_ms) = (self.host.instant(), self.settings.ttl_ms);
+        let kept = match self.store.leader_renew(&self.settings.name, ttl_ms).await {
             Ok(k) => k,
             Err(e) => {
                 return Err(StepError::StoreUnreachable(
@@ -47,7 +43,7 @@ impl<P: Postgres, H: Host> Executor<P, H> {
             }
         };
         let was_held = self.mem.held_lease;
-        self.lease_outcome(kept, t0, "holds the leader lease again (renewed)")?;
+        self.lease_outcome(kept, t0, ttl_ms, "holds the leader lease again (renewed)")?;
         if !kept {
             if was_held {
                 warn!("lost the leader lease");
@@ -58,10 +54,11 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         Ok(Flow::Continue)
     }
 
-    /// A lease request that started at `t0` came back: arm the fence when it is held.
-    fn lease_outcome(&mut self, held: bool, t0: H::Instant, took: &str) -> Step {
+    /// A lease request that started at `t0` and asked for `ttl_ms` came back: arm the
+    /// fence when it is held.
+    fn lease_outcome(&mut self, held: bool, t0: H::Instant, ttl_ms: u64, took: &str) -> Step {
         if held {
-            self.arm(t0)?;
+            self.arm(t0, ttl_ms)?;
             if !self.mem.held_lease {
                 info!("{took}");
             }
@@ -71,10 +68,16 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         Ok(Flow::Continue)
     }
 
-    /// Arm the watchdog; without a live fence this member must not run a primary.
-    pub(crate) fn arm(&mut self, t0: H::Instant) -> std::result::Result<(), StepError> {
+    /// Arm the watchdog for a request that started at `t0` and asked the store for
+    /// `ttl_ms` (the TTL may change between loops: the fence follows the one asked for);
+    /// without a live fence this member must not run a primary.
+    pub(crate) fn arm(
+        &mut self,
+        t0: H::Instant,
+        ttl_ms: u64,
+    ) -> std::result::Result<(), StepError> {
         self.host
-            .arm(t0)
+            .arm(t0, ttl_ms)
             .map_err(|e| StepError::Fatal(format!("{e:#}")))
     }
 

@@ -107,10 +107,10 @@ pub trait Host: Send {
     /// Wall-clock ms (the store's leases and history are in wall-clock time).
     fn now_ms(&self) -> u64;
     fn instant(&self) -> Self::Instant;
-    /// A lease request that started at `t0` succeeded: arm the watchdog for
-    /// `t0 + ttl - fence_margin`. An error means no live fence: PostgreSQL was ended and
-    /// the agent must exit.
-    fn arm(&mut self, t0: Self::Instant) -> Result<()>;
+    /// A lease request that started at `t0` and asked the store for `ttl_ms` succeeded:
+    /// arm the watchdog for `t0 + ttl_ms - fence_margin`. An error means no live fence:
+    /// PostgreSQL was ended and the agent must exit.
+    fn arm(&mut self, t0: Self::Instant, ttl_ms: u64) -> Result<()>;
     fn disarm(&mut self);
     /// About to take the leader lease: atomically with the API's failsafe handler, refuse
     /// (naming the primary) when this member promised a live primary not to take it, and
@@ -175,6 +175,8 @@ pub enum PlanEnd {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub name: String,
+    /// The TTL the next lease request asks for; the agent's loop changes it between plans
+    /// when the cluster's timing changes.
     pub ttl_ms: u64,
 }
 

@@ -21,10 +21,11 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         self.pg.initdb_if_empty(data).await?;
         // Only the lease holder may run a writable primary: take the lease first.
         let t0 = self.host.instant();
-        if !self.store.leader_acquire(&me, self.settings.ttl_ms).await? {
+        let ttl_ms = self.settings.ttl_ms;
+        if !self.store.leader_acquire(&me, ttl_ms).await? {
             fail!("cannot bootstrap: another member holds the leader lease");
         }
-        self.arm(t0)?;
+        self.arm(t0, ttl_ms)?;
         self.mem.held_lease = true;
         self.host.set_leading(true);
         let _keeper = self.keeper();

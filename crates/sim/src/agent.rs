@@ -24,6 +24,12 @@ impl Sim {
         };
         match step {
             Step::LoopStart => {
+                // A timing change reaches the executor between plans, as the agent applies
+                // the cluster's config at the start of each loop.
+                let ttl = self.nodes[n].ttl_ms;
+                if let Some(e) = self.nodes[n].agent.exec.as_mut() {
+                    e.settings.ttl_ms = ttl;
+                }
                 self.nodes[n].agent.loop_started = self.now;
                 self.store_send(n, StoreOp::Read);
             }
@@ -56,7 +62,11 @@ impl Sim {
                     let all = fs.yes == fs.asked;
                     if all && self.nodes[n].pg.run == Run::Writable {
                         self.stats.failsafe_confirmed += 1;
-                        let d = fence_deadline_ms(fs.t0, self.cfg.ttl_ms, self.cfg.fence_margin_ms);
+                        let ttl = match self.cfg.failsafe_shortest_promise {
+                            true => fs.ttl.min(fs.promised),
+                            false => fs.ttl,
+                        };
+                        let d = fence_deadline_ms(fs.t0, ttl, self.cfg.fence_margin_ms);
                         self.arm(n, d);
                         self.log(|| format!("{name}: failsafe: all {} confirmed", fs.asked));
                     } else {
@@ -157,8 +167,10 @@ impl Sim {
         self.nodes[n].agent.fs = Some(FsRound {
             id: round,
             t0: self.now,
+            ttl: self.nodes[n].ttl_ms,
             asked: peers.len(),
             yes: 0,
+            promised: u64::MAX,
         });
         for p in peers {
             if self.peer_ok(n, p) {
@@ -191,10 +203,13 @@ impl Sim {
         let leader = self.nodes[asker].name.clone();
         let mut io = p.io();
         let reachable = !io.failsafe.store_failing() && reachable;
+        // A promise lasts the member's configured TTL (node.toml's, which a restarted agent
+        // holds itself to before it has read the cluster's config), whatever TTL it runs with.
+        let promise_ms = self.cfg.ttl_ms;
         let yes = answers
             && io
                 .failsafe
-                .confirm(&p.name, &leader, self.cfg.ttl_ms, reachable, self.now)
+                .confirm(&p.name, &leader, promise_ms, reachable, self.now)
                 .is_ok();
         drop(io);
         let (a, b) = (
@@ -214,7 +229,7 @@ impl Sim {
                 asker,
                 peer,
                 round,
-                yes,
+                promise: yes.then_some(promise_ms),
             },
         );
     }

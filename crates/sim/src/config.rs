@@ -56,6 +56,16 @@ pub struct SimConfig {
     /// Operator requests (switchover, reinit, restart, remove) among the random faults,
     /// checked as the CLI checks them (`ops::check`) before they are posted.
     pub operations: bool,
+    /// The cluster's timing changes while it runs (`pgbaton edit-config --set
+    /// timing.ttl_ms=...`): seeded `Retime` faults, drawn apart from the other faults (their
+    /// own random stream, so the other faults of a seed stay as they were), give one node
+    /// another lease TTL for a while; every member applies a change at its own next loop.
+    pub retime: bool,
+    /// A failsafe round extends the fence by the shortest promise a member gave, not by
+    /// the primary's own TTL. Off plants the old agent, which used its own TTL: with TTLs
+    /// that differ (a change that has reached some members only), a member's promise ran
+    /// out before the primary's fence.
+    pub failsafe_shortest_promise: bool,
     /// Synchronous replication, as every node's `[replication]` says.
     pub sync: SyncSettings,
     /// Record a human-readable trace in the outcome.
@@ -88,6 +98,8 @@ impl Default for SimConfig {
             watchdog_respawn: true,
             rewind_unreachable_is_retried: true,
             operations: true,
+            retime: true,
+            failsafe_shortest_promise: true,
             sync: SyncSettings::default(),
             trace: false,
         }
@@ -134,6 +146,9 @@ pub enum FaultKind {
     Rejoin,
     /// The operator asks this node's PostgreSQL to reload its configuration.
     Reload,
+    /// The node runs with this lease TTL (ms) for a while (a timing change in the
+    /// cluster's config, as the member applies it), then with the configured one again.
+    Retime(u64),
 }
 
 /// A fault from `at_ms` (ms after the start) for `dur_ms`.

@@ -476,14 +476,9 @@ impl Sim {
         let name = self.nodes[n].name.clone();
         let now = self.now;
         Ok(match req {
-            StoreReq::Acquire | StoreReq::Renew | StoreReq::Release => {
-                let op = match req {
-                    StoreReq::Acquire => LeaseOp::Acquire,
-                    StoreReq::Renew => LeaseOp::Renew,
-                    _ => LeaseOp::Release,
-                };
-                Val::Bool(self.lease_apply(n, op))
-            }
+            StoreReq::Acquire(ttl) => Val::Bool(self.lease_apply(n, LeaseOp::Acquire, ttl)),
+            StoreReq::Renew(ttl) => Val::Bool(self.lease_apply(n, LeaseOp::Renew, ttl)),
+            StoreReq::Release => Val::Bool(self.lease_apply(n, LeaseOp::Release, 0)),
             StoreReq::LeaderGet => {
                 Val::Leader(self.store.lease.clone().filter(|l| l.expires_ms > now))
             }

@@ -12,6 +12,28 @@ impl Sim {
         self.push_at(end, Ev::FaultEnd(i));
     }
 
+    /// Timing changes through the fault window, from a random stream of their own (the
+    /// other faults of a seed stay as they were): one node at a time runs with another TTL,
+    /// each within the fence rule for the simulated loop and margin.
+    pub(crate) fn add_retimes(&mut self, seed: u64) {
+        let mut rng = Rng::new(seed ^ 0x7113_7113_7113_7113);
+        let min = (3 * self.cfg.loop_ms).max(self.cfg.fence_margin_ms + 2 * self.cfg.loop_ms);
+        let ttls = [min, 2_000, 3_000, 4_000, 6_000];
+        let mut at = rng.range(2_000, 20_000);
+        while at < self.cfg.fault_ms {
+            let ttl = ttls[rng.range(0, ttls.len() as u64 - 1) as usize].max(min);
+            let dur = rng.range(3_000, 30_000).min(self.cfg.fault_ms - at);
+            let node = rng.range(0, self.nodes.len() as u64 - 1) as usize;
+            self.add_fault(Fault {
+                at_ms: at,
+                dur_ms: dur,
+                node,
+                kind: FaultKind::Retime(ttl),
+            });
+            at += rng.range(5_000, 25_000);
+        }
+    }
+
     pub(crate) fn next_fault(&mut self) {
         let start = self.now - START_MS;
         if start >= self.cfg.fault_ms {
@@ -114,6 +136,7 @@ impl Sim {
                 node.pg_frozen += 1;
             }
             FaultKind::WatchdogKill => self.watchdog_killed(i),
+            FaultKind::Retime(ttl) => self.nodes[n].ttl_ms = ttl,
             FaultKind::Switchover
             | FaultKind::Reinit
             | FaultKind::Restart
@@ -246,6 +269,7 @@ impl Sim {
             }
             FaultKind::StoreOutage => self.store.down -= 1,
             FaultKind::Pause => self.store.paused -= 1,
+            FaultKind::Retime(_) => self.nodes[n].ttl_ms = self.cfg.ttl_ms,
             FaultKind::PgFreeze => {
                 self.nodes[n].pg_frozen -= 1;
                 if self.nodes[n].pg_frozen == 0 && self.nodes[n].zombie {

@@ -29,8 +29,9 @@ pub(crate) enum StoreReq {
     InitializeClaim,
     InitializeReplace,
     LeaderGet,
-    Acquire,
-    Renew,
+    /// Take or renew the lease, for this TTL (ms).
+    Acquire(u64),
+    Renew(u64),
     Release,
     MemberGet(String),
     MemberDelete(String),
@@ -204,13 +205,13 @@ impl pgbaton_store::Store for SimStore {
             v => unexpected(v),
         }
     }
-    async fn leader_acquire(&self, member: &str, _: u64) -> anyhow::Result<bool> {
+    async fn leader_acquire(&self, member: &str, ttl_ms: u64) -> anyhow::Result<bool> {
         debug_assert_eq!(member, self.name);
-        boolean(&self.io, Req::Store(StoreReq::Acquire)).await
+        boolean(&self.io, Req::Store(StoreReq::Acquire(ttl_ms))).await
     }
-    async fn leader_renew(&self, member: &str, _: u64) -> anyhow::Result<bool> {
+    async fn leader_renew(&self, member: &str, ttl_ms: u64) -> anyhow::Result<bool> {
         debug_assert_eq!(member, self.name);
-        boolean(&self.io, Req::Store(StoreReq::Renew)).await
+        boolean(&self.io, Req::Store(StoreReq::Renew(ttl_ms))).await
     }
     async fn leader_release(&self, member: &str) -> anyhow::Result<bool> {
         debug_assert_eq!(member, self.name);
@@ -382,7 +383,6 @@ impl pgbaton_exec::Postgres for SimPg {
 pub(crate) struct SimHost {
     pub io: Io,
     pub name: String,
-    pub ttl_ms: u64,
     pub fence_margin_ms: u64,
 }
 
@@ -395,8 +395,8 @@ impl pgbaton_exec::Host for SimHost {
     fn instant(&self) -> u64 {
         lock(&self.io).now
     }
-    fn arm(&mut self, t0: u64) -> anyhow::Result<()> {
-        let d = fence_deadline_ms(t0, self.ttl_ms, self.fence_margin_ms);
+    fn arm(&mut self, t0: u64, ttl_ms: u64) -> anyhow::Result<()> {
+        let d = fence_deadline_ms(t0, ttl_ms, self.fence_margin_ms);
         let mut m = lock(&self.io);
         m.wd_change = Some(Some(d));
         m.armed.push(d);

@@ -221,8 +221,12 @@ fn divergence(n: &Pg, u: &Pg) -> Result<(), u64> {
 struct FsRound {
     id: u64,
     t0: u64,
+    /// The asker's TTL when the round began.
+    ttl: u64,
     asked: usize,
     yes: usize,
+    /// The shortest promise a member gave (ms).
+    promised: u64,
 }
 
 /// The executor the agent runs, over the simulated world.
@@ -282,6 +286,9 @@ struct Node {
     fenced_epoch: Option<u64>,
     /// Planted old fence: the postmaster was killed while frozen, its backends live on.
     zombie: bool,
+    /// The lease TTL this node's agent asks for (`SimConfig::ttl_ms`, or a `Retime`
+    /// fault's); it reaches the executor at the agent's next loop.
+    ttl_ms: u64,
 }
 
 impl Agent {
@@ -397,7 +404,8 @@ enum Ev {
         asker: usize,
         peer: usize,
         round: u64,
-        yes: bool,
+        /// Yes, with how long the member promised not to take the lease (ms).
+        promise: Option<u64>,
     },
     PgTransition {
         node: usize,

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: pgbaton-sim --seed N [--trace]\n       pgbaton-sim --sweep START COUNT [--threads N]\n\
-         options: --nodes N (2-9) --no-operations --no-watchdog --no-failsafe --no-failsafe-hold --no-stopped-position --no-pg-faults --old-fence --no-watchdog-respawn --watchdog-late MS\n\
+         options: --nodes N (2-9) --no-operations --no-watchdog --no-failsafe --no-failsafe-hold --no-stopped-position --no-pg-faults --old-fence --no-watchdog-respawn --watchdog-late MS --no-retime --old-failsafe-promise\n\
          synchronous replication: --synchronous off|on|quorum --sync-count N --sync-strict"
     );
     ExitCode::from(2)
@@ -53,6 +53,8 @@ fn main() -> ExitCode {
             "--no-pg-faults" => cfg.pg_faults = false,
             "--no-operations" => cfg.operations = false,
             "--old-fence" => cfg.fence_kills_frozen = false,
+            "--no-retime" => cfg.retime = false,
+            "--old-failsafe-promise" => cfg.failsafe_shortest_promise = false,
             "--no-watchdog-respawn" => cfg.watchdog_respawn = false,
             "--synchronous" => {
                 cfg.sync.mode = match args.get(i + 1).map(String::as_str) {

@@ -159,11 +159,11 @@ impl Sim {
         );
     }
 
-    /// A lease request from node `n`, at the store. `true`: it holds (or released) it.
-    pub(crate) fn lease_apply(&mut self, n: usize, op: LeaseOp) -> bool {
+    /// A lease request from node `n` for `ttl` ms, at the store. `true`: it holds (or
+    /// released) it.
+    pub(crate) fn lease_apply(&mut self, n: usize, op: LeaseOp, ttl: u64) -> bool {
         let name = self.nodes[n].name.clone();
         let now = self.now;
-        let ttl = self.cfg.ttl_ms;
         let live = self
             .store
             .lease

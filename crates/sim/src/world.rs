@@ -50,6 +50,7 @@ impl Sim {
                 frozen_pg_epoch: 0,
                 fenced_epoch: None,
                 zombie: false,
+                ttl_ms: cfg.ttl_ms,
             });
         }
         let heal_at = t + cfg.fault_ms;
@@ -119,6 +120,9 @@ impl Sim {
         if cfg.random_faults {
             let first = t + sim.rng.range(2_000, 8_000);
             sim.push_at(first, Ev::NextFault);
+            if cfg.retime {
+                sim.add_retimes(seed);
+            }
         }
         sim
     }
@@ -134,12 +138,11 @@ impl Sim {
         let host = io::SimHost {
             io: io.clone(),
             name: name.clone(),
-            ttl_ms: self.cfg.ttl_ms,
             fence_margin_ms: self.cfg.fence_margin_ms,
         };
         let settings = pgbaton_exec::Settings {
             name,
-            ttl_ms: self.cfg.ttl_ms,
+            ttl_ms: self.nodes[n].ttl_ms,
         };
         pgbaton_exec::Executor::new(settings, std::sync::Arc::new(store), io::SimPg { io }, host)
     }
@@ -396,7 +399,7 @@ impl Sim {
                 asker,
                 peer,
                 round,
-                yes,
+                promise,
             } => {
                 if !self.peer_ok(asker, peer) {
                     return;
@@ -407,8 +410,9 @@ impl Sim {
                     .as_mut()
                     .filter(|f| f.id == round)
                 {
-                    if yes {
+                    if let Some(p) = promise {
                         fs.yes += 1;
+                        fs.promised = fs.promised.min(p);
                     }
                 }
             }

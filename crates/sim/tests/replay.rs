@@ -30,11 +30,12 @@ fn assert_ok(o: &Outcome) {
 fn agent_restart_forgets_its_failsafe_promise() {
     // (1843 until reports were written only on change, which moved every run's course.)
     let seed = 2569;
-    // The fault mix it was found with (before frozen PostgreSQL, killed watchdogs and
-    // operator requests).
+    // The fault mix it was found with (before frozen PostgreSQL, killed watchdogs,
+    // operator requests and timing changes).
     let before = SimConfig {
         pg_faults: false,
         operations: false,
+        retime: false,
         ..SimConfig::default()
     };
     let buggy = SimConfig {
@@ -64,6 +65,7 @@ fn stopped_primary_publishes_no_lsn() {
     let before = SimConfig {
         pg_faults: false,
         operations: false,
+        retime: false,
         ..SimConfig::default()
     };
     let buggy = SimConfig {
@@ -80,6 +82,33 @@ fn stopped_primary_publishes_no_lsn() {
         o.violations
     );
     assert_ok(&run(seed, &before));
+    assert_ok(&run(seed, &SimConfig::default()));
+}
+
+/// Seed 192 (found when timing changes entered the simulator, `SimConfig::retime`): the
+/// primary ran with a TTL raised by the cluster's config while the members it asked in a
+/// failsafe round promised for their own, shorter TTL; it extended its fence by its own TTL,
+/// the promises ran out first, a member took the lease and promoted beside it: two
+/// writers. The same happens without a config change when members' node.toml TTLs differ.
+/// Fix (`failsafe_shortest_promise`; in the agent, `/failsafe` answers `promise_ms` and the
+/// primary extends its fence by the shortest): re-find with
+/// `cargo run --release -p pgbaton-sim -- --sweep 0 4000 --old-failsafe-promise`.
+#[test]
+fn a_failsafe_round_outlives_a_shorter_promise() {
+    let seed = 192;
+    let buggy = SimConfig {
+        failsafe_shortest_promise: false,
+        ..SimConfig::default()
+    };
+    let o = run(seed, &buggy);
+    assert!(
+        kinds(&o)
+            .iter()
+            .any(|k| *k == "two-writers" || *k == "lease-granted-beside-writer"),
+        "the buggy run no longer breaks at seed {seed} (a change moved its course?): find one \
+         with `cargo run --release -p pgbaton-sim -- --sweep 0 4000 --old-failsafe-promise`; {:?}",
+        o.violations
+    );
     assert_ok(&run(seed, &SimConfig::default()));
 }
 

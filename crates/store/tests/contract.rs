@@ -1973,7 +1973,8 @@ async fn etcd_a_kept_view_is_not_current_while_etcd_is_frozen() {
 }
 
 /// The fence counts on the TTL the renewal asks for: a lease granted for less (the TTL was
-/// raised and the agent restarted) is replaced by one as long, not kept alive as it was.
+/// raised) is replaced by one as long, not kept alive as it was; one granted for more (the
+/// TTL was lowered) by one as short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_a_renewal_asking_a_longer_ttl_replaces_a_shorter_lease() {
     tokio::time::timeout(BOUND, async {
@@ -2001,6 +2002,13 @@ async fn etcd_a_renewal_asking_a_longer_ttl_replaces_a_shorter_lease() {
             "replaced by a lease as long as asked"
         );
         assert!(s.leader_renew("n1", 4_000).await.unwrap());
+        assert_eq!(granted(&mut raw).await, 4, "kept alive as it was");
+        // Lowered by the cluster's config: a lease as short as asked, so a failover no
+        // longer waits out the old TTL (and the key says the TTL it runs with).
+        assert!(s.leader_renew("n1", 3_000).await.unwrap());
+        assert_eq!(granted(&mut raw).await, 3, "replaced by a shorter lease");
+        assert!(s.leader_renew("n1", 3_000).await.unwrap());
+        assert_eq!(granted(&mut raw).await, 3, "kept alive as it was");
         assert_eq!(
             holder(&(Arc::new(s) as Arc<dyn Store>)).await.as_deref(),
             Some("n1")

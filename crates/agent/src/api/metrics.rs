@@ -164,6 +164,19 @@ pub fn render(st: &ApiState) -> String {
         "1 when this member holds the leader lease",
         f.is_leader as i64,
     );
+    // The timing the agent runs with (node.toml's, or the cluster's config over it).
+    fgauge(
+        &mut reg,
+        "lease_ttl_seconds",
+        "The leader lease TTL this agent runs with (timing.ttl_ms)",
+        s.timing.ttl_ms as f64 / 1000.0,
+    );
+    fgauge(
+        &mut reg,
+        "loop_interval_seconds",
+        "The loop interval this agent runs with (timing.loop_interval_ms)",
+        s.timing.loop_interval_ms as f64 / 1000.0,
+    );
     if let Some(m) = me {
         if let Some(t) = m.timeline {
             gauge(&mut reg, "timeline", "PostgreSQL timeline", t as i64);

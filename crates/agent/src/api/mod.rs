@@ -48,15 +48,22 @@ pub struct Shared {
     /// The store as the last loop saw it.
     pub view: Option<ClusterView>,
     pub last_loop: Option<Instant>,
-    pub loop_interval: Duration,
+    /// The timing the agent runs with: node.toml's `[timing]`, with the cluster's config
+    /// over it (`Agent::apply_timing`, at the start of each loop). Read where it is used:
+    /// it may change while the agent runs.
+    pub timing: pgbaton_core::config::TimingConfig,
     /// How long the last loop took.
     pub last_loop_duration: Duration,
     /// Promotions this agent performed.
     pub promotions: u64,
     /// Standby: ms since the last replayed transaction committed (0 when caught up).
     pub replay_lag_ms: Option<u64>,
-    /// The lease TTL: how long a failsafe confirmation binds this member.
-    pub ttl_ms: u64,
+    /// How long a failsafe confirmation binds this member: node.toml's TTL, not the
+    /// cluster's. A restarted agent holds itself to a promise it may have given for that
+    /// long before it has read the cluster's config; the primary extends its fence by the
+    /// shortest promise it was given (`promise_ms` in the answer), so a promise shorter
+    /// than its TTL is safe.
+    pub promise_ms: u64,
     /// The failsafe handshake: the promise this member gave a primary, and whether it
     /// leads or is taking the lease (the one-lock rule lives in the type).
     pub failsafe: pgbaton_core::failover::FailsafeGate,
@@ -145,8 +152,10 @@ fn read(s: &SharedState) -> std::sync::RwLockReadGuard<'_, Shared> {
 
 fn loop_alive(s: &Shared) -> bool {
     // Alive while the loop ran within three of its intervals (plus room for a long action).
-    s.last_loop
-        .is_some_and(|t| t.elapsed() <= s.loop_interval * 3 + Duration::from_secs(60))
+    s.last_loop.is_some_and(|t| {
+        t.elapsed()
+            <= Duration::from_millis(s.timing.loop_interval_ms) * 3 + Duration::from_secs(60)
+    })
 }
 
 pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -277,8 +286,11 @@ async fn history(State(st): State<ApiState>) -> Response {
 }
 
 async fn config(State(st): State<ApiState>) -> Response {
-    // Only paths to secrets are in the config, never a secret.
-    Json(st.cfg.as_ref().clone()).into_response()
+    // Only paths to secrets are in the config, never a secret. The timing is the one the
+    // agent runs with: node.toml's, or the cluster's config over it.
+    let mut cfg = st.cfg.as_ref().clone();
+    cfg.timing = read(&st.shared).timing;
+    Json(cfg).into_response()
 }
 
 // ---- operations ------------------------------------------------------------------------
@@ -350,7 +362,13 @@ async fn store_writable(st: &ApiState) -> bool {
         .unwrap_or_else(|e| e.into_inner())
         .member
         .clone();
-    let limit = failsafe_probe_limit(st.cfg.timing.loop_interval_ms);
+    let loop_ms = st
+        .shared
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .timing
+        .loop_interval_ms;
+    let limit = failsafe_probe_limit(loop_ms);
     match mine {
         Some(m) => tokio::time::timeout(limit, st.store.member_put(&m))
             .await
@@ -393,9 +411,9 @@ async fn failsafe(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -
         .failsafe
         .store_failing();
     let reachable = !failing && store_writable(&st).await;
-    let until_ms = {
+    let (until_ms, ttl_ms) = {
         let mut sh = st.shared.write().unwrap_or_else(|e| e.into_inner());
-        let ttl_ms = sh.ttl_ms;
+        let ttl_ms = sh.promise_ms;
         match sh
             .failsafe
             .confirm(&me, &b.leader, ttl_ms, reachable, now_ms())
@@ -407,14 +425,18 @@ async fn failsafe(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -
                         b.leader
                     );
                 }
-                promise.until_ms
+                (promise.until_ms, ttl_ms)
             }
             Err(why) => return error(StatusCode::CONFLICT, why),
         }
     };
+    // `promise_ms`: how long from now this member keeps the promise, which the primary's
+    // fence must not outlive.
     (
         StatusCode::OK,
-        Json(json!({ "member": me, "confirms": b.leader, "until_ms": until_ms })),
+        Json(json!({
+            "member": me, "confirms": b.leader, "until_ms": until_ms, "promise_ms": ttl_ms
+        })),
     )
         .into_response()
 }

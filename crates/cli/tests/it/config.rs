@@ -267,11 +267,66 @@ fn edit_config_reloads_or_waits_for_a_rolling_restart_that_takes_one_member_at_a
         || names(&c).is_empty(),
     );
 
+    // pgbaton's timing: held to the fence rule with each member's own values, refused
+    // otherwise; then every agent runs with it from its next loop, with no restart.
+    failed(
+        &c.op(&["edit-config", "--set", "timing.ttl_ms=1200", "--force"]),
+        &[
+            "timing.ttl_ms",
+            "3 × timing.loop_interval_ms (1500)",
+            "nothing was applied",
+        ],
+    );
+    failed(
+        &c.op(&[
+            "edit-config",
+            "--set",
+            "timing.fence_margin_ms=2200",
+            "--force",
+        ]),
+        &["timing.fence_margin_ms", "two chances to renew"],
+    );
+    let agents: Vec<Option<i32>> = members.iter().map(|m| c.agent_pid(m)).collect();
+    ok(&c.op(&["edit-config", "--set", "timing.ttl_ms=4s", "--force"]));
+    let runs_with = |m: &str, line: &str| {
+        let (_, metrics) = http("GET", api_port(&c, m), "/metrics", &[], "");
+        metrics.lines().any(|l| l == line)
+    };
+    wait_for(
+        "every agent to run with a 4 s lease",
+        Duration::from_secs(30),
+        || {
+            members
+                .iter()
+                .all(|m| runs_with(m, "pgbaton_lease_ttl_seconds 4.0"))
+        },
+    );
+    let now: Vec<Option<i32>> = members.iter().map(|m| c.agent_pid(m)).collect();
+    assert_eq!(agents, now, "an agent restarted for a timing change");
+    let shown = ok(&c.cmd(&["show-config", "--member", "n2"]));
+    assert!(shown.contains("timing.ttl_ms"), "{shown}");
+    ok(&c.op(&["edit-config", "--unset", "timing.ttl_ms", "--force"]));
+    wait_for(
+        "every agent back on node.toml's 2.5 s lease",
+        Duration::from_secs(30),
+        || {
+            members
+                .iter()
+                .all(|m| runs_with(m, "pgbaton_lease_ttl_seconds 2.5"))
+        },
+    );
+    assert!(c.list()["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["role"] == "primary" || m["state"] == "streaming"));
+
     let h = ok(&c.cmd(&["history"]));
     assert!(
         h.contains("version 3 by") && h.contains("shared_buffers = '256MB' [restart]"),
         "{h}"
     );
+    assert!(h.contains("timing.ttl_ms = 4000"), "{h}");
 }
 
 #[test]

@@ -5,10 +5,15 @@
 //! configuration works the same way for its own settings. They apply at each member's next
 //! loop, with no restart.
 //!
-//! The timing settings (`timing.*`) are not here: the lease, the fence watchdog and the
-//! failsafe keeper are armed with them when an agent starts.
+//! The timing settings (`timing.*`) are held to the fence rule as a whole, with node.toml's
+//! values for the keys the record leaves out ([`timing`]): at edit time by the member that
+//! takes the edit, and again by every member before it runs with them (a member whose own
+//! node.toml makes the mix break the rule keeps the timing it has, and says so). A changed
+//! TTL is safe at any renewal: the fence is armed for the TTL that renewal asked the store
+//! for (`pgbaton_exec::Host::arm`), and a failsafe round for the shortest promise a member
+//! gave.
 
-use crate::config::{ConfigError, NodeConfig, ParamValue};
+use crate::config::{ConfigError, NodeConfig, ParamValue, StoreConfig, TimingConfig};
 use crate::failover::Policy;
 use crate::sync::SyncMode;
 use std::collections::BTreeMap;
@@ -19,6 +24,12 @@ pub const KEYS: &[&str] = &[
     "replication.synchronous",
     "replication.synchronous_node_count",
     "replication.synchronous_strict",
+    "timing.fence_margin_ms",
+    "timing.loop_interval_ms",
+    "timing.orphan_slot_grace_ms",
+    "timing.primary_restart_timeout_ms",
+    "timing.start_timeout_ms",
+    "timing.ttl_ms",
 ];
 
 /// The most synchronous standbys node.toml allows too.
@@ -56,6 +67,12 @@ pub fn check(key: &str, value: &ParamValue) -> Result<ParamValue, ConfigError> {
             Ok(n) if n >= 0 => Ok(ParamValue::Int(n)),
             _ => Err(bad("a number of bytes, 0 or more")),
         },
+        k if k.starts_with("timing.") && KEYS.contains(&k) => match millis(&text) {
+            Some(n) => Ok(ParamValue::Int(n)),
+            None => Err(bad(
+                "a number of milliseconds (2500, or with a unit: 2500ms, 3s, 1min)",
+            )),
+        },
         _ => Err(ConfigError::new(
             key,
             value.toml_literal(),
@@ -67,6 +84,56 @@ pub fn check(key: &str, value: &ParamValue) -> Result<ParamValue, ConfigError> {
     }
 }
 
+/// A duration in milliseconds: a plain number, or one with `ms`, `s` or `min`.
+fn millis(text: &str) -> Option<i64> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = match text[digits.len()..].trim() {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "min" => 60_000,
+        _ => return None,
+    };
+    let n: i64 = digits.trim().parse().ok().filter(|n| *n >= 0)?;
+    n.checked_mul(unit)
+}
+
+/// The timing a member runs with: its node.toml's, with the record's `timing.*` over it,
+/// held to the fence rule ([`TimingConfig`]'s checks). On etcd a TTL from the record must
+/// be whole seconds (etcd's lease precision): refused rather than rounded, so what is shown
+/// is what runs.
+pub fn timing(
+    settings: &BTreeMap<String, ParamValue>,
+    node: &NodeConfig,
+) -> Result<TimingConfig, ConfigError> {
+    let mut t = node.timing;
+    for (k, v) in settings.iter().filter(|(k, _)| k.starts_with("timing.")) {
+        let ParamValue::Int(n) = check(k, v)? else {
+            continue;
+        };
+        let n = u64::try_from(n).unwrap_or(0);
+        match k.as_str() {
+            "timing.fence_margin_ms" => t.fence_margin_ms = n,
+            "timing.loop_interval_ms" => t.loop_interval_ms = n,
+            "timing.orphan_slot_grace_ms" => t.orphan_slot_grace_ms = n,
+            "timing.primary_restart_timeout_ms" => t.primary_restart_timeout_ms = n,
+            "timing.start_timeout_ms" => t.start_timeout_ms = n,
+            "timing.ttl_ms" => {
+                if matches!(node.store, StoreConfig::Etcd { .. }) && n % 1000 != 0 {
+                    return Err(ConfigError::new(
+                        k,
+                        n.to_string(),
+                        "whole seconds on etcd (a lease's TTL is counted in seconds): 2000, 3000...",
+                    ));
+                }
+                t.ttl_ms = n
+            }
+            _ => {}
+        }
+    }
+    t.validate()?;
+    Ok(t)
+}
+
 /// The settings checked against the cluster: synchronous standbys it can have
 /// (`eligible`: members that may be synchronous, the primary aside).
 pub fn check_against(
@@ -74,6 +141,7 @@ pub fn check_against(
     node: &NodeConfig,
     eligible: usize,
 ) -> Result<(), ConfigError> {
+    timing(settings, node)?;
     let mut policy = Policy::from_config(node);
     overlay(settings, &mut policy);
     let s = &policy.sync;
@@ -117,7 +185,9 @@ pub fn overlay(settings: &BTreeMap<String, ParamValue>, policy: &mut Policy) {
 /// The node's own value of each setting, for `show-config --member`.
 pub fn node_values(node: &NodeConfig) -> BTreeMap<String, ParamValue> {
     let r = &node.replication;
-    BTreeMap::from([
+    let t = &node.timing;
+    let ms = |n: u64| ParamValue::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    let mut values = BTreeMap::from([
         (
             "failover.max_lag_bytes".to_string(),
             ParamValue::Int(i64::try_from(node.failover.max_lag_bytes).unwrap_or(i64::MAX)),
@@ -134,5 +204,16 @@ pub fn node_values(node: &NodeConfig) -> BTreeMap<String, ParamValue> {
             "replication.synchronous_strict".to_string(),
             ParamValue::Bool(r.synchronous_strict),
         ),
-    ])
+    ]);
+    for (k, v) in [
+        ("fence_margin_ms", t.fence_margin_ms),
+        ("loop_interval_ms", t.loop_interval_ms),
+        ("orphan_slot_grace_ms", t.orphan_slot_grace_ms),
+        ("primary_restart_timeout_ms", t.primary_restart_timeout_ms),
+        ("start_timeout_ms", t.start_timeout_ms),
+        ("ttl_ms", t.ttl_ms),
+    ] {
+        values.insert(format!("timing.{k}"), ms(v));
+    }
+    values
 }

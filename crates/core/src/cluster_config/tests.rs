@@ -261,7 +261,7 @@ fn set_arguments_and_documents_refuse_what_is_not_a_postgresql_parameter() {
         ("work_mem".into(), s("64MB"))
     );
     assert!(parse_set("work_mem").is_err());
-    assert!(parse_set("timing.ttl_ms=3000")
+    assert!(parse_set("api.listen=0.0.0.0:1")
         .unwrap_err()
         .expected
         .contains("node.toml"));
@@ -320,4 +320,74 @@ fn pgbaton_settings_are_checked_win_over_node_toml_and_reach_the_policy() {
     assert!(unset.iter().all(|e| e.source == Source::Node));
     assert!(c.unset("replication.synchronous").unwrap());
     assert!(!c.unset("replication.synchronous").unwrap());
+}
+
+/// The timing settings: durations with units, held to the fence rule as a whole (with the
+/// node's values for the keys the record leaves out), whole seconds on etcd, and in the
+/// editor's document as a `[timing]` table.
+#[test]
+fn timing_settings_are_held_to_the_fence_rule_with_the_nodes_values() {
+    let mut c = Contents::default();
+    c.set("timing.ttl_ms=4s").unwrap();
+    c.set("timing.loop_interval_ms=1000").unwrap();
+    assert_eq!(c.settings["timing.ttl_ms"], ParamValue::Int(4000));
+    for bad in ["timing.ttl_ms=soon", "timing.ttl_ms=-1", "timing.ttl_ms=3h"] {
+        assert!(Contents::default().set(bad).is_err(), "{bad}");
+    }
+    let t = own::timing(&c.settings, &node()).unwrap();
+    assert_eq!(
+        (t.ttl_ms, t.loop_interval_ms, t.fence_margin_ms),
+        (4000, 1000, 500)
+    );
+    assert!(check_all(&catalogue(), &ClusterConfig::default(), &c, &node(), 2).is_ok());
+    // A TTL under 3 loops, and a margin that leaves the primary under two renewals: the
+    // rule names the key and the bound.
+    let mut short = c.clone();
+    short.set("timing.ttl_ms=2500").unwrap();
+    let e = check_all(&catalogue(), &ClusterConfig::default(), &short, &node(), 2).unwrap_err();
+    assert_eq!(e.key, "timing.ttl_ms");
+    assert!(e.expected.contains("3000"), "{}", e.expected);
+    let mut margin = c.clone();
+    margin.set("timing.fence_margin_ms=2500").unwrap();
+    let e = check_all(&catalogue(), &ClusterConfig::default(), &margin, &node(), 2).unwrap_err();
+    assert_eq!(e.key, "timing.fence_margin_ms");
+    // The rule counts the node's own values: its node.toml's loop of 2 s makes 4 s too short.
+    let mut slow = node();
+    slow.timing.loop_interval_ms = 2000;
+    let mut only_ttl = Contents::default();
+    only_ttl.set("timing.ttl_ms=4000").unwrap();
+    assert_eq!(
+        own::timing(&only_ttl.settings, &slow).unwrap_err().key,
+        "timing.ttl_ms"
+    );
+    // On etcd, whole seconds.
+    let mut on_etcd = node();
+    on_etcd.store = crate::config::StoreConfig::Etcd {
+        endpoints: vec!["http://127.0.0.1:2379".into()],
+        access: Default::default(),
+    };
+    let mut odd = Contents::default();
+    odd.set("timing.ttl_ms=2500").unwrap();
+    assert!(own::timing(&odd.settings, &node()).is_ok());
+    let e = own::timing(&odd.settings, &on_etcd).unwrap_err();
+    assert!(e.expected.contains("whole seconds"), "{}", e.expected);
+    // The document round-trips the [timing] table; the policy gets the TTL.
+    let doc = to_document(&ClusterConfig {
+        settings: c.settings.clone(),
+        ..Default::default()
+    });
+    assert!(
+        doc.contains("[timing]\nloop_interval_ms = 1000\nttl_ms = 4000\n"),
+        "{doc}"
+    );
+    assert_eq!(from_document(&doc).unwrap().settings, c.settings);
+    let mut policy = crate::failover::Policy::from_config(&node());
+    policy.set_timing(&t);
+    assert_eq!(policy.ttl_ms, 4000);
+    let shown = effective_settings(&c.settings, &node());
+    let ttl = shown.iter().find(|e| e.name == "timing.ttl_ms").unwrap();
+    assert_eq!(
+        (ttl.source, ttl.overrides.clone()),
+        (Source::Cluster, Some(ParamValue::Int(2500)))
+    );
 }

@@ -382,7 +382,8 @@ impl ClientApi {
 }
 
 impl TimingConfig {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    /// The fence rule and each value's range (node.toml, and the cluster's config over it).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(100..=60_000).contains(&self.loop_interval_ms) {
             return Err(ConfigError::new(
                 "timing.loop_interval_ms",

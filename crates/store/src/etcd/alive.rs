@@ -1,6 +1,8 @@
 //! Members' liveness: `alive/<member>` attached to the member's own etcd lease, kept alive
 //! by one message on its KeepAlive stream (no write), granted and put again when etcd no
-//! longer knows it. The view fills in `MemberState::seen_ms` from those keys.
+//! longer knows it, or when the TTL asked for changed (the cluster's timing): a key that
+//! outlived its member by the old TTL would keep a dead member alive that long. The view
+//! fills in `MemberState::seen_ms` from those keys.
 
 use super::lease::lease_secs;
 use super::EtcdStore;
@@ -11,12 +13,12 @@ impl EtcdStore {
     pub(super) async fn keep_member_alive(&self, member: &str, ttl_ms: u64) -> Result<()> {
         const ACTION: &str = "say the member is alive";
         let current = *self.alive_lease.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(lease) = current {
+        let secs = lease_secs(ttl_ms);
+        if let Some((lease, _)) = current.filter(|(_, granted)| *granted == secs) {
             if self.keep_alive_in(&self.alive_keeper, lease).await? > 0 {
                 return Ok(());
             }
         }
-        let secs = lease_secs(ttl_ms);
         let lease = self
             .call(
                 ACTION,
@@ -33,7 +35,10 @@ impl EtcdStore {
             }
         })
         .await?;
-        *self.alive_lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+        *self.alive_lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease, secs));
+        if let Some((old, _)) = current.filter(|(old, _)| *old != lease) {
+            self.revoke(old).await;
+        }
         Ok(())
     }
 }

@@ -94,7 +94,7 @@ impl EtcdStore {
 
     /// Revoke a lease, ignoring failures (it may be gone already; an unrevoked lease with no
     /// key runs out by itself).
-    async fn revoke(&self, id: i64) {
+    pub(super) async fn revoke(&self, id: i64) {
         if id != 0 {
             let _ = self
                 .call(
@@ -233,9 +233,12 @@ impl EtcdStore {
 
     /// Keep the key's lease alive when the key names `member`. `true` = etcd still keeps
     /// it, for at least `ttl_ms` from before the call (and the expiry this client reports
-    /// moves on). A lease granted for less (`timing.ttl_ms` raised since, and the agent
-    /// restarted) is replaced by one of `ttl_ms` through the compare-and-set: the caller's
-    /// fence counts on `ttl_ms` (review finding).
+    /// moves on). A lease granted for less (`timing.ttl_ms` raised since) is replaced by one
+    /// of `ttl_ms` through the compare-and-set: the caller's fence counts on `ttl_ms`
+    /// (review finding). So is one put for another TTL (lowered by the cluster's config):
+    /// it is safe to keep, but failover would go on waiting out the old TTL, and readers
+    /// take the key's `ttl_ms` for the most the lease can last. (etcd may grant more than
+    /// asked, its minimum TTL: compared with what was asked, that is no change.)
     async fn keep_alive_if_held(&self, kv: &KeyValue, member: &str, ttl_ms: u64) -> Result<bool> {
         const ACTION: &str = "renew the leader key";
         let value: LeaderValue = self.parse(kv, "a leader lease")?;
@@ -249,7 +252,7 @@ impl EtcdStore {
             // etcd no longer knows the lease: it expired (the key went with it).
             return Ok(false);
         }
-        if ttl < lease_secs(ttl_ms) {
+        if ttl < lease_secs(ttl_ms) || value.ttl_ms != ttl_ms {
             return self.leader_put(ACTION, member, ttl_ms, Some(kv)).await;
         }
         let granted = u64::try_from(ttl).unwrap_or(0);

@@ -75,8 +75,9 @@ pub struct EtcdStore {
     keeper: tokio::sync::Mutex<Option<lease::KeepAlive>>,
     /// The lease this client last attached the leader key to (until it releases it).
     own_lease: std::sync::Mutex<Option<i64>>,
-    /// The member's liveness lease (`alive/<member>`) and its keep-alive stream.
-    alive_lease: std::sync::Mutex<Option<i64>>,
+    /// The member's liveness lease (`alive/<member>`), with the TTL (s) it was granted
+    /// for, and its keep-alive stream.
+    alive_lease: std::sync::Mutex<Option<(i64, i64)>>,
     alive_keeper: tokio::sync::Mutex<Option<lease::KeepAlive>>,
 }
 
