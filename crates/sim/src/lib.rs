@@ -23,7 +23,11 @@
 //!   and runs writable asks every other member; a member answers yes only when its agent is
 //!   alive, not frozen, reachable, neither holds nor is taking the lease, and then promises
 //!   not to take the lease for `ttl` (`LocalView::failsafe`, in agent memory). All yes: the
-//!   watchdog deadline moves to `fence_deadline_ms(t0_of_the_round)`.
+//!   watchdog deadline moves to `fence_deadline_ms(t0_of_the_round, shortest promise)`.
+//! - **Timing changes** (`Retime`, from a random stream of their own): a node's agent asks
+//!   for another lease TTL from its next loop for a while, as a change of `timing.ttl_ms` in
+//!   the cluster's config reaches the members one by one; the store keeps each lease for the
+//!   TTL its request asked for, and the fence follows that request's TTL.
 //! - **PostgreSQL** per node: stopped / starting / standby / promoting / writable; WAL as a
 //!   branch (timeline) history and an LSN; a client writes 100 bytes/ms to whatever runs
 //!   writable; a streaming standby copies its upstream with a small lag when reachable and
