@@ -20,6 +20,8 @@ use std::time::Duration;
 /// Which members to restart, in order.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// The member that led when the plan was made: every step checks it still does.
+    pub leader: String,
     pub standbys: Vec<String>,
     /// The primary, last.
     pub primary: Option<String>,
@@ -74,6 +76,7 @@ pub fn plan(view: &ClusterView, pending_only: bool, rolling: bool, now: u64) -> 
         .flat_map(|m| &m.pending_restart)
         .any(|p| PRIMARY_FIRST.contains(&p.as_str()));
     Ok(Plan {
+        leader: leader.name.clone(),
         standbys,
         switchover: rolling && primary.is_some() && has_standby && !primary_first,
         primary_first: primary_first && primary.is_some(),
@@ -100,7 +103,7 @@ pub async fn run(
     let limit = Duration::from_secs(o.timeout_s);
     let s = store.as_ref();
     if let (true, Some(primary)) = (p.primary_first, &p.primary) {
-        before(s, primary, limit).await?;
+        before(s, primary, &p.leader, limit).await?;
         step(
             s,
             OpKind::Restart {
@@ -112,12 +115,12 @@ pub async fn run(
         after(s, primary, limit).await?;
     }
     for m in &p.standbys {
-        before(s, m, limit).await?;
+        before(s, m, &p.leader, limit).await?;
         step(s, OpKind::Restart { member: m.clone() }, o).await?;
         after(s, m, limit).await?;
     }
     if let Some(primary) = p.primary.as_ref().filter(|_| !p.primary_first) {
-        before(s, primary, limit).await?;
+        before(s, primary, &p.leader, limit).await?;
         if p.switchover {
             let kind = operate::switchover_kind(cfg, None).await?;
             step(s, kind, o).await?;
@@ -179,22 +182,57 @@ fn describe(p: &Plan) -> String {
     parts.join(", then ")
 }
 
-/// Every member up before one goes down.
-async fn before(store: &dyn pgbaton_store::Store, next: &str, limit: Duration) -> Result<()> {
-    if !settled_within(store, limit, true).await? {
-        bail!(
-            "not every member is up (the primary running, every standby streaming): restarting {next} now would leave two members down; stopped before it"
-        );
-    }
-    Ok(())
+/// Every member up, and the primary still the one the plan was made for, before `next`
+/// goes down.
+async fn before(
+    store: &dyn pgbaton_store::Store,
+    next: &str,
+    leader: &str,
+    limit: Duration,
+) -> Result<()> {
+    settle(store, limit, || {
+        format!(
+            "not every member is up (the primary running, every standby streaming): restarting \
+             {next} now would leave two members down; stopped before it"
+        )
+    })
+    .await?;
+    still_leads(&read_view(store).await?, leader, next)
 }
 
 /// The member back in its place before the next one.
 async fn after(store: &dyn pgbaton_store::Store, member: &str, limit: Duration) -> Result<()> {
+    settle(store, limit, || {
+        format!("the cluster did not settle after {member}'s restart (see `pgbaton list`): stopped there")
+    })
+    .await
+}
+
+/// Wait, bounded, until every member is up; else the error `stopped` says.
+async fn settle(
+    store: &dyn pgbaton_store::Store,
+    limit: Duration,
+    stopped: impl FnOnce() -> String,
+) -> Result<()> {
     if !settled_within(store, limit, true).await? {
-        bail!("the cluster did not settle after {member}'s restart (see `pgbaton list`): stopped there");
+        bail!("{}", stopped());
     }
     Ok(())
+}
+
+/// The plan was made for `leader` as the primary. After a failover mid-run, a member
+/// planned as a standby may be the primary now, and would be restarted in place: the run
+/// stops instead, saying so (run it again to plan for the cluster as it is).
+fn still_leads(view: &ClusterView, leader: &str, next: &str) -> Result<()> {
+    match view.leader_member() {
+        Some(m) if m.name == leader => Ok(()),
+        now => bail!(
+            "the primary is no longer {leader} (now {}): the cluster changed during the \
+             restart (a failover?); stopped before restarting {next}. Run the command again to \
+             plan for the cluster as it is",
+            now.map_or("none", |m| m.name.as_str())
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +294,22 @@ mod tests {
             "{}",
             describe(&p)
         );
+    }
+
+    #[test]
+    fn a_failover_during_the_run_stops_it_before_the_next_member() {
+        let v = view(&[]);
+        assert!(still_leads(&v, "n2", "n3").is_ok());
+        let mut moved = v.clone();
+        moved.leader.as_mut().unwrap().member = "n3".into();
+        let e = still_leads(&moved, "n2", "n3").unwrap_err().to_string();
+        assert!(
+            e.contains("no longer n2 (now n3)") && e.contains("before restarting n3"),
+            "{e}"
+        );
+        let mut none = v;
+        none.leader = None;
+        assert!(still_leads(&none, "n2", "n1").is_err());
     }
 
     #[test]

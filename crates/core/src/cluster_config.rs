@@ -100,7 +100,7 @@ impl Contents {
 
     /// `--unset KEY`: `Ok(false)` when it was not set.
     pub fn unset(&mut self, key: &str) -> Result<bool, ConfigError> {
-        let k = parameter_name(key)?;
+        let k = config_key(key)?;
         Ok(self.settings.remove(&k).is_some() || self.parameters.remove(&k).is_some())
     }
 }
@@ -256,7 +256,7 @@ pub fn parse_set(arg: &str) -> Result<(String, ParamValue), ConfigError> {
             "NAME=VALUE, like work_mem=64MB",
         ));
     };
-    let name = parameter_name(key.trim())?;
+    let name = config_key(key.trim())?;
     Ok((name, ParamValue::Str(value.trim().to_string())))
 }
 
@@ -264,7 +264,7 @@ pub fn parse_set(arg: &str) -> Result<(String, ParamValue), ConfigError> {
 /// `postgresql.parameters.`, or one of pgbaton's settings the store holds (`own::KEYS`).
 /// Another of pgbaton's keys is refused (it stays in node.toml); `ext.name` is an
 /// extension's parameter.
-pub fn parameter_name(key: &str) -> Result<String, ConfigError> {
+pub fn config_key(key: &str) -> Result<String, ConfigError> {
     let name = key.strip_prefix(PARAMETERS_PREFIX).unwrap_or(key);
     if own::is_own(name) {
         return Ok(name.to_string());
