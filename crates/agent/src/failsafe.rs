@@ -104,7 +104,8 @@ impl Agent {
         count_round(&self.shared, confirmed);
         let refused = &round.refused;
         if confirmed {
-            let ttl_ms = round.binding_ms(host::timing(&self.shared).ttl_ms);
+            let running = host::timing(&self.shared).ttl_ms;
+            let ttl_ms = round.binding_ms(running, self.cfg.timing.ttl_ms);
             match pgbaton_exec::Host::arm(&mut self.exec.host, t0, ttl_ms) {
                 Ok(()) => {
                     let msg = format!(
@@ -152,20 +153,28 @@ pub(crate) struct Round {
     pub asked: usize,
     /// Why each member that did not confirm did not.
     pub refused: Vec<String>,
-    /// The shortest promise a confirming member gave (`promise_ms`; absent from an agent of
-    /// an earlier version, which promised for its TTL, taken to be this member's).
+    /// The shortest promise a confirming member gave (`promise_ms`).
     pub shortest_promise_ms: Option<u64>,
+    /// A member of an earlier version confirmed without saying for how long: it promised
+    /// for its node.toml TTL, which it does not say either.
+    pub unsaid: bool,
 }
 
 impl Round {
     /// How long from the round's start its confirmations hold the lease for this primary:
-    /// its own TTL, or less when a member promised less (TTLs differ while a change of the
-    /// cluster's timing spreads, or between node.toml files). Pinned simulator test
+    /// the TTL it runs with, or less when a member promised less (TTLs differ while a change
+    /// of the cluster's timing spreads, or between node.toml files). A promise of unsaid
+    /// length is taken to be `node_ttl_ms`, this member's node.toml TTL, as before members
+    /// said it (the timing could not differ from node.toml's then). Pinned simulator test
     /// `a_failsafe_round_outlives_a_shorter_promise`: a fence extended by the primary's own
     /// TTL outlived a member's promise, which then took the lease: two writers.
-    pub(crate) fn binding_ms(&self, own_ttl_ms: u64) -> u64 {
-        self.shortest_promise_ms
-            .map_or(own_ttl_ms, |p| p.min(own_ttl_ms))
+    pub(crate) fn binding_ms(&self, running_ttl_ms: u64, node_ttl_ms: u64) -> u64 {
+        let unsaid = self.unsaid.then_some(node_ttl_ms);
+        [Some(running_ttl_ms), self.shortest_promise_ms, unsaid]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(running_ttl_ms)
     }
 }
 
@@ -193,7 +202,10 @@ async fn ask_members(
             let r = req.send().await;
             let ok = r.as_ref().is_ok_and(|r| r.status().is_success());
             let why = match r {
-                Ok(r) if ok => return (name, Ok(promise_of(r).await)),
+                Ok(r) if ok => match promise_of(r).await {
+                    Ok(p) => return (name, Ok(p)),
+                    Err(why) => why,
+                },
                 Ok(r) => format!("answered {}", r.status()),
                 Err(e) => {
                     let text = format!("{:#}", anyhow::Error::from(e));
@@ -210,6 +222,7 @@ async fn ask_members(
         asked: 0,
         refused: vec![],
         shortest_promise_ms: None,
+        unsaid: false,
     };
     while let Some(r) = asks.join_next().await {
         round.asked += 1;
@@ -217,7 +230,7 @@ async fn ask_members(
             Ok((_, Ok(Some(p)))) => {
                 round.shortest_promise_ms = Some(round.shortest_promise_ms.map_or(p, |s| s.min(p)))
             }
-            Ok((_, Ok(None))) => {}
+            Ok((_, Ok(None))) => round.unsaid = true,
             Ok((name, Err(why))) => round.refused.push(format!("{name} {why}")),
             Err(e) => round.refused.push(format!("a check failed: {e}")),
         }
@@ -225,10 +238,20 @@ async fn ask_members(
     round
 }
 
-/// The `promise_ms` of a confirmation (none from an agent of an earlier version).
-async fn promise_of(r: reqwest::Response) -> Option<u64> {
-    let body: serde_json::Value = r.json().await.ok()?;
-    body.get("promise_ms")?.as_u64()
+/// The `promise_ms` of a confirmation (none from an agent of an earlier version). A body
+/// that cannot be read is no confirmation: how long it binds is not known.
+async fn promise_of(r: reqwest::Response) -> std::result::Result<Option<u64>, String> {
+    let body: serde_json::Value = r
+        .json()
+        .await
+        .map_err(|e| format!("confirmed in an answer that could not be read ({e})"))?;
+    match body.get("promise_ms") {
+        None => Ok(None),
+        Some(p) => p
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("confirmed for {p} ms, not a number of ms")),
+    }
 }
 
 /// What the failsafe keeper needs, shared with the loop.
@@ -252,11 +275,15 @@ impl Keeper {
     pub(crate) async fn run(self) {
         let mut pause = Duration::from_millis(20);
         let mut told = false;
+        // How long the last confirmed round bound the lease (its shortest promise): a round
+        // is due at half of that, not of a longer TTL, else every tick would ask again.
+        let mut bound_ms: Option<u64> = None;
         loop {
             tokio::time::sleep(pause).await;
             // The timing the agent runs with now (the cluster's config may change it).
             let t = host::timing(&self.shared);
-            let window = Duration::from_millis(t.ttl_ms.saturating_sub(t.fence_margin_ms));
+            let ttl = bound_ms.map_or(t.ttl_ms, |b| b.min(t.ttl_ms));
+            let window = Duration::from_millis(ttl.saturating_sub(t.fence_margin_ms));
             let tick = Duration::from_millis((t.loop_interval_ms / 5).clamp(20, 200));
             // Asleep until a round could be due, not on every tick: an idle primary renews
             // long before then, and each wake-up costs a healthy agent CPU. Never longer than
@@ -284,6 +311,7 @@ impl Keeper {
                     (Some(v), true) if v.unreadable.is_empty() => v.clone(),
                     _ => {
                         told = false;
+                        bound_ms = None;
                         continue;
                     }
                 }
@@ -304,8 +332,10 @@ impl Keeper {
                 );
                 continue;
             }
-            let binding = round.binding_ms(t.ttl_ms).saturating_sub(t.fence_margin_ms);
-            if self.extend(t0 + Duration::from_millis(binding)) && !told {
+            let binding = round.binding_ms(t.ttl_ms, self.cfg.timing.ttl_ms);
+            bound_ms = Some(binding);
+            let extension = Duration::from_millis(binding.saturating_sub(t.fence_margin_ms));
+            if self.extend(t0 + extension) && !told {
                 warn!(
                     "failsafe: the lease has not been renewed for {} ms; all {} other members \
                      confirm this primary, so it keeps serving",
@@ -363,6 +393,24 @@ mod tests {
         );
         tokio::spawn(async move { axum::serve(listener, app).await });
         url
+    }
+
+    /// A round binds the lease for the shortest of: the TTL this member runs with, every
+    /// promise a member said, and node.toml's TTL for a member that did not say.
+    #[test]
+    fn a_round_binds_for_the_shortest_promise_and_node_tomls_ttl_for_an_unsaid_one() {
+        let round = |shortest_promise_ms, unsaid| Round {
+            asked: 2,
+            refused: vec![],
+            shortest_promise_ms,
+            unsaid,
+        };
+        // The cluster's config raised the TTL to 4 s; node.toml says 2.5 s.
+        assert_eq!(round(Some(4000), false).binding_ms(4000, 2500), 4000);
+        assert_eq!(round(Some(1200), false).binding_ms(4000, 2500), 1200);
+        assert_eq!(round(Some(4000), true).binding_ms(4000, 2500), 2500);
+        assert_eq!(round(None, true).binding_ms(4000, 2500), 2500);
+        assert_eq!(round(Some(6000), false).binding_ms(4000, 2500), 4000);
     }
 
     /// The keeper extends an armed fence when every member confirms, and only then: not

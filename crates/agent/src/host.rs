@@ -31,6 +31,10 @@ impl pgbaton_exec::Host for AgentHost {
         arm_watchdog(self.watchdog.as_ref(), &self.shared, &self.cfg, t0, ttl_ms)
     }
 
+    fn tighten(&mut self, t0: Instant, ttl_ms: u64) -> Result<()> {
+        tighten_watchdog(self.watchdog.as_ref(), &self.shared, &self.cfg, t0, ttl_ms)
+    }
+
     fn disarm(&mut self) {
         self.shared
             .write()
@@ -109,6 +113,11 @@ fn keeper(
             let limit = store_timeout(t.loop_interval_ms);
             tokio::time::sleep(Duration::from_millis(t.loop_interval_ms)).await;
             let t0 = Instant::now();
+            // Never later, so always safe: a lowered TTL pulls the fence in before asking.
+            if let Err(e) = tighten_watchdog(watchdog.as_ref(), &shared, &cfg, t0, t.ttl_ms) {
+                error!("{e:#}");
+                return;
+            }
             match tokio::time::timeout(limit, store.leader_renew(&cfg.name, t.ttl_ms)).await {
                 Ok(Ok(true)) => {
                     if let Err(e) = arm_watchdog(watchdog.as_ref(), &shared, &cfg, t0, t.ttl_ms) {
@@ -142,6 +151,27 @@ impl Drop for KeeperGuard {
 /// The timing the agent runs with now (`api::Shared::timing`).
 pub(crate) fn timing(shared: &api::SharedState) -> pgbaton_core::config::TimingConfig {
     shared.read().unwrap_or_else(|e| e.into_inner()).timing
+}
+
+/// A lease request for `ttl_ms` is about to start at `t0`: the fence, when armed, moves in
+/// to `t0 + ttl_ms - fence_margin` if that is earlier (`pgbaton_exec::Host::tighten`).
+pub(crate) fn tighten_watchdog(
+    watchdog: Option<&SharedWatchdog>,
+    shared: &api::SharedState,
+    cfg: &NodeConfig,
+    t0: Instant,
+    ttl_ms: u64,
+) -> Result<()> {
+    let margin = timing(shared).fence_margin_ms;
+    let deadline = t0 + Duration::from_millis(ttl_ms.saturating_sub(margin));
+    let armed = shared
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .fence_deadline;
+    match armed {
+        Some(d) if deadline < d => arm_watchdog(watchdog, shared, cfg, t0, ttl_ms),
+        _ => Ok(()),
+    }
 }
 
 /// A renewal (or acquisition, or a failsafe round) that started at `t0` and held the lease

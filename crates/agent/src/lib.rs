@@ -70,6 +70,8 @@ pub struct Agent {
     last_unreadable: String,
     /// Why the cluster's timing is not run with here (logged when it changes).
     timing_refused: Option<String>,
+    /// The bound on each store call (`preflight::Checked::store_limit_ms`).
+    store_limit_ms: Arc<std::sync::atomic::AtomicU64>,
     tls: tls_watch::TlsWatch,
     /// The client for the other members' APIs (replaced when the API's TLS files change).
     http: Arc<RwLock<reqwest::Client>>,
@@ -97,6 +99,7 @@ impl Agent {
             major,
             password,
             store,
+            store_limit_ms,
             auth,
         } = checked;
         let password = match password {
@@ -209,6 +212,7 @@ impl Agent {
                 last_failsafe: None,
                 last_unreadable: String::new(),
                 timing_refused: None,
+                store_limit_ms,
                 tls: Default::default(),
                 http,
                 api_tls,

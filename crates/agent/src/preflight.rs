@@ -61,6 +61,9 @@ pub struct Checked {
     /// `None`: none configured and none generated yet.
     pub password: Option<String>,
     pub store: Arc<dyn Store>,
+    /// The bound on each of `store`'s calls, in ms ([`store_timeout`] of the loop interval
+    /// the agent runs with: the agent changes it with its timing).
+    pub store_limit_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Credentials the API asks of mutating requests.
     pub auth: api::Auth,
 }
@@ -116,10 +119,11 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
             pgbaton_store::Bounded::wrap(store.clone(), PREFLIGHT_STORE_TIMEOUT).initialize_get(),
         )
         .context("read the cluster's identity from the store")?;
-    // Every call the agent (and its API) makes from now on is bounded by construction:
-    // by node.toml's loop interval, also when the cluster's config changes it later (the
-    // loop's own reads and renewals use the bound of the timing it runs with, inside this).
-    let store = pgbaton_store::Bounded::wrap(store, store_timeout(cfg.timing.loop_interval_ms));
+    // Every call the agent (and its API) makes from now on is bounded by construction, by
+    // the loop interval it runs with (`timing::apply_timing` changes the bound with it).
+    let limit = store_timeout(cfg.timing.loop_interval_ms).as_millis() as u64;
+    let store_limit_ms = Arc::new(std::sync::atomic::AtomicU64::new(limit));
+    let store = pgbaton_store::Bounded::wrap_live(store, store_limit_ms.clone());
     let data = datadir::inspect(&bins, &cfg.data_dir)?;
     let local = LocalView::new(&cfg.name, data, PgRun::Stopped);
     let view = ClusterView {
@@ -164,6 +168,7 @@ pub fn preflight(cfg: &NodeConfig) -> Result<Checked> {
         major,
         password,
         store,
+        store_limit_ms,
         auth,
     })
 }

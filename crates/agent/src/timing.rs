@@ -4,9 +4,11 @@
 //! A change is safe at any loop boundary: each lease request arms the fence for the TTL it
 //! asked the store for (`pgbaton_exec::Host::arm`), and a failsafe round for the shortest
 //! promise a member gave. The loop alone changes it, between plans, so a plan runs with
-//! one timing throughout. What is not changed while the agent runs: the bound on each store
-//! call (node.toml's loop interval: `preflight::store_timeout`) and how long this member's
-//! own failsafe promises last (node.toml's TTL: `api::Shared::promise_ms`).
+//! one timing throughout; the bound on each store call (`preflight::store_timeout`) follows
+//! the loop interval. What is not changed while the agent runs: how long this member's own
+//! failsafe promises last (node.toml's TTL: `api::Shared::promise_ms`), and the API
+//! client's timeout and the failsafe store probe sized to fit inside it (node.toml's loop
+//! interval on both sides of a failsafe question).
 
 use super::*;
 use pgbaton_core::cluster_config::own;
@@ -30,6 +32,9 @@ impl Agent {
                     .unwrap_or_else(|e| e.into_inner())
                     .timing = t;
                 self.exec.settings.ttl_ms = t.ttl_ms;
+                let limit = store_timeout(t.loop_interval_ms).as_millis() as u64;
+                self.store_limit_ms
+                    .store(limit, std::sync::atomic::Ordering::Relaxed);
                 self.timing_refused = None;
             }
             Ok(_) => self.timing_refused = None,

@@ -17,6 +17,7 @@ impl<P: Postgres, H: Host> Executor<P, H> {
             return Ok(Flow::Stop);
         }
         let (t0, ttl_ms) = (self.host.instant(), self.settings.ttl_ms);
+        self.tighten(t0, ttl_ms)?;
         // On an error the outcome is unknown: the host keeps refusing failsafe
         // confirmations until a view of the store says who leads.
         let won = self
@@ -34,6 +35,7 @@ impl<P: Postgres, H: Host> Executor<P, H> {
 
     pub(crate) async fn renew_lease(&mut self) -> Step {
         let (t0, ttl_ms) = (self.host.instant(), self.settings.ttl_ms);
+        self.tighten(t0, ttl_ms)?;
         let kept = match self.store.leader_renew(&self.settings.name, ttl_ms).await {
             Ok(k) => k,
             Err(e) => {
@@ -68,6 +70,19 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         Ok(Flow::Continue)
     }
 
+    /// Before a lease request for less than the armed fence counts on (the TTL was lowered):
+    /// the fence is pulled in first (`Host::tighten`). Pinned simulator test
+    /// `a_shorter_renewal_whose_answer_is_lost_outlives_the_fence`.
+    fn tighten(&mut self, t0: H::Instant, ttl_ms: u64) -> std::result::Result<(), StepError> {
+        if self.armed_ttl_ms.is_some_and(|armed| ttl_ms < armed) {
+            self.host
+                .tighten(t0, ttl_ms)
+                .map_err(|e| StepError::Fatal(format!("{e:#}")))?;
+            self.armed_ttl_ms = Some(ttl_ms);
+        }
+        Ok(())
+    }
+
     /// Arm the watchdog for a request that started at `t0` and asked the store for
     /// `ttl_ms` (the TTL may change between loops: the fence follows the one asked for);
     /// without a live fence this member must not run a primary.
@@ -78,7 +93,9 @@ impl<P: Postgres, H: Host> Executor<P, H> {
     ) -> std::result::Result<(), StepError> {
         self.host
             .arm(t0, ttl_ms)
-            .map_err(|e| StepError::Fatal(format!("{e:#}")))
+            .map_err(|e| StepError::Fatal(format!("{e:#}")))?;
+        self.armed_ttl_ms = Some(ttl_ms);
+        Ok(())
     }
 
     pub(crate) async fn release_lease(&mut self, reason: &str) -> Step {
@@ -100,6 +117,7 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         self.mem.held_lease = false;
         self.host.set_leading(false);
         self.host.disarm();
+        self.armed_ttl_ms = None;
         Ok(())
     }
 }

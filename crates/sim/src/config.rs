@@ -66,6 +66,11 @@ pub struct SimConfig {
     /// that differ (a change that has reached some members only), a member's promise ran
     /// out before the primary's fence.
     pub failsafe_shortest_promise: bool,
+    /// Before asking for a lease shorter than the armed fence counts on, the executor pulls
+    /// the fence in (`Host::tighten`). Off plants the executor before it: a renewal for a
+    /// lowered TTL that the store applied but whose answer was lost left the fence at the
+    /// old, later deadline, past the shorter lease.
+    pub tighten_before_shorter_ttl: bool,
     /// Synchronous replication, as every node's `[replication]` says.
     pub sync: SyncSettings,
     /// Record a human-readable trace in the outcome.
@@ -100,6 +105,7 @@ impl Default for SimConfig {
             operations: true,
             retime: true,
             failsafe_shortest_promise: true,
+            tighten_before_shorter_ttl: true,
             sync: SyncSettings::default(),
             trace: false,
         }

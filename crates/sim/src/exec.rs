@@ -73,12 +73,22 @@ impl Sim {
 
     /// Arming and disarming the watchdog take effect at once.
     fn watchdog_changes(&mut self, n: usize) {
-        let (change, armed) = {
+        let (change, armed, tighten) = {
             let mut m = self.nodes[n].io();
-            (m.wd_change.take(), std::mem::take(&mut m.armed))
+            (
+                m.wd_change.take(),
+                std::mem::take(&mut m.armed),
+                m.tighten.take(),
+            )
         };
         if let Some(wd) = change {
             self.nodes[n].wd = wd;
+        }
+        if let Some(t) = tighten {
+            if self.nodes[n].wd.is_some_and(|d| t < d) {
+                self.nodes[n].wd = Some(t);
+                self.push_at(t + self.cfg.watchdog_late_ms, Ev::Tick);
+            }
         }
         for d in armed {
             self.push_at(d + self.cfg.watchdog_late_ms, Ev::Tick);

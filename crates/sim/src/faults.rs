@@ -320,6 +320,7 @@ impl Sim {
             io.replies.clear();
             io.wd_change = None;
             io.armed.clear();
+            io.tighten = None;
         }
         let exec = self.new_executor(n);
         self.nodes[n].agent = Agent {

@@ -116,6 +116,8 @@ pub(crate) struct NodeIo {
     /// armed, `None` disarmed (the last change wins; every armed deadline is in `armed`).
     pub wd_change: Option<Option<u64>>,
     pub armed: Vec<u64>,
+    /// The executor asked to pull the fence in to this deadline if earlier (`Host::tighten`).
+    pub tighten: Option<u64>,
     /// The agent API's failsafe gate (agent memory): the promise it gave a primary, and
     /// whether it leads or is taking the lease.
     pub failsafe: FailsafeGate,
@@ -384,6 +386,9 @@ pub(crate) struct SimHost {
     pub io: Io,
     pub name: String,
     pub fence_margin_ms: u64,
+    /// Off plants the old executor, which did not pull the fence in before asking for a
+    /// shorter lease (`SimConfig::tighten_before_shorter_ttl`).
+    pub tighten: bool,
 }
 
 #[async_trait::async_trait]
@@ -400,6 +405,14 @@ impl pgbaton_exec::Host for SimHost {
         let mut m = lock(&self.io);
         m.wd_change = Some(Some(d));
         m.armed.push(d);
+        Ok(())
+    }
+    fn tighten(&mut self, t0: u64, ttl_ms: u64) -> anyhow::Result<()> {
+        if self.tighten {
+            let d = fence_deadline_ms(t0, ttl_ms, self.fence_margin_ms);
+            let mut m = lock(&self.io);
+            m.tighten = Some(m.tighten.map_or(d, |t| t.min(d)));
+        }
         Ok(())
     }
     fn disarm(&mut self) {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: pgbaton-sim --seed N [--trace]\n       pgbaton-sim --sweep START COUNT [--threads N]\n\
-         options: --nodes N (2-9) --no-operations --no-watchdog --no-failsafe --no-failsafe-hold --no-stopped-position --no-pg-faults --old-fence --no-watchdog-respawn --watchdog-late MS --no-retime --old-failsafe-promise\n\
+         options: --nodes N (2-9) --no-operations --no-watchdog --no-failsafe --no-failsafe-hold --no-stopped-position --no-pg-faults --old-fence --no-watchdog-respawn --watchdog-late MS --no-retime --old-failsafe-promise --no-tighten\n\
          synchronous replication: --synchronous off|on|quorum --sync-count N --sync-strict"
     );
     ExitCode::from(2)
@@ -55,6 +55,7 @@ fn main() -> ExitCode {
             "--old-fence" => cfg.fence_kills_frozen = false,
             "--no-retime" => cfg.retime = false,
             "--old-failsafe-promise" => cfg.failsafe_shortest_promise = false,
+            "--no-tighten" => cfg.tighten_before_shorter_ttl = false,
             "--no-watchdog-respawn" => cfg.watchdog_respawn = false,
             "--synchronous" => {
                 cfg.sync.mode = match args.get(i + 1).map(String::as_str) {

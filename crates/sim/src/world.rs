@@ -139,6 +139,7 @@ impl Sim {
             io: io.clone(),
             name: name.clone(),
             fence_margin_ms: self.cfg.fence_margin_ms,
+            tighten: self.cfg.tighten_before_shorter_ttl,
         };
         let settings = pgbaton_exec::Settings {
             name,

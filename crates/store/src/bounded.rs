@@ -6,18 +6,31 @@ use crate::{Result, Store};
 use async_trait::async_trait;
 use pgbaton_core::model::{HistoryEntry, Leader, MemberState, OpPhase, Operation};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Bounded {
     inner: Arc<dyn Store>,
-    limit: Duration,
+    /// The bound in ms: shared with whoever may change it (the agent, when the cluster's
+    /// config changes its loop interval).
+    limit_ms: Arc<AtomicU64>,
 }
 
 impl Bounded {
     /// `inner` with each call bounded by `limit`.
     pub fn wrap(inner: Arc<dyn Store>, limit: Duration) -> Arc<dyn Store> {
-        Arc::new(Bounded { inner, limit })
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        Self::wrap_live(inner, Arc::new(AtomicU64::new(ms)))
+    }
+
+    /// `inner` with each call bounded by `limit_ms` as it is when the call starts.
+    pub fn wrap_live(inner: Arc<dyn Store>, limit_ms: Arc<AtomicU64>) -> Arc<dyn Store> {
+        Arc::new(Bounded { inner, limit_ms })
+    }
+
+    fn limit(&self) -> Duration {
+        Duration::from_millis(self.limit_ms.load(Ordering::Relaxed))
     }
 
     async fn within<T>(
@@ -45,41 +58,43 @@ impl Store for Bounded {
 
     async fn initialize_get(&self) -> Result<Option<String>> {
         let call = self.inner.initialize_get();
-        self.within("read the cluster's identity", self.limit, call)
+        self.within("read the cluster's identity", self.limit(), call)
             .await
     }
     async fn initialize_claim(&self, value: &str) -> Result<bool> {
         let call = self.inner.initialize_claim(value);
-        self.within("claim the cluster's identity", self.limit, call)
+        self.within("claim the cluster's identity", self.limit(), call)
             .await
     }
     async fn initialize_replace(&self, expected: &str, value: &str) -> Result<bool> {
         let call = self.inner.initialize_replace(expected, value);
-        self.within("replace the cluster's identity", self.limit, call)
+        self.within("replace the cluster's identity", self.limit(), call)
             .await
     }
     async fn initialize_abandon(&self, expected: &str) -> Result<bool> {
         let call = self.inner.initialize_abandon(expected);
-        self.within("abandon the identity claim", self.limit, call)
+        self.within("abandon the identity claim", self.limit(), call)
             .await
     }
 
     async fn leader_get(&self) -> Result<Option<Leader>> {
         let call = self.inner.leader_get();
-        self.within("read the leader lease", self.limit, call).await
+        self.within("read the leader lease", self.limit(), call)
+            .await
     }
     async fn leader_acquire(&self, member: &str, ttl_ms: u64) -> Result<bool> {
         let call = self.inner.leader_acquire(member, ttl_ms);
-        self.within("take the leader lease", self.limit, call).await
+        self.within("take the leader lease", self.limit(), call)
+            .await
     }
     async fn leader_renew(&self, member: &str, ttl_ms: u64) -> Result<bool> {
         let call = self.inner.leader_renew(member, ttl_ms);
-        self.within("renew the leader lease", self.limit, call)
+        self.within("renew the leader lease", self.limit(), call)
             .await
     }
     async fn leader_release(&self, member: &str) -> Result<bool> {
         let call = self.inner.leader_release(member);
-        self.within("release the leader lease", self.limit, call)
+        self.within("release the leader lease", self.limit(), call)
             .await
     }
     async fn wait_leader_gone(&self, timeout: Duration) -> Result<bool> {
@@ -87,7 +102,7 @@ impl Store for Bounded {
         let call = self.inner.wait_leader_gone(timeout);
         self.within(
             "wait for the leader lease to go",
-            timeout + self.limit,
+            timeout + self.limit(),
             call,
         )
         .await
@@ -95,66 +110,68 @@ impl Store for Bounded {
 
     async fn member_put(&self, state: &MemberState) -> Result<()> {
         let call = self.inner.member_put(state);
-        self.within("publish the member's state", self.limit, call)
+        self.within("publish the member's state", self.limit(), call)
             .await
     }
     async fn member_get(&self, name: &str) -> Result<Option<MemberState>> {
         let call = self.inner.member_get(name);
-        self.within("read a member", self.limit, call).await
+        self.within("read a member", self.limit(), call).await
     }
     async fn members_read(&self) -> Result<crate::MembersRead> {
         let call = self.inner.members_read();
-        self.within("read the members", self.limit, call).await
+        self.within("read the members", self.limit(), call).await
     }
     async fn member_delete(&self, name: &str) -> Result<bool> {
         let call = self.inner.member_delete(name);
-        self.within("remove a member", self.limit, call).await
+        self.within("remove a member", self.limit(), call).await
     }
 
     async fn op_get(&self) -> Result<Option<Operation>> {
         let call = self.inner.op_get();
-        self.within("read the operation", self.limit, call).await
+        self.within("read the operation", self.limit(), call).await
     }
     async fn op_post(&self, op: &Operation) -> Result<bool> {
         let call = self.inner.op_post(op);
-        self.within("post an operation", self.limit, call).await
+        self.within("post an operation", self.limit(), call).await
     }
     async fn op_update(&self, id: &str, phase: OpPhase, new: &Operation) -> Result<bool> {
         let call = self.inner.op_update(id, phase, new);
-        self.within("update the operation", self.limit, call).await
+        self.within("update the operation", self.limit(), call)
+            .await
     }
 
     async fn history_append(&self, entry: &HistoryEntry) -> Result<()> {
         let call = self.inner.history_append(entry);
-        self.within("append to the history", self.limit, call).await
+        self.within("append to the history", self.limit(), call)
+            .await
     }
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>> {
         let call = self.inner.history(limit);
-        self.within("read the history", self.limit, call).await
+        self.within("read the history", self.limit(), call).await
     }
 
     async fn paused(&self) -> Result<bool> {
         let call = self.inner.paused();
-        self.within("read the pause flag", self.limit, call).await
+        self.within("read the pause flag", self.limit(), call).await
     }
     async fn set_paused(&self, paused: bool) -> Result<()> {
         let call = self.inner.set_paused(paused);
-        self.within("set the pause flag", self.limit, call).await
+        self.within("set the pause flag", self.limit(), call).await
     }
     async fn config_get(&self) -> Result<Option<String>> {
         let call = self.inner.config_get();
-        self.within("read the cluster's config", self.limit, call)
+        self.within("read the cluster's config", self.limit(), call)
             .await
     }
     async fn config_cas(&self, expected: Option<&str>, new: &str) -> Result<bool> {
         let call = self.inner.config_cas(expected, new);
-        self.within("write the cluster's config", self.limit, call)
+        self.within("write the cluster's config", self.limit(), call)
             .await
     }
 
     async fn sync_get(&self) -> Result<Option<String>> {
         let call = self.inner.sync_get();
-        self.within("read the synchronous set", self.limit, call)
+        self.within("read the synchronous set", self.limit(), call)
             .await
     }
     async fn sync_cas(
@@ -164,19 +181,19 @@ impl Store for Bounded {
         new: Option<&str>,
     ) -> Result<bool> {
         let call = self.inner.sync_cas(leader, expected, new);
-        self.within("write the synchronous set", self.limit, call)
+        self.within("write the synchronous set", self.limit(), call)
             .await
     }
 
     async fn member_alive(&self, member: &str, ttl_ms: u64) -> Result<()> {
         let call = self.inner.member_alive(member, ttl_ms);
-        self.within("say the member is alive", self.limit, call)
+        self.within("say the member is alive", self.limit(), call)
             .await
     }
 
     async fn view(&self) -> Result<pgbaton_core::decide::ClusterView> {
         let call = self.inner.view();
-        self.within("read the cluster", self.limit, call).await
+        self.within("read the cluster", self.limit(), call).await
     }
 }
 

@@ -1776,6 +1776,29 @@ async fn local_a_locked_file_blocks_no_runtime_thread() {
         .unwrap();
 }
 
+/// A renewal (or the holder's acquisition) for a shorter TTL never moves the lease's expiry
+/// earlier: a renewal that hung may commit after a later one with a longer TTL, whose fence
+/// counts on the later expiry (review finding). A lowered TTL takes hold once the longer
+/// expiry has passed. Another member's acquisition of an expired lease is not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_a_renewal_never_shortens_the_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(&tmp.path().join("s.db"), "c").unwrap());
+    assert!(store.leader_acquire("n1", 60_000).await.unwrap());
+    let long = store.leader_get().await.unwrap().unwrap().expires_ms;
+    assert!(store.leader_renew("n1", 1_000).await.unwrap());
+    assert_eq!(store.leader_get().await.unwrap().unwrap().expires_ms, long);
+    assert!(store.leader_acquire("n1", 1_000).await.unwrap());
+    assert_eq!(store.leader_get().await.unwrap().unwrap().expires_ms, long);
+    assert!(
+        !store.leader_acquire("n2", 1_000).await.unwrap(),
+        "held by n1"
+    );
+    // Longer again: extended as before.
+    assert!(store.leader_renew("n1", 120_000).await.unwrap());
+    assert!(store.leader_get().await.unwrap().unwrap().expires_ms > long);
+}
+
 // ---- etcd: the view an agent keeps from a watch ------------------------------------------
 
 /// Wait (bounded) until `ok` holds.

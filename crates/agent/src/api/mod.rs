@@ -362,13 +362,10 @@ async fn store_writable(st: &ApiState) -> bool {
         .unwrap_or_else(|e| e.into_inner())
         .member
         .clone();
-    let loop_ms = st
-        .shared
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .timing
-        .loop_interval_ms;
-    let limit = failsafe_probe_limit(loop_ms);
+    // node.toml's loop interval, not the running one: the asker waits by its API client's
+    // timeout, made from node.toml's when the agent started (review finding: a cluster
+    // loop interval above node.toml's made the probe as long as the asker's wait).
+    let limit = failsafe_probe_limit(st.cfg.timing.loop_interval_ms);
     match mine {
         Some(m) => tokio::time::timeout(limit, st.store.member_put(&m))
             .await

@@ -398,7 +398,8 @@ impl TimingConfig {
                 self.ttl_ms.to_string(),
                 format!(
                     "a number of milliseconds, at least 3 × timing.loop_interval_ms ({min_ttl}) \
-                     and at most 3600000 (on etcd, in whole seconds: a value is rounded down)"
+                     and at most 3600000 (on etcd, whole seconds: node.toml's value is rounded \
+                     down)"
                 ),
             ));
         }
@@ -420,7 +421,7 @@ impl TimingConfig {
                 format!(
                     "at most timing.ttl_ms - 2 × timing.loop_interval_ms ({}): the primary must \
                      get two chances to renew its lease before it fences itself (on etcd, \
-                     timing.ttl_ms counts in whole seconds, rounded down)",
+                     timing.ttl_ms counts in whole seconds)",
                     self.ttl_ms.saturating_sub(room)
                 ),
             ));

@@ -159,23 +159,28 @@ impl EtcdStore {
             value,
             Some(PutOptions::new().with_lease(lease)),
         )]);
-        match self.txn(action, txn).await {
-            Ok(r) if r.succeeded() => {
-                *self.own_lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
-                if let Some(old) = seen.filter(|old| old.lease() != lease) {
-                    self.revoke(old.lease()).await;
-                }
-                Ok(true)
-            }
-            Ok(_) => {
-                self.revoke(lease).await;
-                Ok(false)
-            }
-            Err(e) => {
-                self.revoke(lease).await;
-                Err(e)
-            }
+        // A transaction whose answer was lost is tried again on the next endpoint (`call`),
+        // and its compare then fails against its own first, committed attempt: the key is
+        // read before the new lease is revoked, else revoking it would delete the key this
+        // very call put, under a fence armed for the old lease (review finding). With no
+        // answer at all the new lease is left to run out: the key may be on it.
+        let committed = match self.txn(action, txn).await {
+            Ok(r) if r.succeeded() => true,
+            Ok(_) => self
+                .get_one(action, "leader")
+                .await?
+                .is_some_and(|kv| kv.lease() == lease),
+            Err(e) => return Err(e),
+        };
+        if !committed {
+            self.revoke(lease).await;
+            return Ok(false);
         }
+        *self.own_lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+        if let Some(old) = seen.filter(|old| old.lease() != lease) {
+            self.revoke(old.lease()).await;
+        }
+        Ok(true)
     }
 
     pub(super) async fn read_leader(&self) -> Result<Option<Leader>> {

@@ -30,15 +30,20 @@ impl Db {
                 Some((holder, exp)) => holder == member || !unexpired(exp, now),
             };
             if free {
+                // The holder taking its own lease again never shortens it (see `renew_leader`).
                 tx.exec_c(
                     "INSERT INTO kv (cluster, key, value, expires_ms) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (cluster, key) DO UPDATE
-                     SET value = excluded.value, expires_ms = excluded.expires_ms",
+                     SET expires_ms = CASE WHEN kv.value = excluded.value AND kv.expires_ms > ?5
+                           THEN MAX(kv.expires_ms, excluded.expires_ms)
+                           ELSE excluded.expires_ms END,
+                         value = excluded.value",
                     params![
                         self.cluster,
                         KEY_LEADER,
                         member,
-                        now.saturating_add(to_i64(ttl_ms))
+                        now.saturating_add(to_i64(ttl_ms)),
+                        now
                     ],
                 )?;
             }
@@ -46,11 +51,15 @@ impl Db {
         })
     }
 
+    /// A renewal never shortens the lease: a renewal that hung (the blocking call goes on
+    /// after its caller gave up) may commit after a later one, and with a TTL lowered since,
+    /// it would cut the lease short of the fence the later one armed (review finding). A
+    /// lowered TTL so takes hold once the longer lease's expiry has passed.
     pub(super) fn renew_leader(&self, member: &str, ttl_ms: u64) -> Result<bool> {
         self.in_tx("renewing the leader lease", |tx| {
             let now = self.now();
             let n = tx.exec_c(
-                "UPDATE kv SET expires_ms = ?4
+                "UPDATE kv SET expires_ms = MAX(expires_ms, ?4)
                  WHERE cluster = ?1 AND key = ?2 AND value = ?3
                    AND expires_ms IS NOT NULL AND expires_ms > ?5",
                 params![
