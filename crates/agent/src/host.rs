@@ -153,6 +153,15 @@ pub(crate) fn timing(shared: &api::SharedState) -> pgbaton_core::config::TimingC
     shared.read().unwrap_or_else(|e| e.into_inner()).timing
 }
 
+/// `t0 + ttl_ms - fence_margin`, by the margin the agent runs with. The timing is held to
+/// the fence rule before it is run with (node.toml's at load, the cluster's in
+/// `own::timing`); a failsafe promise shorter than the margin (members with other node.toml
+/// TTLs) leaves no window, and fences at once: the safe way.
+fn fence_deadline(shared: &api::SharedState, t0: Instant, ttl_ms: u64) -> Instant {
+    let margin = timing(shared).fence_margin_ms;
+    t0 + Duration::from_millis(ttl_ms.saturating_sub(margin))
+}
+
 /// A lease request for `ttl_ms` is about to start at `t0`: the fence, when armed, moves in
 /// to `t0 + ttl_ms - fence_margin` if that is earlier (`pgbaton_exec::Host::tighten`).
 pub(crate) fn tighten_watchdog(
@@ -162,8 +171,7 @@ pub(crate) fn tighten_watchdog(
     t0: Instant,
     ttl_ms: u64,
 ) -> Result<()> {
-    let margin = timing(shared).fence_margin_ms;
-    let deadline = t0 + Duration::from_millis(ttl_ms.saturating_sub(margin));
+    let deadline = fence_deadline(shared, t0, ttl_ms);
     let armed = shared
         .read()
         .unwrap_or_else(|e| e.into_inner())
@@ -186,11 +194,7 @@ pub(crate) fn arm_watchdog(
     ttl_ms: u64,
 ) -> Result<()> {
     let Some(w) = watchdog else { return Ok(()) };
-    let margin = timing(shared).fence_margin_ms;
-    // The timing is held to the fence rule before it is run with (node.toml's at load,
-    // the cluster's in `own::timing`); a failsafe promise shorter than the margin (members
-    // with other node.toml TTLs) leaves no window, and fences at once: the safe way.
-    let deadline = t0 + Duration::from_millis(ttl_ms.saturating_sub(margin));
+    let deadline = fence_deadline(shared, t0, ttl_ms);
     shared
         .write()
         .unwrap_or_else(|e| e.into_inner())

@@ -94,6 +94,23 @@ fn found_with() -> SimConfig {
     }
 }
 
+/// `seed` breaks the one-writer rule with a fix planted out (`plant`), and passes with it.
+/// `flag`: the simulator's flag that plants it, to re-find a seed when the course moved.
+fn two_writers_only_without(seed: u64, plant: fn(&mut SimConfig), flag: &str) {
+    let mut buggy = SimConfig::default();
+    plant(&mut buggy);
+    let o = run(seed, &buggy);
+    assert!(
+        kinds(&o)
+            .iter()
+            .any(|k| *k == "two-writers" || *k == "lease-granted-beside-writer"),
+        "the buggy run no longer breaks at seed {seed} (a change moved its course?): find one \
+         with `cargo run --release -p pgbaton-sim -- --sweep 0 4000 {flag}`; {:?}",
+        o.violations
+    );
+    assert_ok(&run(seed, &SimConfig::default()));
+}
+
 /// Seed 3865 (found when timing changes entered the simulator): the primary's TTL was
 /// lowered; its renewal for the shorter TTL reached the store, which shortened the lease,
 /// but the answer was lost (a store cut). The fence stayed where the longer TTL had put
@@ -103,21 +120,11 @@ fn found_with() -> SimConfig {
 /// `cargo run --release -p pgbaton-sim -- --sweep 0 4000 --no-tighten`.
 #[test]
 fn a_shorter_renewal_whose_answer_is_lost_outlives_the_fence() {
-    let seed = 3865;
-    let buggy = SimConfig {
-        tighten_before_shorter_ttl: false,
-        ..SimConfig::default()
-    };
-    let o = run(seed, &buggy);
-    assert!(
-        kinds(&o)
-            .iter()
-            .any(|k| *k == "two-writers" || *k == "lease-granted-beside-writer"),
-        "the buggy run no longer breaks at seed {seed} (a change moved its course?): find one \
-         with `cargo run --release -p pgbaton-sim -- --sweep 0 4000 --no-tighten`; {:?}",
-        o.violations
+    two_writers_only_without(
+        3865,
+        |c| c.tighten_before_shorter_ttl = false,
+        "--no-tighten",
     );
-    assert_ok(&run(seed, &SimConfig::default()));
 }
 
 /// Seed 192 (found when timing changes entered the simulator, `SimConfig::retime`): the
@@ -130,21 +137,11 @@ fn a_shorter_renewal_whose_answer_is_lost_outlives_the_fence() {
 /// `cargo run --release -p pgbaton-sim -- --sweep 0 4000 --old-failsafe-promise`.
 #[test]
 fn a_failsafe_round_outlives_a_shorter_promise() {
-    let seed = 192;
-    let buggy = SimConfig {
-        failsafe_shortest_promise: false,
-        ..SimConfig::default()
-    };
-    let o = run(seed, &buggy);
-    assert!(
-        kinds(&o)
-            .iter()
-            .any(|k| *k == "two-writers" || *k == "lease-granted-beside-writer"),
-        "the buggy run no longer breaks at seed {seed} (a change moved its course?): find one \
-         with `cargo run --release -p pgbaton-sim -- --sweep 0 4000 --old-failsafe-promise`; {:?}",
-        o.violations
+    two_writers_only_without(
+        192,
+        |c| c.failsafe_shortest_promise = false,
+        "--old-failsafe-promise",
     );
-    assert_ok(&run(seed, &SimConfig::default()));
 }
 
 /// Seed 13610: a primary's agent froze right after reading the store; its watchdog fenced it
