@@ -201,18 +201,25 @@ impl Agent {
             .as_ref()
             .is_some_and(local_pg::slots_shortcut);
         let quiet = pgbaton_core::decide::quiet_plan(&plan, &local, shortcut);
+        let before_plan_ms = now_ms();
         let ran = self.exec.run_plan(plan, &view, &local).await;
         let kept_lease = self.exec.mem.held_lease;
         match ran {
             // Nothing was done to PostgreSQL or its data: what was just observed is still
             // what is true (half of an idle agent's work was a second probe). A renewed
-            // lease is read back for its new expiry (the API's /primary reads it); a lease
-            // that was not kept takes the long way.
+            // lease's new expiry goes into the view without reading it back (the leader's
+            // one store read a loop it saved): at least a TTL from before the plan ran,
+            // as every store counts it from when it handled the request. The API's /primary
+            // reads it. A lease that was not kept takes the long way.
             PlanEnd::Ran if quiet == Some(Quiet::Nothing) => {
                 return self.publish_loop(view, local).await;
             }
             PlanEnd::Ran if quiet == Some(Quiet::Renewed) && kept_lease => {
-                let view = self.read_or_failsafe().await?;
+                let mut view = view;
+                let renewed = before_plan_ms.saturating_add(self.exec.settings.ttl_ms);
+                if let Some(l) = view.leader.as_mut().filter(|l| l.member == self.cfg.name) {
+                    l.expires_ms = l.expires_ms.max(renewed);
+                }
                 return self.publish_loop(view, local).await;
             }
             PlanEnd::Ran => {}
