@@ -208,9 +208,11 @@ impl Agent {
             // Nothing was done to PostgreSQL or its data: what was just observed is still
             // what is true (half of an idle agent's work was a second probe). A renewed
             // lease's new expiry goes into the view without reading it back (the leader's
-            // one store read a loop it saved): at least a TTL from before the plan ran,
-            // as every store counts it from when it handled the request. The API's /primary
-            // reads it. A lease that was not kept takes the long way.
+            // one store read a loop it saved): a TTL from before the plan ran, a lower bound
+            // on every store (each counts from when it handled the request), and never the
+            // view's older expiry, which a lease replaced for a lowered TTL no longer has
+            // (review finding). The API's /primary reads it. A lease that was not kept
+            // takes the long way.
             PlanEnd::Ran if quiet == Some(Quiet::Nothing) => {
                 return self.publish_loop(view, local).await;
             }
@@ -218,7 +220,7 @@ impl Agent {
                 let mut view = view;
                 let renewed = before_plan_ms.saturating_add(self.exec.settings.ttl_ms);
                 if let Some(l) = view.leader.as_mut().filter(|l| l.member == self.cfg.name) {
-                    l.expires_ms = l.expires_ms.max(renewed);
+                    l.expires_ms = renewed;
                 }
                 return self.publish_loop(view, local).await;
             }

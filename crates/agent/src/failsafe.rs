@@ -275,14 +275,24 @@ impl Keeper {
     pub(crate) async fn run(self) {
         let mut pause = Duration::from_millis(20);
         let mut told = false;
-        // How long the last confirmed round bound the lease (its shortest promise): a round
-        // is due at half of that, not of a longer TTL, else every tick would ask again.
-        let mut bound_ms: Option<u64> = None;
+        // How long the last round this keeper confirmed bound the lease (its shortest
+        // promise), and the fence deadline it set: while the fence is still that one, a
+        // round is due at half of that binding, not of a longer TTL, else every tick would
+        // ask again (review finding).
+        let mut bound: Option<(u64, Instant)> = None;
         loop {
             tokio::time::sleep(pause).await;
             // The timing the agent runs with now (the cluster's config may change it).
             let t = host::timing(&self.shared);
-            let ttl = bound_ms.map_or(t.ttl_ms, |b| b.min(t.ttl_ms));
+            let armed = self
+                .shared
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .fence_deadline;
+            if bound.is_some_and(|(_, set)| armed != Some(set)) {
+                bound = None;
+            }
+            let ttl = bound.map_or(t.ttl_ms, |(b, _)| b.min(t.ttl_ms));
             let window = Duration::from_millis(ttl.saturating_sub(t.fence_margin_ms));
             let tick = Duration::from_millis((t.loop_interval_ms / 5).clamp(20, 200));
             // Asleep until a round could be due, not on every tick: an idle primary renews
@@ -311,7 +321,6 @@ impl Keeper {
                     (Some(v), true) if v.unreadable.is_empty() => v.clone(),
                     _ => {
                         told = false;
-                        bound_ms = None;
                         continue;
                     }
                 }
@@ -333,9 +342,12 @@ impl Keeper {
                 continue;
             }
             let binding = round.binding_ms(t.ttl_ms, self.cfg.timing.ttl_ms);
-            bound_ms = Some(binding);
-            let extension = Duration::from_millis(binding.saturating_sub(t.fence_margin_ms));
-            if self.extend(t0 + extension) && !told {
+            let deadline = t0 + Duration::from_millis(binding.saturating_sub(t.fence_margin_ms));
+            let extended = self.extend(deadline);
+            if extended {
+                bound = Some((binding, deadline));
+            }
+            if extended && !told {
                 warn!(
                     "failsafe: the lease has not been renewed for {} ms; all {} other members \
                      confirm this primary, so it keeps serving",

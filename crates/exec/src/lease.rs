@@ -70,17 +70,15 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         Ok(Flow::Continue)
     }
 
-    /// Before a lease request for less than the armed fence counts on (the TTL was lowered):
-    /// the fence is pulled in first (`Host::tighten`). Pinned simulator test
+    /// Before every lease request: a fence armed for longer than this request's lease would
+    /// last (the TTL was lowered) is pulled in first (`Host::tighten`, which never moves it
+    /// later, so it is asked every time rather than tracking what the fence counts on:
+    /// failsafe rounds and the keepers arm it too). Pinned simulator test
     /// `a_shorter_renewal_whose_answer_is_lost_outlives_the_fence`.
     fn tighten(&mut self, t0: H::Instant, ttl_ms: u64) -> std::result::Result<(), StepError> {
-        if self.armed_ttl_ms.is_some_and(|armed| ttl_ms < armed) {
-            self.host
-                .tighten(t0, ttl_ms)
-                .map_err(|e| StepError::Fatal(format!("{e:#}")))?;
-            self.armed_ttl_ms = Some(ttl_ms);
-        }
-        Ok(())
+        self.host
+            .tighten(t0, ttl_ms)
+            .map_err(|e| StepError::Fatal(format!("{e:#}")))
     }
 
     /// Arm the watchdog for a request that started at `t0` and asked the store for
@@ -93,9 +91,7 @@ impl<P: Postgres, H: Host> Executor<P, H> {
     ) -> std::result::Result<(), StepError> {
         self.host
             .arm(t0, ttl_ms)
-            .map_err(|e| StepError::Fatal(format!("{e:#}")))?;
-        self.armed_ttl_ms = Some(ttl_ms);
-        Ok(())
+            .map_err(|e| StepError::Fatal(format!("{e:#}")))
     }
 
     pub(crate) async fn release_lease(&mut self, reason: &str) -> Step {
@@ -117,7 +113,6 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         self.mem.held_lease = false;
         self.host.set_leading(false);
         self.host.disarm();
-        self.armed_ttl_ms = None;
         Ok(())
     }
 }

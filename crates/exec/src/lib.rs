@@ -111,9 +111,8 @@ pub trait Host: Send {
     /// arm the watchdog for `t0 + ttl_ms - fence_margin`. An error means no live fence:
     /// PostgreSQL was ended and the agent must exit.
     fn arm(&mut self, t0: Self::Instant, ttl_ms: u64) -> Result<()>;
-    /// About to ask the store at `t0` for a lease of `ttl_ms`, shorter than the one the
-    /// armed fence counts on: pull the fence in to `t0 + ttl_ms - fence_margin` when that is
-    /// earlier, never later. A request that changes the store but whose answer is lost
+    /// About to ask the store at `t0` for a lease of `ttl_ms`: pull an armed fence in to
+    /// `t0 + ttl_ms - fence_margin` when that is earlier (the TTL was lowered), never later. A request that changes the store but whose answer is lost
     /// leaves the lease that short, and the fence must not outlive it. An error means no
     /// live fence, as for `arm`.
     fn tighten(&mut self, t0: Self::Instant, ttl_ms: u64) -> Result<()>;
@@ -196,8 +195,6 @@ pub struct Executor<P, H> {
     pub message: Option<String>,
     /// The last wait logged (a wait is logged when it changes, not every loop).
     last_wait: Option<String>,
-    /// The TTL the armed fence counts on (the last lease request that succeeded).
-    armed_ttl_ms: Option<u64>,
 }
 
 impl<P: Postgres, H: Host> Executor<P, H> {
@@ -210,7 +207,6 @@ impl<P: Postgres, H: Host> Executor<P, H> {
             mem: Memory::default(),
             message: None,
             last_wait: None,
-            armed_ttl_ms: None,
         }
     }
 

@@ -68,7 +68,6 @@ impl<P: Postgres, H: Host> Executor<P, H> {
             // No backend of a postmaster that died on its own outlives the fence.
             self.pg.fence("stopping PostgreSQL").await?;
             self.host.disarm();
-            self.armed_ttl_ms = None;
         }
         Ok(Flow::Continue)
     }

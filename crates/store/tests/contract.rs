@@ -2032,6 +2032,14 @@ async fn etcd_a_renewal_asking_a_longer_ttl_replaces_a_shorter_lease() {
         assert_eq!(granted(&mut raw).await, 3, "replaced by a shorter lease");
         assert!(s.leader_renew("n1", 3_000).await.unwrap());
         assert_eq!(granted(&mut raw).await, 3, "kept alive as it was");
+        // The holder taking its own lease again (an agent restarted with a lowered TTL,
+        // no fence armed yet) does not shorten it.
+        assert!(s.leader_acquire("n1", 2_000).await.unwrap());
+        assert_eq!(
+            granted(&mut raw).await,
+            3,
+            "not shortened by the holder's acquire"
+        );
         assert_eq!(
             holder(&(Arc::new(s) as Arc<dyn Store>)).await.as_deref(),
             Some("n1")

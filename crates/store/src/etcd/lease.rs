@@ -194,15 +194,21 @@ impl EtcdStore {
         const ACTION: &str = "acquire the leader key";
         for attempt in 0..CAS_ATTEMPTS {
             let current = self.get_one(ACTION, "leader").await?;
+            // The holder taking its own lease again never shortens it: an agent restarted
+            // with a lowered TTL has no fence armed yet, and the watchdog its predecessor
+            // left counts on the longer lease (review finding). Renewals shorten it later,
+            // once a fence counts on the shorter one.
+            let mut ttl = ttl_ms;
             if let Some(kv) = &current {
                 let value: LeaderValue = self.parse(kv, "a leader lease")?;
                 if value.member != member {
                     // Held by another until etcd expires its lease and deletes the key.
                     return Ok(false);
                 }
+                ttl = ttl.max(value.ttl_ms);
             }
             if self
-                .leader_put(ACTION, member, ttl_ms, current.as_ref())
+                .leader_put(ACTION, member, ttl, current.as_ref())
                 .await?
             {
                 return Ok(true);
