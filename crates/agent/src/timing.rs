@@ -1,9 +1,10 @@
 //! The timing the agent runs with: node.toml's `[timing]`, with the cluster's config
 //! (`timing.*`, `pgbaton edit-config`) over it, applied at the start of each loop.
 //!
-//! A change is safe at any loop boundary: each lease request arms the fence for the TTL it
-//! asked the store for (`pgbaton_exec::Host::arm`), and a failsafe round for the shortest
-//! promise a member gave. The loop alone changes it, between plans, so a plan runs with
+//! A change is safe at any loop boundary: before each lease request the fence is pulled in
+//! to what that request's lease allows (`pgbaton_exec::Host::tighten`: a lowered TTL), a
+//! request that succeeded arms it for the TTL it asked the store for (`Host::arm`), and a
+//! failsafe round for the shortest promise a member gave. The loop alone changes it, between plans, so a plan runs with
 //! one timing throughout; the bound on each store call (`preflight::store_timeout`) follows
 //! the loop interval. What is not changed while the agent runs: how long this member's own
 //! failsafe promises last (node.toml's TTL: `api::Shared::promise_ms`), and the API
