@@ -12,7 +12,12 @@ use std::time::SystemTime;
 #[derive(Default)]
 pub(crate) struct TlsWatch {
     seen: Option<Vec<Option<(SystemTime, u64)>>>,
+    checked_at: Option<std::time::Instant>,
 }
+
+/// How often the files are looked at: a renewed certificate is not urgent, and looking every
+/// loop was a fair part of an idle agent's system calls (three `stat`s each time).
+const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// The preflight's check of the TLS files: the key is a secret (the OS user's own, 0600) and
 /// the certificate and CA hold PEM certificates. Errors name the key and the file.
@@ -35,11 +40,13 @@ pub fn check_tls_files(cfg: &NodeConfig) -> Result<()> {
 }
 
 impl TlsWatch {
-    /// Whether `files` changed since the last call (never on the first).
+    /// Whether `files` changed since they were last looked at (never the first time), looking
+    /// at most once every [`CHECK_EVERY`].
     pub(crate) fn changed(&mut self, files: &[&std::path::Path]) -> bool {
-        if files.is_empty() {
+        if files.is_empty() || self.checked_at.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
             return false;
         }
+        self.checked_at = Some(std::time::Instant::now());
         let now: Vec<_> = files
             .iter()
             .map(|p| {
@@ -103,5 +110,25 @@ impl Agent {
                 warn!("API TLS files changed but do not load ({e:#}): keeping the ones in use")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_file_is_seen_at_the_next_look_not_before() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("n1.crt");
+        std::fs::write(&f, "one").unwrap();
+        let mut w = TlsWatch::default();
+        assert!(!w.changed(&[&f]), "the first look sees no change");
+        std::fs::write(&f, "renewed").unwrap();
+        assert!(!w.changed(&[&f]), "looked again too soon");
+        w.checked_at = Some(std::time::Instant::now() - CHECK_EVERY);
+        assert!(w.changed(&[&f]), "the renewed file is seen");
+        w.checked_at = Some(std::time::Instant::now() - CHECK_EVERY);
+        assert!(!w.changed(&[&f]), "and only once");
     }
 }
