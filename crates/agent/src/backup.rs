@@ -322,7 +322,7 @@ impl Jobs {
         };
         // pgBackRest's own backup lock is in each member's lock-path: one in the repository
         // keeps two members from backing up the same stanza at once.
-        let repo_lock = repo_backup_lock(&br)?;
+        let repo_lock = repo_backup_lock_bounded(&br).await?;
         let job = Job {
             member: me.name.clone(),
             kind,
@@ -378,6 +378,30 @@ impl Jobs {
             }
         });
         Ok(job)
+    }
+}
+
+/// How long taking the repository's lock may take before the backup is refused.
+const REPO_LOCK_LIMIT: Duration = Duration::from_secs(10);
+
+/// [`repo_backup_lock`] on a blocking thread, given up after [`REPO_LOCK_LIMIT`]: the
+/// repository may be a network mount that hangs, and the agent's loop runs on the same
+/// runtime (one worker: a hung open there would stop the lease's renewals).
+async fn repo_backup_lock_bounded(
+    br: &BackRest,
+) -> Result<nix::fcntl::Flock<std::fs::File>, Refused> {
+    let owned = br.clone();
+    let repo = br.repo.display().to_string();
+    let call = tokio::task::spawn_blocking(move || repo_backup_lock(&owned));
+    match tokio::time::timeout(REPO_LOCK_LIMIT, call).await {
+        Ok(Ok(locked)) => locked,
+        Ok(Err(e)) => Err(Refused::NotHere(format!(
+            "take the backup lock in {repo}: {e}"
+        ))),
+        Err(_) => Err(Refused::NotHere(format!(
+            "the repository {repo} did not answer within {} s: is its file system mounted and reachable?",
+            REPO_LOCK_LIMIT.as_secs()
+        ))),
     }
 }
 
@@ -512,4 +536,34 @@ async fn primary_here(me: &MemberState, p: &MemberState) -> Result<OtherPg> {
         user: p.superuser.clone(),
         via: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_repository_lock_is_taken_off_the_worker_and_held_until_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let br = BackRest {
+            bin: "pgbackrest".into(),
+            conf: d.path().join("pgbackrest.conf"),
+            stanza: "main".into(),
+            repo: d.path().to_path_buf(),
+            timeout: Duration::from_secs(60),
+        };
+        let Ok(held) = repo_backup_lock_bounded(&br).await else {
+            panic!("the first lock is taken");
+        };
+        match repo_backup_lock_bounded(&br).await {
+            Err(Refused::Locked(why)) => assert!(why.contains("stanza main"), "{why}"),
+            Err(Refused::NotHere(why)) => panic!("refused for another reason: {why}"),
+            _ => panic!("a second backup must be refused while the lock is held"),
+        }
+        drop(held);
+        assert!(
+            repo_backup_lock_bounded(&br).await.is_ok(),
+            "taken again once dropped"
+        );
+    }
 }

@@ -225,7 +225,13 @@ impl pgbaton_exec::Postgres for LocalPg {
     }
 
     async fn fence(&mut self, why: &str) -> Result<()> {
-        fence::fence(&self.cfg.data_dir, why)
+        // On a blocking thread: the fence waits for PostgreSQL's processes to exit (up to
+        // seconds), and the agent's other tasks (the API, `/failsafe` answers) share its one
+        // worker.
+        let (dir, why) = (self.cfg.data_dir.clone(), why.to_string());
+        tokio::task::spawn_blocking(move || fence::fence(&dir, &why))
+            .await
+            .context("the fence's thread ended abnormally")?
     }
 
     async fn promote(&mut self) -> Result<()> {
@@ -383,9 +389,11 @@ impl pgbaton_exec::Postgres for LocalPg {
             clippy::disallowed_methods,
             reason = "`pgbaton remove --purge`: the operator asked for it"
         )]
-        std::fs::remove_dir_all(&self.cfg.data_dir).with_context(|| {
-            format!("delete the data directory {}", self.cfg.data_dir.display())
-        })?;
+        tokio::fs::remove_dir_all(&self.cfg.data_dir)
+            .await
+            .with_context(|| {
+                format!("delete the data directory {}", self.cfg.data_dir.display())
+            })?;
         info!("deleted {}", self.cfg.data_dir.display());
         Ok(())
     }

@@ -208,7 +208,8 @@ async fn restore_via_scratch(
             clippy::disallowed_methods,
             reason = "an interrupted pgbaton restore, proven by its marker file"
         )]
-        std::fs::remove_dir_all(&scratch)
+        tokio::fs::remove_dir_all(&scratch)
+            .await
             .with_context(|| format!("remove the incomplete restore {}", scratch.display()))?;
     }
     std::fs::write(

@@ -74,7 +74,8 @@ pub async fn clone(
                 clippy::disallowed_methods,
                 reason = "an interrupted pgbaton clone, proven by its marker file"
             )]
-            std::fs::remove_dir_all(&scratch)
+            tokio::fs::remove_dir_all(&scratch)
+                .await
                 .with_context(|| format!("remove the incomplete clone {}", scratch.display()))?;
         } else {
             bail!(
@@ -162,7 +163,8 @@ pub async fn clone(
                     clippy::disallowed_methods,
                     reason = "the old data directory of an earlier reinit (asked for) that was interrupted before deleting it"
                 )]
-                std::fs::remove_dir_all(&aside)
+                tokio::fs::remove_dir_all(&aside)
+                    .await
                     .with_context(|| format!("remove {}", aside.display()))?;
             }
             std::fs::rename(spec.data_dir, &aside)
@@ -185,7 +187,8 @@ pub async fn clone(
             clippy::disallowed_methods,
             reason = "the replaced data directory, once its replacement is in place (reinit)"
         )]
-        std::fs::remove_dir_all(&old)
+        tokio::fs::remove_dir_all(&old)
+            .await
             .with_context(|| format!("remove the replaced data directory {}", old.display()))?;
     }
     Ok(())
