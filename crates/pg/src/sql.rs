@@ -223,7 +223,8 @@ pub async fn probe(client: &Session) -> Result<Probe> {
         ..Default::default()
     };
     // The rest goes out in one pipeline (tokio-postgres sends queries polled together
-    // without waiting for each answer): one round trip, one wake-up, not three.
+    // without waiting for each answer): one round trip, one wake-up, not three. `biased`:
+    // polled, so sent and answered, in the order written, the position before the rest.
     let slots = async {
         let sql = if p.in_recovery {
             SLOTS_ON_STANDBY
@@ -234,6 +235,7 @@ pub async fn probe(client: &Session) -> Result<Probe> {
     };
     let rows = if p.in_recovery {
         let (row, history, rows) = tokio::try_join!(
+            biased;
             async {
                 client
                     .one(STANDBY_POSITION)
@@ -252,6 +254,7 @@ pub async fn probe(client: &Session) -> Result<Probe> {
         rows
     } else {
         let (row, senders, rows) = tokio::try_join!(
+            biased;
             async {
                 client
                     .one(PRIMARY_POSITION)
