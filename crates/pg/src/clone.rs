@@ -101,53 +101,20 @@ pub async fn clone(
     ];
     pairs.extend(spec.ssl.iter().map(|(k, v)| (*k, v.as_str())));
     let dsn = conninfo(&pairs);
-    let mut child = Command::new(bins.path("pg_basebackup"))
-        .arg("-d")
-        .arg(&dsn)
-        .arg("-D")
-        .arg(&scratch)
-        .args(["-X", "stream", "-c", "fast", "-P", "-w", "-S", spec.slot])
-        .env("LC_ALL", "C")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("run pg_basebackup")?;
-    let mut stderr = child.stderr.take().context("pg_basebackup stderr")?;
-    let mut all = String::new();
-    let mut buf = [0u8; 4096];
+    // The primary's agent drops and creates again a slot PostgreSQL invalidated. The fast
+    // checkpoint pg_basebackup asks for can be what invalidates it (a member down long
+    // enough), and pg_basebackup then finds no slot: the slot made again is fresh, so try
+    // again (seen in CI: `a_standby_whose_upstream_recycled_its_wal_says_reinit_and_waits`).
+    let mut attempt = 1;
     loop {
-        match tokio::time::timeout(STALL_TIMEOUT, stderr.read(&mut buf)).await {
-            Err(_) => {
-                let _ = child.kill().await;
-                bail!(
-                    "pg_basebackup made no progress for {} s; stopped it",
-                    STALL_TIMEOUT.as_secs()
-                );
+        match basebackup(bins, spec, &dsn, &scratch, progress).await {
+            Err(e) if attempt < SLOT_ATTEMPTS && slot_missing(&e, spec.slot) => {
+                tracing::warn!("{e:#}; trying again in {} s", SLOT_RETRY.as_secs());
+                attempt += 1;
+                tokio::time::sleep(SLOT_RETRY).await;
             }
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => {
-                let text = String::from_utf8_lossy(&buf[..n]);
-                if let Some(p) = parse_progress(&text) {
-                    progress.send_replace(Some(p));
-                }
-                if all.len() < 64 * 1024 {
-                    all.push_str(&text);
-                }
-            }
-            Ok(Err(e)) => return Err(e).context("read pg_basebackup output"),
+            r => break r?,
         }
-    }
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .context("pg_basebackup did not exit")??;
-    if !status.success() {
-        let msg: Vec<&str> = all
-            .split(['\r', '\n'])
-            .filter(|l| !l.contains(" kB (") && !l.trim().is_empty())
-            .collect();
-        bail!("pg_basebackup failed ({status}): {}", msg.join("; "));
     }
     // Move the complete copy into place. Without `replace`, only an empty data directory is
     // replaced (remove_dir refuses a non-empty one). With it (reinit, asked for), the old
@@ -194,9 +161,91 @@ pub async fn clone(
     Ok(())
 }
 
+/// How many times a clone is tried when the member's slot is missing on the primary, and how
+/// long it waits between tries (the primary's agent makes the slot again within a loop).
+const SLOT_ATTEMPTS: u32 = 3;
+const SLOT_RETRY: Duration = Duration::from_secs(2);
+
+/// pg_basebackup failed because `slot` does not exist on the primary.
+fn slot_missing(e: &anyhow::Error, slot: &str) -> bool {
+    format!("{e:#}").contains(&format!("replication slot \"{slot}\" does not exist"))
+}
+
+/// One run of pg_basebackup into `scratch` (which it removes itself when it fails).
+async fn basebackup(
+    bins: &Binaries,
+    spec: &CloneSpec<'_>,
+    dsn: &str,
+    scratch: &Path,
+    progress: &watch::Sender<Option<Progress>>,
+) -> Result<()> {
+    let mut child = Command::new(bins.path("pg_basebackup"))
+        .arg("-d")
+        .arg(dsn)
+        .arg("-D")
+        .arg(scratch)
+        .args(["-X", "stream", "-c", "fast", "-P", "-w", "-S", spec.slot])
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("run pg_basebackup")?;
+    let mut stderr = child.stderr.take().context("pg_basebackup stderr")?;
+    let mut all = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(STALL_TIMEOUT, stderr.read(&mut buf)).await {
+            Err(_) => {
+                let _ = child.kill().await;
+                bail!(
+                    "pg_basebackup made no progress for {} s; stopped it",
+                    STALL_TIMEOUT.as_secs()
+                );
+            }
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if let Some(p) = parse_progress(&text) {
+                    progress.send_replace(Some(p));
+                }
+                if all.len() < 64 * 1024 {
+                    all.push_str(&text);
+                }
+            }
+            Ok(Err(e)) => return Err(e).context("read pg_basebackup output"),
+        }
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .context("pg_basebackup did not exit")??;
+    if !status.success() {
+        let msg: Vec<&str> = all
+            .split(['\r', '\n'])
+            .filter(|l| !l.contains(" kB (") && !l.trim().is_empty())
+            .collect();
+        bail!("pg_basebackup failed ({status}): {}", msg.join("; "));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_slot_is_told_from_other_failures() {
+        let e = anyhow::anyhow!(
+            "pg_basebackup failed (exit status: 1): waiting for checkpoint; pg_basebackup: error: \
+             could not send replication command \"START_REPLICATION\": ERROR:  replication slot \
+             \"pgbaton_n2\" does not exist"
+        );
+        assert!(slot_missing(&e, "pgbaton_n2"));
+        assert!(!slot_missing(&e, "pgbaton_n3"), "another member's slot");
+        let other = anyhow::anyhow!("pg_basebackup failed (exit status: 1): could not connect");
+        assert!(!slot_missing(&other, "pgbaton_n2"));
+    }
 
     #[test]
     fn parses_basebackup_progress() {
