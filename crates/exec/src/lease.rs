@@ -56,6 +56,46 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         Ok(Flow::Continue)
     }
 
+    /// The view shows another member holding an unexpired lease: this member no longer
+    /// leads, whatever it last knew. A lease that went while this agent could not renew it
+    /// (frozen, cut off) ends with no refused renewal, and no later plan has a lease action
+    /// to say so: a member that still thought it led kept no liveness (it showed as
+    /// unreachable while it streamed), refused every failsafe confirmation, and kept its
+    /// fence armed (found by a CI failure of `a_frozen_leader_agent_is_fenced_before_anyone_
+    /// is_promoted`; the simulator's convergence check now requires it). The fence goes
+    /// only with PostgreSQL: disarmed here once nothing runs, otherwise by `stop_action`
+    /// after the plan stops it.
+    pub(crate) async fn forget_a_lease_another_holds(&mut self, view: &ClusterView) {
+        if !self.mem.held_lease {
+            return;
+        }
+        let now = self.host.now_ms();
+        let Some(holder) = view
+            .leader
+            .as_ref()
+            .filter(|l| l.member != self.settings.name && l.expires_ms > now)
+        else {
+            return;
+        };
+        warn!(
+            "{} holds the leader lease: this member no longer leads (its lease went while it \
+             could not renew it)",
+            holder.member
+        );
+        self.mem.held_lease = false;
+        self.host.set_leading(false);
+        if !self.pg.running().await {
+            match self
+                .pg
+                .fence("the leader lease went to another member")
+                .await
+            {
+                Ok(()) => self.host.disarm(),
+                Err(e) => warn!("{e:#}: the fence stays armed"),
+            }
+        }
+    }
+
     /// A lease request that started at `t0` and asked for `ttl_ms` came back: arm the
     /// fence when it is held.
     fn lease_outcome(&mut self, held: bool, t0: H::Instant, ttl_ms: u64, took: &str) -> Step {

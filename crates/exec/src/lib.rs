@@ -220,6 +220,7 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         local: &LocalView,
     ) -> PlanEnd {
         self.message = None;
+        self.forget_a_lease_another_holds(view).await;
         if !plan.iter().any(|a| matches!(a, Action::Wait { .. })) {
             self.last_wait = None;
         }

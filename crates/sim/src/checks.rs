@@ -99,6 +99,15 @@ impl Sim {
             if i == p || n.node_down > 0 || n.removed {
                 continue;
             }
+            // A member that does not lead knows it, and says it is alive: one that still
+            // thought it led (its lease went while it was frozen) kept no liveness and
+            // refused every failsafe confirmation (CI failure of the frozen-leader IT).
+            if n.agent.memory().held_lease {
+                return Err(format!("{} still thinks it holds the leader lease", n.name));
+            }
+            if n.agent_alive() && !self.seen_alive(i) {
+                return Err(format!("{} is not seen alive in the store", n.name));
+            }
             // A former primary, or a standby that had to be rewound, whose pg_rewind failed
             // waits for the operator's reinit (unless re-cloning is allowed).
             if n.agent.memory().rejoin_failed.is_some() && !self.cfg.reclone_on_rewind_failure {

@@ -43,6 +43,16 @@ impl Sim {
         }
     }
 
+    /// Node `n` said it is alive within the liveness TTL (as `members_seen` counts it).
+    pub(crate) fn seen_alive(&self, n: usize) -> bool {
+        let alive_ttl = pgbaton_core::publish::alive_ttl_ms(self.cfg.ttl_ms);
+        let name = &self.nodes[n].name;
+        self.store
+            .alive
+            .get(name)
+            .is_some_and(|t| self.now < t + alive_ttl)
+    }
+
     /// The members as a view shows them: seen now while alive (within the liveness TTL
     /// since they last said so, as an etcd lease would keep them) or holding the lease.
     fn members_seen(&self) -> Vec<MemberState> {

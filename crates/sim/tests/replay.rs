@@ -319,7 +319,10 @@ fn primary_crash_promotes_the_most_advanced_standby() {
 }
 
 /// (b) The primary's agent freezes: its watchdog fences PostgreSQL before anyone else is
-/// promoted.
+/// promoted. Thawed, it knows it no longer leads and says it is alive (the convergence
+/// check): before `forget_a_lease_another_holds` it still thought it held the lease, kept
+/// no liveness and refused failsafe confirmations for good (found by a CI failure of the
+/// frozen-leader integration test).
 #[test]
 fn frozen_primary_is_fenced_before_a_promotion() {
     let cfg = scripted(20_000, vec![fault(FaultKind::Freeze, 0, 5_000, 10_000)]);

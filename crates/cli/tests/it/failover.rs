@@ -267,9 +267,18 @@ fn a_frozen_leader_agent_is_fenced_before_anyone_is_promoted() {
         "no fence in n1's log:\n{log}"
     );
     // Thawed, n1 finds another leader and rejoins as its standby.
-    wait_for("n1 to rejoin as a standby", Duration::from_secs(90), || {
-        let m = c.member("n1");
-        m["state"] == "streaming" && m["upstream"] == new.as_str()
+    with_logs_on_panic(&c, || {
+        wait_for("n1 to rejoin as a standby", Duration::from_secs(90), || {
+            let m = c.member("n1");
+            m["state"] == "streaming" && m["upstream"] == new.as_str()
+        });
+        // And it stays shown so past the report's freshness (4 s): it knows it no longer
+        // leads and says it is alive. A thawed agent that still thought it led kept no
+        // liveness and showed as unreachable until its next heartbeat write (60 s).
+        std::thread::sleep(Duration::from_secs(6));
+        wait_for("n1 still shown streaming", Duration::from_secs(10), || {
+            c.member("n1")["state"] == "streaming"
+        });
     });
 }
 
