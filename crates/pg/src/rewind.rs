@@ -48,11 +48,17 @@ async fn pg_rewind(
     Ok(lines.join("\n"))
 }
 
-/// pg_rewind's output says it could not connect to the source server.
+/// pg_rewind's output says it could not connect to the source server. pg_rewind connects
+/// before it reads or changes anything of the target, and libpq names every failure to
+/// connect ("connection to server at ... failed: FATAL: sorry, too many clients already",
+/// "... the database system is starting up"), so this also tells a real run that changed
+/// nothing; a connection lost later ("server closed the connection unexpectedly") is not
+/// one of these.
 pub fn source_unreachable(output: &str) -> bool {
     [
         "could not connect to server",
         "connection to server at",
+        "connection to server on socket",
         "Connection refused",
         "timeout expired",
         "could not translate host name",
@@ -134,7 +140,17 @@ pub async fn rewind_if_diverged(
         Some(fork) => Some(KeptWal::before(data_dir, fork)?),
         None => None,
     };
-    let real = pg_rewind(bins, data_dir, source, false, restore_target_wal).await?;
+    let real = match pg_rewind(bins, data_dir, source, false, restore_target_wal).await {
+        Ok(real) => real,
+        // The source went between the two runs (a busy new primary: too many clients): the
+        // real run failed to connect before it touched anything, so this is a wait too, not
+        // a data directory that cannot be rewound (which waits for an operator's reinit).
+        // The segments set aside are links or copies: the originals are still in pg_wal.
+        Err(e) if source_unreachable(&format!("{e:#}")) => {
+            return Ok(Rewind::SourceUnreachable(format!("{e:#}")))
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(k) = kept {
         k.put_back()?;
     }
@@ -290,6 +306,12 @@ mod tests {
     fn tells_an_unreachable_source_from_a_failed_rewind() {
         let down = "pg_rewind failed (exit status: 1): pg_rewind: error: connection to server at \"127.0.0.1\", port 5433 failed: Connection refused";
         assert!(source_unreachable(down));
+        let busy = "pg_rewind failed (exit status: 1): pg_rewind: error: connection to server at \"10.0.0.2\", port 5432 failed: FATAL:  sorry, too many clients already";
+        assert!(source_unreachable(busy));
+        let socket = "pg_rewind failed (exit status: 1): pg_rewind: error: connection to server on socket \"/run/pg/.s.PGSQL.5432\" failed: FATAL:  the database system is starting up";
+        assert!(source_unreachable(socket));
+        let lost = "pg_rewind failed (exit status: 1): pg_rewind: error: unexpected result while fetching remote files: server closed the connection unexpectedly";
+        assert!(!source_unreachable(lost));
         let failed = "pg_rewind failed (exit status: 1): pg_rewind: fatal: could not find common ancestor of the source and target cluster's timelines";
         assert!(!source_unreachable(failed));
     }

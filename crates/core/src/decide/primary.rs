@@ -121,9 +121,13 @@ pub(super) fn former_primary_hold(
         return Some(reason);
     }
     // (A primary still running writable, e.g. after a store outage, takes its lease back
-    // rather than stopping: the compare-and-set keeps that safe.)
-    if let Some(reason) = stale_view(view, local, now_ms)
-        .filter(|_| matches!(local.pg, PgRun::Stopped | PgRun::Standby { .. }))
+    // rather than stopping: the compare-and-set keeps that safe.) One not answering is held
+    // too: an agent frozen between reading the view and probing finds its PostgreSQL
+    // fenced mid-probe, and that view from before the freeze hides the member promoted
+    // meanwhile, whose lease may lapse too (review finding, pinned by
+    // `a_former_primary_not_answering_does_not_take_the_lease_on_a_stale_view`).
+    if let Some(reason) =
+        stale_view(view, local, now_ms).filter(|_| !matches!(local.pg, PgRun::Primary))
     {
         return Some(reason);
     }

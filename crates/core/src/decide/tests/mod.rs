@@ -1061,6 +1061,25 @@ fn a_crashed_leader_restarts_in_place_then_hands_over() {
     assert_eq!(a, [Action::AcquireLease, Action::Start { upstream: None }]);
 }
 
+/// An agent frozen after reading the view, whose PostgreSQL its fence ended mid-probe
+/// (not answering), decides on the view from before the freeze, where its own lease has
+/// lapsed and nobody is on a newer timeline yet: it must not take the free lease on it.
+#[test]
+fn a_former_primary_not_answering_does_not_take_the_lease_on_a_stale_view() {
+    let mut v = view(Some("42"), None, vec![ms("n1", &[]), ms("n2", &[])]);
+    v.members[0].updated_ms = NOW - 10_000;
+    let n1 = local("n1", init(false), PgRun::NotAnswering);
+    let a = decide(&v, &n1, NOW);
+    assert!(
+        matches!(&a[..], [Action::Stop { reason }] if reason.contains("stale")),
+        "{a:?}"
+    );
+    // Fresh, the same view lets it take the lease back (the compare-and-set decides).
+    v.members[0].updated_ms = NOW - 100;
+    let a = decide(&v, &n1, NOW);
+    assert_eq!(a[0], Action::AcquireLease, "{a:?}");
+}
+
 #[test]
 fn a_former_primary_does_not_take_a_free_lease_behind_a_newer_timeline() {
     let mut n2 = ms("n2", &[]);
