@@ -60,8 +60,8 @@ impl<P: Postgres, H: Host> Executor<P, H> {
     /// leads, whatever it last knew. A lease that went while this agent could not renew it
     /// (frozen, cut off) ends with no refused renewal, and no later plan has a lease action
     /// to say so: a member that still thought it led kept no liveness (it showed as
-    /// unreachable while it streamed), refused every failsafe confirmation, and kept its
-    /// fence armed (found by a CI failure of `a_frozen_leader_agent_is_fenced_before_anyone_
+    /// unreachable while it streamed, and no failover or synchronous set counted it) and
+    /// kept its fence armed (found by a CI failure of `a_frozen_leader_agent_is_fenced_before_anyone_
     /// is_promoted`; the simulator's convergence check now requires it). The fence goes
     /// only with PostgreSQL: disarmed here once nothing runs, otherwise by `stop_action`
     /// after the plan stops it.

@@ -53,18 +53,22 @@ async fn pg_rewind(
 /// connect ("connection to server at ... failed: FATAL: sorry, too many clients already",
 /// "... the database system is starting up"), so this also tells a real run that changed
 /// nothing; a connection lost later ("server closed the connection unexpectedly") is not
-/// one of these.
+/// one of these. Once pg_rewind says it connected (`-P`: "connected to server"), nothing
+/// counts: with --restore-target-wal the restore_command's own output (an archive on a
+/// network mount: "Connection refused") is in the same text, and a rewind that failed
+/// after it changed the target must never be run again (review finding).
 pub fn source_unreachable(output: &str) -> bool {
-    [
-        "could not connect to server",
-        "connection to server at",
-        "connection to server on socket",
-        "Connection refused",
-        "timeout expired",
-        "could not translate host name",
-    ]
-    .iter()
-    .any(|needle| output.contains(needle))
+    !output.contains("connected to server")
+        && [
+            "could not connect to server",
+            "connection to server at",
+            "connection to server on socket",
+            "Connection refused",
+            "timeout expired",
+            "could not translate host name",
+        ]
+        .iter()
+        .any(|needle| output.contains(needle))
 }
 
 /// The WAL location where the servers diverged, from pg_rewind's output.
@@ -312,6 +316,11 @@ mod tests {
         assert!(source_unreachable(socket));
         let lost = "pg_rewind failed (exit status: 1): pg_rewind: error: unexpected result while fetching remote files: server closed the connection unexpectedly";
         assert!(!source_unreachable(lost));
+        // Connected, then failed: whatever the restore_command said, not a wait.
+        let after = "pg_rewind failed (exit status: 1): pg_rewind: connected to server; \
+                     ERROR: archive-get: Connection refused; pg_rewind: error: could not \
+                     restore file \"000000010000000000000003\" from archive";
+        assert!(!source_unreachable(after));
         let failed = "pg_rewind failed (exit status: 1): pg_rewind: fatal: could not find common ancestor of the source and target cluster's timelines";
         assert!(!source_unreachable(failed));
     }

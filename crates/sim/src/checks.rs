@@ -100,9 +100,9 @@ impl Sim {
                 continue;
             }
             // A member that does not lead knows it, and says it is alive: one that still
-            // thought it led (its lease went while it was frozen) kept no liveness and
-            // refused every failsafe confirmation (CI failure of the frozen-leader IT).
-            if n.agent.memory().held_lease {
+            // thought it led (its lease went while it was frozen) kept no liveness (CI
+            // failure of the frozen-leader IT). A crashed agent's memory is the old one.
+            if n.agent_alive() && n.agent.memory().held_lease {
                 return Err(format!("{} still thinks it holds the leader lease", n.name));
             }
             if n.agent_alive() && !self.seen_alive(i) {

@@ -72,8 +72,19 @@ pub(super) fn decide_primary_data(
     let lease_action = if i_lead {
         Action::RenewLease
     } else {
-        // The lease is free: a former primary takes it back only if nobody moved on to a
-        // newer timeline and nobody promised a live primary not to.
+        // The lease is free, but on a stale view (read before a stall) nobody's timeline
+        // can be trusted: read again first, whatever PostgreSQL does. A primary still
+        // running keeps its armed fence meanwhile, and its next loop's view is fresh (this
+        // loop's report is due: no leader). Stopping it instead would end a primary the
+        // failsafe kept serving through a store outage; taking the lease would restart
+        // an agent frozen with its PostgreSQL on the old timeline after another member
+        // was promoted (review findings; pinned by
+        // `a_former_primary_does_not_take_the_lease_on_a_stale_view_whatever_postgresql_does`).
+        if let Some(reason) = stale_view(view, local, now_ms) {
+            return vec![Action::Wait { reason }];
+        }
+        // A former primary takes it back only if nobody moved on to a newer timeline and
+        // nobody promised a live primary not to.
         if let Some(reason) = former_primary_hold(view, local, now_ms) {
             if matches!(local.pg, PgRun::Primary | PgRun::NotAnswering) {
                 // Writable without the lease, and not to take it back: stop (one writer).
@@ -120,15 +131,7 @@ pub(super) fn former_primary_hold(
     if let Some(reason) = op_hold(view, now_ms) {
         return Some(reason);
     }
-    // (A primary still running writable, e.g. after a store outage, takes its lease back
-    // rather than stopping: the compare-and-set keeps that safe.) One not answering is held
-    // too: an agent frozen between reading the view and probing finds its PostgreSQL
-    // fenced mid-probe, and that view from before the freeze hides the member promoted
-    // meanwhile, whose lease may lapse too (review finding, pinned by
-    // `a_former_primary_not_answering_does_not_take_the_lease_on_a_stale_view`).
-    if let Some(reason) =
-        stale_view(view, local, now_ms).filter(|_| !matches!(local.pg, PgRun::Primary))
-    {
+    if let Some(reason) = stale_view(view, local, now_ms) {
         return Some(reason);
     }
     if let Some(reason) = failsafe_hold(local, now_ms) {
