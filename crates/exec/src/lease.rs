@@ -77,6 +77,16 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         else {
             return;
         };
+        if !self.pg.running().await {
+            // Until the fence made sure no process is left, this member still counts as
+            // the one that led: the next plan tries again, and nothing else disarms.
+            let why = "the leader lease went to another member";
+            if let Err(e) = self.pg.fence(why).await {
+                warn!("{e:#}: the fence stays armed (tried again at the next loop)");
+                return;
+            }
+            self.host.disarm();
+        }
         warn!(
             "{} holds the leader lease: this member no longer leads (its lease went while it \
              could not renew it)",
@@ -84,16 +94,6 @@ impl<P: Postgres, H: Host> Executor<P, H> {
         );
         self.mem.held_lease = false;
         self.host.set_leading(false);
-        if !self.pg.running().await {
-            match self
-                .pg
-                .fence("the leader lease went to another member")
-                .await
-            {
-                Ok(()) => self.host.disarm(),
-                Err(e) => warn!("{e:#}: the fence stays armed"),
-            }
-        }
     }
 
     /// A lease request that started at `t0` and asked for `ttl_ms` came back: arm the
