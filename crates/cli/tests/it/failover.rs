@@ -274,11 +274,20 @@ fn a_frozen_leader_agent_is_fenced_before_anyone_is_promoted() {
         });
         // And it stays shown so past the report's freshness (4 s): it knows it no longer
         // leads and says it is alive. A thawed agent that still thought it led kept no
-        // liveness and showed as unreachable until its next heartbeat write (60 s).
-        std::thread::sleep(Duration::from_secs(6));
-        wait_for("n1 still shown streaming", Duration::from_secs(10), || {
-            c.member("n1")["state"] == "streaming"
-        });
+        // liveness: shown unreachable except for 4 s after each report it wrote (a change
+        // of position, or the 60 s heartbeat). Looked at once a second for 12 s; two
+        // misses are allowed for a liveness confirmation that a loaded machine delays.
+        let mut unreachable = 0;
+        for _ in 0..12 {
+            std::thread::sleep(Duration::from_secs(1));
+            if c.member("n1")["state"] != "streaming" {
+                unreachable += 1;
+            }
+        }
+        assert!(
+            unreachable <= 2,
+            "n1 was not shown streaming {unreachable} times of 12 in the 12 s after it rejoined"
+        );
     });
 }
 
