@@ -12,8 +12,9 @@
 //!   (most WAL, then `failover_priority`, then name; within `failover.max_lag_bytes` of the
 //!   last primary; not behind its timeline; no `nofailover`), when no operation is in flight
 //!   and no failsafe promise holds it back (see `failover`);
-//! - a former primary takes a free lease only when no member reports a newer timeline, and not
-//!   when it gave up restarting its PostgreSQL;
+//! - a former primary takes a free lease only on a fresh view (its own report in it younger
+//!   than the TTL, whatever its PostgreSQL does), when no member reports a newer timeline,
+//!   and not when it gave up restarting its PostgreSQL;
 //! - a former primary whose PostgreSQL is stopped rejoins the leader by itself (pg_rewind when
 //!   it diverged); it is re-cloned only when `failover.reclone_on_rewind_failure` says so;
 //! - a data directory of another cluster is never touched: the member fails with the reason;
