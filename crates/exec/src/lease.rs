@@ -61,10 +61,10 @@ impl<P: Postgres, H: Host> Executor<P, H> {
     /// (frozen, cut off) ends with no refused renewal, and no later plan has a lease action
     /// to say so: a member that still thought it led kept no liveness (it showed as
     /// unreachable while it streamed, and no failover or synchronous set counted it) and
-    /// kept its fence armed (found by a CI failure of `a_frozen_leader_agent_is_fenced_before_anyone_
-    /// is_promoted`; the simulator's convergence check now requires it). The fence goes
-    /// only with PostgreSQL: disarmed here once nothing runs, otherwise by `stop_action`
-    /// after the plan stops it.
+    /// kept its fence armed (found by a CI failure of the integration test
+    /// `a_frozen_leader_agent_is_fenced_before_anyone_is_promoted`; the simulator's
+    /// convergence check now requires it). The fence goes only with PostgreSQL: disarmed
+    /// here once nothing runs, otherwise by `stop_action` after the plan stops it.
     pub(crate) async fn forget_a_lease_another_holds(&mut self, view: &ClusterView) {
         if !self.mem.held_lease {
             return;

@@ -131,9 +131,7 @@ pub(super) fn former_primary_hold(
     if let Some(reason) = op_hold(view, now_ms) {
         return Some(reason);
     }
-    if let Some(reason) = stale_view(view, local, now_ms) {
-        return Some(reason);
-    }
+    // (A stale view was held back before this is asked: `decide_primary_data`.)
     if let Some(reason) = failsafe_hold(local, now_ms) {
         return Some(reason);
     }
